@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/tally-billing/tally/engine"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration of `tally run`: a YAML file (--config)
+// whose every key is also a flag (key kafka.brokers is --kafka-brokers);
+// flags override the file. README documents each key.
+type Config struct {
+	Tenant   string `yaml:"tenant"`
+	StateDir string `yaml:"stateDir"`
+	Plan     string `yaml:"plan"`
+	HTTPAddr string `yaml:"httpAddr"`
+	// OutputFile, when set, also writes rated rows as JSON lines.
+	OutputFile string `yaml:"outputFile"`
+
+	Kafka struct {
+		Brokers         []string `yaml:"brokers"`
+		Topics          []string `yaml:"topics"`
+		RatedTopic      string   `yaml:"ratedTopic"`
+		DeadLetterTopic string   `yaml:"deadLetterTopic"`
+	} `yaml:"kafka"`
+	ClickHouse struct {
+		Addr     string `yaml:"addr"`
+		Database string `yaml:"database"`
+		Table    string `yaml:"table"`
+		Username string `yaml:"username"`
+		Password string `yaml:"password"`
+	} `yaml:"clickhouse"`
+
+	Shards                    int           `yaml:"shards"`
+	Window                    time.Duration `yaml:"window"`
+	CheckpointInterval        time.Duration `yaml:"checkpointInterval"`
+	AllowedLateness           time.Duration `yaml:"allowedLateness"`
+	Grace                     time.Duration `yaml:"grace"`
+	ReviseHorizon             time.Duration `yaml:"reviseHorizon"`
+	EmitOpenEvery             time.Duration `yaml:"emitOpenEvery"`
+	IdleTimeout               time.Duration `yaml:"idleTimeout"`
+	MaxUndeliveredCheckpoints int           `yaml:"maxUndeliveredCheckpoints"`
+	SinkBatchRows             int           `yaml:"sinkBatchRows"`
+}
+
+func defaultConfig() Config {
+	d := engine.DefaultConfig()
+	var c Config
+	c.Tenant = d.Tenant
+	c.StateDir = "tally-state"
+	c.HTTPAddr = "127.0.0.1:9464"
+	c.Kafka.Topics = []string{"usage"}
+	c.Kafka.RatedTopic = "rated-usage"
+	c.Kafka.DeadLetterTopic = "usage-dead-letters"
+	c.ClickHouse.Database = "tally"
+	c.ClickHouse.Table = "rated_usage"
+	c.ClickHouse.Username = "default"
+	c.Window = d.Window
+	c.CheckpointInterval = d.CheckpointInterval
+	c.AllowedLateness = d.AllowedLateness
+	c.Grace = d.Grace
+	c.ReviseHorizon = d.ReviseHorizon
+	c.EmitOpenEvery = d.EmitOpenEvery
+	c.IdleTimeout = d.IdleTimeout
+	c.MaxUndeliveredCheckpoints = d.MaxUndeliveredCheckpoints
+	c.SinkBatchRows = d.SinkBatchRows
+	return c
+}
+
+// engineConfig returns the engine's part of c.
+func (c *Config) engineConfig() engine.Config {
+	return engine.Config{
+		Tenant: c.Tenant, Shards: c.Shards, Window: c.Window, CheckpointInterval: c.CheckpointInterval,
+		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon,
+		EmitOpenEvery: c.EmitOpenEvery, IdleTimeout: c.IdleTimeout,
+		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
+	}
+}
+
+// flagName turns a config key into its flag: kafka.deadLetterTopic becomes
+// kafka-dead-letter-topic.
+func flagName(key string) string {
+	var b strings.Builder
+	for i, r := range key {
+		switch {
+		case r == '.':
+			b.WriteByte('-')
+		case unicode.IsUpper(r):
+			if i > 0 && key[i-1] != '.' {
+				b.WriteByte('-')
+			}
+			b.WriteRune(unicode.ToLower(r))
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// bind registers one flag per config key on fs, writing into c.
+func (c *Config) bind(fs *flag.FlagSet) {
+	str := func(p *string, key, usage string) { fs.StringVar(p, flagName(key), *p, usage) }
+	dur := func(p *time.Duration, key, usage string) { fs.DurationVar(p, flagName(key), *p, usage) }
+	num := func(p *int, key, usage string) { fs.IntVar(p, flagName(key), *p, usage) }
+	list := func(p *[]string, key, usage string) { fs.Var((*listValue)(p), flagName(key), usage) }
+
+	str(&c.Tenant, "tenant", "tenant name, part of every row identity")
+	str(&c.StateDir, "stateDir", "Pebble state folder (checkpoints, offsets, outbox)")
+	str(&c.Plan, "plan", "price plan file, YAML or JSON (required)")
+	str(&c.HTTPAddr, "httpAddr", "address of /metrics, /healthz, /readyz (loopback by default)")
+	str(&c.OutputFile, "outputFile", "also write rated rows as JSON lines to this file")
+	list(&c.Kafka.Brokers, "kafka.brokers", "Kafka bootstrap brokers, comma-separated host:port (required)")
+	list(&c.Kafka.Topics, "kafka.topics", "usage topics to read, comma-separated")
+	str(&c.Kafka.RatedTopic, "kafka.ratedTopic", "topic for rated rows (empty disables)")
+	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
+	str(&c.ClickHouse.Addr, "clickhouse.addr", "ClickHouse native address host:port (empty disables)")
+	str(&c.ClickHouse.Database, "clickhouse.database", "ClickHouse database, created if absent")
+	str(&c.ClickHouse.Table, "clickhouse.table", "ClickHouse table, created if absent")
+	str(&c.ClickHouse.Username, "clickhouse.username", "ClickHouse user")
+	str(&c.ClickHouse.Password, "clickhouse.password", "ClickHouse password")
+	num(&c.Shards, "shards", "aggregator goroutines; 0 = one per CPU")
+	dur(&c.Window, "window", "tumbling window size; must divide a day")
+	dur(&c.CheckpointInterval, "checkpointInterval", "time between checkpoints")
+	dur(&c.AllowedLateness, "allowedLateness", "how far the watermark trails the highest event time")
+	dur(&c.Grace, "grace", "extra wait after a window's end before it closes")
+	dur(&c.ReviseHorizon, "reviseHorizon", "how long after its end a window accepts late records as revisions")
+	dur(&c.EmitOpenEvery, "emitOpenEvery", "emit provisional revisions of open windows this often; 0 = only on close")
+	dur(&c.IdleTimeout, "idleTimeout", "a partition silent this long no longer holds the watermark back")
+	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
+	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
+}
+
+type listValue []string
+
+func (l *listValue) String() string { return strings.Join(*l, ",") }
+func (l *listValue) Set(s string) error {
+	*l = nil
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l = append(*l, part)
+		}
+	}
+	return nil
+}
+
+// loadConfig builds the configuration from defaults, the --config file and
+// flags, in that order, and validates it.
+func loadConfig(name string, args []string, requireKafka bool) (Config, error) {
+	// First pass: find --config. Errors are reported by the second pass.
+	var path string
+	pre := flag.NewFlagSet(name, flag.ContinueOnError)
+	pre.SetOutput(io.Discard)
+	pre.StringVar(&path, "config", "", "")
+	throwaway := defaultConfig()
+	throwaway.bind(pre)
+	_ = pre.Parse(args)
+
+	cfg := defaultConfig()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil {
+			return cfg, fmt.Errorf("config %s: %w (keys are listed in README, Configuration)", path, err)
+		}
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.String("config", path, "YAML configuration file; every key is also a flag, and flags win")
+	cfg.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q; options are flags (--name=value)", fs.Arg(0))
+	}
+	return cfg, cfg.validate(requireKafka)
+}
+
+// validate checks what the engine does not, and names the key and flag.
+func (c *Config) validate(requireKafka bool) error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("config key %s (flag --%s): %s", key, flagName(key), fmt.Sprintf(format, args...))
+	}
+	ec := c.engineConfig()
+	if err := ec.Validate(); err != nil {
+		var ce *engine.ConfigError
+		if errors.As(err, &ce) {
+			return bad(ce.Key, "%s", ce.Problem)
+		}
+		return err
+	}
+	switch {
+	case c.StateDir == "":
+		return bad("stateDir", "empty; give a folder for Tally's state")
+	case c.Plan == "":
+		return bad("plan", "missing; give the price plan file (see README, Plans)")
+	case requireKafka && len(c.Kafka.Brokers) == 0:
+		return bad("kafka.brokers", "missing; list the Kafka bootstrap brokers, e.g. kafka-1:9092,kafka-2:9092")
+	case len(c.Kafka.Topics) == 0:
+		return bad("kafka.topics", "empty; list the usage topics to read")
+	case c.Kafka.DeadLetterTopic == "":
+		return bad("kafka.deadLetterTopic", "empty; records that fail must go somewhere")
+	}
+	for _, b := range c.Kafka.Brokers {
+		if !strings.Contains(b, ":") {
+			return bad("kafka.brokers", "%q has no port; use host:port", b)
+		}
+	}
+	if c.ClickHouse.Addr != "" && !strings.Contains(c.ClickHouse.Addr, ":") {
+		return bad("clickhouse.addr", "%q has no port; use host:port of the native protocol (9000)", c.ClickHouse.Addr)
+	}
+	if c.HTTPAddr != "" && !strings.Contains(c.HTTPAddr, ":") {
+		return bad("httpAddr", "%q has no port; use host:port, e.g. 127.0.0.1:9464", c.HTTPAddr)
+	}
+	return nil
+}

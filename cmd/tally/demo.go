@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/tally-billing/tally/bench/gen"
+)
+
+//go:embed demo_plan.yaml
+var demoPlan []byte
+
+// demoOptions are the flags of `tally demo`.
+type demoOptions struct {
+	duration     time.Duration
+	rate         int
+	subscribers  int
+	partitions   int
+	duplicatePct float64
+	malformedPct float64
+	clickhouse   string
+	output       string
+	stateDir     string
+	httpAddr     string
+	reportEvery  time.Duration
+	window       time.Duration
+}
+
+// runDemo starts an in-process Kafka cluster, a generator of telecom usage
+// and the engine, and prints a live line until --duration or Ctrl-C.
+func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Writer, log *slog.Logger) error {
+	var o demoOptions
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.DurationVar(&o.duration, "duration", 0, "stop after this long (0 = until Ctrl-C)")
+	fs.IntVar(&o.rate, "rate", 50000, "records produced per second (0 = as fast as possible)")
+	fs.IntVar(&o.subscribers, "subscribers", 5000, "number of subscribers")
+	fs.IntVar(&o.partitions, "partitions", 4, "partitions of the usage topic")
+	fs.Float64Var(&o.duplicatePct, "duplicate-pct", 1, "percent of records produced twice (producer retries)")
+	fs.Float64Var(&o.malformedPct, "malformed-pct", 0.1, "percent of malformed records (go to dead letters)")
+	fs.StringVar(&o.clickhouse, "clickhouse", "", "ClickHouse native address; rated rows go there (default: a JSON-lines file)")
+	fs.StringVar(&o.output, "output", "tally-demo-rated.jsonl", "JSON-lines file of rated rows when --clickhouse is not given")
+	fs.StringVar(&o.stateDir, "state-dir", "", "state folder (default: a new temporary folder)")
+	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz")
+	fs.DurationVar(&o.reportEvery, "report-every", 5*time.Second, "how often to print the live line")
+	fs.DurationVar(&o.window, "window", time.Minute, "window size")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.subscribers < 1 || o.partitions < 1 || o.rate < 0 {
+		return fmt.Errorf("demo: --subscribers and --partitions must be >= 1, --rate >= 0")
+	}
+
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1),
+		kfake.SeedTopics(int32(o.partitions), "usage"),
+		kfake.SeedTopics(int32(o.partitions), "rated-usage"),
+		kfake.SeedTopics(1, "usage-dead-letters"))
+	if err != nil {
+		return fmt.Errorf("demo: start in-process Kafka: %w", err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+
+	if o.stateDir == "" {
+		if o.stateDir, err = os.MkdirTemp("", "tally-demo-state-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(o.stateDir)
+	}
+	planPath := o.stateDir + "-plan.yaml"
+	if err := os.WriteFile(planPath, demoPlan, 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(planPath)
+
+	cfg := defaultConfig()
+	cfg.StateDir, cfg.Plan, cfg.HTTPAddr = o.stateDir, planPath, o.httpAddr
+	cfg.Kafka.Brokers = brokers
+	cfg.Window, cfg.EmitOpenEvery = o.window, 5*time.Second
+	if o.clickhouse != "" {
+		cfg.ClickHouse.Addr = o.clickhouse
+	} else {
+		cfg.OutputFile = o.output
+	}
+	if err := cfg.validate(true); err != nil {
+		return err
+	}
+	a, err := build(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+
+	fmt.Fprintf(out, "tally demo: Kafka (in-process) at %s, topics usage/rated-usage/usage-dead-letters\n", strings.Join(brokers, ","))
+	fmt.Fprintf(out, "tally demo: %d subscribers, %d records/s, metrics at http://%s/metrics\n", o.subscribers, o.rate, o.httpAddr)
+	if cfg.OutputFile != "" {
+		fmt.Fprintf(out, "tally demo: rated rows -> %s (JSON lines; keep the highest revision per identity)\n", cfg.OutputFile)
+	} else {
+		fmt.Fprintf(out, "tally demo: rated rows -> ClickHouse %s, table tally.rated_usage\n", cfg.ClickHouse.Addr)
+	}
+
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	stopAll := make(chan struct{})
+	go func() {
+		var timeout <-chan time.Time
+		if o.duration > 0 {
+			timeout = time.After(o.duration)
+		}
+		select {
+		case <-stop:
+		case <-timeout:
+		case <-runCtx.Done():
+		}
+		close(stopAll)
+	}()
+
+	genDone := make(chan error, 1)
+	go func() { genDone <- produceDemo(runCtx, stopAll, brokers, o) }()
+	go report(runCtx, a, o.reportEvery, out)
+
+	err = a.run(ctx, stopAll)
+	cancelRun()
+	if gerr := <-genDone; err == nil && gerr != nil {
+		err = gerr
+	}
+	s := a.engine.Stats()
+	fmt.Fprintf(out, "tally demo: stopped: %d records consumed, %d windows emitted, %d dead letters, %d duplicates removed, revenue %s\n",
+		s.Consumed, s.WindowsEmitted, s.DeadLetters, s.Duplicates, formatRevenue(s))
+	return err
+}
+
+// produceDemo writes generated usage to the usage topic at the configured
+// rate, in real time, until stop closes.
+func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o demoOptions) error {
+	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: "usage", Balancer: &kafkago.Hash{},
+		BatchSize: 10000, BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafkago.RequireAll}
+	defer w.Close()
+	g := gen.New(uint64(time.Now().UnixNano()), o.subscribers)
+	const tick = 20 * time.Millisecond
+	perTick := o.rate * int(tick) / int(time.Second)
+	if o.rate == 0 {
+		perTick = 20000
+	}
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	msgs := make([]kafkago.Message, 0, perTick+perTick/10)
+	for {
+		select {
+		case <-stop:
+			return nil
+		case <-ctx.Done():
+			return nil
+		default:
+		}
+		if o.rate > 0 {
+			select {
+			case <-ticker.C:
+			case <-stop:
+				return nil
+			}
+		}
+		msgs = msgs[:0]
+		now := time.Now()
+		for range perTick {
+			if float64(g.Intn(100000)) < o.malformedPct*1000 {
+				msgs = append(msgs, kafkago.Message{Key: []byte("malformed"), Value: g.Malformed()})
+				continue
+			}
+			u := g.Next(now)
+			var value []byte
+			if g.Intn(2) == 0 {
+				value = u.CloudEventJSON()
+			} else {
+				value = u.PlainJSON()
+			}
+			msg := kafkago.Message{Key: []byte(u.Customer), Value: value}
+			msgs = append(msgs, msg)
+			if float64(g.Intn(100000)) < o.duplicatePct*1000 {
+				msgs = append(msgs, msg) // a producer retry
+			}
+		}
+		if err := w.WriteMessages(ctx, msgs...); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("demo generator: produce: %w", err)
+		}
+	}
+}
+
+// report prints the live line every interval.
+func report(ctx context.Context, a *app, every time.Duration, out io.Writer) {
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	prev, prevAt := a.engine.Stats(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-ticker.C:
+			s := a.engine.Stats()
+			rate := float64(s.Consumed-prev.Consumed) / now.Sub(prevAt).Seconds()
+			wm := "-"
+			if !s.Watermark.IsZero() {
+				wm = s.Watermark.Format("15:04:05")
+			}
+			fmt.Fprintf(out, "%s  %9.0f rec/s  lag %7d  consumed %10d  windows %8d  dead %6d  dups %6d  watermark %s  checkpoint %d  revenue %s\n",
+				now.Format("15:04:05"), rate, s.Lag, s.Consumed, s.WindowsEmitted, s.DeadLetters, s.Duplicates, wm, s.CheckpointSeq, formatRevenue(s))
+			prev, prevAt = s, now
+		}
+	}
+}
+
+func formatRevenue(s engineStats) string {
+	if len(s.Revenue) == 0 {
+		return "0"
+	}
+	var parts []string
+	for cur, amount := range s.Revenue {
+		parts = append(parts, amount.StringFixed(2)+" "+cur)
+	}
+	return strings.Join(parts, ", ")
+}

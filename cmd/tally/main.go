@@ -1,0 +1,91 @@
+// Command tally is the streaming usage aggregation and rating engine.
+//
+//	tally run --config FILE [flags]   production: real Kafka and ClickHouse
+//	tally demo [flags]                everything in-process, with generated usage
+//
+// See README for the configuration reference.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tally-billing/tally/engine"
+)
+
+type engineStats = engine.Stats
+
+const usage = `tally: streaming usage aggregation and rating
+
+usage:
+  tally run --config FILE [flags]   run against Kafka brokers (and ClickHouse)
+  tally demo [flags]                live demo: in-process Kafka, generated telecom usage
+  tally help COMMAND                flags of a command
+
+Stop with Ctrl-C (graceful: final checkpoint, sinks drained); a second Ctrl-C stops at once.
+`
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := make(chan struct{})
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-signals
+		close(stop)
+		<-signals
+		log.Warn("second signal: stopping at once (state stays consistent)")
+		cancel()
+	}()
+
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "run":
+		err = runCommand(ctx, args, stop, log)
+	case "demo":
+		err = runDemo(ctx, args, stop, os.Stdout, log)
+	case "help", "-h", "--help":
+		if len(args) > 0 {
+			os.Args = []string{os.Args[0], args[0], "-h"}
+			main()
+			return
+		}
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "tally: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tally: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// runCommand is `tally run`.
+func runCommand(ctx context.Context, args []string, stop <-chan struct{}, log *slog.Logger) error {
+	cfg, err := loadConfig("run", args, true)
+	if err != nil {
+		return err
+	}
+	a, err := build(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	return a.run(ctx, stop)
+}

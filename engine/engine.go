@@ -1,0 +1,291 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/state"
+)
+
+// minWatermark is the watermark before any event was seen: nothing closes.
+const minWatermark = math.MinInt64
+
+// OffsetEarliest asks a source to start a partition at its first offset.
+const OffsetEarliest = -2
+
+// Source reads usage records partition by partition.
+type Source interface {
+	// Partitions lists the partitions to read.
+	Partitions(ctx context.Context) ([]PartitionID, error)
+	// Open returns a reader of p starting at offset (or OffsetEarliest).
+	Open(ctx context.Context, p PartitionID, offset int64) (PartitionReader, error)
+}
+
+// PartitionReader reads one partition in offset order. It is used by one
+// goroutine at a time.
+type PartitionReader interface {
+	// Fetch blocks until at least one record is available and returns the
+	// records in offset order. Transient errors are retried inside; an error
+	// returned is fatal for the engine.
+	Fetch(ctx context.Context) ([]Record, error)
+	Close() error
+}
+
+// Sink receives rated rows. Delivery is at least once: after a crash, rows
+// already written may be written again with the same identity and revision,
+// so Write must be idempotent on (identity, revision).
+type Sink interface {
+	// Name is stable across restarts: it keys the sink's progress.
+	Name() string
+	Write(ctx context.Context, rows []RatedRow) error
+}
+
+// DeadLetterSink receives dead letters, at least once.
+type DeadLetterSink interface {
+	Name() string
+	WriteDeadLetters(ctx context.Context, letters []DeadLetter) error
+}
+
+// Config holds the engine's settings. Durations are event time unless named
+// otherwise.
+type Config struct {
+	Tenant string
+	// Shards is the number of aggregator goroutines; 0 means GOMAXPROCS.
+	Shards int
+	// Window is the tumbling window size.
+	Window time.Duration
+	// CheckpointInterval is the wall-clock time between checkpoints.
+	CheckpointInterval time.Duration
+	// AllowedLateness is how far a partition's watermark trails its highest
+	// event time.
+	AllowedLateness time.Duration
+	// Grace delays a window's close past its end.
+	Grace time.Duration
+	// ReviseHorizon is how long after its end a window still accepts records
+	// (as a new revision). Older records are dead-lettered as late.
+	ReviseHorizon time.Duration
+	// EmitOpenEvery, if > 0, also emits provisional revisions of open windows
+	// this often (wall clock).
+	EmitOpenEvery time.Duration
+	// IdleTimeout excludes a partition that received nothing for this long
+	// (wall clock) from the watermark, so it cannot stall windows.
+	IdleTimeout time.Duration
+	// MaxUndeliveredCheckpoints bounds how far sinks may fall behind before
+	// consumption pauses (backpressure).
+	MaxUndeliveredCheckpoints int
+	// SinkBatchRows bounds the rows of one sink write.
+	SinkBatchRows int
+}
+
+// DefaultConfig returns the defaults documented in README.
+func DefaultConfig() Config {
+	return Config{
+		Tenant:                    "default",
+		Window:                    time.Minute,
+		CheckpointInterval:        time.Second,
+		AllowedLateness:           5 * time.Second,
+		Grace:                     0,
+		ReviseHorizon:             time.Hour,
+		IdleTimeout:               30 * time.Second,
+		MaxUndeliveredCheckpoints: 300,
+		SinkBatchRows:             10000,
+	}
+}
+
+// ConfigError names a bad setting by its config key and says what is wrong.
+type ConfigError struct {
+	Key     string
+	Problem string
+}
+
+func (e *ConfigError) Error() string { return e.Key + ": " + e.Problem }
+
+func configError(key, format string, args ...any) error {
+	return &ConfigError{Key: key, Problem: fmt.Sprintf(format, args...)}
+}
+
+// Validate names the first bad setting and how to fix it.
+func (c *Config) Validate() error {
+	switch {
+	case c.Tenant == "":
+		return configError("tenant", "empty; set a tenant name such as \"default\"")
+	case c.Shards < 0 || c.Shards > 1024:
+		return configError("shards", "%d is outside 0..1024 (0 means one per CPU)", c.Shards)
+	case c.Window < time.Second || c.Window > 24*time.Hour || (24*time.Hour)%c.Window != 0:
+		return configError("window", "%s must divide a day and be at least 1s (e.g. 1m, 1h)", c.Window)
+	case c.CheckpointInterval < 10*time.Millisecond || c.CheckpointInterval > time.Minute:
+		return configError("checkpointInterval", "%s is outside 10ms..1m", c.CheckpointInterval)
+	case c.AllowedLateness < 0:
+		return configError("allowedLateness", "%s is negative", c.AllowedLateness)
+	case c.Grace < 0:
+		return configError("grace", "%s is negative", c.Grace)
+	case c.ReviseHorizon < c.Grace:
+		return configError("reviseHorizon", "%s is shorter than grace %s; a window must stay revisable until it closes", c.ReviseHorizon, c.Grace)
+	case c.EmitOpenEvery < 0:
+		return configError("emitOpenEvery", "%s is negative (0 disables)", c.EmitOpenEvery)
+	case c.IdleTimeout <= 0:
+		return configError("idleTimeout", "%s must be positive", c.IdleTimeout)
+	case c.MaxUndeliveredCheckpoints < 1:
+		return configError("maxUndeliveredCheckpoints", "%d must be at least 1", c.MaxUndeliveredCheckpoints)
+	case c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000:
+		return configError("sinkBatchRows", "%d is outside 1..1000000", c.SinkBatchRows)
+	}
+	return nil
+}
+
+// Engine reads usage, aggregates it in shards, checkpoints to the store and
+// delivers rated rows and dead letters to sinks, exactly once in effect:
+// every record ends in state (and so in rows), in dead letters, or as a
+// counted duplicate, and rows leave only from durable checkpoints.
+type Engine struct {
+	cfg         Config
+	rules       timeRules
+	store       *state.Store
+	source      Source
+	decoder     *Decoder
+	rater       Rater
+	sinks       []Sink
+	deadLetters DeadLetterSink
+	metrics     *Metrics
+	log         *slog.Logger
+
+	shards []*shard
+
+	stopOnce sync.Once
+	stop     chan struct{} // closed by Shutdown
+
+	// committedSeq is the last durable checkpoint, written by the checkpoint
+	// writer, read by sink workers and the dispatcher.
+	committedSeq atomic.Uint64
+	committed    *sync.Cond // broadcast after each commit; guards nothing but wakes waiters
+	commitMu     sync.Mutex
+
+	workers []*sinkWorker
+	stats   stats
+	health  health
+}
+
+// stats are live counters for Stats; atomics, written by several goroutines.
+type stats struct {
+	consumed       atomic.Uint64
+	deadLetters    atomic.Uint64
+	duplicates     atomic.Uint64
+	windowsEmitted atomic.Uint64
+	lag            atomic.Int64
+	watermarkNs    atomic.Int64
+	revenueMu      sync.Mutex
+	revenue        map[string]decimal.Decimal
+}
+
+// Stats is a snapshot of the engine's counters since start.
+type Stats struct {
+	Consumed       uint64
+	DeadLetters    uint64
+	Duplicates     uint64
+	WindowsEmitted uint64
+	Lag            int64
+	Watermark      time.Time
+	Revenue        map[string]decimal.Decimal // by currency
+	CheckpointSeq  uint64
+}
+
+// New builds an engine. It reads nothing until Run.
+func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater Rater,
+	sinks []Sink, deadLetters DeadLetterSink, metrics *Metrics, log *slog.Logger) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("engine config: %w", err)
+	}
+	if cfg.Shards == 0 {
+		cfg.Shards = runtime.GOMAXPROCS(0)
+	}
+	if deadLetters == nil {
+		return nil, errors.New("engine: a dead-letter sink is required: records that fail must go somewhere")
+	}
+	e := &Engine{
+		cfg: cfg,
+		rules: timeRules{
+			windowNs:        int64(cfg.Window),
+			graceNs:         int64(cfg.Grace),
+			reviseHorizonNs: int64(cfg.ReviseHorizon),
+		},
+		store: store, source: source, decoder: decoder, rater: rater,
+		sinks: sinks, deadLetters: deadLetters, metrics: metrics, log: log,
+		stop: make(chan struct{}),
+	}
+	e.committed = sync.NewCond(&e.commitMu)
+	e.stats.revenue = make(map[string]decimal.Decimal)
+	e.stats.watermarkNs.Store(minWatermark)
+	return e, nil
+}
+
+// Stats returns the live counters.
+func (e *Engine) Stats() Stats {
+	e.stats.revenueMu.Lock()
+	revenue := make(map[string]decimal.Decimal, len(e.stats.revenue))
+	for k, v := range e.stats.revenue {
+		revenue[k] = v
+	}
+	e.stats.revenueMu.Unlock()
+	s := Stats{
+		Consumed:       e.stats.consumed.Load(),
+		DeadLetters:    e.stats.deadLetters.Load(),
+		Duplicates:     e.stats.duplicates.Load(),
+		WindowsEmitted: e.stats.windowsEmitted.Load(),
+		Lag:            e.stats.lag.Load(),
+		Revenue:        revenue,
+		CheckpointSeq:  e.committedSeq.Load(),
+	}
+	if wm := e.stats.watermarkNs.Load(); wm != minWatermark {
+		s.Watermark = time.Unix(0, wm).UTC()
+	}
+	return s
+}
+
+// Shutdown asks Run to stop gracefully: stop reading, take a final
+// checkpoint, deliver every row to the sinks, and return. It returns at once;
+// Run's return tells when it is done. Cancelling Run's context instead stops
+// at once, like a crash: no final checkpoint, nothing lost either.
+func (e *Engine) Shutdown() {
+	e.stopOnce.Do(func() { close(e.stop) })
+}
+
+// Ready reports nil when the engine is consuming and its sinks are healthy,
+// else why not.
+func (e *Engine) Ready() error { return e.health.check() }
+
+// health is what /readyz reports.
+type health struct {
+	mu      sync.Mutex
+	started bool
+	paused  bool
+	failing map[string]error // sink name -> last error while failing
+}
+
+func (h *health) check() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.started {
+		return errors.New("engine is recovering state or connecting to sources")
+	}
+	for name, err := range h.failing {
+		return fmt.Errorf("sink %s is failing: %v", name, err)
+	}
+	if h.paused {
+		return errors.New("consumption paused: sinks are behind (backpressure)")
+	}
+	return nil
+}
+
+func (h *health) set(f func(h *health)) {
+	h.mu.Lock()
+	f(h)
+	h.mu.Unlock()
+}

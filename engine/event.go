@@ -1,0 +1,142 @@
+package engine
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// PartitionID names one source partition.
+type PartitionID struct {
+	Topic     string
+	Partition int32
+}
+
+func (p PartitionID) String() string { return fmt.Sprintf("%s/%d", p.Topic, p.Partition) }
+
+// Record is one raw message read from a source partition. Value is owned by
+// the engine once delivered.
+type Record struct {
+	Offset    int64
+	Value     []byte
+	HighWater int64 // the partition's high-water mark when the record was read
+}
+
+// Dim is one dimension of an event, e.g. destination=UK.
+type Dim struct {
+	Key, Value string
+}
+
+// Event is a decoded usage event.
+type Event struct {
+	ID       string
+	Source   string // CloudEvents source; with ID, the dedup identity
+	Customer string
+	Meter    string
+	TimeNs   int64 // event time, UTC, ns since the epoch
+	Value    decimal.Decimal
+	Dims     []Dim  // sorted by key, keys unique
+	GroupKey string // canonical form of Dims, part of the window identity
+
+	// Where the event was read, kept for dead letters after decoding.
+	Partition PartitionID
+	Offset    int64
+	Raw       []byte
+}
+
+// Reason is why a record was dead-lettered. Reasons are a small closed set so
+// that they can label metrics.
+type Reason string
+
+const (
+	ReasonInvalidJSON  Reason = "invalid_json"
+	ReasonInvalidField Reason = "invalid_field"
+	ReasonMissingField Reason = "missing_field"
+	ReasonUnknownMeter Reason = "unknown_meter"
+	ReasonTimeRange    Reason = "time_out_of_range"
+	ReasonLate         Reason = "late"
+	ReasonTooLarge     Reason = "too_large"
+	ReasonRating       Reason = "rating_error"
+)
+
+// DeadLetter is a record that could not be aggregated, with why. The original
+// bytes are kept so that nothing is lost.
+type DeadLetter struct {
+	Reason    Reason
+	Detail    string
+	Topic     string
+	Partition int32
+	Offset    int64
+	Raw       []byte
+}
+
+// RatedRow is one rated window: the unit of output. Its identity is
+// (Tenant, Meter, Customer, GroupKey, WindowStart); Revision grows each time
+// the window is emitted again, and consumers keep the highest revision.
+type RatedRow struct {
+	Tenant      string          `json:"tenant"`
+	Meter       string          `json:"meter"`
+	Customer    string          `json:"customer"`
+	GroupKey    string          `json:"group_key"`
+	WindowStart time.Time       `json:"window_start"`
+	WindowEnd   time.Time       `json:"window_end"`
+	Quantity    decimal.Decimal `json:"quantity"`
+	Count       uint64          `json:"count"`
+	Amount      decimal.Decimal `json:"amount"`
+	Currency    string          `json:"currency"`
+	UnitPrice   decimal.Decimal `json:"unit_price"`
+	Revision    uint64          `json:"revision"`
+	// Final is true when the window had closed (watermark past its end plus
+	// grace) at emission; false for a provisional revision of an open window.
+	Final bool `json:"final"`
+}
+
+// Identity returns the row identity as one string, used as the Kafka key.
+func (r *RatedRow) Identity() string {
+	var b strings.Builder
+	b.Grow(len(r.Tenant) + len(r.Meter) + len(r.Customer) + len(r.GroupKey) + 24)
+	b.WriteString(r.Tenant)
+	b.WriteByte('|')
+	b.WriteString(r.Meter)
+	b.WriteByte('|')
+	b.WriteString(r.Customer)
+	b.WriteByte('|')
+	b.WriteString(r.GroupKey)
+	b.WriteByte('|')
+	b.WriteString(r.WindowStart.UTC().Format(time.RFC3339))
+	return b.String()
+}
+
+// canonicalGroupKey renders sorted dims as k=v pairs joined by ',', with '\',
+// ',' and '=' escaped by '\' so that distinct dim sets never collide.
+func canonicalGroupKey(dims []Dim) string {
+	if len(dims) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for i, d := range dims {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		escapeInto(&b, d.Key)
+		b.WriteByte('=')
+		escapeInto(&b, d.Value)
+	}
+	return b.String()
+}
+
+func escapeInto(b *strings.Builder, s string) {
+	if !strings.ContainsAny(s, `\,=`) {
+		b.WriteString(s)
+		return
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\\' || c == ',' || c == '=' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+}

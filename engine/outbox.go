@@ -1,0 +1,337 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/state"
+)
+
+// The outbox: a checkpoint writes the rows and dead letters it produced into
+// the store, in the same batch as the state that produced them. Sink workers
+// then read them from the store and deliver them, each sink at its own pace,
+// recording its position in later checkpoints. So a row is delivered only
+// once its window's state is durable, delivery survives restarts (it resumes
+// at the recorded position: at least once), and idempotent sinks turn that
+// into exactly once.
+
+// Sink retry backoff bounds.
+const (
+	sinkRetryMin = 100 * time.Millisecond
+	sinkRetryMax = 5 * time.Second
+)
+
+// sinkWorker delivers one outbox stream to one sink.
+type sinkWorker struct {
+	name   string
+	stream state.Stream
+	write  func(ctx context.Context, entries [][]byte) error
+
+	mu sync.Mutex
+	// pos is the next outbox position to deliver.
+	pos state.OutboxPos
+	// delivered is the last checkpoint whose entries are all delivered.
+	delivered uint64
+}
+
+func (w *sinkWorker) progress() (state.OutboxPos, uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pos, w.delivered
+}
+
+func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(error)) error {
+	e.workers = nil
+	for _, s := range e.sinks {
+		e.workers = append(e.workers, &sinkWorker{name: s.Name(), stream: state.StreamRated,
+			write: func(ctx context.Context, entries [][]byte) error {
+				rows := make([]RatedRow, len(entries))
+				for i, b := range entries {
+					if err := json.Unmarshal(b, &rows[i]); err != nil {
+						return fmt.Errorf("decode outbox row: %w", err)
+					}
+				}
+				return s.Write(ctx, rows)
+			}})
+	}
+	dl := e.deadLetters
+	e.workers = append(e.workers, &sinkWorker{name: dl.Name(), stream: state.StreamDeadLetter,
+		write: func(ctx context.Context, entries [][]byte) error {
+			letters := make([]DeadLetter, len(entries))
+			for i, b := range entries {
+				if err := json.Unmarshal(b, &letters[i]); err != nil {
+					return fmt.Errorf("decode outbox dead letter: %w", err)
+				}
+			}
+			return dl.WriteDeadLetters(ctx, letters)
+		}})
+	seen := make(map[string]bool)
+	for _, w := range e.workers {
+		if seen[w.name] {
+			return fmt.Errorf("engine: two sinks are named %q; names key their progress and must differ", w.name)
+		}
+		seen[w.name] = true
+		pos, err := e.store.SinkProgress(w.name)
+		if err != nil {
+			return err
+		}
+		w.pos = pos
+		if pos.Seq > 0 {
+			w.delivered = pos.Seq - 1
+		}
+		wg.Go(func() { fatal(e.deliver(ctx, w)) })
+	}
+	return nil
+}
+
+// deliver runs one sink worker until ctx ends.
+func (e *Engine) deliver(ctx context.Context, w *sinkWorker) error {
+	batch := e.cfg.SinkBatchRows
+	for {
+		committed, ok := e.waitCommitted(ctx, w)
+		if !ok {
+			return nil
+		}
+		from, _ := w.progress()
+		var entries [][]byte
+		var last state.OutboxPos
+		err := e.store.Outbox(w.stream, from, committed, batch, func(pos state.OutboxPos, v []byte) error {
+			entries = append(entries, append([]byte(nil), v...))
+			last = pos
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("engine: sink %s: read outbox: %w", w.name, err)
+		}
+		if len(entries) > 0 {
+			if !e.writeWithRetry(ctx, w, entries) {
+				return nil
+			}
+		}
+		w.mu.Lock()
+		if len(entries) < batch {
+			// Everything through committed is delivered.
+			w.pos, w.delivered = state.OutboxPos{Seq: committed + 1}, committed
+		} else {
+			w.pos = state.OutboxPos{Seq: last.Seq, Index: last.Index + 1}
+			w.delivered = last.Seq - 1
+		}
+		w.mu.Unlock()
+		e.metrics.sinkLagCheckpoints.WithLabelValues(w.name).Set(float64(e.committedSeq.Load() - w.delivered))
+		e.wakeWaiters()
+	}
+}
+
+// writeWithRetry writes entries until it succeeds or ctx ends. Rows are never
+// skipped: a sink that keeps failing keeps the outbox growing until the
+// backpressure bound pauses consumption.
+func (e *Engine) writeWithRetry(ctx context.Context, w *sinkWorker, entries [][]byte) bool {
+	backoff := sinkRetryMin
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		err := w.write(ctx, entries)
+		if err == nil {
+			e.metrics.sinkBatchDuration.WithLabelValues(w.name).Observe(time.Since(start).Seconds())
+			e.metrics.sinkRows.WithLabelValues(w.name).Add(float64(len(entries)))
+			if attempt > 1 {
+				e.log.Info("sink recovered", "sink", w.name, "attempts", attempt)
+				e.health.set(func(h *health) { delete(h.failing, w.name) })
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		e.metrics.sinkErrors.WithLabelValues(w.name).Inc()
+		e.health.set(func(h *health) {
+			if h.failing == nil {
+				h.failing = make(map[string]error)
+			}
+			h.failing[w.name] = err
+		})
+		e.log.Warn("sink write failed; retrying", "sink", w.name, "rows", len(entries), "attempt", attempt, "retry_in", backoff, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return false
+		}
+		backoff = min(backoff*2, sinkRetryMax)
+	}
+}
+
+// waitCommitted blocks until a checkpoint newer than w's delivered one is
+// durable, and returns it; false when ctx ends.
+func (e *Engine) waitCommitted(ctx context.Context, w *sinkWorker) (uint64, bool) {
+	e.commitMu.Lock()
+	defer e.commitMu.Unlock()
+	for {
+		if ctx.Err() != nil {
+			return 0, false
+		}
+		committed := e.committedSeq.Load()
+		if _, delivered := w.progress(); committed > delivered {
+			return committed, true
+		}
+		e.committed.Wait()
+	}
+}
+
+// wakeWaiters wakes every goroutine waiting on commits or deliveries.
+func (e *Engine) wakeWaiters() {
+	e.commitMu.Lock()
+	e.committed.Broadcast()
+	e.commitMu.Unlock()
+}
+
+// undeliveredCheckpoints is how many durable checkpoints the slowest sink
+// has not fully delivered.
+func (e *Engine) undeliveredCheckpoints() uint64 {
+	committed := e.committedSeq.Load()
+	var behind uint64
+	for _, w := range e.workers {
+		if _, d := w.progress(); committed > d {
+			behind = max(behind, committed-d)
+		}
+	}
+	return behind
+}
+
+// outboxMarks returns each sink's position and, per stream, the position
+// before which every sink of the stream has delivered.
+func (e *Engine) outboxMarks(committed uint64) (map[string]state.OutboxPos, map[state.Stream]state.OutboxPos) {
+	progress := make(map[string]state.OutboxPos, len(e.workers))
+	trim := make(map[state.Stream]state.OutboxPos)
+	for _, w := range e.workers {
+		pos, _ := w.progress()
+		progress[w.name] = pos
+		if t, ok := trim[w.stream]; !ok || pos.Less(t) {
+			trim[w.stream] = pos
+		}
+	}
+	for stream, pos := range trim {
+		if pos.Seq > committed+1 {
+			trim[stream] = state.OutboxPos{Seq: committed + 1}
+		}
+		if pos.Seq == 0 && pos.Index == 0 {
+			delete(trim, stream)
+		}
+	}
+	return progress, trim
+}
+
+// drainSinks waits until every sink delivered the last checkpoint, then
+// records their progress, after a graceful shutdown.
+func (e *Engine) drainSinks(ctx context.Context) error {
+	committed := e.committedSeq.Load()
+	e.commitMu.Lock()
+	for e.undeliveredCheckpoints() > 0 && ctx.Err() == nil {
+		e.committed.Wait()
+	}
+	e.commitMu.Unlock()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	progress, trim := e.outboxMarks(committed)
+	cp := &state.Checkpoint{Seq: committed + 1, SinkProgress: progress, OutboxTrim: trim}
+	if err := e.store.Commit(cp); err != nil {
+		return fmt.Errorf("engine: record sink progress at shutdown: %w", err)
+	}
+	e.committedSeq.Store(committed + 1)
+	return nil
+}
+
+// writeCheckpoints is the checkpoint writer: it gathers each cut's shard
+// snapshots, commits them with the cut's offsets and outbox in one synced
+// batch, then publishes the new durable sequence.
+func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingCheckpoint) error {
+	var lastDedupExpiry int64
+	for pc := range writes {
+		cp := &state.Checkpoint{Seq: pc.seq, Partitions: pc.partitions, Outbox: make(map[state.Stream][][]byte)}
+		dead := pc.deadLetters
+		revenue := make(map[string]decimal.Decimal)
+		duplicates := make(map[string]uint64)
+		var rows []RatedRow
+		live, dedupIDs := 0, 0
+		for range e.shards {
+			var snap *shardSnapshot
+			select {
+			case snap = <-pc.replies:
+			case <-ctx.Done():
+				return nil
+			}
+			if snap.err != nil {
+				return fmt.Errorf("engine: checkpoint %d: shard %d: %w", pc.seq, snap.shard, snap.err)
+			}
+			cp.WindowPuts = append(cp.WindowPuts, snap.windowPuts...)
+			cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
+			cp.DedupAdds = append(cp.DedupAdds, snap.dedupAdds...)
+			rows = append(rows, snap.rows...)
+			dead = append(dead, snap.deadLetters...)
+			for currency, delta := range snap.revenue {
+				revenue[currency] = revenue[currency].Add(delta)
+			}
+			for meter, n := range snap.duplicates {
+				duplicates[meter] += n
+			}
+			live += snap.liveWindows
+			dedupIDs += snap.dedupIDs
+		}
+		for _, r := range rows {
+			b, err := json.Marshal(&r)
+			if err != nil {
+				return fmt.Errorf("engine: encode row: %w", err)
+			}
+			cp.Outbox[state.StreamRated] = append(cp.Outbox[state.StreamRated], b)
+		}
+		for i := range dead {
+			b, err := json.Marshal(&dead[i])
+			if err != nil {
+				return fmt.Errorf("engine: encode dead letter: %w", err)
+			}
+			cp.Outbox[state.StreamDeadLetter] = append(cp.Outbox[state.StreamDeadLetter], b)
+		}
+		if expiry := floorDiv(e.rules.lateCutoff(pc.watermarkNs), dedupBucketNs); pc.watermarkNs != minWatermark && expiry > lastDedupExpiry {
+			cp.DedupExpireBeforeNs, lastDedupExpiry = expiry, expiry
+		}
+		cp.SinkProgress, cp.OutboxTrim = e.outboxMarks(pc.seq - 1)
+
+		if err := e.store.Commit(cp); err != nil {
+			return fmt.Errorf("engine: checkpoint %d not durable, stopping so nothing unpersisted is acknowledged: %w", pc.seq, err)
+		}
+		// From here the checkpoint is durable: publish it.
+		e.committedSeq.Store(pc.seq)
+		e.wakeWaiters()
+
+		e.metrics.checkpointDuration.Observe(time.Since(pc.cutAt).Seconds())
+		e.metrics.checkpointBytes.Observe(float64(len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + len(rows) + len(dead)))
+		e.metrics.checkpointSeq.Set(float64(pc.seq))
+		e.metrics.liveWindows.Set(float64(live))
+		e.metrics.dedupIDs.Set(float64(dedupIDs))
+		for _, d := range dead {
+			e.metrics.deadLetters.WithLabelValues(string(d.Reason)).Inc()
+		}
+		e.stats.deadLetters.Add(uint64(len(dead)))
+		var dups uint64
+		for meter, n := range duplicates {
+			e.metrics.duplicates.WithLabelValues(meter).Add(float64(n))
+			dups += n
+		}
+		e.stats.duplicates.Add(dups)
+		for _, r := range rows {
+			e.metrics.windowsEmitted.WithLabelValues(map[bool]string{true: "1", false: "0"}[r.Final]).Inc()
+		}
+		e.stats.windowsEmitted.Add(uint64(len(rows)))
+		e.stats.revenueMu.Lock()
+		for currency, delta := range revenue {
+			total := e.stats.revenue[currency].Add(delta)
+			e.stats.revenue[currency] = total
+			e.metrics.ratedAmount.WithLabelValues(currency).Set(total.InexactFloat64())
+		}
+		e.stats.revenueMu.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,381 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/tally-billing/tally/state"
+)
+
+// Queue bounds between stages. Each is a count of batches, not records; a
+// batch holds at most one source fetch (bounded by the source's max fetch
+// bytes), so memory in flight is bounded by these times that size.
+const (
+	inboundQueueBatches = 16 // decoded fetches waiting for the dispatcher
+	shardQueueBatches   = 8  // event batches waiting for one shard
+	// pendingCheckpoints is how many checkpoints may be cut but not yet
+	// durable: one being written while the next is cut.
+	pendingCheckpoints = 1
+)
+
+// inboundBatch is one decoded fetch of one partition.
+type inboundBatch struct {
+	partition  int // index into the dispatcher's partitions
+	events     []Event
+	dead       []DeadLetter
+	records    int
+	nextOffset int64
+	highWater  int64
+}
+
+// partitionProgress is the dispatcher's view of one partition.
+type partitionProgress struct {
+	id             PartitionID
+	nextOffset     int64 // OffsetEarliest until the first record
+	maxEventTimeNs int64 // minWatermark until the first event
+	highWater      int64
+	lastRecordAt   time.Time // wall clock, for idleness
+}
+
+// pendingCheckpoint is a cut handed from the dispatcher to the writer.
+type pendingCheckpoint struct {
+	seq         uint64
+	cutAt       time.Time
+	partitions  []state.PartitionProgress
+	deadLetters []DeadLetter
+	watermarkNs int64
+	replies     chan *shardSnapshot
+}
+
+// Run recovers state, then consumes until Shutdown (graceful, returns nil)
+// or ctx ends (immediate, returns ctx's cause), or a fatal error.
+func (e *Engine) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	partitions, err := e.recover(ctx)
+	if err != nil {
+		return err
+	}
+	e.log.Info("state recovered", "checkpoint", e.committedSeq.Load(), "partitions", len(partitions), "shards", len(e.shards))
+
+	// Every goroutine started below ends once ctx is cancelled and the shard
+	// channels are closed; this deferred function does both, then waits.
+	var wg sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		e.wakeWaiters()
+		for _, s := range e.shards {
+			close(s.in)
+		}
+		wg.Wait()
+	}()
+	stopWaking := context.AfterFunc(ctx, e.wakeWaiters)
+	defer stopWaking()
+	fatal := func(err error) {
+		if err != nil && ctx.Err() == nil {
+			cancel(err)
+		}
+	}
+
+	for _, s := range e.shards {
+		wg.Go(s.run)
+	}
+
+	if err := e.startSinks(ctx, &wg, fatal); err != nil {
+		return err
+	}
+
+	inbound := make(chan inboundBatch, inboundQueueBatches)
+	readersCtx, stopReaders := context.WithCancel(ctx)
+	defer stopReaders()
+	for i, p := range partitions {
+		reader, err := e.source.Open(ctx, p.id, p.nextOffset)
+		if err != nil {
+			return fmt.Errorf("engine: open partition %s at offset %d: %w", p.id, p.nextOffset, err)
+		}
+		wg.Go(func() {
+			defer reader.Close()
+			fatal(e.readPartition(readersCtx, i, p.id, reader, inbound))
+		})
+	}
+
+	writes := make(chan *pendingCheckpoint, pendingCheckpoints)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		fatal(e.writeCheckpoints(ctx, writes))
+	}()
+
+	e.health.set(func(h *health) { h.started = true })
+	graceful, err := e.dispatch(ctx, partitions, inbound, writes)
+	close(writes)
+	stopReaders()
+	<-writerDone
+	if err == nil && graceful {
+		err = e.drainSinks(ctx)
+	}
+	if cause := context.Cause(ctx); err == nil && cause != nil {
+		err = cause
+	}
+	return err
+}
+
+// recover loads the last checkpoint into fresh shards and returns the
+// partitions to read with their offsets.
+func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
+	seq, err := e.store.LastSeq()
+	if err != nil {
+		return nil, err
+	}
+	e.committedSeq.Store(seq)
+	e.shards = make([]*shard, e.cfg.Shards)
+	for i := range e.shards {
+		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.rater, shardQueueBatches)
+	}
+	n := uint64(len(e.shards))
+	err = e.store.Windows(func(k, v []byte) error {
+		key, err := decodeWindowKey(k)
+		if err != nil {
+			return fmt.Errorf("engine: recover: %w: state is corrupt", err)
+		}
+		w := &window{}
+		if err := decodeWindowValue(v, w); err != nil {
+			return fmt.Errorf("engine: recover window %q: %w: state is corrupt", k, err)
+		}
+		e.shards[routingHash(key.customer)%n].restoreWindow(key, w)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = e.store.Dedup(func(d state.DedupEntry) error {
+		e.shards[d.RoutingHash%n].dedup.load(d.BucketNs, d.IDHash)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	stored, err := e.store.Partitions()
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[PartitionID]state.PartitionProgress, len(stored))
+	for _, p := range stored {
+		byID[PartitionID{Topic: p.Topic, Partition: p.Partition}] = p
+	}
+	ids, err := e.source.Partitions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("engine: list source partitions: %w", err)
+	}
+	now := time.Now()
+	out := make([]*partitionProgress, len(ids))
+	for i, id := range ids {
+		p := &partitionProgress{id: id, nextOffset: OffsetEarliest, maxEventTimeNs: minWatermark, lastRecordAt: now}
+		if s, ok := byID[id]; ok {
+			p.nextOffset, p.maxEventTimeNs = s.NextOffset, s.MaxEventTimeNs
+		}
+		out[i] = p
+	}
+	wm := e.watermark(out, now, minWatermark)
+	for _, s := range e.shards {
+		s.watermarkNs = wm
+	}
+	e.stats.watermarkNs.Store(wm)
+	return out, nil
+}
+
+// readPartition fetches, decodes and forwards one partition, in order.
+// Decoding happens here, one goroutine per partition, so it runs in parallel.
+func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r PartitionReader, out chan<- inboundBatch) error {
+	for {
+		records, err := r.Fetch(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("engine: read %s: %w", id, err)
+		}
+		if len(records) == 0 {
+			continue
+		}
+		b := inboundBatch{partition: index, events: make([]Event, 0, len(records)), records: len(records)}
+		for _, rec := range records {
+			ev, err := e.decoder.Decode(rec.Value)
+			if err != nil {
+				var de *decodeError
+				if !errors.As(err, &de) {
+					de = &decodeError{reason: ReasonInvalidJSON, detail: err.Error()}
+				}
+				b.dead = append(b.dead, DeadLetter{Reason: de.reason, Detail: de.detail,
+					Topic: id.Topic, Partition: id.Partition, Offset: rec.Offset, Raw: rec.Value})
+				continue
+			}
+			ev.Partition, ev.Offset, ev.Raw = id, rec.Offset, rec.Value
+			b.events = append(b.events, ev)
+		}
+		last := records[len(records)-1]
+		b.nextOffset, b.highWater = last.Offset+1, last.HighWater
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// dispatch is the single goroutine that routes events to shards, tracks
+// offsets and watermarks, and cuts checkpoints. Because it alone sends to the
+// shards and their channels are FIFO, a barrier sent to every shard right
+// after the offsets are recorded is a consistent cut: every record before
+// those offsets is in the shards' state at the barrier, and none after.
+// It returns graceful=true after Shutdown's final checkpoint was handed over.
+func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, inbound <-chan inboundBatch, writes chan<- *pendingCheckpoint) (graceful bool, err error) {
+	ticker := time.NewTicker(e.cfg.CheckpointInterval)
+	defer ticker.Stop()
+	seq := e.committedSeq.Load()
+	wm := e.stats.watermarkNs.Load()
+	buffers := make([][]Event, len(e.shards))
+	var dead []DeadLetter
+	lastEmitOpen := time.Now()
+	paused := false
+
+	cut := func(now time.Time) error {
+		seq++
+		emitOpen := e.cfg.EmitOpenEvery > 0 && now.Sub(lastEmitOpen) >= e.cfg.EmitOpenEvery
+		if emitOpen {
+			lastEmitOpen = now
+		}
+		cp := &pendingCheckpoint{seq: seq, cutAt: now, deadLetters: dead, watermarkNs: wm,
+			replies: make(chan *shardSnapshot, len(e.shards))}
+		dead = nil
+		for _, p := range partitions {
+			if p.nextOffset >= 0 {
+				cp.partitions = append(cp.partitions, state.PartitionProgress{Topic: p.id.Topic, Partition: p.id.Partition,
+					NextOffset: p.nextOffset, MaxEventTimeNs: p.maxEventTimeNs})
+			}
+		}
+		b := &barrier{seq: seq, watermarkNs: wm, emitOpen: emitOpen, replies: cp.replies}
+		for _, s := range e.shards {
+			select {
+			case s.in <- shardMsg{barrier: b}:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		select {
+		case writes <- cp:
+			return nil
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+
+	for {
+		// Backpressure: stop taking input while sinks are too far behind.
+		// Readers then block on the full inbound queue and stop fetching.
+		in := inbound
+		behind := e.undeliveredCheckpoints()
+		if behind >= uint64(e.cfg.MaxUndeliveredCheckpoints) {
+			in = nil
+		}
+		if p := in == nil; p != paused {
+			paused = p
+			e.health.set(func(h *health) { h.paused = p })
+			e.metrics.backpressure.Set(map[bool]float64{true: 1, false: 0}[p])
+			if p {
+				e.log.Warn("sinks behind; pausing consumption", "undelivered_checkpoints", behind)
+			} else {
+				e.log.Info("sinks caught up; resuming consumption")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return false, context.Cause(ctx)
+		case <-e.stop:
+			if err := cut(time.Now()); err != nil {
+				return false, err
+			}
+			return true, nil
+		case now := <-ticker.C:
+			if paused {
+				continue // nothing new to cut while no input is taken
+			}
+			wm = e.watermark(partitions, now, wm)
+			if err := cut(now); err != nil {
+				return false, err
+			}
+		case b := <-in:
+			p := partitions[b.partition]
+			if b.nextOffset <= p.nextOffset {
+				return false, fmt.Errorf("engine: partition %s went back from offset %d to %d", p.id, p.nextOffset, b.nextOffset)
+			}
+			p.nextOffset, p.highWater, p.lastRecordAt = b.nextOffset, b.highWater, time.Now()
+			for i := range b.events {
+				ev := &b.events[i]
+				if ev.TimeNs > p.maxEventTimeNs {
+					p.maxEventTimeNs = ev.TimeNs
+				}
+				s := routingHash(ev.Customer) % uint64(len(e.shards))
+				buffers[s] = append(buffers[s], *ev)
+			}
+			// Events carry the watermark from before their batch, so a batch
+			// never makes its own records late.
+			for i, buf := range buffers {
+				if len(buf) == 0 {
+					continue
+				}
+				select {
+				case e.shards[i].in <- shardMsg{events: buf, watermarkNs: wm}:
+				case <-ctx.Done():
+					return false, context.Cause(ctx)
+				}
+				buffers[i] = make([]Event, 0, len(buf))
+			}
+			wm = e.watermark(partitions, p.lastRecordAt, wm)
+			dead = append(dead, b.dead...)
+			e.stats.consumed.Add(uint64(b.records))
+			e.metrics.recordsConsumed.Add(float64(b.records))
+			e.metrics.recordsDecoded.Add(float64(len(b.events)))
+			lag := max(p.highWater-p.nextOffset, 0)
+			e.metrics.consumerLag.WithLabelValues(p.id.Topic, strconv.Itoa(int(p.id.Partition))).Set(float64(lag))
+			var total int64
+			for _, q := range partitions {
+				if q.highWater > 0 {
+					total += max(q.highWater-q.nextOffset, 0)
+				}
+			}
+			e.stats.lag.Store(total)
+		}
+	}
+}
+
+// watermark returns the engine watermark: the minimum over active partitions
+// of (highest event time − allowed lateness). A partition is active once it
+// has events and until it is idle for IdleTimeout. Invariant: the watermark
+// never goes back, so a window once closed stays closed.
+func (e *Engine) watermark(partitions []*partitionProgress, now time.Time, prev int64) int64 {
+	wm := int64(minWatermark)
+	found := false
+	for _, p := range partitions {
+		if p.maxEventTimeNs == minWatermark || now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout {
+			continue
+		}
+		if pw := p.maxEventTimeNs - int64(e.cfg.AllowedLateness); !found || pw < wm {
+			wm, found = pw, true
+		}
+	}
+	if !found || wm < prev {
+		wm = prev
+	}
+	e.stats.watermarkNs.Store(wm)
+	if wm != minWatermark {
+		e.metrics.watermark.Set(float64(wm) / 1e9)
+	}
+	return wm
+}

@@ -1,0 +1,170 @@
+// Package rating turns aggregated usage into money. It is pure: no I/O beyond
+// parsing a plan from bytes, no clocks, no globals. Money is decimal.Decimal,
+// never float.
+//
+// A Plan prices meters. Each meter has a Price whose Model names the pricing
+// model; the first model is per_unit, and the Price type is where later
+// models (package, tiers, allowances, bands...) add their fields.
+package rating
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/shopspring/decimal"
+	"gopkg.in/yaml.v3"
+)
+
+// Model names a pricing model.
+type Model string
+
+const (
+	// PerUnit charges quantity × unitPrice.
+	PerUnit Model = "per_unit"
+)
+
+// RoundingMode says how an amount is rounded to the plan's decimals.
+type RoundingMode string
+
+const (
+	RoundHalfUp   RoundingMode = "half_up"
+	RoundHalfEven RoundingMode = "half_even"
+	RoundUp       RoundingMode = "up"   // away from zero
+	RoundDown     RoundingMode = "down" // toward zero
+)
+
+// Plan is a versioned price list. It is immutable after Parse and safe for
+// concurrent use.
+type Plan struct {
+	ID       string           `yaml:"id" json:"id"`
+	Currency string           `yaml:"currency" json:"currency"`
+	Rounding Rounding         `yaml:"rounding" json:"rounding"`
+	Meters   map[string]Price `yaml:"meters" json:"meters"`
+}
+
+// Rounding is applied once, to each window's amount, after pricing.
+type Rounding struct {
+	Decimals int32        `yaml:"decimals" json:"decimals"`
+	Mode     RoundingMode `yaml:"mode" json:"mode"`
+}
+
+// Price prices one meter.
+type Price struct {
+	Model     Model           `yaml:"model" json:"model"`
+	UnitPrice decimal.Decimal `yaml:"unitPrice" json:"unitPrice"`
+}
+
+// DefaultDecimals is the money precision when a plan does not set one.
+const DefaultDecimals = 6
+
+// Parse reads a plan from YAML or JSON (JSON is YAML) and validates it.
+// Unknown fields are errors, so a typo never silently prices at zero.
+func Parse(data []byte) (*Plan, error) {
+	var p Plan
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	if p.Rounding.Mode == "" {
+		p.Rounding.Mode = RoundHalfUp
+	}
+	if p.Rounding.Decimals == 0 {
+		p.Rounding.Decimals = DefaultDecimals
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Validate checks the plan and names the plan, field and problem.
+func (p *Plan) Validate() error {
+	id := p.ID
+	if id == "" {
+		return fmt.Errorf("plan: field id: missing; give the plan a name")
+	}
+	if len(p.Currency) != 3 || strings.ToUpper(p.Currency) != p.Currency {
+		return fmt.Errorf("plan %s: field currency: %q is not an ISO 4217 code such as EUR", id, p.Currency)
+	}
+	if p.Rounding.Decimals < 0 || p.Rounding.Decimals > 10 {
+		return fmt.Errorf("plan %s: field rounding.decimals: %d is outside 0..10", id, p.Rounding.Decimals)
+	}
+	switch p.Rounding.Mode {
+	case RoundHalfUp, RoundHalfEven, RoundUp, RoundDown:
+	default:
+		return fmt.Errorf("plan %s: field rounding.mode: %q is not one of half_up, half_even, up, down", id, p.Rounding.Mode)
+	}
+	if len(p.Meters) == 0 {
+		return fmt.Errorf("plan %s: field meters: no meter is priced", id)
+	}
+	for _, name := range p.MeterNames() {
+		price := p.Meters[name]
+		switch price.Model {
+		case PerUnit:
+			if price.UnitPrice.IsNegative() {
+				return fmt.Errorf("plan %s: meters.%s.unitPrice: %s is negative", id, name, price.UnitPrice)
+			}
+		case "":
+			return fmt.Errorf("plan %s: meters.%s.model: missing; use per_unit", id, name)
+		default:
+			return fmt.Errorf("plan %s: meters.%s.model: unknown model %q; use per_unit", id, name, price.Model)
+		}
+	}
+	return nil
+}
+
+// MeterNames returns the priced meters, sorted.
+func (p *Plan) MeterNames() []string {
+	names := make([]string, 0, len(p.Meters))
+	for n := range p.Meters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Prices reports whether the plan prices meter.
+func (p *Plan) Prices(meter string) bool {
+	_, ok := p.Meters[meter]
+	return ok
+}
+
+// Charge is the price of a quantity of one meter.
+type Charge struct {
+	Amount    decimal.Decimal
+	Currency  string
+	UnitPrice decimal.Decimal
+}
+
+// Rate prices quantity units of meter, rounded per the plan.
+func (p *Plan) Rate(meter string, quantity decimal.Decimal) (Charge, error) {
+	price, ok := p.Meters[meter]
+	if !ok {
+		return Charge{}, fmt.Errorf("plan %s: meter %q is not priced", p.ID, meter)
+	}
+	var amount decimal.Decimal
+	switch price.Model {
+	case PerUnit:
+		amount = quantity.Mul(price.UnitPrice)
+	default:
+		return Charge{}, fmt.Errorf("plan %s: meter %q: unknown model %q", p.ID, meter, price.Model)
+	}
+	return Charge{Amount: p.round(amount), Currency: p.Currency, UnitPrice: price.UnitPrice}, nil
+}
+
+func (p *Plan) round(amount decimal.Decimal) decimal.Decimal {
+	d := p.Rounding.Decimals
+	switch p.Rounding.Mode {
+	case RoundHalfEven:
+		return amount.RoundBank(d)
+	case RoundUp:
+		return amount.RoundUp(d)
+	case RoundDown:
+		return amount.RoundDown(d)
+	default:
+		return amount.Round(d)
+	}
+}

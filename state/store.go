@@ -1,0 +1,385 @@
+// Package state is Tally's durable store: a Pebble database holding, under one
+// key layout, the aggregator state, the dedup horizon, source offsets, the
+// outbox of rows not yet delivered and each sink's delivery progress.
+//
+// Everything a checkpoint changes is written by Commit in ONE Pebble batch
+// with pebble.Sync, so after a crash the store holds exactly the state of the
+// last completed checkpoint: never part of one.
+//
+// Key layout (all integers big-endian so that keys sort numerically):
+//
+//	m/format                               format marker, written on creation
+//	c/seq                                  last committed checkpoint sequence
+//	p/<topic>\x00<partition:4>             next offset:8, max event time ns:8
+//	w/<window key>                         window aggregate (engine encoding)
+//	d/<bucket ns:8><id hash:16>            dedup entry; value: routing hash:8
+//	o/<stream:1><seq:8><index:4>           outbox entry (engine encoding)
+//	s/<sink name>                          sink's next outbox position: seq:8 index:4
+//
+// The engine owns the encoding of window and outbox values; this package
+// treats them as opaque bytes.
+package state
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// formatMarker identifies a Tally state folder and its layout version. A
+// folder holding a Pebble database without it is foreign and refused.
+const formatMarker = "tally-state-v1"
+
+var (
+	keyFormat = []byte("m/format")
+	keySeq    = []byte("c/seq")
+
+	prefixPartition = []byte("p/")
+	prefixWindow    = []byte("w/")
+	prefixDedup     = []byte("d/")
+	prefixOutbox    = []byte("o/")
+	prefixSink      = []byte("s/")
+)
+
+// Stream names an outbox stream: the kind of entries delivered together.
+type Stream byte
+
+const (
+	// StreamRated holds rated usage rows.
+	StreamRated Stream = 'r'
+	// StreamDeadLetter holds records that could not be aggregated.
+	StreamDeadLetter Stream = 'x'
+)
+
+// ErrForeign is returned by Open for a folder that is not a Tally state folder.
+var ErrForeign = errors.New("not a Tally state folder")
+
+// Store is the Pebble-backed state. Its methods are safe for concurrent use;
+// Commit calls must come from one goroutine (the checkpoint writer) so that
+// sequences are committed in order.
+type Store struct {
+	db *pebble.DB
+}
+
+// Open opens or creates the state folder dir. A folder that holds files but
+// no Tally marker, or a marker of another version, is refused with an error:
+// state is never silently reset.
+func Open(dir string) (*Store, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("state: read folder %s: %w", dir, err)
+	}
+	fresh := len(entries) == 0
+	if !fresh {
+		if _, err := os.Stat(filepath.Join(dir, "CURRENT")); err != nil {
+			return nil, fmt.Errorf("state: %s holds files but no Pebble database: %w; point --state-dir at an empty or Tally folder", dir, ErrForeign)
+		}
+	}
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	if err != nil {
+		return nil, fmt.Errorf("state: open pebble at %s: %w", dir, err)
+	}
+	s := &Store{db: db}
+	marker, closer, err := db.Get(keyFormat)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound) && fresh:
+		if err := db.Set(keyFormat, []byte(formatMarker), pebble.Sync); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("state: write format marker: %w", err)
+		}
+	case errors.Is(err, pebble.ErrNotFound):
+		db.Close()
+		return nil, fmt.Errorf("state: %s is a Pebble database without a Tally marker: %w", dir, ErrForeign)
+	case err != nil:
+		db.Close()
+		return nil, fmt.Errorf("state: read format marker: %w", err)
+	default:
+		got := string(marker)
+		closer.Close()
+		if got != formatMarker {
+			db.Close()
+			return nil, fmt.Errorf("state: %s has format %q, this Tally reads %q: %w", dir, got, formatMarker, ErrForeign)
+		}
+	}
+	return s, nil
+}
+
+// quietLogger drops Pebble's informational messages (WAL recovery, etc.) and
+// keeps errors on stderr; fatal ones end the process as Pebble expects.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any) {}
+func (quietLogger) Errorf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "pebble: "+format+"\n", args...)
+}
+func (quietLogger) Fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "pebble: fatal: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// PartitionProgress is the durable position of one source partition.
+type PartitionProgress struct {
+	Topic          string
+	Partition      int32
+	NextOffset     int64 // first offset not yet reflected in state
+	MaxEventTimeNs int64 // highest event time seen, for the watermark
+}
+
+// KV is one key and value; the key is relative to its prefix.
+type KV struct {
+	Key, Value []byte
+}
+
+// DedupEntry is one remembered event id.
+type DedupEntry struct {
+	BucketNs    int64
+	IDHash      [16]byte
+	RoutingHash uint64
+}
+
+// Checkpoint is everything one checkpoint changes. Commit writes it atomically.
+type Checkpoint struct {
+	Seq           uint64
+	Partitions    []PartitionProgress
+	WindowPuts    []KV
+	WindowDeletes [][]byte
+	DedupAdds     []DedupEntry
+	// DedupExpireBeforeNs, when > 0, removes every dedup bucket that starts
+	// before it, as one range delete.
+	DedupExpireBeforeNs int64
+	// Outbox entries, in delivery order per stream.
+	Outbox map[Stream][][]byte
+	// SinkProgress records, per sink, the next outbox position it delivers.
+	SinkProgress map[string]OutboxPos
+	// OutboxTrim removes, per stream, every entry before the position: all
+	// sinks of the stream have delivered them.
+	OutboxTrim map[Stream]OutboxPos
+}
+
+// OutboxPos is a position in an outbox stream: entry Index of checkpoint Seq.
+type OutboxPos struct {
+	Seq   uint64
+	Index uint32
+}
+
+// Less orders positions.
+func (p OutboxPos) Less(q OutboxPos) bool {
+	return p.Seq < q.Seq || (p.Seq == q.Seq && p.Index < q.Index)
+}
+
+// Commit writes cp in one batch and syncs it. Sequences must grow.
+func (s *Store) Commit(cp *Checkpoint) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	var scratch []byte
+	for _, p := range cp.Partitions {
+		v := binary.BigEndian.AppendUint64(nil, uint64(p.NextOffset))
+		v = binary.BigEndian.AppendUint64(v, uint64(p.MaxEventTimeNs))
+		if err := b.Set(partitionKey(p.Topic, p.Partition), v, nil); err != nil {
+			return fmt.Errorf("state: batch partition: %w", err)
+		}
+	}
+	for _, kv := range cp.WindowPuts {
+		scratch = append(append(scratch[:0], prefixWindow...), kv.Key...)
+		if err := b.Set(scratch, kv.Value, nil); err != nil {
+			return fmt.Errorf("state: batch window: %w", err)
+		}
+	}
+	for _, k := range cp.WindowDeletes {
+		scratch = append(append(scratch[:0], prefixWindow...), k...)
+		if err := b.Delete(scratch, nil); err != nil {
+			return fmt.Errorf("state: batch window delete: %w", err)
+		}
+	}
+	for _, d := range cp.DedupAdds {
+		if err := b.Set(dedupKey(d.BucketNs, d.IDHash), binary.BigEndian.AppendUint64(nil, d.RoutingHash), nil); err != nil {
+			return fmt.Errorf("state: batch dedup: %w", err)
+		}
+	}
+	if cp.DedupExpireBeforeNs > 0 {
+		if err := b.DeleteRange(prefixDedup, dedupKey(cp.DedupExpireBeforeNs, [16]byte{}), nil); err != nil {
+			return fmt.Errorf("state: batch dedup expiry: %w", err)
+		}
+	}
+	for stream, entries := range cp.Outbox {
+		for i, e := range entries {
+			if err := b.Set(outboxKey(stream, cp.Seq, uint32(i)), e, nil); err != nil {
+				return fmt.Errorf("state: batch outbox: %w", err)
+			}
+		}
+	}
+	for name, pos := range cp.SinkProgress {
+		v := binary.BigEndian.AppendUint64(nil, pos.Seq)
+		if err := b.Set(sinkKey(name), binary.BigEndian.AppendUint32(v, pos.Index), nil); err != nil {
+			return fmt.Errorf("state: batch sink progress: %w", err)
+		}
+	}
+	for stream, pos := range cp.OutboxTrim {
+		if err := b.DeleteRange(outboxKey(stream, 0, 0), outboxKey(stream, pos.Seq, pos.Index), nil); err != nil {
+			return fmt.Errorf("state: batch outbox trim: %w", err)
+		}
+	}
+	if err := b.Set(keySeq, binary.BigEndian.AppendUint64(nil, cp.Seq), nil); err != nil {
+		return fmt.Errorf("state: batch seq: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("state: commit checkpoint %d: %w", cp.Seq, err)
+	}
+	return nil
+}
+
+// LastSeq returns the sequence of the last committed checkpoint, 0 if none.
+func (s *Store) LastSeq() (uint64, error) {
+	return s.getUint64(keySeq)
+}
+
+// SinkProgress returns the next outbox position of sink; the zero position
+// (deliver everything) if the sink never recorded progress.
+func (s *Store) SinkProgress(sink string) (OutboxPos, error) {
+	v, closer, err := s.db.Get(sinkKey(sink))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return OutboxPos{}, nil
+	}
+	if err != nil {
+		return OutboxPos{}, fmt.Errorf("state: get progress of sink %s: %w", sink, err)
+	}
+	defer closer.Close()
+	if len(v) != 12 {
+		return OutboxPos{}, fmt.Errorf("state: progress of sink %s holds %d bytes, want 12: state is corrupt", sink, len(v))
+	}
+	return OutboxPos{Seq: binary.BigEndian.Uint64(v), Index: binary.BigEndian.Uint32(v[8:])}, nil
+}
+
+func (s *Store) getUint64(key []byte) (uint64, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("state: get %q: %w", key, err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("state: key %q holds %d bytes, want 8: state is corrupt", key, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// Partitions returns the progress of every partition in the store.
+func (s *Store) Partitions() ([]PartitionProgress, error) {
+	var out []PartitionProgress
+	err := s.scan(prefixPartition, func(k, v []byte) error {
+		i := bytes.IndexByte(k, 0)
+		if i < 0 || len(k) != i+5 || len(v) != 16 {
+			return fmt.Errorf("state: malformed partition entry %q: state is corrupt", k)
+		}
+		out = append(out, PartitionProgress{
+			Topic:          string(k[:i]),
+			Partition:      int32(binary.BigEndian.Uint32(k[i+1:])),
+			NextOffset:     int64(binary.BigEndian.Uint64(v)),
+			MaxEventTimeNs: int64(binary.BigEndian.Uint64(v[8:])),
+		})
+		return nil
+	})
+	return out, err
+}
+
+// Windows calls fn for every stored window, in key order. The slices are
+// valid only during the call.
+func (s *Store) Windows(fn func(key, value []byte) error) error {
+	return s.scan(prefixWindow, fn)
+}
+
+// Dedup calls fn for every stored dedup entry.
+func (s *Store) Dedup(fn func(DedupEntry) error) error {
+	return s.scan(prefixDedup, func(k, v []byte) error {
+		if len(k) != 24 || len(v) != 8 {
+			return fmt.Errorf("state: malformed dedup entry: state is corrupt")
+		}
+		e := DedupEntry{BucketNs: int64(binary.BigEndian.Uint64(k)), RoutingHash: binary.BigEndian.Uint64(v)}
+		copy(e.IDHash[:], k[8:])
+		return fn(e)
+	})
+}
+
+// Outbox calls fn for at most limit entries of stream at or after from and in
+// checkpoints up to throughSeq, in position order, stopping at fn's first error.
+// The value slice is valid only during the call.
+func (s *Store) Outbox(stream Stream, from OutboxPos, throughSeq uint64, limit int, fn func(pos OutboxPos, value []byte) error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: outboxKey(stream, from.Seq, from.Index),
+		UpperBound: outboxKey(stream, throughSeq+1, 0),
+	})
+	if err != nil {
+		return fmt.Errorf("state: outbox iterator: %w", err)
+	}
+	defer it.Close()
+	n := 0
+	for it.First(); it.Valid() && n < limit; it.Next() {
+		k := it.Key()
+		if len(k) != len(prefixOutbox)+1+8+4 {
+			return fmt.Errorf("state: malformed outbox key %q: state is corrupt", k)
+		}
+		pos := OutboxPos{
+			Seq:   binary.BigEndian.Uint64(k[len(prefixOutbox)+1:]),
+			Index: binary.BigEndian.Uint32(k[len(prefixOutbox)+9:]),
+		}
+		if err := fn(pos, it.Value()); err != nil {
+			return err
+		}
+		n++
+	}
+	return it.Error()
+}
+
+func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return fmt.Errorf("state: iterator %q: %w", prefix, err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if err := fn(it.Key()[len(prefix):], it.Value()); err != nil {
+			return err
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("state: scan %q: %w", prefix, err)
+	}
+	return nil
+}
+
+func prefixEnd(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	end[len(end)-1]++
+	return end
+}
+
+func partitionKey(topic string, partition int32) []byte {
+	k := append(append([]byte(nil), prefixPartition...), topic...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint32(k, uint32(partition))
+}
+
+func dedupKey(bucketNs int64, id [16]byte) []byte {
+	k := binary.BigEndian.AppendUint64(append([]byte(nil), prefixDedup...), uint64(bucketNs))
+	return append(k, id[:]...)
+}
+
+func outboxKey(stream Stream, seq uint64, index uint32) []byte {
+	k := append(append([]byte(nil), prefixOutbox...), byte(stream))
+	k = binary.BigEndian.AppendUint64(k, seq)
+	return binary.BigEndian.AppendUint32(k, index)
+}
+
+func sinkKey(name string) []byte {
+	return append(append([]byte(nil), prefixSink...), name...)
+}
