@@ -66,7 +66,7 @@ type shardSnapshot struct {
 	rows          []RatedRow
 	deadLetters   []DeadLetter
 	revenue       map[string]decimal.Decimal // net change by currency
-	duplicates    map[string]uint64 // by meter
+	duplicates    map[string]uint64          // by meter
 	liveWindows   int
 	dedupIDs      int
 	err           error

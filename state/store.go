@@ -26,9 +26,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // formatMarker identifies a Tally state folder and its layout version. A
@@ -76,7 +76,11 @@ func Open(dir string) (*Store, error) {
 	}
 	fresh := len(entries) == 0
 	if !fresh {
-		if _, err := os.Stat(filepath.Join(dir, "CURRENT")); err != nil {
+		desc, err := pebble.Peek(dir, vfs.Default)
+		if err != nil {
+			return nil, fmt.Errorf("state: inspect %s: %w", dir, err)
+		}
+		if !desc.Exists {
 			return nil, fmt.Errorf("state: %s holds files but no Pebble database: %w; point --state-dir at an empty or Tally folder", dir, ErrForeign)
 		}
 	}

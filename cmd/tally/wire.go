@@ -53,8 +53,19 @@ func loadPlan(path string) (*rating.Plan, error) {
 	return plan, nil
 }
 
+// buildOptions adjust wiring; tests use them to wrap sinks.
+type buildOptions struct {
+	wrapSink func(engine.Sink) engine.Sink
+}
+
+type buildOption func(*buildOptions)
+
 // build wires an app from cfg. On error everything opened is closed.
-func build(ctx context.Context, cfg Config, log *slog.Logger) (a *app, err error) {
+func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOption) (a *app, err error) {
+	var opts buildOptions
+	for _, o := range options {
+		o(&opts)
+	}
 	a = &app{cfg: cfg, registry: prometheus.NewRegistry(), log: log}
 	defer func() {
 		if err != nil {
@@ -103,6 +114,11 @@ func build(ctx context.Context, cfg Config, log *slog.Logger) (a *app, err error
 	dead := kafka.NewDeadLetterSink(kafka.WriterConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.DeadLetterTopic})
 	a.closers = append(a.closers, dead)
 
+	if opts.wrapSink != nil {
+		for i := range sinks {
+			sinks[i] = opts.wrapSink(sinks[i])
+		}
+	}
 	metrics := engine.NewMetrics(a.registry)
 	a.engine, err = engine.New(cfg.engineConfig(), store, source, engine.NewDecoder(plan.Prices),
 		planRater{plan: plan}, sinks, dead, metrics, log)

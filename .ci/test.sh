@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# make test: installs what the tests need when missing (kcat, ClickHouse;
+# apt, as root), starts ClickHouse on loopback with a temporary data folder,
+# runs every Go test against it, and stops it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin:$HOME/go/bin
+
+need=()
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v clickhouse-server >/dev/null 2>&1 || need+=(clickhouse-server)
+command -v clickhouse-client >/dev/null 2>&1 || need+=(clickhouse-client)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]} from apt" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+chdir=$(mktemp -d /tmp/tally-clickhouse-XXXXXX)
+trap '.ci/clickhouse.sh stop "$chdir"; rm -rf "$chdir"' EXIT
+.ci/clickhouse.sh start "$chdir"
+export TALLY_TEST_CLICKHOUSE=127.0.0.1:${TALLY_CH_TCP_PORT:-19000}
+echo "test.sh: ClickHouse $(clickhouse-client --port "${TALLY_CH_TCP_PORT:-19000}" -q 'SELECT version()') on $TALLY_TEST_CLICKHOUSE" >&2
+
+go test -race -count=1 -timeout 20m ./...

@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func known(m string) bool { return m == "sms" || m == "voice_seconds" }
+
+func TestDecodePlainAndCloudEvents(t *testing.T) {
+	d := NewDecoder(known)
+	tests := []struct {
+		name     string
+		in       string
+		customer string
+		meter    string
+		source   string
+		value    string
+		group    string
+		time     string
+	}{
+		{"plain", `{"id":"e1","customer":"c1","meter":"sms","time":"2026-03-01T10:00:00Z","value":1,"dims":{"destination":"uk"}}`,
+			"c1", "sms", "", "1", "destination=uk", "2026-03-01T10:00:00Z"},
+		{"plain string value and offset time", `{"id":"e2","customer":"c1","meter":"voice_seconds","time":"2026-03-01T12:00:00.5+02:00","value":"60.25"}`,
+			"c1", "voice_seconds", "", "60.25", "", "2026-03-01T10:00:00.5Z"},
+		{"cloudevent", `{"specversion":"1.0","id":"e3","source":"switch-7","type":"voice_seconds","subject":"c9","time":"2026-03-01T10:00:00Z","data":{"value":"42","destination":"fr","rat":"5G","ignored":3}}`,
+			"c9", "voice_seconds", "switch-7", "42", "destination=fr,rat=5G", "2026-03-01T10:00:00Z"},
+		{"escaped dims", `{"id":"e4","customer":"c1","meter":"sms","time":"2026-03-01T10:00:00Z","value":1,"dims":{"a=b":"x,y"}}`,
+			"c1", "sms", "", "1", `a\=b=x\,y`, "2026-03-01T10:00:00Z"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev, err := d.Decode([]byte(tt.in))
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			want, _ := time.Parse(time.RFC3339Nano, tt.time)
+			if ev.Customer != tt.customer || ev.Meter != tt.meter || ev.Source != tt.source ||
+				ev.Value.String() != tt.value || ev.GroupKey != tt.group || ev.TimeNs != want.UnixNano() {
+				t.Errorf("got customer=%q meter=%q source=%q value=%s group=%q time=%d; want %q %q %q %s %q %d",
+					ev.Customer, ev.Meter, ev.Source, ev.Value, ev.GroupKey, ev.TimeNs,
+					tt.customer, tt.meter, tt.source, tt.value, tt.group, want.UnixNano())
+			}
+		})
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	d := NewDecoder(known)
+	ok := `"id":"e","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z"`
+	tests := []struct {
+		name   string
+		in     string
+		reason Reason
+	}{
+		{"not json", `{"id":`, ReasonInvalidJSON},
+		{"not an object", `[1,2]`, ReasonInvalidField},
+		{"wrong type", `{"id":5,"customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":1}`, ReasonInvalidField},
+		{"missing id", `{"customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":1}`, ReasonMissingField},
+		{"missing customer", `{"id":"e","meter":"sms","time":"2026-03-01T10:00:00Z","value":1}`, ReasonMissingField},
+		{"missing time", `{"id":"e","customer":"c","meter":"sms","value":1}`, ReasonMissingField},
+		{"missing value", `{` + ok + `}`, ReasonMissingField},
+		{"null value", `{` + ok + `,"value":null}`, ReasonMissingField},
+		{"bad time", `{"id":"e","customer":"c","meter":"sms","time":"yesterday","value":1}`, ReasonInvalidField},
+		{"ancient time", `{"id":"e","customer":"c","meter":"sms","time":"1960-01-01T00:00:00Z","value":1}`, ReasonTimeRange},
+		{"NaN", `{` + ok + `,"value":"NaN"}`, ReasonInvalidField},
+		{"Inf", `{` + ok + `,"value":"Infinity"}`, ReasonInvalidField},
+		{"bool value", `{` + ok + `,"value":true}`, ReasonInvalidField},
+		{"huge value", `{` + ok + `,"value":1e30}`, ReasonInvalidField},
+		{"too precise", `{` + ok + `,"value":"0.000000000001"}`, ReasonInvalidField},
+		{"unknown meter", `{"id":"e","customer":"c","meter":"teleport","time":"2026-03-01T10:00:00Z","value":1}`, ReasonUnknownMeter},
+		{"NUL in customer", `{"id":"e","customer":"c\u0000d","meter":"sms","time":"2026-03-01T10:00:00Z","value":1}`, ReasonInvalidField},
+		{"non-string dim", `{` + ok + `,"value":1,"dims":{"n":1}}`, ReasonInvalidField},
+		{"invalid utf8", "{\"id\":\"e\xff\",\"customer\":\"c\",\"meter\":\"sms\",\"time\":\"2026-03-01T10:00:00Z\",\"value\":1}", ReasonInvalidField},
+		{"too large", `{` + ok + `,"value":1,"pad":"` + strings.Repeat("x", maxRecordBytes) + `"}`, ReasonTooLarge},
+		{"cloudevent without source", `{"specversion":"1.0","id":"e","type":"sms","subject":"c","time":"2026-03-01T10:00:00Z","data":{"value":1}}`, ReasonMissingField},
+		{"cloudevent wrong version", `{"specversion":"0.3","id":"e","source":"s","type":"sms","subject":"c","time":"2026-03-01T10:00:00Z","data":{"value":1}}`, ReasonInvalidField},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := d.Decode([]byte(tt.in))
+			var de *decodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("Decode(%.60s) = %v, want a decode error with reason %s", tt.in, err, tt.reason)
+			}
+			if de.reason != tt.reason {
+				t.Errorf("reason %s (%s), want %s", de.reason, de.detail, tt.reason)
+			}
+		})
+	}
+}
+
+func TestDecodeKeepsTrailingZeroPrecision(t *testing.T) {
+	ev, err := NewDecoder(known).Decode([]byte(`{"id":"e","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":"1.500000000000"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Value.String() != "1.5" {
+		t.Errorf("value %s, want 1.5", ev.Value)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"id":"e1","customer":"c1","meter":"sms","time":"2026-03-01T10:00:00Z","value":1,"dims":{"destination":"uk"}}`))
+	f.Add([]byte(`{"specversion":"1.0","id":"e3","source":"s","type":"sms","subject":"c9","time":"2026-03-01T10:00:00Z","data":{"value":"42"}}`))
+	d := NewDecoder(known)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		ev, err := d.Decode(raw)
+		if err == nil && (ev.ID == "" || ev.Customer == "" || !known(ev.Meter)) {
+			t.Fatalf("accepted an event without identity: %+v", ev)
+		}
+	})
+}

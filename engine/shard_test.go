@@ -1,0 +1,181 @@
+package engine
+
+import (
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
+)
+
+// unitRater charges 0.5 per unit, in EUR.
+type unitRater struct{}
+
+func (unitRater) Rate(_, _ string, _ time.Time, q decimal.Decimal) (rating.Charge, error) {
+	price := decimal.RequireFromString("0.5")
+	return rating.Charge{Amount: q.Mul(price), Currency: "EUR", UnitPrice: price}, nil
+}
+
+var t0 = time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+
+func testShard() *shard {
+	rules := timeRules{windowNs: int64(time.Minute), graceNs: int64(10 * time.Second), reviseHorizonNs: int64(time.Hour)}
+	return newShard(0, "t", rules, unitRater{}, 1)
+}
+
+func event(id, customer string, at time.Time, value int64, group string) Event {
+	return Event{ID: id, Customer: customer, Meter: "sms", TimeNs: at.UnixNano(), Value: decimal.NewFromInt(value), GroupKey: group}
+}
+
+func cut(s *shard, wm time.Time, emitOpen bool) *shardSnapshot {
+	return s.snapshot(&barrier{watermarkNs: wm.UnixNano(), emitOpen: emitOpen})
+}
+
+func rowsByKey(rows []RatedRow) map[string]RatedRow {
+	out := make(map[string]RatedRow)
+	for _, r := range rows {
+		out[r.Customer+"|"+r.GroupKey+"|"+r.WindowStart.Format("15:04")] = r
+	}
+	return out
+}
+
+func TestShardSumsCountsAndClosesWindows(t *testing.T) {
+	s := testShard()
+	s.watermarkNs = t0.UnixNano()
+	for _, e := range []Event{
+		event("1", "a", t0.Add(1*time.Second), 3, ""),
+		event("2", "a", t0.Add(59*time.Second), 4, ""),
+		event("3", "a", t0.Add(60*time.Second), 5, ""), // next window
+		event("4", "b", t0.Add(2*time.Second), 7, "destination=uk"),
+		event("5", "b", t0.Add(3*time.Second), 1, "destination=fr"),
+	} {
+		s.apply(&e)
+	}
+	// Watermark before end+grace of the first window: nothing final yet.
+	if snap := cut(s, t0.Add(69*time.Second), false); len(snap.rows) != 0 {
+		t.Fatalf("emitted %d rows before the window closed", len(snap.rows))
+	}
+	snap := cut(s, t0.Add(70*time.Second), false)
+	rows := rowsByKey(snap.rows)
+	if len(rows) != 3 {
+		t.Fatalf("got %d rows, want 3 (the 10:01 window is open): %v", len(rows), rows)
+	}
+	a := rows["a||10:00"]
+	if a.Quantity.String() != "7" || a.Count != 2 || a.Amount.String() != "3.5" || !a.Final || a.Revision != 1 {
+		t.Errorf("row a = %+v, want quantity 7, count 2, amount 3.5, final, revision 1", a)
+	}
+	if got := rows["b|destination=uk|10:00"].Quantity.String(); got != "7" {
+		t.Errorf("b/uk quantity %s, want 7", got)
+	}
+	if got := rows["b|destination=fr|10:00"].Quantity.String(); got != "1" {
+		t.Errorf("b/fr quantity %s, want 1", got)
+	}
+	if len(snap.windowPuts) != 3 {
+		t.Errorf("%d window puts, want the 3 emitted windows (all 4 were written at the previous barrier)", len(snap.windowPuts))
+	}
+	// Nothing changed: the next barrier emits and writes nothing.
+	if snap := cut(s, t0.Add(71*time.Second), false); len(snap.rows) != 0 || len(snap.windowPuts) != 0 {
+		t.Errorf("idle barrier emitted %d rows and %d puts", len(snap.rows), len(snap.windowPuts))
+	}
+}
+
+func TestShardRevisesLateRecordsAndDeadLettersAfterHorizon(t *testing.T) {
+	s := testShard()
+	e1 := event("1", "a", t0.Add(time.Second), 2, "")
+	s.apply(&e1)
+	cut(s, t0.Add(2*time.Minute), false) // emits revision 1
+
+	s.watermarkNs = t0.Add(2 * time.Minute).UnixNano()
+	late := event("2", "a", t0.Add(30*time.Second), 5, "")
+	s.apply(&late)
+	snap := cut(s, t0.Add(2*time.Minute), false)
+	if len(snap.rows) != 1 || snap.rows[0].Revision != 2 || snap.rows[0].Quantity.String() != "7" || snap.rows[0].Count != 2 {
+		t.Fatalf("late record: rows %+v, want revision 2 with full totals 7/2", snap.rows)
+	}
+	if got := snap.revenue["EUR"].String(); got != "2.5" {
+		t.Errorf("revenue delta of the revision %s, want 2.5 (3.5 - 1)", got)
+	}
+
+	// Past the horizon the window is evicted and a record for it is late.
+	snap = cut(s, t0.Add(time.Minute+time.Hour), false)
+	if len(snap.windowDeletes) != 1 || len(s.windows) != 0 {
+		t.Fatalf("window not evicted past the horizon: deletes %d, live %d", len(snap.windowDeletes), len(s.windows))
+	}
+	s.watermarkNs = t0.Add(time.Minute + time.Hour).UnixNano()
+	tooLate := event("3", "a", t0.Add(40*time.Second), 1, "")
+	tooLate.Raw = []byte("raw")
+	s.apply(&tooLate)
+	snap = cut(s, t0.Add(time.Minute+time.Hour), false)
+	if len(snap.deadLetters) != 1 || snap.deadLetters[0].Reason != ReasonLate || string(snap.deadLetters[0].Raw) != "raw" {
+		t.Fatalf("dead letters %+v, want one late letter with the raw record", snap.deadLetters)
+	}
+	if len(snap.rows) != 0 {
+		t.Errorf("a late record produced rows: %+v", snap.rows)
+	}
+}
+
+func TestShardEmitsProvisionalRevisions(t *testing.T) {
+	s := testShard()
+	e1 := event("1", "a", t0, 1, "")
+	s.apply(&e1)
+	snap := cut(s, t0, true)
+	if len(snap.rows) != 1 || snap.rows[0].Final || snap.rows[0].Revision != 1 {
+		t.Fatalf("rows %+v, want one provisional revision 1", snap.rows)
+	}
+	e2 := event("2", "a", t0.Add(time.Second), 1, "")
+	s.apply(&e2)
+	snap = cut(s, t0.Add(80*time.Second), false)
+	if len(snap.rows) != 1 || !snap.rows[0].Final || snap.rows[0].Revision != 2 || snap.rows[0].Quantity.String() != "2" {
+		t.Fatalf("rows %+v, want final revision 2 with quantity 2", snap.rows)
+	}
+}
+
+func TestShardRemovesDuplicates(t *testing.T) {
+	s := testShard()
+	for _, e := range []Event{
+		event("1", "a", t0, 1, ""),
+		event("1", "a", t0, 1, ""), // producer retry
+		{ID: "1", Source: "other", Customer: "a", Meter: "sms", TimeNs: t0.UnixNano(), Value: decimal.NewFromInt(1)},
+	} {
+		s.apply(&e)
+	}
+	snap := cut(s, t0.Add(2*time.Minute), false)
+	if snap.duplicates["sms"] != 1 {
+		t.Errorf("duplicates %v, want 1 for sms", snap.duplicates)
+	}
+	if len(snap.rows) != 1 || snap.rows[0].Quantity.String() != "2" {
+		t.Errorf("rows %+v, want quantity 2 (same id from another source is another event)", snap.rows)
+	}
+	if len(snap.dedupAdds) != 2 {
+		t.Errorf("%d dedup entries to persist, want 2", len(snap.dedupAdds))
+	}
+}
+
+func TestWindowEncodingRoundTrip(t *testing.T) {
+	key := windowKey{meter: "voice_seconds", customer: "sub-1", groupKey: `a\=b=x`, startNs: t0.UnixNano()}
+	got, err := decodeWindowKey(encodeWindowKey(key))
+	if err != nil || got != key {
+		t.Fatalf("key round trip: %+v, %v; want %+v", got, err, key)
+	}
+	w := &window{count: 12, sum: decimal.RequireFromString("123.4500000001"), revision: 3,
+		emittedAmount: decimal.RequireFromString("-0.5"), changed: true}
+	var back window
+	if err := decodeWindowValue(encodeWindowValue(w), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.count != w.count || !back.sum.Equal(w.sum) || back.revision != w.revision ||
+		!back.emittedAmount.Equal(w.emittedAmount) || back.changed != w.changed {
+		t.Errorf("value round trip: %+v, want %+v", back, w)
+	}
+	if err := decodeWindowValue([]byte{1, 2}, &back); err == nil {
+		t.Error("a truncated value decoded without error")
+	}
+}
+
+func TestFloorDiv(t *testing.T) {
+	for _, tt := range []struct{ t, size, want int64 }{{59, 60, 0}, {60, 60, 60}, {-1, 60, -60}, {-60, 60, -60}} {
+		if got := floorDiv(tt.t, tt.size); got != tt.want {
+			t.Errorf("floorDiv(%d, %d) = %d, want %d", tt.t, tt.size, got, tt.want)
+		}
+	}
+}

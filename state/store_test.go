@@ -1,0 +1,100 @@
+package state
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestCommitAndReload(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := [16]byte{1, 2, 3}
+	cp := &Checkpoint{
+		Seq:        1,
+		Partitions: []PartitionProgress{{Topic: "usage", Partition: 3, NextOffset: 42, MaxEventTimeNs: 7}},
+		WindowPuts: []KV{{Key: []byte("k1"), Value: []byte("v1")}, {Key: []byte("k2"), Value: []byte("v2")}},
+		DedupAdds:  []DedupEntry{{BucketNs: 60e9, IDHash: id, RoutingHash: 99}, {BucketNs: 120e9, IDHash: id, RoutingHash: 98}},
+		Outbox:     map[Stream][][]byte{StreamRated: {[]byte("r0"), []byte("r1"), []byte("r2")}, StreamDeadLetter: {[]byte("x0")}},
+	}
+	if err := s.Commit(cp); err != nil {
+		t.Fatal(err)
+	}
+	cp2 := &Checkpoint{
+		Seq:                 2,
+		WindowDeletes:       [][]byte{[]byte("k1")},
+		DedupExpireBeforeNs: 120e9,
+		Outbox:              map[Stream][][]byte{StreamRated: {[]byte("r3")}},
+		SinkProgress:        map[string]OutboxPos{"ch": {Seq: 1, Index: 2}},
+		OutboxTrim:          map[Stream]OutboxPos{StreamRated: {Seq: 1, Index: 2}},
+	}
+	if err := s.Commit(cp2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if seq, err := s.LastSeq(); err != nil || seq != 2 {
+		t.Errorf("LastSeq = %d, %v; want 2", seq, err)
+	}
+	parts, err := s.Partitions()
+	if err != nil || len(parts) != 1 || parts[0] != cp.Partitions[0] {
+		t.Errorf("Partitions = %+v, %v; want %+v", parts, err, cp.Partitions)
+	}
+	var windows []string
+	if err := s.Windows(func(k, v []byte) error { windows = append(windows, string(k)+"="+string(v)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(windows) != 1 || windows[0] != "k2=v2" {
+		t.Errorf("windows %v, want [k2=v2]", windows)
+	}
+	var dedup []DedupEntry
+	if err := s.Dedup(func(e DedupEntry) error { dedup = append(dedup, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(dedup) != 1 || dedup[0].BucketNs != 120e9 || dedup[0].RoutingHash != 98 || dedup[0].IDHash != id {
+		t.Errorf("dedup %+v, want only the 120s bucket", dedup)
+	}
+	pos, err := s.SinkProgress("ch")
+	if err != nil || pos != (OutboxPos{Seq: 1, Index: 2}) {
+		t.Errorf("SinkProgress = %+v, %v", pos, err)
+	}
+	var got []string
+	err = s.Outbox(StreamRated, OutboxPos{}, 2, 10, func(p OutboxPos, v []byte) error {
+		got = append(got, string(v))
+		return nil
+	})
+	if err != nil || len(got) != 2 || got[0] != "r2" || got[1] != "r3" {
+		t.Errorf("rated outbox after trim = %v, %v; want [r2 r3]", got, err)
+	}
+	got = nil
+	_ = s.Outbox(StreamRated, OutboxPos{}, 1, 10, func(p OutboxPos, v []byte) error { got = append(got, string(v)); return nil })
+	if len(got) != 1 {
+		t.Errorf("outbox through seq 1 = %v, want [r2]", got)
+	}
+	got = nil
+	_ = s.Outbox(StreamDeadLetter, OutboxPos{}, 2, 10, func(p OutboxPos, v []byte) error { got = append(got, string(v)); return nil })
+	if len(got) != 1 || got[0] != "x0" {
+		t.Errorf("dead-letter outbox = %v, want [x0]", got)
+	}
+}
+
+func TestOpenRefusesForeignFolders(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); !errors.Is(err, ErrForeign) {
+		t.Errorf("Open(folder with other files) = %v, want ErrForeign", err)
+	}
+}
