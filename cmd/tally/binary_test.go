@@ -1,0 +1,187 @@
+package main
+
+// Tests of the real binary: `tally run --config FILE` against kfake, killed
+// with SIGKILL mid-run, restarted, and stopped with SIGTERM.
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tally-billing/tally/engine"
+)
+
+// buildBinary compiles cmd/tally once per test binary.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tally")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *strings.Builder) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, &logs
+}
+
+func httpGet(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// jsonlTotals keeps the highest revision per identity of a JSON-lines file.
+func jsonlTotals(path string) (map[string]total, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	best := make(map[string]engine.RatedRow)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r engine.RatedRow
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("line %q: %w", sc.Text(), err)
+		}
+		id := r.Identity()
+		if prev, ok := best[id]; ok && prev.Revision == r.Revision && !prev.Quantity.Equal(r.Quantity) {
+			return nil, fmt.Errorf("revision %d of %s written twice with different totals", r.Revision, id)
+		}
+		if prev, ok := best[id]; !ok || r.Revision > prev.Revision {
+			best[id] = r
+		}
+	}
+	totals := make(map[string]total)
+	for _, r := range best {
+		key := fmt.Sprintf("%s|%s|%s|%d", r.Meter, r.Customer, r.GroupKey, r.WindowStart.Unix())
+		totals[key] = total{quantity: r.Quantity, count: int64(r.Count), amount: r.Amount}
+	}
+	return totals, sc.Err()
+}
+
+func TestBinarySurvivesSIGKILLAndStopsOnSIGTERM(t *testing.T) {
+	brokers := startKafka(t, 3)
+	bin := buildBinary(t)
+	s := makeStream(5, 30000, time.Date(2026, 11, 3, 0, 0, 0, 0, time.UTC))
+	produce(t, brokers, "usage", s.msgs)
+
+	dir := t.TempDir()
+	plan, _ := filepath.Abs("demo_plan.yaml")
+	output := filepath.Join(dir, "rated.jsonl")
+	httpAddr := freeAddr(t)
+	config := filepath.Join(dir, "tally.yaml")
+	err := os.WriteFile(config, []byte(fmt.Sprintf(`
+plan: %s
+stateDir: %s
+httpAddr: %s
+outputFile: %s
+kafka:
+  brokers: [%s]
+checkpointInterval: 100ms
+emitOpenEvery: 200ms
+sinkBatchRows: 300
+`, plan, filepath.Join(dir, "state"), httpAddr, output, strings.Join(brokers, ", "))), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Run 1: killed with SIGKILL once it has consumed something.
+	cmd, logs := startBinary(t, bin, "run", "--config", config)
+	waitFor(t, 30*time.Second, "records consumed", func() string {
+		_, body, err := httpGet("http://" + httpAddr + "/metrics")
+		if err != nil {
+			return err.Error()
+		}
+		if strings.Contains(body, "\ntally_records_consumed_total 0\n") || !strings.Contains(body, "tally_records_consumed_total") {
+			return "nothing consumed yet"
+		}
+		return ""
+	})
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+
+	// Run 2: on the same state, until every total is in the output file.
+	cmd, logs = startBinary(t, bin, "run", "--config", config)
+	waitFor(t, 60*time.Second, "the output file to hold the expected totals", func() string {
+		got, err := jsonlTotals(output)
+		if err != nil {
+			return err.Error()
+		}
+		return diff(s.expected, got)
+	})
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/nope": 404} {
+		code, body, err := httpGet("http://" + httpAddr + path)
+		if err != nil || code != want {
+			t.Errorf("GET %s = %d %q, %v; want %d", path, code, body, err, want)
+		}
+	}
+	_, metrics, _ := httpGet("http://" + httpAddr + "/metrics")
+	for _, name := range []string{"tally_records_consumed_total", "tally_records_decoded_total", "tally_dead_letters_total{reason=",
+		"tally_duplicates_total{meter=", "tally_windows_emitted_total", "tally_checkpoint_duration_seconds_bucket",
+		"tally_sink_batch_duration_seconds_bucket", "tally_consumer_lag_records{partition=\"0\",topic=\"usage\"}"} {
+		if !strings.Contains(metrics, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("tally run after SIGTERM: %v\n%s", err, logs)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("tally run did not stop within 30s of SIGTERM\n%s", logs)
+	}
+	checkDeadLetters(t, brokers, s)
+	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
+		t.Errorf("rated topic differs: %s", d)
+	}
+
+	// A bad configuration fails at start naming the key.
+	out, err := exec.Command(bin, "run", "--config", config, "--window", "7m").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "window") || !strings.Contains(string(out), "--window") {
+		t.Errorf("bad window: exit %v, output %q; want a failure naming window and --window", err, out)
+	}
+}

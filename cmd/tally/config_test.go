@@ -1,0 +1,99 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestFlagNames(t *testing.T) {
+	for key, want := range map[string]string{
+		"kafka.brokers":             "kafka-brokers",
+		"kafka.deadLetterTopic":     "kafka-dead-letter-topic",
+		"checkpointInterval":        "checkpoint-interval",
+		"clickhouse.addr":           "clickhouse-addr",
+		"maxUndeliveredCheckpoints": "max-undelivered-checkpoints",
+		"httpAddr":                  "http-addr",
+	} {
+		if got := flagName(key); got != want {
+			t.Errorf("flagName(%s) = %s, want %s", key, got, want)
+		}
+	}
+}
+
+func TestConfigFileAndFlags(t *testing.T) {
+	path := writeFile(t, "tally.yaml", `
+plan: plan.yaml
+stateDir: /var/lib/tally
+kafka:
+  brokers: [k1:9092, k2:9092]
+  topics: [usage-a, usage-b]
+window: 5m
+checkpointInterval: 2s
+`)
+	cfg, err := loadConfig("run", []string{"--config", path, "--window=1h", "--kafka-topics", "x,y,z"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Window != time.Hour {
+		t.Errorf("window %s: the flag must override the file", cfg.Window)
+	}
+	if cfg.CheckpointInterval != 2*time.Second || cfg.StateDir != "/var/lib/tally" {
+		t.Errorf("file values lost: %+v", cfg)
+	}
+	if strings.Join(cfg.Kafka.Brokers, ",") != "k1:9092,k2:9092" || strings.Join(cfg.Kafka.Topics, ",") != "x,y,z" {
+		t.Errorf("brokers %v topics %v", cfg.Kafka.Brokers, cfg.Kafka.Topics)
+	}
+	if cfg.Kafka.DeadLetterTopic != "usage-dead-letters" || cfg.AllowedLateness != 5*time.Second {
+		t.Errorf("defaults lost: %+v", cfg)
+	}
+}
+
+func TestBadConfigNamesKeyAndFlag(t *testing.T) {
+	plan := "--plan=p.yaml"
+	brokers := "--kafka-brokers=k:9092"
+	for _, tt := range []struct {
+		name string
+		file string
+		args []string
+		want []string
+	}{
+		{"missing brokers", "", []string{plan}, []string{"kafka.brokers", "--kafka-brokers"}},
+		{"missing plan", "", []string{brokers}, []string{"config key plan", "--plan"}},
+		{"broker without port", "", []string{plan, "--kafka-brokers=kafka"}, []string{"kafka.brokers", "no port"}},
+		{"window not dividing a day", "", []string{plan, brokers, "--window=7m"}, []string{"config key window", "--window", "divide a day"}},
+		{"horizon shorter than grace", "", []string{plan, brokers, "--grace=2h"}, []string{"reviseHorizon", "--revise-horizon"}},
+		{"bad duration flag", "", []string{plan, brokers, "--window=soon"}, []string{"window", "soon"}},
+		{"unknown flag", "", []string{plan, brokers, "--windwo=1m"}, []string{"windwo"}},
+		{"unknown key in file", "plan: p.yaml\nwindwo: 1m\n", []string{brokers}, []string{"windwo"}},
+		{"wrong type in file", "plan: p.yaml\nshards: many\n", []string{brokers}, []string{"many"}},
+		{"stray argument", "", []string{plan, brokers, "extra"}, []string{"extra"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				args = append([]string{"--config", writeFile(t, "c.yaml", tt.file)}, args...)
+			}
+			_, err := loadConfig("run", args, true)
+			if err == nil {
+				t.Fatalf("loadConfig(%v) accepted a bad configuration", args)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
