@@ -122,7 +122,7 @@ sinkBatchRows: 300
 	}
 
 	// Run 1: killed with SIGKILL once it has consumed something.
-	cmd, logs := startBinary(t, bin, "run", "--config", config)
+	cmd, _ := startBinary(t, bin, "run", "--config", config)
 	waitFor(t, 30*time.Second, "records consumed", func() string {
 		_, body, err := httpGet("http://" + httpAddr + "/metrics")
 		if err != nil {
@@ -139,7 +139,7 @@ sinkBatchRows: 300
 	_ = cmd.Wait()
 
 	// Run 2: on the same state, until every total is in the output file.
-	cmd, logs = startBinary(t, bin, "run", "--config", config)
+	cmd, logs := startBinary(t, bin, "run", "--config", config)
 	waitFor(t, 60*time.Second, "the output file to hold the expected totals", func() string {
 		got, err := jsonlTotals(output)
 		if err != nil {
