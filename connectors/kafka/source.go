@@ -139,7 +139,7 @@ func (r *partitionReader) Fetch(ctx context.Context) ([]engine.Record, error) {
 			continue // the broker's max wait passed with no data
 		}
 		if errors.Is(err, kafkago.OffsetOutOfRange) {
-			return nil, fmt.Errorf("%s at offset %d: %w: retention deleted records that were never aggregated; restore them or reset state deliberately", r.id, r.next, ErrOffsetGone)
+			return nil, fmt.Errorf("%s at offset %d: %w: either retention deleted records that were never aggregated, or the state folder belongs to another cluster or topic; nothing is skipped silently, so restore the records or start from a fresh state folder deliberately", r.id, r.next, ErrOffsetGone)
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

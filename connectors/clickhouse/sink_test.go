@@ -1,0 +1,89 @@
+package clickhouse
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/engine"
+)
+
+func testAddr(t *testing.T) string {
+	addr := os.Getenv("TALLY_TEST_CLICKHOUSE")
+	if addr == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TALLY_TEST_CLICKHOUSE is not set: ClickHouse did not start (make test starts it)")
+		}
+		t.Skip("TALLY_TEST_CLICKHOUSE not set; run make test")
+	}
+	return addr
+}
+
+func query(t *testing.T, addr, q string) string {
+	t.Helper()
+	host, port, _ := strings.Cut(addr, ":")
+	out, err := exec.Command("clickhouse-client", "--host", host, "--port", port, "--query", q).CombinedOutput()
+	if err != nil {
+		t.Fatalf("clickhouse-client %q: %v\n%s", q, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func row(customer string, revision uint64, quantity string) engine.RatedRow {
+	start := time.Date(2026, 2, 28, 23, 59, 0, 0, time.UTC)
+	q := decimal.RequireFromString(quantity)
+	return engine.RatedRow{Tenant: "t", Meter: "sms", Customer: customer, GroupKey: "destination=uk",
+		WindowStart: start, WindowEnd: start.Add(time.Minute), Quantity: q, Count: 3,
+		Amount: q.Mul(decimal.RequireFromString("0.0000001")), Currency: "EUR",
+		UnitPrice: decimal.RequireFromString("0.0000001"), Revision: revision, Final: revision > 1}
+}
+
+func TestSinkCollapsesRevisionsAndRedeliveries(t *testing.T) {
+	addr := testAddr(t)
+	ctx := context.Background()
+	database := fmt.Sprintf("tally_sink_test_%d", time.Now().UnixNano()%1e9)
+	sink, err := Open(ctx, Config{Addr: addr, Database: database})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	defer query(t, addr, "DROP DATABASE IF EXISTS "+database)
+	// Opening again is harmless: tables are created only if absent.
+	again, err := Open(ctx, Config{Addr: addr, Database: database})
+	if err != nil {
+		t.Fatalf("second Open: %v", err)
+	}
+	again.Close()
+
+	batches := [][]engine.RatedRow{
+		{row("a", 1, "10"), row("b", 1, "1")},
+		{row("a", 3, "12345678901234567890.0123456789")}, // revision 3 arrives before 2
+		{row("a", 2, "11"), row("b", 1, "1")},            // b re-delivered after a crash
+		{row("c", 1, "-2.5")},                            // negative adjustment
+	}
+	for _, b := range batches {
+		if err := sink.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := query(t, addr, "SELECT customer, revision, toString(quantity), toString(amount), final, window_start FROM "+
+		database+".rated_usage FINAL ORDER BY customer FORMAT TSV")
+	want := "a\t3\t12345678901234567890.0123456789\t1234567890123.4567890012\t1\t2026-02-28 23:59:00\n" +
+		"b\t1\t1.0000000000\t0.0000001000\t0\t2026-02-28 23:59:00\n" +
+		"c\t1\t-2.5000000000\t-0.0000002500\t0\t2026-02-28 23:59:00"
+	if got != want {
+		t.Errorf("FINAL rows:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestOpenRejectsBadIdentifiers(t *testing.T) {
+	if _, err := Open(context.Background(), Config{Addr: "127.0.0.1:1", Database: "x; DROP"}); err == nil ||
+		!strings.Contains(err.Error(), "clickhouse.database") {
+		t.Errorf("Open with a bad database name: %v", err)
+	}
+}

@@ -1,0 +1,111 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/tally-billing/tally/engine"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+func cluster(t *testing.T) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "usage"), kfake.SeedTopics(1, "dead"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
+}
+
+func readN(t *testing.T, r engine.PartitionReader, n int) []engine.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []engine.Record
+	for len(out) < n {
+		recs, err := r.Fetch(ctx)
+		if err != nil {
+			t.Fatalf("Fetch after %d records: %v", len(out), err)
+		}
+		out = append(out, recs...)
+	}
+	return out
+}
+
+func TestSourceReadsPartitionsFromOffsets(t *testing.T) {
+	brokers := cluster(t)
+	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: "usage", Balancer: &kafkago.Hash{}, BatchTimeout: time.Millisecond}
+	var msgs []kafkago.Message
+	for i := range 50 {
+		msgs = append(msgs, kafkago.Message{Key: []byte("same-key"), Value: []byte(fmt.Sprint(i))})
+	}
+	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+
+	src, err := NewSource(SourceConfig{Brokers: brokers, Topics: []string{"usage"}, FetchMaxWait: 50 * time.Millisecond},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := src.Partitions(context.Background())
+	if err != nil || len(parts) != 2 || parts[0] != (engine.PartitionID{Topic: "usage", Partition: 0}) {
+		t.Fatalf("Partitions = %v, %v", parts, err)
+	}
+	// All 50 share a key, so they are in one partition; find it.
+	for _, p := range parts {
+		r, _ := src.Open(context.Background(), p, engine.OffsetEarliest)
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		recs, _ := r.Fetch(ctx)
+		cancel()
+		r.Close()
+		if len(recs) == 0 {
+			continue
+		}
+		if recs[0].Offset != 0 || string(recs[0].Value) != "0" || recs[0].HighWater != 50 {
+			t.Errorf("first record %+v, want offset 0 value 0 high water 50", recs[0])
+		}
+		// Resume from a checkpointed offset.
+		r, _ = src.Open(context.Background(), p, 37)
+		got := readN(t, r, 13)
+		r.Close()
+		for i, rec := range got {
+			if rec.Offset != int64(37+i) || string(rec.Value) != fmt.Sprint(37+i) {
+				t.Fatalf("record %d = offset %d value %q, want %d", i, rec.Offset, rec.Value, 37+i)
+			}
+		}
+		return
+	}
+	t.Fatal("no partition held the records")
+}
+
+func TestSourceRefusesMissingTopic(t *testing.T) {
+	brokers := cluster(t)
+	src, _ := NewSource(SourceConfig{Brokers: brokers, Topics: []string{"nope"}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	_, err := src.Partitions(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("Partitions of a missing topic = %v, want an error naming it", err)
+	}
+}
+
+func TestSourceReportsDeletedOffsets(t *testing.T) {
+	brokers := cluster(t)
+	src, _ := NewSource(SourceConfig{Brokers: brokers, Topics: []string{"dead"}, FetchMaxWait: 50 * time.Millisecond},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r, _ := src.Open(context.Background(), engine.PartitionID{Topic: "dead", Partition: 0}, 1000)
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.Fetch(ctx); !errors.Is(err, ErrOffsetGone) {
+		t.Errorf("Fetch beyond the log = %v, want ErrOffsetGone", err)
+	}
+}
