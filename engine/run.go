@@ -245,9 +245,12 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 	lastEmitOpen := time.Now()
 	paused := false
 
-	cut := func(now time.Time) error {
+	// cut takes a checkpoint. final is the shutdown checkpoint: it also emits
+	// open windows as provisional revisions, so that sinks hold everything
+	// consumed when the engine stops.
+	cut := func(now time.Time, final bool) error {
 		seq++
-		emitOpen := e.cfg.EmitOpenEvery > 0 && now.Sub(lastEmitOpen) >= e.cfg.EmitOpenEvery
+		emitOpen := final || e.cfg.EmitOpenEvery > 0 && now.Sub(lastEmitOpen) >= e.cfg.EmitOpenEvery
 		if emitOpen {
 			lastEmitOpen = now
 		}
@@ -298,7 +301,7 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 		case <-ctx.Done():
 			return false, context.Cause(ctx)
 		case <-e.stop:
-			if err := cut(time.Now()); err != nil {
+			if err := cut(time.Now(), true); err != nil {
 				return false, err
 			}
 			return true, nil
@@ -307,7 +310,7 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 				continue // nothing new to cut while no input is taken
 			}
 			wm = e.watermark(partitions, now, wm)
-			if err := cut(now); err != nil {
+			if err := cut(now, false); err != nil {
 				return false, err
 			}
 		case b := <-in:

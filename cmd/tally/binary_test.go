@@ -185,3 +185,21 @@ sinkBatchRows: 300
 		t.Errorf("bad window: exit %v, output %q; want a failure naming window and --window", err, out)
 	}
 }
+
+func TestDemoRunsAndStops(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	output := filepath.Join(dir, "rated.jsonl")
+	out, err := exec.Command(bin, "demo", "--duration", "4s", "--rate", "2000", "--report-every", "1s",
+		"--window", "1s", "--output", output, "--http-addr", freeAddr(t)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tally demo: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "rec/s") || !strings.Contains(string(out), "tally demo: stopped:") {
+		t.Errorf("demo output lacks the live line or the final summary:\n%s", out)
+	}
+	got, err := jsonlTotals(output)
+	if err != nil || len(got) == 0 {
+		t.Errorf("demo wrote no rated rows to %s: %v", output, err)
+	}
+}
