@@ -21,11 +21,11 @@ func BenchmarkDecode(b *testing.B) {
 		}
 		size += len(records[i])
 	}
-	d := NewDecoder(func(string) bool { return true })
+	d := NewDecoder(benchMeters(b))
 	b.SetBytes(int64(size / len(records)))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		if _, err := d.Decode(records[i%len(records)]); err != nil {
+		if _, err := d.Decode(records[i%len(records)], nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -35,16 +35,17 @@ func BenchmarkDecode(b *testing.B) {
 // shard, 100K customers, with a barrier every 100K events.
 func BenchmarkShardApply(b *testing.B) {
 	g := gen.New(2, 100000)
-	d := NewDecoder(func(string) bool { return true })
-	events := make([]Event, 100000)
-	for i := range events {
-		ev, err := d.Decode(g.Next(t0.Add(time.Duration(i) * time.Millisecond)).PlainJSON())
+	d := NewDecoder(benchMeters(b))
+	events := make([]Event, 0, 100000)
+	for i := range cap(events) {
+		var err error
+		events, err = d.Decode(g.Next(t0.Add(time.Duration(i)*time.Millisecond)).PlainJSON(), events)
 		if err != nil {
 			b.Fatal(err)
 		}
-		events[i] = ev
 	}
 	s := testShard()
+	s.meters = d.meters
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		ev := events[i%len(events)]
@@ -54,4 +55,16 @@ func BenchmarkShardApply(b *testing.B) {
 			s.snapshot(&barrier{watermarkNs: s.watermarkNs})
 		}
 	}
+}
+
+func benchMeters(b *testing.B) *Meters {
+	m, err := CompileMeters([]Meter{
+		{Name: "voice_seconds", GroupBy: []string{"destination"}},
+		{Name: "sms", GroupBy: []string{"destination"}},
+		{Name: "data_bytes", GroupBy: []string{"rat"}},
+	}, time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
 }

@@ -56,84 +56,213 @@ type wireEvent struct {
 	Data        map[string]json.RawMessage `json:"data"`
 }
 
-// Decoder turns raw JSON records into Events. It is safe for concurrent use.
+// Decoder turns raw JSON records into Events, one per meter that reads the
+// record's event type. It is safe for concurrent use.
 type Decoder struct {
-	// knownMeter reports whether a meter is configured; others are dead-lettered.
-	knownMeter func(string) bool
+	meters *Meters
+	// maxFutureSkew refuses records timed further than this past the wall
+	// clock; 0 disables.
+	maxFutureSkew time.Duration
+	// minEventTimeNs refuses records timed before it (the horizon); 0 disables.
+	minEventTimeNs int64
+	now            func() time.Time
 }
 
-// NewDecoder returns a decoder that accepts the meters knownMeter accepts.
-func NewDecoder(knownMeter func(string) bool) *Decoder {
-	return &Decoder{knownMeter: knownMeter}
+// DecoderOption configures a Decoder.
+type DecoderOption func(*Decoder)
+
+// WithMaxFutureSkew dead-letters records timed more than d after the wall
+// clock (reason time_out_of_range). Default: off.
+func WithMaxFutureSkew(d time.Duration) DecoderOption {
+	return func(dec *Decoder) { dec.maxFutureSkew = d }
 }
 
-// Decode parses one record. On failure the error is a *decodeError carrying
-// the dead-letter reason.
-func (d *Decoder) Decode(raw []byte) (Event, error) {
+// WithHorizon dead-letters records timed before t (reason time_out_of_range).
+func WithHorizon(t time.Time) DecoderOption {
+	return func(dec *Decoder) {
+		if !t.IsZero() {
+			dec.minEventTimeNs = t.UnixNano()
+		}
+	}
+}
+
+// WithClock sets the wall clock used by WithMaxFutureSkew (tests).
+func WithClock(now func() time.Time) DecoderOption {
+	return func(dec *Decoder) { dec.now = now }
+}
+
+// NewDecoder returns a decoder for meters.
+func NewDecoder(meters *Meters, options ...DecoderOption) *Decoder {
+	d := &Decoder{meters: meters, now: time.Now}
+	for _, o := range options {
+		o(d)
+	}
+	return d
+}
+
+// Decode parses one record and appends one Event per meter reading its type
+// to out. A record is taken whole or refused whole: on failure nothing is
+// appended and the error is a *decodeError carrying the dead-letter reason.
+func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 	if len(raw) > maxRecordBytes {
-		return Event{}, fail(ReasonTooLarge, "record is %d bytes, limit %d", len(raw), maxRecordBytes)
+		return out, fail(ReasonTooLarge, "record is %d bytes, limit %d", len(raw), maxRecordBytes)
 	}
 	if !utf8.Valid(raw) {
-		return Event{}, fail(ReasonInvalidField, "record is not valid UTF-8")
+		return out, fail(ReasonInvalidField, "record is not valid UTF-8")
 	}
 	var w wireEvent
 	if err := json.Unmarshal(raw, &w); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) {
-			return Event{}, fail(ReasonInvalidField, "field %s: %s where %s is expected", typeErr.Field, typeErr.Value, typeErr.Type)
+			return out, fail(ReasonInvalidField, "field %s: %s where %s is expected", typeErr.Field, typeErr.Value, typeErr.Type)
 		}
-		return Event{}, fail(ReasonInvalidJSON, "%v", err)
+		return out, fail(ReasonInvalidJSON, "%v", err)
 	}
-	var ev Event
+	var base Event
 	var rawValue json.RawMessage
 	var dims []Dim
 	var err error
+	var eventType string
 	if w.SpecVersion != "" {
 		if w.SpecVersion != "1.0" {
-			return Event{}, fail(ReasonInvalidField, "specversion %q is not 1.0", w.SpecVersion)
+			return out, fail(ReasonInvalidField, "specversion %q is not 1.0", w.SpecVersion)
 		}
-		ev.ID, ev.Source, ev.Meter, ev.Customer = w.ID, w.Source, w.Type, w.Subject
+		base.ID, base.Source, eventType, base.Customer = w.ID, w.Source, w.Type, w.Subject
 		if w.Source == "" {
-			return Event{}, fail(ReasonMissingField, "cloudevent has no source")
+			return out, fail(ReasonMissingField, "cloudevent has no source")
 		}
 		if w.Data == nil {
-			return Event{}, fail(ReasonMissingField, "cloudevent has no data")
+			return out, fail(ReasonMissingField, "cloudevent has no data")
 		}
 		rawValue = w.Data["value"]
 		dims, err = dataDims(w.Data)
 	} else {
-		ev.ID, ev.Meter, ev.Customer = w.ID, w.Meter, w.Customer
+		base.ID, eventType, base.Customer = w.ID, w.Meter, w.Customer
 		rawValue = w.Value
 		dims, err = plainDims(w.Dims)
 	}
 	if err != nil {
-		return Event{}, err
+		return out, err
 	}
 	for _, f := range [...]struct{ name, value string }{
-		{"id", ev.ID}, {"customer", ev.Customer}, {"meter", ev.Meter},
+		{"id", base.ID}, {"customer", base.Customer}, {"meter", eventType},
 	} {
 		if f.value == "" {
-			return Event{}, fail(ReasonMissingField, "no %s", f.name)
+			return out, fail(ReasonMissingField, "no %s", f.name)
 		}
 		if err := checkIdentifier(f.name, f.value); err != nil {
-			return Event{}, err
+			return out, err
 		}
 	}
-	if err := checkIdentifier("source", ev.Source); err != nil {
-		return Event{}, err
+	if err := checkIdentifier("source", base.Source); err != nil {
+		return out, err
 	}
-	if ev.TimeNs, err = parseTime(w.Time); err != nil {
-		return Event{}, err
+	if base.TimeNs, err = parseTime(w.Time); err != nil {
+		return out, err
 	}
-	if ev.Value, err = parseValue(rawValue); err != nil {
-		return Event{}, err
+	if d.minEventTimeNs != 0 && base.TimeNs < d.minEventTimeNs {
+		return out, fail(ReasonTimeRange, "time %s is before the horizon %s", w.Time, time.Unix(0, d.minEventTimeNs).UTC().Format(time.RFC3339))
 	}
-	if !d.knownMeter(ev.Meter) {
-		return Event{}, fail(ReasonUnknownMeter, "meter %q is not configured", ev.Meter)
+	if d.maxFutureSkew > 0 && base.TimeNs > d.now().Add(d.maxFutureSkew).UnixNano() {
+		return out, fail(ReasonTimeRange, "time %s is more than %s in the future", w.Time, d.maxFutureSkew)
 	}
-	ev.Dims = dims
-	ev.GroupKey = canonicalGroupKey(dims)
-	return ev, nil
+	meters := d.meters.byType[eventType]
+	if len(meters) == 0 {
+		return out, fail(ReasonUnknownMeter, "no meter reads event type %q", eventType)
+	}
+	first := len(out)
+	for _, m := range meters {
+		ev := base
+		ev.Meter, ev.meter = m.Name, m
+		if m.needsValue {
+			raw, ok := lookupValue(m, rawValue, w.Data, dims)
+			if !ok {
+				return out[:first], fail(ReasonMissingField, "meter %s: no value at %s", m.Name, valuePathName(m))
+			}
+			if m.textValue {
+				if ev.Text, err = parseText(raw); err != nil {
+					return out[:first], fail(ReasonInvalidField, "meter %s: %v", m.Name, err)
+				}
+			} else {
+				if ev.Value, err = parseValue(raw); err != nil {
+					return out[:first], fmt.Errorf("meter %s: %w", m.Name, err)
+				}
+				if !m.Decimal && !ev.Value.IsInteger() {
+					return out[:first], fail(ReasonInvalidField, "meter %s takes integers (set decimal: true for fractional values); got %s", m.Name, ev.Value)
+				}
+			}
+		}
+		ev.Dims = dims
+		ev.GroupKey = groupKey(m, dims)
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+func valuePathName(m *meterSpec) string {
+	if m.ValuePath == "" {
+		return "value"
+	}
+	return m.ValuePath
+}
+
+// lookupValue returns the raw JSON (or, for dims, the JSON string) of a
+// meter's value.
+func lookupValue(m *meterSpec, top json.RawMessage, data map[string]json.RawMessage, dims []Dim) (json.RawMessage, bool) {
+	switch m.valueKind {
+	case valueData:
+		v, ok := data[m.valueField]
+		return v, ok && len(v) > 0 && string(v) != "null"
+	case valueDim:
+		for _, d := range dims {
+			if d.Key == m.valueField {
+				b, _ := json.Marshal(d.Value)
+				return b, true
+			}
+		}
+		return nil, false
+	default:
+		return top, len(top) > 0 && string(top) != "null"
+	}
+}
+
+// parseText returns a string or number value as text, for unique counts.
+func parseText(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 && raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", err
+		}
+		if len(s) > maxIdentifierBytes {
+			return "", fmt.Errorf("value is %d bytes, limit %d", len(s), maxIdentifierBytes)
+		}
+		return s, nil
+	}
+	if _, err := decimal.NewFromString(string(raw)); err != nil || len(raw) > 64 {
+		return "", fmt.Errorf("value %.30s is not a string or number", raw)
+	}
+	return string(raw), nil
+}
+
+// groupKey renders the meter's group-by dimensions canonically.
+func groupKey(m *meterSpec, dims []Dim) string {
+	if m.groupAll {
+		return canonicalGroupKey(dims)
+	}
+	if len(m.GroupBy) == 0 {
+		return ""
+	}
+	picked := make([]Dim, 0, len(m.GroupBy))
+	for _, d := range dims {
+		for _, g := range m.GroupBy {
+			if d.Key == g {
+				picked = append(picked, d)
+				break
+			}
+		}
+	}
+	return canonicalGroupKey(picked)
 }
 
 func checkIdentifier(name, v string) error {

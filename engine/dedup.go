@@ -10,15 +10,18 @@ import (
 // buckets, in memory and in the store (one range delete).
 const dedupBucketNs = int64(60e9)
 
-// idHash is the 128-bit identity of an event: FNV-1a over source and id.
+// idHash is the 128-bit identity of an event for one meter: FNV-1a over
+// source, id and meter (one record feeds every meter reading its type).
 // Collisions at 128 bits are negligible at any volume Tally will see.
 type idHash [16]byte
 
-func eventIDHash(source, id string) idHash {
+func eventIDHash(source, id, meter string) idHash {
 	h := fnv.New128a()
 	h.Write([]byte(source))
 	h.Write([]byte{0})
 	h.Write([]byte(id))
+	h.Write([]byte{0})
+	h.Write([]byte(meter))
 	var out idHash
 	h.Sum(out[:0])
 	return out

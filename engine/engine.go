@@ -60,7 +60,7 @@ type Config struct {
 	Tenant string
 	// Shards is the number of aggregator goroutines; 0 means GOMAXPROCS.
 	Shards int
-	// Window is the tumbling window size.
+	// Window is the window of meters that do not set their own.
 	Window time.Duration
 	// CheckpointInterval is the wall-clock time between checkpoints.
 	CheckpointInterval time.Duration
@@ -72,6 +72,10 @@ type Config struct {
 	// ReviseHorizon is how long after its end a window still accepts records
 	// (as a new revision). Older records are dead-lettered as late.
 	ReviseHorizon time.Duration
+	// DedupHorizon is how far behind the watermark event ids are remembered;
+	// a record further behind is dead-lettered as late, because a duplicate
+	// of it could no longer be recognised. 0 means ReviseHorizon.
+	DedupHorizon time.Duration
 	// EmitOpenEvery, if > 0, also emits provisional revisions of open windows
 	// this often (wall clock).
 	EmitOpenEvery time.Duration
@@ -129,6 +133,8 @@ func (c *Config) Validate() error {
 		return configError("grace", "%s is negative", c.Grace)
 	case c.ReviseHorizon < c.Grace:
 		return configError("reviseHorizon", "%s is shorter than grace %s; a window must stay revisable until it closes", c.ReviseHorizon, c.Grace)
+	case c.DedupHorizon < 0 || c.DedupHorizon > 31*24*time.Hour:
+		return configError("dedupHorizon", "%s is outside 0..744h (0 means reviseHorizon)", c.DedupHorizon)
 	case c.EmitOpenEvery < 0:
 		return configError("emitOpenEvery", "%s is negative (0 disables)", c.EmitOpenEvery)
 	case c.IdleTimeout <= 0:
@@ -171,6 +177,20 @@ type Engine struct {
 	workers []*sinkWorker
 	stats   stats
 	health  health
+
+	// now is the wall clock (idleness, emitOpenEvery); tests replace it.
+	now func() time.Time
+	// checkpointRequests lets tests cut a checkpoint once given offsets are
+	// dispatched, instead of on the ticker.
+	checkpointRequests chan checkpointRequest
+}
+
+// checkpointRequest asks the dispatcher for a checkpoint once every listed
+// partition's next offset reached the given one.
+type checkpointRequest struct {
+	offsets  map[PartitionID]int64
+	emitOpen bool
+	reply    chan uint64 // receives the sequence of the cut
 }
 
 // stats are live counters for Stats; atomics, written by several goroutines.
@@ -209,16 +229,22 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 	if deadLetters == nil {
 		return nil, errors.New("engine: a dead-letter sink is required: records that fail must go somewhere")
 	}
+	if cfg.DedupHorizon == 0 {
+		cfg.DedupHorizon = cfg.ReviseHorizon
+	}
 	e := &Engine{
 		cfg: cfg,
 		rules: timeRules{
-			windowNs:        int64(cfg.Window),
 			graceNs:         int64(cfg.Grace),
 			reviseHorizonNs: int64(cfg.ReviseHorizon),
+			dedupHorizonNs:  int64(cfg.DedupHorizon),
 		},
 		store: store, source: source, decoder: decoder, rater: rater,
 		sinks: sinks, deadLetters: deadLetters, metrics: metrics, log: log,
 		stop: make(chan struct{}),
+		now:  time.Now,
+
+		checkpointRequests: make(chan checkpointRequest),
 	}
 	e.committed = sync.NewCond(&e.commitMu)
 	e.stats.revenue = make(map[string]decimal.Decimal)

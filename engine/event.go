@@ -35,15 +35,18 @@ type Event struct {
 	Source   string // CloudEvents source; with ID, the dedup identity
 	Customer string
 	Meter    string
-	TimeNs   int64 // event time, UTC, ns since the epoch
-	Value    decimal.Decimal
-	Dims     []Dim  // sorted by key, keys unique
-	GroupKey string // canonical form of Dims, part of the window identity
+	TimeNs   int64           // event time, UTC, ns since the epoch
+	Value    decimal.Decimal // numeric value (SUM, MIN, MAX, AVG, LATEST)
+	Text     string          // value as text (UNIQUE_COUNT)
+	Dims     []Dim           // sorted by key, keys unique
+	GroupKey string          // canonical form of Dims, part of the window identity
 
 	// Where the event was read, kept for dead letters after decoding.
 	Partition PartitionID
 	Offset    int64
 	Raw       []byte
+
+	meter *meterSpec
 }
 
 // Reason is why a record was dead-lettered. Reasons are a small closed set so
@@ -59,6 +62,7 @@ const (
 	ReasonLate         Reason = "late"
 	ReasonTooLarge     Reason = "too_large"
 	ReasonRating       Reason = "rating_error"
+	ReasonCardinality  Reason = "cardinality"
 )
 
 // DeadLetter is a record that could not be aggregated, with why. The original

@@ -294,7 +294,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 			}
 			cp.Outbox[state.StreamDeadLetter] = append(cp.Outbox[state.StreamDeadLetter], b)
 		}
-		if expiry := floorDiv(e.rules.lateCutoff(pc.watermarkNs), dedupBucketNs); pc.watermarkNs != minWatermark && expiry > lastDedupExpiry {
+		if expiry := e.rules.dedupExpiry(pc.watermarkNs); pc.watermarkNs != minWatermark && expiry > lastDedupExpiry {
 			cp.DedupExpireBeforeNs, lastDedupExpiry = expiry, expiry
 		}
 		cp.SinkProgress, cp.OutboxTrim = e.outboxMarks(pc.seq - 1)

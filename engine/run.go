@@ -135,7 +135,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	e.committedSeq.Store(seq)
 	e.shards = make([]*shard, e.cfg.Shards)
 	for i := range e.shards {
-		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.rater, shardQueueBatches)
+		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.rater, shardQueueBatches)
 	}
 	n := uint64(len(e.shards))
 	err = e.store.Windows(func(k, v []byte) error {
@@ -147,7 +147,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if err := decodeWindowValue(v, w); err != nil {
 			return fmt.Errorf("engine: recover window %q: %w: state is corrupt", k, err)
 		}
-		e.shards[routingHash(key.customer)%n].restoreWindow(key, w)
+		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w); err != nil {
+			return fmt.Errorf("engine: recover: %w", err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -173,7 +175,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: list source partitions: %w", err)
 	}
-	now := time.Now()
+	now := e.now()
 	out := make([]*partitionProgress, len(ids))
 	for i, id := range ids {
 		p := &partitionProgress{id: id, nextOffset: OffsetEarliest, maxEventTimeNs: minWatermark, lastRecordAt: now}
@@ -206,7 +208,8 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 		}
 		b := inboundBatch{partition: index, events: make([]Event, 0, len(records)), records: len(records)}
 		for _, rec := range records {
-			ev, err := e.decoder.Decode(rec.Value)
+			first := len(b.events)
+			b.events, err = e.decoder.Decode(rec.Value, b.events)
 			if err != nil {
 				var de *decodeError
 				if !errors.As(err, &de) {
@@ -216,8 +219,9 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 					Topic: id.Topic, Partition: id.Partition, Offset: rec.Offset, Raw: rec.Value})
 				continue
 			}
-			ev.Partition, ev.Offset, ev.Raw = id, rec.Offset, rec.Value
-			b.events = append(b.events, ev)
+			for i := first; i < len(b.events); i++ {
+				b.events[i].Partition, b.events[i].Offset, b.events[i].Raw = id, rec.Offset, rec.Value
+			}
 		}
 		last := records[len(records)-1]
 		b.nextOffset, b.highWater = last.Offset+1, last.HighWater
@@ -242,15 +246,39 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 	wm := e.stats.watermarkNs.Load()
 	buffers := make([][]Event, len(e.shards))
 	var dead []DeadLetter
-	lastEmitOpen := time.Now()
+	lastEmitOpen := e.now()
 	paused := false
+	var pending *checkpointRequest
+	// requested cuts pending's checkpoint once its offsets are dispatched.
+	var cut func(time.Time, bool) error
+	requested := func() error {
+		if pending == nil {
+			return nil
+		}
+		for _, p := range partitions {
+			if want := pending.offsets[p.id]; want > 0 && p.nextOffset < want {
+				return nil
+			}
+		}
+		now := e.now()
+		wm = e.watermark(partitions, now, wm)
+		if err := cut(now, false); err != nil {
+			return err
+		}
+		pending.reply <- seq
+		pending = nil
+		return nil
+	}
 
 	// cut takes a checkpoint. final is the shutdown checkpoint: it also emits
 	// open windows as provisional revisions, so that sinks hold everything
 	// consumed when the engine stops.
-	cut := func(now time.Time, final bool) error {
+	cut = func(now time.Time, final bool) error {
 		seq++
 		emitOpen := final || e.cfg.EmitOpenEvery > 0 && now.Sub(lastEmitOpen) >= e.cfg.EmitOpenEvery
+		if pending != nil {
+			emitOpen = emitOpen || pending.emitOpen
+		}
 		if emitOpen {
 			lastEmitOpen = now
 		}
@@ -301,14 +329,20 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 		case <-ctx.Done():
 			return false, context.Cause(ctx)
 		case <-e.stop:
-			if err := cut(time.Now(), true); err != nil {
+			if err := cut(e.now(), true); err != nil {
 				return false, err
 			}
 			return true, nil
-		case now := <-ticker.C:
+		case req := <-e.checkpointRequests:
+			pending = &req
+			if err := requested(); err != nil {
+				return false, err
+			}
+		case <-ticker.C:
 			if paused {
 				continue // nothing new to cut while no input is taken
 			}
+			now := e.now()
 			wm = e.watermark(partitions, now, wm)
 			if err := cut(now, false); err != nil {
 				return false, err
@@ -318,7 +352,7 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			if b.nextOffset <= p.nextOffset {
 				return false, fmt.Errorf("engine: partition %s went back from offset %d to %d", p.id, p.nextOffset, b.nextOffset)
 			}
-			p.nextOffset, p.highWater, p.lastRecordAt = b.nextOffset, b.highWater, time.Now()
+			p.nextOffset, p.highWater, p.lastRecordAt = b.nextOffset, b.highWater, e.now()
 			for i := range b.events {
 				ev := &b.events[i]
 				if ev.TimeNs > p.maxEventTimeNs {
@@ -354,6 +388,9 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 				}
 			}
 			e.stats.lag.Store(total)
+			if err := requested(); err != nil {
+				return false, err
+			}
 		}
 	}
 }

@@ -18,24 +18,39 @@ type Rater interface {
 
 // timeRules are the event-time bounds every shard applies identically.
 type timeRules struct {
-	windowNs        int64
 	graceNs         int64
 	reviseHorizonNs int64
+	dedupHorizonNs  int64
 }
 
-// lateCutoff returns the start of the oldest window that still accepts
-// records at watermark wm: a record with event time before it is late. Every
-// window starting before it has ended at least reviseHorizon before wm.
-func (r timeRules) lateCutoff(wm int64) int64 {
+// late reports whether a record of window endNs at time tNs is too late at
+// watermark wm: its window stopped accepting revisions (ended more than
+// reviseHorizon before wm), or its dedup bucket is already forgotten, so a
+// duplicate could no longer be recognised. Such records are dead-lettered.
+func (r timeRules) late(tNs, endNs, wm int64) bool {
+	if wm == minWatermark {
+		return false
+	}
+	return endNs+r.reviseHorizonNs <= wm || floorDiv(tNs, dedupBucketNs) < r.dedupExpiry(wm)
+}
+
+// evictable reports whether a window ending at endNs can no longer change.
+func (r timeRules) evictable(endNs, wm int64) bool {
+	return wm != minWatermark && endNs+r.reviseHorizonNs <= wm
+}
+
+// dedupExpiry is the first dedup bucket still kept at wm; buckets before it
+// are forgotten, and records in them are late.
+func (r timeRules) dedupExpiry(wm int64) int64 {
 	if wm == minWatermark {
 		return minWatermark
 	}
-	return floorDiv(wm-r.reviseHorizonNs, r.windowNs)
+	return floorDiv(wm-r.dedupHorizonNs, dedupBucketNs)
 }
 
-// closed reports whether the window starting at startNs is closed at wm.
-func (r timeRules) closed(startNs, wm int64) bool {
-	return wm != minWatermark && startNs+r.windowNs+r.graceNs <= wm
+// closed reports whether a window ending at endNs is closed at wm.
+func (r timeRules) closed(endNs, wm int64) bool {
+	return wm != minWatermark && endNs+r.graceNs <= wm
 }
 
 // shardMsg is what the dispatcher sends a shard: a batch of events with the
@@ -79,12 +94,16 @@ type shard struct {
 	index   int
 	tenant  string
 	rules   timeRules
+	meters  *Meters
 	rater   Rater
 	in      chan shardMsg
 	windows map[windowKey]*window
-	// byStart indexes windows by start so that eviction visits only old starts.
-	byStart map[int64]map[windowKey]*window
-	dedup   *dedupSet
+	// byEnd indexes windows by end so that eviction visits only old ends.
+	byEnd map[int64]map[windowKey]*window
+	// groups counts the groups of each (meter, customer, window start), for
+	// the meters' maxGroupsPerKey.
+	groups map[groupFamily]int
+	dedup  *dedupSet
 
 	watermarkNs int64
 	dirty       []*window
@@ -94,15 +113,22 @@ type shard struct {
 	duplicates  map[string]uint64
 }
 
-func newShard(index int, tenant string, rules timeRules, rater Rater, queueLen int) *shard {
+type groupFamily struct {
+	meter, customer string
+	startNs         int64
+}
+
+func newShard(index int, tenant string, rules timeRules, meters *Meters, rater Rater, queueLen int) *shard {
 	return &shard{
 		index:       index,
 		tenant:      tenant,
 		rules:       rules,
+		meters:      meters,
 		rater:       rater,
 		in:          make(chan shardMsg, queueLen),
 		windows:     make(map[windowKey]*window),
-		byStart:     make(map[int64]map[windowKey]*window),
+		byEnd:       make(map[int64]map[windowKey]*window),
+		groups:      make(map[groupFamily]int),
 		dedup:       newDedupSet(),
 		watermarkNs: minWatermark,
 		duplicates:  make(map[string]uint64),
@@ -123,45 +149,62 @@ func (s *shard) run() {
 	}
 }
 
+func (s *shard) deadLetter(ev *Event, reason Reason, detail string) {
+	s.deadLetters = append(s.deadLetters, DeadLetter{Reason: reason, Detail: detail,
+		Topic: ev.Partition.Topic, Partition: ev.Partition.Partition, Offset: ev.Offset, Raw: ev.Raw})
+}
+
 // apply adds one event. Order of checks: a late record is dead-lettered
-// before dedup because its dedup bucket may already be expired: the dedup
-// horizon covers exactly the windows that still accept records.
+// before dedup because its dedup bucket may already be forgotten: the dedup
+// horizon covers exactly the records that are not late. The cardinality
+// check comes after dedup so that a duplicate is never dead-lettered.
 func (s *shard) apply(ev *Event) {
-	startNs := floorDiv(ev.TimeNs, s.rules.windowNs)
-	if startNs < s.rules.lateCutoff(s.watermarkNs) {
-		s.deadLetters = append(s.deadLetters, DeadLetter{
-			Reason: ReasonLate,
-			Detail: fmt.Sprintf("window %s closed for revisions: watermark %s",
-				time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)),
-			Topic: ev.Partition.Topic, Partition: ev.Partition.Partition, Offset: ev.Offset, Raw: ev.Raw,
-		})
+	m := ev.meter
+	startNs := m.window.start(ev.TimeNs)
+	endNs := m.window.end(startNs)
+	if s.rules.late(ev.TimeNs, endNs, s.watermarkNs) {
+		s.deadLetter(ev, ReasonLate, fmt.Sprintf("meter %s window %s no longer accepts records: watermark %s",
+			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
+		return
+	}
+	key := windowKey{meter: m.Name, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}
+	w := s.windows[key]
+	family := groupFamily{meter: m.Name, customer: ev.Customer, startNs: startNs}
+	if w == nil && s.groups[family] >= m.MaxGroupsPerKey {
+		// Checked before dedup remembers the id, so a retry of this record
+		// is dead-lettered again rather than counted as a duplicate.
+		s.deadLetter(ev, ReasonCardinality, fmt.Sprintf("meter %s: customer already has %d groups in window %s (maxGroupsPerKey)",
+			m.Name, m.MaxGroupsPerKey, time.Unix(0, startNs).UTC().Format(time.RFC3339)))
 		return
 	}
 	routing := routingHash(ev.Customer)
-	if s.dedup.seen(floorDiv(ev.TimeNs, dedupBucketNs), eventIDHash(ev.Source, ev.ID), routing) {
-		s.duplicates[ev.Meter]++
+	if s.dedup.seen(floorDiv(ev.TimeNs, dedupBucketNs), eventIDHash(ev.Source, ev.ID, m.Name), routing) {
+		s.duplicates[m.Name]++
 		return
 	}
-	key := windowKey{meter: ev.Meter, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}
-	w := s.windows[key]
 	if w == nil {
-		w = s.addWindow(key)
+		w = s.addWindow(key, m, endNs)
 	}
-	w.count++
-	w.sum = w.sum.Add(ev.Value)
+	w.add(ev)
 	s.touch(w)
 }
 
-func (s *shard) addWindow(key windowKey) *window {
-	w := &window{key: key}
-	s.windows[key] = w
-	byStart := s.byStart[key.startNs]
-	if byStart == nil {
-		byStart = make(map[windowKey]*window)
-		s.byStart[key.startNs] = byStart
-	}
-	byStart[key] = w
+func (s *shard) addWindow(key windowKey, m *meterSpec, endNs int64) *window {
+	w := &window{key: key, meter: m, endNs: endNs}
+	s.index1(w)
 	return w
+}
+
+// index1 registers w in the shard's maps.
+func (s *shard) index1(w *window) {
+	s.windows[w.key] = w
+	byEnd := s.byEnd[w.endNs]
+	if byEnd == nil {
+		byEnd = make(map[windowKey]*window)
+		s.byEnd[w.endNs] = byEnd
+	}
+	byEnd[w.key] = w
+	s.groups[groupFamily{meter: w.key.meter, customer: w.key.customer, startNs: w.key.startNs}]++
 }
 
 // touch marks w as changed since both its last checkpoint and its last emission.
@@ -185,11 +228,14 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	s.watermarkNs = b.watermarkNs
 	snap := &shardSnapshot{shard: s.index, revenue: make(map[string]decimal.Decimal)}
 
-	// 1. Emit: closed windows with changes, and open ones when asked to.
+	// 1. Emit: closed windows with changes or whose last revision was
+	// provisional, and open windows with changes when asked to. Invariant: a
+	// window is in the unemitted list iff pendingEmission().
 	kept := s.unemitted[:0]
 	for _, w := range s.unemitted {
-		final := s.rules.closed(w.key.startNs, b.watermarkNs)
-		if !final && !b.emitOpen {
+		final := s.rules.closed(w.endNs, b.watermarkNs)
+		due := final || (b.emitOpen && w.changed)
+		if !due {
 			kept = append(kept, w)
 			continue
 		}
@@ -201,7 +247,11 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(w.emittedAmount))
 		w.emittedAmount = row.Amount
 		snap.rows = append(snap.rows, row)
-		w.queued = false
+		if final {
+			w.queued = false
+		} else {
+			kept = append(kept, w) // its final revision is still due
+		}
 		if !w.dirty {
 			w.dirty = true
 			s.dirty = append(s.dirty, w)
@@ -212,23 +262,26 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 
 	// 2. Evict windows no record may revise any more. They were emitted in
 	// step 1 at the latest, because reviseHorizon >= grace.
-	cutoff := s.rules.lateCutoff(b.watermarkNs)
-	for startNs, ws := range s.byStart {
-		if startNs >= cutoff {
+	for endNs, ws := range s.byEnd {
+		if !s.rules.evictable(endNs, b.watermarkNs) {
 			continue
 		}
 		for key, w := range ws {
-			if w.changed {
-				snap.err = fmt.Errorf("engine: invariant broken: evicting window %v with unemitted changes", key)
+			if w.pendingEmission() {
+				snap.err = fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", key)
 				return snap
 			}
 			delete(s.windows, key)
+			family := groupFamily{meter: key.meter, customer: key.customer, startNs: key.startNs}
+			if s.groups[family]--; s.groups[family] <= 0 {
+				delete(s.groups, family)
+			}
 			w.dirty = false // dropped from the dirty list below
 			s.deleted = append(s.deleted, encodeWindowKey(key))
 		}
-		delete(s.byStart, startNs)
+		delete(s.byEnd, endNs)
 	}
-	s.dedup.expire(floorDiv(cutoff, dedupBucketNs))
+	s.dedup.expire(s.rules.dedupExpiry(b.watermarkNs))
 
 	// 3. Encode what changed.
 	snap.windowPuts = make([]state.KV, 0, len(s.dirty))
@@ -236,7 +289,12 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		if !w.dirty {
 			continue // evicted
 		}
-		snap.windowPuts = append(snap.windowPuts, state.KV{Key: encodeWindowKey(w.key), Value: encodeWindowValue(w)})
+		value, err := encodeWindowValue(w)
+		if err != nil {
+			snap.err = err
+			return snap
+		}
+		snap.windowPuts = append(snap.windowPuts, state.KV{Key: encodeWindowKey(w.key), Value: value})
 		w.dirty = false
 	}
 	clear(s.dirty)
@@ -258,20 +316,21 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 // window only grow, and each carries the window's full totals.
 func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	start := time.Unix(0, w.key.startNs).UTC()
-	charge, err := s.rater.Rate(w.key.customer, w.key.meter, start, w.sum)
+	quantity := w.quantity()
+	charge, err := s.rater.Rate(w.key.customer, w.key.meter, start, quantity)
 	if err != nil {
 		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", w.key.meter, w.key.customer, start.Format(time.RFC3339), err)
 	}
 	w.revision++
-	w.changed = false
+	w.changed, w.emittedFinal = false, final
 	return RatedRow{
 		Tenant:      s.tenant,
 		Meter:       w.key.meter,
 		Customer:    w.key.customer,
 		GroupKey:    w.key.groupKey,
 		WindowStart: start,
-		WindowEnd:   start.Add(time.Duration(s.rules.windowNs)),
-		Quantity:    w.sum,
+		WindowEnd:   time.Unix(0, w.endNs).UTC(),
+		Quantity:    quantity,
 		Count:       w.count,
 		Amount:      charge.Amount,
 		Currency:    charge.Currency,
@@ -282,17 +341,17 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 }
 
 // restoreWindow installs a window loaded from the store before run starts.
-func (s *shard) restoreWindow(key windowKey, w *window) {
-	w.key = key
-	s.windows[key] = w
-	byStart := s.byStart[key.startNs]
-	if byStart == nil {
-		byStart = make(map[windowKey]*window)
-		s.byStart[key.startNs] = byStart
+func (s *shard) restoreWindow(key windowKey, w *window) error {
+	m := s.meters.byName(key.meter)
+	if m == nil {
+		return fmt.Errorf("state holds meter %q, which is no longer configured; configure it again (its windows are not billed yet)", key.meter)
 	}
-	byStart[key] = w
-	if w.changed {
+	w.key, w.meter = key, m
+	w.endNs = m.window.end(key.startNs)
+	s.index1(w)
+	if w.pendingEmission() {
 		w.queued = true
 		s.unemitted = append(s.unemitted, w)
 	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/axiomhq/hyperloglog"
 	"github.com/shopspring/decimal"
 )
 
@@ -17,8 +18,19 @@ type windowKey struct {
 // owned by exactly one shard goroutine; nothing else touches it.
 type window struct {
 	key   windowKey
+	meter *meterSpec
+	endNs int64
 	count uint64
-	sum   decimal.Decimal
+	// sum serves SUM and AVG; extreme MIN or MAX (valid when count > 0).
+	sum     decimal.Decimal
+	extreme decimal.Decimal
+	// latest is the value of the latest event by (time, topic, partition, offset).
+	latest    decimal.Decimal
+	latestPos eventPos
+	// unique holds the distinct values of UNIQUE_COUNT, sketch those of
+	// UNIQUE_COUNT_APPROX_HLL.
+	unique map[string]struct{}
+	sketch *hyperloglog.Sketch
 	// revision is the last revision emitted; 0 means never emitted.
 	revision uint64
 	// emittedAmount is the amount of the last emitted revision, so that the
@@ -26,10 +38,97 @@ type window struct {
 	emittedAmount decimal.Decimal
 	// changed is set when the aggregate differs from its last emitted revision.
 	changed bool
+	// emittedFinal is set when the last emitted revision was final.
+	emittedFinal bool
 	// dirty is set when the aggregate differs from its last checkpoint.
 	dirty bool
 	// queued is set while the window is in the shard's unemitted list.
 	queued bool
+}
+
+// eventPos orders events for LATEST: event time, then source position, so
+// that ties resolve the same way on every replay.
+type eventPos struct {
+	timeNs    int64
+	topic     string
+	partition int32
+	offset    int64
+}
+
+func (p eventPos) after(q eventPos) bool {
+	switch {
+	case p.timeNs != q.timeNs:
+		return p.timeNs > q.timeNs
+	case p.topic != q.topic:
+		return p.topic > q.topic
+	case p.partition != q.partition:
+		return p.partition > q.partition
+	default:
+		return p.offset > q.offset
+	}
+}
+
+// add folds one event into the window.
+func (w *window) add(ev *Event) {
+	first := w.count == 0
+	w.count++
+	switch w.meter.Aggregation {
+	case AggSum, AggAvg:
+		w.sum = w.sum.Add(ev.Value)
+	case AggMin:
+		if first || ev.Value.LessThan(w.extreme) {
+			w.extreme = ev.Value
+		}
+	case AggMax:
+		if first || ev.Value.GreaterThan(w.extreme) {
+			w.extreme = ev.Value
+		}
+	case AggLatest:
+		pos := eventPos{timeNs: ev.TimeNs, topic: ev.Partition.Topic, partition: ev.Partition.Partition, offset: ev.Offset}
+		if first || pos.after(w.latestPos) {
+			w.latest, w.latestPos = ev.Value, pos
+		}
+	case AggUniqueCount:
+		if w.unique == nil {
+			w.unique = make(map[string]struct{})
+		}
+		w.unique[ev.Text] = struct{}{}
+	case AggUniqueCountApprox:
+		if w.sketch == nil {
+			w.sketch = hyperloglog.New14()
+		}
+		w.sketch.Insert([]byte(ev.Text))
+	}
+}
+
+// avgDecimals is the precision of AVG quantities (ClickHouse's scale).
+const avgDecimals = 10
+
+// quantity is the window's aggregate value.
+func (w *window) quantity() decimal.Decimal {
+	switch w.meter.Aggregation {
+	case AggSum:
+		return w.sum
+	case AggCount:
+		return decimal.NewFromInt(int64(w.count))
+	case AggMin, AggMax:
+		return w.extreme
+	case AggAvg:
+		if w.count == 0 {
+			return decimal.Zero
+		}
+		return w.sum.DivRound(decimal.NewFromInt(int64(w.count)), avgDecimals)
+	case AggLatest:
+		return w.latest
+	case AggUniqueCount:
+		return decimal.NewFromInt(int64(len(w.unique)))
+	case AggUniqueCountApprox:
+		if w.sketch == nil {
+			return decimal.Zero
+		}
+		return decimal.NewFromInt(int64(w.sketch.Estimate()))
+	}
+	return decimal.Zero
 }
 
 // encodeWindowKey renders k as the state key. Identifiers never contain NUL
@@ -76,21 +175,53 @@ func indexByte(b []byte, c byte) int {
 // windowValueVersion prefixes every encoded window so the layout can evolve.
 const windowValueVersion = 1
 
-// encodeWindowValue renders the durable part of w: count, sum, revision,
-// emitted amount and whether it changed since its last emission.
-func encodeWindowValue(w *window) []byte {
-	b := make([]byte, 0, 48)
+// Window flags, the last byte of an encoded window.
+const (
+	flagChanged      = 1 << 0
+	flagEmittedFinal = 1 << 1
+)
+
+// pendingEmission reports whether w has something to emit: changes, or a
+// provisional last revision that must be followed by a final one.
+func (w *window) pendingEmission() bool {
+	return w.changed || (w.revision > 0 && !w.emittedFinal)
+}
+
+// encodeWindowValue renders the durable part of w: every aggregate field,
+// the revision, the emitted amount and whether it changed since emission.
+func encodeWindowValue(w *window) ([]byte, error) {
+	b := make([]byte, 0, 64)
 	b = append(b, windowValueVersion)
 	b = binary.AppendUvarint(b, w.count)
 	b = appendDecimal(b, w.sum)
+	b = appendDecimal(b, w.extreme)
+	b = appendDecimal(b, w.latest)
+	b = binary.AppendVarint(b, w.latestPos.timeNs)
+	b = appendBytes(b, []byte(w.latestPos.topic))
+	b = binary.AppendVarint(b, int64(w.latestPos.partition))
+	b = binary.AppendVarint(b, w.latestPos.offset)
+	b = binary.AppendUvarint(b, uint64(len(w.unique)))
+	for v := range w.unique {
+		b = appendBytes(b, []byte(v))
+	}
+	var sketch []byte
+	if w.sketch != nil {
+		var err error
+		if sketch, err = w.sketch.MarshalBinary(); err != nil {
+			return nil, fmt.Errorf("encode sketch: %w", err)
+		}
+	}
+	b = appendBytes(b, sketch)
 	b = binary.AppendUvarint(b, w.revision)
 	b = appendDecimal(b, w.emittedAmount)
+	var flags byte
 	if w.changed {
-		b = append(b, 1)
-	} else {
-		b = append(b, 0)
+		flags |= flagChanged
 	}
-	return b
+	if w.emittedFinal {
+		flags |= flagEmittedFinal
+	}
+	return append(b, flags), nil
 }
 
 func decodeWindowValue(b []byte, w *window) error {
@@ -100,9 +231,31 @@ func decodeWindowValue(b []byte, w *window) error {
 	}
 	w.count = r.uvarint()
 	w.sum = r.decimal()
+	w.extreme = r.decimal()
+	w.latest = r.decimal()
+	w.latestPos.timeNs = r.varint()
+	w.latestPos.topic = string(r.bytes())
+	w.latestPos.partition = int32(r.varint())
+	w.latestPos.offset = r.varint()
+	if n := r.uvarint(); n > 0 && r.err == nil {
+		if n > uint64(len(r.b)) {
+			return fmt.Errorf("window value: %d unique values in %d bytes", n, len(r.b))
+		}
+		w.unique = make(map[string]struct{}, n)
+		for range n {
+			w.unique[string(r.bytes())] = struct{}{}
+		}
+	}
+	if sketch := r.bytes(); len(sketch) > 0 && r.err == nil {
+		w.sketch = hyperloglog.New14()
+		if err := w.sketch.UnmarshalBinary(sketch); err != nil {
+			return fmt.Errorf("window value: sketch: %w", err)
+		}
+	}
 	w.revision = r.uvarint()
 	w.emittedAmount = r.decimal()
-	w.changed = r.byte() == 1
+	flags := r.byte()
+	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	if r.err != nil {
 		return fmt.Errorf("window value: %w", r.err)
 	}
@@ -110,6 +263,11 @@ func decodeWindowValue(b []byte, w *window) error {
 		return fmt.Errorf("window value: %d trailing bytes", len(r.b))
 	}
 	return nil
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
 }
 
 func appendDecimal(b []byte, d decimal.Decimal) []byte {
@@ -139,6 +297,19 @@ func (r *byteReader) uvarint() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.setErr(fmt.Errorf("bad varint"))
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *byteReader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
 	if n <= 0 {
 		r.setErr(fmt.Errorf("bad varint"))
 		return 0

@@ -40,12 +40,20 @@ type Config struct {
 		Password string `yaml:"password"`
 	} `yaml:"clickhouse"`
 
+	// Meters configures what is measured; file only (a list). Without it,
+	// every meter of the plan is a SUM of decimal values grouped by every
+	// dimension.
+	Meters []engine.Meter `yaml:"meters"`
+
 	Shards                    int           `yaml:"shards"`
 	Window                    time.Duration `yaml:"window"`
 	CheckpointInterval        time.Duration `yaml:"checkpointInterval"`
 	AllowedLateness           time.Duration `yaml:"allowedLateness"`
 	Grace                     time.Duration `yaml:"grace"`
 	ReviseHorizon             time.Duration `yaml:"reviseHorizon"`
+	DedupHorizon              time.Duration `yaml:"dedupHorizon"`
+	MaxFutureSkew             time.Duration `yaml:"maxFutureSkew"`
+	Horizon                   string        `yaml:"horizon"`
 	EmitOpenEvery             time.Duration `yaml:"emitOpenEvery"`
 	IdleTimeout               time.Duration `yaml:"idleTimeout"`
 	MaxUndeliveredCheckpoints int           `yaml:"maxUndeliveredCheckpoints"`
@@ -80,7 +88,7 @@ func defaultConfig() Config {
 func (c *Config) engineConfig() engine.Config {
 	return engine.Config{
 		Tenant: c.Tenant, Shards: c.Shards, Window: c.Window, CheckpointInterval: c.CheckpointInterval,
-		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon,
+		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon, DedupHorizon: c.DedupHorizon,
 		EmitOpenEvery: c.EmitOpenEvery, IdleTimeout: c.IdleTimeout,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
 	}
@@ -133,6 +141,9 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	dur(&c.AllowedLateness, "allowedLateness", "how far the watermark trails the highest event time")
 	dur(&c.Grace, "grace", "extra wait after a window's end before it closes")
 	dur(&c.ReviseHorizon, "reviseHorizon", "how long after its end a window accepts late records as revisions")
+	dur(&c.DedupHorizon, "dedupHorizon", "how far behind the watermark event ids are remembered; records further behind are late (0 = reviseHorizon)")
+	dur(&c.MaxFutureSkew, "maxFutureSkew", "dead-letter records timed this far past the wall clock (0 = off)")
+	str(&c.Horizon, "horizon", "dead-letter records timed before this RFC 3339 time (empty = off)")
 	dur(&c.EmitOpenEvery, "emitOpenEvery", "emit provisional revisions of open windows this often; 0 = only on close")
 	dur(&c.IdleTimeout, "idleTimeout", "a partition silent this long no longer holds the watermark back")
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
@@ -218,6 +229,12 @@ func (c *Config) validate(requireKafka bool) error {
 			return bad("kafka.brokers", "%q has no port; use host:port", b)
 		}
 	}
+	if c.MaxFutureSkew < 0 {
+		return bad("maxFutureSkew", "%s is negative (0 disables)", c.MaxFutureSkew)
+	}
+	if _, err := c.horizon(); err != nil {
+		return bad("horizon", "%v", err)
+	}
 	if c.ClickHouse.Addr != "" && !strings.Contains(c.ClickHouse.Addr, ":") {
 		return bad("clickhouse.addr", "%q has no port; use host:port of the native protocol (9000)", c.ClickHouse.Addr)
 	}
@@ -225,4 +242,16 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("httpAddr", "%q has no port; use host:port, e.g. 127.0.0.1:9464", c.HTTPAddr)
 	}
 	return nil
+}
+
+// horizon parses the horizon key; the zero time when unset.
+func (c *Config) horizon() (time.Time, error) {
+	if c.Horizon == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, c.Horizon)
+	if err != nil {
+		return t, fmt.Errorf("%q is not an RFC 3339 time such as 2026-01-01T00:00:00Z", c.Horizon)
+	}
+	return t, nil
 }

@@ -60,6 +60,27 @@ type buildOptions struct {
 
 type buildOption func(*buildOptions)
 
+// compileMeters returns the configured meters, or one SUM meter per priced
+// meter of the plan. Every meter must be priced: usage is never silently free.
+func compileMeters(cfg Config, plan *rating.Plan) (*engine.Meters, error) {
+	list := cfg.Meters
+	if len(list) == 0 {
+		for _, name := range plan.MeterNames() {
+			list = append(list, engine.Meter{Name: name, Aggregation: engine.AggSum, GroupBy: []string{"*"}, Decimal: true})
+		}
+	}
+	meters, err := engine.CompileMeters(list, cfg.Window)
+	if err != nil {
+		return nil, fmt.Errorf("config key %w", err)
+	}
+	for _, name := range meters.Names() {
+		if !plan.Prices(name) {
+			return nil, fmt.Errorf("config key meters: meter %s is not priced by plan %s; add it to the plan (a zero price is fine)", name, plan.ID)
+		}
+	}
+	return meters, nil
+}
+
 // build wires an app from cfg. On error everything opened is closed.
 func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOption) (a *app, err error) {
 	var opts buildOptions
@@ -119,8 +140,14 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			sinks[i] = opts.wrapSink(sinks[i])
 		}
 	}
+	meters, err := compileMeters(cfg, plan)
+	if err != nil {
+		return nil, err
+	}
+	horizon, _ := cfg.horizon() // validated
+	decoder := engine.NewDecoder(meters, engine.WithMaxFutureSkew(cfg.MaxFutureSkew), engine.WithHorizon(horizon))
 	metrics := engine.NewMetrics(a.registry)
-	a.engine, err = engine.New(cfg.engineConfig(), store, source, engine.NewDecoder(plan.Prices),
+	a.engine, err = engine.New(cfg.engineConfig(), store, source, decoder,
 		planRater{plan: plan}, sinks, dead, metrics, log)
 	if err != nil {
 		return nil, err

@@ -6,9 +6,11 @@ package jsonl
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/tally-billing/tally/engine"
@@ -20,13 +22,52 @@ type Sink struct {
 	f    *os.File
 }
 
-// Open opens path for appending, creating it if needed.
+// Open opens path for appending, creating it if needed. A torn last line,
+// left by a crash in the middle of a write, is cut off: that write was never
+// acknowledged, so the engine delivers its rows again.
 func Open(path string) (*Sink, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("jsonl sink: %w", err)
 	}
+	if err := cutTornLine(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("jsonl sink: repair %s: %w", path, err)
+	}
 	return &Sink{path: path, f: f}, nil
+}
+
+// cutTornLine truncates f after its last newline and leaves the offset at
+// the end.
+func cutTornLine(f *os.File) error {
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := info.Size()
+	buf := make([]byte, 64<<10)
+	end := size
+	for end > 0 {
+		n := int64(len(buf))
+		if n > end {
+			n = end
+		}
+		if _, err := f.ReadAt(buf[:n], end-n); err != nil {
+			return err
+		}
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			end = end - n + int64(i) + 1
+			break
+		}
+		end -= n
+	}
+	if end != size {
+		if err := f.Truncate(end); err != nil {
+			return err
+		}
+	}
+	_, err = f.Seek(end, io.SeekStart)
+	return err
 }
 
 // Name implements engine.Sink.
