@@ -97,3 +97,33 @@ func TestBadConfigNamesKeyAndFlag(t *testing.T) {
 		})
 	}
 }
+
+func TestMetersFromFileMustBePriced(t *testing.T) {
+	plan, err := loadPlan("demo_plan.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := writeFile(t, "tally.yaml", `
+plan: demo_plan.yaml
+kafka: {brokers: ["k:9092"]}
+meters:
+  - {name: sms, aggregation: COUNT, groupBy: [destination]}
+  - {name: roaming_days, eventTypes: [sms], aggregation: UNIQUE_COUNT, valuePath: dims.country}
+`)
+	cfg, err := loadConfig("run", []string{"--config", path}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := compileMeters(cfg, plan); err == nil || !strings.Contains(err.Error(), "roaming_days is not priced") {
+		t.Errorf("compileMeters with an unpriced meter: %v", err)
+	}
+	cfg.Meters = cfg.Meters[:1]
+	meters, err := compileMeters(cfg, plan)
+	if err != nil || strings.Join(meters.Names(), ",") != "sms" {
+		t.Errorf("compileMeters = %v, %v", meters, err)
+	}
+	cfg.Meters[0].Aggregation = "MEDIAN"
+	if _, err := compileMeters(cfg, plan); err == nil || !strings.Contains(err.Error(), "meters.sms.aggregation") {
+		t.Errorf("compileMeters with a bad aggregation: %v", err)
+	}
+}

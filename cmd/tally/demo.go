@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/tally-billing/tally/bench/gen"
+	"github.com/tally-billing/tally/engine"
 )
 
 //go:embed demo_plan.yaml
@@ -86,6 +87,11 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	cfg.StateDir, cfg.Plan, cfg.HTTPAddr = o.stateDir, planPath, o.httpAddr
 	cfg.Kafka.Brokers = brokers
 	cfg.Window, cfg.EmitOpenEvery = o.window, 5*time.Second
+	cfg.Meters = []engine.Meter{
+		{Name: "voice_seconds", Aggregation: engine.AggSum, GroupBy: []string{"destination"}, Unit: "seconds"},
+		{Name: "sms", Aggregation: engine.AggCount, GroupBy: []string{"destination"}, Unit: "messages"},
+		{Name: "data_bytes", Aggregation: engine.AggSum, GroupBy: []string{"rat"}, Unit: "bytes"},
+	}
 	if o.clickhouse != "" {
 		cfg.ClickHouse.Addr = o.clickhouse
 	} else {
