@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 //	advance-clock 31s        (the wall clock, for idle partitions)
 //	crash                    (stop at once, restart on the same state)
 //	stop                     (graceful) -> rows of the final checkpoint
+//	usage customer=C [meter=M] [from=T] [to=T] [summary]  -> the live query API's answer
 func TestDataDriven(t *testing.T) {
 	datadriven.Walk(t, "../testdata/engine", func(t *testing.T, path string) {
 		var h *harness
@@ -106,6 +108,33 @@ func TestDataDriven(t *testing.T) {
 				}
 				h.advance(dur)
 				return ""
+			case "usage":
+				req := UsageRequest{Windows: !d.HasArg("summary")}
+				d.ScanArgs(t, "customer", &req.Customer)
+				if d.HasArg("meter") {
+					d.ScanArgs(t, "meter", &req.Meter)
+				}
+				for _, a := range d.CmdArgs {
+					if a.Key == "from" || a.Key == "to" {
+						at, err := time.Parse(time.RFC3339, a.Vals[0])
+						if err != nil {
+							d.Fatalf(t, "%v", err)
+						}
+						if a.Key == "from" {
+							req.From = at
+						} else {
+							req.To = at
+						}
+					}
+				}
+				// Let the shards see everything fed so far first.
+				h.checkpoint(false)
+				h.fresh()
+				u, err := h.engine.Usage(context.Background(), req)
+				if err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				return formatUsage(u)
 			case "crash":
 				h.crash()
 				lastDuplicates = 0
@@ -132,6 +161,11 @@ func applyConfigArg(cfg *Config, a datadriven.CmdArg) error {
 	if p, ok := durations[a.Key]; ok {
 		d, err := time.ParseDuration(a.Vals[0])
 		*p = d
+		return err
+	}
+	if a.Key == "anchor-day" {
+		n, err := strconv.Atoi(a.Vals[0])
+		cfg.BillingAnchorDay = n
 		return err
 	}
 	if a.Key == "shards" {
@@ -189,4 +223,28 @@ func compactRecord(line, date string, seq int) ([]byte, error) {
 		rec["dims"] = dims
 	}
 	return json.Marshal(rec)
+}
+
+func formatUsage(u Usage) string {
+	var b strings.Builder
+	for _, w := range u.Windows {
+		group := w.GroupKey
+		if group == "" {
+			group = "-"
+		}
+		state := "open"
+		if w.Closed {
+			state = "closed"
+		}
+		fmt.Fprintf(&b, "window %s %s %s..%s %s rev=%d quantity=%s count=%d\n", w.Meter, group,
+			w.WindowStart.Format(time.RFC3339), w.WindowEnd.Format(time.RFC3339), state, w.Revision, w.Quantity, w.Count)
+	}
+	for _, p := range u.Periods {
+		fmt.Fprintf(&b, "period %s %s..%s quantity=%s count=%d amount=%s %s\n", p.Meter,
+			p.PeriodStart.Format(time.RFC3339), p.PeriodEnd.Format(time.RFC3339), p.Quantity, p.Count, p.Amount, p.Currency)
+	}
+	if b.Len() == 0 {
+		return "(nothing)\n"
+	}
+	return b.String()
 }

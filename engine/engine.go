@@ -76,6 +76,9 @@ type Config struct {
 	// a record further behind is dead-lettered as late, because a duplicate
 	// of it could no longer be recognised. 0 means ReviseHorizon.
 	DedupHorizon time.Duration
+	// BillingAnchorDay is the day of the month billing periods start on
+	// (1..28), UTC. Period-to-date figures are kept per period.
+	BillingAnchorDay int
 	// EmitOpenEvery, if > 0, also emits provisional revisions of open windows
 	// this often (wall clock).
 	EmitOpenEvery time.Duration
@@ -98,6 +101,7 @@ func DefaultConfig() Config {
 		AllowedLateness:           5 * time.Second,
 		Grace:                     0,
 		ReviseHorizon:             time.Hour,
+		BillingAnchorDay:          1,
 		IdleTimeout:               30 * time.Second,
 		MaxUndeliveredCheckpoints: 300,
 		SinkBatchRows:             10000,
@@ -135,6 +139,8 @@ func (c *Config) Validate() error {
 		return configError("reviseHorizon", "%s is shorter than grace %s; a window must stay revisable until it closes", c.ReviseHorizon, c.Grace)
 	case c.DedupHorizon < 0 || c.DedupHorizon > 31*24*time.Hour:
 		return configError("dedupHorizon", "%s is outside 0..744h (0 means reviseHorizon)", c.DedupHorizon)
+	case c.BillingAnchorDay < 1 || c.BillingAnchorDay > 28:
+		return configError("billingAnchorDay", "%d is outside 1..28 (every month has the day)", c.BillingAnchorDay)
 	case c.EmitOpenEvery < 0:
 		return configError("emitOpenEvery", "%s is negative (0 disables)", c.EmitOpenEvery)
 	case c.IdleTimeout <= 0:
@@ -180,6 +186,8 @@ type Engine struct {
 
 	// now is the wall clock (idleness, emitOpenEvery); tests replace it.
 	now func() time.Time
+	// live holds the running shards for queries; nil while not running.
+	live atomic.Pointer[[]*shard]
 	// checkpointRequests lets tests cut a checkpoint once given offsets are
 	// dispatched, instead of on the ticker.
 	checkpointRequests chan checkpointRequest
@@ -238,6 +246,7 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 			graceNs:         int64(cfg.Grace),
 			reviseHorizonNs: int64(cfg.ReviseHorizon),
 			dedupHorizonNs:  int64(cfg.DedupHorizon),
+			period:          periodSpec{anchorDay: cfg.BillingAnchorDay},
 		},
 		store: store, source: source, decoder: decoder, rater: rater,
 		sinks: sinks, deadLetters: deadLetters, metrics: metrics, log: log,

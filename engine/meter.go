@@ -212,3 +212,22 @@ func (m *Meters) byName(name string) *meterSpec {
 	}
 	return nil
 }
+
+// periodSpec computes billing periods: from the anchor day of one month to
+// the anchor day of the next, in UTC.
+type periodSpec struct {
+	anchorDay int // 1..28
+}
+
+func (p periodSpec) start(tNs int64) int64 {
+	t := time.Unix(0, tNs).UTC()
+	year, month := t.Year(), t.Month()
+	if t.Day() < p.anchorDay {
+		month--
+	}
+	return time.Date(year, month, p.anchorDay, 0, 0, 0, 0, time.UTC).UnixNano()
+}
+
+func (p periodSpec) end(startNs int64) int64 {
+	return time.Unix(0, startNs).UTC().AddDate(0, 1, 0).UnixNano()
+}

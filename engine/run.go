@@ -85,6 +85,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	for _, s := range e.shards {
 		wg.Go(s.run)
 	}
+	shards := e.shards
+	e.live.Store(&shards)
+	defer e.live.Store(nil)
 
 	if err := e.startSinks(ctx, &wg, fatal); err != nil {
 		return err

@@ -21,6 +21,7 @@ type timeRules struct {
 	graceNs         int64
 	reviseHorizonNs int64
 	dedupHorizonNs  int64
+	period          periodSpec
 }
 
 // late reports whether a record of window endNs at time tNs is too late at
@@ -103,7 +104,13 @@ type shard struct {
 	// groups counts the groups of each (meter, customer, window start), for
 	// the meters' maxGroupsPerKey.
 	groups map[groupFamily]int
-	dedup  *dedupSet
+	// periods holds the billing-period aggregates, periodsByEnd indexes them.
+	periods      map[windowKey]*window
+	periodsByEnd map[int64]map[windowKey]*window
+	// byCustomer indexes windows and periods for queries.
+	byCustomer map[string]map[windowKey]*window
+	dedup      *dedupSet
+	queries    chan *usageQuery
 
 	watermarkNs int64
 	dirty       []*window
@@ -120,31 +127,62 @@ type groupFamily struct {
 
 func newShard(index int, tenant string, rules timeRules, meters *Meters, rater Rater, queueLen int) *shard {
 	return &shard{
-		index:       index,
-		tenant:      tenant,
-		rules:       rules,
-		meters:      meters,
-		rater:       rater,
-		in:          make(chan shardMsg, queueLen),
-		windows:     make(map[windowKey]*window),
-		byEnd:       make(map[int64]map[windowKey]*window),
-		groups:      make(map[groupFamily]int),
-		dedup:       newDedupSet(),
-		watermarkNs: minWatermark,
-		duplicates:  make(map[string]uint64),
+		index:        index,
+		tenant:       tenant,
+		rules:        rules,
+		meters:       meters,
+		rater:        rater,
+		in:           make(chan shardMsg, queueLen),
+		windows:      make(map[windowKey]*window),
+		byEnd:        make(map[int64]map[windowKey]*window),
+		groups:       make(map[groupFamily]int),
+		periods:      make(map[windowKey]*window),
+		periodsByEnd: make(map[int64]map[windowKey]*window),
+		byCustomer:   make(map[string]map[windowKey]*window),
+		dedup:        newDedupSet(),
+		queries:      make(chan *usageQuery, queryQueueLen),
+		watermarkNs:  minWatermark,
+		duplicates:   make(map[string]uint64),
 	}
 }
 
-// run processes messages until the channel is closed.
+// queryPollEvents is how many events a shard applies between looks at its
+// query queue: queries wait at most that long behind a busy batch.
+const queryPollEvents = 256
+
+// run processes messages until the input channel is closed. Queries are
+// answered between messages and every queryPollEvents events.
 func (s *shard) run() {
-	for msg := range s.in {
-		if msg.barrier != nil {
-			msg.barrier.replies <- s.snapshot(msg.barrier)
-			continue
+	for {
+		select {
+		case q := <-s.queries:
+			s.answer(q)
+		case msg, ok := <-s.in:
+			if !ok {
+				return
+			}
+			if msg.barrier != nil {
+				msg.barrier.replies <- s.snapshot(msg.barrier)
+				continue
+			}
+			s.watermarkNs = msg.watermarkNs
+			for i := range msg.events {
+				if i%queryPollEvents == queryPollEvents-1 {
+					s.pollQueries()
+				}
+				s.apply(&msg.events[i])
+			}
 		}
-		s.watermarkNs = msg.watermarkNs
-		for i := range msg.events {
-			s.apply(&msg.events[i])
+	}
+}
+
+func (s *shard) pollQueries() {
+	for {
+		select {
+		case q := <-s.queries:
+			s.answer(q)
+		default:
+			return
 		}
 	}
 }
@@ -162,7 +200,11 @@ func (s *shard) apply(ev *Event) {
 	m := ev.meter
 	startNs := m.window.start(ev.TimeNs)
 	endNs := m.window.end(startNs)
-	if s.rules.late(ev.TimeNs, endNs, s.watermarkNs) {
+	periodStartNs := s.rules.period.start(ev.TimeNs)
+	periodEndNs := s.rules.period.end(periodStartNs)
+	// A record must also fit its billing period, which may end before its
+	// window (a calendar-month window across a mid-month anchor day).
+	if s.rules.late(ev.TimeNs, endNs, s.watermarkNs) || s.rules.evictable(periodEndNs, s.watermarkNs) {
 		s.deadLetter(ev, ReasonLate, fmt.Sprintf("meter %s window %s no longer accepts records: watermark %s",
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
 		return
@@ -187,6 +229,47 @@ func (s *shard) apply(ev *Event) {
 	}
 	w.add(ev)
 	s.touch(w)
+
+	periodKey := windowKey{meter: m.Name, customer: ev.Customer, startNs: periodStartNs, period: true}
+	p := s.periods[periodKey]
+	if p == nil {
+		p = &window{key: periodKey, meter: m, endNs: periodEndNs}
+		s.indexPeriod(p)
+	}
+	p.add(ev)
+	if !p.dirty {
+		p.dirty = true
+		s.dirty = append(s.dirty, p)
+	}
+}
+
+func (s *shard) indexPeriod(p *window) {
+	s.periods[p.key] = p
+	byEnd := s.periodsByEnd[p.endNs]
+	if byEnd == nil {
+		byEnd = make(map[windowKey]*window)
+		s.periodsByEnd[p.endNs] = byEnd
+	}
+	byEnd[p.key] = p
+	s.indexCustomer(p)
+}
+
+func (s *shard) indexCustomer(w *window) {
+	c := s.byCustomer[w.key.customer]
+	if c == nil {
+		c = make(map[windowKey]*window)
+		s.byCustomer[w.key.customer] = c
+	}
+	c[w.key] = w
+}
+
+func (s *shard) unindexCustomer(key windowKey) {
+	if c := s.byCustomer[key.customer]; c != nil {
+		delete(c, key)
+		if len(c) == 0 {
+			delete(s.byCustomer, key.customer)
+		}
+	}
 }
 
 func (s *shard) addWindow(key windowKey, m *meterSpec, endNs int64) *window {
@@ -205,6 +288,7 @@ func (s *shard) index1(w *window) {
 	}
 	byEnd[w.key] = w
 	s.groups[groupFamily{meter: w.key.meter, customer: w.key.customer, startNs: w.key.startNs}]++
+	s.indexCustomer(w)
 }
 
 // touch marks w as changed since both its last checkpoint and its last emission.
@@ -272,6 +356,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 				return snap
 			}
 			delete(s.windows, key)
+			s.unindexCustomer(key)
 			family := groupFamily{meter: key.meter, customer: key.customer, startNs: key.startNs}
 			if s.groups[family]--; s.groups[family] <= 0 {
 				delete(s.groups, family)
@@ -280,6 +365,18 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 			s.deleted = append(s.deleted, encodeWindowKey(key))
 		}
 		delete(s.byEnd, endNs)
+	}
+	for endNs, ps := range s.periodsByEnd {
+		if !s.rules.evictable(endNs, b.watermarkNs) {
+			continue
+		}
+		for key, p := range ps {
+			delete(s.periods, key)
+			s.unindexCustomer(key)
+			p.dirty = false
+			s.deleted = append(s.deleted, encodeWindowKey(key))
+		}
+		delete(s.periodsByEnd, endNs)
 	}
 	s.dedup.expire(s.rules.dedupExpiry(b.watermarkNs))
 
@@ -347,6 +444,11 @@ func (s *shard) restoreWindow(key windowKey, w *window) error {
 		return fmt.Errorf("state holds meter %q, which is no longer configured; configure it again (its windows are not billed yet)", key.meter)
 	}
 	w.key, w.meter = key, m
+	if key.period {
+		w.endNs = s.rules.period.end(key.startNs)
+		s.indexPeriod(w)
+		return nil
+	}
 	w.endNs = m.window.end(key.startNs)
 	s.index1(w)
 	if w.pendingEmission() {

@@ -8,10 +8,13 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// windowKey is a window's identity inside one tenant.
+// windowKey is a window's identity inside one tenant. A period key names a
+// billing-period aggregate (all groups of a meter for a customer), kept for
+// period-to-date figures and never emitted.
 type windowKey struct {
 	meter, customer, groupKey string
 	startNs                   int64
+	period                    bool
 }
 
 // window is the aggregate of one (meter, customer, group, window start). It is
@@ -134,7 +137,12 @@ func (w *window) quantity() decimal.Decimal {
 // encodeWindowKey renders k as the state key. Identifiers never contain NUL
 // (the decoder refuses them), so NUL separates them unambiguously.
 func encodeWindowKey(k windowKey) []byte {
-	b := make([]byte, 0, len(k.meter)+len(k.customer)+len(k.groupKey)+11)
+	b := make([]byte, 0, len(k.meter)+len(k.customer)+len(k.groupKey)+12)
+	if k.period {
+		b = append(b, 'p')
+	} else {
+		b = append(b, 'w')
+	}
 	b = append(b, k.meter...)
 	b = append(b, 0)
 	b = append(b, k.customer...)
@@ -146,6 +154,11 @@ func encodeWindowKey(k windowKey) []byte {
 
 func decodeWindowKey(b []byte) (windowKey, error) {
 	var k windowKey
+	if len(b) == 0 || (b[0] != 'w' && b[0] != 'p') {
+		return k, fmt.Errorf("window key %q: unknown kind", b)
+	}
+	k.period = b[0] == 'p'
+	b = b[1:]
 	var parts [3]string
 	for i := range parts {
 		j := indexByte(b, 0)
