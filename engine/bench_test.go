@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"context"
 	"fmt"
+	"sort"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,4 +70,59 @@ func benchMeters(b *testing.B) *Meters {
 		b.Fatal(err)
 	}
 	return m
+}
+
+// BenchmarkUsageQueryUnderLoad measures live queries (one customer, every
+// meter) while the engine ingests continuously: 50K customers, records fed in
+// batches of 1000 by another goroutine. Reports p50/p99 latency.
+func BenchmarkUsageQueryUnderLoad(b *testing.B) {
+	h := newHarness(b, 2)
+	h.meters = benchMeters(b)
+	h.start()
+	defer h.cancel()
+	g := gen.New(3, 50000)
+	feed := func(n int, at time.Time) {
+		batch := make([][]byte, 0, n)
+		for range n {
+			batch = append(batch, g.Next(at).PlainJSON())
+		}
+		h.src.append(g.Intn(2), batch...)
+	}
+	for i := range 200 {
+		feed(1000, t0.Add(time.Duration(i)*100*time.Millisecond))
+	}
+	h.checkpoint(false)
+	stop := make(chan struct{})
+	var fed atomic.Int64
+	go func() {
+		at := t0.Add(20 * time.Second)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			feed(1000, at)
+			fed.Add(1000)
+			at = at.Add(10 * time.Millisecond)
+			if h.engine.Stats().Lag > 50000 {
+				time.Sleep(time.Millisecond) // keep the backlog bounded
+			}
+		}
+	}()
+	var latencies []time.Duration
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		if _, err := h.engine.Usage(ctx, UsageRequest{Customer: fmt.Sprintf("sub-%06d", i%50000), Windows: true}); err != nil {
+			b.Fatal(err)
+		}
+		latencies = append(latencies, time.Since(start))
+	}
+	close(stop)
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(latencies[len(latencies)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(fed.Load())/b.Elapsed().Seconds(), "ingest-rec/s")
 }

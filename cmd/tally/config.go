@@ -56,6 +56,7 @@ type Config struct {
 	Horizon                   string        `yaml:"horizon"`
 	EmitOpenEvery             time.Duration `yaml:"emitOpenEvery"`
 	IdleTimeout               time.Duration `yaml:"idleTimeout"`
+	BillingAnchorDay          int           `yaml:"billingAnchorDay"`
 	MaxUndeliveredCheckpoints int           `yaml:"maxUndeliveredCheckpoints"`
 	SinkBatchRows             int           `yaml:"sinkBatchRows"`
 }
@@ -79,6 +80,7 @@ func defaultConfig() Config {
 	c.ReviseHorizon = d.ReviseHorizon
 	c.EmitOpenEvery = d.EmitOpenEvery
 	c.IdleTimeout = d.IdleTimeout
+	c.BillingAnchorDay = d.BillingAnchorDay
 	c.MaxUndeliveredCheckpoints = d.MaxUndeliveredCheckpoints
 	c.SinkBatchRows = d.SinkBatchRows
 	return c
@@ -89,7 +91,7 @@ func (c *Config) engineConfig() engine.Config {
 	return engine.Config{
 		Tenant: c.Tenant, Shards: c.Shards, Window: c.Window, CheckpointInterval: c.CheckpointInterval,
 		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon, DedupHorizon: c.DedupHorizon,
-		EmitOpenEvery: c.EmitOpenEvery, IdleTimeout: c.IdleTimeout,
+		EmitOpenEvery: c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
 	}
 }
@@ -146,6 +148,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Horizon, "horizon", "dead-letter records timed before this RFC 3339 time (empty = off)")
 	dur(&c.EmitOpenEvery, "emitOpenEvery", "emit provisional revisions of open windows this often; 0 = only on close")
 	dur(&c.IdleTimeout, "idleTimeout", "a partition silent this long no longer holds the watermark back")
+	num(&c.BillingAnchorDay, "billingAnchorDay", "day of the month billing periods start on (1..28, UTC)")
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
 }

@@ -161,13 +161,14 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	return a, nil
 }
 
-// handler serves /metrics, /healthz and /readyz.
+// handler serves /metrics, /healthz, /readyz and the live query API.
 func (a *app) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
+	registerAPI(mux, a.engine)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := a.engine.Ready(); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)

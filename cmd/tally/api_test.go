@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/engine"
+)
+
+// fakeQuerier records the request and answers from a fixed usage.
+type fakeQuerier struct {
+	got engine.UsageRequest
+	err error
+}
+
+func (f *fakeQuerier) Usage(_ context.Context, req engine.UsageRequest) (engine.Usage, error) {
+	f.got = req
+	if f.err != nil {
+		return engine.Usage{}, f.err
+	}
+	return engine.Usage{Customer: req.Customer, Periods: []engine.PeriodUsage{{Meter: "sms", Quantity: decimal.NewFromInt(3),
+		Amount: decimal.RequireFromString("0.15"), Currency: "EUR"}}}, nil
+}
+
+func TestUsageAPIValidatesRequests(t *testing.T) {
+	for _, tt := range []struct {
+		url    string
+		status int
+		inBody string
+		err    error
+	}{
+		{"/v1/usage", 400, "customer is required", nil},
+		{"/v1/usage?customer=c&from=yesterday", 400, "RFC 3339", nil},
+		{"/v1/usage?customer=c&from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", 400, "must be before", nil},
+		{"/v1/usage?customer=c&limit=5", 400, "unknown parameter", nil},
+		{"/v1/usage?customer=c&meter=x", 400, "unknown meter", engine.ErrUnknownMeter},
+		{"/v1/usage?customer=c", 503, "unavailable", engine.ErrNotRunning},
+		{"/v1/usage?customer=c&meter=sms&from=2026-01-01T00:00:00Z", 200, `"amount":"0.15"`, nil},
+		{"/v1/customers/c/summary", 200, `"customer":"c"`, nil},
+		{"/v1/usage?customer=c", 405, "", nil}, // POST below
+	} {
+		t.Run(tt.url, func(t *testing.T) {
+			mux := http.NewServeMux()
+			q := &fakeQuerier{err: tt.err}
+			registerAPI(mux, q)
+			method := "GET"
+			if tt.status == 405 {
+				method = "POST"
+			}
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, httptest.NewRequest(method, tt.url, nil))
+			body, _ := io.ReadAll(rec.Body)
+			if rec.Code != tt.status || !strings.Contains(string(body), tt.inBody) {
+				t.Errorf("%s %s = %d %s; want %d with %q", method, tt.url, rec.Code, body, tt.status, tt.inBody)
+			}
+			if tt.status == 400 && tt.err == nil && q.got.Customer != "" {
+				t.Errorf("a bad request reached the engine: %+v", q.got)
+			}
+		})
+	}
+}
+
+func TestUsageAPIServesLiveState(t *testing.T) {
+	brokers := startKafka(t, 2)
+	s := makeStream(9, 3000, time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC))
+	produce(t, brokers, "usage", s.msgs)
+	cfg := testConfig(t, brokers, "", "")
+	cfg.ClickHouse.Addr = ""
+	cfg.Kafka.RatedTopic = "rated-usage"
+	r := start(t, cfg)
+	defer func() { close(r.stop); <-r.done }()
+	waitReady(t, r)
+
+	// Pick a customer and compute its expected voice_seconds windows.
+	var customer string
+	for key := range s.expected {
+		if strings.HasPrefix(key, "voice_seconds|") {
+			customer = strings.Split(key, "|")[1]
+			break
+		}
+	}
+	url := "http://" + r.app.listener.Addr().String() + "/v1/usage?customer=" + customer + "&meter=voice_seconds"
+	waitFor(t, 30*time.Second, "the API to show every window of "+customer, func() string {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		var u engine.Usage
+		if err := json.NewDecoder(resp.Body).Decode(&u); err != nil {
+			return err.Error()
+		}
+		got := make(map[string]total)
+		for _, w := range u.Windows {
+			got[strings.Join([]string{w.Meter, customer, w.GroupKey, itoa(w.WindowStart.Unix())}, "|")] = total{quantity: w.Quantity, count: int64(w.Count)}
+		}
+		want := make(map[string]total)
+		for key, tot := range s.expected {
+			if strings.HasPrefix(key, "voice_seconds|"+customer+"|") {
+				want[key] = total{quantity: tot.quantity, count: tot.count}
+			}
+		}
+		if d := diff(want, got); d != "" {
+			return d
+		}
+		var sum decimal.Decimal
+		for _, tot := range want {
+			sum = sum.Add(tot.quantity)
+		}
+		if len(u.Periods) != 1 || !u.Periods[0].Quantity.Equal(sum) ||
+			!u.Periods[0].Amount.Equal(sum.Mul(prices["voice_seconds"]).RoundBank(6)) {
+			return "period to date " + toJSON(u.Periods) + ", want quantity " + sum.String()
+		}
+		return ""
+	})
+}
+
+func itoa(n int64) string { return decimal.NewFromInt(n).String() }
+
+func toJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
