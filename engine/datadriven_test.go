@@ -17,6 +17,7 @@ import (
 // commands against the real engine (see harness_test.go):
 //
 //	config partitions=2 shards=2 grace=10s revise-horizon=1h dedup-horizon=1h lateness=5s idle-timeout=30s date=2026-03-01
+//	       anchor-day=15 timezone=UTC customer=id/Area/City/anchorDay
 //	meters            (YAML list of meters as in the config file)
 //	start
 //	records partition=N
@@ -162,6 +163,24 @@ func applyConfigArg(cfg *Config, a datadriven.CmdArg) error {
 		d, err := time.ParseDuration(a.Vals[0])
 		*p = d
 		return err
+	}
+	if a.Key == "timezone" {
+		cfg.Timezone = a.Vals[0]
+		return nil
+	}
+	if a.Key == "customer" { // customer=id/zone/anchor
+		parts := strings.Split(a.Vals[0], "/")
+		c := Customer{ID: parts[0]}
+		if len(parts) > 2 {
+			c.Timezone = strings.Join(parts[1:len(parts)-1], "/")
+			n, err := strconv.Atoi(parts[len(parts)-1])
+			if err != nil {
+				return err
+			}
+			c.BillingAnchorDay = n
+		}
+		cfg.Customers = append(cfg.Customers, c)
+		return nil
 	}
 	if a.Key == "anchor-day" {
 		n, err := strconv.Atoi(a.Vals[0])

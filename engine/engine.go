@@ -77,8 +77,13 @@ type Config struct {
 	// of it could no longer be recognised. 0 means ReviseHorizon.
 	DedupHorizon time.Duration
 	// BillingAnchorDay is the day of the month billing periods start on
-	// (1..28), UTC. Period-to-date figures are kept per period.
+	// (1..28) for customers that do not set theirs.
 	BillingAnchorDay int
+	// Timezone is the IANA zone of customers that do not set theirs; it
+	// places billing periods and customer-aligned windows. Default UTC.
+	Timezone string
+	// Customers lists per-customer settings (time zone, anchor day).
+	Customers []Customer
 	// EmitOpenEvery, if > 0, also emits provisional revisions of open windows
 	// this often (wall clock).
 	EmitOpenEvery time.Duration
@@ -141,6 +146,8 @@ func (c *Config) Validate() error {
 		return configError("dedupHorizon", "%s is outside 0..744h (0 means reviseHorizon)", c.DedupHorizon)
 	case c.BillingAnchorDay < 1 || c.BillingAnchorDay > 28:
 		return configError("billingAnchorDay", "%d is outside 1..28 (every month has the day)", c.BillingAnchorDay)
+	case c.Timezone != "" && !validZone(c.Timezone):
+		return configError("timezone", "%q is not an IANA time zone such as Europe/Paris", c.Timezone)
 	case c.EmitOpenEvery < 0:
 		return configError("emitOpenEvery", "%s is negative (0 disables)", c.EmitOpenEvery)
 	case c.IdleTimeout <= 0:
@@ -150,7 +157,20 @@ func (c *Config) Validate() error {
 	case c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000:
 		return configError("sinkBatchRows", "%d is outside 1..1000000", c.SinkBatchRows)
 	}
-	return nil
+	_, err := newCustomers(c.Customers, cmpOr(c.Timezone, "UTC"), c.BillingAnchorDay)
+	return err
+}
+
+func validZone(name string) bool {
+	_, err := time.LoadLocation(name)
+	return err == nil
+}
+
+func cmpOr(s, fallback string) string {
+	if s == "" {
+		return fallback
+	}
+	return s
 }
 
 // Engine reads usage, aggregates it in shards, checkpoints to the store and
@@ -160,6 +180,7 @@ func (c *Config) Validate() error {
 type Engine struct {
 	cfg         Config
 	rules       timeRules
+	customers   *customers
 	store       *state.Store
 	source      Source
 	decoder     *Decoder
@@ -240,15 +261,22 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 	if cfg.DedupHorizon == 0 {
 		cfg.DedupHorizon = cfg.ReviseHorizon
 	}
+	if cfg.Timezone == "" {
+		cfg.Timezone = "UTC"
+	}
+	registry, err := newCustomers(cfg.Customers, cfg.Timezone, cfg.BillingAnchorDay)
+	if err != nil {
+		return nil, fmt.Errorf("engine config: %w", err)
+	}
 	e := &Engine{
 		cfg: cfg,
 		rules: timeRules{
 			graceNs:         int64(cfg.Grace),
 			reviseHorizonNs: int64(cfg.ReviseHorizon),
 			dedupHorizonNs:  int64(cfg.DedupHorizon),
-			period:          periodSpec{anchorDay: cfg.BillingAnchorDay},
 		},
-		store: store, source: source, decoder: decoder, rater: rater,
+		customers: registry,
+		store:     store, source: source, decoder: decoder, rater: rater,
 		sinks: sinks, deadLetters: deadLetters, metrics: metrics, log: log,
 		stop: make(chan struct{}),
 		now:  time.Now,

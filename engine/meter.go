@@ -40,7 +40,10 @@ type Meter struct {
 	// Window is MINUTE, HOUR, DAY, MONTH (calendar, UTC) or a duration that
 	// divides a day (e.g. 5m); default the engine's window.
 	Window string `yaml:"window" json:"window"`
-	Unit   string `yaml:"unit" json:"unit"`
+	// Align is UTC (default) or customer: windows then follow the
+	// customer's time zone (see Customer).
+	Align string `yaml:"align" json:"align"`
+	Unit  string `yaml:"unit" json:"unit"`
 	// Decimal allows fractional values; otherwise values must be integers
 	// (bytes, seconds, messages), and a fractional one is dead-lettered.
 	Decimal bool `yaml:"decimal" json:"decimal"`
@@ -52,26 +55,47 @@ type Meter struct {
 // DefaultMaxGroupsPerKey bounds group cardinality when a meter does not.
 const DefaultMaxGroupsPerKey = 1000
 
-// windowSpec computes a meter's tumbling windows in UTC.
+// windowSpec computes a meter's tumbling windows, in UTC or in a customer's
+// time zone.
 type windowSpec struct {
 	sizeNs int64 // fixed-size windows; 0 for calendar months
 	month  bool
 	name   string
 }
 
-func (w windowSpec) start(tNs int64) int64 {
-	if w.month {
-		t := time.Unix(0, tNs).UTC()
-		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC).UnixNano()
+const dayNs = int64(24 * time.Hour)
+
+// start returns the start of the window holding tNs in loc. Days and months
+// follow the local calendar (a DST day lasts 23 or 25 hours); shorter
+// windows follow the local wall clock (for whole-hour offsets, the same
+// instants as in UTC).
+func (w windowSpec) start(tNs int64, loc *time.Location) int64 {
+	if loc == time.UTC && !w.month {
+		return floorDiv(tNs, w.sizeNs)
 	}
-	return floorDiv(tNs, w.sizeNs)
+	t := time.Unix(0, tNs).In(loc)
+	switch {
+	case w.month:
+		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, loc).UnixNano()
+	case w.sizeNs == dayNs:
+		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, loc).UnixNano()
+	default:
+		_, offset := t.Zone()
+		offsetNs := int64(offset) * int64(time.Second)
+		return floorDiv(tNs+offsetNs, w.sizeNs) - offsetNs
+	}
 }
 
-func (w windowSpec) end(startNs int64) int64 {
-	if w.month {
-		return time.Unix(0, startNs).UTC().AddDate(0, 1, 0).UnixNano()
+// end returns the end of the window starting at startNs in loc.
+func (w windowSpec) end(startNs int64, loc *time.Location) int64 {
+	switch {
+	case w.month:
+		return time.Unix(0, startNs).In(loc).AddDate(0, 1, 0).UnixNano()
+	case w.sizeNs == dayNs && loc != time.UTC:
+		return time.Unix(0, startNs).In(loc).AddDate(0, 0, 1).UnixNano()
+	default:
+		return startNs + w.sizeNs
 	}
-	return startNs + w.sizeNs
 }
 
 func parseWindow(s string, fallback time.Duration) (windowSpec, error) {
@@ -102,6 +126,7 @@ type meterSpec struct {
 	valueKind  valueKind
 	valueField string // the field or dim key of ValuePath
 	groupAll   bool
+	local      bool // windows aligned in the customer's time zone
 	needsValue bool
 	textValue  bool // unique counts take the value as text
 }
@@ -181,6 +206,13 @@ func CompileMeters(meters []Meter, defaultWindow time.Duration) (*Meters, error)
 		if spec.window, err = parseWindow(cfg.Window, defaultWindow); err != nil {
 			return nil, fmt.Errorf("meters.%s.window: %v", cfg.Name, err)
 		}
+		switch strings.ToUpper(cfg.Align) {
+		case "", "UTC":
+		case "CUSTOMER":
+			spec.local = true
+		default:
+			return nil, fmt.Errorf("meters.%s.align: %q is not UTC or customer", cfg.Name, cfg.Align)
+		}
 		if spec.MaxGroupsPerKey == 0 {
 			spec.MaxGroupsPerKey = DefaultMaxGroupsPerKey
 		}
@@ -213,21 +245,14 @@ func (m *Meters) byName(name string) *meterSpec {
 	return nil
 }
 
-// periodSpec computes billing periods: from the anchor day of one month to
-// the anchor day of the next, in UTC.
-type periodSpec struct {
-	anchorDay int // 1..28
-}
-
-func (p periodSpec) start(tNs int64) int64 {
-	t := time.Unix(0, tNs).UTC()
+// billingPeriod returns the billing period holding tNs: from the anchor day
+// of one month to the anchor day of the next, at local midnight in loc.
+func billingPeriod(tNs int64, loc *time.Location, anchorDay int) (startNs, endNs int64) {
+	t := time.Unix(0, tNs).In(loc)
 	year, month := t.Year(), t.Month()
-	if t.Day() < p.anchorDay {
+	if t.Day() < anchorDay {
 		month--
 	}
-	return time.Date(year, month, p.anchorDay, 0, 0, 0, 0, time.UTC).UnixNano()
-}
-
-func (p periodSpec) end(startNs int64) int64 {
-	return time.Unix(0, startNs).UTC().AddDate(0, 1, 0).UnixNano()
+	start := time.Date(year, month, anchorDay, 0, 0, 0, 0, loc)
+	return start.UnixNano(), start.AddDate(0, 1, 0).UnixNano()
 }

@@ -138,7 +138,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	e.committedSeq.Store(seq)
 	e.shards = make([]*shard, e.cfg.Shards)
 	for i := range e.shards {
-		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.rater, shardQueueBatches)
+		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, shardQueueBatches)
 	}
 	n := uint64(len(e.shards))
 	err = e.store.Windows(func(k, v []byte) error {
@@ -399,15 +399,21 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 }
 
 // watermark returns the engine watermark: the minimum over active partitions
-// of (highest event time − allowed lateness). A partition is active once it
-// has events and until it is idle for IdleTimeout. Invariant: the watermark
-// never goes back, so a window once closed stays closed.
+// of (highest event time − allowed lateness). A partition is active until it
+// is silent for IdleTimeout (counted from start for one that never spoke);
+// an active partition without events yet holds the watermark where it is,
+// so the order partitions are first read in cannot close windows early.
+// Invariant: the watermark never goes back, so a closed window stays closed.
 func (e *Engine) watermark(partitions []*partitionProgress, now time.Time, prev int64) int64 {
 	wm := int64(minWatermark)
 	found := false
 	for _, p := range partitions {
-		if p.maxEventTimeNs == minWatermark || now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout {
+		if now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout {
 			continue
+		}
+		if p.maxEventTimeNs == minWatermark {
+			found, wm = false, minWatermark
+			break
 		}
 		if pw := p.maxEventTimeNs - int64(e.cfg.AllowedLateness); !found || pw < wm {
 			wm, found = pw, true

@@ -21,7 +21,6 @@ type timeRules struct {
 	graceNs         int64
 	reviseHorizonNs int64
 	dedupHorizonNs  int64
-	period          periodSpec
 }
 
 // late reports whether a record of window endNs at time tNs is too late at
@@ -92,13 +91,14 @@ type shardSnapshot struct {
 // are owned by its goroutine (run); it shares nothing, so the per-record path
 // takes no lock.
 type shard struct {
-	index   int
-	tenant  string
-	rules   timeRules
-	meters  *Meters
-	rater   Rater
-	in      chan shardMsg
-	windows map[windowKey]*window
+	index     int
+	tenant    string
+	rules     timeRules
+	meters    *Meters
+	customers *customers
+	rater     Rater
+	in        chan shardMsg
+	windows   map[windowKey]*window
 	// byEnd indexes windows by end so that eviction visits only old ends.
 	byEnd map[int64]map[windowKey]*window
 	// groups counts the groups of each (meter, customer, window start), for
@@ -125,8 +125,9 @@ type groupFamily struct {
 	startNs         int64
 }
 
-func newShard(index int, tenant string, rules timeRules, meters *Meters, rater Rater, queueLen int) *shard {
+func newShard(index int, tenant string, rules timeRules, meters *Meters, customers *customers, rater Rater, queueLen int) *shard {
 	return &shard{
+		customers:    customers,
 		index:        index,
 		tenant:       tenant,
 		rules:        rules,
@@ -198,10 +199,14 @@ func (s *shard) deadLetter(ev *Event, reason Reason, detail string) {
 // check comes after dedup so that a duplicate is never dead-lettered.
 func (s *shard) apply(ev *Event) {
 	m := ev.meter
-	startNs := m.window.start(ev.TimeNs)
-	endNs := m.window.end(startNs)
-	periodStartNs := s.rules.period.start(ev.TimeNs)
-	periodEndNs := s.rules.period.end(periodStartNs)
+	cust := s.customers.get(ev.Customer)
+	loc := time.UTC
+	if m.local {
+		loc = cust.loc
+	}
+	startNs := m.window.start(ev.TimeNs, loc)
+	endNs := m.window.end(startNs, loc)
+	periodStartNs, periodEndNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay)
 	// A record must also fit its billing period, which may end before its
 	// window (a calendar-month window across a mid-month anchor day).
 	if s.rules.late(ev.TimeNs, endNs, s.watermarkNs) || s.rules.evictable(periodEndNs, s.watermarkNs) {
@@ -445,11 +450,9 @@ func (s *shard) restoreWindow(key windowKey, w *window) error {
 	}
 	w.key, w.meter = key, m
 	if key.period {
-		w.endNs = s.rules.period.end(key.startNs)
 		s.indexPeriod(w)
 		return nil
 	}
-	w.endNs = m.window.end(key.startNs)
 	s.index1(w)
 	if w.pendingEmission() {
 		w.queued = true

@@ -22,7 +22,8 @@ var shardMeters, _ = CompileMeters([]Meter{{Name: "sms", GroupBy: []string{"*"}}
 
 func testShard() *shard {
 	rules := timeRules{graceNs: int64(10 * time.Second), reviseHorizonNs: int64(time.Hour), dedupHorizonNs: int64(time.Hour)}
-	return newShard(0, "t", rules, shardMeters, unitRater{}, 1)
+	utc, _ := newCustomers(nil, "UTC", 1)
+	return newShard(0, "t", rules, shardMeters, utc, unitRater{}, 1)
 }
 
 func event(id, customer string, at time.Time, value int64, group string) Event {

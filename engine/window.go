@@ -200,11 +200,13 @@ func (w *window) pendingEmission() bool {
 	return w.changed || (w.revision > 0 && !w.emittedFinal)
 }
 
-// encodeWindowValue renders the durable part of w: every aggregate field,
+// encodeWindowValue renders the durable part of w: its end (fixed when it
+// opened, whatever the customer's time zone later), every aggregate field,
 // the revision, the emitted amount and whether it changed since emission.
 func encodeWindowValue(w *window) ([]byte, error) {
 	b := make([]byte, 0, 64)
 	b = append(b, windowValueVersion)
+	b = binary.AppendVarint(b, w.endNs)
 	b = binary.AppendUvarint(b, w.count)
 	b = appendDecimal(b, w.sum)
 	b = appendDecimal(b, w.extreme)
@@ -242,6 +244,7 @@ func decodeWindowValue(b []byte, w *window) error {
 	if v := r.byte(); v != windowValueVersion {
 		return fmt.Errorf("window value version %d, want %d", v, windowValueVersion)
 	}
+	w.endNs = r.varint()
 	w.count = r.uvarint()
 	w.sum = r.decimal()
 	w.extreme = r.decimal()

@@ -45,20 +45,23 @@ type Config struct {
 	// dimension.
 	Meters []engine.Meter `yaml:"meters"`
 
-	Shards                    int           `yaml:"shards"`
-	Window                    time.Duration `yaml:"window"`
-	CheckpointInterval        time.Duration `yaml:"checkpointInterval"`
-	AllowedLateness           time.Duration `yaml:"allowedLateness"`
-	Grace                     time.Duration `yaml:"grace"`
-	ReviseHorizon             time.Duration `yaml:"reviseHorizon"`
-	DedupHorizon              time.Duration `yaml:"dedupHorizon"`
-	MaxFutureSkew             time.Duration `yaml:"maxFutureSkew"`
-	Horizon                   string        `yaml:"horizon"`
-	EmitOpenEvery             time.Duration `yaml:"emitOpenEvery"`
-	IdleTimeout               time.Duration `yaml:"idleTimeout"`
-	BillingAnchorDay          int           `yaml:"billingAnchorDay"`
-	MaxUndeliveredCheckpoints int           `yaml:"maxUndeliveredCheckpoints"`
-	SinkBatchRows             int           `yaml:"sinkBatchRows"`
+	Shards             int           `yaml:"shards"`
+	Window             time.Duration `yaml:"window"`
+	CheckpointInterval time.Duration `yaml:"checkpointInterval"`
+	AllowedLateness    time.Duration `yaml:"allowedLateness"`
+	Grace              time.Duration `yaml:"grace"`
+	ReviseHorizon      time.Duration `yaml:"reviseHorizon"`
+	DedupHorizon       time.Duration `yaml:"dedupHorizon"`
+	MaxFutureSkew      time.Duration `yaml:"maxFutureSkew"`
+	Horizon            string        `yaml:"horizon"`
+	EmitOpenEvery      time.Duration `yaml:"emitOpenEvery"`
+	IdleTimeout        time.Duration `yaml:"idleTimeout"`
+	BillingAnchorDay   int           `yaml:"billingAnchorDay"`
+	Timezone           string        `yaml:"timezone"`
+	// Customers sets per-customer time zones and anchor days; file only.
+	Customers                 []engine.Customer `yaml:"customers"`
+	MaxUndeliveredCheckpoints int               `yaml:"maxUndeliveredCheckpoints"`
+	SinkBatchRows             int               `yaml:"sinkBatchRows"`
 }
 
 func defaultConfig() Config {
@@ -81,6 +84,7 @@ func defaultConfig() Config {
 	c.EmitOpenEvery = d.EmitOpenEvery
 	c.IdleTimeout = d.IdleTimeout
 	c.BillingAnchorDay = d.BillingAnchorDay
+	c.Timezone = "UTC"
 	c.MaxUndeliveredCheckpoints = d.MaxUndeliveredCheckpoints
 	c.SinkBatchRows = d.SinkBatchRows
 	return c
@@ -92,6 +96,7 @@ func (c *Config) engineConfig() engine.Config {
 		Tenant: c.Tenant, Shards: c.Shards, Window: c.Window, CheckpointInterval: c.CheckpointInterval,
 		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon, DedupHorizon: c.DedupHorizon,
 		EmitOpenEvery: c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
+		Timezone: c.Timezone, Customers: c.Customers,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
 	}
 }
@@ -148,7 +153,8 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Horizon, "horizon", "dead-letter records timed before this RFC 3339 time (empty = off)")
 	dur(&c.EmitOpenEvery, "emitOpenEvery", "emit provisional revisions of open windows this often; 0 = only on close")
 	dur(&c.IdleTimeout, "idleTimeout", "a partition silent this long no longer holds the watermark back")
-	num(&c.BillingAnchorDay, "billingAnchorDay", "day of the month billing periods start on (1..28, UTC)")
+	num(&c.BillingAnchorDay, "billingAnchorDay", "day of the month billing periods start on (1..28), for customers without their own")
+	str(&c.Timezone, "timezone", "IANA time zone of customers without their own (billing periods, customer-aligned windows)")
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
 }

@@ -79,6 +79,9 @@ func TestBadConfigNamesKeyAndFlag(t *testing.T) {
 		{"unknown key in file", "plan: p.yaml\nwindwo: 1m\n", []string{brokers}, []string{"windwo"}},
 		{"wrong type in file", "plan: p.yaml\nshards: many\n", []string{brokers}, []string{"many"}},
 		{"stray argument", "", []string{plan, brokers, "extra"}, []string{"extra"}},
+		{"bad time zone", "", []string{plan, brokers, "--timezone=Mars/Olympus"}, []string{"config key timezone", "--timezone", "Mars/Olympus"}},
+		{"bad customer zone", "plan: p.yaml\ncustomers: [{id: c1, timezone: Nowhere}]\n", []string{brokers}, []string{"customers.c1.timezone", "Nowhere"}},
+		{"bad anchor day", "", []string{plan, brokers, "--billing-anchor-day=31"}, []string{"billingAnchorDay", "1..28"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := tt.args
