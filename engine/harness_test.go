@@ -7,6 +7,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -140,6 +141,9 @@ type harness struct {
 	meters *Meters
 	src    *memSource
 	sink   *captureSink
+	// sinkOverride, if set, receives rows instead of sink (which still
+	// receives dead letters).
+	sinkOverride Sink
 
 	clockMu sync.Mutex
 	clock   time.Time
@@ -181,7 +185,11 @@ func (h *harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	e, err := New(h.cfg, store, h.src, NewDecoder(h.meters), halfRater{}, []Sink{h.sink}, captureDead{h.sink},
+	var rows Sink = h.sink
+	if h.sinkOverride != nil {
+		rows = h.sinkOverride
+	}
+	e, err := New(h.cfg, store, h.src, NewDecoder(h.meters), halfRater{}, []Sink{rows}, captureDead{h.sink},
 		NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(harnessLog, nil)))
 	if err != nil {
 		store.Close()
@@ -311,3 +319,5 @@ func formatRows(rows []RatedRow, dead []DeadLetter, duplicates uint64) string {
 	}
 	return strings.Join(lines, "\n") + "\n"
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
