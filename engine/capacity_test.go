@@ -1,0 +1,88 @@
+package engine
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/state"
+)
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// BenchmarkLiveStatePerKey measures the heap held per live key: one SUM
+// window with its billing-period aggregate, indexes and one dedup id, for
+// 200K customers.
+func BenchmarkLiveStatePerKey(b *testing.B) {
+	const keys = 200_000
+	for b.Loop() {
+		s := testShard()
+		events := make([]Event, keys)
+		for i := range events {
+			events[i] = Event{ID: fmt.Sprint("e", i), Customer: fmt.Sprintf("sub-%07d", i), Meter: "sms",
+				TimeNs: t0.UnixNano(), Value: decimal.NewFromInt(int64(i)), meter: shardMeters.list[0]}
+		}
+		before := heapInUse()
+		for i := range events {
+			s.apply(&events[i])
+		}
+		s.snapshot(&barrier{watermarkNs: minWatermark}) // drop the checkpoint buffers
+		after := heapInUse()
+		b.ReportMetric(float64(after-before)/keys, "bytes/key")
+		runtime.KeepAlive(s)
+		runtime.KeepAlive(events)
+	}
+}
+
+// BenchmarkDedupCapacity measures the memory per remembered event id, and
+// the disk per id once checkpointed in Pebble and compacted.
+func BenchmarkDedupCapacity(b *testing.B) {
+	const ids = 1_000_000
+	for b.Loop() {
+		d := newDedupSet()
+		before := heapInUse()
+		for i := range ids {
+			d.seen(int64(i/20000)*dedupBucketNs, eventIDHash("src", fmt.Sprint(i), "sms"), uint64(i))
+		}
+		entries := make([]state.DedupEntry, len(d.added))
+		for i, a := range d.added {
+			entries[i] = state.DedupEntry{BucketNs: a.bucketNs, IDHash: a.id, RoutingHash: a.routingHash}
+		}
+		d.added = nil
+		after := heapInUse()
+		b.ReportMetric(float64(after-before)/ids, "mem-bytes/id")
+
+		dir := b.TempDir()
+		store, err := state.Open(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := 0; i < len(entries); i += 100_000 {
+			if err := store.Commit(&state.Checkpoint{Seq: uint64(i + 1), DedupAdds: entries[i:min(i+100_000, len(entries))]}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := store.Close(); err != nil { // flushes memtables to sstables
+			b.Fatal(err)
+		}
+		var size int64
+		_ = filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+			if err == nil && filepath.Ext(path) == ".sst" {
+				size += info.Size()
+			}
+			return nil
+		})
+		b.ReportMetric(float64(size)/ids, "disk-bytes/id")
+		runtime.KeepAlive(d)
+	}
+}
+
