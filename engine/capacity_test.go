@@ -85,4 +85,3 @@ func BenchmarkDedupCapacity(b *testing.B) {
 		runtime.KeepAlive(d)
 	}
 }
-
