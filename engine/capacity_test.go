@@ -51,7 +51,7 @@ func BenchmarkDedupCapacity(b *testing.B) {
 		d := newDedupSet()
 		before := heapInUse()
 		for i := range ids {
-			d.seen(int64(i/20000)*dedupBucketNs, eventIDHash("src", fmt.Sprint(i), "sms"), uint64(i))
+			d.add(int64(i/20000)*dedupBucketNs, eventIDHash("src", fmt.Sprint(i), "sms"), uint64(i), 1)
 		}
 		entries := make([]state.DedupEntry, len(d.added))
 		for i, a := range d.added {

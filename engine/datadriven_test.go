@@ -158,6 +158,7 @@ func applyConfigArg(cfg *Config, a datadriven.CmdArg) error {
 	durations := map[string]*time.Duration{
 		"grace": &cfg.Grace, "revise-horizon": &cfg.ReviseHorizon, "dedup-horizon": &cfg.DedupHorizon,
 		"lateness": &cfg.AllowedLateness, "idle-timeout": &cfg.IdleTimeout, "window": &cfg.Window,
+		"finalize-after": &cfg.FinalizeAfter,
 	}
 	if p, ok := durations[a.Key]; ok {
 		d, err := time.ParseDuration(a.Vals[0])

@@ -32,10 +32,18 @@ func eventIDHash(source, id, meter string) idHash {
 func routingHash(customer string) uint64 { return xxhash.Sum64String(customer) }
 
 // dedupSet remembers event ids by event-time bucket. It belongs to one shard.
+// Buckets older than the shard's memory horizon leave memory once durable;
+// their ids stay in the store until dedupHorizon and are looked up there.
 type dedupSet struct {
-	buckets map[int64]map[idHash]struct{}
+	buckets map[int64]*dedupBucket
 	// added holds entries new since the last checkpoint.
 	added []dedupAdd
+}
+
+type dedupBucket struct {
+	ids map[idHash]struct{}
+	// pendingSeq is the checkpoint that will hold the bucket's newest ids.
+	pendingSeq uint64
 }
 
 type dedupAdd struct {
@@ -45,38 +53,45 @@ type dedupAdd struct {
 }
 
 func newDedupSet() *dedupSet {
-	return &dedupSet{buckets: make(map[int64]map[idHash]struct{})}
+	return &dedupSet{buckets: make(map[int64]*dedupBucket)}
 }
 
-// seen reports whether id was seen in bucket, and remembers it if not.
-func (d *dedupSet) seen(bucketNs int64, id idHash, routing uint64) bool {
+func (d *dedupSet) contains(bucketNs int64, id idHash) bool {
 	b := d.buckets[bucketNs]
 	if b == nil {
-		b = make(map[idHash]struct{})
+		return false
+	}
+	_, ok := b.ids[id]
+	return ok
+}
+
+// add remembers id; nextSeq is the checkpoint that will persist it.
+func (d *dedupSet) add(bucketNs int64, id idHash, routing, nextSeq uint64) {
+	b := d.bucket(bucketNs)
+	b.ids[id] = struct{}{}
+	b.pendingSeq = nextSeq
+	d.added = append(d.added, dedupAdd{bucketNs: bucketNs, id: id, routingHash: routing})
+}
+
+func (d *dedupSet) bucket(bucketNs int64) *dedupBucket {
+	b := d.buckets[bucketNs]
+	if b == nil {
+		b = &dedupBucket{ids: make(map[idHash]struct{})}
 		d.buckets[bucketNs] = b
 	}
-	if _, ok := b[id]; ok {
-		return true
-	}
-	b[id] = struct{}{}
-	d.added = append(d.added, dedupAdd{bucketNs: bucketNs, id: id, routingHash: routing})
-	return false
+	return b
 }
 
 // load adds a remembered id on recovery.
 func (d *dedupSet) load(bucketNs int64, id idHash) {
-	b := d.buckets[bucketNs]
-	if b == nil {
-		b = make(map[idHash]struct{})
-		d.buckets[bucketNs] = b
-	}
-	b[id] = struct{}{}
+	d.bucket(bucketNs).ids[id] = struct{}{}
 }
 
-// expire forgets every bucket starting before beforeNs.
-func (d *dedupSet) expire(beforeNs int64) {
-	for start := range d.buckets {
-		if start < beforeNs {
+// expire forgets every bucket starting before beforeNs whose ids are in a
+// durable checkpoint (pendingSeq <= durableSeq).
+func (d *dedupSet) expire(beforeNs int64, durableSeq uint64) {
+	for start, b := range d.buckets {
+		if start < beforeNs && b.pendingSeq <= durableSeq {
 			delete(d.buckets, start)
 		}
 	}
@@ -85,7 +100,7 @@ func (d *dedupSet) expire(beforeNs int64) {
 func (d *dedupSet) size() int {
 	n := 0
 	for _, b := range d.buckets {
-		n += len(b)
+		n += len(b.ids)
 	}
 	return n
 }

@@ -72,6 +72,12 @@ type Config struct {
 	// ReviseHorizon is how long after its end a window still accepts records
 	// (as a new revision). Older records are dead-lettered as late.
 	ReviseHorizon time.Duration
+	// FinalizeAfter, when > 0, keeps windows revisable until their billing
+	// period is finalized: FinalizeAfter past the period's end (event time).
+	// Records for a finalized period are dead-lettered as late. Windows past
+	// ReviseHorizon then leave memory and are read back from the store when
+	// a late record revises them. 0 keeps the ReviseHorizon rule.
+	FinalizeAfter time.Duration
 	// DedupHorizon is how far behind the watermark event ids are remembered;
 	// a record further behind is dead-lettered as late, because a duplicate
 	// of it could no longer be recognised. 0 means ReviseHorizon.
@@ -142,8 +148,10 @@ func (c *Config) Validate() error {
 		return configError("grace", "%s is negative", c.Grace)
 	case c.ReviseHorizon < c.Grace:
 		return configError("reviseHorizon", "%s is shorter than grace %s; a window must stay revisable until it closes", c.ReviseHorizon, c.Grace)
-	case c.DedupHorizon < 0 || c.DedupHorizon > 31*24*time.Hour:
-		return configError("dedupHorizon", "%s is outside 0..744h (0 means reviseHorizon)", c.DedupHorizon)
+	case c.DedupHorizon < 0 || c.DedupHorizon > 93*24*time.Hour:
+		return configError("dedupHorizon", "%s is outside 0..2232h (0 means reviseHorizon)", c.DedupHorizon)
+	case c.FinalizeAfter < 0 || c.FinalizeAfter > 93*24*time.Hour:
+		return configError("finalizeAfter", "%s is outside 0..2232h (0 disables)", c.FinalizeAfter)
 	case c.BillingAnchorDay < 1 || c.BillingAnchorDay > 28:
 		return configError("billingAnchorDay", "%d is outside 1..28 (every month has the day)", c.BillingAnchorDay)
 	case c.Timezone != "" && !validZone(c.Timezone):
@@ -228,6 +236,7 @@ type stats struct {
 	deadLetters    atomic.Uint64
 	duplicates     atomic.Uint64
 	windowsEmitted atomic.Uint64
+	coldReads      atomic.Uint64
 	lag            atomic.Int64
 	watermarkNs    atomic.Int64
 	revenueMu      sync.Mutex
@@ -274,6 +283,7 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 			graceNs:         int64(cfg.Grace),
 			reviseHorizonNs: int64(cfg.ReviseHorizon),
 			dedupHorizonNs:  int64(cfg.DedupHorizon),
+			finalizeAfterNs: int64(cfg.FinalizeAfter),
 		},
 		customers: registry,
 		store:     store, source: source, decoder: decoder, rater: rater,

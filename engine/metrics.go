@@ -28,6 +28,7 @@ type Metrics struct {
 	liveWindows        prometheus.Gauge
 	dedupIDs           prometheus.Gauge
 	backpressure       prometheus.Gauge
+	coldReads          prometheus.Counter
 }
 
 // NewMetrics registers the engine's metrics on reg.
@@ -90,10 +91,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		backpressure: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tally_backpressure", Help: "1 while consumption is paused because sinks are behind.",
 		}),
+		coldReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_state_reads_total", Help: "Windows and event ids read back from the store for late records (committed).",
+		}),
 	}
 	reg.MustRegister(m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
 		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.sinkBatchDuration,
 		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.watermark, m.liveWindows,
-		m.dedupIDs, m.backpressure)
+		m.dedupIDs, m.backpressure, m.coldReads)
 	return m
 }

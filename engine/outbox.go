@@ -248,14 +248,16 @@ func (e *Engine) drainSinks(ctx context.Context) error {
 // snapshots, commits them with the cut's offsets and outbox in one synced
 // batch, then publishes the new durable sequence.
 func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingCheckpoint) error {
-	var lastDedupExpiry int64
+	var lastDedupExpiry, lastFinalized int64
 	for pc := range writes {
-		cp := &state.Checkpoint{Seq: pc.seq, Partitions: pc.partitions, Outbox: make(map[state.Stream][][]byte)}
+		cp := &state.Checkpoint{Seq: pc.seq, Partitions: pc.partitions, Outbox: make(map[state.Stream][][]byte),
+			WatermarkNs: pc.watermarkNs, HasWatermark: pc.watermarkNs != minWatermark}
 		dead := pc.deadLetters
 		revenue := make(map[string]decimal.Decimal)
 		duplicates := make(map[string]uint64)
 		var rows []RatedRow
 		live, dedupIDs := 0, 0
+		var coldReads uint64
 		for range e.shards {
 			var snap *shardSnapshot
 			select {
@@ -278,6 +280,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 				duplicates[meter] += n
 			}
 			live += snap.liveWindows
+			coldReads += snap.coldReads
 			dedupIDs += snap.dedupIDs
 		}
 		for _, r := range rows {
@@ -297,6 +300,10 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		if expiry := e.rules.dedupExpiry(pc.watermarkNs); pc.watermarkNs != minWatermark && expiry > lastDedupExpiry {
 			cp.DedupExpireBeforeNs, lastDedupExpiry = expiry, expiry
 		}
+		if f := e.rules.finalizeAfterNs; f > 0 && pc.watermarkNs != minWatermark && pc.watermarkNs-f > lastFinalized {
+			// Every window of a finalized period goes, in one range delete.
+			cp.WindowsFinalizedBeforeNs, lastFinalized = pc.watermarkNs-f, pc.watermarkNs-f
+		}
 		cp.SinkProgress, cp.OutboxTrim = e.outboxMarks(pc.seq - 1)
 
 		if err := e.store.Commit(cp); err != nil {
@@ -310,6 +317,8 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		e.metrics.checkpointBytes.Observe(float64(len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + len(rows) + len(dead)))
 		e.metrics.checkpointSeq.Set(float64(pc.seq))
 		e.metrics.liveWindows.Set(float64(live))
+		e.metrics.coldReads.Add(float64(coldReads))
+		e.stats.coldReads.Add(coldReads)
 		e.metrics.dedupIDs.Set(float64(dedupIDs))
 		for _, d := range dead {
 			e.metrics.deadLetters.WithLabelValues(string(d.Reason)).Inc()

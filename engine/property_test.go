@@ -102,105 +102,127 @@ func naive(events []propEvent) map[string]string {
 // crashes, the highest revision of every row equals a naive recomputation
 // from the distinct input.
 func TestPropertyExactUnderShufflesDuplicatesAndCrashes(t *testing.T) {
-	seeds := 12
-	if testing.Short() {
-		seeds = 3
+	for seed := range 12 {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { runProperty(t, uint64(seed), false) })
 	}
-	for seed := range seeds {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(uint64(seed), 99))
-			const lateness = 30 * time.Second
-			partitions := 1 + rng.IntN(4)
-			h := newHarness(t, partitions)
-			h.cfg.AllowedLateness = lateness
-			h.cfg.Shards = 1 + rng.IntN(3)
-			meters, err := CompileMeters(propertyMeters, time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			h.meters = meters
-			h.start()
+}
 
-			n := 500 + rng.IntN(1500)
-			base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
-			type delivery struct {
-				key   time.Time // arrival order
-				event propEvent
-			}
-			var events []propEvent
-			var arrivals []delivery
-			for i := range n {
-				e := propEvent{
-					id:          fmt.Sprint("e", i),
-					customer:    fmt.Sprint("c", rng.IntN(12)),
-					destination: []string{"uk", "fr", "us"}[rng.IntN(3)],
-					device:      fmt.Sprint("d", rng.IntN(6)),
-					// Distinct times: LATEST has a single answer.
-					at:    base.Add(time.Duration(i)*150*time.Millisecond + time.Duration(rng.IntN(1000))*time.Microsecond),
-					value: decimal.New(int64(rng.IntN(20000)-2000), -2),
-				}
-				events = append(events, e)
-				// Arrive up to lateness/2 after the event time; a duplicate
-				// (producer retry) arrives a little later still.
-				arrivals = append(arrivals, delivery{e.at.Add(time.Duration(rng.Int64N(int64(lateness / 2)))), e})
-				if rng.IntN(20) == 0 {
-					arrivals = append(arrivals, delivery{e.at.Add(time.Duration(rng.Int64N(int64(lateness / 2)))), e})
-				}
-			}
-			sort.SliceStable(arrivals, func(i, j int) bool { return arrivals[i].key.Before(arrivals[j].key) })
-
-			crashes := 0
-			for start := 0; start < len(arrivals); {
-				end := min(start+1+rng.IntN(200), len(arrivals))
-				for _, a := range arrivals[start:end] {
-					// A customer's records may land in any partition.
-					h.src.append(rng.IntN(partitions), a.event.json())
-				}
-				start = end
-				switch rng.IntN(4) {
-				case 0:
-					h.checkpoint(rng.IntN(2) == 0)
-				case 1:
-					h.crash()
-					crashes++
-				}
-				h.fresh()
-			}
-			// Shutdown stops reading at once: first let the engine read
-			// everything, then stop (which emits the open windows).
-			h.checkpoint(false)
-			h.stop()
-			h.fresh()
-
-			got := make(map[string]string)
-			for _, r := range h.final() {
-				key := fmt.Sprintf("%s|%s|%s|%s", r.Meter, r.Customer, r.GroupKey, r.WindowStart.Format(time.RFC3339))
-				got[key] = fmt.Sprintf("quantity=%s count=%d amount=%s", r.Quantity, r.Count, r.Amount)
-			}
-			want := naive(events)
-			mismatches := 0
-			for key, w := range want {
-				if got[key] != w {
-					mismatches++
-					if mismatches <= 5 {
-						t.Errorf("%s: got %q, want %q", key, got[key], w)
-					}
-				}
-			}
-			for key := range got {
-				if _, ok := want[key]; !ok {
-					t.Errorf("unexpected row %s", key)
-				}
-			}
-			h.sink.mu.Lock()
-			if len(h.sink.letters) > 0 {
-				t.Errorf("%d dead letters in a stream without late or bad records, first: %+v", len(h.sink.letters), h.sink.letters[0])
-			}
-			h.sink.mu.Unlock()
-			if mismatches > 0 {
-				t.Fatalf("%d of %d rows differ (%d events, %d arrivals, %d partitions, %d crashes)", mismatches, len(want), n, len(arrivals), partitions, crashes)
-			}
-			t.Logf("%d events, %d arrivals, %d partitions, %d crashes, %d rows: exact", n, len(arrivals), partitions, crashes, len(want))
-		})
+// TestPropertyExactWithFinalizationAndColdState: the same with finalizeAfter,
+// a one-minute memory horizon and a share of records arriving minutes late,
+// so that windows and ids are read back from the store.
+func TestPropertyExactWithFinalizationAndColdState(t *testing.T) {
+	for seed := range 12 {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { runProperty(t, uint64(seed)+100, true) })
 	}
+}
+
+func runProperty(t *testing.T, seed uint64, finalize bool) {
+	rng := rand.New(rand.NewPCG(seed, 99))
+	const lateness = 30 * time.Second
+	partitions := 1 + rng.IntN(4)
+	h := newHarness(t, partitions)
+	h.cfg.AllowedLateness = lateness
+	h.cfg.Shards = 1 + rng.IntN(3)
+	if finalize {
+		h.cfg.ReviseHorizon = time.Minute
+		h.cfg.FinalizeAfter = 720 * time.Hour
+		h.cfg.DedupHorizon = 720 * time.Hour
+	}
+	meters, err := CompileMeters(propertyMeters, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.meters = meters
+	h.start()
+
+	n := 500 + rng.IntN(1500)
+	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	type delivery struct {
+		key   time.Time // arrival order
+		event propEvent
+	}
+	var events []propEvent
+	var arrivals []delivery
+	for i := range n {
+		e := propEvent{
+			id:          fmt.Sprint("e", i),
+			customer:    fmt.Sprint("c", rng.IntN(12)),
+			destination: []string{"uk", "fr", "us"}[rng.IntN(3)],
+			device:      fmt.Sprint("d", rng.IntN(6)),
+			// Distinct times: LATEST has a single answer.
+			at:    base.Add(time.Duration(i)*150*time.Millisecond + time.Duration(rng.IntN(1000))*time.Microsecond),
+			value: decimal.New(int64(rng.IntN(20000)-2000), -2),
+		}
+		events = append(events, e)
+		// Arrive up to lateness/2 after the event time; a duplicate
+		// (producer retry) arrives a little later still.
+		delay := func() time.Duration {
+			if finalize && rng.IntN(7) == 0 {
+				return time.Duration(rng.Int64N(int64(6 * time.Minute))) // late: read back from the store
+			}
+			return time.Duration(rng.Int64N(int64(lateness / 2)))
+		}
+		arrivals = append(arrivals, delivery{e.at.Add(delay()), e})
+		if rng.IntN(20) == 0 {
+			arrivals = append(arrivals, delivery{e.at.Add(delay()), e})
+		}
+	}
+	sort.SliceStable(arrivals, func(i, j int) bool { return arrivals[i].key.Before(arrivals[j].key) })
+
+	crashes := 0
+	for start := 0; start < len(arrivals); {
+		end := min(start+1+rng.IntN(200), len(arrivals))
+		for _, a := range arrivals[start:end] {
+			// A customer's records may land in any partition.
+			h.src.append(rng.IntN(partitions), a.event.json())
+		}
+		start = end
+		switch rng.IntN(4) {
+		case 0:
+			h.checkpoint(rng.IntN(2) == 0)
+		case 1:
+			h.crash()
+			crashes++
+		}
+		h.fresh()
+	}
+	// Shutdown stops reading at once: first let the engine read
+	// everything, then stop (which emits the open windows).
+	h.checkpoint(false)
+	coldReads := h.engine.stats.coldReads.Load()
+	h.stop()
+	h.fresh()
+
+	got := make(map[string]string)
+	for _, r := range h.final() {
+		key := fmt.Sprintf("%s|%s|%s|%s", r.Meter, r.Customer, r.GroupKey, r.WindowStart.Format(time.RFC3339))
+		got[key] = fmt.Sprintf("quantity=%s count=%d amount=%s", r.Quantity, r.Count, r.Amount)
+	}
+	want := naive(events)
+	mismatches := 0
+	for key, w := range want {
+		if got[key] != w {
+			mismatches++
+			if mismatches <= 5 {
+				t.Errorf("%s: got %q, want %q", key, got[key], w)
+			}
+		}
+	}
+	for key := range got {
+		if _, ok := want[key]; !ok {
+			t.Errorf("unexpected row %s", key)
+		}
+	}
+	h.sink.mu.Lock()
+	if len(h.sink.letters) > 0 {
+		t.Errorf("%d dead letters in a stream without late or bad records, first: %+v", len(h.sink.letters), h.sink.letters[0])
+	}
+	h.sink.mu.Unlock()
+	if mismatches > 0 {
+		t.Fatalf("%d of %d rows differ (%d events, %d arrivals, %d partitions, %d crashes)", mismatches, len(want), n, len(arrivals), partitions, crashes)
+	}
+	if finalize && coldReads == 0 && crashes == 0 {
+		t.Errorf("no window or id was read back from the store: the test missed the cold path")
+	}
+	t.Logf("%d events, %d arrivals, %d partitions, %d crashes, %d rows, %d store reads (last run): exact", n, len(arrivals), partitions, crashes, len(want), coldReads)
 }

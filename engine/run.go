@@ -136,34 +136,16 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		return nil, err
 	}
 	e.committedSeq.Store(seq)
-	e.shards = make([]*shard, e.cfg.Shards)
-	for i := range e.shards {
-		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, shardQueueBatches)
-	}
-	n := uint64(len(e.shards))
-	err = e.store.Windows(func(k, v []byte) error {
-		key, err := decodeWindowKey(k)
-		if err != nil {
-			return fmt.Errorf("engine: recover: %w: state is corrupt", err)
-		}
-		w := &window{}
-		if err := decodeWindowValue(v, w); err != nil {
-			return fmt.Errorf("engine: recover window %q: %w: state is corrupt", k, err)
-		}
-		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w); err != nil {
-			return fmt.Errorf("engine: recover: %w", err)
-		}
-		return nil
-	})
+	// The watermark comes back as it was: recomputing it from partitions
+	// could move it back (a partition without data yet holds it), and a
+	// watermark that goes back would accept records for windows that were
+	// already evicted.
+	wm, ok, err := e.store.Watermark()
 	if err != nil {
 		return nil, err
 	}
-	err = e.store.Dedup(func(d state.DedupEntry) error {
-		e.shards[d.RoutingHash%n].dedup.load(d.BucketNs, d.IDHash)
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	if !ok {
+		wm = minWatermark
 	}
 
 	stored, err := e.store.Partitions()
@@ -187,9 +169,46 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 		out[i] = p
 	}
-	wm := e.watermark(out, now, minWatermark)
-	for _, s := range e.shards {
-		s.watermarkNs = wm
+	wm = e.watermark(out, now, wm)
+
+	e.shards = make([]*shard, e.cfg.Shards)
+	for i := range e.shards {
+		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, e.store, shardQueueBatches)
+		e.shards[i].watermarkNs = wm
+		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
+	}
+	n := uint64(len(e.shards))
+	// Only what is in memory's horizon comes back into memory; the rest
+	// stays in the store until a late record reads it.
+	err = e.store.Windows(func(k, v []byte) error {
+		key, periodEndNs, err := decodeWindowKey(k)
+		if err != nil {
+			return fmt.Errorf("engine: recover: %w: state is corrupt", err)
+		}
+		w := &window{periodEndNs: periodEndNs}
+		if err := decodeWindowValue(v, w); err != nil {
+			return fmt.Errorf("engine: recover window %q: %w: state is corrupt", k, err)
+		}
+		if !e.rules.hot(w.endNs, wm) && (key.period || !w.pendingEmission()) {
+			return nil
+		}
+		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w); err != nil {
+			return fmt.Errorf("engine: recover: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	memoryExpiry := e.rules.dedupMemoryExpiry(wm)
+	err = e.store.Dedup(func(d state.DedupEntry) error {
+		if d.BucketNs >= memoryExpiry {
+			e.shards[d.RoutingHash%n].dedup.load(d.BucketNs, d.IDHash)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	e.stats.watermarkNs.Store(wm)
 	return out, nil
@@ -294,7 +313,7 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 					NextOffset: p.nextOffset, MaxEventTimeNs: p.maxEventTimeNs})
 			}
 		}
-		b := &barrier{seq: seq, watermarkNs: wm, emitOpen: emitOpen, replies: cp.replies}
+		b := &barrier{seq: seq, durableSeq: e.committedSeq.Load(), watermarkNs: wm, emitOpen: emitOpen, replies: cp.replies}
 		for _, s := range e.shards {
 			select {
 			case s.in <- shardMsg{barrier: b}:

@@ -21,22 +21,38 @@ type timeRules struct {
 	graceNs         int64
 	reviseHorizonNs int64
 	dedupHorizonNs  int64
+	// finalizeAfterNs, when > 0, keeps windows revisable until their
+	// billing period is finalized (its end + finalizeAfter); reviseHorizon
+	// then only bounds how long they stay in memory.
+	finalizeAfterNs int64
 }
 
-// late reports whether a record of window endNs at time tNs is too late at
-// watermark wm: its window stopped accepting revisions (ended more than
-// reviseHorizon before wm), or its dedup bucket is already forgotten, so a
-// duplicate could no longer be recognised. Such records are dead-lettered.
-func (r timeRules) late(tNs, endNs, wm int64) bool {
+// late reports whether a record at tNs, in a window ending at endNs and a
+// billing period ending at periodEndNs, is too late at watermark wm: its
+// window or period no longer accepts records, or its dedup bucket is
+// forgotten, so a duplicate could no longer be recognised. Such records are
+// dead-lettered.
+func (r timeRules) late(tNs, endNs, periodEndNs, wm int64) bool {
 	if wm == minWatermark {
 		return false
 	}
-	return endNs+r.reviseHorizonNs <= wm || floorDiv(tNs, dedupBucketNs) < r.dedupExpiry(wm)
+	if floorDiv(tNs, dedupBucketNs) < r.dedupExpiry(wm) {
+		return true
+	}
+	if r.finalizeAfterNs > 0 {
+		return r.finalized(periodEndNs, wm)
+	}
+	return endNs+r.reviseHorizonNs <= wm || periodEndNs+r.reviseHorizonNs <= wm
 }
 
-// evictable reports whether a window ending at endNs can no longer change.
-func (r timeRules) evictable(endNs, wm int64) bool {
-	return wm != minWatermark && endNs+r.reviseHorizonNs <= wm
+// finalized reports whether the billing period ending at periodEndNs is final.
+func (r timeRules) finalized(periodEndNs, wm int64) bool {
+	return wm != minWatermark && periodEndNs+r.finalizeAfterNs <= wm
+}
+
+// hot reports whether something ending at endNs stays in memory at wm.
+func (r timeRules) hot(endNs, wm int64) bool {
+	return wm == minWatermark || endNs+r.reviseHorizonNs > wm
 }
 
 // dedupExpiry is the first dedup bucket still kept at wm; buckets before it
@@ -46,6 +62,15 @@ func (r timeRules) dedupExpiry(wm int64) int64 {
 		return minWatermark
 	}
 	return floorDiv(wm-r.dedupHorizonNs, dedupBucketNs)
+}
+
+// dedupMemoryExpiry is the first dedup bucket kept in memory; older ones
+// are looked up in the store.
+func (r timeRules) dedupMemoryExpiry(wm int64) int64 {
+	if wm == minWatermark {
+		return minWatermark
+	}
+	return floorDiv(wm-min(r.dedupHorizonNs, r.reviseHorizonNs), dedupBucketNs)
 }
 
 // closed reports whether a window ending at endNs is closed at wm.
@@ -65,6 +90,7 @@ type shardMsg struct {
 // barrier asks every shard for its part of checkpoint seq.
 type barrier struct {
 	seq         uint64
+	durableSeq  uint64 // the last checkpoint known durable when cut
 	watermarkNs int64
 	emitOpen    bool
 	replies     chan<- *shardSnapshot
@@ -84,6 +110,7 @@ type shardSnapshot struct {
 	duplicates    map[string]uint64          // by meter
 	liveWindows   int
 	dedupIDs      int
+	coldReads     uint64
 	err           error
 }
 
@@ -111,6 +138,14 @@ type shard struct {
 	byCustomer map[string]map[windowKey]*window
 	dedup      *dedupSet
 	queries    chan *usageQuery
+	// store holds what left memory; read when a late record needs it.
+	store coldStore
+	// seq is the last barrier seen; durableSeq the last durable checkpoint.
+	seq, durableSeq uint64
+	// storeErr is a failed store read, reported at the next barrier.
+	storeErr error
+	// coldReads counts store reads since the last barrier.
+	coldReads uint64
 
 	watermarkNs int64
 	dirty       []*window
@@ -125,8 +160,15 @@ type groupFamily struct {
 	startNs         int64
 }
 
-func newShard(index int, tenant string, rules timeRules, meters *Meters, customers *customers, rater Rater, queueLen int) *shard {
+// coldStore is what a shard reads back from the state store.
+type coldStore interface {
+	Window(key []byte) ([]byte, bool, error)
+	HasDedup(bucketNs int64, id [16]byte) (bool, error)
+}
+
+func newShard(index int, tenant string, rules timeRules, meters *Meters, customers *customers, rater Rater, store coldStore, queueLen int) *shard {
 	return &shard{
+		store:        store,
 		customers:    customers,
 		index:        index,
 		tenant:       tenant,
@@ -207,15 +249,20 @@ func (s *shard) apply(ev *Event) {
 	startNs := m.window.start(ev.TimeNs, loc)
 	endNs := m.window.end(startNs, loc)
 	periodStartNs, periodEndNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay)
-	// A record must also fit its billing period, which may end before its
-	// window (a calendar-month window across a mid-month anchor day).
-	if s.rules.late(ev.TimeNs, endNs, s.watermarkNs) || s.rules.evictable(periodEndNs, s.watermarkNs) {
+	// The record's own period decides lateness: it may end before the
+	// window's (a calendar-month window across a mid-month anchor day).
+	if s.rules.late(ev.TimeNs, endNs, periodEndNs, s.watermarkNs) {
 		s.deadLetter(ev, ReasonLate, fmt.Sprintf("meter %s window %s no longer accepts records: watermark %s",
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
 		return
 	}
 	key := windowKey{meter: m.Name, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}
 	w := s.windows[key]
+	if w == nil && !s.rules.hot(endNs, s.watermarkNs) {
+		// A window that left memory may still be revisable: read it back.
+		_, windowPeriodEnd := billingPeriod(endNs-1, cust.loc, cust.anchorDay)
+		w = s.loadCold(key, windowPeriodEnd)
+	}
 	family := groupFamily{meter: m.Name, customer: ev.Customer, startNs: startNs}
 	if w == nil && s.groups[family] >= m.MaxGroupsPerKey {
 		// Checked before dedup remembers the id, so a retry of this record
@@ -224,21 +271,24 @@ func (s *shard) apply(ev *Event) {
 			m.Name, m.MaxGroupsPerKey, time.Unix(0, startNs).UTC().Format(time.RFC3339)))
 		return
 	}
-	routing := routingHash(ev.Customer)
-	if s.dedup.seen(floorDiv(ev.TimeNs, dedupBucketNs), eventIDHash(ev.Source, ev.ID, m.Name), routing) {
+	if s.duplicate(ev, m) {
 		s.duplicates[m.Name]++
 		return
 	}
 	if w == nil {
-		w = s.addWindow(key, m, endNs)
+		_, windowPeriodEnd := billingPeriod(endNs-1, cust.loc, cust.anchorDay)
+		w = s.addWindow(key, m, endNs, windowPeriodEnd)
 	}
 	w.add(ev)
 	s.touch(w)
 
 	periodKey := windowKey{meter: m.Name, customer: ev.Customer, startNs: periodStartNs, period: true}
 	p := s.periods[periodKey]
+	if p == nil && !s.rules.hot(periodEndNs, s.watermarkNs) {
+		p = s.loadCold(periodKey, periodEndNs)
+	}
 	if p == nil {
-		p = &window{key: periodKey, meter: m, endNs: periodEndNs}
+		p = &window{key: periodKey, meter: m, endNs: periodEndNs, periodEndNs: periodEndNs}
 		s.indexPeriod(p)
 	}
 	p.add(ev)
@@ -246,6 +296,53 @@ func (s *shard) apply(ev *Event) {
 		p.dirty = true
 		s.dirty = append(s.dirty, p)
 	}
+}
+
+// duplicate reports whether ev's id was seen for meter m, in memory or, for
+// buckets that left memory, in the store; if not, it remembers it.
+func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
+	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
+	id := eventIDHash(ev.Source, ev.ID, m.Name)
+	if s.dedup.contains(bucket, id) {
+		return true
+	}
+	if bucket < s.rules.dedupMemoryExpiry(s.watermarkNs) {
+		s.coldReads++
+		found, err := s.store.HasDedup(bucket, id)
+		if err != nil {
+			s.storeErr = err
+		}
+		if found {
+			return true
+		}
+	}
+	s.dedup.add(bucket, id, routingHash(ev.Customer), s.seq+1)
+	return false
+}
+
+// loadCold reads a window or period aggregate back from the store into
+// memory; nil if the store does not hold it.
+func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
+	s.coldReads++
+	v, ok, err := s.store.Window(encodeWindowKey(key, periodEndNs))
+	if err != nil {
+		s.storeErr = err
+		return nil
+	}
+	if !ok {
+		return nil
+	}
+	w := &window{}
+	if err := decodeWindowValue(v, w); err != nil {
+		s.storeErr = fmt.Errorf("window %v: %w: state is corrupt", key, err)
+		return nil
+	}
+	w.periodEndNs = periodEndNs
+	if err := s.restoreWindow(key, w); err != nil {
+		s.storeErr = err
+		return nil
+	}
+	return w
 }
 
 func (s *shard) indexPeriod(p *window) {
@@ -277,8 +374,8 @@ func (s *shard) unindexCustomer(key windowKey) {
 	}
 }
 
-func (s *shard) addWindow(key windowKey, m *meterSpec, endNs int64) *window {
-	w := &window{key: key, meter: m, endNs: endNs}
+func (s *shard) addWindow(key windowKey, m *meterSpec, endNs, periodEndNs int64) *window {
+	w := &window{key: key, meter: m, endNs: endNs, periodEndNs: periodEndNs}
 	s.index1(w)
 	return w
 }
@@ -315,7 +412,12 @@ func (s *shard) touch(w *window) {
 // the engine before the checkpoint that holds its window's state is durable.
 func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	s.watermarkNs = b.watermarkNs
+	s.seq, s.durableSeq = b.seq, b.durableSeq
 	snap := &shardSnapshot{shard: s.index, revenue: make(map[string]decimal.Decimal)}
+	if s.storeErr != nil {
+		snap.err = fmt.Errorf("engine: read state store: %w", s.storeErr)
+		return snap
+	}
 
 	// 1. Emit: closed windows with changes or whose last revision was
 	// provisional, and open windows with changes when asked to. Invariant: a
@@ -349,41 +451,54 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	clear(s.unemitted[len(kept):])
 	s.unemitted = kept
 
-	// 2. Evict windows no record may revise any more. They were emitted in
-	// step 1 at the latest, because reviseHorizon >= grace.
-	for endNs, ws := range s.byEnd {
-		if !s.rules.evictable(endNs, b.watermarkNs) {
-			continue
-		}
-		for key, w := range ws {
-			if w.pendingEmission() {
-				snap.err = fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", key)
-				return snap
+	// 2. Windows and periods past the memory horizon leave memory. Without
+	// finalizeAfter no record may revise them any more, so they are deleted
+	// from the store too (they were emitted in step 1 at the latest, since
+	// reviseHorizon >= grace). With it they stay in the store, revisable
+	// until their period is finalized, and leave memory only once their
+	// latest state is durable, so that a read-back never sees an older one.
+	finalizing := s.rules.finalizeAfterNs > 0
+	evict := func(byEnd map[int64]map[windowKey]*window, drop func(*window)) error {
+		for endNs, ws := range byEnd {
+			if s.rules.hot(endNs, b.watermarkNs) {
+				continue
 			}
-			delete(s.windows, key)
-			s.unindexCustomer(key)
-			family := groupFamily{meter: key.meter, customer: key.customer, startNs: key.startNs}
-			if s.groups[family]--; s.groups[family] <= 0 {
-				delete(s.groups, family)
+			for key, w := range ws {
+				if !key.period && w.pendingEmission() {
+					return fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", key)
+				}
+				if finalizing && (w.dirty || w.writtenSeq > s.durableSeq) {
+					continue // not durable yet; a later barrier evicts it
+				}
+				delete(ws, key)
+				drop(w)
+				s.unindexCustomer(key)
+				if !finalizing {
+					w.dirty = false // dropped from the dirty list below
+					s.deleted = append(s.deleted, encodeWindowKey(key, w.periodEndNs))
+				}
 			}
-			w.dirty = false // dropped from the dirty list below
-			s.deleted = append(s.deleted, encodeWindowKey(key))
+			if len(ws) == 0 {
+				delete(byEnd, endNs)
+			}
 		}
-		delete(s.byEnd, endNs)
+		return nil
 	}
-	for endNs, ps := range s.periodsByEnd {
-		if !s.rules.evictable(endNs, b.watermarkNs) {
-			continue
+	err := evict(s.byEnd, func(w *window) {
+		delete(s.windows, w.key)
+		family := groupFamily{meter: w.key.meter, customer: w.key.customer, startNs: w.key.startNs}
+		if s.groups[family]--; s.groups[family] <= 0 {
+			delete(s.groups, family)
 		}
-		for key, p := range ps {
-			delete(s.periods, key)
-			s.unindexCustomer(key)
-			p.dirty = false
-			s.deleted = append(s.deleted, encodeWindowKey(key))
-		}
-		delete(s.periodsByEnd, endNs)
+	})
+	if err == nil {
+		err = evict(s.periodsByEnd, func(w *window) { delete(s.periods, w.key) })
 	}
-	s.dedup.expire(s.rules.dedupExpiry(b.watermarkNs))
+	if err != nil {
+		snap.err = err
+		return snap
+	}
+	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq)
 
 	// 3. Encode what changed.
 	snap.windowPuts = make([]state.KV, 0, len(s.dirty))
@@ -396,8 +511,9 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 			snap.err = err
 			return snap
 		}
-		snap.windowPuts = append(snap.windowPuts, state.KV{Key: encodeWindowKey(w.key), Value: value})
+		snap.windowPuts = append(snap.windowPuts, state.KV{Key: encodeWindowKey(w.key, w.periodEndNs), Value: value})
 		w.dirty = false
+		w.writtenSeq = b.seq
 	}
 	clear(s.dirty)
 	s.dirty = s.dirty[:0]
@@ -409,6 +525,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	s.dedup.added = s.dedup.added[:0]
 	snap.deadLetters, s.deadLetters = s.deadLetters, nil
 	snap.duplicates, s.duplicates = s.duplicates, make(map[string]uint64)
+	snap.coldReads, s.coldReads = s.coldReads, 0
 	snap.liveWindows = len(s.windows)
 	snap.dedupIDs = s.dedup.size()
 	return snap

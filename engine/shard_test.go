@@ -23,7 +23,7 @@ var shardMeters, _ = CompileMeters([]Meter{{Name: "sms", GroupBy: []string{"*"}}
 func testShard() *shard {
 	rules := timeRules{graceNs: int64(10 * time.Second), reviseHorizonNs: int64(time.Hour), dedupHorizonNs: int64(time.Hour)}
 	utc, _ := newCustomers(nil, "UTC", 1)
-	return newShard(0, "t", rules, shardMeters, utc, unitRater{}, 1)
+	return newShard(0, "t", rules, shardMeters, utc, unitRater{}, noStore{}, 1)
 }
 
 func event(id, customer string, at time.Time, value int64, group string) Event {
@@ -157,9 +157,9 @@ func TestShardRemovesDuplicates(t *testing.T) {
 
 func TestWindowEncodingRoundTrip(t *testing.T) {
 	key := windowKey{meter: "voice_seconds", customer: "sub-1", groupKey: `a\=b=x`, startNs: t0.UnixNano()}
-	got, err := decodeWindowKey(encodeWindowKey(key))
-	if err != nil || got != key {
-		t.Fatalf("key round trip: %+v, %v; want %+v", got, err, key)
+	got, periodEnd, err := decodeWindowKey(encodeWindowKey(key, 42))
+	if err != nil || got != key || periodEnd != 42 {
+		t.Fatalf("key round trip: %+v, %d, %v; want %+v, 42", got, periodEnd, err, key)
 	}
 	w := &window{count: 12, sum: decimal.RequireFromString("123.4500000001"), revision: 3,
 		emittedAmount: decimal.RequireFromString("-0.5"), changed: true}
@@ -187,3 +187,9 @@ func TestFloorDiv(t *testing.T) {
 		}
 	}
 }
+
+// noStore is an empty cold store.
+type noStore struct{}
+
+func (noStore) Window([]byte) ([]byte, bool, error)    { return nil, false, nil }
+func (noStore) HasDedup(int64, [16]byte) (bool, error) { return false, nil }

@@ -23,7 +23,13 @@ type window struct {
 	key   windowKey
 	meter *meterSpec
 	endNs int64
-	count uint64
+	// periodEndNs is the end of the billing period the window is filed
+	// under (the period of its last instant); it leads the state key.
+	periodEndNs int64
+	// writtenSeq is the checkpoint holding the window's latest state; it
+	// may leave memory once that checkpoint is durable.
+	writtenSeq uint64
+	count      uint64
 	// sum serves SUM and AVG; extreme MIN or MAX (valid when count > 0).
 	sum     decimal.Decimal
 	extreme decimal.Decimal
@@ -134,10 +140,13 @@ func (w *window) quantity() decimal.Decimal {
 	return decimal.Zero
 }
 
-// encodeWindowKey renders k as the state key. Identifiers never contain NUL
-// (the decoder refuses them), so NUL separates them unambiguously.
-func encodeWindowKey(k windowKey) []byte {
-	b := make([]byte, 0, len(k.meter)+len(k.customer)+len(k.groupKey)+12)
+// encodeWindowKey renders k as the state key: the period end first, so
+// that finalized periods are one range, then the kind and the identity.
+// Identifiers never contain NUL (the decoder refuses them), so NUL
+// separates them unambiguously.
+func encodeWindowKey(k windowKey, periodEndNs int64) []byte {
+	b := make([]byte, 0, len(k.meter)+len(k.customer)+len(k.groupKey)+20)
+	b = binary.BigEndian.AppendUint64(b, uint64(periodEndNs))
 	if k.period {
 		b = append(b, 'p')
 	} else {
@@ -152,28 +161,29 @@ func encodeWindowKey(k windowKey) []byte {
 	return binary.BigEndian.AppendUint64(b, uint64(k.startNs))
 }
 
-func decodeWindowKey(b []byte) (windowKey, error) {
+func decodeWindowKey(b []byte) (windowKey, int64, error) {
 	var k windowKey
-	if len(b) == 0 || (b[0] != 'w' && b[0] != 'p') {
-		return k, fmt.Errorf("window key %q: unknown kind", b)
+	if len(b) < 9 || (b[8] != 'w' && b[8] != 'p') {
+		return k, 0, fmt.Errorf("window key %q: unknown layout", b)
 	}
-	k.period = b[0] == 'p'
-	b = b[1:]
+	periodEndNs := int64(binary.BigEndian.Uint64(b))
+	k.period = b[8] == 'p'
+	b = b[9:]
 	var parts [3]string
 	for i := range parts {
 		j := indexByte(b, 0)
 		if j < 0 {
-			return k, fmt.Errorf("window key %q: missing separator", b)
+			return k, 0, fmt.Errorf("window key %q: missing separator", b)
 		}
 		parts[i] = string(b[:j])
 		b = b[j+1:]
 	}
 	if len(b) != 8 {
-		return k, fmt.Errorf("window key: start has %d bytes, want 8", len(b))
+		return k, 0, fmt.Errorf("window key: start has %d bytes, want 8", len(b))
 	}
 	k.meter, k.customer, k.groupKey = parts[0], parts[1], parts[2]
 	k.startNs = int64(binary.BigEndian.Uint64(b))
-	return k, nil
+	return k, periodEndNs, nil
 }
 
 func indexByte(b []byte, c byte) int {

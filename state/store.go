@@ -10,8 +10,11 @@
 //
 //	m/format                               format marker, written on creation
 //	c/seq                                  last committed checkpoint sequence
+//	c/watermark                            engine watermark at that checkpoint (ns)
 //	p/<topic>\x00<partition:4>             next offset:8, max event time ns:8
-//	w/<window key>                         window aggregate (engine encoding)
+//	w/<period end ns:8><window key>        window aggregate (engine encoding), by
+//	                                       the end of its billing period so that
+//	                                       finalized periods go in one range delete
 //	d/<bucket ns:8><id hash:16>            dedup entry; value: routing hash:8
 //	o/<stream:1><seq:8><index:4>           outbox entry (engine encoding)
 //	s/<sink name>                          sink's next outbox position: seq:8 index:4
@@ -38,6 +41,7 @@ const formatMarker = "tally-state-v1"
 var (
 	keyFormat = []byte("m/format")
 	keySeq    = []byte("c/seq")
+	keyWM     = []byte("c/watermark")
 
 	prefixPartition = []byte("p/")
 	prefixWindow    = []byte("w/")
@@ -151,7 +155,10 @@ type DedupEntry struct {
 
 // Checkpoint is everything one checkpoint changes. Commit writes it atomically.
 type Checkpoint struct {
-	Seq           uint64
+	Seq uint64
+	// WatermarkNs, when set (HasWatermark), is the engine watermark of the cut.
+	WatermarkNs   int64
+	HasWatermark  bool
 	Partitions    []PartitionProgress
 	WindowPuts    []KV
 	WindowDeletes [][]byte
@@ -159,6 +166,9 @@ type Checkpoint struct {
 	// DedupExpireBeforeNs, when > 0, removes every dedup bucket that starts
 	// before it, as one range delete.
 	DedupExpireBeforeNs int64
+	// WindowsFinalizedBeforeNs, when > 0, removes every window whose key
+	// starts with a period end before it, as one range delete.
+	WindowsFinalizedBeforeNs int64
 	// Outbox entries, in delivery order per stream.
 	Outbox map[Stream][][]byte
 	// SinkProgress records, per sink, the next outbox position it delivers.
@@ -208,6 +218,12 @@ func (s *Store) Commit(cp *Checkpoint) error {
 			return fmt.Errorf("state: batch dedup: %w", err)
 		}
 	}
+	if cp.WindowsFinalizedBeforeNs > 0 {
+		end := binary.BigEndian.AppendUint64(append([]byte(nil), prefixWindow...), uint64(cp.WindowsFinalizedBeforeNs))
+		if err := b.DeleteRange(prefixWindow, end, nil); err != nil {
+			return fmt.Errorf("state: batch window finalization: %w", err)
+		}
+	}
 	if cp.DedupExpireBeforeNs > 0 {
 		if err := b.DeleteRange(prefixDedup, dedupKey(cp.DedupExpireBeforeNs, [16]byte{}), nil); err != nil {
 			return fmt.Errorf("state: batch dedup expiry: %w", err)
@@ -231,6 +247,11 @@ func (s *Store) Commit(cp *Checkpoint) error {
 			return fmt.Errorf("state: batch outbox trim: %w", err)
 		}
 	}
+	if cp.HasWatermark {
+		if err := b.Set(keyWM, binary.BigEndian.AppendUint64(nil, uint64(cp.WatermarkNs)), nil); err != nil {
+			return fmt.Errorf("state: batch watermark: %w", err)
+		}
+	}
 	if err := b.Set(keySeq, binary.BigEndian.AppendUint64(nil, cp.Seq), nil); err != nil {
 		return fmt.Errorf("state: batch seq: %w", err)
 	}
@@ -243,6 +264,23 @@ func (s *Store) Commit(cp *Checkpoint) error {
 // LastSeq returns the sequence of the last committed checkpoint, 0 if none.
 func (s *Store) LastSeq() (uint64, error) {
 	return s.getUint64(keySeq)
+}
+
+// Watermark returns the engine watermark of the last checkpoint that set
+// one; ok is false if none did.
+func (s *Store) Watermark() (wm int64, ok bool, err error) {
+	v, closer, err := s.db.Get(keyWM)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("state: get watermark: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, false, fmt.Errorf("state: watermark holds %d bytes, want 8: state is corrupt", len(v))
+	}
+	return int64(binary.BigEndian.Uint64(v)), true, nil
 }
 
 // SinkProgress returns the next outbox position of sink; the zero position
@@ -300,6 +338,33 @@ func (s *Store) Partitions() ([]PartitionProgress, error) {
 // valid only during the call.
 func (s *Store) Windows(fn func(key, value []byte) error) error {
 	return s.scan(prefixWindow, fn)
+}
+
+// Window returns the stored value of one window, if any. The engine reads
+// windows that left memory when a late record revises them.
+func (s *Store) Window(key []byte) ([]byte, bool, error) {
+	v, closer, err := s.db.Get(append(append([]byte(nil), prefixWindow...), key...))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("state: get window: %w", err)
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...), true, nil
+}
+
+// HasDedup reports whether an event id is remembered in bucketNs.
+func (s *Store) HasDedup(bucketNs int64, id [16]byte) (bool, error) {
+	_, closer, err := s.db.Get(dedupKey(bucketNs, id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("state: get dedup id: %w", err)
+	}
+	closer.Close()
+	return true, nil
 }
 
 // Dedup calls fn for every stored dedup entry.

@@ -52,6 +52,7 @@ type Config struct {
 	Grace              time.Duration `yaml:"grace"`
 	ReviseHorizon      time.Duration `yaml:"reviseHorizon"`
 	DedupHorizon       time.Duration `yaml:"dedupHorizon"`
+	FinalizeAfter      time.Duration `yaml:"finalizeAfter"`
 	MaxFutureSkew      time.Duration `yaml:"maxFutureSkew"`
 	Horizon            string        `yaml:"horizon"`
 	EmitOpenEvery      time.Duration `yaml:"emitOpenEvery"`
@@ -94,7 +95,7 @@ func defaultConfig() Config {
 func (c *Config) engineConfig() engine.Config {
 	return engine.Config{
 		Tenant: c.Tenant, Shards: c.Shards, Window: c.Window, CheckpointInterval: c.CheckpointInterval,
-		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon, DedupHorizon: c.DedupHorizon,
+		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon, DedupHorizon: c.DedupHorizon, FinalizeAfter: c.FinalizeAfter,
 		EmitOpenEvery: c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
 		Timezone: c.Timezone, Customers: c.Customers,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
@@ -149,6 +150,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	dur(&c.Grace, "grace", "extra wait after a window's end before it closes")
 	dur(&c.ReviseHorizon, "reviseHorizon", "how long after its end a window accepts late records as revisions")
 	dur(&c.DedupHorizon, "dedupHorizon", "how far behind the watermark event ids are remembered; records further behind are late (0 = reviseHorizon)")
+	dur(&c.FinalizeAfter, "finalizeAfter", "keep windows revisable until their billing period ends plus this (0 = reviseHorizon rule)")
 	dur(&c.MaxFutureSkew, "maxFutureSkew", "dead-letter records timed this far past the wall clock (0 = off)")
 	str(&c.Horizon, "horizon", "dead-letter records timed before this RFC 3339 time (empty = off)")
 	dur(&c.EmitOpenEvery, "emitOpenEvery", "emit provisional revisions of open windows this often; 0 = only on close")
