@@ -6,9 +6,9 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-// dedupBucketNs is the event-time width of a dedup bucket: expiry drops whole
+// dedupBucketNs is the event-time width of a dedup bucket (10s): expiry drops whole
 // buckets, in memory and in the store (one range delete).
-const dedupBucketNs = int64(60e9)
+const dedupBucketNs = int64(10e9)
 
 // idHash is the 128-bit identity of an event for one meter: FNV-1a over
 // source, id and meter (one record feeds every meter reading its type).

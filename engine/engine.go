@@ -78,6 +78,11 @@ type Config struct {
 	// ReviseHorizon then leave memory and are read back from the store when
 	// a late record revises them. 0 keeps the ReviseHorizon rule.
 	FinalizeAfter time.Duration
+	// DedupMemoryHorizon is how far behind the watermark event ids stay in
+	// memory; older ones (up to DedupHorizon) are checked in the store,
+	// behind its bloom filters. 0 means AllowedLateness + Grace + 10s:
+	// records within the lateness bound are checked in memory.
+	DedupMemoryHorizon time.Duration
 	// DedupHorizon is how far behind the watermark event ids are remembered;
 	// a record further behind is dead-lettered as late, because a duplicate
 	// of it could no longer be recognised. 0 means ReviseHorizon.
@@ -150,6 +155,8 @@ func (c *Config) Validate() error {
 		return configError("reviseHorizon", "%s is shorter than grace %s; a window must stay revisable until it closes", c.ReviseHorizon, c.Grace)
 	case c.DedupHorizon < 0 || c.DedupHorizon > 93*24*time.Hour:
 		return configError("dedupHorizon", "%s is outside 0..2232h (0 means reviseHorizon)", c.DedupHorizon)
+	case c.DedupMemoryHorizon < 0:
+		return configError("dedupMemoryHorizon", "%s is negative (0 means allowedLateness + grace + 10s)", c.DedupMemoryHorizon)
 	case c.FinalizeAfter < 0 || c.FinalizeAfter > 93*24*time.Hour:
 		return configError("finalizeAfter", "%s is outside 0..2232h (0 disables)", c.FinalizeAfter)
 	case c.BillingAnchorDay < 1 || c.BillingAnchorDay > 28:
@@ -270,6 +277,9 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 	if cfg.DedupHorizon == 0 {
 		cfg.DedupHorizon = cfg.ReviseHorizon
 	}
+	if cfg.DedupMemoryHorizon == 0 {
+		cfg.DedupMemoryHorizon = cfg.AllowedLateness + cfg.Grace + 10*time.Second
+	}
 	if cfg.Timezone == "" {
 		cfg.Timezone = "UTC"
 	}
@@ -284,6 +294,7 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 			reviseHorizonNs: int64(cfg.ReviseHorizon),
 			dedupHorizonNs:  int64(cfg.DedupHorizon),
 			finalizeAfterNs: int64(cfg.FinalizeAfter),
+			dedupMemoryNs:   int64(cfg.DedupMemoryHorizon),
 		},
 		customers: registry,
 		store:     store, source: source, decoder: decoder, rater: rater,

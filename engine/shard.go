@@ -25,6 +25,9 @@ type timeRules struct {
 	// billing period is finalized (its end + finalizeAfter); reviseHorizon
 	// then only bounds how long they stay in memory.
 	finalizeAfterNs int64
+	// dedupMemoryNs is how far behind the watermark ids stay in memory;
+	// older ones are looked up in the store.
+	dedupMemoryNs int64
 }
 
 // late reports whether a record at tNs, in a window ending at endNs and a
@@ -70,7 +73,7 @@ func (r timeRules) dedupMemoryExpiry(wm int64) int64 {
 	if wm == minWatermark {
 		return minWatermark
 	}
-	return floorDiv(wm-min(r.dedupHorizonNs, r.reviseHorizonNs), dedupBucketNs)
+	return floorDiv(wm-min(r.dedupHorizonNs, r.dedupMemoryNs), dedupBucketNs)
 }
 
 // closed reports whether a window ending at endNs is closed at wm.

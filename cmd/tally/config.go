@@ -53,6 +53,7 @@ type Config struct {
 	ReviseHorizon      time.Duration `yaml:"reviseHorizon"`
 	DedupHorizon       time.Duration `yaml:"dedupHorizon"`
 	FinalizeAfter      time.Duration `yaml:"finalizeAfter"`
+	DedupMemoryHorizon time.Duration `yaml:"dedupMemoryHorizon"`
 	MaxFutureSkew      time.Duration `yaml:"maxFutureSkew"`
 	Horizon            string        `yaml:"horizon"`
 	EmitOpenEvery      time.Duration `yaml:"emitOpenEvery"`
@@ -96,7 +97,8 @@ func (c *Config) engineConfig() engine.Config {
 	return engine.Config{
 		Tenant: c.Tenant, Shards: c.Shards, Window: c.Window, CheckpointInterval: c.CheckpointInterval,
 		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon, DedupHorizon: c.DedupHorizon, FinalizeAfter: c.FinalizeAfter,
-		EmitOpenEvery: c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
+		DedupMemoryHorizon: c.DedupMemoryHorizon,
+		EmitOpenEvery:      c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
 		Timezone: c.Timezone, Customers: c.Customers,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
 	}
@@ -150,6 +152,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	dur(&c.Grace, "grace", "extra wait after a window's end before it closes")
 	dur(&c.ReviseHorizon, "reviseHorizon", "how long after its end a window accepts late records as revisions")
 	dur(&c.DedupHorizon, "dedupHorizon", "how far behind the watermark event ids are remembered; records further behind are late (0 = reviseHorizon)")
+	dur(&c.DedupMemoryHorizon, "dedupMemoryHorizon", "how far behind the watermark ids stay in memory; older ones are checked in Pebble (0 = allowedLateness + grace + 10s)")
 	dur(&c.FinalizeAfter, "finalizeAfter", "keep windows revisable until their billing period ends plus this (0 = reviseHorizon rule)")
 	dur(&c.MaxFutureSkew, "maxFutureSkew", "dead-letter records timed this far past the wall clock (0 = off)")
 	str(&c.Horizon, "horizon", "dead-letter records timed before this RFC 3339 time (empty = off)")
