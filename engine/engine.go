@@ -106,6 +106,10 @@ type Config struct {
 	MaxUndeliveredCheckpoints int
 	// SinkBatchRows bounds the rows of one sink write.
 	SinkBatchRows int
+	// MaxLiveWindows is the memory budget, in windows held in memory (about
+	// 1.8 KB each, see README): closed windows beyond it spill to the store.
+	// 0 means no budget.
+	MaxLiveWindows int
 }
 
 // DefaultConfig returns the defaults documented in README.
@@ -121,6 +125,7 @@ func DefaultConfig() Config {
 		IdleTimeout:               30 * time.Second,
 		MaxUndeliveredCheckpoints: 300,
 		SinkBatchRows:             10000,
+		MaxLiveWindows:            5_000_000,
 	}
 }
 
@@ -169,6 +174,8 @@ func (c *Config) Validate() error {
 		return configError("idleTimeout", "%s must be positive", c.IdleTimeout)
 	case c.MaxUndeliveredCheckpoints < 1:
 		return configError("maxUndeliveredCheckpoints", "%d must be at least 1", c.MaxUndeliveredCheckpoints)
+	case c.MaxLiveWindows < 0:
+		return configError("maxLiveWindows", "%d is negative (0 means no budget)", c.MaxLiveWindows)
 	case c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000:
 		return configError("sinkBatchRows", "%d is outside 1..1000000", c.SinkBatchRows)
 	}
@@ -244,6 +251,7 @@ type stats struct {
 	duplicates     atomic.Uint64
 	windowsEmitted atomic.Uint64
 	coldReads      atomic.Uint64
+	spilled        atomic.Uint64
 	lag            atomic.Int64
 	watermarkNs    atomic.Int64
 	revenueMu      sync.Mutex
@@ -347,10 +355,11 @@ func (e *Engine) Ready() error { return e.health.check() }
 
 // health is what /readyz reports.
 type health struct {
-	mu      sync.Mutex
-	started bool
-	paused  bool
-	failing map[string]error // sink name -> last error while failing
+	mu         sync.Mutex
+	started    bool
+	paused     bool
+	overBudget bool
+	failing    map[string]error // sink name -> last error while failing
 }
 
 func (h *health) check() error {
@@ -364,6 +373,9 @@ func (h *health) check() error {
 	}
 	if h.paused {
 		return errors.New("consumption paused: sinks are behind (backpressure)")
+	}
+	if h.overBudget {
+		return errors.New("open windows exceed maxLiveWindows: raise it or give the engine more memory")
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ type Metrics struct {
 	dedupIDs           prometheus.Gauge
 	backpressure       prometheus.Gauge
 	coldReads          prometheus.Counter
+	spilled            prometheus.Counter
 }
 
 // NewMetrics registers the engine's metrics on reg.
@@ -91,6 +92,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		backpressure: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tally_backpressure", Help: "1 while consumption is paused because sinks are behind.",
 		}),
+		spilled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_windows_spilled_total", Help: "Closed windows moved from memory to the store to keep within maxLiveWindows.",
+		}),
 		coldReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_state_reads_total", Help: "Windows and event ids read back from the store for late records (committed).",
 		}),
@@ -98,6 +102,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
 		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.sinkBatchDuration,
 		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.watermark, m.liveWindows,
-		m.dedupIDs, m.backpressure, m.coldReads)
+		m.dedupIDs, m.backpressure, m.coldReads, m.spilled)
 	return m
 }

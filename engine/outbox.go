@@ -257,7 +257,8 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		duplicates := make(map[string]uint64)
 		var rows []RatedRow
 		live, dedupIDs := 0, 0
-		var coldReads uint64
+		var coldReads, spilled uint64
+		overBudget := false
 		for range e.shards {
 			var snap *shardSnapshot
 			select {
@@ -281,6 +282,8 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 			}
 			live += snap.liveWindows
 			coldReads += snap.coldReads
+			spilled += snap.spilled
+			overBudget = overBudget || snap.overBudget
 			dedupIDs += snap.dedupIDs
 		}
 		for _, r := range rows {
@@ -300,8 +303,15 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		if expiry := e.rules.dedupExpiry(pc.watermarkNs); pc.watermarkNs != minWatermark && expiry > lastDedupExpiry {
 			cp.DedupExpireBeforeNs, lastDedupExpiry = expiry, expiry
 		}
-		if f := e.rules.finalizeAfterNs; f > 0 && pc.watermarkNs != minWatermark && pc.watermarkNs-f > lastFinalized {
-			// Every window of a finalized period goes, in one range delete.
+		// Every window of a period that no record may revise any more goes,
+		// in one range delete: finalized periods, or without finalizeAfter
+		// periods that ended reviseHorizon ago (which also removes windows
+		// that spilled from memory early).
+		f := e.rules.finalizeAfterNs
+		if f == 0 {
+			f = e.rules.reviseHorizonNs
+		}
+		if pc.watermarkNs != minWatermark && pc.watermarkNs-f > lastFinalized {
 			cp.WindowsFinalizedBeforeNs, lastFinalized = pc.watermarkNs-f, pc.watermarkNs-f
 		}
 		cp.SinkProgress, cp.OutboxTrim = e.outboxMarks(pc.seq - 1)
@@ -318,6 +328,9 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		e.metrics.checkpointSeq.Set(float64(pc.seq))
 		e.metrics.liveWindows.Set(float64(live))
 		e.metrics.coldReads.Add(float64(coldReads))
+		e.metrics.spilled.Add(float64(spilled))
+		e.stats.spilled.Add(spilled)
+		e.health.set(func(h *health) { h.overBudget = overBudget })
 		e.stats.coldReads.Add(coldReads)
 		e.metrics.dedupIDs.Set(float64(dedupIDs))
 		for _, d := range dead {

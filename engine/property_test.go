@@ -103,8 +103,24 @@ func naive(events []propEvent) map[string]string {
 // from the distinct input.
 func TestPropertyExactUnderShufflesDuplicatesAndCrashes(t *testing.T) {
 	for seed := range 12 {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { runProperty(t, uint64(seed), false) })
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { runProperty(t, uint64(seed), propertyMode{}) })
 	}
+}
+
+// TestPropertyExactUnderMemoryBudget: with a budget of a few windows, closed
+// windows spill to the store and records minutes late read them back.
+func TestPropertyExactUnderMemoryBudget(t *testing.T) {
+	for seed := range 8 {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			runProperty(t, uint64(seed)+200, propertyMode{budget: 20, lateRecords: true})
+		})
+	}
+}
+
+type propertyMode struct {
+	finalize    bool // finalizeAfter with a one-minute memory horizon
+	budget      int  // maxLiveWindows
+	lateRecords bool // a share of records minutes late
 }
 
 // TestPropertyExactWithFinalizationAndColdState: the same with finalizeAfter,
@@ -112,18 +128,21 @@ func TestPropertyExactUnderShufflesDuplicatesAndCrashes(t *testing.T) {
 // so that windows and ids are read back from the store.
 func TestPropertyExactWithFinalizationAndColdState(t *testing.T) {
 	for seed := range 12 {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { runProperty(t, uint64(seed)+100, true) })
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			runProperty(t, uint64(seed)+100, propertyMode{finalize: true, lateRecords: true})
+		})
 	}
 }
 
-func runProperty(t *testing.T, seed uint64, finalize bool) {
+func runProperty(t *testing.T, seed uint64, mode propertyMode) {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	const lateness = 30 * time.Second
 	partitions := 1 + rng.IntN(4)
 	h := newHarness(t, partitions)
 	h.cfg.AllowedLateness = lateness
 	h.cfg.Shards = 1 + rng.IntN(3)
-	if finalize {
+	h.cfg.MaxLiveWindows = mode.budget
+	if mode.finalize {
 		h.cfg.ReviseHorizon = time.Minute
 		h.cfg.FinalizeAfter = 720 * time.Hour
 		h.cfg.DedupHorizon = 720 * time.Hour
@@ -157,7 +176,7 @@ func runProperty(t *testing.T, seed uint64, finalize bool) {
 		// Arrive up to lateness/2 after the event time; a duplicate
 		// (producer retry) arrives a little later still.
 		delay := func() time.Duration {
-			if finalize && rng.IntN(7) == 0 {
+			if mode.lateRecords && rng.IntN(7) == 0 {
 				return time.Duration(rng.Int64N(int64(6 * time.Minute))) // late: read back from the store
 			}
 			return time.Duration(rng.Int64N(int64(lateness / 2)))
@@ -189,7 +208,7 @@ func runProperty(t *testing.T, seed uint64, finalize bool) {
 	// Shutdown stops reading at once: first let the engine read
 	// everything, then stop (which emits the open windows).
 	h.checkpoint(false)
-	coldReads := h.engine.stats.coldReads.Load()
+	coldReads, spilled := h.engine.stats.coldReads.Load(), h.engine.stats.spilled.Load()
 	h.stop()
 	h.fresh()
 
@@ -221,8 +240,11 @@ func runProperty(t *testing.T, seed uint64, finalize bool) {
 	if mismatches > 0 {
 		t.Fatalf("%d of %d rows differ (%d events, %d arrivals, %d partitions, %d crashes)", mismatches, len(want), n, len(arrivals), partitions, crashes)
 	}
-	if finalize && coldReads == 0 && crashes == 0 {
+	if mode.budget > 0 && spilled == 0 && crashes == 0 {
+		t.Errorf("nothing spilled under a budget of %d windows", mode.budget)
+	}
+	if mode.lateRecords && coldReads == 0 && crashes == 0 {
 		t.Errorf("no window or id was read back from the store: the test missed the cold path")
 	}
-	t.Logf("%d events, %d arrivals, %d partitions, %d crashes, %d rows, %d store reads (last run): exact", n, len(arrivals), partitions, crashes, len(want), coldReads)
+	t.Logf("%d events, %d arrivals, %d partitions, %d crashes, %d rows, %d store reads, %d spilled (last run): exact", n, len(arrivals), partitions, crashes, len(want), coldReads, spilled)
 }

@@ -176,6 +176,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, e.store, shardQueueBatches)
 		e.shards[i].watermarkNs = wm
 		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
+		if e.cfg.MaxLiveWindows > 0 {
+			e.shards[i].maxWindows = max(1, e.cfg.MaxLiveWindows/len(e.shards))
+		}
 	}
 	n := uint64(len(e.shards))
 	// Only what is in memory's horizon comes back into memory; the rest

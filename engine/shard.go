@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -114,6 +115,8 @@ type shardSnapshot struct {
 	liveWindows   int
 	dedupIDs      int
 	coldReads     uint64
+	spilled       uint64
+	overBudget    bool
 	err           error
 }
 
@@ -149,6 +152,11 @@ type shard struct {
 	storeErr error
 	// coldReads counts store reads since the last barrier.
 	coldReads uint64
+	// maxWindows is the shard's share of the memory budget (0: none);
+	// spilled counts windows spilled since the last barrier.
+	maxWindows int
+	spilled    uint64
+	overBudget bool
 
 	watermarkNs int64
 	dirty       []*window
@@ -261,8 +269,10 @@ func (s *shard) apply(ev *Event) {
 	}
 	key := windowKey{meter: m.Name, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}
 	w := s.windows[key]
-	if w == nil && !s.rules.hot(endNs, s.watermarkNs) {
-		// A window that left memory may still be revisable: read it back.
+	if w == nil && s.rules.closed(endNs, s.watermarkNs) {
+		// A closed window may have left memory (past the memory horizon, or
+		// spilled over the memory budget) and still be revisable: read it
+		// back. Only late records take this path.
 		_, windowPeriodEnd := billingPeriod(endNs-1, cust.loc, cust.anchorDay)
 		w = s.loadCold(key, windowPeriodEnd)
 	}
@@ -299,6 +309,48 @@ func (s *shard) apply(ev *Event) {
 		p.dirty = true
 		s.dirty = append(s.dirty, p)
 	}
+}
+
+// spill keeps the shard within its memory budget: closed windows whose
+// final revision is emitted and whose state is durable leave memory, oldest
+// first; they stay in the store and are read back if a late record needs
+// them. Open windows never spill; overBudget reports when they alone exceed
+// the budget.
+func (s *shard) spill() {
+	if s.maxWindows <= 0 || len(s.windows) <= s.maxWindows {
+		s.overBudget = false
+		return
+	}
+	ends := make([]int64, 0, len(s.byEnd))
+	for endNs := range s.byEnd {
+		if s.rules.closed(endNs, s.watermarkNs) {
+			ends = append(ends, endNs)
+		}
+	}
+	slices.Sort(ends)
+	for _, endNs := range ends {
+		ws := s.byEnd[endNs]
+		for key, w := range ws {
+			if len(s.windows) <= s.maxWindows {
+				break
+			}
+			if w.pendingEmission() || w.dirty || w.writtenSeq > s.durableSeq {
+				continue
+			}
+			delete(ws, key)
+			delete(s.windows, key)
+			s.unindexCustomer(key)
+			family := groupFamily{meter: key.meter, customer: key.customer, startNs: key.startNs}
+			if s.groups[family]--; s.groups[family] <= 0 {
+				delete(s.groups, family)
+			}
+			s.spilled++
+		}
+		if len(ws) == 0 {
+			delete(s.byEnd, endNs)
+		}
+	}
+	s.overBudget = len(s.windows) > s.maxWindows
 }
 
 // duplicate reports whether ev's id was seen for meter m, in memory or, for
@@ -502,6 +554,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		return snap
 	}
 	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq)
+	s.spill()
 
 	// 3. Encode what changed.
 	snap.windowPuts = make([]state.KV, 0, len(s.dirty))
@@ -529,6 +582,8 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	snap.deadLetters, s.deadLetters = s.deadLetters, nil
 	snap.duplicates, s.duplicates = s.duplicates, make(map[string]uint64)
 	snap.coldReads, s.coldReads = s.coldReads, 0
+	snap.spilled, s.spilled = s.spilled, 0
+	snap.overBudget = s.overBudget
 	snap.liveWindows = len(s.windows)
 	snap.dedupIDs = s.dedup.size()
 	return snap

@@ -64,6 +64,7 @@ type Config struct {
 	Customers                 []engine.Customer `yaml:"customers"`
 	MaxUndeliveredCheckpoints int               `yaml:"maxUndeliveredCheckpoints"`
 	SinkBatchRows             int               `yaml:"sinkBatchRows"`
+	MaxLiveWindows            int               `yaml:"maxLiveWindows"`
 }
 
 func defaultConfig() Config {
@@ -89,6 +90,7 @@ func defaultConfig() Config {
 	c.Timezone = "UTC"
 	c.MaxUndeliveredCheckpoints = d.MaxUndeliveredCheckpoints
 	c.SinkBatchRows = d.SinkBatchRows
+	c.MaxLiveWindows = d.MaxLiveWindows
 	return c
 }
 
@@ -101,6 +103,7 @@ func (c *Config) engineConfig() engine.Config {
 		EmitOpenEvery:      c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
 		Timezone: c.Timezone, Customers: c.Customers,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
+		MaxLiveWindows: c.MaxLiveWindows,
 	}
 }
 
@@ -162,6 +165,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Timezone, "timezone", "IANA time zone of customers without their own (billing periods, customer-aligned windows)")
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
+	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.8 KB each); closed ones beyond it spill to disk; 0 = none")
 }
 
 type listValue []string
