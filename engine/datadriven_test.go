@@ -26,7 +26,7 @@ import (
 //	advance-clock 31s        (the wall clock, for idle partitions)
 //	crash                    (stop at once, restart on the same state)
 //	stop                     (graceful) -> rows of the final checkpoint
-//	usage customer=C [meter=M] [from=T] [to=T] [summary]  -> the live query API's answer
+//	usage customer=C [meter=M] [from=T] [to=T] [window=W] [summary]  -> the live query API's answer
 func TestDataDriven(t *testing.T) {
 	datadriven.Walk(t, "../testdata/engine", func(t *testing.T, path string) {
 		var h *harness
@@ -114,6 +114,9 @@ func TestDataDriven(t *testing.T) {
 				d.ScanArgs(t, "customer", &req.Customer)
 				if d.HasArg("meter") {
 					d.ScanArgs(t, "meter", &req.Meter)
+				}
+				if d.HasArg("window") {
+					d.ScanArgs(t, "window", &req.Rollup)
 				}
 				for _, a := range d.CmdArgs {
 					if a.Key == "from" || a.Key == "to" {

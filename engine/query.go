@@ -55,7 +55,14 @@ type UsageRequest struct {
 	From, To time.Time
 	// Windows false returns only the billing periods (a summary).
 	Windows bool
+	// Rollup, if set (MINUTE, HOUR, DAY, MONTH or a duration dividing a
+	// day), sums the windows of SUM and COUNT meters into windows of that
+	// size; other aggregations cannot be summed and are refused.
+	Rollup string
 }
+
+// ErrBadRequest marks a request the engine cannot answer as asked.
+var ErrBadRequest = errors.New("bad request")
 
 // ErrNotRunning is returned by Usage while the engine is not consuming.
 var ErrNotRunning = errors.New("engine is not running")
@@ -77,6 +84,25 @@ func (e *Engine) Usage(ctx context.Context, req UsageRequest) (Usage, error) {
 	if req.Meter != "" && e.decoder.meters.byName(req.Meter) == nil {
 		return Usage{}, fmt.Errorf("%w %q; configured: %v", ErrUnknownMeter, req.Meter, e.decoder.meters.Names())
 	}
+	var rollup windowSpec
+	if req.Rollup != "" {
+		var err error
+		if rollup, err = parseWindow(req.Rollup, 0); err != nil {
+			return Usage{}, fmt.Errorf("%w: window: %v", ErrBadRequest, err)
+		}
+		for _, m := range e.decoder.meters.list {
+			if req.Meter != "" && m.Name != req.Meter {
+				continue
+			}
+			if m.Aggregation != AggSum && m.Aggregation != AggCount {
+				return Usage{}, fmt.Errorf("%w: meter %s aggregates with %s, whose windows cannot be summed into %s windows; ask for SUM or COUNT meters",
+					ErrBadRequest, m.Name, m.Aggregation, req.Rollup)
+			}
+			if !rollup.month && (m.window.month || rollup.sizeNs < m.window.sizeNs || rollup.sizeNs%m.window.sizeNs != 0) {
+				return Usage{}, fmt.Errorf("%w: window %s is not a whole multiple of meter %s's %s windows", ErrBadRequest, req.Rollup, m.Name, m.window.name)
+			}
+		}
+	}
 	shards := e.live.Load()
 	if shards == nil {
 		return Usage{}, ErrNotRunning
@@ -90,6 +116,9 @@ func (e *Engine) Usage(ctx context.Context, req UsageRequest) (Usage, error) {
 	}
 	select {
 	case u := <-q.reply:
+		if req.Rollup != "" {
+			u.Windows = e.rollUp(req.Customer, u.Windows, rollup)
+		}
 		return u, nil
 	case err := <-q.err:
 		return Usage{}, err
@@ -127,16 +156,7 @@ func (s *shard) answer(q *usageQuery) {
 		u.Windows = append(u.Windows, UsageWindow{Meter: key.meter, GroupKey: key.groupKey, WindowStart: start, WindowEnd: end,
 			Quantity: w.quantity(), Count: w.count, Revision: w.revision, Closed: s.rules.closed(w.endNs, s.watermarkNs)})
 	}
-	sort.Slice(u.Windows, func(i, j int) bool {
-		a, b := u.Windows[i], u.Windows[j]
-		if !a.WindowStart.Equal(b.WindowStart) {
-			return a.WindowStart.Before(b.WindowStart)
-		}
-		if a.Meter != b.Meter {
-			return a.Meter < b.Meter
-		}
-		return a.GroupKey < b.GroupKey
-	})
+	sortWindows(u.Windows)
 	sort.Slice(u.Periods, func(i, j int) bool {
 		a, b := u.Periods[i], u.Periods[j]
 		if a.Meter != b.Meter {
@@ -145,4 +165,56 @@ func (s *shard) answer(q *usageQuery) {
 		return a.PeriodStart.Before(b.PeriodStart)
 	})
 	q.reply <- u
+}
+
+// rollUp sums windows (of SUM and COUNT meters) into windows of spec, in the
+// time zone each meter's windows are aligned in. Revision is the lowest of
+// the parts (what sinks hold at least); Closed when every part is closed.
+func (e *Engine) rollUp(customer string, windows []UsageWindow, spec windowSpec) []UsageWindow {
+	type rollKey struct {
+		meter, group string
+		start        int64
+	}
+	out := make(map[rollKey]*UsageWindow)
+	var order []rollKey
+	cust := e.customers.get(customer)
+	for _, w := range windows {
+		loc := time.UTC
+		if m := e.decoder.meters.byName(w.Meter); m != nil && m.local {
+			loc = cust.loc
+		}
+		start := spec.start(w.WindowStart.UnixNano(), loc)
+		key := rollKey{meter: w.Meter, group: w.GroupKey, start: start}
+		r := out[key]
+		if r == nil {
+			r = &UsageWindow{Meter: w.Meter, GroupKey: w.GroupKey, WindowStart: time.Unix(0, start).UTC(),
+				WindowEnd: time.Unix(0, spec.end(start, loc)).UTC(), Quantity: decimal.Zero, Revision: w.Revision, Closed: true}
+			out[key] = r
+			order = append(order, key)
+		}
+		r.Quantity = r.Quantity.Add(w.Quantity)
+		r.Count += w.Count
+		r.Revision = min(r.Revision, w.Revision)
+		r.Closed = r.Closed && w.Closed
+	}
+	rolled := make([]UsageWindow, len(order))
+	for i, k := range order {
+		rolled[i] = *out[k]
+	}
+	sortWindows(rolled)
+	return rolled
+}
+
+// sortWindows orders windows by start, meter and group.
+func sortWindows(ws []UsageWindow) {
+	sort.Slice(ws, func(i, j int) bool {
+		a, b := ws[i], ws[j]
+		if !a.WindowStart.Equal(b.WindowStart) {
+			return a.WindowStart.Before(b.WindowStart)
+		}
+		if a.Meter != b.Meter {
+			return a.Meter < b.Meter
+		}
+		return a.GroupKey < b.GroupKey
+	})
 }

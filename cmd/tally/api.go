@@ -28,12 +28,12 @@ func apiError(w http.ResponseWriter, status int, format string, args ...any) {
 
 // registerAPI adds the live query API:
 //
-//	GET /v1/usage?customer=C[&meter=M][&from=T][&to=T]   windows and periods
+//	GET /v1/usage?customer=C[&meter=M][&from=T][&to=T][&window=W]   windows and periods
 //	GET /v1/customers/{id}/summary                        periods of every meter
 func registerAPI(mux *http.ServeMux, q usageQuerier) {
 	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
 		params := r.URL.Query()
-		req := engine.UsageRequest{Customer: params.Get("customer"), Meter: params.Get("meter"), Windows: true}
+		req := engine.UsageRequest{Customer: params.Get("customer"), Meter: params.Get("meter"), Windows: true, Rollup: params.Get("window")}
 		if req.Customer == "" {
 			apiError(w, http.StatusBadRequest, "parameter customer is required, e.g. /v1/usage?customer=sub-000042")
 			return
@@ -60,9 +60,9 @@ func registerAPI(mux *http.ServeMux, q usageQuerier) {
 		}
 		for name := range params {
 			switch name {
-			case "customer", "meter", "from", "to":
+			case "customer", "meter", "from", "to", "window":
 			default:
-				apiError(w, http.StatusBadRequest, "unknown parameter %q; use customer, meter, from, to", name)
+				apiError(w, http.StatusBadRequest, "unknown parameter %q; use customer, meter, from, to, window", name)
 				return
 			}
 		}
@@ -78,7 +78,7 @@ func answer(w http.ResponseWriter, r *http.Request, q usageQuerier, req engine.U
 	defer cancel()
 	u, err := q.Usage(ctx, req)
 	switch {
-	case errors.Is(err, engine.ErrUnknownMeter):
+	case errors.Is(err, engine.ErrUnknownMeter), errors.Is(err, engine.ErrBadRequest):
 		apiError(w, http.StatusBadRequest, "%v", err)
 		return
 	case errors.Is(err, engine.ErrNotRunning), errors.Is(err, context.DeadlineExceeded):

@@ -94,14 +94,31 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (tenant, meter, customer, group_key, window_start)`, database, table)
 }
 
+// ddlAttempts bounds the tries of each CREATE: ClickHouse (18.16 at least)
+// can fail a DDL statement that races another one on the server.
+const ddlAttempts = 5
+
 func (s *Sink) createTables(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	if err := s.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+s.cfg.Database); err != nil {
-		return fmt.Errorf("clickhouse: create database %s on %s: %w", s.cfg.Database, s.cfg.Addr, err)
-	}
-	if err := s.conn.Exec(ctx, TableDDL(s.cfg.Database, s.cfg.Table)); err != nil {
-		return fmt.Errorf("clickhouse: create table %s.%s: %w", s.cfg.Database, s.cfg.Table, err)
+	for _, stmt := range []struct{ what, sql string }{
+		{"database " + s.cfg.Database, "CREATE DATABASE IF NOT EXISTS " + s.cfg.Database},
+		{"table " + s.cfg.Database + "." + s.cfg.Table, TableDDL(s.cfg.Database, s.cfg.Table)},
+	} {
+		var err error
+		for attempt := 1; attempt <= ddlAttempts; attempt++ {
+			if err = s.conn.Exec(ctx, stmt.sql); err == nil {
+				break
+			}
+			select {
+			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+			case <-ctx.Done():
+				return fmt.Errorf("clickhouse: create %s on %s: %w", stmt.what, s.cfg.Addr, err)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("clickhouse: create %s on %s after %d attempts: %w", stmt.what, s.cfg.Addr, ddlAttempts, err)
+		}
 	}
 	return nil
 }
