@@ -208,7 +208,7 @@ type Engine struct {
 	decoder     *Decoder
 	rater       Rater
 	sinks       []Sink
-	deadLetters DeadLetterSink
+	deadLetters []DeadLetterSink
 	metrics     *Metrics
 	log         *slog.Logger
 
@@ -272,14 +272,14 @@ type Stats struct {
 
 // New builds an engine. It reads nothing until Run.
 func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater Rater,
-	sinks []Sink, deadLetters DeadLetterSink, metrics *Metrics, log *slog.Logger) (*Engine, error) {
+	sinks []Sink, deadLetters []DeadLetterSink, metrics *Metrics, log *slog.Logger) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
 	if cfg.Shards == 0 {
 		cfg.Shards = runtime.GOMAXPROCS(0)
 	}
-	if deadLetters == nil {
+	if len(deadLetters) == 0 {
 		return nil, errors.New("engine: a dead-letter sink is required: records that fail must go somewhere")
 	}
 	if cfg.DedupHorizon == 0 {

@@ -189,7 +189,7 @@ func (h *harness) start() {
 	if h.sinkOverride != nil {
 		rows = h.sinkOverride
 	}
-	e, err := New(h.cfg, store, h.src, NewDecoder(h.meters), halfRater{}, []Sink{rows}, captureDead{h.sink},
+	e, err := New(h.cfg, store, h.src, NewDecoder(h.meters), halfRater{}, []Sink{rows}, []DeadLetterSink{captureDead{h.sink}},
 		NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(harnessLog, nil)))
 	if err != nil {
 		store.Close()

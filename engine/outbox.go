@@ -58,17 +58,18 @@ func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(
 				return s.Write(ctx, rows)
 			}})
 	}
-	dl := e.deadLetters
-	e.workers = append(e.workers, &sinkWorker{name: dl.Name(), stream: state.StreamDeadLetter,
-		write: func(ctx context.Context, entries [][]byte) error {
-			letters := make([]DeadLetter, len(entries))
-			for i, b := range entries {
-				if err := json.Unmarshal(b, &letters[i]); err != nil {
-					return fmt.Errorf("decode outbox dead letter: %w", err)
+	for _, dl := range e.deadLetters {
+		e.workers = append(e.workers, &sinkWorker{name: dl.Name(), stream: state.StreamDeadLetter,
+			write: func(ctx context.Context, entries [][]byte) error {
+				letters := make([]DeadLetter, len(entries))
+				for i, b := range entries {
+					if err := json.Unmarshal(b, &letters[i]); err != nil {
+						return fmt.Errorf("decode outbox dead letter: %w", err)
+					}
 				}
-			}
-			return dl.WriteDeadLetters(ctx, letters)
-		}})
+				return dl.WriteDeadLetters(ctx, letters)
+			}})
+	}
 	seen := make(map[string]bool)
 	for _, w := range e.workers {
 		if seen[w.name] {

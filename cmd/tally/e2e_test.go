@@ -302,6 +302,35 @@ func checkDeadLetters(t *testing.T, brokers []string, s *stream) {
 	}
 }
 
+// checkClickHouseDeadLetters asserts that the dead_letters table holds every
+// malformed record once, with a reason, and nothing else.
+func checkClickHouseDeadLetters(t *testing.T, addr, database string, s *stream) {
+	t.Helper()
+	host, port, _ := strings.Cut(addr, ":")
+	out, err := exec.Command("clickhouse-client", "--host", host, "--port", port, "--query",
+		"SELECT reason, raw FROM "+database+".dead_letters FINAL FORMAT TSVRaw").Output()
+	if err != nil {
+		t.Fatalf("clickhouse-client: %v", err)
+	}
+	want := 0
+	for _, m := range s.msgs {
+		if s.malformed[m[1]] {
+			want++
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != want {
+		t.Errorf("dead_letters FINAL holds %d rows, want %d malformed records", len(lines), want)
+	}
+	for _, line := range lines {
+		reason, raw, _ := strings.Cut(line, "\t")
+		if reason == "" || !s.malformed[raw] {
+			t.Errorf("dead_letters row %q: want a reason and a malformed record", line)
+			break
+		}
+	}
+}
+
 // testConfig is a small, fast configuration against brokers and ClickHouse.
 func testConfig(t *testing.T, brokers []string, chAddr, database string) Config {
 	cfg := defaultConfig()
@@ -407,6 +436,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("rated topic differs: %s", d)
 	}
 	checkDeadLetters(t, brokers, s)
+	checkClickHouseDeadLetters(t, chAddr, database, s)
 	st := r.app.engine.Stats()
 	if st.Duplicates != uint64(s.dups) {
 		t.Errorf("engine counted %d duplicates, the stream has %d", st.Duplicates, s.dups)
@@ -521,6 +551,7 @@ func TestRestartsKeepTotalsExact(t *testing.T) {
 		t.Errorf("rated topic differs after restarts: %s", d)
 	}
 	checkDeadLetters(t, brokers, s)
+	checkClickHouseDeadLetters(t, chAddr, database, s)
 	consumedTotal += r.app.engine.Stats().Consumed
 	t.Logf("%d records produced, %d consumed over %d runs (replays after crashes included)", len(s.msgs), consumedTotal, rounds+1)
 }

@@ -110,6 +110,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		return nil, err
 	}
 	var sinks []engine.Sink
+	var deadSinks []engine.DeadLetterSink
 	if cfg.ClickHouse.Addr != "" {
 		ch, err := clickhouse.Open(ctx, clickhouse.Config{Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database,
 			Table: cfg.ClickHouse.Table, Username: cfg.ClickHouse.Username, Password: cfg.ClickHouse.Password})
@@ -118,6 +119,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		}
 		a.closers = append(a.closers, ch)
 		sinks = append(sinks, ch)
+		deadSinks = append(deadSinks, ch.DeadLetters())
 	}
 	if cfg.Kafka.RatedTopic != "" {
 		rated := kafka.NewRatedSink(kafka.WriterConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.RatedTopic, BatchRows: cfg.SinkBatchRows})
@@ -134,6 +136,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	}
 	dead := kafka.NewDeadLetterSink(kafka.WriterConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.DeadLetterTopic})
 	a.closers = append(a.closers, dead)
+	deadSinks = append([]engine.DeadLetterSink{dead}, deadSinks...)
 
 	if opts.wrapSink != nil {
 		for i := range sinks {
@@ -148,7 +151,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	decoder := engine.NewDecoder(meters, engine.WithMaxFutureSkew(cfg.MaxFutureSkew), engine.WithHorizon(horizon))
 	metrics := engine.NewMetrics(a.registry)
 	a.engine, err = engine.New(cfg.engineConfig(), store, source, decoder,
-		planRater{plan: plan}, sinks, dead, metrics, log)
+		planRater{plan: plan}, sinks, deadSinks, metrics, log)
 	if err != nil {
 		return nil, err
 	}

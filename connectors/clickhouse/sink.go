@@ -72,6 +72,26 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	return s, nil
 }
 
+// DeadLettersTable is the table of dead letters, next to the rated usage.
+const DeadLettersTable = "dead_letters"
+
+// DeadLettersDDL returns the CREATE TABLE statement of the dead-letter
+// table: one row per source record, collapsed on re-delivery by its
+// position (query with FINAL).
+func DeadLettersDDL(database string) string {
+	return fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.%s (
+    topic        String,
+    partition    Int32,
+    offset       Int64,
+    reason       String,
+    detail       String,
+    raw          String,
+    inserted_at  DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(inserted_at)
+ORDER BY (topic, partition, offset)`, database, DeadLettersTable)
+}
+
 // TableDDL returns the CREATE TABLE statement of the rated-usage table.
 func TableDDL(database, table string) string {
 	return fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.%s (
@@ -104,6 +124,7 @@ func (s *Sink) createTables(ctx context.Context) error {
 	for _, stmt := range []struct{ what, sql string }{
 		{"database " + s.cfg.Database, "CREATE DATABASE IF NOT EXISTS " + s.cfg.Database},
 		{"table " + s.cfg.Database + "." + s.cfg.Table, TableDDL(s.cfg.Database, s.cfg.Table)},
+		{"table " + s.cfg.Database + "." + DeadLettersTable, DeadLettersDDL(s.cfg.Database)},
 	} {
 		var err error
 		for attempt := 1; attempt <= ddlAttempts; attempt++ {
@@ -150,6 +171,39 @@ func (s *Sink) Write(ctx context.Context, rows []engine.RatedRow) error {
 	}
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("clickhouse: insert %d rows into %s: %w", len(rows), s.Name(), err)
+	}
+	return nil
+}
+
+// DeadLetters returns the sink of dead letters into the same database.
+func (s *Sink) DeadLetters() *DeadLetterSink { return &DeadLetterSink{s: s} }
+
+// DeadLetterSink writes dead letters to ClickHouse so that analysts can
+// query them (late records above all). It implements engine.DeadLetterSink.
+type DeadLetterSink struct{ s *Sink }
+
+// Name implements engine.DeadLetterSink.
+func (d *DeadLetterSink) Name() string {
+	return "clickhouse:" + d.s.cfg.Database + "." + DeadLettersTable
+}
+
+// WriteDeadLetters inserts letters in one batch.
+func (d *DeadLetterSink) WriteDeadLetters(ctx context.Context, letters []engine.DeadLetter) error {
+	ctx, cancel := context.WithTimeout(ctx, d.s.cfg.Timeout)
+	defer cancel()
+	batch, err := d.s.conn.PrepareBatch(ctx, fmt.Sprintf("INSERT INTO %s.%s (topic, partition, offset, reason, detail, raw)",
+		d.s.cfg.Database, DeadLettersTable))
+	if err != nil {
+		return fmt.Errorf("clickhouse: prepare dead-letter batch: %w", err)
+	}
+	defer batch.Abort()
+	for _, l := range letters {
+		if err := batch.Append(l.Topic, l.Partition, l.Offset, string(l.Reason), l.Detail, string(l.Raw)); err != nil {
+			return fmt.Errorf("clickhouse: append dead letter %s/%d/%d: %w", l.Topic, l.Partition, l.Offset, err)
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("clickhouse: insert %d dead letters: %w", len(letters), err)
 	}
 	return nil
 }
