@@ -40,8 +40,16 @@ start)
   if ! grep -q '<listen_host>127.0.0.1</listen_host>' "$dir/config.xml"; then
     sed -i "s#</yandex>#    <listen_host>127.0.0.1</listen_host>\n</yandex>#" "$dir/config.xml"
   fi
-  (cd "$dir" && nohup clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
-   echo $! >"$dir/pid")
+  if curl -sf "http://127.0.0.1:$http_port/ping" >/dev/null 2>&1; then
+    echo "clickhouse.sh: something already answers on 127.0.0.1:$http_port; stop it or set TALLY_CH_HTTP_PORT/TALLY_CH_TCP_PORT" >&2
+    exit 1
+  fi
+  # Start the server itself in the background (not a subshell around it),
+  # so that the pid file names the server.
+  cd "$dir"
+  nohup clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
+  echo $! >"$dir/pid"
+  cd - >/dev/null
   for _ in $(seq 1 150); do
     if curl -sf "http://127.0.0.1:$http_port/ping" >/dev/null 2>&1; then
       exit 0
@@ -60,9 +68,11 @@ stop)
   if [ -f "$dir/pid" ]; then
     pid=$(cat "$dir/pid")
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.2; done
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
   fi
+  # Whatever still runs on this folder's config goes too.
+  pkill -9 -f -- "--config-file=$dir/config.xml" 2>/dev/null || true
   ;;
 *)
   echo "usage: clickhouse.sh start|stop DIR" >&2

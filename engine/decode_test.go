@@ -140,3 +140,27 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeTimeBounds(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	d := NewDecoder(testMeters(t), WithMaxFutureSkew(time.Hour), WithHorizon(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
+		WithClock(func() time.Time { return now }))
+	for _, tt := range []struct {
+		at     string
+		reason Reason // "" when accepted
+	}{
+		{"2026-03-01T12:59:59Z", ""},
+		{"2026-03-01T13:00:01Z", ReasonTimeRange}, // more than an hour ahead of the clock
+		{"2026-01-01T00:00:00Z", ""},
+		{"2025-12-31T23:59:59Z", ReasonTimeRange}, // before the horizon
+	} {
+		_, err := d.Decode([]byte(`{"id":"e","customer":"c","meter":"sms","value":1,"time":"`+tt.at+`"}`), nil)
+		var de *decodeError
+		switch {
+		case tt.reason == "" && err != nil:
+			t.Errorf("%s refused: %v", tt.at, err)
+		case tt.reason != "" && (!errors.As(err, &de) || de.reason != tt.reason):
+			t.Errorf("%s: error %v, want reason %s", tt.at, err, tt.reason)
+		}
+	}
+}

@@ -135,7 +135,8 @@ func (s *shard) answer(q *usageQuery) {
 		wm := time.Unix(0, s.watermarkNs).UTC()
 		u.Watermark = &wm
 	}
-	for key, w := range s.byCustomer[req.Customer] {
+	for _, w := range s.byCustomer[req.Customer] {
+		key := w.key
 		if req.Meter != "" && key.meter != req.Meter {
 			continue
 		}

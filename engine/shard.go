@@ -140,8 +140,10 @@ type shard struct {
 	// periods holds the billing-period aggregates, periodsByEnd indexes them.
 	periods      map[windowKey]*window
 	periodsByEnd map[int64]map[windowKey]*window
-	// byCustomer indexes windows and periods for queries.
-	byCustomer map[string]map[windowKey]*window
+	// byCustomer indexes windows and periods for queries. A slice, not a
+	// map: a customer has few live windows, and a map per customer would
+	// cost several hundred bytes of each key's memory.
+	byCustomer map[string][]*window
 	dedup      *dedupSet
 	queries    chan *usageQuery
 	// store holds what left memory; read when a late record needs it.
@@ -192,7 +194,7 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		groups:       make(map[groupFamily]int),
 		periods:      make(map[windowKey]*window),
 		periodsByEnd: make(map[int64]map[windowKey]*window),
-		byCustomer:   make(map[string]map[windowKey]*window),
+		byCustomer:   make(map[string][]*window),
 		dedup:        newDedupSet(),
 		queries:      make(chan *usageQuery, queryQueueLen),
 		watermarkNs:  minWatermark,
@@ -412,20 +414,23 @@ func (s *shard) indexPeriod(p *window) {
 }
 
 func (s *shard) indexCustomer(w *window) {
-	c := s.byCustomer[w.key.customer]
-	if c == nil {
-		c = make(map[windowKey]*window)
-		s.byCustomer[w.key.customer] = c
-	}
-	c[w.key] = w
+	s.byCustomer[w.key.customer] = append(s.byCustomer[w.key.customer], w)
 }
 
 func (s *shard) unindexCustomer(key windowKey) {
-	if c := s.byCustomer[key.customer]; c != nil {
-		delete(c, key)
-		if len(c) == 0 {
-			delete(s.byCustomer, key.customer)
+	c := s.byCustomer[key.customer]
+	for i, w := range c {
+		if w.key == key {
+			c[i] = c[len(c)-1]
+			c[len(c)-1] = nil
+			c = c[:len(c)-1]
+			break
 		}
+	}
+	if len(c) == 0 {
+		delete(s.byCustomer, key.customer)
+	} else {
+		s.byCustomer[key.customer] = c
 	}
 }
 
