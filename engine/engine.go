@@ -85,7 +85,8 @@ type Config struct {
 	DedupMemoryHorizon time.Duration
 	// DedupHorizon is how far behind the watermark event ids are remembered;
 	// a record further behind is dead-lettered as late, because a duplicate
-	// of it could no longer be recognised. 0 means ReviseHorizon.
+	// of it could no longer be recognised. 0 means ReviseHorizon, or with
+	// FinalizeAfter, 31 days + FinalizeAfter.
 	DedupHorizon time.Duration
 	// BillingAnchorDay is the day of the month billing periods start on
 	// (1..28) for customers that do not set theirs.
@@ -284,6 +285,11 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 	}
 	if cfg.DedupHorizon == 0 {
 		cfg.DedupHorizon = cfg.ReviseHorizon
+		if cfg.FinalizeAfter > 0 {
+			// Records may revise until a period is final: remember ids that
+			// long (the longest period is 31 days).
+			cfg.DedupHorizon = 31*24*time.Hour + cfg.FinalizeAfter
+		}
 	}
 	if cfg.DedupMemoryHorizon == 0 {
 		cfg.DedupMemoryHorizon = cfg.AllowedLateness + cfg.Grace + 10*time.Second
