@@ -127,9 +127,9 @@ func (c captureDead) WriteDeadLetters(_ context.Context, letters []DeadLetter) e
 // halfRater charges 0.5 per unit of every meter.
 type halfRater struct{}
 
-func (halfRater) Rate(_, _ string, _ time.Time, q decimal.Decimal) (rating.Charge, error) {
+func (halfRater) Increment(_, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
-	return rating.Charge{Amount: q.Mul(price).Round(6), Currency: "EUR", UnitPrice: price}, nil
+	return rating.Charge{Amount: after.Mul(price).Round(6).Sub(before.Mul(price).Round(6)), Currency: "EUR", UnitPrice: price}, nil
 }
 
 var harnessLog io.Writer = io.Discard

@@ -227,6 +227,20 @@ func CompileMeters(meters []Meter, defaultWindow time.Duration) (*Meters, error)
 	return m, nil
 }
 
+// additive reports whether a meter's windows add up to its period total, so
+// that it can be charged incrementally.
+func (m *meterSpec) additive() bool {
+	return m.Aggregation == AggSum || m.Aggregation == AggCount
+}
+
+// Additive reports whether the named meter's windows add up over a billing
+// period (SUM and COUNT); only those can carry tiers, allowances and other
+// period-to-date pricing.
+func (m *Meters) Additive(name string) bool {
+	s := m.byName(name)
+	return s != nil && s.additive()
+}
+
 // Names returns the meter names in configuration order.
 func (m *Meters) Names() []string {
 	out := make([]string, len(m.list))

@@ -142,7 +142,7 @@ func (s *shard) answer(q *usageQuery) {
 		}
 		start, end := time.Unix(0, key.startNs).UTC(), time.Unix(0, w.endNs).UTC()
 		if key.period {
-			charge, err := s.rater.Rate(key.customer, key.meter, start, w.quantity())
+			charge, err := s.rater.Increment(key.customer, key.meter, start, decimal.Zero, w.quantity())
 			if err != nil {
 				q.err <- fmt.Errorf("rate period of %s: %w", key.meter, err)
 				return

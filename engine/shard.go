@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -10,11 +11,13 @@ import (
 	"github.com/tally-billing/tally/state"
 )
 
-// Rater prices a quantity of a meter for a customer's window. It must be safe
-// for concurrent use by all shards and deterministic: the same arguments give
-// the same charge, so that replay reproduces the same rows.
+// Rater prices usage of a meter for a customer: the charge of moving the
+// billing period's charged-to-date quantity from before to after (rounded
+// cumulative charge after minus before, so that increments add up to the
+// period's charge). It must be safe for concurrent use by all shards and
+// deterministic, so that replay reproduces the same rows.
 type Rater interface {
-	Rate(customer, meter string, windowStart time.Time, quantity decimal.Decimal) (rating.Charge, error)
+	Increment(customer, meter string, periodStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
 }
 
 // timeRules are the event-time bounds every shard applies identically.
@@ -261,9 +264,10 @@ func (s *shard) apply(ev *Event) {
 	}
 	startNs := m.window.start(ev.TimeNs, loc)
 	endNs := m.window.end(startNs, loc)
-	periodStartNs, periodEndNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay)
-	// The record's own period decides lateness: it may end before the
-	// window's (a calendar-month window across a mid-month anchor day).
+	// A window belongs to the billing period its start falls in (a window
+	// across a period boundary is billed whole in the first): its period
+	// aggregate, charges and lateness all follow that period.
+	periodStartNs, periodEndNs := billingPeriod(startNs, cust.loc, cust.anchorDay)
 	if s.rules.late(ev.TimeNs, endNs, periodEndNs, s.watermarkNs) {
 		s.deadLetter(ev, ReasonLate, fmt.Sprintf("meter %s window %s no longer accepts records: watermark %s",
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
@@ -275,8 +279,7 @@ func (s *shard) apply(ev *Event) {
 		// A closed window may have left memory (past the memory horizon, or
 		// spilled over the memory budget) and still be revisable: read it
 		// back. Only late records take this path.
-		_, windowPeriodEnd := billingPeriod(endNs-1, cust.loc, cust.anchorDay)
-		w = s.loadCold(key, windowPeriodEnd)
+		w = s.loadCold(key, periodEndNs)
 	}
 	family := groupFamily{meter: m.Name, customer: ev.Customer, startNs: startNs}
 	if w == nil && s.groups[family] >= m.MaxGroupsPerKey {
@@ -291,8 +294,7 @@ func (s *shard) apply(ev *Event) {
 		return
 	}
 	if w == nil {
-		_, windowPeriodEnd := billingPeriod(endNs-1, cust.loc, cust.anchorDay)
-		w = s.addWindow(key, m, endNs, windowPeriodEnd)
+		w = s.addWindow(key, m, endNs, periodEndNs)
 	}
 	w.add(ev)
 	s.touch(w)
@@ -482,6 +484,20 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	// 1. Emit: closed windows with changes or whose last revision was
 	// provisional, and open windows with changes when asked to. Invariant: a
 	// window is in the unemitted list iff pendingEmission().
+	// Emission order decides which window an increment of a tiered charge
+	// falls to: make it deterministic.
+	slices.SortFunc(s.unemitted, func(a, b *window) int {
+		switch {
+		case a.key.startNs != b.key.startNs:
+			return cmpInt64(a.key.startNs, b.key.startNs)
+		case a.key.meter != b.key.meter:
+			return strings.Compare(a.key.meter, b.key.meter)
+		case a.key.customer != b.key.customer:
+			return strings.Compare(a.key.customer, b.key.customer)
+		default:
+			return strings.Compare(a.key.groupKey, b.key.groupKey)
+		}
+	})
 	kept := s.unemitted[:0]
 	for _, w := range s.unemitted {
 		final := s.rules.closed(w.endNs, b.watermarkNs)
@@ -596,15 +612,51 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 
 // emit rates w and returns its next revision. Invariant: revisions of a
 // window only grow, and each carries the window's full totals.
+//
+// A SUM or COUNT window is charged incrementally against its billing
+// period: the quantity it gained since its last revision moves the period's
+// charged-to-date quantity, and the window's amount grows by the charge of
+// that move. So allowances and tiers apply to the period, and the amounts of
+// a period's windows always add up to the charge of the period's total.
+// Other aggregations do not add up over a period; each window is priced on
+// its own.
 func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	start := time.Unix(0, w.key.startNs).UTC()
 	quantity := w.quantity()
-	charge, err := s.rater.Rate(w.key.customer, w.key.meter, start, quantity)
+	cust := s.customers.get(w.key.customer)
+	periodStartNs, _ := billingPeriod(w.key.startNs, cust.loc, cust.anchorDay)
+	periodStart := time.Unix(0, periodStartNs).UTC()
+	var amount decimal.Decimal
+	var charge rating.Charge
+	var err error
+	if w.meter.additive() {
+		pkey := windowKey{meter: w.key.meter, customer: w.key.customer, startNs: periodStartNs, period: true}
+		p := s.periods[pkey]
+		if p == nil {
+			p = s.loadCold(pkey, w.periodEndNs)
+		}
+		if p == nil {
+			return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", w.key)
+		}
+		before := p.emittedQuantity
+		after := before.Add(quantity.Sub(w.emittedQuantity))
+		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, periodStart, before, after); err == nil {
+			amount = w.emittedAmount.Add(charge.Amount)
+			p.emittedQuantity = after
+			if !p.dirty {
+				p.dirty = true
+				s.dirty = append(s.dirty, p)
+			}
+		}
+	} else if charge, err = s.rater.Increment(w.key.customer, w.key.meter, periodStart, decimal.Zero, quantity); err == nil {
+		amount = charge.Amount
+	}
 	if err != nil {
 		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", w.key.meter, w.key.customer, start.Format(time.RFC3339), err)
 	}
 	w.revision++
 	w.changed, w.emittedFinal = false, final
+	w.emittedQuantity = quantity
 	return RatedRow{
 		Tenant:      s.tenant,
 		Meter:       w.key.meter,
@@ -614,12 +666,22 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		WindowEnd:   time.Unix(0, w.endNs).UTC(),
 		Quantity:    quantity,
 		Count:       w.count,
-		Amount:      charge.Amount,
+		Amount:      amount,
 		Currency:    charge.Currency,
 		UnitPrice:   charge.UnitPrice,
 		Revision:    w.revision,
 		Final:       final,
 	}, nil
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // restoreWindow installs a window loaded from the store before run starts.

@@ -11,9 +11,9 @@ import (
 // unitRater charges 0.5 per unit, in EUR.
 type unitRater struct{}
 
-func (unitRater) Rate(_, _ string, _ time.Time, q decimal.Decimal) (rating.Charge, error) {
+func (unitRater) Increment(_, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
-	return rating.Charge{Amount: q.Mul(price), Currency: "EUR", UnitPrice: price}, nil
+	return rating.Charge{Amount: after.Sub(before).Mul(price), Currency: "EUR", UnitPrice: price}, nil
 }
 
 var t0 = time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
@@ -74,8 +74,8 @@ func TestShardSumsCountsAndClosesWindows(t *testing.T) {
 	if got := rows["b|destination=fr|10:00"].Quantity.String(); got != "1" {
 		t.Errorf("b/fr quantity %s, want 1", got)
 	}
-	if len(snap.windowPuts) != 3 {
-		t.Errorf("%d window puts, want the 3 emitted windows (all 4 were written at the previous barrier)", len(snap.windowPuts))
+	if len(snap.windowPuts) != 5 {
+		t.Errorf("%d window puts, want the 3 emitted windows and the 2 billing periods they charged (all were written at the previous barrier)", len(snap.windowPuts))
 	}
 	// Nothing changed: the next barrier emits and writes nothing.
 	if snap := cut(s, t0.Add(71*time.Second), false); len(snap.rows) != 0 || len(snap.windowPuts) != 0 {

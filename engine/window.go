@@ -45,6 +45,10 @@ type window struct {
 	// emittedAmount is the amount of the last emitted revision, so that the
 	// revenue of a revision is counted as the difference.
 	emittedAmount decimal.Decimal
+	// emittedQuantity is, for a window, the quantity of its last emitted
+	// revision; for a billing-period aggregate, the period-to-date quantity
+	// already charged through its windows (see shard.emit).
+	emittedQuantity decimal.Decimal
 	// changed is set when the aggregate differs from its last emitted revision.
 	changed bool
 	// emittedFinal is set when the last emitted revision was final.
@@ -239,6 +243,7 @@ func encodeWindowValue(w *window) ([]byte, error) {
 	b = appendBytes(b, sketch)
 	b = binary.AppendUvarint(b, w.revision)
 	b = appendDecimal(b, w.emittedAmount)
+	b = appendDecimal(b, w.emittedQuantity)
 	var flags byte
 	if w.changed {
 		flags |= flagChanged
@@ -280,6 +285,7 @@ func decodeWindowValue(b []byte, w *window) error {
 	}
 	w.revision = r.uvarint()
 	w.emittedAmount = r.decimal()
+	w.emittedQuantity = r.decimal()
 	flags := r.byte()
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	if r.err != nil {

@@ -50,10 +50,23 @@ type Rounding struct {
 	Mode     RoundingMode `yaml:"mode" json:"mode"`
 }
 
-// Price prices one meter.
+// Price prices one meter. Which fields apply depends on Model; the free
+// allowance and minimum commitment apply to every model.
 type Price struct {
-	Model     Model           `yaml:"model" json:"model"`
-	UnitPrice decimal.Decimal `yaml:"unitPrice" json:"unitPrice"`
+	Model        Model           `yaml:"model" json:"model"`
+	UnitPrice    decimal.Decimal `yaml:"unitPrice" json:"unitPrice"`
+	PackageSize  decimal.Decimal `yaml:"packageSize" json:"packageSize"`
+	PackagePrice decimal.Decimal `yaml:"packagePrice" json:"packagePrice"`
+	Tiers        []Tier          `yaml:"tiers" json:"tiers"`
+	Percentage   decimal.Decimal `yaml:"percentage" json:"percentage"`
+	// FreeAllowance is free units per billing period, used first.
+	FreeAllowance decimal.Decimal `yaml:"freeAllowance" json:"freeAllowance"`
+	// MinimumCommitment is the least a period charges for the meter; the
+	// shortfall is trued up at period close.
+	MinimumCommitment decimal.Decimal `yaml:"minimumCommitment" json:"minimumCommitment"`
+	// FlatFee is a recurring fee per billing period, charged by the period,
+	// not by usage.
+	FlatFee decimal.Decimal `yaml:"flatFee" json:"flatFee"`
 }
 
 // DefaultDecimals is the money precision when a plan does not set one.
@@ -102,15 +115,8 @@ func (p *Plan) Validate() error {
 	}
 	for _, name := range p.MeterNames() {
 		price := p.Meters[name]
-		switch price.Model {
-		case PerUnit:
-			if price.UnitPrice.IsNegative() {
-				return fmt.Errorf("plan %s: meters.%s.unitPrice: %s is negative", id, name, price.UnitPrice)
-			}
-		case "":
-			return fmt.Errorf("plan %s: meters.%s.model: missing; use per_unit", id, name)
-		default:
-			return fmt.Errorf("plan %s: meters.%s.model: unknown model %q; use per_unit", id, name, price.Model)
+		if err := price.validate(fmt.Sprintf("plan %s: meters.%s", id, name)); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -137,22 +143,15 @@ type Charge struct {
 	Amount    decimal.Decimal
 	Currency  string
 	UnitPrice decimal.Decimal
+	// Lines explain the charge (tiers, allowance used); for Increment they
+	// explain the period-to-date charge after the increment.
+	Lines []Line
 }
 
-// Rate prices quantity units of meter, rounded per the plan.
+// Rate prices quantity units of meter on their own (a whole period), rounded
+// per the plan.
 func (p *Plan) Rate(meter string, quantity decimal.Decimal) (Charge, error) {
-	price, ok := p.Meters[meter]
-	if !ok {
-		return Charge{}, fmt.Errorf("plan %s: meter %q is not priced", p.ID, meter)
-	}
-	var amount decimal.Decimal
-	switch price.Model {
-	case PerUnit:
-		amount = quantity.Mul(price.UnitPrice)
-	default:
-		return Charge{}, fmt.Errorf("plan %s: meter %q: unknown model %q", p.ID, meter, price.Model)
-	}
-	return Charge{Amount: p.round(amount), Currency: p.Currency, UnitPrice: price.UnitPrice}, nil
+	return p.Increment(meter, decimal.Zero, quantity)
 }
 
 func (p *Plan) round(amount decimal.Decimal) decimal.Decimal {

@@ -36,8 +36,8 @@ type app struct {
 // planRater prices every customer with one plan (subscriptions come later).
 type planRater struct{ plan *rating.Plan }
 
-func (r planRater) Rate(_, meter string, _ time.Time, quantity decimal.Decimal) (rating.Charge, error) {
-	return r.plan.Rate(meter, quantity)
+func (r planRater) Increment(_, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+	return r.plan.Increment(meter, before, after)
 }
 
 // loadPlan reads and validates the plan file.
@@ -76,6 +76,14 @@ func compileMeters(cfg Config, plan *rating.Plan) (*engine.Meters, error) {
 	for _, name := range meters.Names() {
 		if !plan.Prices(name) {
 			return nil, fmt.Errorf("config key meters: meter %s is not priced by plan %s; add it to the plan (a zero price is fine)", name, plan.ID)
+		}
+		price := plan.Meters[name]
+		// Refuse what the engine would price wrongly rather than bill it.
+		if !price.MinimumCommitment.IsZero() || !price.FlatFee.IsZero() {
+			return nil, fmt.Errorf("plan %s: meters.%s: minimumCommitment and flatFee are period charges the engine does not emit yet; remove them (tally rate prices them offline)", plan.ID, name)
+		}
+		if !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero()) {
+			return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals, which only SUM and COUNT meters have; price this meter per_unit without an allowance", plan.ID, name, price.Model)
 		}
 	}
 	return meters, nil

@@ -1,0 +1,200 @@
+package rating
+
+import (
+	"fmt"
+
+	"github.com/shopspring/decimal"
+)
+
+// Models beyond per_unit. Each prices a period-to-date quantity; a window's
+// charge is the difference of the rounded period-to-date charges after and
+// before it (see Price.Increment), so that a period's window charges always
+// add up to the charge of its total.
+const (
+	// Package charges packagePrice per started block of packageSize units.
+	Package Model = "package"
+	// Graduated charges each unit at the price of the tier it falls in, plus
+	// each reached tier's flat fee.
+	Graduated Model = "graduated"
+	// Volume charges every unit at the price of the tier the total reaches,
+	// plus that tier's flat fee. A window's charge can be negative.
+	Volume Model = "volume"
+	// Percentage charges percentage of the quantity (a money amount carried
+	// by the events, e.g. a transaction value).
+	Percentage Model = "percentage"
+)
+
+// Tier is one step of graduated or volume pricing. UpTo is the inclusive
+// upper bound of the tier in units; the last tier has none (unbounded).
+type Tier struct {
+	UpTo      *decimal.Decimal `yaml:"upTo" json:"upTo,omitempty"`
+	UnitPrice decimal.Decimal  `yaml:"unitPrice" json:"unitPrice"`
+	FlatFee   decimal.Decimal  `yaml:"flatFee" json:"flatFee"`
+}
+
+// Line explains one part of a charge: units priced at a unit price, with the
+// tier they fell in, or a fee, or free units.
+type Line struct {
+	Description string          `json:"description"`
+	Units       decimal.Decimal `json:"units"`
+	UnitPrice   decimal.Decimal `json:"unit_price"`
+	Amount      decimal.Decimal `json:"amount"`
+}
+
+// validate checks the model's own fields; where names "plan P: meters.M".
+func (p *Price) validate(where string) error {
+	neg := func(field string, d decimal.Decimal) error {
+		if d.IsNegative() {
+			return fmt.Errorf("%s.%s: %s is negative", where, field, d)
+		}
+		return nil
+	}
+	for _, f := range []struct {
+		name string
+		v    decimal.Decimal
+	}{{"unitPrice", p.UnitPrice}, {"packagePrice", p.PackagePrice}, {"percentage", p.Percentage},
+		{"freeAllowance", p.FreeAllowance}, {"minimumCommitment", p.MinimumCommitment}, {"flatFee", p.FlatFee}} {
+		if err := neg(f.name, f.v); err != nil {
+			return err
+		}
+	}
+	switch p.Model {
+	case PerUnit:
+	case Package:
+		if !p.PackageSize.IsPositive() {
+			return fmt.Errorf("%s.packageSize: %s must be positive (units per block)", where, p.PackageSize)
+		}
+	case Graduated, Volume:
+		if len(p.Tiers) == 0 {
+			return fmt.Errorf("%s.tiers: a %s price needs tiers", where, p.Model)
+		}
+		var prev *decimal.Decimal
+		for i, t := range p.Tiers {
+			at := fmt.Sprintf("%s.tiers[%d]", where, i)
+			if err := neg(fmt.Sprintf("tiers[%d].unitPrice", i), t.UnitPrice); err != nil {
+				return err
+			}
+			if err := neg(fmt.Sprintf("tiers[%d].flatFee", i), t.FlatFee); err != nil {
+				return err
+			}
+			if t.UpTo == nil {
+				if i != len(p.Tiers)-1 {
+					return fmt.Errorf("%s.upTo: only the last tier may be unbounded", at)
+				}
+				continue
+			}
+			if !t.UpTo.IsPositive() {
+				return fmt.Errorf("%s.upTo: %s must be positive", at, t.UpTo)
+			}
+			if prev != nil && !t.UpTo.GreaterThan(*prev) {
+				return fmt.Errorf("%s.upTo: %s does not follow the previous tier's %s; tiers must be in increasing order without overlap", at, t.UpTo, prev)
+			}
+			prev = t.UpTo
+		}
+		if p.Tiers[len(p.Tiers)-1].UpTo != nil {
+			return fmt.Errorf("%s.tiers: the last tier must be unbounded (no upTo), so that every quantity has a price", where)
+		}
+	case Percentage:
+		if p.Percentage.GreaterThan(decimal.NewFromInt(1)) {
+			return fmt.Errorf("%s.percentage: %s is above 1; write 2.9%% as 0.029", where, p.Percentage)
+		}
+	case "":
+		return fmt.Errorf("%s.model: missing; use per_unit, package, graduated, volume or percentage", where)
+	default:
+		return fmt.Errorf("%s.model: unknown model %q; use per_unit, package, graduated, volume or percentage", where, p.Model)
+	}
+	return nil
+}
+
+// Charge returns the unrounded charge of a period-to-date quantity and its
+// explanation. The free allowance is used first; a negative or zero
+// billable quantity costs nothing.
+func (p *Price) Charge(periodToDate decimal.Decimal) (decimal.Decimal, []Line) {
+	var lines []Line
+	billable := periodToDate
+	if p.FreeAllowance.IsPositive() {
+		free := decimal.Min(decimal.Max(periodToDate, decimal.Zero), p.FreeAllowance)
+		if free.IsPositive() {
+			lines = append(lines, Line{Description: "free allowance", Units: free, UnitPrice: decimal.Zero, Amount: decimal.Zero})
+		}
+		billable = periodToDate.Sub(free)
+	}
+	if !billable.IsPositive() && p.Model != PerUnit && p.Model != Percentage {
+		return decimal.Zero, lines
+	}
+	total := decimal.Zero
+	add := func(l Line) {
+		lines = append(lines, l)
+		total = total.Add(l.Amount)
+	}
+	switch p.Model {
+	case PerUnit:
+		add(Line{Description: "per unit", Units: billable, UnitPrice: p.UnitPrice, Amount: billable.Mul(p.UnitPrice)})
+	case Percentage:
+		add(Line{Description: "percentage", Units: billable, UnitPrice: p.Percentage, Amount: billable.Mul(p.Percentage)})
+	case Package:
+		blocks := billable.Div(p.PackageSize).Ceil()
+		add(Line{Description: fmt.Sprintf("packages of %s", p.PackageSize), Units: blocks, UnitPrice: p.PackagePrice, Amount: blocks.Mul(p.PackagePrice)})
+	case Graduated:
+		lower := decimal.Zero
+		for i, t := range p.Tiers {
+			if !billable.GreaterThan(lower) {
+				break
+			}
+			upper := billable
+			if t.UpTo != nil && t.UpTo.LessThan(billable) {
+				upper = *t.UpTo
+			}
+			units := upper.Sub(lower)
+			add(Line{Description: fmt.Sprintf("tier %d", i+1), Units: units, UnitPrice: t.UnitPrice, Amount: units.Mul(t.UnitPrice)})
+			if t.FlatFee.IsPositive() {
+				add(Line{Description: fmt.Sprintf("tier %d flat fee", i+1), Units: decimal.NewFromInt(1), UnitPrice: t.FlatFee, Amount: t.FlatFee})
+			}
+			if t.UpTo != nil {
+				lower = *t.UpTo
+			}
+		}
+	case Volume:
+		for i, t := range p.Tiers {
+			if t.UpTo != nil && billable.GreaterThan(*t.UpTo) {
+				continue
+			}
+			add(Line{Description: fmt.Sprintf("tier %d (volume)", i+1), Units: billable, UnitPrice: t.UnitPrice, Amount: billable.Mul(t.UnitPrice)})
+			if t.FlatFee.IsPositive() {
+				add(Line{Description: fmt.Sprintf("tier %d flat fee", i+1), Units: decimal.NewFromInt(1), UnitPrice: t.FlatFee, Amount: t.FlatFee})
+			}
+			break
+		}
+	}
+	return total, lines
+}
+
+// Increment is the charge of usage that moved a period-to-date quantity
+// from before to after: the rounded charge after minus the rounded charge
+// before. Rounding the cumulative charges (not the differences) makes the
+// increments of a period telescope: their sum is exactly the rounded charge
+// of the period total. It may be negative (volume tiers, adjustments).
+func (pl *Plan) Increment(meter string, before, after decimal.Decimal) (Charge, error) {
+	price, ok := pl.Meters[meter]
+	if !ok {
+		return Charge{}, fmt.Errorf("plan %s: meter %q is not priced", pl.ID, meter)
+	}
+	amountBefore, _ := price.Charge(before)
+	amountAfter, lines := price.Charge(after)
+	return Charge{
+		Amount:    pl.round(amountAfter).Sub(pl.round(amountBefore)),
+		Currency:  pl.Currency,
+		UnitPrice: price.UnitPrice,
+		Lines:     lines,
+	}, nil
+}
+
+// TrueUp is what a minimum commitment adds at period close: the commitment
+// minus what the period's usage charged, if positive.
+func (pl *Plan) TrueUp(meter string, periodCharge decimal.Decimal) decimal.Decimal {
+	price := pl.Meters[meter]
+	if shortfall := price.MinimumCommitment.Sub(periodCharge); shortfall.IsPositive() {
+		return pl.round(shortfall)
+	}
+	return decimal.Zero
+}
