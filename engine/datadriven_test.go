@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/datadriven"
+	"github.com/tally-billing/tally/rating"
 	"gopkg.in/yaml.v3"
 )
 
@@ -19,6 +20,7 @@ import (
 //	config partitions=2 shards=2 grace=10s revise-horizon=1h dedup-horizon=1h lateness=5s idle-timeout=30s date=2026-03-01
 //	       anchor-day=15 timezone=UTC customer=id/Area/City/anchorDay
 //	meters            (YAML list of meters as in the config file)
+//	plan              (YAML price plan; default: every meter at 0.5 per unit)
 //	start
 //	records partition=N
 //	  HH:MM:SS customer meter value [dim=value...] [id=X] [source=S]   (or a raw JSON record)
@@ -34,6 +36,7 @@ func TestDataDriven(t *testing.T) {
 		partitions := 1
 		var cfgArgs []datadriven.CmdArg
 		var meters []Meter
+		var plan *rating.Plan
 		nextID := 0
 		var lastDuplicates uint64
 		output := func(rows []RatedRow, dead []DeadLetter) string {
@@ -56,6 +59,13 @@ func TestDataDriven(t *testing.T) {
 					}
 				}
 				return ""
+			case "plan":
+				p, err := rating.Parse([]byte(d.Input))
+				if err != nil {
+					d.Fatalf(t, "plan: %v", err)
+				}
+				plan = p
+				return ""
 			case "meters":
 				if err := yaml.Unmarshal([]byte(d.Input), &meters); err != nil {
 					d.Fatalf(t, "meters: %v", err)
@@ -63,6 +73,9 @@ func TestDataDriven(t *testing.T) {
 				return ""
 			case "start":
 				h = newHarness(t, partitions)
+				if plan != nil {
+					h.rater = planRater{plan: plan}
+				}
 				for _, a := range cfgArgs {
 					if err := applyConfigArg(&h.cfg, a); err != nil {
 						d.Fatalf(t, "%v", err)

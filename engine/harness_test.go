@@ -141,6 +141,8 @@ type harness struct {
 	meters *Meters
 	src    *memSource
 	sink   *captureSink
+	// rater prices rows; halfRater unless a test sets a plan.
+	rater Rater
 	// sinkOverride, if set, receives rows instead of sink (which still
 	// receives dead letters).
 	sinkOverride Sink
@@ -189,7 +191,11 @@ func (h *harness) start() {
 	if h.sinkOverride != nil {
 		rows = h.sinkOverride
 	}
-	e, err := New(h.cfg, store, h.src, NewDecoder(h.meters), halfRater{}, []Sink{rows}, []DeadLetterSink{captureDead{h.sink}},
+	var rater Rater = halfRater{}
+	if h.rater != nil {
+		rater = h.rater
+	}
+	e, err := New(h.cfg, store, h.src, NewDecoder(h.meters), rater, []Sink{rows}, []DeadLetterSink{captureDead{h.sink}},
 		NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(harnessLog, nil)))
 	if err != nil {
 		store.Close()
@@ -321,3 +327,10 @@ func formatRows(rows []RatedRow, dead []DeadLetter, duplicates uint64) string {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// planRater prices with a rating.Plan, as the binary does.
+type planRater struct{ plan *rating.Plan }
+
+func (r planRater) Increment(_, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+	return r.plan.Increment(meter, before, after)
+}
