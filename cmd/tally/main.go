@@ -26,6 +26,7 @@ const usage = `tally: streaming usage aggregation and rating
 usage:
   tally run --config FILE [flags]   run against Kafka brokers (and ClickHouse)
   tally demo [flags]                live demo: in-process Kafka, generated telecom usage
+  tally rate --plans F --input F    rate a JSON-lines file offline with the engine's code
   tally help COMMAND                flags of a command
 
 Stop with Ctrl-C (graceful: final checkpoint, sinks drained); a second Ctrl-C stops at once.
@@ -56,6 +57,9 @@ func main() {
 		err = runCommand(ctx, args, stop, log)
 	case "demo":
 		err = runDemo(ctx, args, stop, os.Stdout, log)
+	case "rate":
+		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		err = runRate(ctx, args, os.Stdout, os.Stderr, quiet)
 	case "help", "-h", "--help":
 		if len(args) > 0 {
 			os.Args = []string{os.Args[0], args[0], "-h"}

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// TestRateOffline rates a file with a tiered plan. By hand: ann sends 5
+// distinct SMS (one duplicate). The first 2 are free, the next 2 cost 0.10,
+// the fifth 0.05: 0.25 for the period, spread over her minute windows as
+// 0 | 0 | 0.10 | 0.10 | 0.05. bob's one SMS is free. The mms line has no
+// meter and is reported, not rated.
+func TestRateOffline(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"--plans", "../../testdata/rate/plan.yaml", "--input", "../../testdata/rate/usage.jsonl"}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if err := runRate(context.Background(), args, &stdout, &stderr, log); err != nil {
+		t.Fatalf("tally rate: %v\n%s", err, stderr.String())
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r struct {
+			Customer, Quantity, Amount string
+			WindowStart                string `json:"window_start"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("row %q: %v", line, err)
+		}
+		got = append(got, r.Customer+" "+r.WindowStart[11:16]+" "+r.Quantity+" "+r.Amount)
+	}
+	want := []string{"ann 10:00 2 0", "ann 10:01 1 0.1", "ann 10:02 1 0.1", "ann 10:03 1 0.05", "bob 10:00 1 0"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.Contains(stderr.String(), "line 8: unknown_meter") || !strings.Contains(stderr.String(), "1 of 8 lines not rated") {
+		t.Errorf("stderr does not report the unrated line:\n%s", stderr.String())
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	if err := runRate(context.Background(), append(args, "--summary"), &stdout, &stderr, log); err != nil {
+		t.Fatal(err)
+	}
+	summary := stdout.String()
+	for _, want := range []string{`"amount":"0.25","count":5,"currency":"EUR","customer":"ann","meter":"sms"`,
+		`"amount":"0","count":1,"currency":"EUR","customer":"bob","meter":"sms"`} {
+		if !strings.Contains(summary, want) {
+			t.Errorf("summary lacks %s:\n%s", want, summary)
+		}
+	}
+}
