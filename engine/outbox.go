@@ -49,11 +49,9 @@ func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(
 	for _, s := range e.sinks {
 		e.workers = append(e.workers, &sinkWorker{name: s.Name(), stream: state.StreamRated,
 			write: func(ctx context.Context, entries [][]byte) error {
-				rows := make([]RatedRow, len(entries))
-				for i, b := range entries {
-					if err := json.Unmarshal(b, &rows[i]); err != nil {
-						return fmt.Errorf("decode outbox row: %w", err)
-					}
+				rows, err := decodeEntries[RatedRow](entries)
+				if err != nil {
+					return err
 				}
 				return s.Write(ctx, rows)
 			}})
@@ -61,11 +59,9 @@ func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(
 	for _, dl := range e.deadLetters {
 		e.workers = append(e.workers, &sinkWorker{name: dl.Name(), stream: state.StreamDeadLetter,
 			write: func(ctx context.Context, entries [][]byte) error {
-				letters := make([]DeadLetter, len(entries))
-				for i, b := range entries {
-					if err := json.Unmarshal(b, &letters[i]); err != nil {
-						return fmt.Errorf("decode outbox dead letter: %w", err)
-					}
+				letters, err := decodeEntries[DeadLetter](entries)
+				if err != nil {
+					return err
 				}
 				return dl.WriteDeadLetters(ctx, letters)
 			}})
@@ -87,6 +83,17 @@ func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(
 		wg.Go(func() { fatal(e.deliver(ctx, w)) })
 	}
 	return nil
+}
+
+// decodeEntries decodes outbox entries (JSON) into values of T.
+func decodeEntries[T any](entries [][]byte) ([]T, error) {
+	out := make([]T, len(entries))
+	for i, b := range entries {
+		if err := json.Unmarshal(b, &out[i]); err != nil {
+			return nil, fmt.Errorf("decode outbox entry: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // deliver runs one sink worker until ctx ends.

@@ -344,10 +344,7 @@ func (s *shard) spill() {
 			delete(ws, key)
 			delete(s.windows, key)
 			s.unindexCustomer(key)
-			family := groupFamily{meter: key.meter, customer: key.customer, startNs: key.startNs}
-			if s.groups[family]--; s.groups[family] <= 0 {
-				delete(s.groups, family)
-			}
+			s.releaseGroup(key)
 			s.spilled++
 		}
 		if len(ws) == 0 {
@@ -406,13 +403,26 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 
 func (s *shard) indexPeriod(p *window) {
 	s.periods[p.key] = p
-	byEnd := s.periodsByEnd[p.endNs]
+	addByEnd(s.periodsByEnd, p)
+	s.indexCustomer(p)
+}
+
+// addByEnd files w under its end in an eviction index.
+func addByEnd(index map[int64]map[windowKey]*window, w *window) {
+	byEnd := index[w.endNs]
 	if byEnd == nil {
 		byEnd = make(map[windowKey]*window)
-		s.periodsByEnd[p.endNs] = byEnd
+		index[w.endNs] = byEnd
 	}
-	byEnd[p.key] = p
-	s.indexCustomer(p)
+	byEnd[w.key] = w
+}
+
+// releaseGroup forgets one group of key's (meter, customer, window start).
+func (s *shard) releaseGroup(key windowKey) {
+	family := groupFamily{meter: key.meter, customer: key.customer, startNs: key.startNs}
+	if s.groups[family]--; s.groups[family] <= 0 {
+		delete(s.groups, family)
+	}
 }
 
 func (s *shard) indexCustomer(w *window) {
@@ -438,19 +448,14 @@ func (s *shard) unindexCustomer(key windowKey) {
 
 func (s *shard) addWindow(key windowKey, m *meterSpec, endNs, periodEndNs int64) *window {
 	w := &window{key: key, meter: m, endNs: endNs, periodEndNs: periodEndNs}
-	s.index1(w)
+	s.indexWindow(w)
 	return w
 }
 
-// index1 registers w in the shard's maps.
-func (s *shard) index1(w *window) {
+// indexWindow registers w in the shard's maps.
+func (s *shard) indexWindow(w *window) {
 	s.windows[w.key] = w
-	byEnd := s.byEnd[w.endNs]
-	if byEnd == nil {
-		byEnd = make(map[windowKey]*window)
-		s.byEnd[w.endNs] = byEnd
-	}
-	byEnd[w.key] = w
+	addByEnd(s.byEnd, w)
 	s.groups[groupFamily{meter: w.key.meter, customer: w.key.customer, startNs: w.key.startNs}]++
 	s.indexCustomer(w)
 }
@@ -562,10 +567,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	}
 	err := evict(s.byEnd, func(w *window) {
 		delete(s.windows, w.key)
-		family := groupFamily{meter: w.key.meter, customer: w.key.customer, startNs: w.key.startNs}
-		if s.groups[family]--; s.groups[family] <= 0 {
-			delete(s.groups, family)
-		}
+		s.releaseGroup(w.key)
 	})
 	if err == nil {
 		err = evict(s.periodsByEnd, func(w *window) { delete(s.periods, w.key) })
@@ -695,7 +697,7 @@ func (s *shard) restoreWindow(key windowKey, w *window) error {
 		s.indexPeriod(w)
 		return nil
 	}
-	s.index1(w)
+	s.indexWindow(w)
 	if w.pendingEmission() {
 		w.queued = true
 		s.unemitted = append(s.unemitted, w)
