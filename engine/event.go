@@ -63,6 +63,11 @@ const (
 	ReasonTooLarge     Reason = "too_large"
 	ReasonRating       Reason = "rating_error"
 	ReasonCardinality  Reason = "cardinality"
+	// ReasonNoSubscription: the customer has no plan at the record's time
+	// and there is no default plan.
+	ReasonNoSubscription Reason = "no_subscription"
+	// ReasonUnpriced: the customer's plan does not price the meter.
+	ReasonUnpriced Reason = "unpriced"
 )
 
 // DeadLetter is a record that could not be aggregated, with why. The original

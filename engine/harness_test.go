@@ -127,6 +127,8 @@ func (c captureDead) WriteDeadLetters(_ context.Context, letters []DeadLetter) e
 // halfRater charges 0.5 per unit of every meter.
 type halfRater struct{}
 
+func (halfRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
+
 func (halfRater) Increment(_, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
 	return rating.Charge{Amount: after.Mul(price).Round(6).Sub(before.Mul(price).Round(6)), Currency: "EUR", UnitPrice: price}, nil
@@ -330,6 +332,13 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // planRater prices with a rating.Plan, as the binary does.
 type planRater struct{ plan *rating.Plan }
+
+func (r planRater) Covers(_, meter string, _ time.Time) (Reason, error) {
+	if !r.plan.Prices(meter) {
+		return ReasonUnpriced, fmt.Errorf("plan %s does not price it", r.plan.ID)
+	}
+	return "", nil
+}
 
 func (r planRater) Increment(_, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	return r.plan.Increment(meter, before, after)

@@ -241,6 +241,9 @@ func (m *Meters) Additive(name string) bool {
 	return s != nil && s.additive()
 }
 
+// Has reports whether a meter is configured.
+func (m *Meters) Has(name string) bool { return m.byName(name) != nil }
+
 // Names returns the meter names in configuration order.
 func (m *Meters) Names() []string {
 	out := make([]string, len(m.list))

@@ -142,7 +142,12 @@ func (s *shard) answer(q *usageQuery) {
 		}
 		start, end := time.Unix(0, key.startNs).UTC(), time.Unix(0, w.endNs).UTC()
 		if key.period {
-			charge, err := s.rater.Increment(key.customer, key.meter, start, decimal.Zero, w.quantity())
+			// Priced by the plan in force at the watermark, within the period.
+			at := start
+			if s.watermarkNs != minWatermark && s.watermarkNs > key.startNs {
+				at = time.Unix(0, min(s.watermarkNs, w.endNs-1)).UTC()
+			}
+			charge, err := s.rater.Increment(key.customer, key.meter, at, decimal.Zero, w.quantity())
 			if err != nil {
 				q.err <- fmt.Errorf("rate period of %s: %w", key.meter, err)
 				return

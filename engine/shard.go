@@ -11,13 +11,18 @@ import (
 	"github.com/tally-billing/tally/state"
 )
 
-// Rater prices usage of a meter for a customer: the charge of moving the
-// billing period's charged-to-date quantity from before to after (rounded
-// cumulative charge after minus before, so that increments add up to the
-// period's charge). It must be safe for concurrent use by all shards and
+// Rater prices usage. It must be safe for concurrent use by all shards and
 // deterministic, so that replay reproduces the same rows.
 type Rater interface {
-	Increment(customer, meter string, periodStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
+	// Covers reports whether customer's usage of meter at t can be priced;
+	// if not, the reason (ReasonNoSubscription, ReasonUnpriced) and why. Such
+	// records are dead-lettered, never aggregated for free.
+	Covers(customer, meter string, t time.Time) (Reason, error)
+	// Increment is the charge of moving the billing period's charged-to-date
+	// quantity from before to after (rounded cumulative charge after minus
+	// before, so that increments add up to the period's charge), under the
+	// plan in force at windowStart.
+	Increment(customer, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
 }
 
 // timeRules are the event-time bounds every shard applies identically.
@@ -271,6 +276,10 @@ func (s *shard) apply(ev *Event) {
 	if s.rules.late(ev.TimeNs, endNs, periodEndNs, s.watermarkNs) {
 		s.deadLetter(ev, ReasonLate, fmt.Sprintf("meter %s window %s no longer accepts records: watermark %s",
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
+		return
+	}
+	if reason, err := s.rater.Covers(ev.Customer, m.Name, time.Unix(0, startNs).UTC()); err != nil {
+		s.deadLetter(ev, reason, fmt.Sprintf("meter %s: %v", m.Name, err))
 		return
 	}
 	key := windowKey{meter: m.Name, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}
@@ -627,7 +636,6 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	quantity := w.quantity()
 	cust := s.customers.get(w.key.customer)
 	periodStartNs, _ := billingPeriod(w.key.startNs, cust.loc, cust.anchorDay)
-	periodStart := time.Unix(0, periodStartNs).UTC()
 	var amount decimal.Decimal
 	var charge rating.Charge
 	var err error
@@ -642,7 +650,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		}
 		before := p.emittedQuantity
 		after := before.Add(quantity.Sub(w.emittedQuantity))
-		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, periodStart, before, after); err == nil {
+		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedQuantity = after
 			if !p.dirty {
@@ -650,7 +658,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 				s.dirty = append(s.dirty, p)
 			}
 		}
-	} else if charge, err = s.rater.Increment(w.key.customer, w.key.meter, periodStart, decimal.Zero, quantity); err == nil {
+	} else if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, decimal.Zero, quantity); err == nil {
 		amount = charge.Amount
 	}
 	if err != nil {

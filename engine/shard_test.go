@@ -11,6 +11,8 @@ import (
 // unitRater charges 0.5 per unit, in EUR.
 type unitRater struct{}
 
+func (unitRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
+
 func (unitRater) Increment(_, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
 	return rating.Charge{Amount: after.Sub(before).Mul(price), Currency: "EUR", UnitPrice: price}, nil

@@ -8,13 +8,12 @@
 package rating
 
 import (
-	"bytes"
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/shopspring/decimal"
-	"gopkg.in/yaml.v3"
 )
 
 // Model names a pricing model.
@@ -38,10 +37,13 @@ const (
 // Plan is a versioned price list. It is immutable after Parse and safe for
 // concurrent use.
 type Plan struct {
-	ID       string           `yaml:"id" json:"id"`
-	Currency string           `yaml:"currency" json:"currency"`
-	Rounding Rounding         `yaml:"rounding" json:"rounding"`
-	Meters   map[string]Price `yaml:"meters" json:"meters"`
+	ID string `yaml:"id" json:"id"`
+	// ValidFrom is when this version of the plan comes into force; a
+	// window is priced by the version in force at its start.
+	ValidFrom time.Time        `yaml:"validFrom" json:"validFrom"`
+	Currency  string           `yaml:"currency" json:"currency"`
+	Rounding  Rounding         `yaml:"rounding" json:"rounding"`
+	Meters    map[string]Price `yaml:"meters" json:"meters"`
 }
 
 // Rounding is applied once, to each window's amount, after pricing.
@@ -76,9 +78,7 @@ const DefaultDecimals = 6
 // Unknown fields are errors, so a typo never silently prices at zero.
 func Parse(data []byte) (*Plan, error) {
 	var p Plan
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&p); err != nil {
+	if err := parseYAMLStrict(data, &p); err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	if p.Rounding.Mode == "" {

@@ -12,6 +12,7 @@ import (
 	"unicode"
 
 	"github.com/tally-billing/tally/engine"
+	"github.com/tally-billing/tally/rating"
 	"gopkg.in/yaml.v3"
 )
 
@@ -61,10 +62,15 @@ type Config struct {
 	BillingAnchorDay   int           `yaml:"billingAnchorDay"`
 	Timezone           string        `yaml:"timezone"`
 	// Customers sets per-customer time zones and anchor days; file only.
-	Customers                 []engine.Customer `yaml:"customers"`
-	MaxUndeliveredCheckpoints int               `yaml:"maxUndeliveredCheckpoints"`
-	SinkBatchRows             int               `yaml:"sinkBatchRows"`
-	MaxLiveWindows            int               `yaml:"maxLiveWindows"`
+	Customers []engine.Customer `yaml:"customers"`
+	// Subscriptions assign customers to plans over time; file only.
+	Subscriptions []rating.Subscription `yaml:"subscriptions"`
+	// DefaultPlan prices customers without a subscription; without it they
+	// are dead-lettered (no_subscription). A single-plan file is the default.
+	DefaultPlan               string `yaml:"defaultPlan"`
+	MaxUndeliveredCheckpoints int    `yaml:"maxUndeliveredCheckpoints"`
+	SinkBatchRows             int    `yaml:"sinkBatchRows"`
+	MaxLiveWindows            int    `yaml:"maxLiveWindows"`
 }
 
 func defaultConfig() Config {
@@ -136,7 +142,8 @@ func (c *Config) bind(fs *flag.FlagSet) {
 
 	str(&c.Tenant, "tenant", "tenant name, part of every row identity")
 	str(&c.StateDir, "stateDir", "Pebble state folder (checkpoints, offsets, outbox)")
-	str(&c.Plan, "plan", "price plan file, YAML or JSON (required)")
+	str(&c.Plan, "plan", "price plan file, YAML or JSON: one plan, or plans: [...] with versions (required)")
+	str(&c.DefaultPlan, "defaultPlan", "plan of customers without a subscription (empty: dead-letter their usage as no_subscription)")
 	str(&c.HTTPAddr, "httpAddr", "address of /metrics, /healthz, /readyz (loopback by default)")
 	str(&c.OutputFile, "outputFile", "also write rated rows as JSON lines to this file")
 	list(&c.Kafka.Brokers, "kafka.brokers", "Kafka bootstrap brokers, comma-separated host:port (required)")

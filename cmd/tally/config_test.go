@@ -102,10 +102,6 @@ func TestBadConfigNamesKeyAndFlag(t *testing.T) {
 }
 
 func TestMetersFromFileMustBePriced(t *testing.T) {
-	plan, err := loadPlan("demo_plan.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
 	path := writeFile(t, "tally.yaml", `
 plan: demo_plan.yaml
 kafka: {brokers: ["k:9092"]}
@@ -114,6 +110,10 @@ meters:
   - {name: roaming_days, eventTypes: [sms], aggregation: UNIQUE_COUNT, valuePath: dims.country}
 `)
 	cfg, err := loadConfig("run", []string{"--config", path}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := loadPricing(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"gopkg.in/yaml.v3"
 
 	"github.com/tally-billing/tally/connectors/file"
 	"github.com/tally-billing/tally/engine"
@@ -60,7 +61,8 @@ func (d deadCollector) WriteDeadLetters(_ context.Context, letters []engine.Dead
 func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("rate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	plans := fs.String("plans", "", "price plan file (required)")
+	plans := fs.String("plans", "", "price plan file: one plan, or plans: [...] with versions (required)")
+	subscriptions := fs.String("subscriptions", "", "subscriptions, a YAML or JSON list of {customer, plan, start, end} (overrides --config's)")
 	input := fs.String("input", "", "usage events, one JSON per line; - for stdin (required)")
 	config := fs.String("config", "", "tally configuration (meters, customers, time rules); Kafka and ClickHouse keys are ignored")
 	summary := fs.Bool("summary", false, "print a per-customer, per-meter billing-period summary instead of rows")
@@ -78,11 +80,21 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	if err != nil {
 		return err
 	}
-	plan, err := loadPlan(cfg.Plan)
+	if *subscriptions != "" {
+		data, err := os.ReadFile(*subscriptions)
+		if err != nil {
+			return fmt.Errorf("rate: --subscriptions: %w", err)
+		}
+		cfg.Subscriptions = nil
+		if err := yaml.Unmarshal(data, &cfg.Subscriptions); err != nil {
+			return fmt.Errorf("rate: --subscriptions %s: %w (want a list of {customer, plan, start, end})", *subscriptions, err)
+		}
+	}
+	prices, err := loadPricing(cfg)
 	if err != nil {
 		return err
 	}
-	meters, err := compileMeters(cfg, plan)
+	meters, err := compileMeters(cfg, prices)
 	if err != nil {
 		return err
 	}
@@ -105,7 +117,7 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	ecfg := cfg.engineConfig()
 	ecfg.CheckpointInterval = 50 * time.Millisecond
 	horizon, _ := cfg.horizon()
-	e, err := engine.New(ecfg, store, src, engine.NewDecoder(meters, engine.WithHorizon(horizon)), planRater{plan: plan},
+	e, err := engine.New(ecfg, store, src, engine.NewDecoder(meters, engine.WithHorizon(horizon)), prices,
 		[]engine.Sink{out}, []engine.DeadLetterSink{deadCollector{out}}, engine.NewMetrics(prometheus.NewRegistry()), log)
 	if err != nil {
 		return err

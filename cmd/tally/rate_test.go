@@ -54,3 +54,38 @@ func TestRateOffline(t *testing.T) {
 		}
 	}
 }
+
+// TestRateSubscriptionsAndVersions: each window is priced by the plan of the
+// customer's subscription at its start, in the version then in force. ann:
+// 0.10 (basic v1), 0.08 (basic v2 from the 15th), 0.05 (pro from the 20th).
+// bob's subscription ended on the 16th and eve has none: with two plans and
+// no default plan, their usage is dead-lettered, not rated for free.
+func TestRateSubscriptionsAndVersions(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"--plans", "../../testdata/rate/catalog.yaml", "--subscriptions", "../../testdata/rate/subscriptions.yaml",
+		"--input", "../../testdata/rate/usage2.jsonl"}
+	if err := runRate(context.Background(), args, &stdout, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatalf("tally rate: %v\n%s", err, stderr.String())
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r struct {
+			Customer, Amount string
+			WindowStart      string `json:"window_start"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("row %q: %v", line, err)
+		}
+		got = append(got, r.Customer+" "+r.WindowStart[:10]+" "+r.Amount)
+	}
+	want := []string{"ann 2026-03-14 0.1", "ann 2026-03-15 0.08", "ann 2026-03-20 0.05", "bob 2026-03-15 0.08"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, want := range []string{"line 5: no_subscription: meter sms: customer bob has no subscription",
+		"line 6: no_subscription: meter sms: customer eve has no subscription", "2 of 6 lines not rated"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}

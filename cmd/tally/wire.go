@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,24 +35,74 @@ type app struct {
 	log      *slog.Logger
 }
 
-// planRater prices every customer with one plan (subscriptions come later).
-type planRater struct{ plan *rating.Plan }
-
-func (r planRater) Increment(_, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
-	return r.plan.Increment(meter, before, after)
+// pricing prices usage with the plan catalog: a customer's subscription
+// active at a window's start names the plan, the version in force at that
+// time prices it; customers without one get the default plan, if any.
+type pricing struct {
+	catalog     *rating.Catalog
+	subs        *rating.Subscriptions
+	defaultPlan string
 }
 
-// loadPlan reads and validates the plan file.
-func loadPlan(path string) (*rating.Plan, error) {
-	data, err := os.ReadFile(path)
+func (p *pricing) plan(customer string, at time.Time) (*rating.Plan, engine.Reason, error) {
+	id, ok := p.subs.Lookup(customer, at)
+	if !ok {
+		if p.defaultPlan == "" {
+			return nil, engine.ReasonNoSubscription, fmt.Errorf("customer %s has no subscription at %s and there is no defaultPlan", customer, at.Format(time.RFC3339))
+		}
+		id = p.defaultPlan
+	}
+	plan, err := p.catalog.Plan(id, at)
+	if err != nil {
+		return nil, engine.ReasonNoSubscription, err
+	}
+	return plan, "", nil
+}
+
+// Covers implements engine.Rater.
+func (p *pricing) Covers(customer, meter string, at time.Time) (engine.Reason, error) {
+	plan, reason, err := p.plan(customer, at)
+	if err != nil {
+		return reason, err
+	}
+	if !plan.Prices(meter) {
+		return engine.ReasonUnpriced, fmt.Errorf("plan %s of customer %s does not price it", plan.ID, customer)
+	}
+	return "", nil
+}
+
+// Increment implements engine.Rater.
+func (p *pricing) Increment(customer, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+	plan, _, err := p.plan(customer, windowStart)
+	if err != nil {
+		return rating.Charge{}, err
+	}
+	return plan.Increment(meter, before, after)
+}
+
+// loadPricing reads the plan file (one plan, or a list of plans and
+// versions) and checks the subscriptions and default plan against it.
+func loadPricing(cfg Config) (*pricing, error) {
+	data, err := os.ReadFile(cfg.Plan)
 	if err != nil {
 		return nil, fmt.Errorf("config key plan (flag --plan): %w", err)
 	}
-	plan, err := rating.Parse(data)
+	catalog, err := rating.ParseCatalog(data)
 	if err != nil {
-		return nil, fmt.Errorf("plan file %s: %w", path, err)
+		return nil, fmt.Errorf("plan file %s: %w", cfg.Plan, err)
 	}
-	return plan, nil
+	subs, err := rating.NewSubscriptions(cfg.Subscriptions, catalog)
+	if err != nil {
+		return nil, fmt.Errorf("config key %w", err)
+	}
+	p := &pricing{catalog: catalog, subs: subs, defaultPlan: cfg.DefaultPlan}
+	if ids := catalog.IDs(); p.defaultPlan == "" && len(ids) == 1 {
+		p.defaultPlan = ids[0] // a single plan prices everyone
+	}
+	if p.defaultPlan != "" && !slices.Contains(catalog.IDs(), p.defaultPlan) {
+		return nil, fmt.Errorf("config key defaultPlan (flag --default-plan): no plan %q; plans are %v", p.defaultPlan, catalog.IDs())
+	}
+	return p, nil
 }
 
 // buildOptions adjust wiring; tests use them to wrap sinks.
@@ -60,12 +112,19 @@ type buildOptions struct {
 
 type buildOption func(*buildOptions)
 
-// compileMeters returns the configured meters, or one SUM meter per priced
-// meter of the plan. Every meter must be priced: usage is never silently free.
-func compileMeters(cfg Config, plan *rating.Plan) (*engine.Meters, error) {
+// compileMeters returns the configured meters, or one SUM meter per meter
+// any plan prices. Every meter must be priced by some plan, and pricing the
+// engine cannot apply yet is refused: usage is never silently mispriced.
+func compileMeters(cfg Config, p *pricing) (*engine.Meters, error) {
+	priced := make(map[string]bool)
+	for _, v := range p.catalog.Versions() {
+		for _, name := range v.MeterNames() {
+			priced[name] = true
+		}
+	}
 	list := cfg.Meters
 	if len(list) == 0 {
-		for _, name := range plan.MeterNames() {
+		for _, name := range slices.Sorted(maps.Keys(priced)) {
 			list = append(list, engine.Meter{Name: name, Aggregation: engine.AggSum, GroupBy: []string{"*"}, Decimal: true})
 		}
 	}
@@ -74,16 +133,19 @@ func compileMeters(cfg Config, plan *rating.Plan) (*engine.Meters, error) {
 		return nil, fmt.Errorf("config key %w", err)
 	}
 	for _, name := range meters.Names() {
-		if !plan.Prices(name) {
-			return nil, fmt.Errorf("config key meters: meter %s is not priced by plan %s; add it to the plan (a zero price is fine)", name, plan.ID)
+		if !priced[name] {
+			return nil, fmt.Errorf("config key meters: meter %s is not priced by any plan (%v); add it to a plan (a zero price is fine)", name, p.catalog.IDs())
 		}
-		price := plan.Meters[name]
-		// Refuse what the engine would price wrongly rather than bill it.
-		if !price.MinimumCommitment.IsZero() || !price.FlatFee.IsZero() {
-			return nil, fmt.Errorf("plan %s: meters.%s: minimumCommitment and flatFee are period charges the engine does not emit yet; remove them (tally rate prices them offline)", plan.ID, name)
-		}
-		if !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero()) {
-			return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals, which only SUM and COUNT meters have; price this meter per_unit without an allowance", plan.ID, name, price.Model)
+	}
+	for _, v := range p.catalog.Versions() {
+		for _, name := range v.MeterNames() {
+			price := v.Meters[name]
+			if !price.MinimumCommitment.IsZero() || !price.FlatFee.IsZero() {
+				return nil, fmt.Errorf("plan %s: meters.%s: minimumCommitment and flatFee are period charges the engine does not emit yet; remove them", v.ID, name)
+			}
+			if meters.Has(name) && !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero()) {
+				return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals, which only SUM and COUNT meters have; price this meter per_unit without an allowance", v.ID, name, price.Model)
+			}
 		}
 	}
 	return meters, nil
@@ -103,7 +165,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	}()
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	plan, err := loadPlan(cfg.Plan)
+	prices, err := loadPricing(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +213,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			sinks[i] = opts.wrapSink(sinks[i])
 		}
 	}
-	meters, err := compileMeters(cfg, plan)
+	meters, err := compileMeters(cfg, prices)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +221,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	decoder := engine.NewDecoder(meters, engine.WithMaxFutureSkew(cfg.MaxFutureSkew), engine.WithHorizon(horizon))
 	metrics := engine.NewMetrics(a.registry)
 	a.engine, err = engine.New(cfg.engineConfig(), store, source, decoder,
-		planRater{plan: plan}, sinks, deadSinks, metrics, log)
+		prices, sinks, deadSinks, metrics, log)
 	if err != nil {
 		return nil, err
 	}

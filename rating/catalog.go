@@ -1,0 +1,153 @@
+package rating
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Catalog holds every plan and its versions. A plan file holds one plan, or
+// a list under plans:; entries with the same id are versions of one plan,
+// each in force from its validFrom. Immutable; safe for concurrent use.
+type Catalog struct {
+	versions map[string][]*Plan // by id, by validFrom ascending
+}
+
+// ParseCatalog reads and validates a plan file.
+func ParseCatalog(data []byte) (*Catalog, error) {
+	var probe struct {
+		Plans []yaml.Node `yaml:"plans"`
+	}
+	if err := yaml.Unmarshal(data, &probe); err != nil {
+		return nil, fmt.Errorf("plans: %w", err)
+	}
+	var docs [][]byte
+	if len(probe.Plans) == 0 {
+		docs = [][]byte{data}
+	} else {
+		for _, n := range probe.Plans {
+			b, err := yaml.Marshal(&n)
+			if err != nil {
+				return nil, fmt.Errorf("plans: %w", err)
+			}
+			docs = append(docs, b)
+		}
+	}
+	c := &Catalog{versions: make(map[string][]*Plan)}
+	for i, doc := range docs {
+		p, err := Parse(doc)
+		if err != nil {
+			return nil, fmt.Errorf("plans[%d]: %w", i, err)
+		}
+		c.versions[p.ID] = append(c.versions[p.ID], p)
+	}
+	for id, vs := range c.versions {
+		sort.Slice(vs, func(i, j int) bool { return vs[i].ValidFrom.Before(vs[j].ValidFrom) })
+		for i := 1; i < len(vs); i++ {
+			if vs[i].ValidFrom.Equal(vs[i-1].ValidFrom) {
+				return nil, fmt.Errorf("plan %s: two versions valid from %s; give each version its own validFrom", id, vs[i].ValidFrom.Format(time.RFC3339))
+			}
+			if vs[i].Currency != vs[0].Currency {
+				return nil, fmt.Errorf("plan %s: version from %s changes the currency from %s to %s; make it a new plan", id, vs[i].ValidFrom.Format(time.RFC3339), vs[0].Currency, vs[i].Currency)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Plan returns the version of plan id in force at t: the latest validFrom
+// not after t.
+func (c *Catalog) Plan(id string, t time.Time) (*Plan, error) {
+	vs := c.versions[id]
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("no plan %q", id)
+	}
+	i := sort.Search(len(vs), func(i int) bool { return vs[i].ValidFrom.After(t) })
+	if i == 0 {
+		return nil, fmt.Errorf("plan %s has no version in force at %s (the first is valid from %s)", id, t.Format(time.RFC3339), vs[0].ValidFrom.Format(time.RFC3339))
+	}
+	return vs[i-1], nil
+}
+
+// IDs returns the plan ids, sorted.
+func (c *Catalog) IDs() []string {
+	ids := make([]string, 0, len(c.versions))
+	for id := range c.versions {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Versions returns every version of every plan.
+func (c *Catalog) Versions() []*Plan {
+	var out []*Plan
+	for _, id := range c.IDs() {
+		out = append(out, c.versions[id]...)
+	}
+	return out
+}
+
+// Subscription assigns a customer to a plan from Start until End (zero:
+// open-ended).
+type Subscription struct {
+	Customer string    `yaml:"customer" json:"customer"`
+	Plan     string    `yaml:"plan" json:"plan"`
+	Start    time.Time `yaml:"start" json:"start"`
+	End      time.Time `yaml:"end" json:"end"`
+}
+
+// Subscriptions finds the plan of a customer at a time. Immutable.
+type Subscriptions struct {
+	byCustomer map[string][]Subscription // by Start ascending
+}
+
+// NewSubscriptions validates subs against the catalog: known plans, start
+// before end, no overlapping subscriptions of one customer.
+func NewSubscriptions(subs []Subscription, catalog *Catalog) (*Subscriptions, error) {
+	s := &Subscriptions{byCustomer: make(map[string][]Subscription)}
+	for i, sub := range subs {
+		at := fmt.Sprintf("subscriptions[%d] (customer %s)", i, sub.Customer)
+		switch {
+		case sub.Customer == "":
+			return nil, fmt.Errorf("subscriptions[%d].customer: empty", i)
+		case catalog.versions[sub.Plan] == nil:
+			return nil, fmt.Errorf("%s.plan: no plan %q; plans are %v", at, sub.Plan, catalog.IDs())
+		case sub.Start.IsZero():
+			return nil, fmt.Errorf("%s.start: missing", at)
+		case !sub.End.IsZero() && !sub.End.After(sub.Start):
+			return nil, fmt.Errorf("%s.end: %s is not after start %s", at, sub.End.Format(time.RFC3339), sub.Start.Format(time.RFC3339))
+		}
+		s.byCustomer[sub.Customer] = append(s.byCustomer[sub.Customer], sub)
+	}
+	for customer, list := range s.byCustomer {
+		sort.Slice(list, func(i, j int) bool { return list[i].Start.Before(list[j].Start) })
+		for i := 1; i < len(list); i++ {
+			if prev := list[i-1]; prev.End.IsZero() || prev.End.After(list[i].Start) {
+				return nil, fmt.Errorf("subscriptions of customer %s overlap: %s from %s and %s from %s; end the first before the second starts",
+					customer, prev.Plan, prev.Start.Format(time.RFC3339), list[i].Plan, list[i].Start.Format(time.RFC3339))
+			}
+		}
+	}
+	return s, nil
+}
+
+// Lookup returns the plan id of customer's subscription active at t.
+func (s *Subscriptions) Lookup(customer string, t time.Time) (string, bool) {
+	for _, sub := range s.byCustomer[customer] {
+		if !t.Before(sub.Start) && (sub.End.IsZero() || t.Before(sub.End)) {
+			return sub.Plan, true
+		}
+	}
+	return "", false
+}
+
+// parseYAMLStrict decodes YAML refusing unknown fields.
+func parseYAMLStrict(data []byte, v any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	return dec.Decode(v)
+}

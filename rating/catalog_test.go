@@ -1,0 +1,88 @@
+package rating
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const catalogYAML = `
+plans:
+  - id: basic
+    currency: EUR
+    validFrom: 2026-01-01T00:00:00Z
+    meters: {sms: {model: per_unit, unitPrice: "0.10"}}
+  - id: basic
+    currency: EUR
+    validFrom: 2026-03-15T00:00:00Z
+    meters: {sms: {model: per_unit, unitPrice: "0.08"}}
+  - id: pro
+    currency: EUR
+    meters: {sms: {model: per_unit, unitPrice: "0.05"}, mms: {model: per_unit, unitPrice: "0.20"}}
+`
+
+func TestCatalogVersions(t *testing.T) {
+	c, err := ParseCatalog([]byte(catalogYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		at, want string
+	}{
+		{"2026-03-14T23:59:59Z", "0.1"},
+		{"2026-03-15T00:00:00Z", "0.08"},
+		{"2027-01-01T00:00:00Z", "0.08"},
+	} {
+		at, _ := time.Parse(time.RFC3339, tt.at)
+		p, err := c.Plan("basic", at)
+		if err != nil || p.Meters["sms"].UnitPrice.String() != tt.want {
+			t.Errorf("basic at %s: %v, %v; want unit price %s", tt.at, p, err, tt.want)
+		}
+	}
+	if _, err := c.Plan("basic", time.Date(2025, 12, 31, 0, 0, 0, 0, time.UTC)); err == nil || !strings.Contains(err.Error(), "no version in force") {
+		t.Errorf("basic before its first version: %v", err)
+	}
+	if got := strings.Join(c.IDs(), ","); got != "basic,pro" {
+		t.Errorf("IDs = %s", got)
+	}
+	if _, err := ParseCatalog([]byte(strings.Replace(catalogYAML, "2026-03-15", "2026-01-01", 1))); err == nil || !strings.Contains(err.Error(), "two versions") {
+		t.Errorf("two versions with one validFrom: %v", err)
+	}
+}
+
+func TestSubscriptions(t *testing.T) {
+	c, _ := ParseCatalog([]byte(catalogYAML))
+	day := func(s string) time.Time { t, _ := time.Parse(time.DateOnly, s); return t }
+	subs, err := NewSubscriptions([]Subscription{
+		{Customer: "ann", Plan: "basic", Start: day("2026-01-01"), End: day("2026-03-10")},
+		{Customer: "ann", Plan: "pro", Start: day("2026-03-10")},
+		{Customer: "bob", Plan: "pro", Start: day("2026-02-01"), End: day("2026-02-20")},
+	}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		customer, at, plan string
+		ok                 bool
+	}{
+		{"ann", "2026-03-09", "basic", true}, {"ann", "2026-03-10", "pro", true}, {"ann", "2025-12-31", "", false},
+		{"bob", "2026-02-19", "pro", true}, {"bob", "2026-02-20", "", false}, {"eve", "2026-02-01", "", false},
+	} {
+		if plan, ok := subs.Lookup(tt.customer, day(tt.at)); plan != tt.plan || ok != tt.ok {
+			t.Errorf("Lookup(%s, %s) = %s, %v; want %s, %v", tt.customer, tt.at, plan, ok, tt.plan, tt.ok)
+		}
+	}
+	for _, bad := range []struct {
+		subs []Subscription
+		want string
+	}{
+		{[]Subscription{{Customer: "a", Plan: "gold", Start: day("2026-01-01")}}, `no plan "gold"`},
+		{[]Subscription{{Customer: "a", Plan: "pro", Start: day("2026-02-01"), End: day("2026-01-01")}}, "is not after start"},
+		{[]Subscription{{Customer: "a", Plan: "pro", Start: day("2026-01-01")}, {Customer: "a", Plan: "basic", Start: day("2026-02-01")}}, "overlap"},
+		{[]Subscription{{Customer: "a", Plan: "pro"}}, "start: missing"},
+	} {
+		if _, err := NewSubscriptions(bad.subs, c); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("NewSubscriptions(%+v) = %v, want an error with %q", bad.subs, err, bad.want)
+		}
+	}
+}
