@@ -319,6 +319,17 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 		checkpointRequests: make(chan checkpointRequest),
 	}
 	e.committed = sync.NewCond(&e.commitMu)
+	// Every label value exists from the start, at zero, so that rates and
+	// alerts work before the first occurrence.
+	for _, r := range allReasons() {
+		metrics.deadLetters.WithLabelValues(string(r))
+	}
+	for _, m := range decoder.meters.Names() {
+		metrics.duplicates.WithLabelValues(m)
+	}
+	for _, final := range []string{"0", "1"} {
+		metrics.windowsEmitted.WithLabelValues(final)
+	}
 	e.stats.revenue = make(map[string]decimal.Decimal)
 	e.stats.watermarkNs.Store(minWatermark)
 	return e, nil

@@ -70,6 +70,12 @@ const (
 	ReasonUnpriced Reason = "unpriced"
 )
 
+// allReasons lists every Reason, so that metrics start at zero for each.
+func allReasons() []Reason {
+	return []Reason{ReasonInvalidJSON, ReasonInvalidField, ReasonMissingField, ReasonUnknownMeter, ReasonTimeRange,
+		ReasonLate, ReasonTooLarge, ReasonRating, ReasonCardinality, ReasonNoSubscription, ReasonUnpriced}
+}
+
 // DeadLetter is a record that could not be aggregated, with why. The original
 // bytes are kept so that nothing is lost.
 type DeadLetter struct {

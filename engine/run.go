@@ -97,6 +97,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	readersCtx, stopReaders := context.WithCancel(ctx)
 	defer stopReaders()
 	for i, p := range partitions {
+		// Lag is 0 until the partition's first fetch tells its high-water mark.
+		e.metrics.consumerLag.WithLabelValues(p.id.Topic, strconv.Itoa(int(p.id.Partition))).Set(0)
 		reader, err := e.source.Open(ctx, p.id, p.nextOffset)
 		if err != nil {
 			return fmt.Errorf("engine: open partition %s at offset %d: %w", p.id, p.nextOffset, err)

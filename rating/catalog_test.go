@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shopspring/decimal"
 )
 
 const catalogYAML = `
@@ -85,4 +87,31 @@ func TestSubscriptions(t *testing.T) {
 			t.Errorf("NewSubscriptions(%+v) = %v, want an error with %q", bad.subs, err, bad.want)
 		}
 	}
+}
+
+// FuzzParseCatalog: no plan file may panic the parser or yield a catalog
+// whose plans fail validation or price a quantity inconsistently.
+func FuzzParseCatalog(f *testing.F) {
+	f.Add([]byte(catalogYAML))
+	f.Add([]byte("id: p\ncurrency: EUR\nmeters: {m: {model: graduated, tiers: [{upTo: \"10\", unitPrice: \"1\"}, {unitPrice: \"0.5\"}]}}"))
+	f.Add([]byte("id: p\ncurrency: EUR\nmeters: {m: {model: volume, freeAllowance: \"5\", tiers: [{unitPrice: \"1\"}]}}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseCatalog(data)
+		if err != nil {
+			return
+		}
+		for _, p := range c.Versions() {
+			if err := p.Validate(); err != nil {
+				t.Fatalf("parsed a plan that fails validation: %v", err)
+			}
+			for _, name := range p.MeterNames() {
+				total, _ := p.Rate(name, decimal.NewFromInt(1234))
+				a, _ := p.Increment(name, decimal.Zero, decimal.NewFromInt(1000))
+				b, _ := p.Increment(name, decimal.NewFromInt(1000), decimal.NewFromInt(1234))
+				if !a.Amount.Add(b.Amount).Equal(total.Amount) {
+					t.Fatalf("increments %s + %s != total %s", a.Amount, b.Amount, total.Amount)
+				}
+			}
+		}
+	})
 }
