@@ -187,6 +187,9 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 				if ev.Value, err = parseValue(raw); err != nil {
 					return out[:first], fmt.Errorf("meter %s: %w", m.Name, err)
 				}
+				if m.Increments.enabled() {
+					ev.Value = m.Increments.apply(ev.Value)
+				}
 				if !m.Decimal && !ev.Value.IsInteger() {
 					return out[:first], fail(ReasonInvalidField, "meter %s takes integers (set decimal: true for fractional values); got %s", m.Name, ev.Value)
 				}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shopspring/decimal"
 )
 
 // testMeters are SUM meters sms and voice_seconds over every dimension.
@@ -161,6 +163,22 @@ func TestDecodeTimeBounds(t *testing.T) {
 			t.Errorf("%s refused: %v", tt.at, err)
 		case tt.reason != "" && (!errors.As(err, &de) || de.reason != tt.reason):
 			t.Errorf("%s: error %v, want reason %s", tt.at, err, tt.reason)
+		}
+	}
+}
+
+func TestCompileMetersRejectsBadIncrements(t *testing.T) {
+	sixty := decimal.NewFromInt(60)
+	for _, tt := range []struct {
+		meter Meter
+		want  string
+	}{
+		{Meter{Name: "calls", Aggregation: AggCount, Increments: Increments{First: sixty, Next: sixty}}, "only SUM meters"},
+		{Meter{Name: "secs", Increments: Increments{First: sixty}}, "increments.next: missing"},
+		{Meter{Name: "secs", Increments: Increments{First: sixty.Neg(), Next: sixty}}, "must not be negative"},
+	} {
+		if _, err := CompileMeters([]Meter{tt.meter}, time.Minute); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CompileMeters(%+v) = %v, want an error with %q", tt.meter, err, tt.want)
 		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/shopspring/decimal"
 )
 
 // Aggregation names how a meter folds the values of a window.
@@ -47,9 +49,37 @@ type Meter struct {
 	// Decimal allows fractional values; otherwise values must be integers
 	// (bytes, seconds, messages), and a fractional one is dead-lettered.
 	Decimal bool `yaml:"decimal" json:"decimal"`
+	// Increments rounds each event's value up before aggregation, CGRateS
+	// style: first is charged whole, the rest in steps of next (60/60, 30/6,
+	// 1/1 for call seconds). Zero values disable it.
+	Increments Increments `yaml:"increments" json:"increments"`
 	// MaxGroupsPerKey bounds the dimension groups per customer and window;
 	// records beyond it are dead-lettered with reason cardinality. Default 1000.
 	MaxGroupsPerKey int `yaml:"maxGroupsPerKey" json:"maxGroupsPerKey"`
+}
+
+// Increments is a per-event rounding: a positive value below First becomes
+// First; above it, First plus the rest rounded up to a multiple of Next.
+type Increments struct {
+	First decimal.Decimal `yaml:"first" json:"first"`
+	Next  decimal.Decimal `yaml:"next" json:"next"`
+}
+
+func (in Increments) enabled() bool { return in.First.IsPositive() || in.Next.IsPositive() }
+
+// apply rounds v up; zero and negative values (adjustments) are unchanged.
+func (in Increments) apply(v decimal.Decimal) decimal.Decimal {
+	if !v.IsPositive() {
+		return v
+	}
+	if v.LessThanOrEqual(in.First) {
+		return in.First
+	}
+	rest := v.Sub(in.First)
+	if in.Next.IsPositive() {
+		rest = rest.Div(in.Next).Ceil().Mul(in.Next)
+	}
+	return in.First.Add(rest)
 }
 
 // DefaultMaxGroupsPerKey bounds group cardinality when a meter does not.
@@ -205,6 +235,16 @@ func CompileMeters(meters []Meter, defaultWindow time.Duration) (*Meters, error)
 		var err error
 		if spec.window, err = parseWindow(cfg.Window, defaultWindow); err != nil {
 			return nil, fmt.Errorf("meters.%s.window: %v", cfg.Name, err)
+		}
+		if in := cfg.Increments; in.enabled() {
+			switch {
+			case in.First.IsNegative() || in.Next.IsNegative():
+				return nil, fmt.Errorf("meters.%s.increments: first %s and next %s must not be negative", cfg.Name, in.First, in.Next)
+			case !in.Next.IsPositive():
+				return nil, fmt.Errorf("meters.%s.increments.next: missing; e.g. {first: 60, next: 60} bills started minutes", cfg.Name)
+			case spec.Aggregation != AggSum:
+				return nil, fmt.Errorf("meters.%s.increments: only SUM meters (durations) round per event, not %s", cfg.Name, spec.Aggregation)
+			}
 		}
 		switch strings.ToUpper(cfg.Align) {
 		case "", "UTC":
