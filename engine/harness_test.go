@@ -129,6 +129,10 @@ type halfRater struct{}
 
 func (halfRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
 
+func (halfRater) PeriodFee(string, string, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
+	return rating.Charge{}, false, nil
+}
+
 func (halfRater) Increment(_, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
 	return rating.Charge{Amount: after.Mul(price).Round(6).Sub(before.Mul(price).Round(6)), Currency: "EUR", UnitPrice: price}, nil
@@ -338,6 +342,11 @@ func (r planRater) Covers(_, meter string, _ time.Time) (Reason, error) {
 		return ReasonUnpriced, fmt.Errorf("plan %s does not price it", r.plan.ID)
 	}
 	return "", nil
+}
+
+func (r planRater) PeriodFee(_, meter string, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
+	c, ok := r.plan.PeriodFee(meter, charged)
+	return c, ok, nil
 }
 
 func (r planRater) Increment(_, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {

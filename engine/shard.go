@@ -23,7 +23,17 @@ type Rater interface {
 	// before, so that increments add up to the period's charge), under the
 	// plan in force at windowStart.
 	Increment(customer, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
+	// PeriodFee is what a closed billing period of the meter adds on top of
+	// its usage (flat fee, minimum-commitment true-up given the usage
+	// charged), under the plan in force at the period's start; ok is false
+	// when the plan has no period fee for the meter.
+	PeriodFee(customer, meter string, periodStart time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
 }
+
+// PeriodFeeGroup is the group key of period fee rows: a period's flat fee
+// and commitment true-up, one row per (meter, customer, period). Real group
+// keys always contain '=', so it cannot collide with one.
+const PeriodFeeGroup = "@period"
 
 // timeRules are the event-time bounds every shard applies identically.
 type timeRules struct {
@@ -167,6 +177,10 @@ type shard struct {
 	maxWindows int
 	spilled    uint64
 	overBudget bool
+	// closedEnds marks period ends whose periods had their fees checked at
+	// close; feeDue lists closed periods whose charged usage changed since.
+	closedEnds map[int64]bool
+	feeDue     []*window
 
 	watermarkNs int64
 	dirty       []*window
@@ -203,6 +217,7 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		periods:      make(map[windowKey]*window),
 		periodsByEnd: make(map[int64]map[windowKey]*window),
 		byCustomer:   make(map[string][]*window),
+		closedEnds:   make(map[int64]bool),
 		dedup:        newDedupSet(),
 		queries:      make(chan *usageQuery, queryQueueLen),
 		watermarkNs:  minWatermark,
@@ -541,6 +556,46 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	clear(s.unemitted[len(kept):])
 	s.unemitted = kept
 
+	// 1b. Period fees: when a period closes (after its windows, emitted
+	// above), and again when late usage changed what it charged.
+	due := s.feeDue
+	s.feeDue = nil
+	for endNs, ps := range s.periodsByEnd {
+		if s.closedEnds[endNs] || !s.rules.closed(endNs, b.watermarkNs) {
+			continue
+		}
+		s.closedEnds[endNs] = true
+		for _, p := range ps {
+			due = append(due, p)
+		}
+	}
+	slices.SortFunc(due, func(a, b *window) int {
+		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.key.meter, b.key.meter); c != 0 {
+			return c
+		}
+		return cmpInt64(a.key.startNs, b.key.startNs)
+	})
+	for _, p := range due {
+		p.feeQueued = false
+		row, ok, err := s.emitPeriodFee(p)
+		if err != nil {
+			snap.err = err
+			return snap
+		}
+		if ok {
+			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(p.emittedAmount))
+			p.emittedAmount = row.Amount
+			snap.rows = append(snap.rows, row)
+			if !p.dirty {
+				p.dirty = true
+				s.dirty = append(s.dirty, p)
+			}
+		}
+	}
+
 	// 2. Windows and periods past the memory horizon leave memory. Without
 	// finalizeAfter no record may revise them any more, so they are deleted
 	// from the store too (they were emitted in step 1 at the latest, since
@@ -580,6 +635,11 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	})
 	if err == nil {
 		err = evict(s.periodsByEnd, func(w *window) { delete(s.periods, w.key) })
+	}
+	for endNs := range s.closedEnds {
+		if _, ok := s.periodsByEnd[endNs]; !ok {
+			delete(s.closedEnds, endNs)
+		}
 	}
 	if err != nil {
 		snap.err = err
@@ -621,6 +681,27 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	return snap
 }
 
+// emitPeriodFee returns the next revision of period p's fee row, if its plan
+// has a fee for the meter and the amount differs from the last one emitted.
+func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
+	start := time.Unix(0, p.key.startNs).UTC()
+	charge, ok, err := s.rater.PeriodFee(p.key.customer, p.key.meter, start, p.chargedAmount)
+	if err != nil {
+		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", p.key.meter, p.key.customer, start.Format(time.RFC3339), err)
+	}
+	if !ok || (p.revision > 0 && charge.Amount.Equal(p.emittedAmount)) {
+		return RatedRow{}, false, nil
+	}
+	p.revision++
+	p.emittedFinal = true
+	return RatedRow{
+		Tenant: s.tenant, Meter: p.key.meter, Customer: p.key.customer, GroupKey: PeriodFeeGroup,
+		WindowStart: start, WindowEnd: time.Unix(0, p.endNs).UTC(),
+		Quantity: p.quantity(), Count: p.count, Amount: charge.Amount, Currency: charge.Currency,
+		Revision: p.revision, Final: true,
+	}, true, nil
+}
+
 // emit rates w and returns its next revision. Invariant: revisions of a
 // window only grow, and each carries the window's full totals.
 //
@@ -636,30 +717,37 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	quantity := w.quantity()
 	cust := s.customers.get(w.key.customer)
 	periodStartNs, _ := billingPeriod(w.key.startNs, cust.loc, cust.anchorDay)
+	pkey := windowKey{meter: w.key.meter, customer: w.key.customer, startNs: periodStartNs, period: true}
+	p := s.periods[pkey]
+	if p == nil {
+		p = s.loadCold(pkey, w.periodEndNs)
+	}
+	if p == nil {
+		return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", w.key)
+	}
 	var amount decimal.Decimal
 	var charge rating.Charge
 	var err error
 	if w.meter.additive() {
-		pkey := windowKey{meter: w.key.meter, customer: w.key.customer, startNs: periodStartNs, period: true}
-		p := s.periods[pkey]
-		if p == nil {
-			p = s.loadCold(pkey, w.periodEndNs)
-		}
-		if p == nil {
-			return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", w.key)
-		}
 		before := p.emittedQuantity
 		after := before.Add(quantity.Sub(w.emittedQuantity))
 		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedQuantity = after
-			if !p.dirty {
-				p.dirty = true
-				s.dirty = append(s.dirty, p)
-			}
 		}
 	} else if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, decimal.Zero, quantity); err == nil {
 		amount = charge.Amount
+	}
+	if err == nil && !amount.Equal(w.emittedAmount) {
+		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))
+		if !p.dirty {
+			p.dirty = true
+			s.dirty = append(s.dirty, p)
+		}
+		if s.closedEnds[p.endNs] && !p.feeQueued {
+			p.feeQueued = true
+			s.feeDue = append(s.feeDue, p) // its true-up may change
+		}
 	}
 	if err != nil {
 		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", w.key.meter, w.key.customer, start.Format(time.RFC3339), err)

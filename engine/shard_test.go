@@ -13,6 +13,10 @@ type unitRater struct{}
 
 func (unitRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
 
+func (unitRater) PeriodFee(string, string, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
+	return rating.Charge{}, false, nil
+}
+
 func (unitRater) Increment(_, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
 	return rating.Charge{Amount: after.Sub(before).Mul(price), Currency: "EUR", UnitPrice: price}, nil

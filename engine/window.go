@@ -49,6 +49,11 @@ type window struct {
 	// revision; for a billing-period aggregate, the period-to-date quantity
 	// already charged through its windows (see shard.emit).
 	emittedQuantity decimal.Decimal
+	// chargedAmount is, for a billing-period aggregate, the sum of the
+	// amounts its windows were charged: the base of its commitment true-up.
+	chargedAmount decimal.Decimal
+	// feeQueued is set while a period is in the shard's fee list.
+	feeQueued bool
 	// changed is set when the aggregate differs from its last emitted revision.
 	changed bool
 	// emittedFinal is set when the last emitted revision was final.
@@ -244,6 +249,7 @@ func encodeWindowValue(w *window) ([]byte, error) {
 	b = binary.AppendUvarint(b, w.revision)
 	b = appendDecimal(b, w.emittedAmount)
 	b = appendDecimal(b, w.emittedQuantity)
+	b = appendDecimal(b, w.chargedAmount)
 	var flags byte
 	if w.changed {
 		flags |= flagChanged
@@ -286,6 +292,7 @@ func decodeWindowValue(b []byte, w *window) error {
 	w.revision = r.uvarint()
 	w.emittedAmount = r.decimal()
 	w.emittedQuantity = r.decimal()
+	w.chargedAmount = r.decimal()
 	flags := r.byte()
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	if r.err != nil {

@@ -189,6 +189,26 @@ func (pl *Plan) Increment(meter string, before, after decimal.Decimal) (Charge, 
 	}, nil
 }
 
+// PeriodFee is what a closed billing period adds for meter on top of its
+// usage charges: the flat fee plus the minimum-commitment true-up, given
+// the usage charged in the period. ok is false when the meter has neither.
+func (pl *Plan) PeriodFee(meter string, usageCharged decimal.Decimal) (Charge, bool) {
+	price, found := pl.Meters[meter]
+	if !found || (price.FlatFee.IsZero() && price.MinimumCommitment.IsZero()) {
+		return Charge{}, false
+	}
+	var lines []Line
+	amount := pl.round(price.FlatFee)
+	if amount.IsPositive() {
+		lines = append(lines, Line{Description: "flat fee", Units: decimal.NewFromInt(1), UnitPrice: price.FlatFee, Amount: amount})
+	}
+	if trueUp := pl.TrueUp(meter, usageCharged); trueUp.IsPositive() {
+		lines = append(lines, Line{Description: "minimum commitment true-up", Units: decimal.NewFromInt(1), UnitPrice: trueUp, Amount: trueUp})
+		amount = amount.Add(trueUp)
+	}
+	return Charge{Amount: amount, Currency: pl.Currency, Lines: lines}, true
+}
+
 // TrueUp is what a minimum commitment adds at period close: the commitment
 // minus what the period's usage charged, if positive.
 func (pl *Plan) TrueUp(meter string, periodCharge decimal.Decimal) decimal.Decimal {

@@ -80,6 +80,16 @@ func (p *pricing) Increment(customer, meter string, windowStart time.Time, befor
 	return plan.Increment(meter, before, after)
 }
 
+// PeriodFee implements engine.Rater.
+func (p *pricing) PeriodFee(customer, meter string, periodStart time.Time, usageCharged decimal.Decimal) (rating.Charge, bool, error) {
+	plan, _, err := p.plan(customer, periodStart)
+	if err != nil {
+		return rating.Charge{}, false, nil // no plan at the period's start: no period fee
+	}
+	c, ok := plan.PeriodFee(meter, usageCharged)
+	return c, ok, nil
+}
+
 // loadPricing reads the plan file (one plan, or a list of plans and
 // versions) and checks the subscriptions and default plan against it.
 func loadPricing(cfg Config) (*pricing, error) {
@@ -140,9 +150,6 @@ func compileMeters(cfg Config, p *pricing) (*engine.Meters, error) {
 	for _, v := range p.catalog.Versions() {
 		for _, name := range v.MeterNames() {
 			price := v.Meters[name]
-			if !price.MinimumCommitment.IsZero() || !price.FlatFee.IsZero() {
-				return nil, fmt.Errorf("plan %s: meters.%s: minimumCommitment and flatFee are period charges the engine does not emit yet; remove them", v.ID, name)
-			}
 			if meters.Has(name) && !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero()) {
 				return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals, which only SUM and COUNT meters have; price this meter per_unit without an allowance", v.ID, name, price.Model)
 			}
