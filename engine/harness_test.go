@@ -129,7 +129,7 @@ type halfRater struct{}
 
 func (halfRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
 
-func (halfRater) PeriodFee(string, string, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
+func (halfRater) PeriodFee(string, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
 	return rating.Charge{}, false, nil
 }
 
@@ -344,7 +344,7 @@ func (r planRater) Covers(_, meter string, _ time.Time) (Reason, error) {
 	return "", nil
 }
 
-func (r planRater) PeriodFee(_, meter string, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
+func (r planRater) PeriodFee(_, meter string, _, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
 	c, ok := r.plan.PeriodFee(meter, charged)
 	return c, ok, nil
 }

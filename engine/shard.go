@@ -25,9 +25,9 @@ type Rater interface {
 	Increment(customer, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
 	// PeriodFee is what a closed billing period of the meter adds on top of
 	// its usage (flat fee, minimum-commitment true-up given the usage
-	// charged), under the plan in force at the period's start; ok is false
-	// when the plan has no period fee for the meter.
-	PeriodFee(customer, meter string, periodStart time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
+	// charged), prorated over the plans in force during the period; ok is
+	// false when they have no period fee for the meter.
+	PeriodFee(customer, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
 }
 
 // PeriodFeeGroup is the group key of period fee rows: a period's flat fee
@@ -685,7 +685,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 // has a fee for the meter and the amount differs from the last one emitted.
 func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	start := time.Unix(0, p.key.startNs).UTC()
-	charge, ok, err := s.rater.PeriodFee(p.key.customer, p.key.meter, start, p.chargedAmount)
+	charge, ok, err := s.rater.PeriodFee(p.key.customer, p.key.meter, start, time.Unix(0, p.endNs).UTC(), p.chargedAmount)
 	if err != nil {
 		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", p.key.meter, p.key.customer, start.Format(time.RFC3339), err)
 	}

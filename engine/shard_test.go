@@ -13,7 +13,7 @@ type unitRater struct{}
 
 func (unitRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
 
-func (unitRater) PeriodFee(string, string, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
+func (unitRater) PeriodFee(string, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
 	return rating.Charge{}, false, nil
 }
 

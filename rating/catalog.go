@@ -145,6 +145,42 @@ func (s *Subscriptions) Lookup(customer string, t time.Time) (string, bool) {
 	return "", false
 }
 
+// Segment is a stretch of time a customer was on one plan.
+type Segment struct {
+	Plan       string
+	Start, End time.Time
+}
+
+// Segments returns the customer's subscriptions cut to [start, end), in
+// order; gaps are filled with defaultPlan when it is set.
+func (s *Subscriptions) Segments(customer, defaultPlan string, start, end time.Time) []Segment {
+	var out []Segment
+	cursor := start
+	fill := func(until time.Time) {
+		if defaultPlan != "" && until.After(cursor) {
+			out = append(out, Segment{Plan: defaultPlan, Start: cursor, End: until})
+		}
+	}
+	for _, sub := range s.byCustomer[customer] {
+		subEnd := sub.End
+		if subEnd.IsZero() || subEnd.After(end) {
+			subEnd = end
+		}
+		subStart := sub.Start
+		if subStart.Before(start) {
+			subStart = start
+		}
+		if !subEnd.After(subStart) {
+			continue
+		}
+		fill(subStart)
+		out = append(out, Segment{Plan: sub.Plan, Start: subStart, End: subEnd})
+		cursor = subEnd
+	}
+	fill(end)
+	return out
+}
+
 // parseYAMLStrict decodes YAML refusing unknown fields.
 func parseYAMLStrict(data []byte, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))

@@ -115,3 +115,38 @@ func FuzzParseCatalog(f *testing.F) {
 		}
 	})
 }
+
+func TestSegmentsAndProration(t *testing.T) {
+	c, _ := ParseCatalog([]byte(catalogYAML))
+	day := func(s string) time.Time { t, _ := time.Parse(time.DateOnly, s); return t }
+	subs, err := NewSubscriptions([]Subscription{
+		{Customer: "ann", Plan: "pro", Start: day("2026-03-05"), End: day("2026-03-10")},
+		{Customer: "ann", Plan: "basic", Start: day("2026-03-20")},
+	}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range subs.Segments("ann", "basic", day("2026-03-01"), day("2026-04-01")) {
+		got = append(got, s.Plan+" "+s.Start.Format("02")+"-"+s.End.Format("02"))
+	}
+	if want := "basic 01-05,pro 05-10,basic 10-20,basic 20-01"; strings.Join(got, ",") != want {
+		t.Errorf("segments %v, want %s", got, want)
+	}
+	if segs := subs.Segments("ann", "", day("2026-03-01"), day("2026-04-01")); len(segs) != 2 {
+		t.Errorf("without a default plan the gaps stay empty: %v", segs)
+	}
+
+	flat := func(fee string) *Plan {
+		p, err := Parse([]byte("id: p" + fee + "\ncurrency: EUR\nrounding: {decimals: 2}\nmeters: {sms: {model: per_unit, unitPrice: '1', flatFee: '" + fee + "'}}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	third := decimal.NewFromInt(1).Div(decimal.NewFromInt(3))
+	c2, ok, err := ProratedPeriodFee([]Share{{Plan: flat("9"), Fraction: third}, {Plan: flat("30"), Fraction: decimal.NewFromInt(1).Sub(third)}}, "sms", decimal.Zero)
+	if err != nil || !ok || c2.Amount.String() != "23" {
+		t.Errorf("prorated flat fee = %v, %v, %v; want 23 (9/3 + 30x2/3)", c2.Amount, ok, err)
+	}
+}

@@ -209,6 +209,50 @@ func (pl *Plan) PeriodFee(meter string, usageCharged decimal.Decimal) (Charge, b
 	return Charge{Amount: amount, Currency: pl.Currency, Lines: lines}, true
 }
 
+// Share is the part of a billing period a plan was in force for.
+type Share struct {
+	Plan     *Plan
+	Fraction decimal.Decimal // of the period's duration; shares add up to at most 1
+}
+
+// ProratedPeriodFee is PeriodFee over a period whose plan changed: flat fee
+// and commitment are each plan's, weighted by the share of the period it was
+// in force; the true-up compares the prorated commitment with the usage
+// charged in the whole period. Rounded once per the first share's plan.
+func ProratedPeriodFee(shares []Share, meter string, usageCharged decimal.Decimal) (Charge, bool, error) {
+	if len(shares) == 0 {
+		return Charge{}, false, nil
+	}
+	first := shares[0].Plan
+	flat, commitment := decimal.Zero, decimal.Zero
+	found := false
+	for _, sh := range shares {
+		if sh.Plan.Currency != first.Currency {
+			return Charge{}, false, fmt.Errorf("plans %s (%s) and %s (%s) share a period in different currencies", first.ID, first.Currency, sh.Plan.ID, sh.Plan.Currency)
+		}
+		price, ok := sh.Plan.Meters[meter]
+		if !ok || (price.FlatFee.IsZero() && price.MinimumCommitment.IsZero()) {
+			continue
+		}
+		found = true
+		flat = flat.Add(price.FlatFee.Mul(sh.Fraction))
+		commitment = commitment.Add(price.MinimumCommitment.Mul(sh.Fraction))
+	}
+	if !found {
+		return Charge{}, false, nil
+	}
+	var lines []Line
+	amount := first.round(flat)
+	if amount.IsPositive() {
+		lines = append(lines, Line{Description: "flat fee (prorated)", Units: decimal.NewFromInt(1), UnitPrice: amount, Amount: amount})
+	}
+	if shortfall := first.round(commitment).Sub(usageCharged); shortfall.IsPositive() {
+		lines = append(lines, Line{Description: "minimum commitment true-up (prorated)", Units: decimal.NewFromInt(1), UnitPrice: shortfall, Amount: shortfall})
+		amount = amount.Add(shortfall)
+	}
+	return Charge{Amount: amount, Currency: first.Currency, Lines: lines}, true, nil
+}
+
 // TrueUp is what a minimum commitment adds at period close: the commitment
 // minus what the period's usage charged, if positive.
 func (pl *Plan) TrueUp(meter string, periodCharge decimal.Decimal) decimal.Decimal {

@@ -89,3 +89,34 @@ func TestRateSubscriptionsAndVersions(t *testing.T) {
 		}
 	}
 }
+
+// TestRateProratesPeriodFees: ann is on basic (10.00 a month) for 10 of
+// March's 31 days and on pro (30.00 a month, at least 6.00 of usage) for 21.
+// Flat: (10 x 10 + 30 x 21) / 31 = 23.548… -> 23.55. Commitment: 6 x 21/31
+// = 4.06; usage charged 10 x 0.10 + 10 x 0.05 = 1.50; true-up 2.56. The
+// March @period row is 26.11.
+func TestRateProratesPeriodFees(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"--plans", "../../testdata/rate/fees_catalog.yaml", "--subscriptions", "../../testdata/rate/fees_subscriptions.yaml",
+		"--input", "../../testdata/rate/fees_usage.jsonl"}
+	if err := runRate(context.Background(), args, &stdout, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatalf("tally rate: %v\n%s", err, stderr.String())
+	}
+	var fees []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r struct {
+			GroupKey    string `json:"group_key"`
+			WindowStart string `json:"window_start"`
+			Amount      string
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.GroupKey == "@period" {
+			fees = append(fees, r.WindowStart[:10]+" "+r.Amount)
+		}
+	}
+	if strings.Join(fees, ";") != "2026-03-01 26.11" {
+		t.Errorf("period fee rows %v, want [2026-03-01 26.11] (April is still open)\n%s", fees, stdout.String())
+	}
+}

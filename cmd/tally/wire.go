@@ -80,14 +80,19 @@ func (p *pricing) Increment(customer, meter string, windowStart time.Time, befor
 	return plan.Increment(meter, before, after)
 }
 
-// PeriodFee implements engine.Rater.
-func (p *pricing) PeriodFee(customer, meter string, periodStart time.Time, usageCharged decimal.Decimal) (rating.Charge, bool, error) {
-	plan, _, err := p.plan(customer, periodStart)
-	if err != nil {
-		return rating.Charge{}, false, nil // no plan at the period's start: no period fee
+// PeriodFee implements engine.Rater: each plan the customer was on during
+// the period contributes its fees for its share of the period.
+func (p *pricing) PeriodFee(customer, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (rating.Charge, bool, error) {
+	total := decimal.NewFromInt(int64(periodEnd.Sub(periodStart)))
+	var shares []rating.Share
+	for _, seg := range p.subs.Segments(customer, p.defaultPlan, periodStart, periodEnd) {
+		plan, err := p.catalog.Plan(seg.Plan, seg.Start)
+		if err != nil {
+			continue // no version in force: no fee for that stretch
+		}
+		shares = append(shares, rating.Share{Plan: plan, Fraction: decimal.NewFromInt(int64(seg.End.Sub(seg.Start))).Div(total)})
 	}
-	c, ok := plan.PeriodFee(meter, usageCharged)
-	return c, ok, nil
+	return rating.ProratedPeriodFee(shares, meter, usageCharged)
 }
 
 // loadPricing reads the plan file (one plan, or a list of plans and
