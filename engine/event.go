@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
 )
 
 // PartitionID names one source partition.
@@ -106,6 +107,10 @@ type RatedRow struct {
 	// Final is true when the window had closed (watermark past its end plus
 	// grace) at emission; false for a provisional revision of an open window.
 	Final bool `json:"final"`
+	// Breakdown explains the charge: for SUM and COUNT windows, the billing
+	// period's charge to date at this revision (tiers, units in each, unit
+	// prices, allowance used); for period fee rows, the fee and true-up.
+	Breakdown []rating.Line `json:"breakdown,omitempty"`
 }
 
 // Identity returns the row identity as one string, used as the Kafka key.

@@ -698,7 +698,7 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 		Tenant: s.tenant, Meter: p.key.meter, Customer: p.key.customer, GroupKey: PeriodFeeGroup,
 		WindowStart: start, WindowEnd: time.Unix(0, p.endNs).UTC(),
 		Quantity: p.quantity(), Count: p.count, Amount: charge.Amount, Currency: charge.Currency,
-		Revision: p.revision, Final: true,
+		Revision: p.revision, Final: true, Breakdown: charge.Lines,
 	}, true, nil
 }
 
@@ -769,6 +769,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		UnitPrice:   charge.UnitPrice,
 		Revision:    w.revision,
 		Final:       final,
+		Breakdown:   charge.Lines,
 	}, nil
 }
 

@@ -8,6 +8,7 @@ package clickhouse
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"time"
@@ -108,6 +109,7 @@ func TableDDL(database, table string) string {
     unit_price   Decimal(38, 10),
     revision     UInt64,
     final        UInt8,
+    breakdown    String,
     inserted_at  DateTime('UTC') DEFAULT now()
 ) ENGINE = ReplacingMergeTree(revision)
 PARTITION BY toYYYYMM(window_start)
@@ -141,6 +143,18 @@ func (s *Sink) createTables(ctx context.Context) error {
 			return fmt.Errorf("clickhouse: create %s on %s after %d attempts: %w", stmt.what, s.cfg.Addr, ddlAttempts, err)
 		}
 	}
+	// Tables created by earlier versions lack later columns. 18.16 has no
+	// ADD COLUMN IF NOT EXISTS, so ask system.columns.
+	var n uint64
+	row := s.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = 'breakdown'", s.cfg.Database, s.cfg.Table)
+	if err := row.Scan(&n); err != nil {
+		return fmt.Errorf("clickhouse: inspect columns of %s.%s: %w", s.cfg.Database, s.cfg.Table, err)
+	}
+	if n == 0 {
+		if err := s.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN breakdown String AFTER final", s.cfg.Database, s.cfg.Table)); err != nil {
+			return fmt.Errorf("clickhouse: add column breakdown to %s.%s: %w", s.cfg.Database, s.cfg.Table, err)
+		}
+	}
 	return nil
 }
 
@@ -153,7 +167,7 @@ func (s *Sink) Write(ctx context.Context, rows []engine.RatedRow) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	batch, err := s.conn.PrepareBatch(ctx, fmt.Sprintf(`INSERT INTO %s.%s (tenant, meter, customer, group_key,
-        window_start, window_end, quantity, event_count, amount, currency, unit_price, revision, final)`, s.cfg.Database, s.cfg.Table))
+        window_start, window_end, quantity, event_count, amount, currency, unit_price, revision, final, breakdown)`, s.cfg.Database, s.cfg.Table))
 	if err != nil {
 		return fmt.Errorf("clickhouse: prepare batch: %w", err)
 	}
@@ -164,8 +178,16 @@ func (s *Sink) Write(ctx context.Context, rows []engine.RatedRow) error {
 		if r.Final {
 			final = 1
 		}
+		breakdown := "[]"
+		if len(r.Breakdown) > 0 {
+			b, err := json.Marshal(r.Breakdown)
+			if err != nil {
+				return fmt.Errorf("clickhouse: encode breakdown of %s: %w", r.Identity(), err)
+			}
+			breakdown = string(b)
+		}
 		if err := batch.Append(r.Tenant, r.Meter, r.Customer, r.GroupKey, r.WindowStart, r.WindowEnd,
-			r.Quantity, r.Count, r.Amount, r.Currency, r.UnitPrice, r.Revision, final); err != nil {
+			r.Quantity, r.Count, r.Amount, r.Currency, r.UnitPrice, r.Revision, final, breakdown); err != nil {
 			return fmt.Errorf("clickhouse: append row %s: %w", r.Identity(), err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/engine"
+	"github.com/tally-billing/tally/rating"
 )
 
 func testAddr(t *testing.T) string {
@@ -67,6 +68,7 @@ func TestSinkCollapsesRevisionsAndRedeliveries(t *testing.T) {
 		{row("a", 3, "12345678901234567890.0123456789")}, // revision 3 arrives before 2
 		{row("a", 2, "11"), row("b", 1, "1")},            // b re-delivered after a crash
 		{row("c", 1, "-2.5")},                            // negative adjustment
+		{withBreakdown(row("d", 1, "3"))},
 	}
 	for _, b := range batches {
 		if err := sink.Write(ctx, b); err != nil {
@@ -77,9 +79,42 @@ func TestSinkCollapsesRevisionsAndRedeliveries(t *testing.T) {
 		database+".rated_usage FINAL ORDER BY customer FORMAT TSV")
 	want := "a\t3\t12345678901234567890.0123456789\t1234567890123.4567890012\t1\t2026-02-28 23:59:00\n" +
 		"b\t1\t1.0000000000\t0.0000001000\t0\t2026-02-28 23:59:00\n" +
-		"c\t1\t-2.5000000000\t-0.0000002500\t0\t2026-02-28 23:59:00"
+		"c\t1\t-2.5000000000\t-0.0000002500\t0\t2026-02-28 23:59:00\n" +
+		"d\t1\t3.0000000000\t0.0000003000\t0\t2026-02-28 23:59:00"
 	if got != want {
 		t.Errorf("FINAL rows:\n%s\nwant:\n%s", got, want)
+	}
+	if got := query(t, addr, "SELECT breakdown FROM "+database+".rated_usage FINAL WHERE customer = 'd' FORMAT TSVRaw"); !strings.Contains(got, `"description":"tier 1","units":"3"`) {
+		t.Errorf("breakdown %q lacks the tier line", got)
+	}
+}
+
+func withBreakdown(r engine.RatedRow) engine.RatedRow {
+	r.Breakdown = []rating.Line{{Description: "tier 1", Units: r.Quantity, UnitPrice: r.UnitPrice, Amount: r.Amount}}
+	return r
+}
+
+// TestOpenAddsColumnsToOlderTables: a rated_usage table created before the
+// breakdown column existed gets it when the sink opens.
+func TestOpenAddsColumnsToOlderTables(t *testing.T) {
+	addr := testAddr(t)
+	database := fmt.Sprintf("tally_old_table_%d", time.Now().UnixNano()%1e9)
+	old := strings.Replace(TableDDL(database, "rated_usage"), "    breakdown    String,\n", "", 1)
+	if old == TableDDL(database, "rated_usage") {
+		t.Fatal("could not derive the older DDL")
+	}
+	query(t, addr, "CREATE DATABASE IF NOT EXISTS "+database)
+	query(t, addr, old)
+	sink, err := Open(context.Background(), Config{Addr: addr, Database: database})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	if err := sink.Write(context.Background(), []engine.RatedRow{withBreakdown(row("e", 1, "1"))}); err != nil {
+		t.Fatalf("write to an upgraded table: %v", err)
+	}
+	if got := query(t, addr, "SELECT count() FROM "+database+".rated_usage WHERE breakdown != ''"); got != "1" {
+		t.Errorf("rows with a breakdown: %s, want 1", got)
 	}
 }
 
