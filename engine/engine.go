@@ -370,6 +370,10 @@ func (e *Engine) Shutdown() {
 // else why not.
 func (e *Engine) Ready() error { return e.health.check() }
 
+// maxErrorText bounds an error's text in readiness reports and logs: a
+// client error can list every failed message.
+const maxErrorText = 500
+
 // health is what /readyz reports.
 type health struct {
 	mu         sync.Mutex
@@ -386,7 +390,11 @@ func (h *health) check() error {
 		return errors.New("engine is recovering state or connecting to sources")
 	}
 	for name, err := range h.failing {
-		return fmt.Errorf("sink %s is failing: %v", name, err)
+		msg := err.Error()
+		if len(msg) > maxErrorText {
+			msg = msg[:maxErrorText] + "..."
+		}
+		return fmt.Errorf("sink %s is failing: %s", name, msg)
 	}
 	if h.paused {
 		return errors.New("consumption paused: sinks are behind (backpressure)")

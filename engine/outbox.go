@@ -161,7 +161,11 @@ func (e *Engine) writeWithRetry(ctx context.Context, w *sinkWorker, entries [][]
 			}
 			h.failing[w.name] = err
 		})
-		e.log.Warn("sink write failed; retrying", "sink", w.name, "rows", len(entries), "attempt", attempt, "retry_in", backoff, "err", err)
+		msg := err.Error()
+		if len(msg) > maxErrorText {
+			msg = msg[:maxErrorText] + "..."
+		}
+		e.log.Warn("sink write failed; retrying", "sink", w.name, "rows", len(entries), "attempt", attempt, "retry_in", backoff, "err", msg)
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():

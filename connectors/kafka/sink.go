@@ -19,6 +19,10 @@ type WriterConfig struct {
 	BatchRows int
 }
 
+// maxBatchBytes keeps a record batch under Kafka's default
+// message.max.bytes (1,048,588), leaving room for the batch header.
+const maxBatchBytes = 1_000_000
+
 func newWriter(cfg WriterConfig) *kafkago.Writer {
 	if cfg.BatchRows == 0 {
 		cfg.BatchRows = 10000
@@ -31,7 +35,9 @@ func newWriter(cfg WriterConfig) *kafkago.Writer {
 		Balancer:     &kafkago.Hash{},
 		RequiredAcks: kafkago.RequireAll,
 		BatchSize:    cfg.BatchRows,
-		BatchBytes:   64 << 20,
+		// One produce batch must fit the broker's message.max.bytes (1 MB by
+		// default, kfake included); kafka-go splits larger writes.
+		BatchBytes: maxBatchBytes,
 		// WriteMessages is synchronous; a long BatchTimeout would only delay
 		// the last partial batch of each call.
 		BatchTimeout: 5 * time.Millisecond,
