@@ -374,6 +374,15 @@ func (e *Engine) Ready() error { return e.health.check() }
 // client error can list every failed message.
 const maxErrorText = 500
 
+// errorText is err's text cut to maxErrorText bytes.
+func errorText(err error) string {
+	msg := err.Error()
+	if len(msg) > maxErrorText {
+		msg = msg[:maxErrorText] + "..."
+	}
+	return msg
+}
+
 // health is what /readyz reports.
 type health struct {
 	mu         sync.Mutex
@@ -390,11 +399,7 @@ func (h *health) check() error {
 		return errors.New("engine is recovering state or connecting to sources")
 	}
 	for name, err := range h.failing {
-		msg := err.Error()
-		if len(msg) > maxErrorText {
-			msg = msg[:maxErrorText] + "..."
-		}
-		return fmt.Errorf("sink %s is failing: %s", name, msg)
+		return fmt.Errorf("sink %s is failing: %s", name, errorText(err))
 	}
 	if h.paused {
 		return errors.New("consumption paused: sinks are behind (backpressure)")

@@ -161,11 +161,7 @@ func (e *Engine) writeWithRetry(ctx context.Context, w *sinkWorker, entries [][]
 			}
 			h.failing[w.name] = err
 		})
-		msg := err.Error()
-		if len(msg) > maxErrorText {
-			msg = msg[:maxErrorText] + "..."
-		}
-		e.log.Warn("sink write failed; retrying", "sink", w.name, "rows", len(entries), "attempt", attempt, "retry_in", backoff, "err", msg)
+		e.log.Warn("sink write failed; retrying", "sink", w.name, "rows", len(entries), "attempt", attempt, "retry_in", backoff, "err", errorText(err))
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
