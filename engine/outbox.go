@@ -327,10 +327,9 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		if err := e.store.Commit(cp); err != nil {
 			return fmt.Errorf("engine: checkpoint %d not durable, stopping so nothing unpersisted is acknowledged: %w", pc.seq, err)
 		}
-		// From here the checkpoint is durable: publish it.
-		e.committedSeq.Store(pc.seq)
-		e.wakeWaiters()
-
+		// From here the checkpoint is durable. Its counters are added before
+		// its sequence is published, so that whoever sees the sequence also
+		// sees what it counted.
 		e.metrics.checkpointDuration.Observe(time.Since(pc.cutAt).Seconds())
 		e.metrics.checkpointBytes.Observe(float64(len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + len(rows) + len(dead)))
 		e.metrics.checkpointSeq.Set(float64(pc.seq))
@@ -362,6 +361,8 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 			e.metrics.ratedAmount.WithLabelValues(currency).Set(total.InexactFloat64())
 		}
 		e.stats.revenueMu.Unlock()
+		e.committedSeq.Store(pc.seq)
+		e.wakeWaiters()
 	}
 	return nil
 }
