@@ -513,9 +513,20 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	// 1. Emit: closed windows with changes or whose last revision was
 	// provisional, and open windows with changes when asked to. Invariant: a
 	// window is in the unemitted list iff pendingEmission().
-	// Emission order decides which window an increment of a tiered charge
-	// falls to: make it deterministic.
-	slices.SortFunc(s.unemitted, func(a, b *window) int {
+	// Only the windows due now are ordered: emission order decides which
+	// window an increment of a tiered charge falls to, so it must be
+	// deterministic, but sorting every open window at every barrier would
+	// cost more than the records.
+	kept := s.unemitted[:0]
+	var due []*window
+	for _, w := range s.unemitted {
+		if s.rules.closed(w.endNs, b.watermarkNs) || (b.emitOpen && w.changed) {
+			due = append(due, w)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	slices.SortFunc(due, func(a, b *window) int {
 		switch {
 		case a.key.startNs != b.key.startNs:
 			return cmpInt64(a.key.startNs, b.key.startNs)
@@ -527,14 +538,8 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 			return strings.Compare(a.key.groupKey, b.key.groupKey)
 		}
 	})
-	kept := s.unemitted[:0]
-	for _, w := range s.unemitted {
+	for _, w := range due {
 		final := s.rules.closed(w.endNs, b.watermarkNs)
-		due := final || (b.emitOpen && w.changed)
-		if !due {
-			kept = append(kept, w)
-			continue
-		}
 		row, err := s.emit(w, final)
 		if err != nil {
 			snap.err = err
@@ -558,7 +563,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 
 	// 1b. Period fees: when a period closes (after its windows, emitted
 	// above), and again when late usage changed what it charged.
-	due := s.feeDue
+	fees := s.feeDue
 	s.feeDue = nil
 	for endNs, ps := range s.periodsByEnd {
 		if s.closedEnds[endNs] || !s.rules.closed(endNs, b.watermarkNs) {
@@ -566,10 +571,10 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		}
 		s.closedEnds[endNs] = true
 		for _, p := range ps {
-			due = append(due, p)
+			fees = append(fees, p)
 		}
 	}
-	slices.SortFunc(due, func(a, b *window) int {
+	slices.SortFunc(fees, func(a, b *window) int {
 		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
 			return c
 		}
@@ -578,7 +583,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		}
 		return cmpInt64(a.key.startNs, b.key.startNs)
 	})
-	for _, p := range due {
+	for _, p := range fees {
 		p.feeQueued = false
 		row, ok, err := s.emitPeriodFee(p)
 		if err != nil {
