@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,7 +77,7 @@ func naive(events []propEvent) map[string]string {
 	out := make(map[string]string)
 	for key, a := range accs {
 		var q decimal.Decimal
-		switch meter := key[:indexByte([]byte(key), '|')]; meter {
+		switch meter := key[:strings.IndexByte(key, '|')]; meter {
 		case "total":
 			q = a.sum
 		case "events":

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -529,7 +530,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	slices.SortFunc(due, func(a, b *window) int {
 		switch {
 		case a.key.startNs != b.key.startNs:
-			return cmpInt64(a.key.startNs, b.key.startNs)
+			return cmp.Compare(a.key.startNs, b.key.startNs)
 		case a.key.meter != b.key.meter:
 			return strings.Compare(a.key.meter, b.key.meter)
 		case a.key.customer != b.key.customer:
@@ -581,7 +582,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		if c := strings.Compare(a.key.meter, b.key.meter); c != 0 {
 			return c
 		}
-		return cmpInt64(a.key.startNs, b.key.startNs)
+		return cmp.Compare(a.key.startNs, b.key.startNs)
 	})
 	for _, p := range fees {
 		p.feeQueued = false
@@ -776,16 +777,6 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		Final:       final,
 		Breakdown:   charge.Lines,
 	}, nil
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // restoreWindow installs a window loaded from the store before run starts.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 
@@ -180,7 +181,7 @@ func decodeWindowKey(b []byte) (windowKey, int64, error) {
 	b = b[9:]
 	var parts [3]string
 	for i := range parts {
-		j := indexByte(b, 0)
+		j := bytes.IndexByte(b, 0)
 		if j < 0 {
 			return k, 0, fmt.Errorf("window key %q: missing separator", b)
 		}
@@ -193,15 +194,6 @@ func decodeWindowKey(b []byte) (windowKey, int64, error) {
 	k.meter, k.customer, k.groupKey = parts[0], parts[1], parts[2]
 	k.startNs = int64(binary.BigEndian.Uint64(b))
 	return k, periodEndNs, nil
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // windowValueVersion prefixes every encoded window so the layout can evolve.
