@@ -350,9 +350,14 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 			dups += n
 		}
 		e.stats.duplicates.Add(dups)
+		finals := 0
 		for _, r := range rows {
-			e.metrics.windowsEmitted.WithLabelValues(map[bool]string{true: "1", false: "0"}[r.Final]).Inc()
+			if r.Final {
+				finals++
+			}
 		}
+		e.metrics.windowsEmitted.WithLabelValues("1").Add(float64(finals))
+		e.metrics.windowsEmitted.WithLabelValues("0").Add(float64(len(rows) - finals))
 		e.stats.windowsEmitted.Add(uint64(len(rows)))
 		e.stats.revenueMu.Lock()
 		for currency, delta := range revenue {

@@ -345,7 +345,11 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 		if p := in == nil; p != paused {
 			paused = p
 			e.health.set(func(h *health) { h.paused = p })
-			e.metrics.backpressure.Set(map[bool]float64{true: 1, false: 0}[p])
+			if p {
+				e.metrics.backpressure.Set(1)
+			} else {
+				e.metrics.backpressure.Set(0)
+			}
 			if p {
 				e.log.Warn("sinks behind; pausing consumption", "undelivered_checkpoints", behind)
 			} else {
