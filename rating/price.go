@@ -190,23 +190,12 @@ func (pl *Plan) Increment(meter string, before, after decimal.Decimal) (Charge, 
 }
 
 // PeriodFee is what a closed billing period adds for meter on top of its
-// usage charges: the flat fee plus the minimum-commitment true-up, given
-// the usage charged in the period. ok is false when the meter has neither.
+// usage charges when one plan was in force all period: the flat fee plus
+// the minimum-commitment true-up, given the usage charged in the period.
+// ok is false when the meter has neither.
 func (pl *Plan) PeriodFee(meter string, usageCharged decimal.Decimal) (Charge, bool) {
-	price, found := pl.Meters[meter]
-	if !found || (price.FlatFee.IsZero() && price.MinimumCommitment.IsZero()) {
-		return Charge{}, false
-	}
-	var lines []Line
-	amount := pl.round(price.FlatFee)
-	if amount.IsPositive() {
-		lines = append(lines, Line{Description: "flat fee", Units: decimal.NewFromInt(1), UnitPrice: price.FlatFee, Amount: amount})
-	}
-	if trueUp := pl.TrueUp(meter, usageCharged); trueUp.IsPositive() {
-		lines = append(lines, Line{Description: "minimum commitment true-up", Units: decimal.NewFromInt(1), UnitPrice: trueUp, Amount: trueUp})
-		amount = amount.Add(trueUp)
-	}
-	return Charge{Amount: amount, Currency: pl.Currency, Lines: lines}, true
+	c, ok, _ := ProratedPeriodFee([]Share{{Plan: pl, Fraction: decimal.NewFromInt(1)}}, meter, usageCharged)
+	return c, ok // one plan: no currency mismatch
 }
 
 // Share is the part of a billing period a plan was in force for.
@@ -241,24 +230,18 @@ func ProratedPeriodFee(shares []Share, meter string, usageCharged decimal.Decima
 	if !found {
 		return Charge{}, false, nil
 	}
+	suffix := ""
+	if len(shares) > 1 || !shares[0].Fraction.Equal(decimal.NewFromInt(1)) {
+		suffix = " (prorated)"
+	}
 	var lines []Line
 	amount := first.round(flat)
 	if amount.IsPositive() {
-		lines = append(lines, Line{Description: "flat fee (prorated)", Units: decimal.NewFromInt(1), UnitPrice: amount, Amount: amount})
+		lines = append(lines, Line{Description: "flat fee" + suffix, Units: decimal.NewFromInt(1), UnitPrice: amount, Amount: amount})
 	}
 	if shortfall := first.round(commitment).Sub(usageCharged); shortfall.IsPositive() {
-		lines = append(lines, Line{Description: "minimum commitment true-up (prorated)", Units: decimal.NewFromInt(1), UnitPrice: shortfall, Amount: shortfall})
+		lines = append(lines, Line{Description: "minimum commitment true-up" + suffix, Units: decimal.NewFromInt(1), UnitPrice: shortfall, Amount: shortfall})
 		amount = amount.Add(shortfall)
 	}
 	return Charge{Amount: amount, Currency: first.Currency, Lines: lines}, true, nil
-}
-
-// TrueUp is what a minimum commitment adds at period close: the commitment
-// minus what the period's usage charged, if positive.
-func (pl *Plan) TrueUp(meter string, periodCharge decimal.Decimal) decimal.Decimal {
-	price := pl.Meters[meter]
-	if shortfall := price.MinimumCommitment.Sub(periodCharge); shortfall.IsPositive() {
-		return pl.round(shortfall)
-	}
-	return decimal.Zero
 }
