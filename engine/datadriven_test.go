@@ -39,11 +39,12 @@ func TestDataDriven(t *testing.T) {
 		var plan *rating.Plan
 		nextID := 0
 		var lastDuplicates uint64
+		breakdown := false
 		output := func(rows []RatedRow, dead []DeadLetter) string {
 			dups := h.engine.stats.duplicates.Load()
 			delta := dups - lastDuplicates
 			lastDuplicates = dups
-			return formatRows(rows, dead, delta)
+			return formatRows(rows, dead, delta, breakdown)
 		}
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			switch d.Cmd {
@@ -113,6 +114,7 @@ func TestDataDriven(t *testing.T) {
 				h.src.append(partition, records...)
 				return ""
 			case "checkpoint":
+				breakdown = d.HasArg("breakdown")
 				rows, dead := h.checkpoint(d.HasArg("emit-open"))
 				return output(rows, dead)
 			case "advance-clock":

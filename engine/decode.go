@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -248,23 +249,26 @@ func parseText(raw json.RawMessage) (string, error) {
 	return string(raw), nil
 }
 
-// groupKey renders the meter's group-by dimensions canonically.
-func groupKey(m *meterSpec, dims []Dim) string {
-	if m.groupAll {
+// groupKey renders the meter's group-by dimensions canonically, with extra
+// dimensions (the engine's own, such as the rate) added.
+func groupKey(m *meterSpec, dims []Dim, extra ...Dim) string {
+	if len(extra) == 0 && m.groupAll {
 		return canonicalGroupKey(dims)
 	}
-	if len(m.GroupBy) == 0 {
+	if len(extra) == 0 && len(m.GroupBy) == 0 {
 		return ""
 	}
-	picked := make([]Dim, 0, len(m.GroupBy))
+	picked := make([]Dim, 0, len(m.GroupBy)+len(extra))
 	for _, d := range dims {
-		for _, g := range m.GroupBy {
-			if d.Key == g {
-				picked = append(picked, d)
-				break
-			}
+		if len(extra) > 0 && d.Key == RateDim {
+			continue // reserved for the engine's rate (compileMeters refuses groupBy: [rate])
+		}
+		if m.groupAll || slices.Contains(m.GroupBy, d.Key) {
+			picked = append(picked, d)
 		}
 	}
+	picked = append(picked, extra...)
+	slices.SortStableFunc(picked, func(a, b Dim) int { return strings.Compare(a.Key, b.Key) })
 	return canonicalGroupKey(picked)
 }
 

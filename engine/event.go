@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -159,4 +160,62 @@ func escapeInto(b *strings.Builder, s string) {
 		}
 		b.WriteByte(c)
 	}
+}
+
+// groupDim returns the value of dimension key in a canonical group key, or
+// "" when it has none.
+func groupDim(groupKey, key string) string {
+	var k, v strings.Builder
+	cur, escaped := &k, false
+	for i := 0; i <= len(groupKey); i++ {
+		if i == len(groupKey) || (!escaped && groupKey[i] == ',') {
+			if k.String() == key {
+				return v.String()
+			}
+			k.Reset()
+			v.Reset()
+			cur = &k
+			continue
+		}
+		c := groupKey[i]
+		switch {
+		case escaped:
+			cur.WriteByte(c)
+			escaped = false
+		case c == '\\':
+			escaped = true
+		case c == '=' && cur == &k:
+			cur = &v
+		default:
+			cur.WriteByte(c)
+		}
+	}
+	return ""
+}
+
+// Dim returns the value of one of the event's dimensions.
+func (ev *Event) Dim(key string) (string, bool) {
+	i, ok := slices.BinarySearchFunc(ev.Dims, key, func(d Dim, k string) int { return strings.Compare(d.Key, k) })
+	if !ok {
+		return "", false
+	}
+	return ev.Dims[i].Value, true
+}
+
+// RateWithPlan is Rater.RateEvent once the customer's plan is known: usage
+// of a meter the plan does not price is ReasonUnpriced; a per-event price
+// charges the event.
+func RateWithPlan(plan *rating.Plan, meter string, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
+	price, ok := plan.Meters[meter]
+	if !ok {
+		return EventRating{}, ReasonUnpriced, fmt.Errorf("plan %s does not price it", plan.ID)
+	}
+	if !price.PerEvent() {
+		return EventRating{}, "", nil
+	}
+	c, err := plan.RateEvent(meter, units, time.Unix(0, ev.TimeNs).UTC(), ev.Dim)
+	if err != nil {
+		return EventRating{}, ReasonRating, err
+	}
+	return EventRating{PerEvent: true, Amount: c.Amount, Rate: c.Rate}, "", nil
 }

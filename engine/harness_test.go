@@ -127,7 +127,13 @@ func (c captureDead) WriteDeadLetters(_ context.Context, letters []DeadLetter) e
 // halfRater charges 0.5 per unit of every meter.
 type halfRater struct{}
 
-func (halfRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
+func (halfRater) RateEvent(string, string, time.Time, decimal.Decimal, *Event) (EventRating, Reason, error) {
+	return EventRating{}, "", nil
+}
+
+func (halfRater) IncrementEvents(string, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
+	return rating.Charge{}, fmt.Errorf("halfRater prices no meter per event")
+}
 
 func (halfRater) PeriodFee(string, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
 	return rating.Charge{}, false, nil
@@ -301,7 +307,7 @@ func (h *harness) final() map[string]RatedRow {
 	return best
 }
 
-func formatRows(rows []RatedRow, dead []DeadLetter, duplicates uint64) string {
+func formatRows(rows []RatedRow, dead []DeadLetter, duplicates uint64, breakdown bool) string {
 	var lines []string
 	for _, r := range rows {
 		status := "open"
@@ -315,6 +321,11 @@ func formatRows(rows []RatedRow, dead []DeadLetter, duplicates uint64) string {
 		lines = append(lines, fmt.Sprintf("%s %s %s %s..%s rev=%d %s quantity=%s count=%d amount=%s",
 			r.Meter, r.Customer, group, r.WindowStart.Format(time.RFC3339), r.WindowEnd.Format(time.RFC3339),
 			r.Revision, status, r.Quantity, r.Count, r.Amount))
+		if breakdown {
+			for _, l := range r.Breakdown {
+				lines[len(lines)-1] += fmt.Sprintf("\n  %s: %s x %s = %s", l.Description, l.Units, l.UnitPrice, l.Amount)
+			}
+		}
 	}
 	sort.Strings(lines)
 	var deadLines []string
@@ -337,11 +348,12 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 // planRater prices with a rating.Plan, as the binary does.
 type planRater struct{ plan *rating.Plan }
 
-func (r planRater) Covers(_, meter string, _ time.Time) (Reason, error) {
-	if !r.plan.Prices(meter) {
-		return ReasonUnpriced, fmt.Errorf("plan %s does not price it", r.plan.ID)
-	}
-	return "", nil
+func (r planRater) RateEvent(_, meter string, _ time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
+	return RateWithPlan(r.plan, meter, units, ev)
+}
+
+func (r planRater) IncrementEvents(_, meter string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
+	return r.plan.IncrementEvents(meter, usage, before, after)
 }
 
 func (r planRater) PeriodFee(_, meter string, _, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {

@@ -281,6 +281,14 @@ func (m *Meters) Additive(name string) bool {
 	return s != nil && s.additive()
 }
 
+// GroupBy returns the named meter's group-by dimensions.
+func (m *Meters) GroupBy(name string) []string {
+	if s := m.byName(name); s != nil {
+		return s.GroupBy
+	}
+	return nil
+}
+
 // Has reports whether a meter is configured.
 func (m *Meters) Has(name string) bool { return m.byName(name) != nil }
 

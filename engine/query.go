@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
 )
 
 // queryQueueLen bounds the queries waiting for one shard.
@@ -147,7 +148,14 @@ func (s *shard) answer(q *usageQuery) {
 			if s.watermarkNs != minWatermark && s.watermarkNs > key.startNs {
 				at = time.Unix(0, min(s.watermarkNs, w.endNs-1)).UTC()
 			}
-			charge, err := s.rater.Increment(key.customer, key.meter, at, decimal.Zero, w.quantity())
+			var charge rating.Charge
+			var err error
+			if w.perEvent {
+				usage := rating.WindowUsage{Units: w.quantity(), Events: w.count, Amount: w.money}
+				charge, err = s.rater.IncrementEvents(key.customer, key.meter, at, usage, decimal.Zero, w.money)
+			} else {
+				charge, err = s.rater.Increment(key.customer, key.meter, at, decimal.Zero, w.quantity())
+			}
 			if err != nil {
 				q.err <- fmt.Errorf("rate period of %s: %w", key.meter, err)
 				return

@@ -15,21 +15,45 @@ import (
 // Rater prices usage. It must be safe for concurrent use by all shards and
 // deterministic, so that replay reproduces the same rows.
 type Rater interface {
-	// Covers reports whether customer's usage of meter at t can be priced;
-	// if not, the reason (ReasonNoSubscription, ReasonUnpriced) and why. Such
-	// records are dead-lettered, never aggregated for free.
-	Covers(customer, meter string, t time.Time) (Reason, error)
+	// RateEvent decides how one event is priced before it is aggregated:
+	// units is what it adds to its meter (its value, or 1 for a count),
+	// windowStart the start of its window, whose plan prices it. When the
+	// price is per event (connect fees, per-event bounds, time bands,
+	// destinations) the rating carries the event's own charge and rate.
+	// When the usage cannot be priced, the reason (ReasonNoSubscription,
+	// ReasonUnpriced) and why: such records are dead-lettered, never
+	// aggregated for free.
+	RateEvent(customer, meter string, windowStart time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error)
 	// Increment is the charge of moving the billing period's charged-to-date
 	// quantity from before to after (rounded cumulative charge after minus
 	// before, so that increments add up to the period's charge), under the
 	// plan in force at windowStart.
 	Increment(customer, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
+	// IncrementEvents is Increment for a window of a per-event price:
+	// before and after are the period's sums of event charges; usage is the
+	// window's, to explain the charge.
+	IncrementEvents(customer, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error)
 	// PeriodFee is what a closed billing period of the meter adds on top of
 	// its usage (flat fee, minimum-commitment true-up given the usage
 	// charged), prorated over the plans in force during the period; ok is
 	// false when they have no period fee for the meter.
 	PeriodFee(customer, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
 }
+
+// EventRating is how a plan prices one event.
+type EventRating struct {
+	// PerEvent is set when the event is charged on its own: Amount is its
+	// unrounded charge, and windows are charged by the sum of theirs.
+	PerEvent bool
+	Amount   decimal.Decimal
+	// Rate names the band or destination rate the event is priced at. It
+	// joins the group key as the dimension rate=<name>, so that each row
+	// is priced at one rate and its breakdown can say which.
+	Rate string
+}
+
+// RateDim is the dimension that carries an event's rate in group keys.
+const RateDim = "rate"
 
 // PeriodFeeGroup is the group key of period fee rows: a period's flat fee
 // and commitment true-up, one row per (meter, customer, period). Real group
@@ -294,11 +318,19 @@ func (s *shard) apply(ev *Event) {
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
 		return
 	}
-	if reason, err := s.rater.Covers(ev.Customer, m.Name, time.Unix(0, startNs).UTC()); err != nil {
+	units := ev.Value
+	if m.Aggregation == AggCount {
+		units = decimal.NewFromInt(1)
+	}
+	rated, reason, err := s.rater.RateEvent(ev.Customer, m.Name, time.Unix(0, startNs).UTC(), units, ev)
+	if err != nil {
 		s.deadLetter(ev, reason, fmt.Sprintf("meter %s: %v", m.Name, err))
 		return
 	}
 	key := windowKey{meter: m.Name, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}
+	if rated.Rate != "" {
+		key.groupKey = groupKey(m, ev.Dims, Dim{Key: RateDim, Value: rated.Rate})
+	}
 	w := s.windows[key]
 	if w == nil && s.rules.closed(endNs, s.watermarkNs) {
 		// A closed window may have left memory (past the memory horizon, or
@@ -322,6 +354,9 @@ func (s *shard) apply(ev *Event) {
 		w = s.addWindow(key, m, endNs, periodEndNs)
 	}
 	w.add(ev)
+	if rated.PerEvent {
+		w.addMoney(rated.Amount)
+	}
 	s.touch(w)
 
 	periodKey := windowKey{meter: m.Name, customer: ev.Customer, startNs: periodStartNs, period: true}
@@ -334,6 +369,9 @@ func (s *shard) apply(ev *Event) {
 		s.indexPeriod(p)
 	}
 	p.add(ev)
+	if rated.PerEvent {
+		p.addMoney(rated.Amount)
+	}
 	if !p.dirty {
 		p.dirty = true
 		s.dirty = append(s.dirty, p)
@@ -734,15 +772,30 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	var amount decimal.Decimal
 	var charge rating.Charge
 	var err error
-	if w.meter.additive() {
+	switch {
+	case w.perEvent:
+		// The window's events were priced one by one: the period's sum of
+		// event charges moves by what the window gained since its last
+		// revision.
+		before := p.emittedMoney
+		after := before.Add(w.money.Sub(w.emittedMoney))
+		usage := rating.WindowUsage{Rate: groupDim(w.key.groupKey, RateDim), Units: quantity, Events: w.count, Amount: w.money}
+		if charge, err = s.rater.IncrementEvents(w.key.customer, w.key.meter, start, usage, before, after); err == nil {
+			amount = w.emittedAmount.Add(charge.Amount)
+			p.emittedMoney = after
+			w.emittedMoney = w.money
+		}
+	case w.meter.additive():
 		before := p.emittedQuantity
 		after := before.Add(quantity.Sub(w.emittedQuantity))
 		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedQuantity = after
 		}
-	} else if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, decimal.Zero, quantity); err == nil {
-		amount = charge.Amount
+	default:
+		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, decimal.Zero, quantity); err == nil {
+			amount = charge.Amount
+		}
 	}
 	if err == nil && !amount.Equal(w.emittedAmount) {
 		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))

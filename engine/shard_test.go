@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,7 +12,13 @@ import (
 // unitRater charges 0.5 per unit, in EUR.
 type unitRater struct{}
 
-func (unitRater) Covers(string, string, time.Time) (Reason, error) { return "", nil }
+func (unitRater) RateEvent(string, string, time.Time, decimal.Decimal, *Event) (EventRating, Reason, error) {
+	return EventRating{}, "", nil
+}
+
+func (unitRater) IncrementEvents(string, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
+	return rating.Charge{}, fmt.Errorf("unitRater prices no meter per event")
+}
 
 func (unitRater) PeriodFee(string, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
 	return rating.Charge{}, false, nil
@@ -168,7 +175,8 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 		t.Fatalf("key round trip: %+v, %d, %v; want %+v, 42", got, periodEnd, err, key)
 	}
 	w := &window{count: 12, sum: decimal.RequireFromString("123.4500000001"), revision: 3,
-		emittedAmount: decimal.RequireFromString("-0.5"), changed: true}
+		emittedAmount: decimal.RequireFromString("-0.5"), changed: true,
+		money: decimal.RequireFromString("7.25"), emittedMoney: decimal.RequireFromString("3"), perEvent: true}
 	encoded, err := encodeWindowValue(w)
 	if err != nil {
 		t.Fatal(err)
@@ -178,8 +186,26 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if back.count != w.count || !back.sum.Equal(w.sum) || back.revision != w.revision ||
-		!back.emittedAmount.Equal(w.emittedAmount) || back.changed != w.changed {
+		!back.emittedAmount.Equal(w.emittedAmount) || back.changed != w.changed ||
+		!back.money.Equal(w.money) || !back.emittedMoney.Equal(w.emittedMoney) || !back.perEvent {
 		t.Errorf("value round trip: %+v, want %+v", back, w)
+	}
+	// A version 1 value (written before per-event money) still reads: the
+	// same layout without the two money fields and the per-event flag.
+	v1 := &window{count: 12, sum: w.sum, revision: 3, emittedAmount: w.emittedAmount, changed: true}
+	v2, err := encodeWindowValue(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := appendDecimal(nil, decimal.Zero)
+	old := append([]byte{1}, v2[1:len(v2)-1-2*len(zero)]...)
+	old = append(old, v2[len(v2)-1])
+	back = window{}
+	if err := decodeWindowValue(old, &back); err != nil {
+		t.Fatalf("version 1 value: %v", err)
+	}
+	if back.count != 12 || !back.sum.Equal(w.sum) || back.revision != 3 || !back.changed || back.perEvent || !back.money.IsZero() {
+		t.Errorf("version 1 value read as %+v", back)
 	}
 	if err := decodeWindowValue([]byte{1, 2}, &back); err == nil {
 		t.Error("a truncated value decoded without error")

@@ -53,6 +53,12 @@ type window struct {
 	// chargedAmount is, for a billing-period aggregate, the sum of the
 	// amounts its windows were charged: the base of its commitment true-up.
 	chargedAmount decimal.Decimal
+	// money is the sum of the window's event charges when its price is
+	// per event (perEvent). emittedMoney is, for a window, the money of its
+	// last emitted revision; for a billing-period aggregate, the sum of
+	// event charges already charged through its windows.
+	money, emittedMoney decimal.Decimal
+	perEvent            bool
 	// feeQueued is set while a period is in the shard's fee list.
 	feeQueued bool
 	// changed is set when the aggregate differs from its last emitted revision.
@@ -118,6 +124,12 @@ func (w *window) add(ev *Event) {
 		}
 		w.sketch.Insert([]byte(ev.Text))
 	}
+}
+
+// addMoney adds one event's own charge (a per-event price).
+func (w *window) addMoney(amount decimal.Decimal) {
+	w.money = w.money.Add(amount)
+	w.perEvent = true
 }
 
 // avgDecimals is the precision of AVG quantities (ClickHouse's scale).
@@ -197,12 +209,15 @@ func decodeWindowKey(b []byte) (windowKey, int64, error) {
 }
 
 // windowValueVersion prefixes every encoded window so the layout can evolve.
-const windowValueVersion = 1
+// Version 2 added the per-event money after chargedAmount; version 1 values
+// (without it) are still read.
+const windowValueVersion = 2
 
 // Window flags, the last byte of an encoded window.
 const (
 	flagChanged      = 1 << 0
 	flagEmittedFinal = 1 << 1
+	flagPerEvent     = 1 << 2
 )
 
 // pendingEmission reports whether w has something to emit: changes, or a
@@ -242,6 +257,8 @@ func encodeWindowValue(w *window) ([]byte, error) {
 	b = appendDecimal(b, w.emittedAmount)
 	b = appendDecimal(b, w.emittedQuantity)
 	b = appendDecimal(b, w.chargedAmount)
+	b = appendDecimal(b, w.money)
+	b = appendDecimal(b, w.emittedMoney)
 	var flags byte
 	if w.changed {
 		flags |= flagChanged
@@ -249,13 +266,17 @@ func encodeWindowValue(w *window) ([]byte, error) {
 	if w.emittedFinal {
 		flags |= flagEmittedFinal
 	}
+	if w.perEvent {
+		flags |= flagPerEvent
+	}
 	return append(b, flags), nil
 }
 
 func decodeWindowValue(b []byte, w *window) error {
 	r := byteReader{b: b}
-	if v := r.byte(); v != windowValueVersion {
-		return fmt.Errorf("window value version %d, want %d", v, windowValueVersion)
+	version := r.byte()
+	if version != 1 && version != windowValueVersion {
+		return fmt.Errorf("window value version %d, want 1 or %d", version, windowValueVersion)
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
@@ -285,8 +306,13 @@ func decodeWindowValue(b []byte, w *window) error {
 	w.emittedAmount = r.decimal()
 	w.emittedQuantity = r.decimal()
 	w.chargedAmount = r.decimal()
+	if version >= 2 {
+		w.money = r.decimal()
+		w.emittedMoney = r.decimal()
+	}
 	flags := r.byte()
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
+	w.perEvent = flags&flagPerEvent != 0
 	if r.err != nil {
 		return fmt.Errorf("window value: %w", r.err)
 	}

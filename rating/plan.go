@@ -40,10 +40,14 @@ type Plan struct {
 	ID string `yaml:"id" json:"id"`
 	// ValidFrom is when this version of the plan comes into force; a
 	// window is priced by the version in force at its start.
-	ValidFrom time.Time        `yaml:"validFrom" json:"validFrom"`
-	Currency  string           `yaml:"currency" json:"currency"`
-	Rounding  Rounding         `yaml:"rounding" json:"rounding"`
-	Meters    map[string]Price `yaml:"meters" json:"meters"`
+	ValidFrom time.Time `yaml:"validFrom" json:"validFrom"`
+	Currency  string    `yaml:"currency" json:"currency"`
+	Rounding  Rounding  `yaml:"rounding" json:"rounding"`
+	// Timezone (IANA) is where time-of-day bands are read; default UTC.
+	Timezone string           `yaml:"timezone" json:"timezone,omitempty"`
+	Meters   map[string]Price `yaml:"meters" json:"meters"`
+
+	loc *time.Location
 }
 
 // Rounding is applied once, to each window's amount, after pricing.
@@ -69,6 +73,15 @@ type Price struct {
 	// FlatFee is a recurring fee per billing period, charged by the period,
 	// not by usage.
 	FlatFee decimal.Decimal `yaml:"flatFee" json:"flatFee"`
+	// EventFee is charged once per event (a call's connect fee, a
+	// payment's fixed fee); MinPerEvent and MaxPerEvent bound each event's
+	// charge; Bands and Destinations pick each event's unit price. Any of
+	// them makes the price per event (see event.go).
+	EventFee     decimal.Decimal  `yaml:"eventFee" json:"eventFee"`
+	MinPerEvent  *decimal.Decimal `yaml:"minPerEvent" json:"minPerEvent,omitempty"`
+	MaxPerEvent  *decimal.Decimal `yaml:"maxPerEvent" json:"maxPerEvent,omitempty"`
+	Bands        []Band           `yaml:"bands" json:"bands,omitempty"`
+	Destinations *Destinations    `yaml:"destinations" json:"destinations,omitempty"`
 }
 
 // DefaultDecimals is the money precision when a plan does not set one.
@@ -110,12 +123,23 @@ func (p *Plan) Validate() error {
 	default:
 		return fmt.Errorf("plan %s: field rounding.mode: %q is not one of half_up, half_even, up, down", id, p.Rounding.Mode)
 	}
+	if p.Timezone != "" {
+		loc, err := time.LoadLocation(p.Timezone)
+		if err != nil {
+			return fmt.Errorf("plan %s: field timezone: %q is not an IANA time zone such as Europe/London", id, p.Timezone)
+		}
+		p.loc = loc
+	}
 	if len(p.Meters) == 0 {
 		return fmt.Errorf("plan %s: field meters: no meter is priced", id)
 	}
 	for _, name := range p.MeterNames() {
 		price := p.Meters[name]
-		if err := price.validate(fmt.Sprintf("plan %s: meters.%s", id, name)); err != nil {
+		where := fmt.Sprintf("plan %s: meters.%s", id, name)
+		if err := price.validate(where); err != nil {
+			return err
+		}
+		if err := price.validatePerEvent(where); err != nil {
 			return err
 		}
 	}

@@ -179,6 +179,9 @@ func (pl *Plan) Increment(meter string, before, after decimal.Decimal) (Charge, 
 	if !ok {
 		return Charge{}, fmt.Errorf("plan %s: meter %q is not priced", pl.ID, meter)
 	}
+	if price.PerEvent() {
+		return Charge{}, fmt.Errorf("plan %s: meter %q is priced per event; its charges come from RateEvent and IncrementEvents", pl.ID, meter)
+	}
 	amountBefore, _ := price.Charge(before)
 	amountAfter, lines := price.Charge(after)
 	return Charge{

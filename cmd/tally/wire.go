@@ -59,16 +59,26 @@ func (p *pricing) plan(customer string, at time.Time) (*rating.Plan, engine.Reas
 	return plan, "", nil
 }
 
-// Covers implements engine.Rater.
-func (p *pricing) Covers(customer, meter string, at time.Time) (engine.Reason, error) {
-	plan, reason, err := p.plan(customer, at)
+// RateEvent implements engine.Rater.
+func (p *pricing) RateEvent(customer, meter string, windowStart time.Time, units decimal.Decimal, ev *engine.Event) (engine.EventRating, engine.Reason, error) {
+	plan, reason, err := p.plan(customer, windowStart)
 	if err != nil {
-		return reason, err
+		return engine.EventRating{}, reason, err
 	}
-	if !plan.Prices(meter) {
-		return engine.ReasonUnpriced, fmt.Errorf("plan %s of customer %s does not price it", plan.ID, customer)
+	r, reason, err := engine.RateWithPlan(plan, meter, units, ev)
+	if err != nil {
+		return r, reason, fmt.Errorf("customer %s: %w", customer, err)
 	}
-	return "", nil
+	return r, "", nil
+}
+
+// IncrementEvents implements engine.Rater.
+func (p *pricing) IncrementEvents(customer, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
+	plan, _, err := p.plan(customer, windowStart)
+	if err != nil {
+		return rating.Charge{}, err
+	}
+	return plan.IncrementEvents(meter, usage, before, after)
 }
 
 // Increment implements engine.Rater.
@@ -155,8 +165,14 @@ func compileMeters(cfg Config, p *pricing) (*engine.Meters, error) {
 	for _, v := range p.catalog.Versions() {
 		for _, name := range v.MeterNames() {
 			price := v.Meters[name]
-			if meters.Has(name) && !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero()) {
-				return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals, which only SUM and COUNT meters have; price this meter per_unit without an allowance", v.ID, name, price.Model)
+			if !meters.Has(name) {
+				continue
+			}
+			if !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero() || price.PerEvent()) {
+				return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals or per-event charges, which only SUM and COUNT meters have; price this meter per_unit without an allowance or per-event fields", v.ID, name, price.Model)
+			}
+			if price.RateKeyed() && slices.Contains(meters.GroupBy(name), engine.RateDim) {
+				return nil, fmt.Errorf("config key meters: meter %s groups by %q, which plan %s's bands or destinations fill with the rate; rename that dimension", name, engine.RateDim, v.ID)
 			}
 		}
 	}
