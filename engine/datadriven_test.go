@@ -40,6 +40,7 @@ func TestDataDriven(t *testing.T) {
 		nextID := 0
 		var lastDuplicates uint64
 		breakdown := false
+		var catalog *catalogRater
 		output := func(rows []RatedRow, dead []DeadLetter) string {
 			dups := h.engine.stats.duplicates.Load()
 			delta := dups - lastDuplicates
@@ -67,6 +68,14 @@ func TestDataDriven(t *testing.T) {
 				}
 				plan = p
 				return ""
+			case "catalog":
+				c, err := rating.ParseCatalog([]byte(d.Input))
+				if err != nil {
+					d.Fatalf(t, "catalog: %v", err)
+				}
+				subs, _ := rating.NewSubscriptions(nil, c)
+				catalog = &catalogRater{catalog: c, subs: subs}
+				return ""
 			case "meters":
 				if err := yaml.Unmarshal([]byte(d.Input), &meters); err != nil {
 					d.Fatalf(t, "meters: %v", err)
@@ -76,6 +85,9 @@ func TestDataDriven(t *testing.T) {
 				h = newHarness(t, partitions)
 				if plan != nil {
 					h.rater = planRater{plan: plan}
+				}
+				if catalog != nil {
+					h.rater = *catalog
 				}
 				for _, a := range cfgArgs {
 					if err := applyConfigArg(&h.cfg, a); err != nil {

@@ -49,6 +49,8 @@ type wireEvent struct {
 	Time     string          `json:"time"`
 	Value    json.RawMessage `json:"value"`
 	Dims     map[string]any  `json:"dims"`
+	// Plan is the plan of a plain-form subscription event.
+	Plan string `json:"plan"`
 	// CloudEvents: type is the meter, subject the customer, data the payload.
 	SpecVersion string                     `json:"specversion"`
 	Source      string                     `json:"source"`
@@ -139,6 +141,9 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 		dims, err = dataDims(w.Data)
 	} else {
 		base.ID, eventType, base.Customer = w.ID, w.Meter, w.Customer
+		if eventType == "" && strings.HasPrefix(w.Type, subscriptionTypePrefix) {
+			eventType = w.Type
+		}
 		rawValue = w.Value
 		dims, err = plainDims(w.Dims)
 	}
@@ -166,6 +171,9 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 	}
 	if d.maxFutureSkew > 0 && base.TimeNs > d.now().Add(d.maxFutureSkew).UnixNano() {
 		return out, fail(ReasonTimeRange, "time %s is more than %s in the future", w.Time, d.maxFutureSkew)
+	}
+	if strings.HasPrefix(eventType, subscriptionTypePrefix) {
+		return d.decodeSubscription(base, eventType, &w, out)
 	}
 	meters := d.meters.byType[eventType]
 	if len(meters) == 0 {
@@ -201,6 +209,40 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 		out = append(out, ev)
 	}
 	return out, nil
+}
+
+// Subscription event types: provisioning systems publish them (plain form
+// with "type" and "plan", or CloudEvents with data.plan), and from the
+// event's time on the customer is on the plan, or on none once cancelled.
+const (
+	subscriptionTypePrefix = "subscription."
+	SubscriptionCreated    = "subscription.created"
+	SubscriptionChanged    = "subscription.plan_changed"
+	SubscriptionCancelled  = "subscription.cancelled"
+)
+
+func (d *Decoder) decodeSubscription(ev Event, eventType string, w *wireEvent, out []Event) ([]Event, error) {
+	plan := w.Plan
+	if raw, ok := w.Data["plan"]; ok {
+		if err := json.Unmarshal(raw, &plan); err != nil {
+			return out, fail(ReasonInvalidField, "data.plan is not a string")
+		}
+	}
+	switch eventType {
+	case SubscriptionCreated, SubscriptionChanged:
+		if plan == "" {
+			return out, fail(ReasonMissingField, "%s has no plan", eventType)
+		}
+		if err := checkIdentifier("plan", plan); err != nil {
+			return out, err
+		}
+	case SubscriptionCancelled:
+		plan = ""
+	default:
+		return out, fail(ReasonInvalidField, "event type %q is not one of %s, %s, %s", eventType, SubscriptionCreated, SubscriptionChanged, SubscriptionCancelled)
+	}
+	ev.Subscription, ev.Plan, ev.Meter = true, plan, eventType
+	return append(out, ev), nil
 }
 
 func valuePathName(m *meterSpec) string {

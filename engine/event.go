@@ -43,6 +43,11 @@ type Event struct {
 	Dims     []Dim           // sorted by key, keys unique
 	GroupKey string          // canonical form of Dims, part of the window identity
 
+	// Subscription marks a subscription event: from TimeNs on, Customer is
+	// on Plan ("" when cancelled). It has no meter.
+	Subscription bool
+	Plan         string
+
 	// Where the event was read, kept for dead letters after decoding.
 	Partition PartitionID
 	Offset    int64

@@ -127,19 +127,19 @@ func (c captureDead) WriteDeadLetters(_ context.Context, letters []DeadLetter) e
 // halfRater charges 0.5 per unit of every meter.
 type halfRater struct{}
 
-func (halfRater) RateEvent(string, string, time.Time, decimal.Decimal, *Event) (EventRating, Reason, error) {
+func (halfRater) RateEvent(Subscriber, string, time.Time, decimal.Decimal, *Event) (EventRating, Reason, error) {
 	return EventRating{}, "", nil
 }
 
-func (halfRater) IncrementEvents(string, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
+func (halfRater) IncrementEvents(Subscriber, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
 	return rating.Charge{}, fmt.Errorf("halfRater prices no meter per event")
 }
 
-func (halfRater) PeriodFee(string, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
+func (halfRater) PeriodFee(Subscriber, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
 	return rating.Charge{}, false, nil
 }
 
-func (halfRater) Increment(_, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+func (halfRater) Increment(_ Subscriber, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
 	return rating.Charge{Amount: after.Mul(price).Round(6).Sub(before.Mul(price).Round(6)), Currency: "EUR", UnitPrice: price}, nil
 }
@@ -348,19 +348,92 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 // planRater prices with a rating.Plan, as the binary does.
 type planRater struct{ plan *rating.Plan }
 
-func (r planRater) RateEvent(_, meter string, _ time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
+func (r planRater) RateEvent(_ Subscriber, meter string, _ time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
 	return RateWithPlan(r.plan, meter, units, ev)
 }
 
-func (r planRater) IncrementEvents(_, meter string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
+func (r planRater) IncrementEvents(_ Subscriber, meter string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
 	return r.plan.IncrementEvents(meter, usage, before, after)
 }
 
-func (r planRater) PeriodFee(_, meter string, _, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
+func (r planRater) PeriodFee(_ Subscriber, meter string, _, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
 	c, ok := r.plan.PeriodFee(meter, charged)
 	return c, ok, nil
 }
 
-func (r planRater) Increment(_, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+func (r planRater) Increment(_ Subscriber, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	return r.plan.Increment(meter, before, after)
+}
+
+// catalogRater prices with a plan catalog and subscription events, as the
+// binary's pricing does (without configured subscriptions or default plan).
+type catalogRater struct {
+	catalog *rating.Catalog
+	subs    *rating.Subscriptions
+}
+
+func (r catalogRater) plan(sub Subscriber, at time.Time) (*rating.Plan, error) {
+	id, ok := r.subs.Timeline(sub.ID, sub.Changes).Lookup(at)
+	if !ok {
+		return nil, fmt.Errorf("customer %s has no subscription at %s", sub.ID, at.Format(time.RFC3339))
+	}
+	return r.catalog.Plan(id, at)
+}
+
+func (r catalogRater) RateEvent(sub Subscriber, meter string, at time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
+	plan, err := r.plan(sub, at)
+	if err != nil {
+		return EventRating{}, ReasonNoSubscription, err
+	}
+	return RateWithPlan(plan, meter, units, ev)
+}
+
+func (r catalogRater) Increment(sub Subscriber, meter string, at time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+	plan, err := r.plan(sub, at)
+	if err != nil {
+		return rating.Charge{}, err
+	}
+	return plan.Increment(meter, before, after)
+}
+
+func (r catalogRater) IncrementEvents(sub Subscriber, meter string, at time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
+	plan, err := r.plan(sub, at)
+	if err != nil {
+		return rating.Charge{}, err
+	}
+	return plan.IncrementEvents(meter, usage, before, after)
+}
+
+func (r catalogRater) shares(sub Subscriber, start, end time.Time) []rating.Share {
+	var shares []rating.Share
+	total := decimal.NewFromInt(int64(end.Sub(start)))
+	for _, seg := range r.subs.Timeline(sub.ID, sub.Changes).Segments("", start, end) {
+		if plan, err := r.catalog.Plan(seg.Plan, seg.Start); err == nil {
+			shares = append(shares, rating.Share{Plan: plan, Fraction: decimal.NewFromInt(int64(seg.End.Sub(seg.Start))).Div(total)})
+		}
+	}
+	return shares
+}
+
+func (r catalogRater) PeriodFee(sub Subscriber, meter string, start, end time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
+	return rating.ProratedPeriodFee(r.shares(sub, start, end), meter, charged)
+}
+
+func (r catalogRater) CheckPlan(id string) error {
+	_, err := r.catalog.Plan(id, time.Now())
+	return err
+}
+
+func (r catalogRater) Subscribers() []string { return r.subs.Customers() }
+
+func (r catalogRater) FeeMeters(sub Subscriber, start, end time.Time) []string {
+	var out []string
+	for _, sh := range r.shares(sub, start, end) {
+		for _, name := range sh.Plan.MeterNames() {
+			if p := sh.Plan.Meters[name]; !p.FlatFee.IsZero() || !p.MinimumCommitment.IsZero() {
+				out = append(out, name)
+			}
+		}
+	}
+	return out
 }

@@ -278,6 +278,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 				return fmt.Errorf("engine: checkpoint %d: shard %d: %w", pc.seq, snap.shard, snap.err)
 			}
 			cp.WindowPuts = append(cp.WindowPuts, snap.windowPuts...)
+			cp.SubscriptionPuts = append(cp.SubscriptionPuts, snap.subsPuts...)
 			cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
 			cp.DedupAdds = append(cp.DedupAdds, snap.dedupAdds...)
 			rows = append(rows, snap.rows...)

@@ -150,11 +150,16 @@ func (s *shard) answer(q *usageQuery) {
 			}
 			var charge rating.Charge
 			var err error
-			if w.perEvent {
+			sub := s.subscriber(key.customer)
+			switch {
+			case w.perEvent:
 				usage := rating.WindowUsage{Units: w.quantity(), Events: w.count, Amount: w.money}
-				charge, err = s.rater.IncrementEvents(key.customer, key.meter, at, usage, decimal.Zero, w.money)
-			} else {
-				charge, err = s.rater.Increment(key.customer, key.meter, at, decimal.Zero, w.quantity())
+				charge, err = s.rater.IncrementEvents(sub, key.meter, at, usage, decimal.Zero, w.money)
+			case w.count == 0:
+				// Opened for its period fees only: no usage charge yet.
+				charge, err = s.rater.IncrementEvents(sub, key.meter, at, rating.WindowUsage{}, decimal.Zero, decimal.Zero)
+			default:
+				charge, err = s.rater.Increment(sub, key.meter, at, decimal.Zero, w.quantity())
 			}
 			if err != nil {
 				q.err <- fmt.Errorf("rate period of %s: %w", key.meter, err)

@@ -205,6 +205,24 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rules, ok := e.rater.(SubscriptionRules); ok {
+		for _, c := range rules.Subscribers() {
+			e.shards[routingHash(c)%n].feeCustomers[c] = minWatermark
+		}
+	}
+	err = e.store.Subscriptions(func(k, v []byte) error {
+		changes, err := decodeChanges(v)
+		if err != nil {
+			return fmt.Errorf("engine: recover subscriptions of %q: %w: state is corrupt", k, err)
+		}
+		sh := e.shards[routingHash(string(k))%n]
+		sh.subs[string(k)] = changes
+		sh.feeCustomers[string(k)] = minWatermark
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	memoryExpiry := e.rules.dedupMemoryExpiry(wm)
 	err = e.store.Dedup(func(d state.DedupEntry) error {
 		if d.BucketNs >= memoryExpiry {
@@ -386,7 +404,9 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			p.nextOffset, p.highWater, p.lastRecordAt = b.nextOffset, b.highWater, e.now()
 			for i := range b.events {
 				ev := &b.events[i]
-				if ev.TimeNs > p.maxEventTimeNs {
+				// A subscription event's time is when its change takes
+				// effect, possibly months ahead: only usage moves time.
+				if ev.TimeNs > p.maxEventTimeNs && !ev.Subscription {
 					p.maxEventTimeNs = ev.TimeNs
 				}
 				s := routingHash(ev.Customer) % uint64(len(e.shards))

@@ -23,21 +23,42 @@ type Rater interface {
 	// When the usage cannot be priced, the reason (ReasonNoSubscription,
 	// ReasonUnpriced) and why: such records are dead-lettered, never
 	// aggregated for free.
-	RateEvent(customer, meter string, windowStart time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error)
+	RateEvent(sub Subscriber, meter string, windowStart time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error)
 	// Increment is the charge of moving the billing period's charged-to-date
 	// quantity from before to after (rounded cumulative charge after minus
 	// before, so that increments add up to the period's charge), under the
 	// plan in force at windowStart.
-	Increment(customer, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
+	Increment(sub Subscriber, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
 	// IncrementEvents is Increment for a window of a per-event price:
 	// before and after are the period's sums of event charges; usage is the
 	// window's, to explain the charge.
-	IncrementEvents(customer, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error)
+	IncrementEvents(sub Subscriber, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error)
 	// PeriodFee is what a closed billing period of the meter adds on top of
 	// its usage (flat fee, minimum-commitment true-up given the usage
 	// charged), prorated over the plans in force during the period; ok is
 	// false when they have no period fee for the meter.
-	PeriodFee(customer, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
+	PeriodFee(sub Subscriber, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
+}
+
+// Subscriber is a customer as a Rater sees it: its id and the subscription
+// changes its subscription events made, which apply on top of its
+// configured subscriptions (rating.Subscriptions.Timeline).
+type Subscriber struct {
+	ID      string
+	Changes []rating.Change
+}
+
+// SubscriptionRules is what the engine needs to apply subscription events
+// and to charge period fees of subscribers without usage. A Rater that does
+// not implement it has no subscriptions: such events are dead-lettered.
+type SubscriptionRules interface {
+	// CheckPlan reports whether a subscription event may name plan id.
+	CheckPlan(id string) error
+	// Subscribers lists the customers with configured subscriptions.
+	Subscribers() []string
+	// FeeMeters lists the meters whose period fees (flat fee, commitment)
+	// sub owes for the billing period, usage or not.
+	FeeMeters(sub Subscriber, periodStart, periodEnd time.Time) []string
 }
 
 // EventRating is how a plan prices one event.
@@ -150,6 +171,7 @@ type shardSnapshot struct {
 	shard         int
 	windowPuts    []state.KV
 	windowDeletes [][]byte
+	subsPuts      []state.KV
 	dedupAdds     []state.DedupEntry
 	rows          []RatedRow
 	deadLetters   []DeadLetter
@@ -206,6 +228,14 @@ type shard struct {
 	// close; feeDue lists closed periods whose charged usage changed since.
 	closedEnds map[int64]bool
 	feeDue     []*window
+	// subs holds the subscription changes of the shard's customers read
+	// from subscription events; subsDirty those changed since the last
+	// barrier. feeCustomers are the customers with subscriptions (configured
+	// or from events), whose period fees are owed usage or not; feeOpened
+	// the start of the last period opened for each.
+	subs         map[string][]rating.Change
+	subsDirty    map[string]bool
+	feeCustomers map[string]int64
 
 	watermarkNs int64
 	dirty       []*window
@@ -243,6 +273,9 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		periodsByEnd: make(map[int64]map[windowKey]*window),
 		byCustomer:   make(map[string][]*window),
 		closedEnds:   make(map[int64]bool),
+		subs:         make(map[string][]rating.Change),
+		subsDirty:    make(map[string]bool),
+		feeCustomers: make(map[string]int64),
 		dedup:        newDedupSet(),
 		queries:      make(chan *usageQuery, queryQueueLen),
 		watermarkNs:  minWatermark,
@@ -301,6 +334,10 @@ func (s *shard) deadLetter(ev *Event, reason Reason, detail string) {
 // horizon covers exactly the records that are not late. The cardinality
 // check comes after dedup so that a duplicate is never dead-lettered.
 func (s *shard) apply(ev *Event) {
+	if ev.Subscription {
+		s.applySubscription(ev)
+		return
+	}
 	m := ev.meter
 	cust := s.customers.get(ev.Customer)
 	loc := time.UTC
@@ -322,7 +359,7 @@ func (s *shard) apply(ev *Event) {
 	if m.Aggregation == AggCount {
 		units = decimal.NewFromInt(1)
 	}
-	rated, reason, err := s.rater.RateEvent(ev.Customer, m.Name, time.Unix(0, startNs).UTC(), units, ev)
+	rated, reason, err := s.rater.RateEvent(s.subscriber(ev.Customer), m.Name, time.Unix(0, startNs).UTC(), units, ev)
 	if err != nil {
 		s.deadLetter(ev, reason, fmt.Sprintf("meter %s: %v", m.Name, err))
 		return
@@ -600,6 +637,10 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	clear(s.unemitted[len(kept):])
 	s.unemitted = kept
 
+	// 1a. Subscribers owe their period fees usage or not: make sure each
+	// has its current period's aggregates.
+	s.openFeePeriods()
+
 	// 1b. Period fees: when a period closes (after its windows, emitted
 	// above), and again when late usage changed what it charged.
 	fees := s.feeDue
@@ -710,6 +751,10 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	clear(s.dirty)
 	s.dirty = s.dirty[:0]
 	snap.windowDeletes, s.deleted = s.deleted, nil
+	for customer := range s.subsDirty {
+		snap.subsPuts = append(snap.subsPuts, state.KV{Key: []byte(customer), Value: encodeChanges(s.subs[customer])})
+	}
+	clear(s.subsDirty)
 	snap.dedupAdds = make([]state.DedupEntry, len(s.dedup.added))
 	for i, a := range s.dedup.added {
 		snap.dedupAdds[i] = state.DedupEntry{BucketNs: a.bucketNs, IDHash: a.id, RoutingHash: a.routingHash}
@@ -729,7 +774,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 // has a fee for the meter and the amount differs from the last one emitted.
 func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	start := time.Unix(0, p.key.startNs).UTC()
-	charge, ok, err := s.rater.PeriodFee(p.key.customer, p.key.meter, start, time.Unix(0, p.endNs).UTC(), p.chargedAmount)
+	charge, ok, err := s.rater.PeriodFee(s.subscriber(p.key.customer), p.key.meter, start, time.Unix(0, p.endNs).UTC(), p.chargedAmount)
 	if err != nil {
 		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", p.key.meter, p.key.customer, start.Format(time.RFC3339), err)
 	}
@@ -780,7 +825,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		before := p.emittedMoney
 		after := before.Add(w.money.Sub(w.emittedMoney))
 		usage := rating.WindowUsage{Rate: groupDim(w.key.groupKey, RateDim), Units: quantity, Events: w.count, Amount: w.money}
-		if charge, err = s.rater.IncrementEvents(w.key.customer, w.key.meter, start, usage, before, after); err == nil {
+		if charge, err = s.rater.IncrementEvents(s.subscriber(w.key.customer), w.key.meter, start, usage, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedMoney = after
 			w.emittedMoney = w.money
@@ -788,12 +833,12 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	case w.meter.additive():
 		before := p.emittedQuantity
 		after := before.Add(quantity.Sub(w.emittedQuantity))
-		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, before, after); err == nil {
+		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedQuantity = after
 		}
 	default:
-		if charge, err = s.rater.Increment(w.key.customer, w.key.meter, start, decimal.Zero, quantity); err == nil {
+		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, decimal.Zero, quantity); err == nil {
 			amount = charge.Amount
 		}
 	}

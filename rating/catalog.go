@@ -102,13 +102,22 @@ type Subscription struct {
 
 // Subscriptions finds the plan of a customer at a time. Immutable.
 type Subscriptions struct {
-	byCustomer map[string][]Subscription // by Start ascending
+	byCustomer map[string][]Change // by At ascending
+}
+
+// Change is a point in a customer's subscription history: from At on, the
+// customer is on Plan ("" for no plan: cancelled). Subscriptions from the
+// configuration become changes (start: the plan; end: ""), and subscription
+// events add changes on top of them.
+type Change struct {
+	At   time.Time
+	Plan string
 }
 
 // NewSubscriptions validates subs against the catalog: known plans, start
 // before end, no overlapping subscriptions of one customer.
 func NewSubscriptions(subs []Subscription, catalog *Catalog) (*Subscriptions, error) {
-	s := &Subscriptions{byCustomer: make(map[string][]Subscription)}
+	byCustomer := make(map[string][]Subscription)
 	for i, sub := range subs {
 		at := fmt.Sprintf("subscriptions[%d] (customer %s)", i, sub.Customer)
 		switch {
@@ -121,9 +130,10 @@ func NewSubscriptions(subs []Subscription, catalog *Catalog) (*Subscriptions, er
 		case !sub.End.IsZero() && !sub.End.After(sub.Start):
 			return nil, fmt.Errorf("%s.end: %s is not after start %s", at, sub.End.Format(time.RFC3339), sub.Start.Format(time.RFC3339))
 		}
-		s.byCustomer[sub.Customer] = append(s.byCustomer[sub.Customer], sub)
+		byCustomer[sub.Customer] = append(byCustomer[sub.Customer], sub)
 	}
-	for customer, list := range s.byCustomer {
+	s := &Subscriptions{byCustomer: make(map[string][]Change)}
+	for customer, list := range byCustomer {
 		sort.Slice(list, func(i, j int) bool { return list[i].Start.Before(list[j].Start) })
 		for i := 1; i < len(list); i++ {
 			if prev := list[i-1]; prev.End.IsZero() || prev.End.After(list[i].Start) {
@@ -131,18 +141,66 @@ func NewSubscriptions(subs []Subscription, catalog *Catalog) (*Subscriptions, er
 					customer, prev.Plan, prev.Start.Format(time.RFC3339), list[i].Plan, list[i].Start.Format(time.RFC3339))
 			}
 		}
+		var changes []Change
+		for _, sub := range list {
+			if n := len(changes); n > 0 && changes[n-1].At.Equal(sub.Start) {
+				changes = changes[:n-1] // an end meeting the next start
+			}
+			changes = append(changes, Change{At: sub.Start, Plan: sub.Plan})
+			if !sub.End.IsZero() {
+				changes = append(changes, Change{At: sub.End})
+			}
+		}
+		s.byCustomer[customer] = changes
 	}
 	return s, nil
 }
 
-// Lookup returns the plan id of customer's subscription active at t.
-func (s *Subscriptions) Lookup(customer string, t time.Time) (string, bool) {
-	for _, sub := range s.byCustomer[customer] {
-		if !t.Before(sub.Start) && (sub.End.IsZero() || t.Before(sub.End)) {
-			return sub.Plan, true
-		}
+// Customers returns the customers with configured subscriptions, sorted.
+func (s *Subscriptions) Customers() []string {
+	out := make([]string, 0, len(s.byCustomer))
+	for c := range s.byCustomer {
+		out = append(out, c)
 	}
-	return "", false
+	sort.Strings(out)
+	return out
+}
+
+// Timeline is one customer's subscription history, by At ascending.
+type Timeline []Change
+
+// Timeline returns customer's configured history with the changes of its
+// subscription events applied on top (in order; at equal times the event
+// wins).
+func (s *Subscriptions) Timeline(customer string, events []Change) Timeline {
+	configured := s.byCustomer[customer]
+	if len(events) == 0 {
+		return configured
+	}
+	out := make(Timeline, 0, len(configured)+len(events))
+	out = append(out, configured...)
+	out = append(out, events...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
+	return out
+}
+
+// Lookup returns the plan id of customer's configured subscription active at t.
+func (s *Subscriptions) Lookup(customer string, t time.Time) (string, bool) {
+	return s.Timeline(customer, nil).Lookup(t)
+}
+
+// Segments is Timeline.Segments of customer's configured subscriptions.
+func (s *Subscriptions) Segments(customer, defaultPlan string, start, end time.Time) []Segment {
+	return s.Timeline(customer, nil).Segments(defaultPlan, start, end)
+}
+
+// Lookup returns the plan in force at t: the last change not after it.
+func (tl Timeline) Lookup(t time.Time) (string, bool) {
+	i := sort.Search(len(tl), func(i int) bool { return tl[i].At.After(t) })
+	if i == 0 || tl[i-1].Plan == "" {
+		return "", false
+	}
+	return tl[i-1].Plan, true
 }
 
 // Segment is a stretch of time a customer was on one plan.
@@ -151,33 +209,37 @@ type Segment struct {
 	Start, End time.Time
 }
 
-// Segments returns the customer's subscriptions cut to [start, end), in
-// order; gaps are filled with defaultPlan when it is set.
-func (s *Subscriptions) Segments(customer, defaultPlan string, start, end time.Time) []Segment {
+// Segments returns the stretches of [start, end) on one plan, in order;
+// stretches without a plan get defaultPlan when it is set.
+func (tl Timeline) Segments(defaultPlan string, start, end time.Time) []Segment {
 	var out []Segment
+	plan, _ := tl.Lookup(start)
 	cursor := start
-	fill := func(until time.Time) {
-		if defaultPlan != "" && until.After(cursor) {
-			out = append(out, Segment{Plan: defaultPlan, Start: cursor, End: until})
+	flush := func(until time.Time) {
+		p := plan
+		if p == "" {
+			p = defaultPlan
+		}
+		if p == "" || !until.After(cursor) {
+			return
+		}
+		if n := len(out); n > 0 && out[n-1].Plan == p && out[n-1].End.Equal(cursor) {
+			out[n-1].End = until
+		} else {
+			out = append(out, Segment{Plan: p, Start: cursor, End: until})
 		}
 	}
-	for _, sub := range s.byCustomer[customer] {
-		subEnd := sub.End
-		if subEnd.IsZero() || subEnd.After(end) {
-			subEnd = end
-		}
-		subStart := sub.Start
-		if subStart.Before(start) {
-			subStart = start
-		}
-		if !subEnd.After(subStart) {
+	for _, c := range tl {
+		if !c.At.After(start) {
 			continue
 		}
-		fill(subStart)
-		out = append(out, Segment{Plan: sub.Plan, Start: subStart, End: subEnd})
-		cursor = subEnd
+		if !c.At.Before(end) {
+			break
+		}
+		flush(c.At)
+		plan, cursor = c.Plan, c.At
 	}
-	fill(end)
+	flush(end)
 	return out
 }
 

@@ -130,7 +130,7 @@ func TestSegmentsAndProration(t *testing.T) {
 	for _, s := range subs.Segments("ann", "basic", day("2026-03-01"), day("2026-04-01")) {
 		got = append(got, s.Plan+" "+s.Start.Format("02")+"-"+s.End.Format("02"))
 	}
-	if want := "basic 01-05,pro 05-10,basic 10-20,basic 20-01"; strings.Join(got, ",") != want {
+	if want := "basic 01-05,pro 05-10,basic 10-01"; strings.Join(got, ",") != want {
 		t.Errorf("segments %v, want %s", got, want)
 	}
 	if segs := subs.Segments("ann", "", day("2026-03-01"), day("2026-04-01")); len(segs) != 2 {
@@ -148,5 +148,35 @@ func TestSegmentsAndProration(t *testing.T) {
 	c2, ok, err := ProratedPeriodFee([]Share{{Plan: flat("9"), Fraction: third}, {Plan: flat("30"), Fraction: decimal.NewFromInt(1).Sub(third)}}, "sms", decimal.Zero)
 	if err != nil || !ok || c2.Amount.String() != "23" {
 		t.Errorf("prorated flat fee = %v, %v, %v; want 23 (9/3 + 30x2/3)", c2.Amount, ok, err)
+	}
+}
+
+// TestTimelineEvents: subscription events apply on top of the configured
+// subscriptions, in order; at equal times the event wins.
+func TestTimelineEvents(t *testing.T) {
+	c, _ := ParseCatalog([]byte(catalogYAML))
+	day := func(s string) time.Time { t, _ := time.Parse(time.DateOnly, s); return t }
+	subs, err := NewSubscriptions([]Subscription{{Customer: "ann", Plan: "pro", Start: day("2026-03-01"), End: day("2026-06-01")}}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := subs.Timeline("ann", []Change{{At: day("2026-03-10"), Plan: "basic"}, {At: day("2026-03-20")}, {At: day("2026-03-01"), Plan: "basic"}})
+	for _, tt := range []struct {
+		at   string
+		plan string
+	}{{"2026-02-28", ""}, {"2026-03-01", "basic"}, {"2026-03-15", "basic"}, {"2026-03-20", ""}, {"2026-05-01", ""}, {"2026-06-01", ""}} {
+		if got, _ := tl.Lookup(day(tt.at)); got != tt.plan {
+			t.Errorf("at %s: plan %q, want %q", tt.at, got, tt.plan)
+		}
+	}
+	var got []string
+	for _, s := range tl.Segments("", day("2026-03-01"), day("2026-04-01")) {
+		got = append(got, s.Plan+" "+s.Start.Format("02")+"-"+s.End.Format("02"))
+	}
+	if want := "basic 01-20"; strings.Join(got, ",") != want {
+		t.Errorf("segments %v, want %s", got, want)
+	}
+	if cust := subs.Customers(); len(cust) != 1 || cust[0] != "ann" {
+		t.Errorf("customers %v", cust)
 	}
 }

@@ -49,6 +49,9 @@ var (
 	prefixDedup     = []byte("d/")
 	prefixOutbox    = []byte("o/")
 	prefixSink      = []byte("s/")
+	// prefixSubscription holds each customer's subscription changes read
+	// from subscription events.
+	prefixSubscription = []byte("u/")
 )
 
 // Stream names an outbox stream: the kind of entries delivered together.
@@ -170,7 +173,10 @@ type Checkpoint struct {
 	Partitions    []PartitionProgress
 	WindowPuts    []KV
 	WindowDeletes [][]byte
-	DedupAdds     []DedupEntry
+	// SubscriptionPuts replace customers' subscription histories (key: the
+	// customer).
+	SubscriptionPuts []KV
+	DedupAdds        []DedupEntry
 	// DedupExpireBeforeNs, when > 0, removes every dedup bucket that starts
 	// before it, as one range delete.
 	DedupExpireBeforeNs int64
@@ -219,6 +225,12 @@ func (s *Store) Commit(cp *Checkpoint) error {
 		scratch = append(append(scratch[:0], prefixWindow...), k...)
 		if err := b.Delete(scratch, nil); err != nil {
 			return fmt.Errorf("state: batch window delete: %w", err)
+		}
+	}
+	for _, kv := range cp.SubscriptionPuts {
+		scratch = append(append(scratch[:0], prefixSubscription...), kv.Key...)
+		if err := b.Set(scratch, kv.Value, nil); err != nil {
+			return fmt.Errorf("state: batch subscription: %w", err)
 		}
 	}
 	for _, d := range cp.DedupAdds {
@@ -346,6 +358,11 @@ func (s *Store) Partitions() ([]PartitionProgress, error) {
 // valid only during the call.
 func (s *Store) Windows(fn func(key, value []byte) error) error {
 	return s.scan(prefixWindow, fn)
+}
+
+// Subscriptions calls fn with every customer's subscription history.
+func (s *Store) Subscriptions(fn func(customer, value []byte) error) error {
+	return s.scan(prefixSubscription, fn)
 }
 
 // Window returns the stored value of one window, if any. The engine reads

@@ -120,3 +120,48 @@ func TestRateProratesPeriodFees(t *testing.T) {
 		t.Errorf("period fee rows %v, want [2026-03-01 26.11] (April is still open)\n%s", fees, stdout.String())
 	}
 }
+
+// TestRateSubscriptionEvents drives subscriptions with events in the usage
+// stream (no configured subscriptions). By hand, March: ann is on basic
+// (10.00 flat, 0.10 per SMS) until the 11th, then on pro (30.00 flat, 0.05,
+// at least 6.00 a month). Her 10 SMS on the 5th cost 1.00 (basic), her 10 on
+// the 20th 0.50 (pro). Her fee: flat (10 x 10 + 30 x 21) / 31 = 23.55,
+// commitment 6 x 21/31 = 4.06 less 1.50 charged: 2.56; 26.11 in all. bob is
+// on pro from the 1st, cancelled on the 16th (the retried cancel counts
+// once) and sends nothing: flat 30 x 15/31 = 14.52, commitment 6 x 15/31 =
+// 2.90 none of it used: 17.42, a fee row without usage. carol has no
+// subscription and there is no default plan: dead-lettered; dan's events
+// name no known plan, or none: dead-lettered too.
+func TestRateSubscriptionEvents(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"--plans", "../../testdata/rate/fees_catalog.yaml", "--input", "../../testdata/rate/sub_events.jsonl"}
+	if err := runRate(context.Background(), args, &stdout, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatalf("tally rate: %v\n%s", err, stderr.String())
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r struct {
+			Customer, Amount string
+			GroupKey         string `json:"group_key"`
+			WindowStart      string `json:"window_start"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.GroupKey == "" {
+			r.GroupKey = "-"
+		}
+		got = append(got, r.Customer+" "+r.GroupKey+" "+r.WindowStart[:10]+" "+r.Amount)
+	}
+	want := []string{"ann @period 2026-03-01 26.11", "ann - 2026-03-05 1", "ann - 2026-03-20 0.5", "ann - 2026-04-01 0.05", "bob @period 2026-03-01 17.42"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, want := range []string{"line 4: no_subscription: meter sms: customer carol has no subscription",
+		`line 9: invalid_field: subscription.created: no plan "gold"`, "line 10: missing_field: subscription.created has no plan",
+		"3 of 11 lines not rated"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}

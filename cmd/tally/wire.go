@@ -44,11 +44,11 @@ type pricing struct {
 	defaultPlan string
 }
 
-func (p *pricing) plan(customer string, at time.Time) (*rating.Plan, engine.Reason, error) {
-	id, ok := p.subs.Lookup(customer, at)
+func (p *pricing) plan(sub engine.Subscriber, at time.Time) (*rating.Plan, engine.Reason, error) {
+	id, ok := p.subs.Timeline(sub.ID, sub.Changes).Lookup(at)
 	if !ok {
 		if p.defaultPlan == "" {
-			return nil, engine.ReasonNoSubscription, fmt.Errorf("customer %s has no subscription at %s and there is no defaultPlan", customer, at.Format(time.RFC3339))
+			return nil, engine.ReasonNoSubscription, fmt.Errorf("customer %s has no subscription at %s and there is no defaultPlan", sub.ID, at.Format(time.RFC3339))
 		}
 		id = p.defaultPlan
 	}
@@ -60,21 +60,21 @@ func (p *pricing) plan(customer string, at time.Time) (*rating.Plan, engine.Reas
 }
 
 // RateEvent implements engine.Rater.
-func (p *pricing) RateEvent(customer, meter string, windowStart time.Time, units decimal.Decimal, ev *engine.Event) (engine.EventRating, engine.Reason, error) {
-	plan, reason, err := p.plan(customer, windowStart)
+func (p *pricing) RateEvent(sub engine.Subscriber, meter string, windowStart time.Time, units decimal.Decimal, ev *engine.Event) (engine.EventRating, engine.Reason, error) {
+	plan, reason, err := p.plan(sub, windowStart)
 	if err != nil {
 		return engine.EventRating{}, reason, err
 	}
 	r, reason, err := engine.RateWithPlan(plan, meter, units, ev)
 	if err != nil {
-		return r, reason, fmt.Errorf("customer %s: %w", customer, err)
+		return r, reason, fmt.Errorf("customer %s: %w", sub.ID, err)
 	}
 	return r, "", nil
 }
 
 // IncrementEvents implements engine.Rater.
-func (p *pricing) IncrementEvents(customer, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
-	plan, _, err := p.plan(customer, windowStart)
+func (p *pricing) IncrementEvents(sub engine.Subscriber, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
+	plan, _, err := p.plan(sub, windowStart)
 	if err != nil {
 		return rating.Charge{}, err
 	}
@@ -82,27 +82,59 @@ func (p *pricing) IncrementEvents(customer, meter string, windowStart time.Time,
 }
 
 // Increment implements engine.Rater.
-func (p *pricing) Increment(customer, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error) {
-	plan, _, err := p.plan(customer, windowStart)
+func (p *pricing) Increment(sub engine.Subscriber, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+	plan, _, err := p.plan(sub, windowStart)
 	if err != nil {
 		return rating.Charge{}, err
 	}
 	return plan.Increment(meter, before, after)
 }
 
-// PeriodFee implements engine.Rater: each plan the customer was on during
-// the period contributes its fees for its share of the period.
-func (p *pricing) PeriodFee(customer, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (rating.Charge, bool, error) {
+// shares returns the plans in force during a period, each with its share
+// of the period; gaps take defaultPlan when given.
+func (p *pricing) shares(sub engine.Subscriber, defaultPlan string, periodStart, periodEnd time.Time) []rating.Share {
 	total := decimal.NewFromInt(int64(periodEnd.Sub(periodStart)))
 	var shares []rating.Share
-	for _, seg := range p.subs.Segments(customer, p.defaultPlan, periodStart, periodEnd) {
+	for _, seg := range p.subs.Timeline(sub.ID, sub.Changes).Segments(defaultPlan, periodStart, periodEnd) {
 		plan, err := p.catalog.Plan(seg.Plan, seg.Start)
 		if err != nil {
 			continue // no version in force: no fee for that stretch
 		}
 		shares = append(shares, rating.Share{Plan: plan, Fraction: decimal.NewFromInt(int64(seg.End.Sub(seg.Start))).Div(total)})
 	}
-	return rating.ProratedPeriodFee(shares, meter, usageCharged)
+	return shares
+}
+
+// PeriodFee implements engine.Rater: each plan the customer was on during
+// the period contributes its fees for its share of the period.
+func (p *pricing) PeriodFee(sub engine.Subscriber, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (rating.Charge, bool, error) {
+	return rating.ProratedPeriodFee(p.shares(sub, p.defaultPlan, periodStart, periodEnd), meter, usageCharged)
+}
+
+// CheckPlan implements engine.SubscriptionRules.
+func (p *pricing) CheckPlan(id string) error {
+	if !slices.Contains(p.catalog.IDs(), id) {
+		return fmt.Errorf("no plan %q; plans are %v", id, p.catalog.IDs())
+	}
+	return nil
+}
+
+// Subscribers implements engine.SubscriptionRules.
+func (p *pricing) Subscribers() []string { return p.subs.Customers() }
+
+// FeeMeters implements engine.SubscriptionRules: the meters with a flat fee
+// or a commitment in a plan sub was subscribed to during the period. The
+// default plan does not count: it prices usage, it does not subscribe.
+func (p *pricing) FeeMeters(sub engine.Subscriber, periodStart, periodEnd time.Time) []string {
+	var out []string
+	for _, sh := range p.shares(sub, "", periodStart, periodEnd) {
+		for _, name := range sh.Plan.MeterNames() {
+			if price := sh.Plan.Meters[name]; (!price.FlatFee.IsZero() || !price.MinimumCommitment.IsZero()) && !slices.Contains(out, name) {
+				out = append(out, name)
+			}
+		}
+	}
+	return out
 }
 
 // loadPricing reads the plan file (one plan, or a list of plans and

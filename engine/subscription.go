@@ -1,0 +1,171 @@
+package engine
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/tally-billing/tally/rating"
+)
+
+// Subscription events are routed like usage, by customer, so a customer's
+// subscription changes and usage reach its shard in the order of their
+// partition: publish them to the usage topic keyed by customer and a usage
+// record is always priced knowing every change published before it. The
+// shard keeps each customer's changes and checkpoints them with the rest of
+// its state, so a replay after a crash sees the same history.
+
+// subscriptionMeter stands for a meter name in the dedup identity of
+// subscription events.
+const subscriptionMeter = "@subscription"
+
+// subscriber returns customer with its subscription changes.
+func (s *shard) subscriber(customer string) Subscriber {
+	return Subscriber{ID: customer, Changes: s.subs[customer]}
+}
+
+// applySubscription records a subscription event: from its time on, its
+// customer is on its plan (or none). Changes apply to windows priced after
+// them, that is windows starting at or after the change that are emitted,
+// or revised, later; rows already emitted keep their price.
+func (s *shard) applySubscription(ev *Event) {
+	rules, ok := s.rater.(SubscriptionRules)
+	if !ok {
+		s.deadLetter(ev, ReasonInvalidField, "this engine has no plan catalog to subscribe customers to")
+		return
+	}
+	if ev.Plan != "" {
+		if err := rules.CheckPlan(ev.Plan); err != nil {
+			s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s: %v", ev.Meter, err))
+			return
+		}
+	}
+	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
+	id := eventIDHash(ev.Source, ev.ID, subscriptionMeter)
+	if s.dedup.contains(bucket, id) {
+		s.duplicates[subscriptionMeter]++
+		return
+	}
+	s.dedup.add(bucket, id, routingHash(ev.Customer), s.seq+1)
+	change := rating.Change{At: time.Unix(0, ev.TimeNs).UTC(), Plan: ev.Plan}
+	list := s.subs[ev.Customer]
+	// After every change at the same time or earlier: a later event wins.
+	i := sort.Search(len(list), func(i int) bool { return list[i].At.After(change.At) })
+	list = append(list, rating.Change{})
+	copy(list[i+1:], list[i:])
+	list[i] = change
+	s.subs[ev.Customer] = list
+	s.subsDirty[ev.Customer] = true
+	if _, ok := s.feeCustomers[ev.Customer]; !ok {
+		s.feeCustomers[ev.Customer] = minWatermark
+	}
+	// The change may prorate fees of periods it falls in or precedes: open
+	// its period, and recompute the fees of closed periods after it.
+	s.openFeePeriod(ev.Customer, ev.TimeNs)
+	for _, w := range s.byCustomer[ev.Customer] {
+		if w.key.period && w.endNs > ev.TimeNs {
+			s.queueFee(w)
+		}
+	}
+}
+
+// openFeePeriods makes sure every subscriber has an aggregate for each
+// meter its plans charge period fees for, in every billing period up to the
+// one at the watermark: a period without usage still owes its flat fee and
+// its commitment, and closing the period emits them.
+func (s *shard) openFeePeriods() {
+	if _, ok := s.rater.(SubscriptionRules); !ok || s.watermarkNs == minWatermark {
+		return
+	}
+	for customer, opened := range s.feeCustomers {
+		cust := s.customers.get(customer)
+		startNs, _ := billingPeriod(s.watermarkNs, cust.loc, cust.anchorDay)
+		if opened == startNs {
+			continue
+		}
+		from := startNs
+		if opened != minWatermark {
+			_, from = billingPeriod(opened, cust.loc, cust.anchorDay) // the period after the last opened
+		}
+		for from <= startNs {
+			_, next := billingPeriod(from, cust.loc, cust.anchorDay)
+			s.openFeePeriod(customer, from)
+			from = next
+		}
+		s.feeCustomers[customer] = startNs
+	}
+}
+
+// openFeePeriod opens customer's fee aggregates in the billing period at
+// tNs, and queues the period's fees to be (re)computed when it has already
+// closed. Periods no longer revisable are left alone.
+func (s *shard) openFeePeriod(customer string, tNs int64) {
+	rules, ok := s.rater.(SubscriptionRules)
+	if !ok {
+		return
+	}
+	cust := s.customers.get(customer)
+	startNs, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
+	if s.rules.late(endNs-1, endNs, endNs, s.watermarkNs) {
+		return
+	}
+	for _, name := range rules.FeeMeters(s.subscriber(customer), time.Unix(0, startNs).UTC(), time.Unix(0, endNs).UTC()) {
+		m := s.meters.byName(name)
+		if m == nil {
+			continue // a plan prices a meter this engine does not read
+		}
+		key := windowKey{meter: name, customer: customer, startNs: startNs, period: true}
+		p := s.periods[key]
+		if p == nil && !s.rules.hot(endNs, s.watermarkNs) {
+			p = s.loadCold(key, endNs)
+		}
+		if p == nil {
+			p = &window{key: key, meter: m, endNs: endNs, periodEndNs: endNs, dirty: true}
+			s.indexPeriod(p)
+			s.dirty = append(s.dirty, p)
+		}
+		s.queueFee(p)
+	}
+}
+
+// queueFee has a closed period's fee row recomputed at the next barrier;
+// an open period's fee comes when it closes.
+func (s *shard) queueFee(p *window) {
+	if s.rules.closed(p.endNs, s.watermarkNs) && s.closedEnds[p.endNs] && !p.feeQueued {
+		p.feeQueued = true
+		s.feeDue = append(s.feeDue, p)
+	}
+}
+
+// encodeChanges renders a subscription history: count, then each change's
+// time (ns) and plan.
+func encodeChanges(changes []rating.Change) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(changes)))
+	for _, c := range changes {
+		b = binary.AppendVarint(b, c.At.UnixNano())
+		b = appendBytes(b, []byte(c.Plan))
+	}
+	return b
+}
+
+func decodeChanges(b []byte) ([]rating.Change, error) {
+	r := byteReader{b: b}
+	n := r.uvarint()
+	if r.err == nil && n > uint64(len(b)) {
+		return nil, fmt.Errorf("subscription history: %d changes in %d bytes", n, len(b))
+	}
+	out := make([]rating.Change, 0, n)
+	for range n {
+		at := r.varint()
+		plan := string(r.bytes())
+		out = append(out, rating.Change{At: time.Unix(0, at).UTC(), Plan: plan})
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("subscription history: %w", r.err)
+	}
+	if len(r.b) != 0 {
+		return nil, fmt.Errorf("subscription history: %d trailing bytes", len(r.b))
+	}
+	return out, nil
+}
