@@ -121,6 +121,9 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 		}
 		return out, fail(ReasonInvalidJSON, "%v", err)
 	}
+	if key, dup := duplicateTopLevelKey(raw); dup {
+		return out, fail(ReasonInvalidField, "field %q appears twice; which one counts would be a guess", key)
+	}
 	var base Event
 	var rawValue json.RawMessage
 	var dims []Dim
@@ -196,6 +199,9 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 				if ev.Value, err = parseValue(raw); err != nil {
 					return out[:first], fmt.Errorf("meter %s: %w", m.Name, err)
 				}
+				if m.NonNegative && ev.Value.IsNegative() {
+					return out[:first], fail(ReasonInvalidField, "meter %s takes no negative values (nonNegative); got %s", m.Name, ev.Value)
+				}
 				if m.Increments.enabled() {
 					ev.Value = m.Increments.apply(ev.Value)
 				}
@@ -243,6 +249,49 @@ func (d *Decoder) decodeSubscription(ev Event, eventType string, w *wireEvent, o
 	}
 	ev.Subscription, ev.Plan, ev.Meter = true, plan, eventType
 	return append(out, ev), nil
+}
+
+// duplicateTopLevelKey reports a key that appears twice in the top-level
+// object of raw, which encoding/json would silently resolve to the last.
+// raw is valid JSON (it was unmarshalled); one pass, no allocation for
+// records with distinct keys.
+func duplicateTopLevelKey(raw []byte) (string, bool) {
+	var keys [16][]byte
+	n, depth := 0, 0
+	expectKey := false
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; c {
+		case '{', '[':
+			depth++
+			expectKey = c == '{' && depth == 1
+		case '}', ']':
+			depth--
+		case ',':
+			expectKey = depth == 1
+		case '"':
+			start := i + 1
+			for i++; i < len(raw) && raw[i] != '"'; i++ {
+				if raw[i] == '\\' {
+					i++
+				}
+			}
+			if !expectKey {
+				continue
+			}
+			expectKey = false
+			key := raw[start:min(i, len(raw))]
+			for _, k := range keys[:n] {
+				if bytes.Equal(k, key) {
+					return string(key), true
+				}
+			}
+			if n < len(keys) {
+				keys[n] = key
+				n++
+			}
+		}
+	}
+	return "", false
 }
 
 func valuePathName(m *meterSpec) string {

@@ -58,6 +58,10 @@ type DeadLetterSink interface {
 // otherwise.
 type Config struct {
 	Tenant string
+	// FaultHook, when set, is called just before each checkpoint is
+	// committed, with the point "checkpoint". Crash tests use it to kill
+	// the process during a commit; production leaves it nil.
+	FaultHook func(point string)
 	// Shards is the number of aggregator goroutines; 0 means GOMAXPROCS.
 	Shards int
 	// Window is the window of meters that do not set their own.

@@ -49,6 +49,10 @@ type Meter struct {
 	// Decimal allows fractional values; otherwise values must be integers
 	// (bytes, seconds, messages), and a fractional one is dead-lettered.
 	Decimal bool `yaml:"decimal" json:"decimal"`
+	// NonNegative refuses negative values (durations, bytes): such records
+	// are dead-lettered as invalid_field instead of being taken as
+	// adjustments.
+	NonNegative bool `yaml:"nonNegative" json:"nonNegative"`
 	// Increments rounds each event's value up before aggregation, CGRateS
 	// style: first is charged whole, the rest in steps of next (60/60, 30/6,
 	// 1/1 for call seconds). Zero values disable it.

@@ -325,6 +325,9 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		}
 		cp.SinkProgress, cp.OutboxTrim = e.outboxMarks(pc.seq - 1)
 
+		if e.cfg.FaultHook != nil {
+			e.cfg.FaultHook("checkpoint")
+		}
 		if err := e.store.Commit(cp); err != nil {
 			return fmt.Errorf("engine: checkpoint %d not durable, stopping so nothing unpersisted is acknowledged: %w", pc.seq, err)
 		}

@@ -141,10 +141,13 @@ type stream struct {
 	expected  map[string]total // by "meter|customer|group|unix start"
 	malformed map[string]bool  // malformed record values
 	dups      int
+	late      int // records 10 minutes behind the stream: they revise closed windows
 }
 
 // makeStream generates n usage records over a few minutes of event time,
-// slightly out of order, with duplicates and malformed records mixed in.
+// slightly out of order, with duplicates, late records (10 minutes behind,
+// within the default 1 h revise horizon, so they revise closed windows) and
+// malformed records mixed in.
 func makeStream(seed uint64, n int, base time.Time) *stream {
 	g := gen.New(seed, 300)
 	rng := rand.New(rand.NewPCG(seed, 7))
@@ -158,6 +161,10 @@ func makeStream(seed uint64, n int, base time.Time) *stream {
 			continue
 		}
 		at := base.Add(time.Duration(i)*12*time.Millisecond + time.Duration(rng.IntN(2000))*time.Millisecond)
+		if i > n/2 && rng.IntN(100) == 0 {
+			at = at.Add(-10 * time.Minute)
+			s.late++
+		}
 		u := g.Next(at)
 		value := string(u.PlainJSON())
 		source := ""

@@ -229,6 +229,13 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if err != nil {
 		return nil, err
 	}
+	crash, err := parseFaults(os.Getenv(faultsEnv))
+	if err != nil {
+		return nil, err
+	}
+	if crash != nil {
+		log.Warn("crash injection armed: this process kills itself at random", "env", faultsEnv)
+	}
 	store, err := state.Open(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -248,13 +255,13 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			return nil, err
 		}
 		a.closers = append(a.closers, ch)
-		sinks = append(sinks, ch)
+		sinks = append(sinks, faultySink{Sink: ch, faults: crash, point: "clickhouse"})
 		deadSinks = append(deadSinks, ch.DeadLetters())
 	}
 	if cfg.Kafka.RatedTopic != "" {
 		rated := kafka.NewRatedSink(kafka.WriterConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.RatedTopic, BatchRows: cfg.SinkBatchRows})
 		a.closers = append(a.closers, rated)
-		sinks = append(sinks, rated)
+		sinks = append(sinks, faultySink{Sink: rated, faults: crash, point: "kafka"})
 	}
 	if cfg.OutputFile != "" {
 		file, err := jsonl.Open(cfg.OutputFile)
@@ -280,7 +287,11 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	horizon, _ := cfg.horizon() // validated
 	decoder := engine.NewDecoder(meters, engine.WithMaxFutureSkew(cfg.MaxFutureSkew), engine.WithHorizon(horizon))
 	metrics := engine.NewMetrics(a.registry)
-	a.engine, err = engine.New(cfg.engineConfig(), store, source, decoder,
+	ecfg := cfg.engineConfig()
+	if crash != nil {
+		ecfg.FaultHook = crash.at
+	}
+	a.engine, err = engine.New(ecfg, store, source, decoder,
 		prices, sinks, deadSinks, metrics, log)
 	if err != nil {
 		return nil, err
