@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: demo test lint bench build fuzz
+.PHONY: demo test lint bench build fuzz chaos
 
 build:
 	$(GO) build -o tally ./cmd/tally
@@ -25,4 +25,11 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./engine/ ./rating/ ./state/
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),120s) ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseCatalog$$' -fuzztime $(or $(FUZZTIME),120s) ./rating/
+	$(GO) test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(or $(FUZZTIME),120s) ./cmd/tally/
+
+# The long crash harness: 100 SIGKILLs (KILLS=n to change), ClickHouse
+# started as for make test.
+chaos:
+	TALLY_TEST_ONLY='TestChaosKills' TALLY_CHAOS_KILLS=$(or $(KILLS),100) TALLY_CHAOS_RECORDS=$(or $(RECORDS),60000) bash .ci/test.sh

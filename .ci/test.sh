@@ -26,4 +26,14 @@ trap '.ci/clickhouse.sh stop "$chdir"; rm -rf "$chdir"' EXIT
 export TALLY_TEST_CLICKHOUSE=127.0.0.1:${TALLY_CH_TCP_PORT:-19000}
 echo "test.sh: ClickHouse $(clickhouse-client --port "${TALLY_CH_TCP_PORT:-19000}" -q 'SELECT version()') on $TALLY_TEST_CLICKHOUSE" >&2
 
+if [ -n "${TALLY_TEST_ONLY:-}" ]; then
+  go test -count=1 -timeout 60m -v -run "$TALLY_TEST_ONLY" ./cmd/tally/
+  exit 0
+fi
 go test -race -count=1 -timeout 20m ./...
+
+# Every fuzz target, briefly (make fuzz runs them for longer); the committed
+# corpora under */testdata/fuzz ran above as plain tests.
+for target in engine:FuzzDecode rating:FuzzParseCatalog cmd/tally:FuzzConfig; do
+  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "${TALLY_FUZZTIME:-5s}" "./${target%%:*}/"
+done
