@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -276,16 +277,17 @@ func carriesAmounts(m map[string]total) bool {
 	return false
 }
 
-// periodAmounts sums money by meter and customer (every test stream lies in
-// one calendar-month billing period). With expected, it prices each
-// period's quantity independently: quantity × unit price, half-even to 6
-// places, as the demo plan says.
+// periodAmounts sums money by meter, customer and billing period (the
+// calendar month of the window start: the test config has no anchor day).
+// With expected, it prices each period's quantity independently: quantity
+// × unit price, half-even to 6 places, as the demo plan says.
 func periodAmounts(m map[string]total, expected bool) map[string]decimal.Decimal {
 	quantities := make(map[string]decimal.Decimal)
 	amounts := make(map[string]decimal.Decimal)
 	for key, t := range m {
 		parts := strings.Split(key, "|")
-		period := parts[0] + "|" + parts[1]
+		unix, _ := strconv.ParseInt(parts[3], 10, 64)
+		period := parts[0] + "|" + parts[1] + "|" + time.Unix(unix, 0).UTC().Format("2006-01")
 		quantities[period] = quantities[period].Add(t.quantity)
 		amounts[period] = amounts[period].Add(t.amount)
 	}
@@ -368,7 +370,8 @@ func checkClickHouseDeadLetters(t *testing.T, addr, database string, s *stream) 
 			want++
 		}
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	// Not TrimSpace: a malformed record may end in a space.
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
 	if len(lines) != want {
 		t.Errorf("dead_letters FINAL holds %d rows, want %d malformed records", len(lines), want)
 	}
@@ -495,6 +498,37 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("engine consumed %d records, %d were produced", st.Consumed, len(s.msgs))
 	}
 	t.Logf("%d records, %d duplicates, %d rows, %d dead letters", len(s.msgs), s.dups, len(s.expected), st.DeadLetters)
+
+	// tally audit re-reads the topic, recomputes and finds ClickHouse
+	// exact; then a tampered row is reported and fails the audit.
+	config := filepath.Join(t.TempDir(), "tally.yaml")
+	plan, _ := filepath.Abs(cfg.Plan)
+	err := os.WriteFile(config, []byte(fmt.Sprintf("plan: %s\nkafka:\n  brokers: [%s]\nclickhouse:\n  addr: %s\n  database: %s\n",
+		plan, strings.Join(brokers, ", "), chAddr, database)), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := func() (string, error) {
+		var out, errOut bytes.Buffer
+		err := runAudit(context.Background(), []string{"--config", config, "--from", base.Add(-time.Hour).Format(time.RFC3339),
+			"--to", base.Add(time.Hour).Format(time.RFC3339)}, &out, &errOut, quietLog())
+		return out.String() + errOut.String(), err
+	}
+	report, err := audit()
+	if err != nil || !strings.Contains(report, " 0 discrepancies") || strings.Contains(report, "MISMATCH") {
+		t.Fatalf("audit of an exact run: %v\n%s", err, report)
+	}
+	host, port, _ := strings.Cut(chAddr, ":")
+	tamper := "INSERT INTO " + database + ".rated_usage (tenant, meter, customer, group_key, window_start, window_end, quantity, event_count, amount, currency, unit_price, revision, final, breakdown) " +
+		"SELECT tenant, meter, customer, group_key, window_start, window_end, quantity + 1, event_count, amount, currency, unit_price, revision + 1000, final, breakdown FROM " +
+		database + ".rated_usage FINAL ORDER BY customer, meter LIMIT 1"
+	if out, err := exec.Command("clickhouse-client", "--host", host, "--port", port, "--query", tamper).CombinedOutput(); err != nil {
+		t.Fatalf("tamper: %v\n%s", err, out)
+	}
+	report, err = audit()
+	if !errors.Is(err, errMismatch) || !strings.Contains(report, "MISMATCH") || !strings.Contains(report, " 1 discrepancies") {
+		t.Errorf("audit after tampering with one row: %v\n%s", err, report)
+	}
 }
 
 // crashingSink writes half of one batch, then crashes the engine: a crash

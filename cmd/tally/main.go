@@ -2,6 +2,7 @@
 //
 //	tally run --config FILE [flags]   production: real Kafka and ClickHouse
 //	tally demo [flags]                everything in-process, with generated usage
+//	tally rate / tally audit          offline rating; reconciliation with ClickHouse
 //
 // See README for the configuration reference.
 package main
@@ -27,6 +28,8 @@ usage:
   tally run --config FILE [flags]   run against Kafka brokers (and ClickHouse)
   tally demo [flags]                live demo: in-process Kafka, generated telecom usage
   tally rate --plans F --input F    rate a JSON-lines file offline with the engine's code
+  tally audit --config F --from T --to T
+                                    recompute from the source and compare with ClickHouse (exit 1 on any mismatch)
   tally help COMMAND                flags of a command
 
 Stop with Ctrl-C (graceful: final checkpoint, sinks drained); a second Ctrl-C stops at once.
@@ -60,6 +63,9 @@ func main() {
 	case "rate":
 		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		err = runRate(ctx, args, os.Stdout, os.Stderr, quiet)
+	case "audit":
+		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		err = runAudit(ctx, args, os.Stdout, os.Stderr, quiet)
 	case "help", "-h", "--help":
 		if len(args) > 0 {
 			os.Args = []string{os.Args[0], args[0], "-h"}

@@ -90,26 +90,69 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 			return fmt.Errorf("rate: --subscriptions %s: %w (want a list of {customer, plan, start, end})", *subscriptions, err)
 		}
 	}
-	prices, err := loadPricing(cfg)
+	res, err := rateFile(ctx, cfg, *input, *summary, log)
 	if err != nil {
 		return err
+	}
+	enc := json.NewEncoder(stdout)
+	if *summary {
+		for _, u := range res.summaries {
+			for _, p := range u.Periods {
+				if err := enc.Encode(map[string]any{"customer": u.Customer, "meter": p.Meter, "period_start": p.PeriodStart,
+					"period_end": p.PeriodEnd, "quantity": p.Quantity, "count": p.Count, "amount": p.Amount, "currency": p.Currency}); err != nil {
+					return err
+				}
+			}
+		}
+	} else {
+		for i := range res.rows {
+			if err := enc.Encode(&res.rows[i]); err != nil {
+				return err
+			}
+		}
+	}
+	for _, l := range res.letters {
+		fmt.Fprintf(stderr, "line %d: %s: %s\n", l.Offset+1, l.Reason, l.Detail)
+	}
+	if len(res.letters) > 0 {
+		fmt.Fprintf(stderr, "tally rate: %d of %d lines not rated (listed above)\n", len(res.letters), res.lines)
+	}
+	return nil
+}
+
+// rated is what rating a file produced: the highest revision of every row
+// (sorted by customer, meter, window, group), the dead letters by line, and
+// with a summary each customer's live usage.
+type rated struct {
+	rows      []engine.RatedRow
+	letters   []engine.DeadLetter
+	lines     int
+	summaries []engine.Usage
+}
+
+// rateFile runs the engine over a JSON-lines file, in a temporary state
+// folder, to the end of the file.
+func rateFile(ctx context.Context, cfg Config, input string, summary bool, log *slog.Logger) (*rated, error) {
+	prices, err := loadPricing(cfg)
+	if err != nil {
+		return nil, err
 	}
 	meters, err := compileMeters(cfg, prices)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	src, err := file.Open(*input)
+	src, err := file.Open(input)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "tally-rate-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	store, err := state.Open(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer store.Close()
 
@@ -120,7 +163,7 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	e, err := engine.New(ecfg, store, src, engine.NewDecoder(meters, engine.WithHorizon(horizon)), prices,
 		[]engine.Sink{out}, []engine.DeadLetterSink{deadCollector{out}}, engine.NewMetrics(prometheus.NewRegistry()), log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -132,12 +175,12 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	for e.Stats().Consumed < uint64(src.Len()) {
 		select {
 		case err := <-done:
-			return fmt.Errorf("rate: engine stopped early: %w", err)
+			return nil, fmt.Errorf("rate: engine stopped early: %w", err)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 	var customers []string
-	if *summary {
+	if summary {
 		// A checkpoint cut after the last record was dispatched has passed
 		// through every shard after that record: two more durable ones
 		// guarantee the shards' periods hold everything.
@@ -145,7 +188,7 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 		for e.Stats().CheckpointSeq < target {
 			select {
 			case err := <-done:
-				return fmt.Errorf("rate: engine stopped early: %w", err)
+				return nil, fmt.Errorf("rate: engine stopped early: %w", err)
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
@@ -155,61 +198,36 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	for _, c := range customers {
 		u, err := e.Usage(ctx, engine.UsageRequest{Customer: c})
 		if err != nil {
-			return fmt.Errorf("rate: summary of %s: %w", c, err)
+			return nil, fmt.Errorf("rate: summary of %s: %w", c, err)
 		}
 		summaries = append(summaries, u)
 	}
 	e.Shutdown()
 	if err := <-done; err != nil {
-		return fmt.Errorf("rate: %w", err)
+		return nil, fmt.Errorf("rate: %w", err)
 	}
-
-	enc := json.NewEncoder(stdout)
-	if *summary {
-		for _, u := range summaries {
-			for _, p := range u.Periods {
-				if err := enc.Encode(map[string]any{"customer": u.Customer, "meter": p.Meter, "period_start": p.PeriodStart,
-					"period_end": p.PeriodEnd, "quantity": p.Quantity, "count": p.Count, "amount": p.Amount, "currency": p.Currency}); err != nil {
-					return err
-				}
-			}
-		}
-	} else {
-		rows := make([]engine.RatedRow, 0, len(out.rows))
-		for _, r := range out.rows {
-			rows = append(rows, r)
-		}
-		sort.Slice(rows, func(i, j int) bool {
-			a, b := rows[i], rows[j]
-			if a.Customer != b.Customer {
-				return a.Customer < b.Customer
-			}
-			if a.Meter != b.Meter {
-				return a.Meter < b.Meter
-			}
-			if !a.WindowStart.Equal(b.WindowStart) {
-				return a.WindowStart.Before(b.WindowStart)
-			}
-			return a.GroupKey < b.GroupKey
-		})
-		for i := range rows {
-			if err := enc.Encode(&rows[i]); err != nil {
-				return err
-			}
-		}
+	res := &rated{summaries: summaries, lines: src.Len()}
+	for _, r := range out.rows {
+		res.rows = append(res.rows, r)
 	}
-	letters := make([]engine.DeadLetter, 0, len(out.letters))
+	sort.Slice(res.rows, func(i, j int) bool {
+		a, b := res.rows[i], res.rows[j]
+		if a.Customer != b.Customer {
+			return a.Customer < b.Customer
+		}
+		if a.Meter != b.Meter {
+			return a.Meter < b.Meter
+		}
+		if !a.WindowStart.Equal(b.WindowStart) {
+			return a.WindowStart.Before(b.WindowStart)
+		}
+		return a.GroupKey < b.GroupKey
+	})
 	for _, l := range out.letters {
-		letters = append(letters, l)
+		res.letters = append(res.letters, l)
 	}
-	sort.Slice(letters, func(i, j int) bool { return letters[i].Offset < letters[j].Offset })
-	for _, l := range letters {
-		fmt.Fprintf(stderr, "line %d: %s: %s\n", l.Offset+1, l.Reason, l.Detail)
-	}
-	if len(letters) > 0 {
-		fmt.Fprintf(stderr, "tally rate: %d of %d lines not rated (listed above)\n", len(letters), src.Len())
-	}
-	return nil
+	sort.Slice(res.letters, func(i, j int) bool { return res.letters[i].Offset < res.letters[j].Offset })
+	return res, nil
 }
 
 // uniqueSorted returns the distinct values, sorted.

@@ -15,6 +15,7 @@ import (
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/engine"
 )
 
@@ -235,3 +236,34 @@ func (s *Sink) Ping(ctx context.Context) error { return s.conn.Ping(ctx) }
 
 // Close closes the connection.
 func (s *Sink) Close() error { return s.conn.Close() }
+
+// Rated reads the highest revision (FINAL) of every row of tenant whose
+// window starts in [from, to), for audits.
+func (s *Sink) Rated(ctx context.Context, tenant string, from, to time.Time) ([]engine.RatedRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	rows, err := s.conn.Query(ctx, fmt.Sprintf(`SELECT meter, customer, group_key, window_start, window_end,
+    toString(quantity), event_count, toString(amount), currency, revision
+FROM %s.%s FINAL WHERE tenant = ? AND window_start >= ? AND window_start < ?`, s.cfg.Database, s.cfg.Table), tenant, from.UTC(), to.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse: read rated usage: %w", err)
+	}
+	defer rows.Close()
+	var out []engine.RatedRow
+	for rows.Next() {
+		r := engine.RatedRow{Tenant: tenant}
+		var quantity, amount string
+		if err := rows.Scan(&r.Meter, &r.Customer, &r.GroupKey, &r.WindowStart, &r.WindowEnd, &quantity, &r.Count, &amount, &r.Currency, &r.Revision); err != nil {
+			return nil, fmt.Errorf("clickhouse: read rated usage: %w", err)
+		}
+		if r.Quantity, err = decimal.NewFromString(quantity); err == nil {
+			r.Amount, err = decimal.NewFromString(amount)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("clickhouse: rated usage row %s/%s: %w", r.Meter, r.Customer, err)
+		}
+		r.WindowStart, r.WindowEnd = r.WindowStart.UTC(), r.WindowEnd.UTC()
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
