@@ -77,14 +77,17 @@ type Store struct {
 // Open opens or creates the state folder dir. A folder that holds files but
 // no Tally marker, or a marker of another version, is refused with an error:
 // state is never silently reset.
-func Open(dir string) (*Store, error) {
+func Open(dir string) (*Store, error) { return openFS(dir, vfs.Default) }
+
+// openFS is Open on a file system; tests inject write errors through it.
+func openFS(dir string, fs vfs.FS) (*Store, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("state: read folder %s: %w", dir, err)
 	}
 	fresh := len(entries) == 0
 	if !fresh {
-		desc, err := pebble.Peek(dir, vfs.Default)
+		desc, err := pebble.Peek(dir, fs)
 		if err != nil {
 			return nil, fmt.Errorf("state: inspect %s: %w", dir, err)
 		}
@@ -92,7 +95,7 @@ func Open(dir string) (*Store, error) {
 			return nil, fmt.Errorf("state: %s holds files but no Pebble database: %w; point --state-dir at an empty or Tally folder", dir, ErrForeign)
 		}
 	}
-	opts := &pebble.Options{Logger: quietLogger{}}
+	opts := &pebble.Options{Logger: quietLogger{}, FS: fs}
 	// Bloom filters (10 bits per key, ~1% false positives, kept in the block
 	// cache) make most Gets for absent keys — the usual answer when a late
 	// record's id is looked up — cost no data-block read.
@@ -101,7 +104,7 @@ func Open(dir string) (*Store, error) {
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("state: open pebble at %s: %w", dir, err)
+		return nil, fmt.Errorf("state: open pebble at %s: %w; the folder is damaged or not Tally's: restore it from a backup, or deliberately start from an empty folder (everything is re-read from the earliest offsets); Tally never resets state by itself", dir, err)
 	}
 	s := &Store{db: db}
 	marker, closer, err := db.Get(keyFormat)
@@ -136,9 +139,15 @@ func (quietLogger) Infof(string, ...any) {}
 func (quietLogger) Errorf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "pebble: "+format+"\n", args...)
 }
+// Fatalf is how Pebble reports a write it could not make durable (disk
+// full, I/O error): the process stops at once, before the checkpoint is
+// published, so nothing that was not persisted is acknowledged to sources
+// or sinks; a restart resumes from the last durable checkpoint.
 func (quietLogger) Fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "pebble: fatal: "+format+"\n", args...)
-	os.Exit(1)
+	fmt.Fprintln(os.Stderr, "tally: the state store cannot persist (see above); stopping before anything unpersisted is acknowledged. "+
+		"Fix the disk (free space on the state folder) and restart: Tally resumes from its last durable checkpoint.")
+	os.Exit(3)
 }
 
 // Close closes the database.

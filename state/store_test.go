@@ -1,10 +1,13 @@
 package state
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 func TestCommitAndReload(t *testing.T) {
@@ -96,5 +99,49 @@ func TestOpenRefusesForeignFolders(t *testing.T) {
 	}
 	if _, err := Open(dir); !errors.Is(err, ErrForeign) {
 		t.Errorf("Open(folder with other files) = %v, want ErrForeign", err)
+	}
+}
+
+// TestOpenRefusesCorruptOrForeignState: a Pebble database that is not
+// Tally's, and a Tally folder whose files were damaged, are refused at
+// start with an error; neither is reset.
+func TestOpenRefusesCorruptOrForeignState(t *testing.T) {
+	foreign := t.TempDir()
+	db, err := pebble.Open(foreign, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Set([]byte("k"), []byte("v"), pebble.Sync)
+	db.Close()
+	if _, err := Open(foreign); !errors.Is(err, ErrForeign) {
+		t.Errorf("Open(another program's Pebble database) = %v, want ErrForeign", err)
+	}
+
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(&Checkpoint{Seq: 1, WindowPuts: []KV{{Key: []byte("a"), Value: []byte("1")}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	manifests, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*"))
+	if len(manifests) == 0 {
+		t.Fatal("no MANIFEST to damage")
+	}
+	for _, m := range manifests {
+		if err := os.WriteFile(m, bytes.Repeat([]byte{0xde, 0xad}, 512), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s, err := Open(dir); err == nil {
+		s.Close()
+		t.Fatal("a damaged state folder opened without error")
+	} else {
+		t.Logf("damaged folder: %v", err)
+	}
+	if after, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*")); len(after) != len(manifests) {
+		t.Errorf("the damaged folder was changed (%d manifests, had %d): it must be left for inspection", len(after), len(manifests))
 	}
 }
