@@ -139,6 +139,7 @@ func (quietLogger) Infof(string, ...any) {}
 func (quietLogger) Errorf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "pebble: "+format+"\n", args...)
 }
+
 // Fatalf is how Pebble reports a write it could not make durable (disk
 // full, I/O error): the process stops at once, before the checkpoint is
 // published, so nothing that was not persisted is acknowledged to sources

@@ -206,4 +206,3 @@ func gauge(t *testing.T, r *running, name string) float64 {
 	}
 	return sum
 }
-
