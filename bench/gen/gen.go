@@ -39,15 +39,50 @@ type Generator struct {
 	subscribers int
 	prefix      string
 	seq         uint64
+	zipf        *rand.Zipf
+	iotPercent  int
 }
+
+// Options shape a generator's stream; the zero value is the telecom mix
+// with customers drawn uniformly.
+type Options struct {
+	// Zipf, when > 1, draws customers from a Zipf distribution with this
+	// exponent: a few heavy users and a long tail, as in real traffic.
+	Zipf float64
+	// IoTPercent is the share of IoT telemetry records (meter iot_bytes,
+	// by device type); the rest is the telecom mix.
+	IoTPercent int
+}
+
+// IoTMeter is the meter of IoT telemetry records.
+const IoTMeter = "iot_bytes"
+
+var deviceTypes = []string{"meter", "tracker", "sensor", "camera"}
 
 // New returns a generator with a deterministic stream for seed.
 func New(seed uint64, subscribers int) *Generator {
-	return &Generator{
+	return NewWith(seed, subscribers, Options{})
+}
+
+// NewWith returns a generator shaped by o.
+func NewWith(seed uint64, subscribers int, o Options) *Generator {
+	g := &Generator{
 		rng:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		subscribers: subscribers,
 		prefix:      fmt.Sprintf("g%d", seed),
+		iotPercent:  o.IoTPercent,
 	}
+	if o.Zipf > 1 && subscribers > 1 {
+		g.zipf = rand.NewZipf(g.rng, o.Zipf, 1, uint64(subscribers-1))
+	}
+	return g
+}
+
+func (g *Generator) customer() int {
+	if g.zipf != nil {
+		return int(g.zipf.Uint64())
+	}
+	return g.rng.IntN(g.subscribers)
 }
 
 // Next returns a new event at time t.
@@ -55,8 +90,14 @@ func (g *Generator) Next(t time.Time) Usage {
 	g.seq++
 	u := Usage{
 		ID:       fmt.Sprintf("%s-%d", g.prefix, g.seq),
-		Customer: fmt.Sprintf("sub-%06d", g.rng.IntN(g.subscribers)),
+		Customer: fmt.Sprintf("sub-%06d", g.customer()),
 		Time:     t.UTC(),
+	}
+	if g.iotPercent > 0 && g.rng.IntN(100) < g.iotPercent {
+		u.Meter = IoTMeter
+		u.Value = decimal.NewFromInt(int64(20 + g.rng.IntN(2000)))
+		u.Dims = map[string]string{"device": deviceTypes[g.rng.IntN(len(deviceTypes))]}
+		return u
 	}
 	switch p := g.rng.IntN(100); {
 	case p < 45:

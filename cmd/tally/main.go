@@ -30,6 +30,7 @@ usage:
   tally rate --plans F --input F    rate a JSON-lines file offline with the engine's code
   tally audit --config F --from T --to T
                                     recompute from the source and compare with ClickHouse (exit 1 on any mismatch)
+  tally bench [flags]               end-to-end benchmark: bare consume vs Tally, checkpoints, freshness
   tally help COMMAND                flags of a command
 
 Stop with Ctrl-C (graceful: final checkpoint, sinks drained); a second Ctrl-C stops at once.
@@ -66,6 +67,9 @@ func main() {
 	case "audit":
 		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		err = runAudit(ctx, args, os.Stdout, os.Stderr, quiet)
+	case "bench":
+		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		err = runBench(ctx, args, os.Stdout, quiet)
 	case "help", "-h", "--help":
 		if len(args) > 0 {
 			os.Args = []string{os.Args[0], args[0], "-h"}

@@ -1,0 +1,435 @@
+package main
+
+// `tally bench`: the end-to-end benchmark. It preloads a Kafka topic (kfake
+// in-process, or real brokers) with generated usage, measures a bare
+// consume of it with kafka-go (the limit: no decoding, nothing kept), then
+// runs the engine over it with checkpoints on and off, and finally measures
+// freshness at a fixed rate. It prints one table.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/tally-billing/tally/bench/gen"
+	"github.com/tally-billing/tally/engine"
+)
+
+// benchPlan prices the generator's meters, IoT included.
+const benchPlan = `id: bench
+currency: EUR
+rounding: {decimals: 6, mode: half_even}
+meters:
+  voice_seconds: {model: per_unit, unitPrice: "0.0004"}
+  sms: {model: per_unit, unitPrice: "0.05"}
+  data_bytes: {model: graduated, tiers: [{upTo: "1000000000", unitPrice: "0"}, {unitPrice: "0.000000002"}]}
+  iot_bytes: {model: per_unit, unitPrice: "0.0000001", eventFee: "0.0001"}
+`
+
+type benchOptions struct {
+	records, partitions, subscribers, iotPercent int
+	zipf                                         float64
+	checkpoint                                   time.Duration
+	freshRate                                    int
+	freshFor                                     time.Duration
+	toFile, stateDir, cpuProfile                 string
+}
+
+func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logger) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var o benchOptions
+	fs.IntVar(&o.records, "records", 2_000_000, "records to preload")
+	fs.IntVar(&o.partitions, "partitions", 4, "partitions of the usage topic")
+	fs.IntVar(&o.subscribers, "subscribers", 100_000, "distinct customers")
+	fs.Float64Var(&o.zipf, "zipf", 1.1, "Zipf exponent of customer activity (<= 1: uniform)")
+	fs.IntVar(&o.iotPercent, "iot-percent", 20, "share of IoT telemetry records")
+	fs.DurationVar(&o.checkpoint, "checkpoint-interval", time.Second, "checkpoint interval of the checkpointed run")
+	fs.IntVar(&o.freshRate, "fresh-rate", 100_000, "records/s of the freshness run (0 skips it)")
+	fs.DurationVar(&o.freshFor, "fresh-for", 10*time.Second, "length of the freshness run")
+	fs.StringVar(&o.toFile, "to-file", "", "only write the generated records to this JSON-lines file and exit")
+	fs.StringVar(&o.stateDir, "state-dir", "", "parent folder of the runs' state (default: a temporary folder)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the checkpointed run to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	g := gen.NewWith(uint64(time.Now().UnixNano()), o.subscribers, gen.Options{Zipf: o.zipf, IoTPercent: o.iotPercent})
+	base := time.Now().UTC().Add(-time.Duration(o.records) * time.Microsecond)
+	next := func(i int) kafkago.Message {
+		u := g.Next(base.Add(time.Duration(i) * time.Microsecond))
+		return kafkago.Message{Key: []byte(u.Customer), Value: u.PlainJSON()}
+	}
+	if o.toFile != "" {
+		return writeRecords(o.toFile, o.records, next)
+	}
+
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(o.partitions), "usage", "fresh", "rated-usage"),
+		kfake.SeedTopics(1, "usage-dead-letters"))
+	if err != nil {
+		return fmt.Errorf("bench: start kfake: %w", err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+
+	start := time.Now()
+	bytes, err := preload(ctx, brokers, "usage", o.records, next)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: preloaded %d records (%.0f B each) over %d partitions in %s\n",
+		o.records, float64(bytes)/float64(o.records), o.partitions, time.Since(start).Round(time.Millisecond))
+
+	bare, err := bareConsume(ctx, brokers, "usage")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: bare kafka-go consume: %.0f records/s\n", bare)
+
+	parent := o.stateDir
+	if parent == "" {
+		if parent, err = os.MkdirTemp("", "tally-bench-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(parent)
+	}
+	planPath := filepath.Join(parent, "plan.yaml")
+	if err := os.WriteFile(planPath, []byte(benchPlan), 0o644); err != nil {
+		return err
+	}
+	cfgFor := func(name string, checkpoint time.Duration, topic string) (Config, error) {
+		cfg := defaultConfig()
+		cfg.StateDir, cfg.Plan, cfg.HTTPAddr = filepath.Join(parent, name), planPath, ""
+		cfg.Kafka.Brokers, cfg.Kafka.Topics = brokers, []string{topic}
+		cfg.CheckpointInterval = checkpoint
+		cfg.Window = time.Minute
+		cfg.ReviseHorizon = 2 * time.Hour // the preloaded stream spans records µs
+		cfg.Meters = []engine.Meter{
+			{Name: "voice_seconds", Aggregation: engine.AggSum, GroupBy: []string{"destination"}},
+			{Name: "sms", Aggregation: engine.AggCount, GroupBy: []string{"destination"}},
+			{Name: "data_bytes", Aggregation: engine.AggSum, GroupBy: []string{"rat"}},
+			{Name: gen.IoTMeter, Aggregation: engine.AggSum, GroupBy: []string{"device"}},
+		}
+		return cfg, cfg.validate(true)
+	}
+	on, err := cfgFor("checkpointed", o.checkpoint, "usage")
+	if err != nil {
+		return err
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	withCP, err := timeRun(ctx, on, o.records, log)
+	pprof.StopCPUProfile()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: tally, checkpoints every %s: %.0f records/s to checkpointed state, %d checkpoints, %d live windows, %.0f heap B/window\n",
+		o.checkpoint, withCP.rate, withCP.checkpoints, withCP.liveWindows, withCP.heapPerWindow)
+	off, err := cfgFor("uncheckpointed", time.Minute, "usage") // the longest interval: only the final checkpoint
+	if err != nil {
+		return err
+	}
+	noCP, err := timeRun(ctx, off, o.records, log)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: tally, checkpoints off (one at the end): %.0f records/s\n", noCP.rate)
+
+	var fresh freshness
+	if o.freshRate > 0 {
+		fcfg, err := cfgFor("fresh", o.checkpoint, "fresh")
+		if err != nil {
+			return err
+		}
+		if fresh, err = measureFreshness(ctx, fcfg, brokers, o, g, log); err != nil {
+			return err
+		}
+	}
+	overhead := 0.0
+	if noCP.rate > 0 {
+		overhead = 100 * (1 - withCP.rate/noCP.rate)
+	}
+	fmt.Fprintf(out, "\n| records | partitions | bare consume rec/s | Tally rec/s | ratio | checkpoints off rec/s | checkpoint overhead | heap B/window | freshness p50 / p99 @ %d rec/s | peak RSS |\n", o.freshRate)
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(out, "| %d | %d | %.0f | %.0f | %.0f%% | %.0f | %.1f%% | %.0f | %s / %s | %d MiB |\n",
+		o.records, o.partitions, bare, withCP.rate, 100*withCP.rate/bare, noCP.rate, overhead, withCP.heapPerWindow,
+		fresh.p50.Round(time.Millisecond), fresh.p99.Round(time.Millisecond), peakRSS()>>20)
+	return nil
+}
+
+// writeRecords writes n generated records to path as JSON lines.
+func writeRecords(path string, n int, next func(int) kafkago.Message) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	for i := range n {
+		w.Write(next(i).Value)
+		w.WriteByte('\n')
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// preload produces n records, keyed by customer; it returns their bytes.
+func preload(ctx context.Context, brokers []string, topic string, n int, next func(int) kafkago.Message) (int64, error) {
+	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: topic, Balancer: &kafkago.Hash{},
+		BatchSize: 20_000, BatchBytes: 1_000_000, BatchTimeout: 10 * time.Millisecond, RequiredAcks: kafkago.RequireOne}
+	defer w.Close()
+	var bytes int64
+	batch := make([]kafkago.Message, 0, 20_000)
+	for i := 0; i < n; {
+		batch = batch[:0]
+		for ; i < n && len(batch) < cap(batch); i++ {
+			m := next(i)
+			bytes += int64(len(m.Value))
+			batch = append(batch, m)
+		}
+		if err := w.WriteMessages(ctx, batch...); err != nil {
+			msg := err.Error()
+			return 0, fmt.Errorf("bench: preload: %s", msg[:min(len(msg), 300)])
+		}
+	}
+	return bytes, nil
+}
+
+// bareConsume reads every partition of topic to its end with kafka-go's
+// Conn.ReadBatch, one goroutine per partition, keeping nothing.
+func bareConsume(ctx context.Context, brokers []string, topic string) (float64, error) {
+	conn, err := kafkago.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return 0, err
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		return 0, err
+	}
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, len(parts))
+	start := time.Now()
+	for _, p := range parts {
+		wg.Add(1)
+		go func(partition int) {
+			defer wg.Done()
+			c, err := kafkago.DialLeader(ctx, "tcp", brokers[0], topic, partition)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			first, last, err := c.ReadOffsets()
+			if err != nil {
+				errs <- err
+				return
+			}
+			if _, err := c.Seek(first, kafkago.SeekAbsolute); err != nil {
+				errs <- err
+				return
+			}
+			for offset := first; offset < last; {
+				b := c.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: 16 << 20, MaxWait: time.Second})
+				for {
+					m, err := b.ReadMessage()
+					if err != nil {
+						break
+					}
+					offset = m.Offset + 1
+					total.Add(1)
+				}
+				if err := b.Close(); err != nil && !errors.Is(err, io.EOF) {
+					errs <- err
+					return
+				}
+			}
+		}(p.ID)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, fmt.Errorf("bench: bare consume: %w", err)
+	}
+	return float64(total.Load()) / elapsed.Seconds(), nil
+}
+
+type runResult struct {
+	rate          float64
+	checkpoints   uint64
+	liveWindows   int64
+	heapPerWindow float64
+}
+
+// timeRun runs the engine over the preloaded topic until every record is
+// in a durable checkpoint, and reports the rate.
+func timeRun(ctx context.Context, cfg Config, n int, log *slog.Logger) (runResult, error) {
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	a, err := build(ctx, cfg, log)
+	if err != nil {
+		return runResult{}, err
+	}
+	defer a.close()
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- a.run(ctx, stop) }()
+	var res runResult
+	for {
+		s := a.engine.Stats()
+		if s.Consumed >= uint64(n) {
+			break
+		}
+		select {
+		case err := <-done:
+			return res, fmt.Errorf("bench: engine stopped: %v", err)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	// Everything read is durable once a checkpoint cut after the last
+	// record is; Shutdown makes that final checkpoint.
+	close(stop)
+	if err := <-done; err != nil {
+		return res, err
+	}
+	elapsed := time.Since(start)
+	// The stopped engine still holds its windows (a is open): its heap is
+	// what they cost.
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	res.liveWindows = liveWindows(a)
+	res.rate = float64(n) / elapsed.Seconds()
+	res.checkpoints = a.engine.Stats().CheckpointSeq
+	if res.liveWindows > 0 {
+		res.heapPerWindow = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(res.liveWindows)
+	}
+	return res, nil
+}
+
+func liveWindows(a *app) int64 {
+	families, err := a.registry.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, f := range families {
+		if f.GetName() == "tally_live_windows" {
+			var sum float64
+			for _, m := range f.GetMetric() {
+				sum += m.GetGauge().GetValue()
+			}
+			return int64(sum)
+		}
+	}
+	return 0
+}
+
+type freshness struct{ p50, p99 time.Duration }
+
+// measureFreshness produces at rate for o.freshFor, with one probe record
+// (a customer of its own) every 20 ms, and times each probe from produce to
+// its window being visible in the live query API.
+func measureFreshness(ctx context.Context, cfg Config, brokers []string, o benchOptions, g *gen.Generator, log *slog.Logger) (freshness, error) {
+	a, err := build(ctx, cfg, log)
+	if err != nil {
+		return freshness{}, err
+	}
+	defer a.close()
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx, stop) }()
+	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: "fresh", Balancer: &kafkago.Hash{},
+		BatchSize: 5000, BatchTimeout: time.Millisecond, RequiredAcks: kafkago.RequireOne}
+	defer w.Close()
+
+	const tick = 20 * time.Millisecond
+	perTick := max(1, o.freshRate*int(tick)/int(time.Second))
+	var mu sync.Mutex
+	var latencies []time.Duration
+	var polls sync.WaitGroup
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	end := time.Now().Add(o.freshFor)
+	for i := 0; time.Now().Before(end); i++ {
+		<-ticker.C
+		now := time.Now().UTC()
+		msgs := make([]kafkago.Message, 0, perTick)
+		for range perTick - 1 {
+			u := g.Next(now)
+			msgs = append(msgs, kafkago.Message{Key: []byte(u.Customer), Value: u.PlainJSON()})
+		}
+		probe := "probe-" + strconv.Itoa(i)
+		msgs = append(msgs, kafkago.Message{Key: []byte(probe), Value: []byte(fmt.Sprintf(
+			`{"id":"%s","customer":"%s","meter":"sms","time":"%s","dims":{"destination":"uk"}}`, probe, probe, now.Format(time.RFC3339Nano)))})
+		sent := time.Now()
+		if err := w.WriteMessages(ctx, msgs...); err != nil {
+			return freshness{}, fmt.Errorf("bench: freshness produce: %w", err)
+		}
+		polls.Add(1)
+		go func() {
+			defer polls.Done()
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				u, err := a.engine.Usage(ctx, engine.UsageRequest{Customer: probe, Windows: true})
+				if err == nil && len(u.Windows) > 0 {
+					mu.Lock()
+					latencies = append(latencies, time.Since(sent))
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	polls.Wait()
+	close(stop)
+	if err := <-done; err != nil {
+		return freshness{}, err
+	}
+	if len(latencies) == 0 {
+		return freshness{}, errors.New("bench: no probe became visible")
+	}
+	slices.Sort(latencies)
+	return freshness{p50: latencies[len(latencies)/2], p99: latencies[len(latencies)*99/100]}, nil
+}
+
+// peakRSS is the process's peak resident set (kfake's memory included).
+func peakRSS() int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
