@@ -95,7 +95,11 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 			return nil, fmt.Errorf("state: %s holds files but no Pebble database: %w; point --state-dir at an empty or Tally folder", dir, ErrForeign)
 		}
 	}
-	opts := &pebble.Options{Logger: quietLogger{}, FS: fs}
+	// A 64 MB memtable (Pebble's default is 4 MB): checkpoints write every
+	// new dedup id and dirty window, and most of them are overwritten or
+	// range-deleted within minutes; a larger memtable flushes, and so
+	// compacts, far less of that churn (see bench/RESULTS.md).
+	opts := &pebble.Options{Logger: quietLogger{}, FS: fs, MemTableSize: 64 << 20}
 	// Bloom filters (10 bits per key, ~1% false positives, kept in the block
 	// cache) make most Gets for absent keys — the usual answer when a late
 	// record's id is looked up — cost no data-block read.

@@ -97,8 +97,8 @@ func TestOutages(t *testing.T) {
 	t.Cleanup(cluster.Close)
 	brokers := cluster.ListenAddrs()
 	s := makeStream(5, 30000, time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC))
-	third := len(s.msgs) / 3
-	produce(t, brokers, "usage", s.msgs[:third])
+	quarter := len(s.msgs) / 4
+	produce(t, brokers, "usage", s.msgs[:quarter])
 
 	proxy := newProxy(t, chAddr)
 	database := testDatabase(t)
@@ -113,9 +113,9 @@ func TestOutages(t *testing.T) {
 		return ""
 	})
 
-	// ClickHouse goes away; the rest of the stream arrives.
+	// ClickHouse goes away; more of the stream arrives.
 	proxy.down()
-	produce(t, brokers, "usage", s.msgs[third:2*third])
+	produce(t, brokers, "usage", s.msgs[quarter:2*quarter])
 	waitFor(t, 60*time.Second, "backpressure", func() string {
 		err := r.app.engine.Ready()
 		if err == nil || !strings.Contains(err.Error(), "failing") && !strings.Contains(err.Error(), "backpressure") {
@@ -126,17 +126,19 @@ func TestOutages(t *testing.T) {
 		}
 		return ""
 	})
+	// Paused: records produced now wait in Kafka until ClickHouse is back.
 	pausedAt := r.app.engine.Stats().Consumed
+	produce(t, brokers, "usage", s.msgs[2*quarter:3*quarter])
 	time.Sleep(outage)
-	if consumed := r.app.engine.Stats().Consumed; consumed != pausedAt || consumed >= uint64(2*third) {
-		t.Errorf("consumed %d records during the outage after pausing at %d (of %d produced): backpressure did not hold", consumed, pausedAt, 2*third)
+	if consumed := r.app.engine.Stats().Consumed; consumed != pausedAt || consumed >= uint64(3*quarter) {
+		t.Errorf("consumed %d records during the outage after pausing at %d (of %d produced): backpressure did not hold", consumed, pausedAt, 3*quarter)
 	}
 	if gauge(t, r, "tally_sink_errors_total") == 0 {
 		t.Error("tally_sink_errors_total stayed 0 through the outage")
 	}
 	proxy.up(t)
 	waitFor(t, 90*time.Second, "the engine to catch up after ClickHouse returns", func() string {
-		if r.app.engine.Stats().Consumed < uint64(2*third) {
+		if r.app.engine.Stats().Consumed < uint64(3*quarter) {
 			return "still behind"
 		}
 		if err := r.app.engine.Ready(); err != nil {
@@ -145,7 +147,7 @@ func TestOutages(t *testing.T) {
 		return ""
 	})
 
-	// The broker refuses every request for a while; the last third is
+	// The broker refuses every request for a while; the last quarter is
 	// produced once it is back.
 	var down atomic.Bool
 	var refused atomic.Int64
@@ -163,7 +165,7 @@ func TestOutages(t *testing.T) {
 	if refused.Load() == 0 {
 		t.Error("the engine sent the broker nothing during its outage")
 	}
-	produce(t, brokers, "usage", s.msgs[2*third:])
+	produce(t, brokers, "usage", s.msgs[3*quarter:])
 	waitFor(t, 120*time.Second, "ClickHouse to hold every row once", clickHouseMatches(t, chAddr, database, s.expected))
 	close(r.stop)
 	if err := <-r.done; err != nil {
@@ -173,7 +175,7 @@ func TestOutages(t *testing.T) {
 		t.Errorf("rated topic differs: %s", d)
 	}
 	checkClickHouseDeadLetters(t, chAddr, database, s)
-	t.Logf("ClickHouse outage %s (paused at %d of %d records), broker outage %s (%d requests refused); totals exact", outage, pausedAt, 2*third, outage/3, refused.Load())
+	t.Logf("ClickHouse outage %s (paused at %d of %d records), broker outage %s (%d requests refused); totals exact", outage, pausedAt, 3*quarter, outage/3, refused.Load())
 }
 
 func errString(err error) string {
