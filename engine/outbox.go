@@ -49,7 +49,14 @@ func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(
 	for _, s := range e.sinks {
 		e.workers = append(e.workers, &sinkWorker{name: s.Name(), stream: state.StreamRated,
 			write: func(ctx context.Context, entries [][]byte) error {
-				rows, err := decodeEntries[RatedRow](entries)
+				rows := make([]RatedRow, len(entries))
+				var err error
+				for i, b := range entries {
+					if err = decodeRow(b, &rows[i]); err != nil {
+						err = fmt.Errorf("decode outbox row: %w", err)
+						break
+					}
+				}
 				if err != nil {
 					return err
 				}
@@ -295,12 +302,8 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 			overBudget = overBudget || snap.overBudget
 			dedupIDs += snap.dedupIDs
 		}
-		for _, r := range rows {
-			b, err := json.Marshal(&r)
-			if err != nil {
-				return fmt.Errorf("engine: encode row: %w", err)
-			}
-			cp.Outbox[state.StreamRated] = append(cp.Outbox[state.StreamRated], b)
+		for i := range rows {
+			cp.Outbox[state.StreamRated] = append(cp.Outbox[state.StreamRated], encodeRow(make([]byte, 0, 160), &rows[i]))
 		}
 		for i := range dead {
 			b, err := json.Marshal(&dead[i])

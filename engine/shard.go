@@ -614,6 +614,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 			return strings.Compare(a.key.groupKey, b.key.groupKey)
 		}
 	})
+	snap.rows = make([]RatedRow, 0, len(due))
 	for _, w := range due {
 		final := s.rules.closed(w.endNs, b.watermarkNs)
 		row, err := s.emit(w, final)

@@ -1,0 +1,84 @@
+package engine
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/tally-billing/tally/rating"
+)
+
+// Outbox rows are encoded in a compact binary layout rather than JSON:
+// every row is written at a checkpoint and read by every sink, and JSON
+// was a tenth of the engine's CPU (bench/RESULTS.md). Entries starting
+// with '{' are JSON written by earlier versions and are still read.
+
+const rowCodecVersion = 0xB1
+
+func encodeRow(b []byte, r *RatedRow) []byte {
+	b = append(b, rowCodecVersion)
+	for _, s := range [...]string{r.Tenant, r.Meter, r.Customer, r.GroupKey, r.Currency} {
+		b = appendBytes(b, []byte(s))
+	}
+	b = binary.AppendVarint(b, r.WindowStart.UnixNano())
+	b = binary.AppendVarint(b, r.WindowEnd.UnixNano())
+	b = appendDecimal(b, r.Quantity)
+	b = binary.AppendUvarint(b, r.Count)
+	b = appendDecimal(b, r.Amount)
+	b = appendDecimal(b, r.UnitPrice)
+	b = binary.AppendUvarint(b, r.Revision)
+	final := byte(0)
+	if r.Final {
+		final = 1
+	}
+	b = append(b, final)
+	b = binary.AppendUvarint(b, uint64(len(r.Breakdown)))
+	for _, l := range r.Breakdown {
+		b = appendBytes(b, []byte(l.Description))
+		b = appendDecimal(b, l.Units)
+		b = appendDecimal(b, l.UnitPrice)
+		b = appendDecimal(b, l.Amount)
+	}
+	return b
+}
+
+func decodeRow(b []byte, r *RatedRow) error {
+	if len(b) > 0 && b[0] == '{' {
+		return json.Unmarshal(b, r)
+	}
+	rd := byteReader{b: b}
+	if v := rd.byte(); v != rowCodecVersion {
+		return fmt.Errorf("row layout %#x, want %#x", v, rowCodecVersion)
+	}
+	for _, s := range [...]*string{&r.Tenant, &r.Meter, &r.Customer, &r.GroupKey, &r.Currency} {
+		*s = string(rd.bytes())
+	}
+	r.WindowStart = time.Unix(0, rd.varint()).UTC()
+	r.WindowEnd = time.Unix(0, rd.varint()).UTC()
+	r.Quantity = rd.decimal()
+	r.Count = rd.uvarint()
+	r.Amount = rd.decimal()
+	r.UnitPrice = rd.decimal()
+	r.Revision = rd.uvarint()
+	r.Final = rd.byte() == 1
+	n := rd.uvarint()
+	if rd.err == nil && n > uint64(len(rd.b)) {
+		return fmt.Errorf("row: %d breakdown lines in %d bytes", n, len(rd.b))
+	}
+	if n > 0 && rd.err == nil {
+		r.Breakdown = make([]rating.Line, n)
+		for i := range r.Breakdown {
+			l := &r.Breakdown[i]
+			l.Description = string(rd.bytes())
+			l.Units, l.UnitPrice, l.Amount = rd.decimal(), rd.decimal(), rd.decimal()
+		}
+	}
+	if rd.err != nil {
+		return fmt.Errorf("row: %w", rd.err)
+	}
+	if len(rd.b) != 0 {
+		return fmt.Errorf("row: %d trailing bytes", len(rd.b))
+	}
+	return nil
+}
