@@ -21,8 +21,14 @@ lint:
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	staticcheck ./...
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./engine/ ./rating/ ./state/
+# Component benchmarks, then the end-to-end table of `tally bench`
+# (BENCH_FLAGS, e.g. --records 20000000). bench/RESULTS.md holds the figures.
+bench: build
+	$(GO) test -run '^$$' -bench 'Decode|ShardApply|Aggregate|UsageQuery|Commit|HasDedup|Increment|RateEvent' -benchmem ./engine/ ./rating/ ./state/
+	$(GO) test -run '^$$' -bench 'LiveStatePerKey|DedupCapacity' -benchtime 1x ./engine/
+	@if [ -n "$$TALLY_TEST_CLICKHOUSE" ]; then $(GO) test -run '^$$' -bench Write -benchmem -benchtime 20x ./connectors/clickhouse/; \
+	else echo "ClickHouse insert benchmark skipped: set TALLY_TEST_CLICKHOUSE=host:port"; fi
+	./tally bench $(BENCH_FLAGS)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),120s) ./engine/

@@ -14,7 +14,7 @@ import (
 	"github.com/tally-billing/tally/rating"
 )
 
-func testAddr(t *testing.T) string {
+func testAddr(t testing.TB) string {
 	addr := os.Getenv("TALLY_TEST_CLICKHOUSE")
 	if addr == "" {
 		if os.Getenv("CI") == "true" {
