@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -328,7 +329,7 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 					return out[:first], fail(ReasonInvalidField, "meter %s: %v", m.Name, err)
 				}
 			} else {
-				if ev.Value, err = parseValue(raw); err != nil {
+				if ev.Value, ev.intValue, ev.isInt, err = parseValueInt(raw); err != nil {
 					return out[:first], fmt.Errorf("meter %s: %w", m.Name, err)
 				}
 				if m.NonNegative && ev.Value.IsNegative() {
@@ -336,6 +337,10 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 				}
 				if m.Increments.enabled() {
 					ev.Value = m.Increments.apply(ev.Value)
+					ev.intValue, ev.isInt = 0, false
+					if bi := ev.Value.BigInt(); ev.Value.IsInteger() && bi.IsInt64() {
+						ev.intValue, ev.isInt = bi.Int64(), true
+					}
 				}
 				if !m.Decimal && !ev.Value.IsInteger() {
 					return out[:first], fail(ReasonInvalidField, "meter %s takes integers (set decimal: true for fractional values); got %s", m.Name, ev.Value)
@@ -475,6 +480,32 @@ func parseTime(s string) (int64, error) {
 		return 0, fail(ReasonTimeRange, "time %s is outside 1970..2200", s)
 	}
 	return t.UnixNano(), nil
+}
+
+// parseValueInt is parseValue that also returns the value as an int64 when
+// it is a plain integer of at most 18 digits (the common case: seconds,
+// bytes, counts), parsed without the general decimal parser.
+func parseValueInt(raw json.RawMessage) (decimal.Decimal, int64, bool, error) {
+	if n := len(raw); n > 0 && n <= 19 {
+		digits := raw
+		if raw[0] == '-' {
+			digits = raw[1:]
+		}
+		plain := len(digits) > 0 && len(digits) <= 18 && (digits[0] != '0' || len(digits) == 1)
+		for _, c := range digits {
+			if c < '0' || c > '9' {
+				plain = false
+				break
+			}
+		}
+		if plain {
+			if v, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+				return decimal.NewFromInt(v), v, true, nil
+			}
+		}
+	}
+	v, err := parseValue(raw)
+	return v, 0, false, err
 }
 
 func parseValue(raw json.RawMessage) (decimal.Decimal, error) {

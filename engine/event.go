@@ -39,9 +39,13 @@ type Event struct {
 	Meter    string
 	TimeNs   int64           // event time, UTC, ns since the epoch
 	Value    decimal.Decimal // numeric value (SUM, MIN, MAX, AVG, LATEST)
-	Text     string          // value as text (UNIQUE_COUNT)
-	Dims     []Dim           // sorted by key, keys unique
-	GroupKey string          // canonical form of Dims, part of the window identity
+	// intValue is Value when isInt: an integer that fits int64, which
+	// windows add without allocating.
+	intValue int64
+	isInt    bool
+	Text     string // value as text (UNIQUE_COUNT)
+	Dims     []Dim  // sorted by key, keys unique
+	GroupKey string // canonical form of Dims, part of the window identity
 
 	// Subscription marks a subscription event: from TimeNs on, Customer is
 	// on Plan ("" when cancelled). It has no meter.

@@ -225,3 +225,38 @@ type noStore struct{}
 
 func (noStore) Window([]byte) ([]byte, bool, error)    { return nil, false, nil }
 func (noStore) HasDedup(int64, [16]byte) (bool, error) { return false, nil }
+
+// TestIntegerSumsOverflowIntoDecimal: integer values add without
+// allocating until the int64 would overflow; the total stays exact.
+func TestIntegerSumsOverflowIntoDecimal(t *testing.T) {
+	m, err := CompileMeters([]Meter{{Name: "bytes"}}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &window{meter: m.list[0]}
+	d := NewDecoder(m)
+	want := decimal.Zero
+	values := []string{"-5", "1.5", "-999999999999999999"}
+	for range 11 { // 11 x ~1e18 overflows int64 (9.2e18)
+		values = append(values, "999999999999999999")
+	}
+	for _, v := range values {
+		evs, err := d.Decode([]byte(`{"id":"x","customer":"c","meter":"bytes","time":"2026-03-01T10:00:00Z","value":`+v+`}`), nil)
+		if err != nil {
+			// 1.5 is refused (integers only): decode it by hand.
+			evs = []Event{{Value: decimal.RequireFromString(v), meter: m.list[0]}}
+		}
+		if v != "1.5" && !evs[0].isInt {
+			t.Errorf("%s: not taken as an integer", v)
+		}
+		w.add(&evs[0])
+		want = want.Add(decimal.RequireFromString(v))
+	}
+	if got := w.quantity(); !got.Equal(want) {
+		t.Errorf("sum %s, want %s", got, want)
+	}
+	evs, _ := d.Decode([]byte(`{"id":"x","customer":"c","meter":"bytes","time":"2026-03-01T10:00:00Z","value":123}`), nil)
+	if !evs[0].isInt || evs[0].intValue != 123 {
+		t.Errorf("value 123 decoded as isInt %v, %d", evs[0].isInt, evs[0].intValue)
+	}
+}

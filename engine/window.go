@@ -31,8 +31,11 @@ type window struct {
 	// may leave memory once that checkpoint is durable.
 	writtenSeq uint64
 	count      uint64
-	// sum serves SUM and AVG; extreme MIN or MAX (valid when count > 0).
+	// sum serves SUM and AVG, with isum: integer values add into isum
+	// without allocating while it does not overflow, the rest into sum; the
+	// total is totalSum(). extreme is MIN or MAX (valid when count > 0).
 	sum     decimal.Decimal
+	isum    int64
 	extreme decimal.Decimal
 	// latest is the value of the latest event by (time, topic, partition, offset).
 	latest    decimal.Decimal
@@ -99,7 +102,11 @@ func (w *window) add(ev *Event) {
 	w.count++
 	switch w.meter.Aggregation {
 	case AggSum, AggAvg:
-		w.sum = w.sum.Add(ev.Value)
+		if ev.isInt && !addOverflows(w.isum, ev.intValue) {
+			w.isum += ev.intValue
+		} else {
+			w.sum = w.sum.Add(ev.Value)
+		}
 	case AggMin:
 		if first || ev.Value.LessThan(w.extreme) {
 			w.extreme = ev.Value
@@ -132,6 +139,20 @@ func (w *window) addMoney(amount decimal.Decimal) {
 	w.perEvent = true
 }
 
+// totalSum is the window's SUM: its integer part and its decimal part.
+func (w *window) totalSum() decimal.Decimal {
+	if w.isum == 0 {
+		return w.sum
+	}
+	return w.sum.Add(decimal.NewFromInt(w.isum))
+}
+
+// addOverflows reports whether a+b overflows int64.
+func addOverflows(a, b int64) bool {
+	c := a + b
+	return (b > 0 && c < a) || (b < 0 && c > a)
+}
+
 // avgDecimals is the precision of AVG quantities (ClickHouse's scale).
 const avgDecimals = 10
 
@@ -139,7 +160,7 @@ const avgDecimals = 10
 func (w *window) quantity() decimal.Decimal {
 	switch w.meter.Aggregation {
 	case AggSum:
-		return w.sum
+		return w.totalSum()
 	case AggCount:
 		return decimal.NewFromInt(int64(w.count))
 	case AggMin, AggMax:
@@ -148,7 +169,7 @@ func (w *window) quantity() decimal.Decimal {
 		if w.count == 0 {
 			return decimal.Zero
 		}
-		return w.sum.DivRound(decimal.NewFromInt(int64(w.count)), avgDecimals)
+		return w.totalSum().DivRound(decimal.NewFromInt(int64(w.count)), avgDecimals)
 	case AggLatest:
 		return w.latest
 	case AggUniqueCount:
@@ -234,7 +255,7 @@ func encodeWindowValue(w *window) ([]byte, error) {
 	b = append(b, windowValueVersion)
 	b = binary.AppendVarint(b, w.endNs)
 	b = binary.AppendUvarint(b, w.count)
-	b = appendDecimal(b, w.sum)
+	b = appendDecimal(b, w.totalSum())
 	b = appendDecimal(b, w.extreme)
 	b = appendDecimal(b, w.latest)
 	b = binary.AppendVarint(b, w.latestPos.timeNs)
@@ -280,7 +301,7 @@ func decodeWindowValue(b []byte, w *window) error {
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
-	w.sum = r.decimal()
+	w.sum, w.isum = r.decimal(), 0
 	w.extreme = r.decimal()
 	w.latest = r.decimal()
 	w.latestPos.timeNs = r.varint()

@@ -61,4 +61,3 @@ func BenchmarkRateEvent(b *testing.B) {
 		})
 	}
 }
-
