@@ -335,21 +335,24 @@ func timeRun(ctx context.Context, cfg Config, n int, log *slog.Logger) (runResul
 	return res, nil
 }
 
-func liveWindows(a *app) int64 {
+func liveWindows(a *app) int64 { return int64(metricSum(a, "tally_live_windows")) }
+
+// metricSum is the sum of a gauge's or counter's samples in a's registry.
+func metricSum(a *app, name string) float64 {
 	families, err := a.registry.Gather()
 	if err != nil {
 		return 0
 	}
+	var sum float64
 	for _, f := range families {
-		if f.GetName() == "tally_live_windows" {
-			var sum float64
-			for _, m := range f.GetMetric() {
-				sum += m.GetGauge().GetValue()
-			}
-			return int64(sum)
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 type freshness struct{ p50, p99 time.Duration }

@@ -121,7 +121,7 @@ func TestOutages(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "failing") && !strings.Contains(err.Error(), "backpressure") {
 			return "ready: " + errString(err)
 		}
-		if gauge(t, r, "tally_backpressure") != 1 {
+		if metricSum(r.app, "tally_backpressure") != 1 {
 			return "tally_backpressure is not 1"
 		}
 		return ""
@@ -133,7 +133,7 @@ func TestOutages(t *testing.T) {
 	if consumed := r.app.engine.Stats().Consumed; consumed != pausedAt || consumed >= uint64(3*quarter) {
 		t.Errorf("consumed %d records during the outage after pausing at %d (of %d produced): backpressure did not hold", consumed, pausedAt, 3*quarter)
 	}
-	if gauge(t, r, "tally_sink_errors_total") == 0 {
+	if metricSum(r.app, "tally_sink_errors_total") == 0 {
 		t.Error("tally_sink_errors_total stayed 0 through the outage")
 	}
 	proxy.up(t)
@@ -183,28 +183,4 @@ func errString(err error) string {
 		return "ready"
 	}
 	return err.Error()
-}
-
-// gauge returns the sum of a metric's samples.
-func gauge(t *testing.T, r *running, name string) float64 {
-	t.Helper()
-	families, err := r.app.registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			switch {
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			}
-		}
-	}
-	return sum
 }
