@@ -45,6 +45,8 @@ meters:
 
 type benchOptions struct {
 	records, partitions, subscribers, iotPercent int
+	dupPercent, latePercent                      float64
+	brokers                                      string
 	zipf                                         float64
 	checkpoint                                   time.Duration
 	freshRate                                    int
@@ -60,6 +62,9 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	fs.IntVar(&o.subscribers, "subscribers", 100_000, "distinct customers")
 	fs.Float64Var(&o.zipf, "zipf", 1.1, "Zipf exponent of customer activity (<= 1: uniform)")
 	fs.IntVar(&o.iotPercent, "iot-percent", 20, "share of IoT telemetry records")
+	fs.Float64Var(&o.dupPercent, "dup-percent", 1, "share of records sent twice (producer retries)")
+	fs.Float64Var(&o.latePercent, "late-percent", 1, "share of records 2 minutes late (they revise closed windows)")
+	fs.StringVar(&o.brokers, "brokers", "", "comma-separated brokers of a real cluster with topics usage, fresh, rated-usage and usage-dead-letters (default: an in-process kfake)")
 	fs.DurationVar(&o.checkpoint, "checkpoint-interval", time.Second, "checkpoint interval of the checkpointed run")
 	fs.IntVar(&o.freshRate, "fresh-rate", 100_000, "records/s of the freshness run (0 skips it)")
 	fs.DurationVar(&o.freshFor, "fresh-for", 10*time.Second, "length of the freshness run")
@@ -71,21 +76,35 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	}
 	g := gen.NewWith(uint64(time.Now().UnixNano()), o.subscribers, gen.Options{Zipf: o.zipf, IoTPercent: o.iotPercent})
 	base := time.Now().UTC().Add(-time.Duration(o.records) * time.Microsecond)
+	var prev kafkago.Message
 	next := func(i int) kafkago.Message {
-		u := g.Next(base.Add(time.Duration(i) * time.Microsecond))
-		return kafkago.Message{Key: []byte(u.Customer), Value: u.PlainJSON()}
+		if i > 0 && float64(g.Intn(100_000)) < o.dupPercent*1000 {
+			return prev // a producer retry: same id, removed by dedup
+		}
+		at := base.Add(time.Duration(i) * time.Microsecond)
+		if float64(g.Intn(100_000)) < o.latePercent*1000 {
+			at = at.Add(-2 * time.Minute)
+		}
+		u := g.Next(at)
+		prev = kafkago.Message{Key: []byte(u.Customer), Value: u.PlainJSON()}
+		return prev
 	}
 	if o.toFile != "" {
 		return writeRecords(o.toFile, o.records, next)
 	}
 
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(o.partitions), "usage", "fresh", "rated-usage"),
-		kfake.SeedTopics(1, "usage-dead-letters"))
-	if err != nil {
-		return fmt.Errorf("bench: start kfake: %w", err)
+	var brokers []string
+	if o.brokers != "" {
+		brokers = strings.Split(o.brokers, ",")
+	} else {
+		cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(o.partitions), "usage", "fresh", "rated-usage"),
+			kfake.SeedTopics(1, "usage-dead-letters"))
+		if err != nil {
+			return fmt.Errorf("bench: start kfake: %w", err)
+		}
+		defer cluster.Close()
+		brokers = cluster.ListenAddrs()
 	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
 
 	start := time.Now()
 	bytes, err := preload(ctx, brokers, "usage", o.records, next)
