@@ -396,14 +396,21 @@ func (s *shard) apply(ev *Event) {
 	}
 	s.touch(w)
 
-	periodKey := windowKey{meter: m.Name, customer: ev.Customer, startNs: periodStartNs, period: true}
-	p := s.periods[periodKey]
-	if p == nil && !s.rules.hot(periodEndNs, s.watermarkNs) {
-		p = s.loadCold(periodKey, periodEndNs)
-	}
-	if p == nil {
-		p = &window{key: periodKey, meter: m, endNs: periodEndNs, periodEndNs: periodEndNs}
-		s.indexPeriod(p)
+	// The window remembers its period aggregate, which saves a map lookup
+	// per record; a period that left memory is marked dropped and looked up
+	// (or read back) again.
+	p := w.period
+	if p == nil || p.dropped {
+		periodKey := windowKey{meter: m.Name, customer: ev.Customer, startNs: periodStartNs, period: true}
+		p = s.periods[periodKey]
+		if p == nil && !s.rules.hot(periodEndNs, s.watermarkNs) {
+			p = s.loadCold(periodKey, periodEndNs)
+		}
+		if p == nil {
+			p = &window{key: periodKey, meter: m, endNs: periodEndNs, periodEndNs: periodEndNs}
+			s.indexPeriod(p)
+		}
+		w.period = p
 	}
 	p.add(ev)
 	if rated.PerEvent {
@@ -720,7 +727,10 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		s.releaseGroup(w.key)
 	})
 	if err == nil {
-		err = evict(s.periodsByEnd, func(w *window) { delete(s.periods, w.key) })
+		err = evict(s.periodsByEnd, func(w *window) {
+			delete(s.periods, w.key)
+			w.dropped = true
+		})
 	}
 	for endNs := range s.closedEnds {
 		if _, ok := s.periodsByEnd[endNs]; !ok {

@@ -62,6 +62,11 @@ type window struct {
 	// event charges already charged through its windows.
 	money, emittedMoney decimal.Decimal
 	perEvent            bool
+	// period is, for a window, its billing-period aggregate while that is in
+	// memory (see shard.apply); dropped marks a period aggregate that left
+	// memory, so that windows holding it look it up again.
+	period  *window
+	dropped bool
 	// feeQueued is set while a period is in the shard's fee list.
 	feeQueued bool
 	// changed is set when the aggregate differs from its last emitted revision.
