@@ -193,7 +193,11 @@ func (w *window) quantity() decimal.Decimal {
 // Identifiers never contain NUL (the decoder refuses them), so NUL
 // separates them unambiguously.
 func encodeWindowKey(k windowKey, periodEndNs int64) []byte {
-	b := make([]byte, 0, len(k.meter)+len(k.customer)+len(k.groupKey)+20)
+	return appendWindowKey(make([]byte, 0, len(k.meter)+len(k.customer)+len(k.groupKey)+20), k, periodEndNs)
+}
+
+// appendWindowKey appends the state key of k to b.
+func appendWindowKey(b []byte, k windowKey, periodEndNs int64) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(periodEndNs))
 	if k.period {
 		b = append(b, 'p')
@@ -256,7 +260,11 @@ func (w *window) pendingEmission() bool {
 // opened, whatever the customer's time zone later), every aggregate field,
 // the revision, the emitted amount and whether it changed since emission.
 func encodeWindowValue(w *window) ([]byte, error) {
-	b := make([]byte, 0, 64)
+	return appendWindowValue(make([]byte, 0, 64), w)
+}
+
+// appendWindowValue appends the encoded state of w to b.
+func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	b = append(b, windowValueVersion)
 	b = binary.AppendVarint(b, w.endNs)
 	b = binary.AppendUvarint(b, w.count)
