@@ -207,7 +207,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	}
 	if rules, ok := e.rater.(SubscriptionRules); ok {
 		for _, c := range rules.Subscribers() {
-			e.shards[routingHash(c)%n].feeCustomers[c] = minWatermark
+			e.shards[routingHash(c)%n].addFeeCustomer(c)
 		}
 	}
 	err = e.store.Subscriptions(func(k, v []byte) error {
@@ -217,7 +217,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 		sh := e.shards[routingHash(string(k))%n]
 		sh.subs[string(k)] = changes
-		sh.feeCustomers[string(k)] = minWatermark
+		sh.addFeeCustomer(string(k))
 		return nil
 	})
 	if err != nil {

@@ -231,11 +231,14 @@ type shard struct {
 	// subs holds the subscription changes of the shard's customers read
 	// from subscription events; subsDirty those changed since the last
 	// barrier. feeCustomers are the customers with subscriptions (configured
-	// or from events), whose period fees are owed usage or not; feeOpened
-	// the start of the last period opened for each.
+	// or from events), who owe period fees usage or not; feeNew those whose
+	// periods are not opened yet, feeNext the others by the start of the
+	// next period to open for them.
 	subs         map[string][]rating.Change
 	subsDirty    map[string]bool
-	feeCustomers map[string]int64
+	feeCustomers map[string]bool
+	feeNew       []string
+	feeNext      map[int64][]string
 
 	watermarkNs int64
 	dirty       []*window
@@ -275,7 +278,8 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		closedEnds:   make(map[int64]bool),
 		subs:         make(map[string][]rating.Change),
 		subsDirty:    make(map[string]bool),
-		feeCustomers: make(map[string]int64),
+		feeCustomers: make(map[string]bool),
+		feeNext:      make(map[int64][]string),
 		dedup:        newDedupSet(),
 		queries:      make(chan *usageQuery, queryQueueLen),
 		watermarkNs:  minWatermark,

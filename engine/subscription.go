@@ -57,9 +57,7 @@ func (s *shard) applySubscription(ev *Event) {
 	list[i] = change
 	s.subs[ev.Customer] = list
 	s.subsDirty[ev.Customer] = true
-	if _, ok := s.feeCustomers[ev.Customer]; !ok {
-		s.feeCustomers[ev.Customer] = minWatermark
-	}
+	s.addFeeCustomer(ev.Customer)
 	// The change may prorate fees of periods it falls in or precedes: open
 	// its period, and recompute the fees of closed periods after it.
 	s.openFeePeriod(ev.Customer, ev.TimeNs)
@@ -70,30 +68,50 @@ func (s *shard) applySubscription(ev *Event) {
 	}
 }
 
+// addFeeCustomer makes customer owe period fees from the billing period at
+// the next barrier's watermark on.
+func (s *shard) addFeeCustomer(customer string) {
+	if !s.feeCustomers[customer] {
+		s.feeCustomers[customer] = true
+		s.feeNew = append(s.feeNew, customer)
+	}
+}
+
 // openFeePeriods makes sure every subscriber has an aggregate for each
 // meter its plans charge period fees for, in every billing period up to the
 // one at the watermark: a period without usage still owes its flat fee and
-// its commitment, and closing the period emits them.
+// its commitment, and closing the period emits them. Subscribers wait in
+// feeNext under the start of the next period to open, so a barrier visits
+// only those whose next period has begun, not every subscriber.
 func (s *shard) openFeePeriods() {
 	if _, ok := s.rater.(SubscriptionRules); !ok || s.watermarkNs == minWatermark {
 		return
 	}
-	for customer, opened := range s.feeCustomers {
+	open := func(customer string, from int64) {
 		cust := s.customers.get(customer)
-		startNs, _ := billingPeriod(s.watermarkNs, cust.loc, cust.anchorDay)
-		if opened == startNs {
-			continue
-		}
-		from := startNs
-		if opened != minWatermark {
-			_, from = billingPeriod(opened, cust.loc, cust.anchorDay) // the period after the last opened
+		startNs, endNs := billingPeriod(s.watermarkNs, cust.loc, cust.anchorDay)
+		if from == minWatermark {
+			from = startNs
 		}
 		for from <= startNs {
 			_, next := billingPeriod(from, cust.loc, cust.anchorDay)
 			s.openFeePeriod(customer, from)
 			from = next
 		}
-		s.feeCustomers[customer] = startNs
+		s.feeNext[endNs] = append(s.feeNext[endNs], customer)
+	}
+	for _, customer := range s.feeNew {
+		open(customer, minWatermark)
+	}
+	s.feeNew = nil
+	for next, customers := range s.feeNext {
+		if next > s.watermarkNs {
+			continue
+		}
+		delete(s.feeNext, next)
+		for _, customer := range customers {
+			open(customer, next)
+		}
 	}
 }
 
