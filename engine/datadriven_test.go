@@ -40,7 +40,7 @@ func TestDataDriven(t *testing.T) {
 		nextID := 0
 		var lastDuplicates uint64
 		breakdown := false
-		var catalog *catalogRater
+		var catalog *Pricing
 		output := func(rows []RatedRow, dead []DeadLetter) string {
 			dups := h.engine.stats.duplicates.Load()
 			delta := dups - lastDuplicates
@@ -74,7 +74,7 @@ func TestDataDriven(t *testing.T) {
 					d.Fatalf(t, "catalog: %v", err)
 				}
 				subs, _ := rating.NewSubscriptions(nil, c)
-				catalog = &catalogRater{catalog: c, subs: subs}
+				catalog = NewPricing(c, subs, "") // usage without a subscription is dead-lettered
 				return ""
 			case "meters":
 				if err := yaml.Unmarshal([]byte(d.Input), &meters); err != nil {
@@ -87,7 +87,7 @@ func TestDataDriven(t *testing.T) {
 					h.rater = planRater{plan: plan}
 				}
 				if catalog != nil {
-					h.rater = *catalog
+					h.rater = catalog
 				}
 				for _, a := range cfgArgs {
 					if err := applyConfigArg(&h.cfg, a); err != nil {

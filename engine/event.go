@@ -211,10 +211,10 @@ func (ev *Event) Dim(key string) (string, bool) {
 	return ev.Dims[i].Value, true
 }
 
-// RateWithPlan is Rater.RateEvent once the customer's plan is known: usage
+// rateWithPlan is Rater.RateEvent once the customer's plan is known: usage
 // of a meter the plan does not price is ReasonUnpriced; a per-event price
 // charges the event.
-func RateWithPlan(plan *rating.Plan, meter string, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
+func rateWithPlan(plan *rating.Plan, meter string, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
 	price, ok := plan.Meters[meter]
 	if !ok {
 		return EventRating{}, ReasonUnpriced, fmt.Errorf("plan %s does not price it", plan.ID)

@@ -349,7 +349,7 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 type planRater struct{ plan *rating.Plan }
 
 func (r planRater) RateEvent(_ Subscriber, meter string, _ time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
-	return RateWithPlan(r.plan, meter, units, ev)
+	return rateWithPlan(r.plan, meter, units, ev)
 }
 
 func (r planRater) IncrementEvents(_ Subscriber, meter string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
@@ -363,77 +363,4 @@ func (r planRater) PeriodFee(_ Subscriber, meter string, _, _ time.Time, charged
 
 func (r planRater) Increment(_ Subscriber, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	return r.plan.Increment(meter, before, after)
-}
-
-// catalogRater prices with a plan catalog and subscription events, as the
-// binary's pricing does (without configured subscriptions or default plan).
-type catalogRater struct {
-	catalog *rating.Catalog
-	subs    *rating.Subscriptions
-}
-
-func (r catalogRater) plan(sub Subscriber, at time.Time) (*rating.Plan, error) {
-	id, ok := r.subs.Timeline(sub.ID, sub.Changes).Lookup(at)
-	if !ok {
-		return nil, fmt.Errorf("customer %s has no subscription at %s", sub.ID, at.Format(time.RFC3339))
-	}
-	return r.catalog.Plan(id, at)
-}
-
-func (r catalogRater) RateEvent(sub Subscriber, meter string, at time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
-	plan, err := r.plan(sub, at)
-	if err != nil {
-		return EventRating{}, ReasonNoSubscription, err
-	}
-	return RateWithPlan(plan, meter, units, ev)
-}
-
-func (r catalogRater) Increment(sub Subscriber, meter string, at time.Time, before, after decimal.Decimal) (rating.Charge, error) {
-	plan, err := r.plan(sub, at)
-	if err != nil {
-		return rating.Charge{}, err
-	}
-	return plan.Increment(meter, before, after)
-}
-
-func (r catalogRater) IncrementEvents(sub Subscriber, meter string, at time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
-	plan, err := r.plan(sub, at)
-	if err != nil {
-		return rating.Charge{}, err
-	}
-	return plan.IncrementEvents(meter, usage, before, after)
-}
-
-func (r catalogRater) shares(sub Subscriber, start, end time.Time) []rating.Share {
-	var shares []rating.Share
-	total := decimal.NewFromInt(int64(end.Sub(start)))
-	for _, seg := range r.subs.Timeline(sub.ID, sub.Changes).Segments("", start, end) {
-		if plan, err := r.catalog.Plan(seg.Plan, seg.Start); err == nil {
-			shares = append(shares, rating.Share{Plan: plan, Fraction: decimal.NewFromInt(int64(seg.End.Sub(seg.Start))).Div(total)})
-		}
-	}
-	return shares
-}
-
-func (r catalogRater) PeriodFee(sub Subscriber, meter string, start, end time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
-	return rating.ProratedPeriodFee(r.shares(sub, start, end), meter, charged)
-}
-
-func (r catalogRater) CheckPlan(id string) error {
-	_, err := r.catalog.Plan(id, time.Now())
-	return err
-}
-
-func (r catalogRater) Subscribers() []string { return r.subs.Customers() }
-
-func (r catalogRater) FeeMeters(sub Subscriber, start, end time.Time) []string {
-	var out []string
-	for _, sh := range r.shares(sub, start, end) {
-		for _, name := range sh.Plan.MeterNames() {
-			if p := sh.Plan.Meters[name]; !p.FlatFee.IsZero() || !p.MinimumCommitment.IsZero() {
-				out = append(out, name)
-			}
-		}
-	}
-	return out
 }

@@ -33,7 +33,7 @@ plans:
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := &pricing{catalog: catalog, subs: subs}
+		p := engine.NewPricing(catalog, subs, "")
 		c, ok, err := p.PeriodFee(engine.Subscriber{ID: "ann"}, "sms", day(tt.year+"-02-01"), day(tt.year+"-03-01"), decimal.Zero)
 		if err != nil || !ok || c.Amount.String() != tt.want {
 			t.Errorf("February %s: fee %v (ok %v, err %v), want %s", tt.year, c.Amount, ok, err, tt.want)
@@ -44,7 +44,7 @@ plans:
 		}
 	}
 	// Without a subscription or default plan there is no fee, and no error.
-	p := &pricing{catalog: catalog, subs: mustSubs(t, catalog)}
+	p := engine.NewPricing(catalog, mustSubs(t, catalog), "")
 	if _, ok, err := p.PeriodFee(engine.Subscriber{ID: "eve"}, "sms", day("2027-02-01"), day("2027-03-01"), decimal.Zero); ok || err != nil {
 		t.Errorf("fee for a customer without a plan: ok %v, err %v", ok, err)
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/connectors/clickhouse"
 	"github.com/tally-billing/tally/connectors/jsonl"
 	"github.com/tally-billing/tally/connectors/kafka"
@@ -35,111 +34,9 @@ type app struct {
 	log      *slog.Logger
 }
 
-// pricing prices usage with the plan catalog: a customer's subscription
-// active at a window's start names the plan, the version in force at that
-// time prices it; customers without one get the default plan, if any.
-type pricing struct {
-	catalog     *rating.Catalog
-	subs        *rating.Subscriptions
-	defaultPlan string
-}
-
-func (p *pricing) plan(sub engine.Subscriber, at time.Time) (*rating.Plan, engine.Reason, error) {
-	id, ok := p.subs.Timeline(sub.ID, sub.Changes).Lookup(at)
-	if !ok {
-		if p.defaultPlan == "" {
-			return nil, engine.ReasonNoSubscription, fmt.Errorf("customer %s has no subscription at %s and there is no defaultPlan", sub.ID, at.Format(time.RFC3339))
-		}
-		id = p.defaultPlan
-	}
-	plan, err := p.catalog.Plan(id, at)
-	if err != nil {
-		return nil, engine.ReasonNoSubscription, err
-	}
-	return plan, "", nil
-}
-
-// RateEvent implements engine.Rater.
-func (p *pricing) RateEvent(sub engine.Subscriber, meter string, windowStart time.Time, units decimal.Decimal, ev *engine.Event) (engine.EventRating, engine.Reason, error) {
-	plan, reason, err := p.plan(sub, windowStart)
-	if err != nil {
-		return engine.EventRating{}, reason, err
-	}
-	r, reason, err := engine.RateWithPlan(plan, meter, units, ev)
-	if err != nil {
-		return r, reason, fmt.Errorf("customer %s: %w", sub.ID, err)
-	}
-	return r, "", nil
-}
-
-// IncrementEvents implements engine.Rater.
-func (p *pricing) IncrementEvents(sub engine.Subscriber, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
-	plan, _, err := p.plan(sub, windowStart)
-	if err != nil {
-		return rating.Charge{}, err
-	}
-	return plan.IncrementEvents(meter, usage, before, after)
-}
-
-// Increment implements engine.Rater.
-func (p *pricing) Increment(sub engine.Subscriber, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error) {
-	plan, _, err := p.plan(sub, windowStart)
-	if err != nil {
-		return rating.Charge{}, err
-	}
-	return plan.Increment(meter, before, after)
-}
-
-// shares returns the plans in force during a period, each with its share
-// of the period; gaps take defaultPlan when given.
-func (p *pricing) shares(sub engine.Subscriber, defaultPlan string, periodStart, periodEnd time.Time) []rating.Share {
-	total := decimal.NewFromInt(int64(periodEnd.Sub(periodStart)))
-	var shares []rating.Share
-	for _, seg := range p.subs.Timeline(sub.ID, sub.Changes).Segments(defaultPlan, periodStart, periodEnd) {
-		plan, err := p.catalog.Plan(seg.Plan, seg.Start)
-		if err != nil {
-			continue // no version in force: no fee for that stretch
-		}
-		shares = append(shares, rating.Share{Plan: plan, Fraction: decimal.NewFromInt(int64(seg.End.Sub(seg.Start))).Div(total)})
-	}
-	return shares
-}
-
-// PeriodFee implements engine.Rater: each plan the customer was on during
-// the period contributes its fees for its share of the period.
-func (p *pricing) PeriodFee(sub engine.Subscriber, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (rating.Charge, bool, error) {
-	return rating.ProratedPeriodFee(p.shares(sub, p.defaultPlan, periodStart, periodEnd), meter, usageCharged)
-}
-
-// CheckPlan implements engine.SubscriptionRules.
-func (p *pricing) CheckPlan(id string) error {
-	if !slices.Contains(p.catalog.IDs(), id) {
-		return fmt.Errorf("no plan %q; plans are %v", id, p.catalog.IDs())
-	}
-	return nil
-}
-
-// Subscribers implements engine.SubscriptionRules.
-func (p *pricing) Subscribers() []string { return p.subs.Customers() }
-
-// FeeMeters implements engine.SubscriptionRules: the meters with a flat fee
-// or a commitment in a plan sub was subscribed to during the period. The
-// default plan does not count: it prices usage, it does not subscribe.
-func (p *pricing) FeeMeters(sub engine.Subscriber, periodStart, periodEnd time.Time) []string {
-	var out []string
-	for _, sh := range p.shares(sub, "", periodStart, periodEnd) {
-		for _, name := range sh.Plan.MeterNames() {
-			if price := sh.Plan.Meters[name]; (!price.FlatFee.IsZero() || !price.MinimumCommitment.IsZero()) && !slices.Contains(out, name) {
-				out = append(out, name)
-			}
-		}
-	}
-	return out
-}
-
 // loadPricing reads the plan file (one plan, or a list of plans and
 // versions) and checks the subscriptions and default plan against it.
-func loadPricing(cfg Config) (*pricing, error) {
+func loadPricing(cfg Config) (*engine.Pricing, error) {
 	data, err := os.ReadFile(cfg.Plan)
 	if err != nil {
 		return nil, fmt.Errorf("config key plan (flag --plan): %w", err)
@@ -152,14 +49,14 @@ func loadPricing(cfg Config) (*pricing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config key %w", err)
 	}
-	p := &pricing{catalog: catalog, subs: subs, defaultPlan: cfg.DefaultPlan}
-	if ids := catalog.IDs(); p.defaultPlan == "" && len(ids) == 1 {
-		p.defaultPlan = ids[0] // a single plan prices everyone
+	defaultPlan := cfg.DefaultPlan
+	if ids := catalog.IDs(); defaultPlan == "" && len(ids) == 1 {
+		defaultPlan = ids[0] // a single plan prices everyone
 	}
-	if p.defaultPlan != "" && !slices.Contains(catalog.IDs(), p.defaultPlan) {
-		return nil, fmt.Errorf("config key defaultPlan (flag --default-plan): no plan %q; plans are %v", p.defaultPlan, catalog.IDs())
+	if defaultPlan != "" && !slices.Contains(catalog.IDs(), defaultPlan) {
+		return nil, fmt.Errorf("config key defaultPlan (flag --default-plan): no plan %q; plans are %v", defaultPlan, catalog.IDs())
 	}
-	return p, nil
+	return engine.NewPricing(catalog, subs, defaultPlan), nil
 }
 
 // buildOptions adjust wiring; tests use them to wrap sinks.
@@ -172,9 +69,9 @@ type buildOption func(*buildOptions)
 // compileMeters returns the configured meters, or one SUM meter per meter
 // any plan prices. Every meter must be priced by some plan, and pricing the
 // engine cannot apply yet is refused: usage is never silently mispriced.
-func compileMeters(cfg Config, p *pricing) (*engine.Meters, error) {
+func compileMeters(cfg Config, p *engine.Pricing) (*engine.Meters, error) {
 	priced := make(map[string]bool)
-	for _, v := range p.catalog.Versions() {
+	for _, v := range p.Catalog().Versions() {
 		for _, name := range v.MeterNames() {
 			priced[name] = true
 		}
@@ -191,10 +88,10 @@ func compileMeters(cfg Config, p *pricing) (*engine.Meters, error) {
 	}
 	for _, name := range meters.Names() {
 		if !priced[name] {
-			return nil, fmt.Errorf("config key meters: meter %s is not priced by any plan (%v); add it to a plan (a zero price is fine)", name, p.catalog.IDs())
+			return nil, fmt.Errorf("config key meters: meter %s is not priced by any plan (%v); add it to a plan (a zero price is fine)", name, p.Catalog().IDs())
 		}
 	}
-	for _, v := range p.catalog.Versions() {
+	for _, v := range p.Catalog().Versions() {
 		for _, name := range v.MeterNames() {
 			price := v.Meters[name]
 			if !meters.Has(name) {
