@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -11,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -115,7 +115,7 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 	}
 	byPartition := make(map[engine.PartitionID][][]byte)
 	err = src.ReadToEnd(ctx, func(p engine.PartitionID, r engine.Record) error {
-		if strings.ContainsRune(string(r.Value), '\n') {
+		if bytes.IndexByte(r.Value, '\n') >= 0 {
 			return fmt.Errorf("audit: %s offset %d holds a newline: it cannot go through the JSON-lines export", p, r.Offset)
 		}
 		byPartition[p] = append(byPartition[p], r.Value)
