@@ -22,14 +22,22 @@ const (
 	pendingCheckpoints = 1
 )
 
-// inboundBatch is one decoded fetch of one partition.
+// inboundBatch is one decoded fetch of one partition, its events already
+// routed to shards by the reader (so that the single dispatcher does not copy
+// every event once more).
 type inboundBatch struct {
-	partition  int // index into the dispatcher's partitions
-	events     []Event
-	dead       []DeadLetter
-	records    int
-	nextOffset int64
-	highWater  int64
+	partition int // index into the dispatcher's partitions
+	// shards holds each shard's events in partition order; nil for a shard
+	// with none.
+	shards [][]Event
+	// maxEventTimeNs is the highest usage event time in the batch
+	// (minWatermark if none): subscription events do not move time.
+	maxEventTimeNs int64
+	decoded        int
+	dead           []DeadLetter
+	records        int
+	nextOffset     int64
+	highWater      int64
 }
 
 // partitionProgress is the dispatcher's view of one partition.
@@ -240,6 +248,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 // readPartition fetches, decodes and forwards one partition, in order.
 // Decoding happens here, one goroutine per partition, so it runs in parallel.
 func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r PartitionReader, out chan<- inboundBatch) error {
+	var scratch []Event // one record's events
 	for {
 		records, err := r.Fetch(ctx)
 		if err != nil {
@@ -251,10 +260,9 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 		if len(records) == 0 {
 			continue
 		}
-		b := inboundBatch{partition: index, events: make([]Event, 0, len(records)), records: len(records)}
+		b := inboundBatch{partition: index, shards: make([][]Event, len(e.shards)), maxEventTimeNs: minWatermark, records: len(records)}
 		for _, rec := range records {
-			first := len(b.events)
-			b.events, err = e.decoder.Decode(rec.Value, b.events)
+			scratch, err = e.decoder.Decode(rec.Value, scratch[:0])
 			if err != nil {
 				var de *decodeError
 				if !errors.As(err, &de) {
@@ -264,8 +272,20 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 					Topic: id.Topic, Partition: id.Partition, Offset: rec.Offset, Raw: rec.Value})
 				continue
 			}
-			for i := first; i < len(b.events); i++ {
-				b.events[i].Partition, b.events[i].Offset, b.events[i].Raw = id, rec.Offset, rec.Value
+			for i := range scratch {
+				ev := &scratch[i]
+				ev.Partition, ev.Offset, ev.Raw = id, rec.Offset, rec.Value
+				// A subscription event's time is when its change takes
+				// effect, possibly months ahead: only usage moves time.
+				if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription {
+					b.maxEventTimeNs = ev.TimeNs
+				}
+				s := routingHash(ev.Customer) % uint64(len(b.shards))
+				if b.shards[s] == nil {
+					b.shards[s] = make([]Event, 0, len(records)/len(b.shards)+8)
+				}
+				b.shards[s] = append(b.shards[s], *ev)
+				b.decoded++
 			}
 		}
 		last := records[len(records)-1]
@@ -289,7 +309,6 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 	defer ticker.Stop()
 	seq := e.committedSeq.Load()
 	wm := e.stats.watermarkNs.Load()
-	buffers := make([][]Event, len(e.shards))
 	var dead []DeadLetter
 	lastEmitOpen := e.now()
 	paused := false
@@ -402,34 +421,24 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 				return false, fmt.Errorf("engine: partition %s went back from offset %d to %d", p.id, p.nextOffset, b.nextOffset)
 			}
 			p.nextOffset, p.highWater, p.lastRecordAt = b.nextOffset, b.highWater, e.now()
-			for i := range b.events {
-				ev := &b.events[i]
-				// A subscription event's time is when its change takes
-				// effect, possibly months ahead: only usage moves time.
-				if ev.TimeNs > p.maxEventTimeNs && !ev.Subscription {
-					p.maxEventTimeNs = ev.TimeNs
-				}
-				s := routingHash(ev.Customer) % uint64(len(e.shards))
-				buffers[s] = append(buffers[s], *ev)
-			}
+			p.maxEventTimeNs = max(p.maxEventTimeNs, b.maxEventTimeNs)
 			// Events carry the watermark from before their batch, so a batch
 			// never makes its own records late.
-			for i, buf := range buffers {
-				if len(buf) == 0 {
+			for i, events := range b.shards {
+				if len(events) == 0 {
 					continue
 				}
 				select {
-				case e.shards[i].in <- shardMsg{events: buf, watermarkNs: wm}:
+				case e.shards[i].in <- shardMsg{events: events, watermarkNs: wm}:
 				case <-ctx.Done():
 					return false, context.Cause(ctx)
 				}
-				buffers[i] = make([]Event, 0, len(buf))
 			}
 			wm = e.watermark(partitions, p.lastRecordAt, wm)
 			dead = append(dead, b.dead...)
 			e.stats.consumed.Add(uint64(b.records))
 			e.metrics.recordsConsumed.Add(float64(b.records))
-			e.metrics.recordsDecoded.Add(float64(len(b.events)))
+			e.metrics.recordsDecoded.Add(float64(b.decoded))
 			lag := max(p.highWater-p.nextOffset, 0)
 			e.metrics.consumerLag.WithLabelValues(p.id.Topic, strconv.Itoa(int(p.id.Partition))).Set(float64(lag))
 			var total int64

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -164,8 +165,8 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "bench: tally, checkpoints every %s: %.0f records/s to checkpointed state, %d checkpoints, %d live windows, %.0f heap B/window\n",
-		o.checkpoint, withCP.rate, withCP.checkpoints, withCP.liveWindows, withCP.heapPerWindow)
+	fmt.Fprintf(out, "bench: tally, checkpoints every %s: %.0f records/s to checkpointed state, %s CPU a record, %d checkpoints, %d live windows, %.0f heap B/window\n",
+		o.checkpoint, withCP.rate, withCP.cpuPerRecord, withCP.checkpoints, withCP.liveWindows, withCP.heapPerWindow)
 	off, err := cfgFor("uncheckpointed", time.Minute, "usage") // the longest interval: only the final checkpoint
 	if err != nil {
 		return err
@@ -174,7 +175,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "bench: tally, checkpoints off (one at the end): %.0f records/s\n", noCP.rate)
+	fmt.Fprintf(out, "bench: tally, checkpoints off (one at the end): %.0f records/s, %s CPU a record\n", noCP.rate, noCP.cpuPerRecord)
 
 	var fresh freshness
 	if o.freshRate > 0 {
@@ -190,10 +191,10 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	if noCP.rate > 0 {
 		overhead = 100 * (1 - withCP.rate/noCP.rate)
 	}
-	fmt.Fprintf(out, "\n| records | partitions | bare consume rec/s | Tally rec/s | ratio | checkpoints off rec/s | checkpoint overhead | heap B/window | freshness p50 / p99 @ %d rec/s | peak RSS |\n", o.freshRate)
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|")
-	fmt.Fprintf(out, "| %d | %d | %.0f | %.0f | %.0f%% | %.0f | %.1f%% | %.0f | %s / %s | %d MiB |\n",
-		o.records, o.partitions, bare, withCP.rate, 100*withCP.rate/bare, noCP.rate, overhead, withCP.heapPerWindow,
+	fmt.Fprintf(out, "\n| records | partitions | bare consume rec/s | Tally rec/s | ratio | CPU µs/record | checkpoints off rec/s | checkpoint overhead | heap B/window | freshness p50 / p99 @ %d rec/s | peak RSS |\n", o.freshRate)
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(out, "| %d | %d | %.0f | %.0f | %.0f%% | %.1f | %.0f | %.1f%% | %.0f | %s / %s | %d MiB |\n",
+		o.records, o.partitions, bare, withCP.rate, 100*withCP.rate/bare, float64(withCP.cpuPerRecord)/1e3, noCP.rate, overhead, withCP.heapPerWindow,
 		fresh.p50.Round(time.Millisecond), fresh.p99.Round(time.Millisecond), peakRSS()>>20)
 	return nil
 }
@@ -304,6 +305,9 @@ type runResult struct {
 	checkpoints   uint64
 	liveWindows   int64
 	heapPerWindow float64
+	// cpuPerRecord is the process's CPU time (user + system, kfake's
+	// included) per record: steadier run to run than the rate on a shared VM.
+	cpuPerRecord time.Duration
 }
 
 // timeRun runs the engine over the preloaded topic until every record is
@@ -319,6 +323,7 @@ func timeRun(ctx context.Context, cfg Config, n int, log *slog.Logger) (runResul
 	defer a.close()
 	stop := make(chan struct{})
 	done := make(chan error, 1)
+	cpuBefore := processCPU()
 	start := time.Now()
 	go func() { done <- a.run(ctx, stop) }()
 	var res runResult
@@ -340,6 +345,7 @@ func timeRun(ctx context.Context, cfg Config, n int, log *slog.Logger) (runResul
 		return res, err
 	}
 	elapsed := time.Since(start)
+	res.cpuPerRecord = (processCPU() - cpuBefore) / time.Duration(n)
 	// The stopped engine still holds its windows (a is open): its heap is
 	// what they cost.
 	var after runtime.MemStats
@@ -439,6 +445,15 @@ func measureFreshness(ctx context.Context, cfg Config, brokers []string, o bench
 	}
 	slices.Sort(latencies)
 	return freshness{p50: latencies[len(latencies)/2], p99: latencies[len(latencies)*99/100]}, nil
+}
+
+// processCPU is the CPU time the process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // peakRSS is the process's peak resident set (kfake's memory included).
