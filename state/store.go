@@ -15,7 +15,12 @@
 //	w/<period end ns:8><window key>        window aggregate (engine encoding), by
 //	                                       the end of its billing period so that
 //	                                       finalized periods go in one range delete
-//	d/<bucket ns:8><id hash:16>            dedup entry; value: routing hash:8
+//	e/<bucket ns:8><id hash[0]:1><seq:8>   the dedup ids one checkpoint added to a
+//	                                       bucket whose hashes begin with that byte;
+//	                                       value: (id hash:16, routing hash:8)...
+//	                                       sorted by id hash
+//	d/<bucket ns:8><id hash:16>            (before 2026-11-25: one key per dedup id;
+//	                                       moved to e/ when the store opens)
 //	o/<stream:1><seq:8><index:4>           outbox entry (engine encoding)
 //	s/<sink name>                          sink's next outbox position: seq:8 index:4
 //
@@ -25,10 +30,13 @@ package state
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -46,9 +54,13 @@ var (
 
 	prefixPartition = []byte("p/")
 	prefixWindow    = []byte("w/")
-	prefixDedup     = []byte("d/")
-	prefixOutbox    = []byte("o/")
-	prefixSink      = []byte("s/")
+	// prefixDedup holds dedup ids packed per checkpoint, bucket and first
+	// byte of the hash; prefixDedupV1 one id per key, as older versions
+	// wrote them (migrated at open).
+	prefixDedup   = []byte("e/")
+	prefixDedupV1 = []byte("d/")
+	prefixOutbox  = []byte("o/")
+	prefixSink    = []byte("s/")
 	// prefixSubscription holds each customer's subscription changes read
 	// from subscription events.
 	prefixSubscription = []byte("u/")
@@ -131,6 +143,10 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 			db.Close()
 			return nil, fmt.Errorf("state: %s has format %q, this Tally reads %q: %w", dir, got, formatMarker, ErrForeign)
 		}
+	}
+	if err := s.migrateDedup(); err != nil {
+		db.Close()
+		return nil, err
 	}
 	return s, nil
 }
@@ -247,10 +263,8 @@ func (s *Store) Commit(cp *Checkpoint) error {
 			return fmt.Errorf("state: batch subscription: %w", err)
 		}
 	}
-	for _, d := range cp.DedupAdds {
-		if err := b.Set(dedupKey(d.BucketNs, d.IDHash), binary.BigEndian.AppendUint64(nil, d.RoutingHash), nil); err != nil {
-			return fmt.Errorf("state: batch dedup: %w", err)
-		}
+	if err := setDedup(b, cp.Seq, cp.DedupAdds); err != nil {
+		return err
 	}
 	if cp.WindowsFinalizedBeforeNs > 0 {
 		end := binary.BigEndian.AppendUint64(append([]byte(nil), prefixWindow...), uint64(cp.WindowsFinalizedBeforeNs))
@@ -259,7 +273,7 @@ func (s *Store) Commit(cp *Checkpoint) error {
 		}
 	}
 	if cp.DedupExpireBeforeNs > 0 {
-		if err := b.DeleteRange(prefixDedup, dedupKey(cp.DedupExpireBeforeNs, [16]byte{}), nil); err != nil {
+		if err := b.DeleteRange(prefixDedup, dedupPrefix(cp.DedupExpireBeforeNs), nil); err != nil {
 			return fmt.Errorf("state: batch dedup expiry: %w", err)
 		}
 	}
@@ -393,29 +407,116 @@ func (s *Store) Window(key []byte) ([]byte, bool, error) {
 	return append([]byte(nil), v...), true, nil
 }
 
+// dedupEntryBytes is the size of one packed dedup entry: id hash, routing hash.
+const dedupEntryBytes = 16 + 8
+
+// setDedup writes a checkpoint's new dedup ids: one value per bucket and
+// first byte of the id hash, its entries sorted by id hash. Packing them
+// saves Pebble a key per record (the memtable insert, the flush and the
+// compactions of that key) and keeps lookups to a binary search in the few
+// values of one bucket and byte. It sorts adds.
+func setDedup(b *pebble.Batch, seq uint64, adds []DedupEntry) error {
+	slices.SortFunc(adds, func(x, y DedupEntry) int {
+		if c := cmp.Compare(x.BucketNs, y.BucketNs); c != 0 {
+			return c
+		}
+		return bytes.Compare(x.IDHash[:], y.IDHash[:])
+	})
+	var value []byte
+	for i := 0; i < len(adds); {
+		j := i + 1
+		for j < len(adds) && adds[j].BucketNs == adds[i].BucketNs && adds[j].IDHash[0] == adds[i].IDHash[0] {
+			j++
+		}
+		value = value[:0]
+		for _, d := range adds[i:j] {
+			value = binary.BigEndian.AppendUint64(append(value, d.IDHash[:]...), d.RoutingHash)
+		}
+		key := binary.BigEndian.AppendUint64(append(dedupPrefix(adds[i].BucketNs), adds[i].IDHash[0]), seq)
+		if err := b.Set(key, value, nil); err != nil {
+			return fmt.Errorf("state: batch dedup: %w", err)
+		}
+		i = j
+	}
+	return nil
+}
+
 // HasDedup reports whether an event id is remembered in bucketNs.
 func (s *Store) HasDedup(bucketNs int64, id [16]byte) (bool, error) {
-	_, closer, err := s.db.Get(dedupKey(bucketNs, id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return false, nil
-	}
+	lower := append(dedupPrefix(bucketNs), id[0])
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: keyAfterPrefix(lower)})
 	if err != nil {
-		return false, fmt.Errorf("state: get dedup id: %w", err)
+		return false, fmt.Errorf("state: dedup iterator: %w", err)
 	}
-	closer.Close()
-	return true, nil
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return false, fmt.Errorf("state: read dedup ids: %w", err)
+		}
+		if len(v)%dedupEntryBytes != 0 {
+			return false, fmt.Errorf("state: malformed dedup value of %d bytes: state is corrupt", len(v))
+		}
+		n := len(v) / dedupEntryBytes
+		i := sort.Search(n, func(i int) bool { return bytes.Compare(v[i*dedupEntryBytes:i*dedupEntryBytes+16], id[:]) >= 0 })
+		if i < n && bytes.Equal(v[i*dedupEntryBytes:i*dedupEntryBytes+16], id[:]) {
+			return true, nil
+		}
+	}
+	if err := it.Error(); err != nil {
+		return false, fmt.Errorf("state: scan dedup ids: %w", err)
+	}
+	return false, nil
 }
 
 // Dedup calls fn for every stored dedup entry.
 func (s *Store) Dedup(fn func(DedupEntry) error) error {
 	return s.scan(prefixDedup, func(k, v []byte) error {
+		if len(k) != 8+1+8 || len(v)%dedupEntryBytes != 0 {
+			return fmt.Errorf("state: malformed dedup entry: state is corrupt")
+		}
+		bucket := int64(binary.BigEndian.Uint64(k))
+		for ; len(v) > 0; v = v[dedupEntryBytes:] {
+			e := DedupEntry{BucketNs: bucket, RoutingHash: binary.BigEndian.Uint64(v[16:])}
+			copy(e.IDHash[:], v)
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// migrateDedup moves dedup ids stored one per key (d/, before 2026-11-25)
+// into the packed layout, as if one checkpoint numbered 0 had added them, in
+// one batch: a crash during it leaves the old layout, migrated again next
+// time.
+func (s *Store) migrateDedup() error {
+	var adds []DedupEntry
+	err := s.scan(prefixDedupV1, func(k, v []byte) error {
 		if len(k) != 24 || len(v) != 8 {
 			return fmt.Errorf("state: malformed dedup entry: state is corrupt")
 		}
 		e := DedupEntry{BucketNs: int64(binary.BigEndian.Uint64(k)), RoutingHash: binary.BigEndian.Uint64(v)}
 		copy(e.IDHash[:], k[8:])
-		return fn(e)
+		adds = append(adds, e)
+		return nil
 	})
+	if err != nil || len(adds) == 0 {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := setDedup(b, 0, adds); err != nil {
+		return err
+	}
+	if err := b.DeleteRange(prefixDedupV1, prefixEnd(prefixDedupV1), nil); err != nil {
+		return fmt.Errorf("state: batch dedup migration: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("state: migrate %d dedup ids to the packed layout: %w", len(adds), err)
+	}
+	return nil
 }
 
 // Outbox calls fn for at most limit entries of stream at or after from and in
@@ -477,9 +578,21 @@ func partitionKey(topic string, partition int32) []byte {
 	return binary.BigEndian.AppendUint32(k, uint32(partition))
 }
 
-func dedupKey(bucketNs int64, id [16]byte) []byte {
-	k := binary.BigEndian.AppendUint64(append([]byte(nil), prefixDedup...), uint64(bucketNs))
-	return append(k, id[:]...)
+func dedupPrefix(bucketNs int64) []byte {
+	return binary.BigEndian.AppendUint64(append(make([]byte, 0, len(prefixDedup)+8+1+8), prefixDedup...), uint64(bucketNs))
+}
+
+// keyAfterPrefix is the smallest key greater than every key starting with
+// prefix (trailing 0xff bytes carry), nil if there is none.
+func keyAfterPrefix(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] != 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
 }
 
 func outboxKey(stream Stream, seq uint64, index uint32) []byte {
