@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -47,8 +47,13 @@ type wireEvent struct {
 	ID       string
 	Customer string
 	Meter    string
+	// Time is the time field's text; TimeNs is set instead (and Time left
+	// empty) when the fast path parsed it.
 	Time     string
+	TimeNs   int64
+	hasTime  bool
 	Value    json.RawMessage
+	valueBuf [32]byte // Value's storage when it fits
 	Dims     []Dim
 	// Plan is the plan of a plain-form subscription event.
 	Plan string
@@ -88,7 +93,12 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 	str := func(key []byte, v *fastjson.Value, dst *string) {
 		switch v.Type() {
 		case fastjson.TypeString:
-			*dst = string(v.GetStringBytes())
+			b := v.GetStringBytes()
+			if t, ok := d.types[string(b)]; ok && (dst == &w.Meter || dst == &w.Type) {
+				*dst = t // event types are few: no string per record
+				return
+			}
+			*dst = string(b)
 		case fastjson.TypeNull:
 		default:
 			ferr = fail(ReasonInvalidField, "field %s: %s where string is expected", key, v.Type())
@@ -116,6 +126,12 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 		case "meter":
 			str(key, v, &w.Meter)
 		case "time":
+			if v.Type() == fastjson.TypeString {
+				if ns, ok := parseTimeFast(v.GetStringBytes()); ok {
+					w.TimeNs, w.hasTime = ns, true
+					return
+				}
+			}
 			str(key, v, &w.Time)
 		case "plan":
 			str(key, v, &w.Plan)
@@ -128,7 +144,7 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 		case "subject":
 			str(key, v, &w.Subject)
 		case "value":
-			w.Value = v.MarshalTo(nil)
+			w.Value = v.MarshalTo(w.valueBuf[:0])
 		case "dims":
 			w.Dims, ferr = wireDims(v)
 		case "data":
@@ -201,8 +217,13 @@ func wireData(v *fastjson.Value) (map[string]json.RawMessage, []Dim, error) {
 // Decoder turns raw JSON records into Events, one per meter that reads the
 // record's event type. It is safe for concurrent use.
 type Decoder struct {
-	meters  *Meters
+	meters *Meters
+	// types interns the event types meters read.
+	types   map[string]string
 	parsers fastjson.ParserPool
+	// wires holds *wireEvent scratch (parseWire's closures make one
+	// escape; reusing them saves an allocation per record).
+	wires sync.Pool
 	// maxFutureSkew refuses records timed further than this past the wall
 	// clock; 0 disables.
 	maxFutureSkew time.Duration
@@ -236,7 +257,11 @@ func WithClock(now func() time.Time) DecoderOption {
 
 // NewDecoder returns a decoder for meters.
 func NewDecoder(meters *Meters, options ...DecoderOption) *Decoder {
-	d := &Decoder{meters: meters, now: time.Now}
+	d := &Decoder{meters: meters, now: time.Now, types: make(map[string]string, len(meters.byType))}
+	for t := range meters.byType {
+		d.types[t] = t
+	}
+	d.wires.New = func() any { return new(wireEvent) }
 	for _, o := range options {
 		o(d)
 	}
@@ -253,8 +278,10 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 	if !utf8.Valid(raw) {
 		return out, fail(ReasonInvalidField, "record is not valid UTF-8")
 	}
-	var w wireEvent
-	if err := d.parseWire(raw, &w); err != nil {
+	w := d.wires.Get().(*wireEvent)
+	*w = wireEvent{}
+	defer d.wires.Put(w)
+	if err := d.parseWire(raw, w); err != nil {
 		return out, err
 	}
 	var base Event
@@ -299,17 +326,19 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 	if err := checkIdentifier("source", base.Source); err != nil {
 		return out, err
 	}
-	if base.TimeNs, err = parseTime(w.Time); err != nil {
+	if w.hasTime {
+		base.TimeNs = w.TimeNs
+	} else if base.TimeNs, err = parseTime(w.Time); err != nil {
 		return out, err
 	}
 	if d.minEventTimeNs != 0 && base.TimeNs < d.minEventTimeNs {
-		return out, fail(ReasonTimeRange, "time %s is before the horizon %s", w.Time, time.Unix(0, d.minEventTimeNs).UTC().Format(time.RFC3339))
+		return out, fail(ReasonTimeRange, "time %s is before the horizon %s", formatTimeNs(base.TimeNs), time.Unix(0, d.minEventTimeNs).UTC().Format(time.RFC3339))
 	}
 	if d.maxFutureSkew > 0 && base.TimeNs > d.now().Add(d.maxFutureSkew).UnixNano() {
-		return out, fail(ReasonTimeRange, "time %s is more than %s in the future", w.Time, d.maxFutureSkew)
+		return out, fail(ReasonTimeRange, "time %s is more than %s in the future", formatTimeNs(base.TimeNs), d.maxFutureSkew)
 	}
 	if strings.HasPrefix(eventType, subscriptionTypePrefix) {
-		return d.decodeSubscription(base, eventType, &w, out)
+		return d.decodeSubscription(base, eventType, w, out)
 	}
 	meters := d.meters.byType[eventType]
 	if len(meters) == 0 {
@@ -467,6 +496,58 @@ func checkIdentifier(name, v string) error {
 	return nil
 }
 
+func formatTimeNs(ns int64) string { return time.Unix(0, ns).UTC().Format(time.RFC3339Nano) }
+
+// parseTimeFast parses the usual form of an RFC 3339 time,
+// YYYY-MM-DDTHH:MM:SS[.fraction]Z with 1 to 9 fraction digits, without
+// allocating. Anything else (offsets, out-of-range fields) is left to
+// parseTime (ok false), so it accepts only what parseTime accepts.
+func parseTimeFast(b []byte) (int64, bool) {
+	if len(b) < 20 || len(b) > 30 || b[len(b)-1] != 'Z' || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' {
+		return 0, false
+	}
+	num := func(from, to int) (int, bool) {
+		n := 0
+		for _, c := range b[from:to] {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			n = n*10 + int(c-'0')
+		}
+		return n, true
+	}
+	year, ok1 := num(0, 4)
+	month, ok2 := num(5, 7)
+	day, ok3 := num(8, 10)
+	hour, ok4 := num(11, 13)
+	minute, ok5 := num(14, 16)
+	sec, ok6 := num(17, 19)
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) || year < 1970 || year > 2200 || month < 1 || month > 12 || day < 1 ||
+		day > daysIn(time.Month(month), year) || hour > 23 || minute > 59 || sec > 59 {
+		return 0, false
+	}
+	frac := 0
+	switch rest := b[19 : len(b)-1]; {
+	case len(rest) == 0:
+	case rest[0] == '.' && len(rest) >= 2 && len(rest) <= 10:
+		f, ok := num(20, len(b)-1)
+		if !ok {
+			return 0, false
+		}
+		for range 10 - len(rest) {
+			f *= 10
+		}
+		frac = f
+	default:
+		return 0, false
+	}
+	return time.Date(year, time.Month(month), day, hour, minute, sec, frac, time.UTC).UnixNano(), true
+}
+
+func daysIn(m time.Month, year int) int {
+	return time.Date(year, m+1, 0, 0, 0, 0, 0, time.UTC).Day()
+}
+
 func parseTime(s string) (int64, error) {
 	if s == "" {
 		return 0, fail(ReasonMissingField, "no time")
@@ -573,6 +654,8 @@ func sortedDims(dims []Dim) ([]Dim, error) {
 			return nil, err
 		}
 	}
-	sort.Slice(dims, func(i, j int) bool { return dims[i].Key < dims[j].Key })
+	if len(dims) > 1 {
+		slices.SortFunc(dims, func(a, b Dim) int { return strings.Compare(a.Key, b.Key) })
+	}
 	return dims, nil
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -183,5 +184,40 @@ func TestCompileMetersRejectsBadIncrements(t *testing.T) {
 		if _, err := CompileMeters([]Meter{tt.meter}, time.Minute); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("CompileMeters(%+v) = %v, want an error with %q", tt.meter, err, tt.want)
 		}
+	}
+}
+
+// TestParseTimeFastAgrees checks the allocation-free time parser against
+// time.Parse (parseTime) on valid times and on random mutations of them:
+// whenever the fast path accepts, parseTime must accept with the same
+// instant; whenever parseTime refuses, the fast path must too.
+func TestParseTimeFastAgrees(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	alphabet := []byte("0123456789-:.TZz+ 9")
+	accepted := 0
+	for i := range 200_000 {
+		ns := rng.Int64N(int64(230 * 365 * 24 * time.Hour))
+		s := time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+		if i%3 == 0 {
+			s = time.Unix(0, ns).UTC().Format("2006-01-02T15:04:05.000Z")
+		}
+		b := []byte(s)
+		for range rng.IntN(3) {
+			b[rng.IntN(len(b))] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if rng.IntN(10) == 0 { // out-of-range fields: 2023-02-29, hour 24, second 60...
+			copy(b[rng.IntN(len(b)-2):], []string{"29", "31", "24", "60", "00", "13"}[rng.IntN(6)])
+		}
+		fast, ok := parseTimeFast(b)
+		slow, err := parseTime(string(b))
+		if ok && (err != nil || fast != slow) {
+			t.Fatalf("%q: fast path %d, parseTime %d, %v", b, fast, slow, err)
+		}
+		if ok {
+			accepted++
+		}
+	}
+	if accepted < 50_000 {
+		t.Fatalf("fast path accepted %d of 200000 times; the usual form should take it", accepted)
 	}
 }
