@@ -198,13 +198,16 @@ type shard struct {
 	in        chan shardMsg
 	windows   map[windowKey]*window
 	// byEnd indexes windows by end so that eviction visits only old ends.
-	byEnd map[int64]map[windowKey]*window
+	// A window is filed once while it is in memory (every insert follows a
+	// failed lookup), so a slice per end serves: 8 bytes a window instead of
+	// a map entry with its whole key.
+	byEnd map[int64][]*window
 	// groups counts the groups of each (meter, customer, window start), for
 	// the meters' maxGroupsPerKey.
 	groups map[groupFamily]int
 	// periods holds the billing-period aggregates, periodsByEnd indexes them.
 	periods      map[windowKey]*window
-	periodsByEnd map[int64]map[windowKey]*window
+	periodsByEnd map[int64][]*window
 	// byCustomer indexes windows and periods for queries. A slice, not a
 	// map: a customer has few live windows, and a map per customer would
 	// cost several hundred bytes of each key's memory.
@@ -270,10 +273,10 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		rater:        rater,
 		in:           make(chan shardMsg, queueLen),
 		windows:      make(map[windowKey]*window),
-		byEnd:        make(map[int64]map[windowKey]*window),
+		byEnd:        make(map[int64][]*window),
 		groups:       make(map[groupFamily]int),
 		periods:      make(map[windowKey]*window),
-		periodsByEnd: make(map[int64]map[windowKey]*window),
+		periodsByEnd: make(map[int64][]*window),
 		byCustomer:   make(map[string][]*window),
 		closedEnds:   make(map[int64]bool),
 		subs:         make(map[string][]rating.Change),
@@ -445,21 +448,22 @@ func (s *shard) spill() {
 	slices.Sort(ends)
 	for _, endNs := range ends {
 		ws := s.byEnd[endNs]
-		for key, w := range ws {
-			if len(s.windows) <= s.maxWindows {
-				break
-			}
-			if w.pendingEmission() || w.dirty || w.writtenSeq > s.durableSeq {
+		kept := ws[:0]
+		for _, w := range ws {
+			if len(s.windows) <= s.maxWindows || w.pendingEmission() || w.dirty || w.writtenSeq > s.durableSeq {
+				kept = append(kept, w)
 				continue
 			}
-			delete(ws, key)
-			delete(s.windows, key)
-			s.unindexCustomer(key)
-			s.releaseGroup(key)
+			delete(s.windows, w.key)
+			s.unindexCustomer(w.key)
+			s.releaseGroup(w.key)
 			s.spilled++
 		}
-		if len(ws) == 0 {
+		clear(ws[len(kept):])
+		if len(kept) == 0 {
 			delete(s.byEnd, endNs)
+		} else {
+			s.byEnd[endNs] = kept
 		}
 	}
 	s.overBudget = len(s.windows) > s.maxWindows
@@ -519,13 +523,8 @@ func (s *shard) indexPeriod(p *window) {
 }
 
 // addByEnd files w under its end in an eviction index.
-func addByEnd(index map[int64]map[windowKey]*window, w *window) {
-	byEnd := index[w.endNs]
-	if byEnd == nil {
-		byEnd = make(map[windowKey]*window)
-		index[w.endNs] = byEnd
-	}
-	byEnd[w.key] = w
+func addByEnd(index map[int64][]*window, w *window) {
+	index[w.endNs] = append(index[w.endNs], w)
 }
 
 // releaseGroup forgets one group of key's (meter, customer, window start).
@@ -700,28 +699,33 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	// until their period is finalized, and leave memory only once their
 	// latest state is durable, so that a read-back never sees an older one.
 	finalizing := s.rules.finalizeAfterNs > 0
-	evict := func(byEnd map[int64]map[windowKey]*window, drop func(*window)) error {
+	evict := func(byEnd map[int64][]*window, drop func(*window)) error {
 		for endNs, ws := range byEnd {
 			if s.rules.hot(endNs, b.watermarkNs) {
 				continue
 			}
-			for key, w := range ws {
-				if !key.period && w.pendingEmission() {
-					return fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", key)
+			kept := ws[:0]
+			for i, w := range ws {
+				if !w.key.period && w.pendingEmission() {
+					byEnd[endNs] = append(kept, ws[i:]...)
+					return fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", w.key)
 				}
 				if finalizing && (w.dirty || w.writtenSeq > s.durableSeq) {
+					kept = append(kept, w)
 					continue // not durable yet; a later barrier evicts it
 				}
-				delete(ws, key)
 				drop(w)
-				s.unindexCustomer(key)
+				s.unindexCustomer(w.key)
 				if !finalizing {
 					w.dirty = false // dropped from the dirty list below
-					s.deleted = append(s.deleted, encodeWindowKey(key, w.periodEndNs))
+					s.deleted = append(s.deleted, encodeWindowKey(w.key, w.periodEndNs))
 				}
 			}
-			if len(ws) == 0 {
+			clear(ws[len(kept):])
+			if len(kept) == 0 {
 				delete(byEnd, endNs)
+			} else {
+				byEnd[endNs] = kept
 			}
 		}
 		return nil
