@@ -38,6 +38,8 @@ type dedupSet struct {
 	buckets map[int64]*dedupBucket
 	// added holds entries new since the last checkpoint.
 	added []dedupAdd
+	// sizeHint is the size of the largest bucket expired so far.
+	sizeHint int
 }
 
 type dedupBucket struct {
@@ -67,16 +69,30 @@ func (d *dedupSet) contains(bucketNs int64, id idHash) bool {
 
 // add remembers id; nextSeq is the checkpoint that will persist it.
 func (d *dedupSet) add(bucketNs int64, id idHash, routing, nextSeq uint64) {
+	d.insert(bucketNs, id, routing, nextSeq)
+}
+
+// insert remembers id unless it is already there, and reports whether it
+// was new: contains and add in one map operation.
+func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64) bool {
 	b := d.bucket(bucketNs)
+	n := len(b.ids)
 	b.ids[id] = struct{}{}
+	if len(b.ids) == n {
+		return false
+	}
 	b.pendingSeq = nextSeq
 	d.added = append(d.added, dedupAdd{bucketNs: bucketNs, id: id, routingHash: routing})
+	return true
 }
 
 func (d *dedupSet) bucket(bucketNs int64) *dedupBucket {
 	b := d.buckets[bucketNs]
 	if b == nil {
-		b = &dedupBucket{ids: make(map[idHash]struct{})}
+		// Sized like the largest bucket so far: buckets of a steady stream
+		// hold about as many ids, and growing a map step by step rehashes
+		// it each time.
+		b = &dedupBucket{ids: make(map[idHash]struct{}, d.sizeHint)}
 		d.buckets[bucketNs] = b
 	}
 	return b
@@ -92,6 +108,7 @@ func (d *dedupSet) load(bucketNs int64, id idHash) {
 func (d *dedupSet) expire(beforeNs int64, durableSeq uint64) {
 	for start, b := range d.buckets {
 		if start < beforeNs && b.pendingSeq <= durableSeq {
+			d.sizeHint = max(d.sizeHint, len(b.ids))
 			delete(d.buckets, start)
 		}
 	}

@@ -474,18 +474,21 @@ func (s *shard) spill() {
 func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
 	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
 	id := eventIDHash(ev.Source, ev.ID, m.Name)
+	if bucket >= s.rules.dedupMemoryExpiry(s.watermarkNs) {
+		// The usual case: the bucket is wholly in memory, and one map
+		// insert tells whether the id was there.
+		return !s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1)
+	}
 	if s.dedup.contains(bucket, id) {
 		return true
 	}
-	if bucket < s.rules.dedupMemoryExpiry(s.watermarkNs) {
-		s.coldReads++
-		found, err := s.store.HasDedup(bucket, id)
-		if err != nil {
-			s.storeErr = err
-		}
-		if found {
-			return true
-		}
+	s.coldReads++
+	found, err := s.store.HasDedup(bucket, id)
+	if err != nil {
+		s.storeErr = err
+	}
+	if found {
+		return true
 	}
 	s.dedup.add(bucket, id, routingHash(ev.Customer), s.seq+1)
 	return false
