@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"reflect"
 	"testing"
@@ -40,4 +42,28 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestAppendDecimalMatchesString checks the integer fast path writes what
+// the general path (String) writes, at the edges of its range.
+func TestAppendDecimalMatchesString(t *testing.T) {
+	for _, s := range []string{"0", "-0", "1", "-1", "999999999999999999", "-999999999999999999", "1000000000000000000",
+		"-1000000000000000000", "9223372036854775807", "123456789012345678901234", "1.5", "-0.25", "1e3", "0.00", "120"} {
+		d := decimal.RequireFromString(s)
+		fast := appendDecimal(nil, d)
+		str := d.String()
+		want := append(binary.AppendUvarint(nil, uint64(len(str))), str...)
+		if !bytes.Equal(fast, want) {
+			t.Errorf("appendDecimal(%s) = %q, want %q", s, fast, want)
+		}
+		r := byteReader{b: fast}
+		if got := r.decimal(); r.err != nil || !got.Equal(d) {
+			t.Errorf("%s read back as %s (%v)", s, got, r.err)
+		}
+	}
+	for _, v := range []int64{0, 1, -1, 1 << 62, -1 << 63, 1<<63 - 1} {
+		if got, want := appendInt(nil, v), appendDecimal(nil, decimal.NewFromInt(v)); !bytes.Equal(got, want) {
+			t.Errorf("appendInt(%d) = %q, appendDecimal = %q", v, got, want)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"strconv"
 
 	"github.com/axiomhq/hyperloglog"
 	"github.com/shopspring/decimal"
@@ -268,7 +269,11 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	b = append(b, windowValueVersion)
 	b = binary.AppendVarint(b, w.endNs)
 	b = binary.AppendUvarint(b, w.count)
-	b = appendDecimal(b, w.totalSum())
+	if w.sum.IsZero() && w.sum.Exponent() == 0 {
+		b = appendInt(b, w.isum) // totalSum without building a decimal
+	} else {
+		b = appendDecimal(b, w.totalSum())
+	}
 	b = appendDecimal(b, w.extreme)
 	b = appendDecimal(b, w.latest)
 	b = binary.AppendVarint(b, w.latestPos.timeNs)
@@ -362,8 +367,23 @@ func appendBytes(b, v []byte) []byte {
 }
 
 func appendDecimal(b []byte, d decimal.Decimal) []byte {
+	if d.Exponent() == 0 && d.NumDigits() <= 18 {
+		// The usual integer, written as String would, without allocating.
+		var digits [20]byte
+		s := strconv.AppendInt(digits[:0], d.CoefficientInt64(), 10)
+		b = append(b, byte(len(s))) // the uvarint of a length < 128
+		return append(b, s...)
+	}
 	s := d.String()
 	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// appendInt appends v as appendDecimal appends an integer decimal.
+func appendInt(b []byte, v int64) []byte {
+	var digits [20]byte
+	s := strconv.AppendInt(digits[:0], v, 10)
+	b = append(b, byte(len(s)))
 	return append(b, s...)
 }
 
