@@ -52,7 +52,7 @@ type benchOptions struct {
 	checkpoint                                   time.Duration
 	freshRate                                    int
 	freshFor                                     time.Duration
-	toFile, stateDir, cpuProfile                 string
+	toFile, stateDir, cpuProfile, memProfile     string
 }
 
 func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logger) error {
@@ -72,6 +72,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	fs.StringVar(&o.toFile, "to-file", "", "only write the generated records to this JSON-lines file and exit")
 	fs.StringVar(&o.stateDir, "state-dir", "", "parent folder of the runs' state (default: a temporary folder)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the checkpointed run to this file")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile (every allocation since start) to this file after the checkpointed run")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -164,6 +165,19 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	pprof.StopCPUProfile()
 	if err != nil {
 		return err
+	}
+	if o.memProfile != "" {
+		f, err := os.Create(o.memProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(out, "bench: tally, checkpoints every %s: %.0f records/s to checkpointed state, %s CPU a record, %d checkpoints, %d live windows, %.0f heap B/window\n",
 		o.checkpoint, withCP.rate, withCP.cpuPerRecord, withCP.checkpoints, withCP.liveWindows, withCP.heapPerWindow)

@@ -23,6 +23,9 @@ type WriterConfig struct {
 // message.max.bytes (1,048,588), leaving room for the batch header.
 const maxBatchBytes = 1_000_000
 
+// produceBatchRows bounds the messages of one produce request.
+const produceBatchRows = 1000
+
 func newWriter(cfg WriterConfig) *kafkago.Writer {
 	if cfg.BatchRows == 0 {
 		cfg.BatchRows = 10000
@@ -34,7 +37,12 @@ func newWriter(cfg WriterConfig) *kafkago.Writer {
 		// in order, so compaction and "keep the highest revision" both work.
 		Balancer:     &kafkago.Hash{},
 		RequiredAcks: kafkago.RequireAll,
-		BatchSize:    cfg.BatchRows,
+		// kafka-go allocates room for BatchSize messages (152 B each) for
+		// every batch it starts, one per partition a write touches, whatever
+		// the batch ends up holding: 10,000 cost 1.5 MB a batch and were the
+		// engine's largest allocation (bench/RESULTS.md). 1,000 rows of a
+		// few hundred bytes fill most of a 1 MB produce request anyway.
+		BatchSize: min(cfg.BatchRows, produceBatchRows),
 		// One produce batch must fit the broker's message.max.bytes (1 MB by
 		// default, kfake included); kafka-go splits larger writes.
 		BatchBytes: maxBatchBytes,
