@@ -218,6 +218,9 @@ type Engine struct {
 	log         *slog.Logger
 
 	shards []*shard
+	// eventSlices recycles the per-shard event slices of inbound batches
+	// (*[]Event): readers take them, shards give them back once applied.
+	eventSlices sync.Pool
 
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Shutdown

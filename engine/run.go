@@ -184,6 +184,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	e.shards = make([]*shard, e.cfg.Shards)
 	for i := range e.shards {
 		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, e.store, shardQueueBatches)
+		e.shards[i].eventSlices = &e.eventSlices
 		e.shards[i].watermarkNs = wm
 		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
 		if e.cfg.MaxLiveWindows > 0 {
@@ -282,7 +283,7 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 				}
 				s := routingHash(ev.Customer) % uint64(len(b.shards))
 				if b.shards[s] == nil {
-					b.shards[s] = make([]Event, 0, len(records)/len(b.shards)+8)
+					b.shards[s] = e.eventSlice(len(records)/len(b.shards) + 8)
 				}
 				b.shards[s] = append(b.shards[s], *ev)
 				b.decoded++
@@ -296,6 +297,15 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 			return nil
 		}
 	}
+}
+
+// eventSlice returns an empty event slice of capacity at least n, recycled
+// when one is at hand.
+func (e *Engine) eventSlice(n int) []Event {
+	if p, ok := e.eventSlices.Get().(*[]Event); ok && cap(*p) >= n {
+		return (*p)[:0]
+	}
+	return make([]Event, 0, n)
 }
 
 // dispatch is the single goroutine that routes events to shards, tracks

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -196,7 +197,10 @@ type shard struct {
 	customers *customers
 	rater     Rater
 	in        chan shardMsg
-	windows   map[windowKey]*window
+	// eventSlices takes back the event slices of applied messages (nil:
+	// they are left to the collector).
+	eventSlices *sync.Pool
+	windows     map[windowKey]*window
 	// byEnd indexes windows by end so that eviction visits only old ends.
 	// A window is filed once while it is in memory (every insert follows a
 	// failed lookup), so a slice per end serves: 8 bytes a window instead of
@@ -315,6 +319,12 @@ func (s *shard) run() {
 					s.pollQueries()
 				}
 				s.apply(&msg.events[i])
+			}
+			if s.eventSlices != nil {
+				// Nothing keeps a pointer into the events once applied.
+				clear(msg.events)
+				events := msg.events[:0]
+				s.eventSlices.Put(&events)
 			}
 		}
 	}
