@@ -113,9 +113,12 @@ func (e *Engine) deliver(ctx context.Context, w *sinkWorker) error {
 		}
 		from, _ := w.progress()
 		var entries [][]byte
+		var buf []byte // the entries' bytes, copied together
 		var last state.OutboxPos
 		err := e.store.Outbox(w.stream, from, committed, batch, func(pos state.OutboxPos, v []byte) error {
-			entries = append(entries, append([]byte(nil), v...))
+			start := len(buf)
+			buf = append(buf, v...)
+			entries = append(entries, buf[start:len(buf):len(buf)])
 			last = pos
 			return nil
 		})

@@ -448,11 +448,43 @@ func (r *byteReader) decimal() decimal.Decimal {
 	if r.err != nil {
 		return decimal.Decimal{}
 	}
+	if v, ok := parseSmallInt(s); ok {
+		if v == 0 {
+			return decimal.Decimal{} // equal to NewFromString("0"), without allocating
+		}
+		return decimal.NewFromInt(v)
+	}
 	d, err := decimal.NewFromString(string(s))
 	if err != nil {
 		r.setErr(err)
 	}
 	return d
+}
+
+// parseSmallInt parses an optionally negative integer of 1 to 18 digits
+// (no sign of plus, no leading zeros but a lone 0) without allocating.
+func parseSmallInt(s []byte) (int64, bool) {
+	neg := len(s) > 0 && s[0] == '-'
+	if neg {
+		s = s[1:]
+	}
+	if len(s) == 0 || len(s) > 18 || (s[0] == '0' && len(s) > 1) {
+		return 0, false
+	}
+	var v int64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int64(c-'0')
+	}
+	if neg {
+		if v == 0 {
+			return 0, false // "-0" is not what appendDecimal writes
+		}
+		v = -v
+	}
+	return v, true
 }
 
 func (r *byteReader) setErr(err error) {
