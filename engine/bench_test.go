@@ -146,7 +146,7 @@ func BenchmarkAggregate(b *testing.B) {
 			events := make([]Event, 100_000)
 			for i := range events {
 				events[i] = Event{ID: fmt.Sprint(i), Customer: fmt.Sprintf("c%05d", i%10000), Meter: "m",
-					TimeNs: t0.Add(time.Duration(i) * time.Millisecond).UnixNano(), Value: decimal.NewFromInt(int64(i % 1000)),
+					TimeNs: t0.Add(time.Duration(i) * time.Millisecond).UnixNano(), value: decimal.NewFromInt(int64(i % 1000)),
 					Text: fmt.Sprint("d", i%300), meter: meters.list[0]}
 			}
 			b.ReportAllocs()

@@ -29,7 +29,7 @@ func BenchmarkLiveStatePerKey(b *testing.B) {
 		events := make([]Event, keys)
 		for i := range events {
 			events[i] = Event{ID: fmt.Sprint("e", i), Customer: fmt.Sprintf("sub-%07d", i), Meter: "sms",
-				TimeNs: t0.UnixNano(), Value: decimal.NewFromInt(int64(i)), meter: shardMeters.list[0]}
+				TimeNs: t0.UnixNano(), value: decimal.NewFromInt(int64(i)), meter: shardMeters.list[0]}
 		}
 		before := heapInUse()
 		for i := range events {

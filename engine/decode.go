@@ -358,21 +358,21 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 					return out[:first], fail(ReasonInvalidField, "meter %s: %v", m.Name, err)
 				}
 			} else {
-				if ev.Value, ev.intValue, ev.isInt, err = parseValueInt(raw); err != nil {
+				if ev.value, ev.intValue, ev.isInt, err = parseValueInt(raw); err != nil {
 					return out[:first], fmt.Errorf("meter %s: %w", m.Name, err)
 				}
-				if m.NonNegative && ev.Value.IsNegative() {
-					return out[:first], fail(ReasonInvalidField, "meter %s takes no negative values (nonNegative); got %s", m.Name, ev.Value)
+				if m.NonNegative && (ev.isInt && ev.intValue < 0 || !ev.isInt && ev.value.IsNegative()) {
+					return out[:first], fail(ReasonInvalidField, "meter %s takes no negative values (nonNegative); got %s", m.Name, ev.Value())
 				}
 				if m.Increments.enabled() {
-					ev.Value = m.Increments.apply(ev.Value)
-					ev.intValue, ev.isInt = 0, false
-					if bi := ev.Value.BigInt(); ev.Value.IsInteger() && bi.IsInt64() {
-						ev.intValue, ev.isInt = bi.Int64(), true
+					v := m.Increments.apply(ev.Value())
+					ev.value, ev.intValue, ev.isInt = v, 0, false
+					if bi := v.BigInt(); v.IsInteger() && bi.IsInt64() {
+						ev.value, ev.intValue, ev.isInt = decimal.Decimal{}, bi.Int64(), true
 					}
 				}
-				if !m.Decimal && !ev.Value.IsInteger() {
-					return out[:first], fail(ReasonInvalidField, "meter %s takes integers (set decimal: true for fractional values); got %s", m.Name, ev.Value)
+				if !m.Decimal && !ev.isInt && !ev.value.IsInteger() {
+					return out[:first], fail(ReasonInvalidField, "meter %s takes integers (set decimal: true for fractional values); got %s", m.Name, ev.value)
 				}
 			}
 		}
@@ -563,9 +563,10 @@ func parseTime(s string) (int64, error) {
 	return t.UnixNano(), nil
 }
 
-// parseValueInt is parseValue that also returns the value as an int64 when
-// it is a plain integer of at most 18 digits (the common case: seconds,
-// bytes, counts), parsed without the general decimal parser.
+// parseValueInt is parseValue that returns the value as an int64 instead
+// (and a zero decimal) when it is a plain integer of at most 18 digits (the
+// common case: seconds, bytes, counts), parsed without the general decimal
+// parser and without building a decimal.
 func parseValueInt(raw json.RawMessage) (decimal.Decimal, int64, bool, error) {
 	if n := len(raw); n > 0 && n <= 19 {
 		digits := raw
@@ -581,7 +582,7 @@ func parseValueInt(raw json.RawMessage) (decimal.Decimal, int64, bool, error) {
 		}
 		if plain {
 			if v, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
-				return decimal.NewFromInt(v), v, true, nil
+				return decimal.Decimal{}, v, true, nil
 			}
 		}
 	}
@@ -650,8 +651,8 @@ func sortedDims(dims []Dim) ([]Dim, error) {
 		if d.Key == "" || len(d.Key) > maxDimKeyBytes {
 			return nil, fail(ReasonInvalidField, "dim key %.20q is empty or longer than %d bytes", d.Key, maxDimKeyBytes)
 		}
-		if err := checkIdentifier("dim "+d.Key, d.Value); err != nil {
-			return nil, err
+		if len(d.Value) > maxIdentifierBytes || strings.IndexByte(d.Value, 0) >= 0 {
+			return nil, checkIdentifier("dim "+d.Key, d.Value) // named only when refused
 		}
 	}
 	if len(dims) > 1 {

@@ -63,9 +63,9 @@ func TestDecodePlainAndCloudEvents(t *testing.T) {
 			}
 			want, _ := time.Parse(time.RFC3339Nano, tt.time)
 			if ev.Customer != tt.customer || ev.Meter != tt.meter || ev.Source != tt.source ||
-				ev.Value.String() != tt.value || ev.GroupKey != tt.group || ev.TimeNs != want.UnixNano() {
+				ev.Value().String() != tt.value || ev.GroupKey != tt.group || ev.TimeNs != want.UnixNano() {
 				t.Errorf("got customer=%q meter=%q source=%q value=%s group=%q time=%d; want %q %q %q %s %q %d",
-					ev.Customer, ev.Meter, ev.Source, ev.Value, ev.GroupKey, ev.TimeNs,
+					ev.Customer, ev.Meter, ev.Source, ev.Value(), ev.GroupKey, ev.TimeNs,
 					tt.customer, tt.meter, tt.source, tt.value, tt.group, want.UnixNano())
 			}
 		})
@@ -122,8 +122,8 @@ func TestDecodeKeepsTrailingZeroPrecision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.Value.String() != "1.5" {
-		t.Errorf("value %s, want 1.5", ev.Value)
+	if ev.Value().String() != "1.5" {
+		t.Errorf("value %s, want 1.5", ev.Value())
 	}
 }
 

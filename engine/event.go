@@ -37,10 +37,11 @@ type Event struct {
 	Source   string // CloudEvents source; with ID, the dedup identity
 	Customer string
 	Meter    string
-	TimeNs   int64           // event time, UTC, ns since the epoch
-	Value    decimal.Decimal // numeric value (SUM, MIN, MAX, AVG, LATEST)
-	// intValue is Value when isInt: an integer that fits int64, which
-	// windows add without allocating.
+	TimeNs   int64 // event time, UTC, ns since the epoch
+	// value is the numeric value (SUM, MIN, MAX, AVG, LATEST) unless isInt:
+	// then intValue holds it, an integer that fits int64, which windows add
+	// and the decoder reads without building a decimal. Read it with Value.
+	value    decimal.Decimal
 	intValue int64
 	isInt    bool
 	Text     string // value as text (UNIQUE_COUNT)
@@ -58,6 +59,26 @@ type Event struct {
 	Raw       []byte
 
 	meter *meterSpec
+}
+
+// Value is the event's numeric value.
+func (ev *Event) Value() decimal.Decimal {
+	if ev.isInt {
+		return decimal.NewFromInt(ev.intValue)
+	}
+	return ev.value
+}
+
+// decimalOne is what a COUNT event adds. Decimals are immutable values, so
+// one can be shared.
+var decimalOne = decimal.NewFromInt(1)
+
+// Units is what the event adds to its meter: its value, or 1 for a COUNT.
+func (ev *Event) Units() decimal.Decimal {
+	if ev.meter != nil && ev.meter.Aggregation == AggCount {
+		return decimalOne
+	}
+	return ev.Value()
 }
 
 // Reason is why a record was dead-lettered. Reasons are a small closed set so
@@ -214,7 +235,7 @@ func (ev *Event) Dim(key string) (string, bool) {
 // rateWithPlan is Rater.RateEvent once the customer's plan is known: usage
 // of a meter the plan does not price is ReasonUnpriced; a per-event price
 // charges the event.
-func rateWithPlan(plan *rating.Plan, meter string, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
+func rateWithPlan(plan *rating.Plan, meter string, ev *Event) (EventRating, Reason, error) {
 	price, ok := plan.Meters[meter]
 	if !ok {
 		return EventRating{}, ReasonUnpriced, fmt.Errorf("plan %s does not price it", plan.ID)
@@ -222,7 +243,7 @@ func rateWithPlan(plan *rating.Plan, meter string, units decimal.Decimal, ev *Ev
 	if !price.PerEvent() {
 		return EventRating{}, "", nil
 	}
-	c, err := plan.RateEvent(meter, units, time.Unix(0, ev.TimeNs).UTC(), ev.Dim)
+	c, err := plan.RateEvent(meter, ev.Units(), time.Unix(0, ev.TimeNs).UTC(), ev.Dim)
 	if err != nil {
 		return EventRating{}, ReasonRating, err
 	}

@@ -127,7 +127,7 @@ func (c captureDead) WriteDeadLetters(_ context.Context, letters []DeadLetter) e
 // halfRater charges 0.5 per unit of every meter.
 type halfRater struct{}
 
-func (halfRater) RateEvent(Subscriber, string, time.Time, decimal.Decimal, *Event) (EventRating, Reason, error) {
+func (halfRater) RateEvent(Subscriber, string, time.Time, *Event) (EventRating, Reason, error) {
 	return EventRating{}, "", nil
 }
 
@@ -348,8 +348,8 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 // planRater prices with a rating.Plan, as the binary does.
 type planRater struct{ plan *rating.Plan }
 
-func (r planRater) RateEvent(_ Subscriber, meter string, _ time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
-	return rateWithPlan(r.plan, meter, units, ev)
+func (r planRater) RateEvent(_ Subscriber, meter string, _ time.Time, ev *Event) (EventRating, Reason, error) {
+	return rateWithPlan(r.plan, meter, ev)
 }
 
 func (r planRater) IncrementEvents(_ Subscriber, meter string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {

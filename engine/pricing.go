@@ -34,12 +34,12 @@ func (p *Pricing) plan(sub Subscriber, at time.Time) (*rating.Plan, Reason, erro
 }
 
 // RateEvent implements Rater.
-func (p *Pricing) RateEvent(sub Subscriber, meter string, windowStart time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error) {
+func (p *Pricing) RateEvent(sub Subscriber, meter string, windowStart time.Time, ev *Event) (EventRating, Reason, error) {
 	plan, reason, err := p.plan(sub, windowStart)
 	if err != nil {
 		return EventRating{}, reason, err
 	}
-	r, reason, err := rateWithPlan(plan, meter, units, ev)
+	r, reason, err := rateWithPlan(plan, meter, ev)
 	if err != nil {
 		return r, reason, fmt.Errorf("customer %s: %w", sub.ID, err)
 	}

@@ -16,15 +16,15 @@ import (
 // Rater prices usage. It must be safe for concurrent use by all shards and
 // deterministic, so that replay reproduces the same rows.
 type Rater interface {
-	// RateEvent decides how one event is priced before it is aggregated:
-	// units is what it adds to its meter (its value, or 1 for a count),
-	// windowStart the start of its window, whose plan prices it. When the
+	// RateEvent decides how one event is priced before it is aggregated
+	// (ev.Units is what it adds to its meter): windowStart is the start of
+	// its window, whose plan prices it. When the
 	// price is per event (connect fees, per-event bounds, time bands,
 	// destinations) the rating carries the event's own charge and rate.
 	// When the usage cannot be priced, the reason (ReasonNoSubscription,
 	// ReasonUnpriced) and why: such records are dead-lettered, never
 	// aggregated for free.
-	RateEvent(sub Subscriber, meter string, windowStart time.Time, units decimal.Decimal, ev *Event) (EventRating, Reason, error)
+	RateEvent(sub Subscriber, meter string, windowStart time.Time, ev *Event) (EventRating, Reason, error)
 	// Increment is the charge of moving the billing period's charged-to-date
 	// quantity from before to after (rounded cumulative charge after minus
 	// before, so that increments add up to the period's charge), under the
@@ -372,11 +372,7 @@ func (s *shard) apply(ev *Event) {
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
 		return
 	}
-	units := ev.Value
-	if m.Aggregation == AggCount {
-		units = decimal.NewFromInt(1)
-	}
-	rated, reason, err := s.rater.RateEvent(s.subscriber(ev.Customer), m.Name, time.Unix(0, startNs).UTC(), units, ev)
+	rated, reason, err := s.rater.RateEvent(s.subscriber(ev.Customer), m.Name, time.Unix(0, startNs).UTC(), ev)
 	if err != nil {
 		s.deadLetter(ev, reason, fmt.Sprintf("meter %s: %v", m.Name, err))
 		return

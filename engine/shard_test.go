@@ -12,7 +12,7 @@ import (
 // unitRater charges 0.5 per unit, in EUR.
 type unitRater struct{}
 
-func (unitRater) RateEvent(Subscriber, string, time.Time, decimal.Decimal, *Event) (EventRating, Reason, error) {
+func (unitRater) RateEvent(Subscriber, string, time.Time, *Event) (EventRating, Reason, error) {
 	return EventRating{}, "", nil
 }
 
@@ -40,7 +40,7 @@ func testShard() *shard {
 }
 
 func event(id, customer string, at time.Time, value int64, group string) Event {
-	return Event{ID: id, Customer: customer, Meter: "sms", TimeNs: at.UnixNano(), Value: decimal.NewFromInt(value),
+	return Event{ID: id, Customer: customer, Meter: "sms", TimeNs: at.UnixNano(), value: decimal.NewFromInt(value),
 		GroupKey: group, meter: shardMeters.list[0]}
 }
 
@@ -152,7 +152,7 @@ func TestShardRemovesDuplicates(t *testing.T) {
 	for _, e := range []Event{
 		event("1", "a", t0, 1, ""),
 		event("1", "a", t0, 1, ""), // producer retry
-		{ID: "1", Source: "other", Customer: "a", Meter: "sms", TimeNs: t0.UnixNano(), Value: decimal.NewFromInt(1), meter: shardMeters.list[0]},
+		{ID: "1", Source: "other", Customer: "a", Meter: "sms", TimeNs: t0.UnixNano(), value: decimal.NewFromInt(1), meter: shardMeters.list[0]},
 	} {
 		s.apply(&e)
 	}
@@ -244,7 +244,7 @@ func TestIntegerSumsOverflowIntoDecimal(t *testing.T) {
 		evs, err := d.Decode([]byte(`{"id":"x","customer":"c","meter":"bytes","time":"2026-03-01T10:00:00Z","value":`+v+`}`), nil)
 		if err != nil {
 			// 1.5 is refused (integers only): decode it by hand.
-			evs = []Event{{Value: decimal.RequireFromString(v), meter: m.list[0]}}
+			evs = []Event{{value: decimal.RequireFromString(v), meter: m.list[0]}}
 		}
 		if v != "1.5" && !evs[0].isInt {
 			t.Errorf("%s: not taken as an integer", v)

@@ -111,20 +111,20 @@ func (w *window) add(ev *Event) {
 		if ev.isInt && !addOverflows(w.isum, ev.intValue) {
 			w.isum += ev.intValue
 		} else {
-			w.sum = w.sum.Add(ev.Value)
+			w.sum = w.sum.Add(ev.Value())
 		}
 	case AggMin:
-		if first || ev.Value.LessThan(w.extreme) {
-			w.extreme = ev.Value
+		if v := ev.Value(); first || v.LessThan(w.extreme) {
+			w.extreme = v
 		}
 	case AggMax:
-		if first || ev.Value.GreaterThan(w.extreme) {
-			w.extreme = ev.Value
+		if v := ev.Value(); first || v.GreaterThan(w.extreme) {
+			w.extreme = v
 		}
 	case AggLatest:
 		pos := eventPos{timeNs: ev.TimeNs, topic: ev.Partition.Topic, partition: ev.Partition.Partition, offset: ev.Offset}
 		if first || pos.after(w.latestPos) {
-			w.latest, w.latestPos = ev.Value, pos
+			w.latest, w.latestPos = ev.Value(), pos
 		}
 	case AggUniqueCount:
 		if w.unique == nil {
