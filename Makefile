@@ -24,7 +24,9 @@ lint:
 # Component benchmarks, then the end-to-end table of `tally bench`
 # (BENCH_FLAGS, e.g. --records 20000000). bench/RESULTS.md holds the figures.
 bench: build
-	$(GO) test -run '^$$' -bench 'Decode|ShardApply|Aggregate|UsageQuery|Commit|HasDedup|Increment|RateEvent' -benchmem ./engine/ ./rating/ ./state/
+	$(GO) test -run '^$$' -bench 'Decode|ShardApply|Aggregate|UsageQuery|Commit|HasDedup|Increment|RateEvent|RatedRowJSON' -benchmem ./engine/ ./rating/ ./state/
+	$(GO) test -run '^$$' -bench 'BenchmarkCore$$' -benchtime 400000x -benchmem ./engine/
+	$(GO) test -run '^$$' -bench 'CheckpointStream' -benchtime 40x -benchmem ./state/
 	$(GO) test -run '^$$' -bench 'LiveStatePerKey|DedupCapacity' -benchtime 1x ./engine/
 	@if [ -n "$$TALLY_TEST_CLICKHOUSE" ]; then $(GO) test -run '^$$' -bench Write -benchmem -benchtime 20x ./connectors/clickhouse/; \
 	else echo "ClickHouse insert benchmark skipped: set TALLY_TEST_CLICKHOUSE=host:port"; fi
