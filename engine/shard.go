@@ -670,9 +670,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 			continue
 		}
 		s.closedEnds[endNs] = true
-		for _, p := range ps {
-			fees = append(fees, p)
-		}
+		fees = append(fees, ps...)
 	}
 	slices.SortFunc(fees, func(a, b *window) int {
 		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
