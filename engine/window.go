@@ -367,16 +367,10 @@ func appendBytes(b, v []byte) []byte {
 }
 
 func appendDecimal(b []byte, d decimal.Decimal) []byte {
-	if d.Exponent() == 0 && d.NumDigits() <= 18 {
-		// The usual integer, written as String would, without allocating.
-		var digits [20]byte
-		s := strconv.AppendInt(digits[:0], d.CoefficientInt64(), 10)
-		b = append(b, byte(len(s))) // the uvarint of a length < 128
-		return append(b, s...)
-	}
-	s := d.String()
-	b = binary.AppendUvarint(b, uint64(len(s)))
-	return append(b, s...)
+	var text [40]byte // the usual decimal fits: no allocation
+	t := appendDecimalText(text[:0], d)
+	b = binary.AppendUvarint(b, uint64(len(t)))
+	return append(b, t...)
 }
 
 // appendInt appends v as appendDecimal appends an integer decimal.
