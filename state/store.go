@@ -233,7 +233,8 @@ func (p OutboxPos) Less(q OutboxPos) bool {
 	return p.Seq < q.Seq || (p.Seq == q.Seq && p.Index < q.Index)
 }
 
-// Commit writes cp in one batch and syncs it. Sequences must grow.
+// Commit writes cp in one batch and syncs it. Sequences must grow. It sorts
+// cp.WindowPuts and cp.DedupAdds in place.
 func (s *Store) Commit(cp *Checkpoint) error {
 	b := s.db.NewBatch()
 	defer b.Close()
@@ -245,6 +246,11 @@ func (s *Store) Commit(cp *Checkpoint) error {
 			return fmt.Errorf("state: batch partition: %w", err)
 		}
 	}
+	// In key order: the memtable's skiplist inserter starts each search
+	// where the previous insert ended, so sorted puts cost less than the
+	// shards' order, which is random (BenchmarkCheckpointStream, 50K dirty
+	// windows: 199-220 -> 172-180 CPU ms a checkpoint).
+	slices.SortFunc(cp.WindowPuts, func(a, b KV) int { return bytes.Compare(a.Key, b.Key) })
 	for _, kv := range cp.WindowPuts {
 		scratch = append(append(scratch[:0], prefixWindow...), kv.Key...)
 		if err := b.Set(scratch, kv.Value, nil); err != nil {
