@@ -34,17 +34,12 @@ type window struct {
 	count      uint64
 	// sum serves SUM and AVG, with isum: integer values add into isum
 	// without allocating while it does not overflow, the rest into sum; the
-	// total is totalSum(). extreme is MIN or MAX (valid when count > 0).
-	sum     decimal.Decimal
-	isum    int64
-	extreme decimal.Decimal
-	// latest is the value of the latest event by (time, topic, partition, offset).
-	latest    decimal.Decimal
-	latestPos eventPos
-	// unique holds the distinct values of UNIQUE_COUNT, sketch those of
-	// UNIQUE_COUNT_APPROX_HLL.
-	unique map[string]struct{}
-	sketch *hyperloglog.Sketch
+	// total is totalSum().
+	sum  decimal.Decimal
+	isum int64
+	// x holds the state of the other aggregations, nil until one needs it:
+	// most windows are SUM or COUNT and go without its 88 bytes.
+	x *windowExtra
 	// revision is the last revision emitted; 0 means never emitted.
 	revision uint64
 	// emittedAmount is the amount of the last emitted revision, so that the
@@ -78,6 +73,35 @@ type window struct {
 	dirty bool
 	// queued is set while the window is in the shard's unemitted list.
 	queued bool
+}
+
+// windowExtra is the state MIN, MAX, LATEST and the unique counts keep.
+type windowExtra struct {
+	// extreme is MIN or MAX (valid when count > 0).
+	extreme decimal.Decimal
+	// latest is the value of the latest event by (time, topic, partition, offset).
+	latest    decimal.Decimal
+	latestPos eventPos
+	// unique holds the distinct values of UNIQUE_COUNT, sketch those of
+	// UNIQUE_COUNT_APPROX_HLL.
+	unique map[string]struct{}
+	sketch *hyperloglog.Sketch
+}
+
+// extra returns w.x, allocated on first use.
+func (w *window) extra() *windowExtra {
+	if w.x == nil {
+		w.x = &windowExtra{}
+	}
+	return w.x
+}
+
+// extraOrZero returns w.x, or an empty one (not kept) if w has none.
+func (w *window) extraOrZero() *windowExtra {
+	if w.x == nil {
+		return &windowExtra{}
+	}
+	return w.x
 }
 
 // eventPos orders events for LATEST: event time, then source position, so
@@ -114,28 +138,31 @@ func (w *window) add(ev *Event) {
 			w.sum = w.sum.Add(ev.Value())
 		}
 	case AggMin:
-		if v := ev.Value(); first || v.LessThan(w.extreme) {
-			w.extreme = v
+		if x, v := w.extra(), ev.Value(); first || v.LessThan(x.extreme) {
+			x.extreme = v
 		}
 	case AggMax:
-		if v := ev.Value(); first || v.GreaterThan(w.extreme) {
-			w.extreme = v
+		if x, v := w.extra(), ev.Value(); first || v.GreaterThan(x.extreme) {
+			x.extreme = v
 		}
 	case AggLatest:
+		x := w.extra()
 		pos := eventPos{timeNs: ev.TimeNs, topic: ev.Partition.Topic, partition: ev.Partition.Partition, offset: ev.Offset}
-		if first || pos.after(w.latestPos) {
-			w.latest, w.latestPos = ev.Value(), pos
+		if first || pos.after(x.latestPos) {
+			x.latest, x.latestPos = ev.Value(), pos
 		}
 	case AggUniqueCount:
-		if w.unique == nil {
-			w.unique = make(map[string]struct{})
+		x := w.extra()
+		if x.unique == nil {
+			x.unique = make(map[string]struct{})
 		}
-		w.unique[ev.Text] = struct{}{}
+		x.unique[ev.Text] = struct{}{}
 	case AggUniqueCountApprox:
-		if w.sketch == nil {
-			w.sketch = hyperloglog.New14()
+		x := w.extra()
+		if x.sketch == nil {
+			x.sketch = hyperloglog.New14()
 		}
-		w.sketch.Insert([]byte(ev.Text))
+		x.sketch.Insert([]byte(ev.Text))
 	}
 }
 
@@ -170,21 +197,30 @@ func (w *window) quantity() decimal.Decimal {
 	case AggCount:
 		return decimal.NewFromInt(int64(w.count))
 	case AggMin, AggMax:
-		return w.extreme
+		if w.x == nil {
+			return decimal.Decimal{}
+		}
+		return w.x.extreme
 	case AggAvg:
 		if w.count == 0 {
 			return decimal.Zero
 		}
 		return w.totalSum().DivRound(decimal.NewFromInt(int64(w.count)), avgDecimals)
 	case AggLatest:
-		return w.latest
+		if w.x == nil {
+			return decimal.Decimal{}
+		}
+		return w.x.latest
 	case AggUniqueCount:
-		return decimal.NewFromInt(int64(len(w.unique)))
-	case AggUniqueCountApprox:
-		if w.sketch == nil {
+		if w.x == nil {
 			return decimal.Zero
 		}
-		return decimal.NewFromInt(int64(w.sketch.Estimate()))
+		return decimal.NewFromInt(int64(len(w.x.unique)))
+	case AggUniqueCountApprox:
+		if w.x == nil || w.x.sketch == nil {
+			return decimal.Zero
+		}
+		return decimal.NewFromInt(int64(w.x.sketch.Estimate()))
 	}
 	return decimal.Zero
 }
@@ -274,20 +310,21 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	} else {
 		b = appendDecimal(b, w.totalSum())
 	}
-	b = appendDecimal(b, w.extreme)
-	b = appendDecimal(b, w.latest)
-	b = binary.AppendVarint(b, w.latestPos.timeNs)
-	b = appendBytes(b, []byte(w.latestPos.topic))
-	b = binary.AppendVarint(b, int64(w.latestPos.partition))
-	b = binary.AppendVarint(b, w.latestPos.offset)
-	b = binary.AppendUvarint(b, uint64(len(w.unique)))
-	for v := range w.unique {
+	x := w.extraOrZero()
+	b = appendDecimal(b, x.extreme)
+	b = appendDecimal(b, x.latest)
+	b = binary.AppendVarint(b, x.latestPos.timeNs)
+	b = appendBytes(b, []byte(x.latestPos.topic))
+	b = binary.AppendVarint(b, int64(x.latestPos.partition))
+	b = binary.AppendVarint(b, x.latestPos.offset)
+	b = binary.AppendUvarint(b, uint64(len(x.unique)))
+	for v := range x.unique {
 		b = appendBytes(b, []byte(v))
 	}
 	var sketch []byte
-	if w.sketch != nil {
+	if x.sketch != nil {
 		var err error
-		if sketch, err = w.sketch.MarshalBinary(); err != nil {
+		if sketch, err = x.sketch.MarshalBinary(); err != nil {
 			return nil, fmt.Errorf("encode sketch: %w", err)
 		}
 	}
@@ -320,26 +357,31 @@ func decodeWindowValue(b []byte, w *window) error {
 	w.endNs = r.varint()
 	w.count = r.uvarint()
 	w.sum, w.isum = r.decimal(), 0
-	w.extreme = r.decimal()
-	w.latest = r.decimal()
-	w.latestPos.timeNs = r.varint()
-	w.latestPos.topic = string(r.bytes())
-	w.latestPos.partition = int32(r.varint())
-	w.latestPos.offset = r.varint()
+	var x windowExtra
+	x.extreme = r.decimal()
+	x.latest = r.decimal()
+	x.latestPos.timeNs = r.varint()
+	x.latestPos.topic = string(r.bytes())
+	x.latestPos.partition = int32(r.varint())
+	x.latestPos.offset = r.varint()
 	if n := r.uvarint(); n > 0 && r.err == nil {
 		if n > uint64(len(r.b)) {
 			return fmt.Errorf("window value: %d unique values in %d bytes", n, len(r.b))
 		}
-		w.unique = make(map[string]struct{}, n)
+		x.unique = make(map[string]struct{}, n)
 		for range n {
-			w.unique[string(r.bytes())] = struct{}{}
+			x.unique[string(r.bytes())] = struct{}{}
 		}
 	}
 	if sketch := r.bytes(); len(sketch) > 0 && r.err == nil {
-		w.sketch = hyperloglog.New14()
-		if err := w.sketch.UnmarshalBinary(sketch); err != nil {
+		x.sketch = hyperloglog.New14()
+		if err := x.sketch.UnmarshalBinary(sketch); err != nil {
 			return fmt.Errorf("window value: sketch: %w", err)
 		}
+	}
+	w.x = nil
+	if !x.extreme.IsZero() || !x.latest.IsZero() || x.latestPos != (eventPos{}) || x.unique != nil || x.sketch != nil {
+		w.x = &x
 	}
 	w.revision = r.uvarint()
 	w.emittedAmount = r.decimal()
