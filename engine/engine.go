@@ -112,7 +112,7 @@ type Config struct {
 	// SinkBatchRows bounds the rows of one sink write.
 	SinkBatchRows int
 	// MaxLiveWindows is the memory budget, in windows held in memory (about
-	// 1.2 KB each, see README): closed windows beyond it spill to the store.
+	// 1.1 KB each, see README): closed windows beyond it spill to the store.
 	// 0 means no budget.
 	MaxLiveWindows int
 }

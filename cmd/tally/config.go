@@ -172,7 +172,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Timezone, "timezone", "IANA time zone of customers without their own (billing periods, customer-aligned windows)")
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
-	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.2 KB each); closed ones beyond it spill to disk; 0 = none")
+	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.1 KB each); closed ones beyond it spill to disk; 0 = none")
 }
 
 type listValue []string
