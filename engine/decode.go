@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -568,23 +567,8 @@ func parseTime(s string) (int64, error) {
 // common case: seconds, bytes, counts), parsed without the general decimal
 // parser and without building a decimal.
 func parseValueInt(raw json.RawMessage) (decimal.Decimal, int64, bool, error) {
-	if n := len(raw); n > 0 && n <= 19 {
-		digits := raw
-		if raw[0] == '-' {
-			digits = raw[1:]
-		}
-		plain := len(digits) > 0 && len(digits) <= 18 && (digits[0] != '0' || len(digits) == 1)
-		for _, c := range digits {
-			if c < '0' || c > '9' {
-				plain = false
-				break
-			}
-		}
-		if plain {
-			if v, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
-				return decimal.Decimal{}, v, true, nil
-			}
-		}
+	if v, ok := parseSmallInt(raw); ok {
+		return decimal.Decimal{}, v, true, nil
 	}
 	v, err := parseValue(raw)
 	return v, 0, false, err

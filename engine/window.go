@@ -497,8 +497,8 @@ func (r *byteReader) decimal() decimal.Decimal {
 	return d
 }
 
-// parseSmallInt parses an optionally negative integer of 1 to 18 digits
-// (no sign of plus, no leading zeros but a lone 0) without allocating.
+// parseSmallInt parses an integer of 1 to 18 digits, optionally negative
+// (no plus sign, no leading zeros but a lone 0, not -0), without allocating.
 func parseSmallInt(s []byte) (int64, bool) {
 	neg := len(s) > 0 && s[0] == '-'
 	if neg {
