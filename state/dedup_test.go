@@ -141,3 +141,53 @@ func TestDedupMigratesOneKeyPerID(t *testing.T) {
 		t.Errorf("%d old dedup keys left after migration (%v)", left, err)
 	}
 }
+
+// TestDedupMigrationStreams migrates 20K old-layout ids over many buckets
+// in batches of about 4 KB (so that groups end and batches turn over at
+// every kind of boundary) and checks every id arrives once.
+func TestDedupMigrationStreams(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rng := rand.New(rand.NewPCG(5, 6))
+	want := map[[16]byte]DedupEntry{}
+	for range 20_000 {
+		var e DedupEntry
+		e.BucketNs = int64(rng.IntN(7)) * 10e9
+		for i := range e.IDHash {
+			e.IDHash[i] = byte(rng.UintN(256))
+		}
+		e.RoutingHash = rng.Uint64()
+		want[e.IDHash] = e
+		k := binary.BigEndian.AppendUint64(append([]byte(nil), prefixDedupV1...), uint64(e.BucketNs))
+		if err := s.db.Set(append(k, e.IDHash[:]...), binary.BigEndian.AppendUint64(nil, e.RoutingHash), pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.migrateDedup(4096); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range want {
+		if ok, err := s.HasDedup(e.BucketNs, e.IDHash); err != nil || !ok {
+			t.Fatalf("HasDedup(%+v) after migration = %v, %v", e, ok, err)
+		}
+	}
+	got := 0
+	err = s.Dedup(func(e DedupEntry) error {
+		if w, ok := want[e.IDHash]; !ok || w != e {
+			t.Fatalf("migrated %+v; want %+v (%v)", e, w, ok)
+		}
+		delete(want, e.IDHash)
+		got++
+		return nil
+	})
+	if err != nil || len(want) != 0 {
+		t.Fatalf("Dedup: %v; %d ids listed, %d missing", err, got, len(want))
+	}
+	left := 0
+	if err := s.scan(prefixDedupV1, func(k, v []byte) error { left++; return nil }); err != nil || left != 0 {
+		t.Errorf("%d old dedup keys left after migration (%v)", left, err)
+	}
+}

@@ -144,7 +144,7 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 			return nil, fmt.Errorf("state: %s has format %q, this Tally reads %q: %w", dir, got, formatMarker, ErrForeign)
 		}
 	}
-	if err := s.migrateDedup(); err != nil {
+	if err := s.migrateDedup(migrateBatchBytes); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -494,36 +494,77 @@ func (s *Store) Dedup(fn func(DedupEntry) error) error {
 }
 
 // migrateDedup moves dedup ids stored one per key (d/, before 2026-11-25)
-// into the packed layout, as if one checkpoint numbered 0 had added them, in
-// one batch: a crash during it leaves the old layout, migrated again next
-// time.
-func (s *Store) migrateDedup() error {
-	var adds []DedupEntry
-	err := s.scan(prefixDedupV1, func(k, v []byte) error {
+// into the packed layout, as if one checkpoint numbered 0 had added them.
+// The old keys are already in (bucket, hash) order, so it streams: memory
+// holds one packed value at a time, and the new values go out in batches of
+// migrateBatchBytes. The old keys are deleted last, in the final synced
+// batch; a crash before that leaves them, and the next open migrates them
+// again, rewriting the same values.
+func (s *Store) migrateDedup(batchBytes int) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixDedupV1, UpperBound: prefixEnd(prefixDedupV1)})
+	if err != nil {
+		return fmt.Errorf("state: dedup migration iterator: %w", err)
+	}
+	defer it.Close()
+	b := s.db.NewBatch()
+	defer func() { b.Close() }()
+	var value, key []byte
+	ids := 0
+	put := func() error {
+		if len(value) == 0 {
+			return nil
+		}
+		if err := b.Set(key, value, nil); err != nil {
+			return fmt.Errorf("state: batch dedup migration: %w", err)
+		}
+		value = value[:0]
+		if b.Len() < batchBytes {
+			return nil
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			return fmt.Errorf("state: migrate dedup ids to the packed layout: %w", err)
+		}
+		b.Close()
+		b = s.db.NewBatch()
+		return nil
+	}
+	for it.First(); it.Valid(); it.Next() {
+		k, v := it.Key()[len(prefixDedupV1):], it.Value()
 		if len(k) != 24 || len(v) != 8 {
 			return fmt.Errorf("state: malformed dedup entry: state is corrupt")
 		}
-		e := DedupEntry{BucketNs: int64(binary.BigEndian.Uint64(k)), RoutingHash: binary.BigEndian.Uint64(v)}
-		copy(e.IDHash[:], k[8:])
-		adds = append(adds, e)
-		return nil
-	})
-	if err != nil || len(adds) == 0 {
-		return err
+		bucket := int64(binary.BigEndian.Uint64(k))
+		if len(value) > 0 && (!bytes.Equal(key[len(prefixDedup):len(prefixDedup)+8], k[:8]) || key[len(prefixDedup)+8] != k[8]) {
+			if err := put(); err != nil {
+				return err
+			}
+		}
+		if len(value) == 0 {
+			key = binary.BigEndian.AppendUint64(append(dedupPrefix(bucket), k[8]), 0)
+		}
+		value = append(append(value, k[8:24]...), v...)
+		ids++
 	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := setDedup(b, 0, adds); err != nil {
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("state: scan old dedup ids: %w", err)
+	}
+	if ids == 0 {
+		return nil
+	}
+	if err := put(); err != nil {
 		return err
 	}
 	if err := b.DeleteRange(prefixDedupV1, prefixEnd(prefixDedupV1), nil); err != nil {
 		return fmt.Errorf("state: batch dedup migration: %w", err)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("state: migrate %d dedup ids to the packed layout: %w", len(adds), err)
+		return fmt.Errorf("state: migrate %d dedup ids to the packed layout: %w", ids, err)
 	}
 	return nil
 }
+
+// migrateBatchBytes bounds a dedup migration batch when a store opens.
+const migrateBatchBytes = 64 << 20
 
 // Outbox calls fn for at most limit entries of stream at or after from and in
 // checkpoints up to throughSeq, in position order, stopping at fn's first error.
