@@ -96,14 +96,6 @@ func (w *window) extra() *windowExtra {
 	return w.x
 }
 
-// extraOrZero returns w.x, or an empty one (not kept) if w has none.
-func (w *window) extraOrZero() *windowExtra {
-	if w.x == nil {
-		return &windowExtra{}
-	}
-	return w.x
-}
-
 // eventPos orders events for LATEST: event time, then source position, so
 // that ties resolve the same way on every replay.
 type eventPos struct {
@@ -310,7 +302,11 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	} else {
 		b = appendDecimal(b, w.totalSum())
 	}
-	x := w.extraOrZero()
+	var none windowExtra // what a window without x encodes (on the stack)
+	x := w.x
+	if x == nil {
+		x = &none
+	}
 	b = appendDecimal(b, x.extreme)
 	b = appendDecimal(b, x.latest)
 	b = binary.AppendVarint(b, x.latestPos.timeNs)
@@ -381,7 +377,8 @@ func decodeWindowValue(b []byte, w *window) error {
 	}
 	w.x = nil
 	if !x.extreme.IsZero() || !x.latest.IsZero() || x.latestPos != (eventPos{}) || x.unique != nil || x.sketch != nil {
-		w.x = &x
+		kept := x // only windows that have extra state allocate it
+		w.x = &kept
 	}
 	w.revision = r.uvarint()
 	w.emittedAmount = r.decimal()
@@ -410,17 +407,13 @@ func appendBytes(b, v []byte) []byte {
 
 func appendDecimal(b []byte, d decimal.Decimal) []byte {
 	var text [40]byte // the usual decimal fits: no allocation
-	t := appendDecimalText(text[:0], d)
-	b = binary.AppendUvarint(b, uint64(len(t)))
-	return append(b, t...)
+	return appendBytes(b, appendDecimalText(text[:0], d))
 }
 
 // appendInt appends v as appendDecimal appends an integer decimal.
 func appendInt(b []byte, v int64) []byte {
 	var digits [20]byte
-	s := strconv.AppendInt(digits[:0], v, 10)
-	b = append(b, byte(len(s)))
-	return append(b, s...)
+	return appendBytes(b, strconv.AppendInt(digits[:0], v, 10))
 }
 
 // byteReader decodes the varint/decimal layouts above, keeping the first error.
