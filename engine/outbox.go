@@ -315,19 +315,14 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 			dedupIDs += snap.dedupIDs
 		}
 		// Rows are encoded into one buffer (Pebble copies them into its
-		// batch): two allocations a checkpoint instead of one a row.
+		// batch); a slice taken before the buffer grows keeps its bytes.
 		if len(rows) > 0 {
 			buf := make([]byte, 0, 160*len(rows))
-			ends := make([]int, len(rows))
-			for i := range rows {
-				buf = encodeRow(buf, &rows[i])
-				ends[i] = len(buf)
-			}
 			encoded := make([][]byte, len(rows))
-			start := 0
-			for i, end := range ends {
-				encoded[i] = buf[start:end:end]
-				start = end
+			for i := range rows {
+				start := len(buf)
+				buf = encodeRow(buf, &rows[i])
+				encoded[i] = buf[start:len(buf):len(buf)]
 			}
 			cp.Outbox[state.StreamRated] = encoded
 		}
