@@ -33,7 +33,6 @@ type inboundBatch struct {
 	// maxEventTimeNs is the highest usage event time in the batch
 	// (minWatermark if none): subscription events do not move time.
 	maxEventTimeNs int64
-	decoded        int
 	dead           []DeadLetter
 	records        int
 	nextOffset     int64
@@ -286,7 +285,6 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 					b.shards[s] = e.eventSlice(len(records)/len(b.shards) + 8)
 				}
 				b.shards[s] = append(b.shards[s], *ev)
-				b.decoded++
 			}
 		}
 		last := records[len(records)-1]
@@ -394,12 +392,9 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			e.health.set(func(h *health) { h.paused = p })
 			if p {
 				e.metrics.backpressure.Set(1)
-			} else {
-				e.metrics.backpressure.Set(0)
-			}
-			if p {
 				e.log.Warn("sinks behind; pausing consumption", "undelivered_checkpoints", behind)
 			} else {
+				e.metrics.backpressure.Set(0)
 				e.log.Info("sinks caught up; resuming consumption")
 			}
 		}
@@ -434,10 +429,12 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			p.maxEventTimeNs = max(p.maxEventTimeNs, b.maxEventTimeNs)
 			// Events carry the watermark from before their batch, so a batch
 			// never makes its own records late.
+			decoded := 0
 			for i, events := range b.shards {
 				if len(events) == 0 {
 					continue
 				}
+				decoded += len(events)
 				select {
 				case e.shards[i].in <- shardMsg{events: events, watermarkNs: wm}:
 				case <-ctx.Done():
@@ -448,7 +445,7 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			dead = append(dead, b.dead...)
 			e.stats.consumed.Add(uint64(b.records))
 			e.metrics.recordsConsumed.Add(float64(b.records))
-			e.metrics.recordsDecoded.Add(float64(b.decoded))
+			e.metrics.recordsDecoded.Add(float64(decoded))
 			lag := max(p.highWater-p.nextOffset, 0)
 			e.metrics.consumerLag.WithLabelValues(p.id.Topic, strconv.Itoa(int(p.id.Partition))).Set(float64(lag))
 			var total int64
