@@ -453,24 +453,16 @@ func (s *shard) spill() {
 	}
 	slices.Sort(ends)
 	for _, endNs := range ends {
-		ws := s.byEnd[endNs]
-		kept := ws[:0]
-		for _, w := range ws {
+		setByEnd(s.byEnd, endNs, slices.DeleteFunc(s.byEnd[endNs], func(w *window) bool {
 			if len(s.windows) <= s.maxWindows || w.pendingEmission() || w.dirty || w.writtenSeq > s.durableSeq {
-				kept = append(kept, w)
-				continue
+				return false
 			}
 			delete(s.windows, w.key)
 			s.unindexCustomer(w.key)
 			s.releaseGroup(w.key)
 			s.spilled++
-		}
-		clear(ws[len(kept):])
-		if len(kept) == 0 {
-			delete(s.byEnd, endNs)
-		} else {
-			s.byEnd[endNs] = kept
-		}
+			return true
+		}))
 	}
 	s.overBudget = len(s.windows) > s.maxWindows
 }
@@ -534,6 +526,16 @@ func (s *shard) indexPeriod(p *window) {
 // addByEnd files w under its end in an eviction index.
 func addByEnd(index map[int64][]*window, w *window) {
 	index[w.endNs] = append(index[w.endNs], w)
+}
+
+// setByEnd stores the windows left under an end of an eviction index (what
+// slices.DeleteFunc returned), forgetting the end when none is left.
+func setByEnd(index map[int64][]*window, endNs int64, ws []*window) {
+	if len(ws) == 0 {
+		delete(index, endNs)
+	} else {
+		index[endNs] = ws
+	}
 }
 
 // releaseGroup forgets one group of key's (meter, customer, window start).
@@ -707,19 +709,21 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	// latest state is durable, so that a read-back never sees an older one.
 	finalizing := s.rules.finalizeAfterNs > 0
 	evict := func(byEnd map[int64][]*window, drop func(*window)) error {
+		var err error
 		for endNs, ws := range byEnd {
 			if s.rules.hot(endNs, b.watermarkNs) {
 				continue
 			}
-			kept := ws[:0]
-			for i, w := range ws {
+			setByEnd(byEnd, endNs, slices.DeleteFunc(ws, func(w *window) bool {
+				if err != nil {
+					return false
+				}
 				if !w.key.period && w.pendingEmission() {
-					byEnd[endNs] = append(kept, ws[i:]...)
-					return fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", w.key)
+					err = fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", w.key)
+					return false
 				}
 				if finalizing && (w.dirty || w.writtenSeq > s.durableSeq) {
-					kept = append(kept, w)
-					continue // not durable yet; a later barrier evicts it
+					return false // not durable yet; a later barrier evicts it
 				}
 				drop(w)
 				s.unindexCustomer(w.key)
@@ -727,12 +731,10 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 					w.dirty = false // dropped from the dirty list below
 					s.deleted = append(s.deleted, encodeWindowKey(w.key, w.periodEndNs))
 				}
-			}
-			clear(ws[len(kept):])
-			if len(kept) == 0 {
-				delete(byEnd, endNs)
-			} else {
-				byEnd[endNs] = kept
+				return true
+			}))
+			if err != nil {
+				return err
 			}
 		}
 		return nil
