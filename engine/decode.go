@@ -92,16 +92,22 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 	str := func(key []byte, v *fastjson.Value, dst *string) {
 		switch v.Type() {
 		case fastjson.TypeString:
-			b := v.GetStringBytes()
-			if t, ok := d.types[string(b)]; ok && (dst == &w.Meter || dst == &w.Type) {
-				*dst = t // event types are few: no string per record
-				return
-			}
-			*dst = string(b)
+			*dst = string(v.GetStringBytes())
 		case fastjson.TypeNull:
 		default:
 			ferr = fail(ReasonInvalidField, "field %s: %s where string is expected", key, v.Type())
 		}
+	}
+	// eventType is str for the fields naming an event type: the few types
+	// meters read are interned, so they cost no string per record.
+	eventType := func(key []byte, v *fastjson.Value, dst *string) {
+		if v.Type() == fastjson.TypeString {
+			if t, ok := d.types[string(v.GetStringBytes())]; ok {
+				*dst = t
+				return
+			}
+		}
+		str(key, v, dst)
 	}
 	o.Visit(func(key []byte, v *fastjson.Value) {
 		if ferr != nil {
@@ -123,7 +129,7 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 		case "customer":
 			str(key, v, &w.Customer)
 		case "meter":
-			str(key, v, &w.Meter)
+			eventType(key, v, &w.Meter)
 		case "time":
 			if v.Type() == fastjson.TypeString {
 				if ns, ok := parseTimeFast(v.GetStringBytes()); ok {
@@ -139,7 +145,7 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 		case "source":
 			str(key, v, &w.Source)
 		case "type":
-			str(key, v, &w.Type)
+			eventType(key, v, &w.Type)
 		case "subject":
 			str(key, v, &w.Subject)
 		case "value":
@@ -308,9 +314,6 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 		}
 		rawValue = w.Value
 		dims = w.Dims
-	}
-	if err != nil {
-		return out, err
 	}
 	for _, f := range [...]struct{ name, value string }{
 		{"id", base.ID}, {"customer", base.Customer}, {"meter", eventType},
