@@ -450,7 +450,7 @@ func setDedup(b *pebble.Batch, seq uint64, adds []DedupEntry) error {
 // HasDedup reports whether an event id is remembered in bucketNs.
 func (s *Store) HasDedup(bucketNs int64, id [16]byte) (bool, error) {
 	lower := append(dedupPrefix(bucketNs), id[0])
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: keyAfterPrefix(lower)})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
 	if err != nil {
 		return false, fmt.Errorf("state: dedup iterator: %w", err)
 	}
@@ -496,8 +496,8 @@ func (s *Store) Dedup(fn func(DedupEntry) error) error {
 // migrateDedup moves dedup ids stored one per key (d/, before 2026-11-25)
 // into the packed layout, as if one checkpoint numbered 0 had added them.
 // The old keys are already in (bucket, hash) order, so it streams: memory
-// holds one packed value at a time, and the new values go out in batches of
-// migrateBatchBytes. The old keys are deleted last, in the final synced
+// holds the ids of one bucket and first hash byte at a time, packed by
+// setDedup as a checkpoint's are, in batches of about batchBytes. The old keys are deleted last, in the final synced
 // batch; a crash before that leaves them, and the next open migrates them
 // again, rewriting the same values.
 func (s *Store) migrateDedup(batchBytes int) error {
@@ -508,16 +508,16 @@ func (s *Store) migrateDedup(batchBytes int) error {
 	defer it.Close()
 	b := s.db.NewBatch()
 	defer func() { b.Close() }()
-	var value, key []byte
+	var group []DedupEntry // one bucket and first hash byte
 	ids := 0
 	put := func() error {
-		if len(value) == 0 {
+		if len(group) == 0 {
 			return nil
 		}
-		if err := b.Set(key, value, nil); err != nil {
-			return fmt.Errorf("state: batch dedup migration: %w", err)
+		if err := setDedup(b, 0, group); err != nil {
+			return err
 		}
-		value = value[:0]
+		group = group[:0]
 		if b.Len() < batchBytes {
 			return nil
 		}
@@ -533,16 +533,14 @@ func (s *Store) migrateDedup(batchBytes int) error {
 		if len(k) != 24 || len(v) != 8 {
 			return fmt.Errorf("state: malformed dedup entry: state is corrupt")
 		}
-		bucket := int64(binary.BigEndian.Uint64(k))
-		if len(value) > 0 && (!bytes.Equal(key[len(prefixDedup):len(prefixDedup)+8], k[:8]) || key[len(prefixDedup)+8] != k[8]) {
+		e := DedupEntry{BucketNs: int64(binary.BigEndian.Uint64(k)), RoutingHash: binary.BigEndian.Uint64(v)}
+		copy(e.IDHash[:], k[8:])
+		if len(group) > 0 && (e.BucketNs != group[0].BucketNs || e.IDHash[0] != group[0].IDHash[0]) {
 			if err := put(); err != nil {
 				return err
 			}
 		}
-		if len(value) == 0 {
-			key = binary.BigEndian.AppendUint64(append(dedupPrefix(bucket), k[8]), 0)
-		}
-		value = append(append(value, k[8:24]...), v...)
+		group = append(group, e)
 		ids++
 	}
 	if err := it.Error(); err != nil {
@@ -613,12 +611,6 @@ func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) error {
 	return nil
 }
 
-func prefixEnd(prefix []byte) []byte {
-	end := append([]byte(nil), prefix...)
-	end[len(end)-1]++
-	return end
-}
-
 func partitionKey(topic string, partition int32) []byte {
 	k := append(append([]byte(nil), prefixPartition...), topic...)
 	k = append(k, 0)
@@ -629,9 +621,9 @@ func dedupPrefix(bucketNs int64) []byte {
 	return binary.BigEndian.AppendUint64(append(make([]byte, 0, len(prefixDedup)+8+1+8), prefixDedup...), uint64(bucketNs))
 }
 
-// keyAfterPrefix is the smallest key greater than every key starting with
+// prefixEnd is the smallest key greater than every key starting with
 // prefix (trailing 0xff bytes carry), nil if there is none.
-func keyAfterPrefix(prefix []byte) []byte {
+func prefixEnd(prefix []byte) []byte {
 	end := append([]byte(nil), prefix...)
 	for i := len(end) - 1; i >= 0; i-- {
 		if end[i] != 0xff {
