@@ -429,10 +429,7 @@ func (s *shard) apply(ev *Event) {
 	if rated.PerEvent {
 		p.addMoney(rated.Amount)
 	}
-	if !p.dirty {
-		p.dirty = true
-		s.dirty = append(s.dirty, p)
-	}
+	s.markDirty(p)
 }
 
 // spill keeps the shard within its memory budget: closed windows whose
@@ -581,12 +578,19 @@ func (s *shard) indexWindow(w *window) {
 	s.indexCustomer(w)
 }
 
-// touch marks w as changed since both its last checkpoint and its last emission.
-func (s *shard) touch(w *window) {
+// markDirty queues w for the next checkpoint. Invariant: every change to
+// a window's or period's durable fields (see appendWindowValue) is followed
+// by markDirty before the next barrier, or a restart loses it.
+func (s *shard) markDirty(w *window) {
 	if !w.dirty {
 		w.dirty = true
 		s.dirty = append(s.dirty, w)
 	}
+}
+
+// touch marks w as changed since both its last checkpoint and its last emission.
+func (s *shard) touch(w *window) {
+	s.markDirty(w)
 	w.changed = true
 	if !w.queued {
 		w.queued = true
@@ -651,10 +655,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		} else {
 			kept = append(kept, w) // its final revision is still due
 		}
-		if !w.dirty {
-			w.dirty = true
-			s.dirty = append(s.dirty, w)
-		}
+		s.markDirty(w)
 	}
 	clear(s.unemitted[len(kept):])
 	s.unemitted = kept
@@ -694,10 +695,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(p.emittedAmount))
 			p.emittedAmount = row.Amount
 			snap.rows = append(snap.rows, row)
-			if !p.dirty {
-				p.dirty = true
-				s.dirty = append(s.dirty, p)
-			}
+			s.markDirty(p)
 		}
 	}
 
@@ -863,6 +861,11 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedMoney = after
 			w.emittedMoney = w.money
+			// The period moved even when the window's charge is 0 (inside
+			// an allowance, a zero-price tier, a package block already
+			// paid, an amount rounding to 0): the move must be
+			// checkpointed, or a restart charges it again.
+			s.markDirty(p)
 		}
 	case w.meter.additive():
 		before := p.emittedQuantity
@@ -870,6 +873,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedQuantity = after
+			s.markDirty(p) // as above: even a zero charge moves the period
 		}
 	default:
 		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, decimal.Zero, quantity); err == nil {
@@ -878,10 +882,6 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	}
 	if err == nil && !amount.Equal(w.emittedAmount) {
 		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))
-		if !p.dirty {
-			p.dirty = true
-			s.dirty = append(s.dirty, p)
-		}
 		if s.closedEnds[p.endNs] && !p.feeQueued {
 			p.feeQueued = true
 			s.feeDue = append(s.feeDue, p) // its true-up may change
