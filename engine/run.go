@@ -46,6 +46,9 @@ type partitionProgress struct {
 	maxEventTimeNs int64 // minWatermark until the first event
 	highWater      int64
 	lastRecordAt   time.Time // wall clock, for idleness
+	// fetch is shared with the partition's reader: whether it had nothing
+	// to give (see fetchState).
+	fetch *fetchState
 }
 
 // pendingCheckpoint is a cut handed from the dispatcher to the writer.
@@ -112,7 +115,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		wg.Go(func() {
 			defer reader.Close()
-			fatal(e.readPartition(readersCtx, i, p.id, reader, inbound))
+			fatal(e.readPartition(readersCtx, i, p.id, p.fetch, reader, inbound))
 		})
 	}
 
@@ -172,7 +175,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	now := e.now()
 	out := make([]*partitionProgress, len(ids))
 	for i, id := range ids {
-		p := &partitionProgress{id: id, nextOffset: OffsetEarliest, maxEventTimeNs: minWatermark, lastRecordAt: now}
+		p := &partitionProgress{id: id, nextOffset: OffsetEarliest, maxEventTimeNs: minWatermark, lastRecordAt: now, fetch: &fetchState{}}
 		if s, ok := byID[id]; ok {
 			p.nextOffset, p.maxEventTimeNs = s.NextOffset, s.MaxEventTimeNs
 		}
@@ -247,9 +250,10 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 
 // readPartition fetches, decodes and forwards one partition, in order.
 // Decoding happens here, one goroutine per partition, so it runs in parallel.
-func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r PartitionReader, out chan<- inboundBatch) error {
+func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, fetch *fetchState, r PartitionReader, out chan<- inboundBatch) error {
 	var scratch []Event // one record's events
 	for {
+		fetch.waiting(e.now())
 		records, err := r.Fetch(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -260,6 +264,7 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, r
 		if len(records) == 0 {
 			continue
 		}
+		fetch.fetched() // the batch counts as queued until the dispatcher takes it
 		b := inboundBatch{partition: index, shards: make([][]Event, len(e.shards)), maxEventTimeNs: minWatermark, records: len(records)}
 		for _, rec := range records {
 			scratch, err = e.decoder.Decode(rec.Value, scratch[:0])
@@ -422,6 +427,7 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			}
 		case b := <-in:
 			p := partitions[b.partition]
+			p.fetch.taken()
 			if b.nextOffset <= p.nextOffset {
 				return false, fmt.Errorf("engine: partition %s went back from offset %d to %d", p.id, p.nextOffset, b.nextOffset)
 			}
@@ -464,7 +470,10 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 
 // watermark returns the engine watermark: the minimum over active partitions
 // of (highest event time − allowed lateness). A partition is active until it
-// is silent for IdleTimeout (counted from start for one that never spoke);
+// has had nothing to give for IdleTimeout: its reader has been asking that
+// long, nothing it read waits to be dispatched, and the dispatcher took
+// nothing from it for as long (counted from start for one that never spoke).
+// Time spent paused by backpressure, with records waiting, never counts;
 // an active partition without events yet holds the watermark where it is,
 // so the order partitions are first read in cannot close windows early.
 // Invariant: the watermark never goes back, so a closed window stays closed.
@@ -472,7 +481,7 @@ func (e *Engine) watermark(partitions []*partitionProgress, now time.Time, prev 
 	wm := int64(minWatermark)
 	found := false
 	for _, p := range partitions {
-		if now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout {
+		if now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout && p.fetch.idleFor(now, e.cfg.IdleTimeout) {
 			continue
 		}
 		if p.maxEventTimeNs == minWatermark {
