@@ -21,6 +21,7 @@ import (
 //	       anchor-day=15 timezone=UTC customer=id/Area/City/anchorDay
 //	meters            (YAML list of meters as in the config file)
 //	plan              (YAML price plan; default: every meter at 0.5 per unit)
+//	catalog [default=ID]  (YAML plans: [...] with versions; subscriptions come as events)
 //	start
 //	records partition=N
 //	  HH:MM:SS customer meter value [dim=value...] [id=X] [source=S]   (or a raw JSON record)
@@ -74,7 +75,12 @@ func TestDataDriven(t *testing.T) {
 					d.Fatalf(t, "catalog: %v", err)
 				}
 				subs, _ := rating.NewSubscriptions(nil, c)
-				catalog = NewPricing(c, subs, "") // usage without a subscription is dead-lettered
+				// Without default=ID, usage without a subscription is dead-lettered.
+				defaultPlan := ""
+				if d.HasArg("default") {
+					d.ScanArgs(t, "default", &defaultPlan)
+				}
+				catalog = NewPricing(c, subs, defaultPlan)
 				return ""
 			case "meters":
 				if err := yaml.Unmarshal([]byte(d.Input), &meters); err != nil {

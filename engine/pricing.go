@@ -64,12 +64,15 @@ func (p *Pricing) Increment(sub Subscriber, meter string, windowStart time.Time,
 	return plan.Increment(meter, before, after)
 }
 
-// shares returns the plans in force during a period, each with its share
-// of the period; gaps take defaultPlan when given.
-func (p *Pricing) shares(sub Subscriber, defaultPlan string, periodStart, periodEnd time.Time) []rating.Share {
+// shares returns the plans sub subscribed to during a period, each with
+// its share of the period. The default plan never fills a gap: it prices
+// usage of customers without a subscription, and makes nobody owe its
+// fees, so a subscriber who starts mid-period owes the started share only
+// and a customer without any subscription owes no fee or true-up.
+func (p *Pricing) shares(sub Subscriber, periodStart, periodEnd time.Time) []rating.Share {
 	total := decimal.NewFromInt(int64(periodEnd.Sub(periodStart)))
 	var shares []rating.Share
-	for _, seg := range p.subs.Timeline(sub.ID, sub.Changes).Segments(defaultPlan, periodStart, periodEnd) {
+	for _, seg := range p.subs.Timeline(sub.ID, sub.Changes).Segments("", periodStart, periodEnd) {
 		plan, err := p.catalog.Plan(seg.Plan, seg.Start)
 		if err != nil {
 			continue // no version in force: no fee for that stretch
@@ -82,7 +85,7 @@ func (p *Pricing) shares(sub Subscriber, defaultPlan string, periodStart, period
 // PeriodFee implements Rater: each plan the customer was on during
 // the period contributes its fees for its share of the period.
 func (p *Pricing) PeriodFee(sub Subscriber, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (rating.Charge, bool, error) {
-	return rating.ProratedPeriodFee(p.shares(sub, p.defaultPlan, periodStart, periodEnd), meter, usageCharged)
+	return rating.ProratedPeriodFee(p.shares(sub, periodStart, periodEnd), meter, usageCharged)
 }
 
 // CheckPlan implements SubscriptionRules.
@@ -98,10 +101,10 @@ func (p *Pricing) Subscribers() []string { return p.subs.Customers() }
 
 // FeeMeters implements SubscriptionRules: the meters with a flat fee
 // or a commitment in a plan sub was subscribed to during the period. The
-// default plan does not count: it prices usage, it does not subscribe.
+// default plan does not count (see shares).
 func (p *Pricing) FeeMeters(sub Subscriber, periodStart, periodEnd time.Time) []string {
 	var out []string
-	for _, sh := range p.shares(sub, "", periodStart, periodEnd) {
+	for _, sh := range p.shares(sub, periodStart, periodEnd) {
 		for _, name := range sh.Plan.MeterNames() {
 			if price := sh.Plan.Meters[name]; (!price.FlatFee.IsZero() || !price.MinimumCommitment.IsZero()) && !slices.Contains(out, name) {
 				out = append(out, name)

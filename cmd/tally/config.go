@@ -66,8 +66,9 @@ type Config struct {
 	// Subscriptions assign customers to plans over time; file only.
 	Subscriptions []rating.Subscription `yaml:"subscriptions"`
 	// DefaultPlan prices customers without a subscription; without it they
-	// are dead-lettered (no_subscription). A single-plan file is the default.
-	DefaultPlan               string `yaml:"defaultPlan"`
+	// are dead-lettered (no_subscription). Unset, a single-plan file's plan
+	// is the default; set to "" there is none.
+	DefaultPlan               optionalString `yaml:"defaultPlan"`
 	MaxUndeliveredCheckpoints int    `yaml:"maxUndeliveredCheckpoints"`
 	SinkBatchRows             int    `yaml:"sinkBatchRows"`
 	MaxLiveWindows            int    `yaml:"maxLiveWindows"`
@@ -143,7 +144,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Tenant, "tenant", "tenant name, part of every row identity")
 	str(&c.StateDir, "stateDir", "Pebble state folder (checkpoints, offsets, outbox)")
 	str(&c.Plan, "plan", "price plan file, YAML or JSON: one plan, or plans: [...] with versions (required)")
-	str(&c.DefaultPlan, "defaultPlan", "plan of customers without a subscription (empty: dead-letter their usage as no_subscription)")
+	fs.Var(&c.DefaultPlan, flagName("defaultPlan"), "plan of customers without a subscription (unset: the only plan of a one-plan file; empty: none, their usage is dead-lettered as no_subscription)")
 	str(&c.HTTPAddr, "httpAddr", "address of /metrics, /healthz, /readyz (loopback by default)")
 	str(&c.OutputFile, "outputFile", "also write rated rows as JSON lines to this file")
 	list(&c.Kafka.Brokers, "kafka.brokers", "Kafka bootstrap brokers, comma-separated host:port (required)")
@@ -173,6 +174,30 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
 	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.1 KB each); closed ones beyond it spill to disk; 0 = none")
+}
+
+// optionalString is a string that tells unset from set to "": YAML's
+// `key: ""` and the flag `--key=` both set it.
+type optionalString struct {
+	Value string
+	IsSet bool
+}
+
+func (o *optionalString) String() string { return o.Value }
+
+// Set implements flag.Value.
+func (o *optionalString) Set(s string) error {
+	o.Value, o.IsSet = s, true
+	return nil
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (o *optionalString) UnmarshalYAML(node *yaml.Node) error {
+	if err := node.Decode(&o.Value); err != nil {
+		return err
+	}
+	o.IsSet = true
+	return nil
 }
 
 type listValue []string

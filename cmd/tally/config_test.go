@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/engine"
 )
 
 func writeFile(t *testing.T, name, content string) string {
@@ -128,5 +131,44 @@ meters:
 	cfg.Meters[0].Aggregation = "MEDIAN"
 	if _, err := compileMeters(cfg, plan); err == nil || !strings.Contains(err.Error(), "meters.sms.aggregation") {
 		t.Errorf("compileMeters with a bad aggregation: %v", err)
+	}
+}
+
+// TestDefaultPlanCanBeTurnedOff: a one-plan file makes its plan everyone's
+// default unless defaultPlan is set, and `defaultPlan: ""` (or the empty
+// flag) turns that off, so usage without a subscription is dead-lettered.
+func TestDefaultPlanCanBeTurnedOff(t *testing.T) {
+	plan := writeFile(t, "plan.yaml", `
+id: only
+currency: EUR
+meters: {sms: {model: per_unit, unitPrice: "0.10"}}
+`)
+	at := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name   string
+		file   string
+		flags  []string
+		priced bool
+	}{
+		{name: "unset", file: "", priced: true},
+		{name: "empty in the file", file: `defaultPlan: ""`, priced: false},
+		{name: "empty flag", file: "", flags: []string{"--default-plan="}, priced: false},
+		{name: "named", file: `defaultPlan: only`, priced: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, "tally.yaml", "plan: "+plan+"\nkafka: {brokers: [\"k:9092\"]}\n"+tc.file+"\n")
+			cfg, err := loadConfig("run", append([]string{"--config", path}, tc.flags...), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pricing, err := loadPricing(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = pricing.Increment(engine.Subscriber{ID: "nobody"}, "sms", at, decimal.Zero, decimal.NewFromInt(1))
+			if priced := err == nil; priced != tc.priced {
+				t.Errorf("usage of a customer without a subscription priced = %v (%v), want %v", priced, err, tc.priced)
+			}
+		})
 	}
 }

@@ -49,9 +49,9 @@ func loadPricing(cfg Config) (*engine.Pricing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config key %w", err)
 	}
-	defaultPlan := cfg.DefaultPlan
-	if ids := catalog.IDs(); defaultPlan == "" && len(ids) == 1 {
-		defaultPlan = ids[0] // a single plan prices everyone
+	defaultPlan := cfg.DefaultPlan.Value
+	if ids := catalog.IDs(); !cfg.DefaultPlan.IsSet && len(ids) == 1 {
+		defaultPlan = ids[0] // unset: a single plan prices everyone
 	}
 	if defaultPlan != "" && !slices.Contains(catalog.IDs(), defaultPlan) {
 		return nil, fmt.Errorf("config key defaultPlan (flag --default-plan): no plan %q; plans are %v", defaultPlan, catalog.IDs())
