@@ -69,9 +69,9 @@ type Config struct {
 	// are dead-lettered (no_subscription). Unset, a single-plan file's plan
 	// is the default; set to "" there is none.
 	DefaultPlan               optionalString `yaml:"defaultPlan"`
-	MaxUndeliveredCheckpoints int    `yaml:"maxUndeliveredCheckpoints"`
-	SinkBatchRows             int    `yaml:"sinkBatchRows"`
-	MaxLiveWindows            int    `yaml:"maxLiveWindows"`
+	MaxUndeliveredCheckpoints int            `yaml:"maxUndeliveredCheckpoints"`
+	SinkBatchRows             int            `yaml:"sinkBatchRows"`
+	MaxLiveWindows            int            `yaml:"maxLiveWindows"`
 }
 
 func defaultConfig() Config {
