@@ -293,9 +293,11 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 	if cfg.DedupHorizon == 0 {
 		cfg.DedupHorizon = cfg.ReviseHorizon
 		if cfg.FinalizeAfter > 0 {
-			// Records may revise until a period is final: remember ids that
-			// long (the longest period is 31 days).
-			cfg.DedupHorizon = 31*24*time.Hour + cfg.FinalizeAfter
+			// Records may revise until a period is final, FinalizeAfter
+			// past its settle end, which is at most one window past the
+			// period's end: remember ids that long (the longest period is
+			// 31 days).
+			cfg.DedupHorizon = 31*24*time.Hour + decoder.meters.longestWindow() + cfg.FinalizeAfter
 		}
 	}
 	if cfg.DedupMemoryHorizon == 0 {

@@ -317,6 +317,48 @@ func (m *Meters) byName(name string) *meterSpec {
 // billingPeriod returns the billing period holding tNs: from the anchor day
 // of one month to the anchor day of the next, at local midnight in loc.
 func billingPeriod(tNs int64, loc *time.Location, anchorDay int) (startNs, endNs int64) {
+	return billingPeriodIn(tNs, loc, anchorDay)
+}
+
+// longestWindow is the longest window of any meter (31 days for months),
+// plus a day for customer zones: how far a window may reach past its
+// billing period.
+func (m *Meters) longestWindow() time.Duration {
+	var longest int64
+	for _, spec := range m.list {
+		size := spec.window.sizeNs
+		if spec.window.month {
+			size = 31 * dayNs
+		}
+		longest = max(longest, size)
+	}
+	return time.Duration(longest + dayNs)
+}
+
+// windowLoc is where meter m's windows are aligned for customer cust.
+func (m *meterSpec) windowLoc(cust customerSpec) *time.Location {
+	if m.local {
+		return cust.loc
+	}
+	return time.UTC
+}
+
+// settleEnd is when every window of meter m charged in the billing period
+// ending at periodEndNs has ended. The rule: a window is charged in the
+// billing period its start falls in, whole, even when it ends after the
+// period does (a UTC day for a customer in another zone, a calendar month
+// for a customer whose anchor day is not 1). So the period's state, its
+// windows' lateness and finalization, and its fee row all run until the
+// end of the last window that starts in it, not until the period's end.
+// For windows that nest in periods the two are equal. windowLoc is
+// m.windowLoc of the customer.
+func (m *meterSpec) settleEnd(periodEndNs int64, windowLoc *time.Location) int64 {
+	last := m.window.start(periodEndNs-1, windowLoc)
+	return max(periodEndNs, m.window.end(last, windowLoc))
+}
+
+// billingPeriodIn is billingPeriod's calendar arithmetic.
+func billingPeriodIn(tNs int64, loc *time.Location, anchorDay int) (startNs, endNs int64) {
 	t := time.Unix(0, tNs).In(loc)
 	year, month := t.Year(), t.Month()
 	if t.Day() < anchorDay {

@@ -205,7 +205,11 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if err := decodeWindowValue(v, w); err != nil {
 			return fmt.Errorf("engine: recover window %q: %w: state is corrupt", k, err)
 		}
-		if !e.rules.hot(w.endNs, wm) && (key.period || !w.pendingEmission()) {
+		hotUntil := w.endNs
+		if key.period {
+			hotUntil = w.periodEndNs // a period lives until it settles
+		}
+		if !e.rules.hot(hotUntil, wm) && (key.period || !w.pendingEmission()) {
 			return nil
 		}
 		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w); err != nil {

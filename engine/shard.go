@@ -97,7 +97,8 @@ type timeRules struct {
 }
 
 // late reports whether a record at tNs, in a window ending at endNs and a
-// billing period ending at periodEndNs, is too late at watermark wm: its
+// billing period settling at periodEndNs (see settleEnd), is too late at
+// watermark wm: its
 // window or period no longer accepts records, or its dedup bucket is
 // forgotten, so a duplicate could no longer be recognised. Such records are
 // dead-lettered.
@@ -114,7 +115,7 @@ func (r timeRules) late(tNs, endNs, periodEndNs, wm int64) bool {
 	return endNs+r.reviseHorizonNs <= wm || periodEndNs+r.reviseHorizonNs <= wm
 }
 
-// finalized reports whether the billing period ending at periodEndNs is final.
+// finalized reports whether the billing period settling at periodEndNs is final.
 func (r timeRules) finalized(periodEndNs, wm int64) bool {
 	return wm != minWatermark && periodEndNs+r.finalizeAfterNs <= wm
 }
@@ -357,17 +358,17 @@ func (s *shard) apply(ev *Event) {
 	}
 	m := ev.meter
 	cust := s.customers.get(ev.Customer)
-	loc := time.UTC
-	if m.local {
-		loc = cust.loc
-	}
+	loc := m.windowLoc(cust)
 	startNs := m.window.start(ev.TimeNs, loc)
 	endNs := m.window.end(startNs, loc)
 	// A window belongs to the billing period its start falls in (a window
 	// across a period boundary is billed whole in the first): its period
-	// aggregate, charges and lateness all follow that period.
+	// aggregate and charges follow that period, and the period settles only
+	// when its last window ends (see settleEnd). settleNs leads the state
+	// keys of the window and the period, and bounds their lateness.
 	periodStartNs, periodEndNs := billingPeriod(startNs, cust.loc, cust.anchorDay)
-	if s.rules.late(ev.TimeNs, endNs, periodEndNs, s.watermarkNs) {
+	settleNs := m.settleEnd(periodEndNs, loc)
+	if s.rules.late(ev.TimeNs, endNs, settleNs, s.watermarkNs) {
 		s.deadLetter(ev, ReasonLate, fmt.Sprintf("meter %s window %s no longer accepts records: watermark %s",
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
 		return
@@ -386,7 +387,7 @@ func (s *shard) apply(ev *Event) {
 		// A closed window may have left memory (past the memory horizon, or
 		// spilled over the memory budget) and still be revisable: read it
 		// back. Only late records take this path.
-		w = s.loadCold(key, periodEndNs)
+		w = s.loadCold(key, settleNs)
 	}
 	family := groupFamily{meter: m.Name, customer: ev.Customer, startNs: startNs}
 	if w == nil && s.groups[family] >= m.MaxGroupsPerKey {
@@ -401,7 +402,7 @@ func (s *shard) apply(ev *Event) {
 		return
 	}
 	if w == nil {
-		w = s.addWindow(key, m, endNs, periodEndNs)
+		w = s.addWindow(key, m, endNs, settleNs)
 	}
 	w.add(ev)
 	if rated.PerEvent {
@@ -416,11 +417,11 @@ func (s *shard) apply(ev *Event) {
 	if p == nil || p.dropped {
 		periodKey := windowKey{meter: m.Name, customer: ev.Customer, startNs: periodStartNs, period: true}
 		p = s.periods[periodKey]
-		if p == nil && !s.rules.hot(periodEndNs, s.watermarkNs) {
-			p = s.loadCold(periodKey, periodEndNs)
+		if p == nil && !s.rules.hot(settleNs, s.watermarkNs) {
+			p = s.loadCold(periodKey, settleNs)
 		}
 		if p == nil {
-			p = &window{key: periodKey, meter: m, endNs: periodEndNs, periodEndNs: periodEndNs}
+			p = &window{key: periodKey, meter: m, endNs: periodEndNs, periodEndNs: settleNs}
 			s.indexPeriod(p)
 		}
 		w.period = p
@@ -514,15 +515,17 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 	return w
 }
 
+// indexPeriod registers period aggregate p, filed for eviction and fees
+// under its settle end (periodEndNs, see settleEnd), not the period's end.
 func (s *shard) indexPeriod(p *window) {
 	s.periods[p.key] = p
-	addByEnd(s.periodsByEnd, p)
+	addByEnd(s.periodsByEnd, p.periodEndNs, p)
 	s.indexCustomer(p)
 }
 
-// addByEnd files w under its end in an eviction index.
-func addByEnd(index map[int64][]*window, w *window) {
-	index[w.endNs] = append(index[w.endNs], w)
+// addByEnd files w under endNs in an eviction index.
+func addByEnd(index map[int64][]*window, endNs int64, w *window) {
+	index[endNs] = append(index[endNs], w)
 }
 
 // setByEnd stores the windows left under an end of an eviction index (what
@@ -573,7 +576,7 @@ func (s *shard) addWindow(key windowKey, m *meterSpec, endNs, periodEndNs int64)
 // indexWindow registers w in the shard's maps.
 func (s *shard) indexWindow(w *window) {
 	s.windows[w.key] = w
-	addByEnd(s.byEnd, w)
+	addByEnd(s.byEnd, w.endNs, w)
 	s.groups[groupFamily{meter: w.key.meter, customer: w.key.customer, startNs: w.key.startNs}]++
 	s.indexCustomer(w)
 }
@@ -882,7 +885,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	}
 	if err == nil && !amount.Equal(w.emittedAmount) {
 		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))
-		if s.closedEnds[p.endNs] && !p.feeQueued {
+		if s.closedEnds[p.periodEndNs] && !p.feeQueued {
 			p.feeQueued = true
 			s.feeDue = append(s.feeDue, p) // its true-up may change
 		}

@@ -125,21 +125,22 @@ func (s *shard) openFeePeriod(customer string, tNs int64) {
 	}
 	cust := s.customers.get(customer)
 	startNs, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
-	if s.rules.late(endNs-1, endNs, endNs, s.watermarkNs) {
-		return
-	}
 	for _, name := range rules.FeeMeters(s.subscriber(customer), time.Unix(0, startNs).UTC(), time.Unix(0, endNs).UTC()) {
 		m := s.meters.byName(name)
 		if m == nil {
 			continue // a plan prices a meter this engine does not read
 		}
+		settleNs := m.settleEnd(endNs, m.windowLoc(cust))
+		if s.rules.late(endNs-1, endNs, settleNs, s.watermarkNs) {
+			continue
+		}
 		key := windowKey{meter: name, customer: customer, startNs: startNs, period: true}
 		p := s.periods[key]
-		if p == nil && !s.rules.hot(endNs, s.watermarkNs) {
-			p = s.loadCold(key, endNs)
+		if p == nil && !s.rules.hot(settleNs, s.watermarkNs) {
+			p = s.loadCold(key, settleNs)
 		}
 		if p == nil {
-			p = &window{key: key, meter: m, endNs: endNs, periodEndNs: endNs, dirty: true}
+			p = &window{key: key, meter: m, endNs: endNs, periodEndNs: settleNs, dirty: true}
 			s.indexPeriod(p)
 			s.dirty = append(s.dirty, p)
 		}
@@ -150,7 +151,7 @@ func (s *shard) openFeePeriod(customer string, tNs int64) {
 // queueFee has a closed period's fee row recomputed at the next barrier;
 // an open period's fee comes when it closes.
 func (s *shard) queueFee(p *window) {
-	if s.rules.closed(p.endNs, s.watermarkNs) && s.closedEnds[p.endNs] && !p.feeQueued {
+	if s.rules.closed(p.periodEndNs, s.watermarkNs) && s.closedEnds[p.periodEndNs] && !p.feeQueued {
 		p.feeQueued = true
 		s.feeDue = append(s.feeDue, p)
 	}

@@ -25,8 +25,11 @@ type window struct {
 	key   windowKey
 	meter *meterSpec
 	endNs int64
-	// periodEndNs is the end of the billing period the window is filed
-	// under (the period of its last instant); it leads the state key.
+	// periodEndNs is when the billing period the window is charged in
+	// settles (see meterSpec.settleEnd): the period's end, or the end of
+	// its last window when windows do not nest in periods. It leads the
+	// state key of the window and of the period aggregate, so a settled
+	// and finalized period is one range delete.
 	periodEndNs int64
 	// writtenSeq is the checkpoint holding the window's latest state; it
 	// may leave memory once that checkpoint is durable.
