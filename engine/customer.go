@@ -59,6 +59,12 @@ func newCustomers(list []Customer, timezone string, anchorDay int) (*customers, 
 	return c, nil
 }
 
+// listed reports whether id has settings of its own.
+func (c *customers) listed(id string) bool {
+	_, ok := c.byID[id]
+	return ok
+}
+
 func (c *customers) get(id string) customerSpec {
 	if spec, ok := c.byID[id]; ok {
 		return spec

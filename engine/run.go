@@ -201,6 +201,11 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if err != nil {
 			return fmt.Errorf("engine: recover: %w: state is corrupt", err)
 		}
+		if key.period {
+			if err := e.checkPlacement(key, periodEndNs); err != nil {
+				return fmt.Errorf("engine: refusing to start: %w", err)
+			}
+		}
 		w := &window{periodEndNs: periodEndNs}
 		if err := decodeWindowValue(v, w); err != nil {
 			return fmt.Errorf("engine: recover window %q: %w: state is corrupt", k, err)
