@@ -242,6 +242,36 @@ type Engine struct {
 	// checkpointRequests lets tests cut a checkpoint once given offsets are
 	// dispatched, instead of on the ticker.
 	checkpointRequests chan checkpointRequest
+	// watermarkRequests carries AdvanceWatermark's requests to the dispatcher.
+	watermarkRequests chan watermarkRequest
+}
+
+// watermarkRequest asks the dispatcher to move the watermark to at least
+// atNs and cut a checkpoint.
+type watermarkRequest struct {
+	atNs  int64
+	reply chan uint64 // receives the sequence of the cut
+}
+
+// AdvanceWatermark moves the watermark to at least t, as if every partition
+// had moved past it, and cuts a checkpoint: windows and billing periods
+// ending (plus grace) at or before t close and emit their final rows, fee
+// rows included. It is for the end of a bounded input (tally rate --until):
+// a record read afterwards that is older than t is late. It returns the
+// checkpoint's sequence once cut (CheckpointSeq tells when it is durable).
+func (e *Engine) AdvanceWatermark(ctx context.Context, t time.Time) (uint64, error) {
+	req := watermarkRequest{atNs: t.UnixNano(), reply: make(chan uint64, 1)}
+	select {
+	case e.watermarkRequests <- req:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	select {
+	case seq := <-req.reply:
+		return seq, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 }
 
 // checkpointRequest asks the dispatcher for a checkpoint once every listed
@@ -326,6 +356,7 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 		now:  time.Now,
 
 		checkpointRequests: make(chan checkpointRequest),
+		watermarkRequests:  make(chan watermarkRequest),
 	}
 	e.committed = sync.NewCond(&e.commitMu)
 	// Every label value exists from the start, at zero, so that rates and

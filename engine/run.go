@@ -420,6 +420,16 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 				return false, err
 			}
 			return true, nil
+		case req := <-e.watermarkRequests:
+			// Invariant kept: the watermark never goes back.
+			now := e.now()
+			wm = max(e.watermark(partitions, now, wm), req.atNs)
+			e.stats.watermarkNs.Store(wm)
+			e.metrics.watermark.Set(float64(wm) / 1e9)
+			if err := cut(now, false); err != nil {
+				return false, err
+			}
+			req.reply <- seq
 		case req := <-e.checkpointRequests:
 			pending = &req
 			if err := requested(); err != nil {

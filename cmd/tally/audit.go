@@ -68,7 +68,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, log 
 		}
 		fmt.Fprintf(stdout, "audit: re-read %d records from %v\n", n, cfg.Kafka.Topics)
 	}
-	recomputed, err := rateFile(ctx, cfg, path, false, log)
+	recomputed, err := rateFile(ctx, cfg, path, rateOptions{}, log)
 	if err != nil {
 		return err
 	}

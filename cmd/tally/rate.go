@@ -66,8 +66,16 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	input := fs.String("input", "", "usage events, one JSON per line; - for stdin (required)")
 	config := fs.String("config", "", "tally configuration (meters, customers, time rules); Kafka and ClickHouse keys are ignored")
 	summary := fs.Bool("summary", false, "print a per-customer, per-meter billing-period summary instead of rows")
+	untilText := fs.String("until", "", "RFC 3339 time: at the end of the input the watermark is taken as this, so windows and billing periods ending at or before it close and emit final rows, true-ups and fee rows (default: the input's own watermark; the last windows stay provisional)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var until time.Time
+	if *untilText != "" {
+		var err error
+		if until, err = time.Parse(time.RFC3339, *untilText); err != nil {
+			return fmt.Errorf("rate: --until %q is not an RFC 3339 time such as 2026-04-01T00:00:00Z", *untilText)
+		}
 	}
 	if *plans == "" || *input == "" {
 		return errors.New("rate: --plans and --input are required, e.g. tally rate --plans plan.yaml --input usage.jsonl")
@@ -90,7 +98,7 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 			return fmt.Errorf("rate: --subscriptions %s: %w (want a list of {customer, plan, start, end})", *subscriptions, err)
 		}
 	}
-	res, err := rateFile(ctx, cfg, *input, *summary, log)
+	res, err := rateFile(ctx, cfg, *input, rateOptions{summary: *summary, until: until}, log)
 	if err != nil {
 		return err
 	}
@@ -130,9 +138,16 @@ type rated struct {
 	summaries []engine.Usage
 }
 
+// rateOptions are rateFile's choices: a summary of each customer's periods,
+// and the watermark to take at the end of the input (zero: the input's own).
+type rateOptions struct {
+	summary bool
+	until   time.Time
+}
+
 // rateFile runs the engine over a JSON-lines file, in a temporary state
 // folder, to the end of the file.
-func rateFile(ctx context.Context, cfg Config, input string, summary bool, log *slog.Logger) (*rated, error) {
+func rateFile(ctx context.Context, cfg Config, input string, opts rateOptions, log *slog.Logger) (*rated, error) {
 	prices, err := loadPricing(cfg)
 	if err != nil {
 		return nil, err
@@ -179,8 +194,14 @@ func rateFile(ctx context.Context, cfg Config, input string, summary bool, log *
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	if !opts.until.IsZero() {
+		// Everything ending at or before until closes, whatever grace is.
+		if _, err := e.AdvanceWatermark(runCtx, opts.until.Add(cfg.Grace)); err != nil {
+			return nil, fmt.Errorf("rate: --until: %w", err)
+		}
+	}
 	var customers []string
-	if summary {
+	if opts.summary {
 		// A checkpoint cut after the last record was dispatched has passed
 		// through every shard after that record: two more durable ones
 		// guarantee the shards' periods hold everything.

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -163,5 +165,41 @@ func TestRateSubscriptionEvents(t *testing.T) {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
 		}
+	}
+}
+
+// TestRateUntilClosesPeriods: with --until, the end of the input takes the
+// watermark to that time, so April closes: its window is final and its fee
+// row comes, 30.00 flat on pro plus the commitment true-up 6.00 - 0.05 =
+// 5.95: 35.95. Without --until April stays open and has no fee row.
+func TestRateUntilClosesPeriods(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"--plans", "../../testdata/rate/fees_catalog.yaml", "--subscriptions", "../../testdata/rate/fees_subscriptions.yaml",
+		"--input", "../../testdata/rate/fees_usage.jsonl", "--until", "2026-05-01T00:00:00Z"}
+	if err := runRate(context.Background(), args, &stdout, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatalf("tally rate: %v\n%s", err, stderr.String())
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r struct {
+			GroupKey    string `json:"group_key"`
+			WindowStart string `json:"window_start"`
+			Amount      string
+			Final       bool
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %s %s final=%v", r.GroupKey, r.WindowStart[:10], r.Amount, r.Final))
+	}
+	want := []string{" 2026-03-05 1 final=true", " 2026-03-20 0.5 final=true", " 2026-04-01 0.05 final=true",
+		"@period 2026-03-01 26.11 final=true", "@period 2026-04-01 35.95 final=true"}
+	sort.Strings(got)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if err := runRate(context.Background(), []string{"--plans", "x", "--input", "y", "--until", "May"}, io.Discard, io.Discard, nil); err == nil ||
+		!strings.Contains(err.Error(), "--until") {
+		t.Errorf("a bad --until: %v", err)
 	}
 }
