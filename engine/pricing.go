@@ -114,6 +114,16 @@ func (p *Pricing) FeeMeters(sub Subscriber, periodStart, periodEnd time.Time) []
 	return out
 }
 
+// SubscribedFrom implements SubscriptionRules.
+func (p *Pricing) SubscribedFrom(sub Subscriber) (time.Time, bool) {
+	for _, c := range p.subs.Timeline(sub.ID, sub.Changes) {
+		if c.Plan != "" {
+			return c.At, true
+		}
+	}
+	return time.Time{}, false
+}
+
 // NewPricing prices with catalog, the configured subscriptions and, for
 // customers without one, defaultPlan ("": none, their usage is
 // dead-lettered as no_subscription).

@@ -189,6 +189,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		e.shards[i].eventSlices = &e.eventSlices
 		e.shards[i].watermarkNs = wm
 		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
+		if e.decoder.minEventTimeNs != 0 {
+			e.shards[i].feeFloorNs = e.decoder.minEventTimeNs
+		}
 		if e.cfg.MaxLiveWindows > 0 {
 			e.shards[i].maxWindows = max(1, e.cfg.MaxLiveWindows/len(e.shards))
 		}
@@ -225,9 +228,18 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Subscribers owe fees from their subscription's start in a fresh
+	// state; after a restart from the period at the recovered watermark on,
+	// since the run that wrote the state opened every period before it
+	// (openFeePeriods). A subscriber configured while state exists thus
+	// owes fees from the period at the watermark on.
+	feeFrom := int64(feeFromSubscription)
+	if wm != minWatermark {
+		feeFrom = wm
+	}
 	if rules, ok := e.rater.(SubscriptionRules); ok {
 		for _, c := range rules.Subscribers() {
-			e.shards[routingHash(c)%n].addFeeCustomer(c)
+			e.shards[routingHash(c)%n].addFeeCustomerFrom(c, feeFrom)
 		}
 	}
 	err = e.store.Subscriptions(func(k, v []byte) error {
@@ -237,7 +249,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 		sh := e.shards[routingHash(string(k))%n]
 		sh.subs[string(k)] = changes
-		sh.addFeeCustomer(string(k))
+		sh.addFeeCustomerFrom(string(k), feeFrom)
 		return nil
 	})
 	if err != nil {

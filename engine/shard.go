@@ -60,6 +60,9 @@ type SubscriptionRules interface {
 	// FeeMeters lists the meters whose period fees (flat fee, commitment)
 	// sub owes for the billing period, usage or not.
 	FeeMeters(sub Subscriber, periodStart, periodEnd time.Time) []string
+	// SubscribedFrom is when sub was first on a plan (configured or by its
+	// events); ok is false if never.
+	SubscribedFrom(sub Subscriber) (at time.Time, ok bool)
 }
 
 // EventRating is how a plan prices one event.
@@ -245,8 +248,11 @@ type shard struct {
 	subs         map[string][]rating.Change
 	subsDirty    map[string]bool
 	feeCustomers map[string]bool
-	feeNew       []string
+	feeNew       []feeStart
 	feeNext      map[int64][]string
+	// feeFloorNs bounds how far back new subscribers owe period fees (the
+	// horizon; minWatermark: none).
+	feeFloorNs int64
 
 	watermarkNs int64
 	dirty       []*window
@@ -288,6 +294,7 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		subsDirty:    make(map[string]bool),
 		feeCustomers: make(map[string]bool),
 		feeNext:      make(map[int64][]string),
+		feeFloorNs:   minWatermark,
 		dedup:        newDedupSet(),
 		queries:      make(chan *usageQuery, queryQueueLen),
 		watermarkNs:  minWatermark,

@@ -68,40 +68,74 @@ func (s *shard) applySubscription(ev *Event) {
 	}
 }
 
-// addFeeCustomer makes customer owe period fees from the billing period at
-// the next barrier's watermark on.
+// feeStart is a subscriber whose fee periods are not opened yet, and the
+// instant to open them from: feeFromSubscription for the start of its
+// subscription.
+type feeStart struct {
+	customer string
+	fromNs   int64
+}
+
+// feeFromSubscription asks openFeePeriods to open a subscriber's fee
+// periods from the start of its subscription (floored at the horizon).
+const feeFromSubscription = minWatermark
+
+// addFeeCustomer makes a new subscriber owe period fees for every billing
+// period from the start of its subscription: a customer first met in a
+// fresh state or through a subscription event. Which barrier first sees it
+// does not matter, so the fee rows of a given input do not depend on when
+// checkpoints were cut.
 func (s *shard) addFeeCustomer(customer string) {
+	s.addFeeCustomerFrom(customer, feeFromSubscription)
+}
+
+// addFeeCustomerFrom makes customer owe period fees from the billing period
+// holding fromNs on (feeFromSubscription: from its subscription's start).
+// Recovery uses the recovered watermark: periods before it were opened by
+// the run that wrote the state.
+func (s *shard) addFeeCustomerFrom(customer string, fromNs int64) {
 	if !s.feeCustomers[customer] {
 		s.feeCustomers[customer] = true
-		s.feeNew = append(s.feeNew, customer)
+		s.feeNew = append(s.feeNew, feeStart{customer: customer, fromNs: fromNs})
 	}
 }
 
 // openFeePeriods makes sure every subscriber has an aggregate for each
-// meter its plans charge period fees for, in every billing period up to the
-// one at the watermark: a period without usage still owes its flat fee and
-// its commitment, and closing the period emits them. Subscribers wait in
-// feeNext under the start of the next period to open, so a barrier visits
-// only those whose next period has begun, not every subscriber.
+// meter its plans charge period fees for, in every billing period the
+// watermark has reached: a period without usage still owes its flat fee
+// and its commitment, and closing the period emits them. Invariant: each
+// subscriber's periods are opened in order, each once, none skipped, however
+// far the watermark moved since the previous barrier; so every period the
+// watermark passes owes its fee row, whatever the checkpoint timing.
+// Subscribers wait in feeNext under the start of the next period to open,
+// so a barrier visits only those whose next period has begun.
 func (s *shard) openFeePeriods() {
-	if _, ok := s.rater.(SubscriptionRules); !ok || s.watermarkNs == minWatermark {
+	rules, ok := s.rater.(SubscriptionRules)
+	if !ok || s.watermarkNs == minWatermark {
 		return
 	}
 	open := func(customer string, from int64) {
 		cust := s.customers.get(customer)
 		startNs, endNs := billingPeriod(s.watermarkNs, cust.loc, cust.anchorDay)
-		if from == minWatermark {
-			from = startNs
+		if from == feeFromSubscription {
+			subscribed, ok := rules.SubscribedFrom(s.subscriber(customer))
+			if !ok {
+				from = startNs // no plan yet: a later event opens its own period
+			} else {
+				from, _ = billingPeriod(max(subscribed.UnixNano(), s.feeFloorNs), cust.loc, cust.anchorDay)
+			}
 		}
 		for from <= startNs {
 			_, next := billingPeriod(from, cust.loc, cust.anchorDay)
-			s.openFeePeriod(customer, from)
+			// Opened even when no longer revisable: never opened before
+			// (the invariant above), it still owes its fee row, once.
+			s.openFeePeriodAt(customer, from, true)
 			from = next
 		}
 		s.feeNext[endNs] = append(s.feeNext[endNs], customer)
 	}
-	for _, customer := range s.feeNew {
-		open(customer, minWatermark)
+	for _, f := range s.feeNew {
+		open(f.customer, f.fromNs)
 	}
 	s.feeNew = nil
 	for next, customers := range s.feeNext {
@@ -117,8 +151,15 @@ func (s *shard) openFeePeriods() {
 
 // openFeePeriod opens customer's fee aggregates in the billing period at
 // tNs, and queues the period's fees to be (re)computed when it has already
-// closed. Periods no longer revisable are left alone.
+// closed. Periods no longer revisable are left alone: they may have been
+// emitted and deleted already.
 func (s *shard) openFeePeriod(customer string, tNs int64) {
+	s.openFeePeriodAt(customer, tNs, false)
+}
+
+// openFeePeriodAt is openFeePeriod; force opens a period even when it is no
+// longer revisable, for the first opening of each period (openFeePeriods).
+func (s *shard) openFeePeriodAt(customer string, tNs int64, force bool) {
 	rules, ok := s.rater.(SubscriptionRules)
 	if !ok {
 		return
@@ -131,7 +172,7 @@ func (s *shard) openFeePeriod(customer string, tNs int64) {
 			continue // a plan prices a meter this engine does not read
 		}
 		settleNs := m.settleEnd(endNs, m.windowLoc(cust))
-		if s.rules.late(endNs-1, endNs, settleNs, s.watermarkNs) {
+		if !force && s.rules.late(endNs-1, endNs, settleNs, s.watermarkNs) {
 			continue
 		}
 		key := windowKey{meter: name, customer: customer, startNs: startNs, period: true}

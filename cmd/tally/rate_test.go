@@ -96,7 +96,10 @@ func TestRateSubscriptionsAndVersions(t *testing.T) {
 // March's 31 days and on pro (30.00 a month, at least 6.00 of usage) for 21.
 // Flat: (10 x 10 + 30 x 21) / 31 = 23.548… -> 23.55. Commitment: 6 x 21/31
 // = 4.06; usage charged 10 x 0.10 + 10 x 0.05 = 1.50; true-up 2.56. The
-// March @period row is 26.11.
+// March @period row is 26.11. ann has been on basic since January 1st, so
+// January and February owe basic's flat fee too, usage or not: every period
+// from the subscription's start owes its fee row, whatever the checkpoint
+// timing (before, only the period at the first checkpoint's watermark did).
 func TestRateProratesPeriodFees(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	args := []string{"--plans", "../../testdata/rate/fees_catalog.yaml", "--subscriptions", "../../testdata/rate/fees_subscriptions.yaml",
@@ -118,8 +121,8 @@ func TestRateProratesPeriodFees(t *testing.T) {
 			fees = append(fees, r.WindowStart[:10]+" "+r.Amount)
 		}
 	}
-	if strings.Join(fees, ";") != "2026-03-01 26.11" {
-		t.Errorf("period fee rows %v, want [2026-03-01 26.11] (April is still open)\n%s", fees, stdout.String())
+	if strings.Join(fees, ";") != "2026-01-01 10;2026-02-01 10;2026-03-01 26.11" {
+		t.Errorf("period fee rows %v, want January, February and March, not April (still open)\n%s", fees, stdout.String())
 	}
 }
 
@@ -193,6 +196,7 @@ func TestRateUntilClosesPeriods(t *testing.T) {
 		got = append(got, fmt.Sprintf("%s %s %s final=%v", r.GroupKey, r.WindowStart[:10], r.Amount, r.Final))
 	}
 	want := []string{" 2026-03-05 1 final=true", " 2026-03-20 0.5 final=true", " 2026-04-01 0.05 final=true",
+		"@period 2026-01-01 10 final=true", "@period 2026-02-01 10 final=true",
 		"@period 2026-03-01 26.11 final=true", "@period 2026-04-01 35.95 final=true"}
 	sort.Strings(got)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
