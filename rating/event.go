@@ -241,7 +241,7 @@ func (pl *Plan) RateEvent(meter string, units decimal.Decimal, at time.Time, dim
 			}
 		}
 	}
-	amount := units.Mul(unitPrice).Add(fee)
+	amount := price.unitsAt(units, unitPrice).Add(fee)
 	if price.MinPerEvent != nil && amount.LessThan(*price.MinPerEvent) {
 		amount = *price.MinPerEvent
 	}
@@ -311,7 +311,7 @@ func (pl *Plan) IncrementEvents(meter string, w WindowUsage, before, after decim
 	case w.Rate != "":
 		label = "rate " + w.Rate
 	}
-	lines := []Line{{Description: label, Units: w.Units, UnitPrice: unitPrice, Amount: w.Units.Mul(unitPrice)}}
+	lines := []Line{{Description: label + price.perLabel(), Units: w.Units, UnitPrice: unitPrice, Amount: price.unitsAt(w.Units, unitPrice)}}
 	events := decimal.NewFromUint64(w.Events)
 	if !fee.IsZero() {
 		lines = append(lines, Line{Description: "event fee", Units: events, UnitPrice: fee, Amount: events.Mul(fee)})

@@ -59,12 +59,18 @@ type Rounding struct {
 // Price prices one meter. Which fields apply depends on Model; the free
 // allowance and minimum commitment apply to every model.
 type Price struct {
-	Model        Model           `yaml:"model" json:"model"`
-	UnitPrice    decimal.Decimal `yaml:"unitPrice" json:"unitPrice"`
-	PackageSize  decimal.Decimal `yaml:"packageSize" json:"packageSize"`
-	PackagePrice decimal.Decimal `yaml:"packagePrice" json:"packagePrice"`
-	Tiers        []Tier          `yaml:"tiers" json:"tiers"`
-	Percentage   decimal.Decimal `yaml:"percentage" json:"percentage"`
+	Model     Model           `yaml:"model" json:"model"`
+	UnitPrice decimal.Decimal `yaml:"unitPrice" json:"unitPrice"`
+	// Per is how many units every unit price of the meter (unitPrice, tier,
+	// band and destination prices) is for: unitPrice "0.02" per "60" is
+	// 0.02 a minute on a seconds meter, exact where 0.02/60 would repeat.
+	// Charges divide once, on the period-to-date (or the event's) total.
+	// Default 1.
+	Per          *decimal.Decimal `yaml:"per" json:"per,omitempty"`
+	PackageSize  decimal.Decimal  `yaml:"packageSize" json:"packageSize"`
+	PackagePrice decimal.Decimal  `yaml:"packagePrice" json:"packagePrice"`
+	Tiers        []Tier           `yaml:"tiers" json:"tiers"`
+	Percentage   decimal.Decimal  `yaml:"percentage" json:"percentage"`
 	// FreeAllowance is free units per billing period, used first.
 	FreeAllowance decimal.Decimal `yaml:"freeAllowance" json:"freeAllowance"`
 	// MinimumCommitment is the least a period charges for the meter; the

@@ -58,6 +58,14 @@ func (p *Price) validate(where string) error {
 			return err
 		}
 	}
+	if p.Per != nil {
+		switch {
+		case !p.Per.IsPositive():
+			return fmt.Errorf("%s.per: %s must be positive (the units each unit price is for, e.g. 60)", where, p.Per)
+		case p.Model == Package || p.Model == Percentage:
+			return fmt.Errorf("%s.per: a %s price has no unit price to divide; per applies to per_unit, graduated and volume prices", where, p.Model)
+		}
+	}
 	switch p.Model {
 	case PerUnit:
 	case Package:
@@ -106,6 +114,27 @@ func (p *Price) validate(where string) error {
 	return nil
 }
 
+// perPrecision is the number of decimal places a division by Price.Per
+// keeps before the plan's rounding: far beyond any plan's 10 decimals, so
+// that the rounded charge is the exact quotient's.
+const perPrecision = 30
+
+// unitsAt prices units at unitPrice per p.Per units.
+func (p *Price) unitsAt(units, unitPrice decimal.Decimal) decimal.Decimal {
+	if p.Per == nil {
+		return units.Mul(unitPrice)
+	}
+	return units.Mul(unitPrice).DivRound(*p.Per, perPrecision)
+}
+
+// perLabel is what a line of a unit price says about Per.
+func (p *Price) perLabel() string {
+	if p.Per == nil {
+		return ""
+	}
+	return fmt.Sprintf(" (price per %s units)", p.Per)
+}
+
 // Charge returns the unrounded charge of a period-to-date quantity and its
 // explanation. The free allowance is used first; a negative or zero
 // billable quantity costs nothing.
@@ -129,7 +158,7 @@ func (p *Price) Charge(periodToDate decimal.Decimal) (decimal.Decimal, []Line) {
 	}
 	switch p.Model {
 	case PerUnit:
-		add(Line{Description: "per unit", Units: billable, UnitPrice: p.UnitPrice, Amount: billable.Mul(p.UnitPrice)})
+		add(Line{Description: "per unit" + p.perLabel(), Units: billable, UnitPrice: p.UnitPrice, Amount: p.unitsAt(billable, p.UnitPrice)})
 	case Percentage:
 		add(Line{Description: "percentage", Units: billable, UnitPrice: p.Percentage, Amount: billable.Mul(p.Percentage)})
 	case Package:
@@ -146,7 +175,7 @@ func (p *Price) Charge(periodToDate decimal.Decimal) (decimal.Decimal, []Line) {
 				upper = *t.UpTo
 			}
 			units := upper.Sub(lower)
-			add(Line{Description: fmt.Sprintf("tier %d", i+1), Units: units, UnitPrice: t.UnitPrice, Amount: units.Mul(t.UnitPrice)})
+			add(Line{Description: fmt.Sprintf("tier %d%s", i+1, p.perLabel()), Units: units, UnitPrice: t.UnitPrice, Amount: p.unitsAt(units, t.UnitPrice)})
 			if t.FlatFee.IsPositive() {
 				add(Line{Description: fmt.Sprintf("tier %d flat fee", i+1), Units: decimal.NewFromInt(1), UnitPrice: t.FlatFee, Amount: t.FlatFee})
 			}
@@ -159,7 +188,7 @@ func (p *Price) Charge(periodToDate decimal.Decimal) (decimal.Decimal, []Line) {
 			if t.UpTo != nil && billable.GreaterThan(*t.UpTo) {
 				continue
 			}
-			add(Line{Description: fmt.Sprintf("tier %d (volume)", i+1), Units: billable, UnitPrice: t.UnitPrice, Amount: billable.Mul(t.UnitPrice)})
+			add(Line{Description: fmt.Sprintf("tier %d (volume)%s", i+1, p.perLabel()), Units: billable, UnitPrice: t.UnitPrice, Amount: p.unitsAt(billable, t.UnitPrice)})
 			if t.FlatFee.IsPositive() {
 				add(Line{Description: fmt.Sprintf("tier %d flat fee", i+1), Units: decimal.NewFromInt(1), UnitPrice: t.FlatFee, Amount: t.FlatFee})
 			}
