@@ -215,7 +215,10 @@ func (w *window) quantity() decimal.Decimal {
 		if w.x == nil || w.x.sketch == nil {
 			return decimal.Zero
 		}
-		return decimal.NewFromInt(int64(w.x.sketch.Estimate()))
+		// Estimate merges the sketch's pending sparse values, which changes
+		// its encoding: estimate a copy, so that reading (the live API, an
+		// emission) never changes the state a checkpoint holds.
+		return decimal.NewFromInt(int64(w.x.sketch.Clone().Estimate()))
 	}
 	return decimal.Zero
 }
