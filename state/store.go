@@ -83,7 +83,8 @@ var ErrForeign = errors.New("not a Tally state folder")
 // Commit calls must come from one goroutine (the checkpoint writer) so that
 // sequences are committed in order.
 type Store struct {
-	db *pebble.DB
+	db   *pebble.DB
+	lock *pebble.Lock // the folder's lock, released after db closes
 }
 
 // Open opens or creates the state folder dir. A folder that holds files but
@@ -118,34 +119,46 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	// The lock first, so that a folder in use is told apart from a damaged
+	// one: the advice differs.
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("state: create %s: %w", dir, err)
+	}
+	lock, err := pebble.LockDirectory(dir, fs)
+	if err != nil {
+		return nil, fmt.Errorf("state: %s is in use by another process (%w): another Tally is running on it; stop it first, "+
+			"or give this one its own stateDir. Do not start on a copy or an empty folder to get past this: %s", dir, err, emptyFolderRisk)
+	}
+	opts.Lock = lock
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("state: open pebble at %s: %w; the folder is damaged or not Tally's: restore it from a backup, or deliberately start from an empty folder (everything is re-read from the earliest offsets); Tally never resets state by itself", dir, err)
+		lock.Close()
+		return nil, fmt.Errorf("state: open pebble at %s: %w; the folder is damaged or not Tally's: restore it from a backup of the folder (Tally never resets state by itself). %s", dir, err, emptyFolderRisk)
 	}
-	s := &Store{db: db}
+	s := &Store{db: db, lock: lock}
 	marker, closer, err := db.Get(keyFormat)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound) && fresh:
 		if err := db.Set(keyFormat, []byte(formatMarker), pebble.Sync); err != nil {
-			db.Close()
+			s.Close()
 			return nil, fmt.Errorf("state: write format marker: %w", err)
 		}
 	case errors.Is(err, pebble.ErrNotFound):
-		db.Close()
+		s.Close()
 		return nil, fmt.Errorf("state: %s is a Pebble database without a Tally marker: %w", dir, ErrForeign)
 	case err != nil:
-		db.Close()
+		s.Close()
 		return nil, fmt.Errorf("state: read format marker: %w", err)
 	default:
 		got := string(marker)
 		closer.Close()
 		if got != formatMarker {
-			db.Close()
+			s.Close()
 			return nil, fmt.Errorf("state: %s has format %q, this Tally reads %q: %w", dir, got, formatMarker, ErrForeign)
 		}
 	}
 	if err := s.migrateDedup(migrateBatchBytes); err != nil {
-		db.Close()
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -172,7 +185,19 @@ func (quietLogger) Fatalf(format string, args ...any) {
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	err := s.db.Close()
+	if lerr := s.lock.Close(); err == nil {
+		err = lerr
+	}
+	return err
+}
+
+// emptyFolderRisk is what starting over costs, for errors that might tempt
+// an operator to do it.
+const emptyFolderRisk = "An empty folder re-reads every partition from its earliest offset and numbers every row's revisions from 1 again, " +
+	"below the revisions ClickHouse and the rated topic already hold, so their consumers would keep the old rows: " +
+	"start from an empty folder only after deleting the tenant's rows from every sink (or with a new tenant)"
 
 // PartitionProgress is the durable position of one source partition.
 type PartitionProgress struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -144,4 +145,26 @@ func TestOpenRefusesCorruptOrForeignState(t *testing.T) {
 	if after, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*")); len(after) != len(manifests) {
 		t.Errorf("the damaged folder was changed (%d manifests, had %d): it must be left for inspection", len(after), len(manifests))
 	}
+}
+
+// TestOpenRefusesFolderInUse: a second open of a folder in use says so, and
+// does not advise starting from an empty folder as a way out.
+func TestOpenRefusesFolderInUse(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(dir)
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), "only after deleting the tenant's rows") {
+		t.Fatalf("second open: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	s.Close()
 }
