@@ -94,8 +94,8 @@ func Open(dir string) (*Store, error) { return openFS(dir, vfs.Default) }
 
 // openFS is Open on a file system; tests inject write errors through it.
 func openFS(dir string, fs vfs.FS) (*Store, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil && !os.IsNotExist(err) {
+	entries, err := fs.List(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("state: read folder %s: %w", dir, err)
 	}
 	fresh := len(entries) == 0
