@@ -29,7 +29,12 @@ type UsageWindow struct {
 }
 
 // PeriodUsage is a meter's billing-period-to-date aggregate for a customer,
-// over all groups, with its charge under the customer's plan.
+// over all groups. Quantity and Count hold every record aggregated so far;
+// Amount is what the period's rows emitted so far add up to (the highest
+// revision of each window's row, and the fee row with the flat fee and
+// true-up once the period settled): what a billing consumer of the rows
+// holds, never a second computation. Usage of windows not emitted yet (open
+// ones, without emitOpenEvery) joins Amount when its window is emitted.
 type PeriodUsage struct {
 	Meter       string          `json:"meter"`
 	PeriodStart time.Time       `json:"period_start"`
@@ -37,7 +42,9 @@ type PeriodUsage struct {
 	Quantity    decimal.Decimal `json:"quantity"`
 	Count       uint64          `json:"count"`
 	Amount      decimal.Decimal `json:"amount"`
-	Currency    string          `json:"currency"`
+	// Fees is the part of Amount from the period's fee row.
+	Fees     decimal.Decimal `json:"fees"`
+	Currency string          `json:"currency"`
 }
 
 // Usage is the live view of one customer.
@@ -143,30 +150,13 @@ func (s *shard) answer(q *usageQuery) {
 		}
 		start, end := time.Unix(0, key.startNs).UTC(), time.Unix(0, w.endNs).UTC()
 		if key.period {
-			// Priced by the plan in force at the watermark, within the period.
-			at := start
-			if s.watermarkNs != minWatermark && s.watermarkNs > key.startNs {
-				at = time.Unix(0, min(s.watermarkNs, w.endNs-1)).UTC()
-			}
-			var charge rating.Charge
-			var err error
-			sub := s.subscriber(key.customer)
-			switch {
-			case w.perEvent:
-				usage := rating.WindowUsage{Units: w.quantity(), Events: w.count, Amount: w.money}
-				charge, err = s.rater.IncrementEvents(sub, key.meter, at, usage, decimal.Zero, w.money)
-			case w.count == 0:
-				// Opened for its period fees only: no usage charge yet.
-				charge, err = s.rater.IncrementEvents(sub, key.meter, at, rating.WindowUsage{}, decimal.Zero, decimal.Zero)
-			default:
-				charge, err = s.rater.Increment(sub, key.meter, at, decimal.Zero, w.quantity())
-			}
-			if err != nil {
-				q.err <- fmt.Errorf("rate period of %s: %w", key.meter, err)
-				return
+			fees := decimal.Zero
+			if w.revision > 0 { // the fee row was emitted: its amount is the last one
+				fees = w.emittedAmount
 			}
 			u.Periods = append(u.Periods, PeriodUsage{Meter: key.meter, PeriodStart: start, PeriodEnd: end,
-				Quantity: w.quantity(), Count: w.count, Amount: charge.Amount, Currency: charge.Currency})
+				Quantity: w.quantity(), Count: w.count, Amount: w.chargedAmount.Add(fees), Fees: fees,
+				Currency: s.currency(key.customer, key.meter, key.startNs)})
 			continue
 		}
 		if !req.Windows || (!req.From.IsZero() && start.Before(req.From)) || (!req.To.IsZero() && !start.Before(req.To)) {
@@ -184,6 +174,28 @@ func (s *shard) answer(q *usageQuery) {
 		return a.PeriodStart.Before(b.PeriodStart)
 	})
 	q.reply <- u
+}
+
+// BillingPeriod returns the billing period of customer holding t, by the
+// customer's time zone and anchor day: a window is charged in the period
+// holding its start.
+func (e *Engine) BillingPeriod(customer string, t time.Time) (start, end time.Time) {
+	cust := e.customers.get(customer)
+	startNs, endNs := billingPeriod(t.UnixNano(), cust.loc, cust.anchorDay)
+	return time.Unix(0, startNs).UTC(), time.Unix(0, endNs).UTC()
+}
+
+// currency is the currency of the plan pricing customer's meter at tNs
+// (empty if none does).
+func (s *shard) currency(customer, meter string, tNs int64) string {
+	sub, at := s.subscriber(customer), time.Unix(0, tNs).UTC()
+	if c, err := s.rater.Increment(sub, meter, at, decimal.Zero, decimal.Zero); err == nil {
+		return c.Currency
+	}
+	if c, err := s.rater.IncrementEvents(sub, meter, at, rating.WindowUsage{}, decimal.Zero, decimal.Zero); err == nil {
+		return c.Currency
+	}
+	return ""
 }
 
 // rollUp sums windows (of SUM and COUNT meters) into windows of spec, in the

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shopspring/decimal"
 	"gopkg.in/yaml.v3"
 
 	"github.com/tally-billing/tally/connectors/file"
@@ -107,7 +108,7 @@ func runRate(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 		for _, u := range res.summaries {
 			for _, p := range u.Periods {
 				if err := enc.Encode(map[string]any{"customer": u.Customer, "meter": p.Meter, "period_start": p.PeriodStart,
-					"period_end": p.PeriodEnd, "quantity": p.Quantity, "count": p.Count, "amount": p.Amount, "currency": p.Currency}); err != nil {
+					"period_end": p.PeriodEnd, "quantity": p.Quantity, "count": p.Count, "amount": p.Amount, "fees": p.Fees, "currency": p.Currency}); err != nil {
 					return err
 				}
 			}
@@ -244,11 +245,85 @@ func rateFile(ctx context.Context, cfg Config, input string, opts rateOptions, l
 		}
 		return a.GroupKey < b.GroupKey
 	})
+	if opts.summary {
+		res.summaries = summarize(e, meters, res.rows, summaries)
+	}
 	for _, l := range out.letters {
 		res.letters = append(res.letters, l)
 	}
 	sort.Slice(res.letters, func(i, j int) bool { return res.letters[i].Offset < res.letters[j].Offset })
 	return res, nil
+}
+
+// summarize is the summary of each customer's billing periods as a view
+// over the rows (the highest revision of each, taken after the final
+// checkpoint emitted the last windows, fee rows included): a period's
+// amount is what a billing consumer of the rows sums, and every period with
+// a row is listed, also those that left the engine's memory. Quantities of
+// SUM and COUNT meters add up over windows; for the other aggregations the
+// period aggregate comes from the engine's live periods (or the fee row).
+func summarize(e *engine.Engine, meters *engine.Meters, rows []engine.RatedRow, live []engine.Usage) []engine.Usage {
+	type periodKey struct {
+		customer, meter string
+		start           time.Time
+	}
+	byKey := make(map[periodKey]*engine.PeriodUsage)
+	var order []periodKey
+	get := func(k periodKey, end time.Time) *engine.PeriodUsage {
+		p := byKey[k]
+		if p == nil {
+			p = &engine.PeriodUsage{Meter: k.meter, PeriodStart: k.start, PeriodEnd: end, Quantity: decimal.Zero, Amount: decimal.Zero, Fees: decimal.Zero}
+			byKey[k] = p
+			order = append(order, k)
+		}
+		return p
+	}
+	additive := make(map[periodKey]bool)
+	for _, r := range rows {
+		start, end := e.BillingPeriod(r.Customer, r.WindowStart)
+		k := periodKey{r.Customer, r.Meter, start}
+		p := get(k, end)
+		p.Amount = p.Amount.Add(r.Amount)
+		p.Currency = r.Currency
+		if r.GroupKey == engine.PeriodFeeGroup {
+			p.Fees = p.Fees.Add(r.Amount)
+			if !meters.Additive(r.Meter) {
+				p.Quantity, p.Count = r.Quantity, r.Count
+			}
+			continue
+		}
+		if meters.Additive(r.Meter) {
+			additive[k] = true
+			p.Quantity = p.Quantity.Add(r.Quantity)
+			p.Count += r.Count
+		}
+	}
+	for _, u := range live {
+		for _, lp := range u.Periods {
+			k := periodKey{u.Customer, lp.Meter, lp.PeriodStart}
+			if p := byKey[k]; p != nil && !additive[k] {
+				p.Quantity, p.Count = lp.Quantity, lp.Count
+			}
+		}
+	}
+	sort.Slice(order, func(i, j int) bool {
+		a, b := order[i], order[j]
+		if a.customer != b.customer {
+			return a.customer < b.customer
+		}
+		if a.meter != b.meter {
+			return a.meter < b.meter
+		}
+		return a.start.Before(b.start)
+	})
+	var out []engine.Usage
+	for _, k := range order {
+		if len(out) == 0 || out[len(out)-1].Customer != k.customer {
+			out = append(out, engine.Usage{Customer: k.customer})
+		}
+		out[len(out)-1].Periods = append(out[len(out)-1].Periods, *byKey[k])
+	}
+	return out
 }
 
 // uniqueSorted returns the distinct values, sorted.

@@ -49,8 +49,8 @@ func TestRateOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	summary := stdout.String()
-	for _, want := range []string{`"amount":"0.25","count":5,"currency":"EUR","customer":"ann","meter":"sms"`,
-		`"amount":"0","count":1,"currency":"EUR","customer":"bob","meter":"sms"`} {
+	for _, want := range []string{`"amount":"0.25","count":5,"currency":"EUR","customer":"ann","fees":"0","meter":"sms"`,
+		`"amount":"0","count":1,"currency":"EUR","customer":"bob","fees":"0","meter":"sms"`} {
 		if !strings.Contains(summary, want) {
 			t.Errorf("summary lacks %s:\n%s", want, summary)
 		}
@@ -202,6 +202,32 @@ func TestRateUntilClosesPeriods(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	// The summary is the sum of each period's rows, fee rows included:
+	// January and February are fee rows alone (they left the engine's
+	// memory long before the end of the input), March 1 + 0.50 + 26.11,
+	// April 0.05 + 35.95.
+	stdout.Reset()
+	if err := runRate(context.Background(), append(args, "--summary"), &stdout, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	var periods []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var p struct {
+			Start        string `json:"period_start"`
+			Amount, Fees string
+			Quantity     string
+		}
+		if err := json.Unmarshal([]byte(line), &p); err != nil {
+			t.Fatal(err)
+		}
+		periods = append(periods, fmt.Sprintf("%s quantity=%s amount=%s fees=%s", p.Start[:10], p.Quantity, p.Amount, p.Fees))
+	}
+	wantPeriods := []string{"2026-01-01 quantity=0 amount=10 fees=10", "2026-02-01 quantity=0 amount=10 fees=10",
+		"2026-03-01 quantity=20 amount=27.61 fees=26.11", "2026-04-01 quantity=1 amount=36 fees=35.95"}
+	if strings.Join(periods, "\n") != strings.Join(wantPeriods, "\n") {
+		t.Errorf("summary:\n%s\nwant:\n%s", strings.Join(periods, "\n"), strings.Join(wantPeriods, "\n"))
+	}
+
 	if err := runRate(context.Background(), []string{"--plans", "x", "--input", "y", "--until", "May"}, io.Discard, io.Discard, nil); err == nil ||
 		!strings.Contains(err.Error(), "--until") {
 		t.Errorf("a bad --until: %v", err)
