@@ -430,6 +430,10 @@ func (s *shard) apply(ev *Event) {
 		if p == nil {
 			p = &window{key: periodKey, meter: m, endNs: periodEndNs, periodEndNs: settleNs}
 			s.indexPeriod(p)
+			// A late record may open a period that has already closed (a
+			// customer without usage in it yet): its fee row is due now,
+			// since the close already passed it by.
+			s.queueFee(p)
 		}
 		w.period = p
 	}

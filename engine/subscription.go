@@ -172,7 +172,7 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force bool) {
 			continue // a plan prices a meter this engine does not read
 		}
 		settleNs := m.settleEnd(endNs, m.windowLoc(cust))
-		if !force && s.rules.late(endNs-1, endNs, settleNs, s.watermarkNs) {
+		if !force && s.rules.late(settleNs-1, settleNs, settleNs, s.watermarkNs) {
 			continue
 		}
 		key := windowKey{meter: name, customer: customer, startNs: startNs, period: true}
