@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"gopkg.in/yaml.v3"
 )
 
 // Model names a pricing model.
@@ -90,21 +91,45 @@ type Price struct {
 	Destinations *Destinations    `yaml:"destinations" json:"destinations,omitempty"`
 }
 
+// UnmarshalYAML reads a rounding, keeping the values already set (Parse's
+// defaults) for the keys it leaves out, so that an explicit decimals: 0 is
+// told from none. Unknown keys are errors, as everywhere in a plan.
+func (r *Rounding) UnmarshalYAML(node *yaml.Node) error {
+	if node.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: rounding is a mapping such as {decimals: 2, mode: half_up}", node.Line)
+	}
+	for i := 0; i+1 < len(node.Content); i += 2 {
+		key, value := node.Content[i], node.Content[i+1]
+		var err error
+		switch key.Value {
+		case "decimals":
+			err = value.Decode(&r.Decimals)
+		case "mode":
+			err = value.Decode(&r.Mode)
+		default:
+			return fmt.Errorf("line %d: field %s not found in rounding (decimals, mode)", key.Line, key.Value)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // DefaultDecimals is the money precision when a plan does not set one.
 const DefaultDecimals = 6
 
 // Parse reads a plan from YAML or JSON (JSON is YAML) and validates it.
 // Unknown fields are errors, so a typo never silently prices at zero.
 func Parse(data []byte) (*Plan, error) {
-	var p Plan
+	// Defaults first: what the file leaves out keeps them, and decimals: 0
+	// (yen, whole units) stays 0.
+	p := Plan{Rounding: Rounding{Decimals: DefaultDecimals, Mode: RoundHalfUp}}
 	if err := parseYAMLStrict(data, &p); err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	if p.Rounding.Mode == "" {
 		p.Rounding.Mode = RoundHalfUp
-	}
-	if p.Rounding.Decimals == 0 {
-		p.Rounding.Decimals = DefaultDecimals
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
