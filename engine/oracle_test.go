@@ -264,7 +264,9 @@ func genWorld(rng *rand.Rand) *oWorld {
 	}
 	// c0, c1: configured subscriptions (c1's ends, then pro); c2, c3:
 	// subscription events with a mid-period change; c4, c5: default plan.
-	day := func(d int) time.Time { return base.Add(time.Duration(d)*24*time.Hour + time.Duration(rng.IntN(24))*time.Hour) }
+	day := func(d int) time.Time {
+		return base.Add(time.Duration(d)*24*time.Hour + time.Duration(rng.IntN(24))*time.Hour)
+	}
 	w.configured = []rating.Subscription{{Customer: "c0", Plan: "basic", Start: day(-10)}}
 	w.timeline["c0"] = []oChange{{at: w.configured[0].Start, plan: "basic"}}
 	// c1 leaves pro and, an hour later, joins basic: in between it has no
