@@ -684,4 +684,3 @@ func (w *oWorld) fee(c oCustomer, meter string, start, end time.Time, usageCharg
 	}
 	return amount, true
 }
-
