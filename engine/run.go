@@ -504,17 +504,23 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 // has had nothing to give for IdleTimeout: its reader has been asking that
 // long, nothing it read waits to be dispatched, and the dispatcher took
 // nothing from it for as long (counted from start for one that never spoke).
-// Time spent paused by backpressure, with records waiting, never counts;
+// Time spent paused by backpressure, with records waiting, never counts.
+// When every partition is idle, the watermark is the furthest any got;
 // an active partition without events yet holds the watermark where it is,
 // so the order partitions are first read in cannot close windows early.
 // Invariant: the watermark never goes back, so a closed window stays closed.
 func (e *Engine) watermark(partitions []*partitionProgress, now time.Time, prev int64) int64 {
 	wm := int64(minWatermark)
-	found := false
+	found, active := false, false
+	furthest := int64(minWatermark) // over idle partitions with events
 	for _, p := range partitions {
 		if now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout && p.fetch.idleFor(now, e.cfg.IdleTimeout) {
+			if p.maxEventTimeNs != minWatermark {
+				furthest = max(furthest, p.maxEventTimeNs-int64(e.cfg.AllowedLateness))
+			}
 			continue
 		}
+		active = true
 		if p.maxEventTimeNs == minWatermark {
 			found, wm = false, minWatermark
 			break
@@ -522,6 +528,13 @@ func (e *Engine) watermark(partitions []*partitionProgress, now time.Time, prev 
 		if pw := p.maxEventTimeNs - int64(e.cfg.AllowedLateness); !found || pw < wm {
 			wm, found = pw, true
 		}
+	}
+	if !active && furthest != minWatermark {
+		// Every partition had nothing to give for idleTimeout: none holds
+		// time back, so it is as far as the furthest one got (the end of a
+		// bounded input, a quiet night). Without this the last windows and
+		// periods of a drained stream never closed.
+		wm, found = furthest, true
 	}
 	if !found || wm < prev {
 		wm = prev
