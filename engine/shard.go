@@ -479,8 +479,15 @@ func (s *shard) spill() {
 // duplicate reports whether ev's id was seen for meter m, in memory or, for
 // buckets that left memory, in the store; if not, it remembers it.
 func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
+	return s.seen(ev, eventIDHash(ev.Source, ev.ID, m.Name))
+}
+
+// seen reports whether id (of ev's time and customer) was remembered, in
+// memory or, for buckets that left memory, in the store; if not, it
+// remembers it, to be checkpointed with the next barrier. Usage and
+// subscription events share it.
+func (s *shard) seen(ev *Event, id idHash) bool {
 	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
-	id := eventIDHash(ev.Source, ev.ID, m.Name)
 	if bucket >= s.rules.dedupMemoryExpiry(s.watermarkNs) {
 		// The usual case: the bucket is wholly in memory, and one map
 		// insert tells whether the id was there.

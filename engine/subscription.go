@@ -41,15 +41,24 @@ func (s *shard) applySubscription(ev *Event) {
 			return
 		}
 	}
-	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
-	id := eventIDHash(ev.Source, ev.ID, subscriptionMeter)
-	if s.dedup.contains(bucket, id) {
+	// Remembered and checkpointed like usage ids, and looked up in the
+	// store once their bucket left memory: a retry of an old event is a
+	// duplicate, not a second change.
+	if s.seen(ev, eventIDHash(ev.Source, ev.ID, subscriptionMeter)) {
 		s.duplicates[subscriptionMeter]++
 		return
 	}
-	s.dedup.add(bucket, id, routingHash(ev.Customer), s.seq+1)
 	change := rating.Change{At: time.Unix(0, ev.TimeNs).UTC(), Plan: ev.Plan}
 	list := s.subs[ev.Customer]
+	// A retry older than the dedup horizon is no longer recognised by id:
+	// the same change at the same time is not applied twice, so that it
+	// cannot undo a later event of that time either.
+	for _, c := range list {
+		if c == change {
+			s.duplicates[subscriptionMeter]++
+			return
+		}
+	}
 	// After every change at the same time or earlier: a later event wins.
 	i := sort.Search(len(list), func(i int) bool { return list[i].At.After(change.At) })
 	list = append(list, rating.Change{})
