@@ -529,6 +529,34 @@ func TestEndToEnd(t *testing.T) {
 	if !errors.Is(err, errMismatch) || !strings.Contains(report, "MISMATCH") || !strings.Contains(report, " 1 discrepancies") {
 		t.Errorf("audit after tampering with one row: %v\n%s", err, report)
 	}
+
+	// Money alone: another row keeps its quantity and gains a cent.
+	tamper = "INSERT INTO " + database + ".rated_usage (tenant, meter, customer, group_key, window_start, window_end, quantity, event_count, amount, currency, unit_price, revision, final, breakdown) " +
+		"SELECT tenant, meter, customer, group_key, window_start, window_end, quantity, event_count, amount + toDecimal64(0.01, 2), currency, unit_price, revision + 1000, final, breakdown FROM " +
+		database + ".rated_usage FINAL ORDER BY customer DESC, meter DESC LIMIT 1"
+	if out, err := exec.Command("clickhouse-client", "--host", host, "--port", port, "--query", tamper).CombinedOutput(); err != nil {
+		t.Fatalf("tamper: %v\n%s", err, out)
+	}
+	report, err = audit()
+	if !errors.Is(err, errMismatch) || !strings.Contains(report, "amount: ClickHouse") || !strings.Contains(report, " 2 discrepancies") {
+		t.Errorf("audit after adding a cent to one row: %v\n%s", err, report)
+	}
+
+	// The same audit from an export of the topic (--input) finds the same.
+	export := filepath.Join(t.TempDir(), "export.jsonl")
+	var lines strings.Builder
+	for _, m := range consume(t, brokers, "usage") {
+		lines.WriteString(m.value + "\n")
+	}
+	if err := os.WriteFile(export, []byte(lines.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err = runAudit(context.Background(), []string{"--config", config, "--input", export, "--from", base.Add(-time.Hour).Format(time.RFC3339),
+		"--to", base.Add(time.Hour).Format(time.RFC3339)}, &out, &errOut, quietLog())
+	if report := out.String() + errOut.String(); !errors.Is(err, errMismatch) || !strings.Contains(report, " 2 discrepancies") {
+		t.Errorf("audit --input of an export: %v\n%s", err, report)
+	}
 }
 
 // crashingSink writes half of one batch, then crashes the engine: a crash
