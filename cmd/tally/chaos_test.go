@@ -32,7 +32,6 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
-	"github.com/tally-billing/tally/bench/gen"
 	"github.com/tally-billing/tally/bench/oracle"
 	"github.com/tally-billing/tally/engine"
 )
@@ -186,12 +185,14 @@ finalizeAfter: 72h
 // chaosStream is world's records as key/value messages, with malformed
 // records (0.5%) mixed in.
 func chaosStream(seed uint64, world *oracle.World) *stream {
-	g := gen.New(seed, 10)
 	rng := rand.New(rand.NewPCG(seed, 9))
 	s := &stream{malformed: make(map[string]bool)}
-	for _, r := range world.Records() {
+	for i, r := range world.Records() {
 		if rng.IntN(200) == 0 {
-			bad := string(g.Malformed())
+			bad := []string{`{"id": "broken", "customer": `,
+				fmt.Sprintf(`{"id":"m%d","customer":"c0","meter":"data","time":"yesterday","value":1}`, i),
+				fmt.Sprintf(`{"id":"m%d","customer":"c0","meter":"teleportation","time":"2026-01-01T00:00:00Z","value":1}`, i),
+				fmt.Sprintf(`{"id":"m%d","customer":"c0","meter":"data","time":"2026-01-01T00:00:00Z","value":"NaN"}`, i)}[rng.IntN(4)]
 			s.malformed[bad] = true
 			s.msgs = append(s.msgs, [2]string{"bad", bad})
 		}
