@@ -194,7 +194,7 @@ func applyConfigArg(cfg *Config, a datadriven.CmdArg) error {
 	durations := map[string]*time.Duration{
 		"grace": &cfg.Grace, "revise-horizon": &cfg.ReviseHorizon, "dedup-horizon": &cfg.DedupHorizon,
 		"lateness": &cfg.AllowedLateness, "idle-timeout": &cfg.IdleTimeout, "window": &cfg.Window,
-		"finalize-after": &cfg.FinalizeAfter,
+		"finalize-after": &cfg.FinalizeAfter, "dedup-memory-horizon": &cfg.DedupMemoryHorizon,
 	}
 	if p, ok := durations[a.Key]; ok {
 		d, err := time.ParseDuration(a.Vals[0])

@@ -67,6 +67,22 @@ func (d *dedupSet) contains(bucketNs int64, id idHash) bool {
 	return ok
 }
 
+// containsElsewhere reports whether id is in a bucket in memory other than
+// bucketNs: a retry may carry another time than its original. Buckets in
+// memory are few (the memory horizon, and future-dated ones), so this is a
+// handful of map lookups.
+func (d *dedupSet) containsElsewhere(bucketNs int64, id idHash) bool {
+	for start, b := range d.buckets {
+		if start == bucketNs {
+			continue
+		}
+		if _, ok := b.ids[id]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // add remembers id; nextSeq is the checkpoint that will persist it.
 func (d *dedupSet) add(bucketNs int64, id idHash, routing, nextSeq uint64) {
 	d.insert(bucketNs, id, routing, nextSeq)

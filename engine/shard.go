@@ -486,8 +486,18 @@ func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
 // memory or, for buckets that left memory, in the store; if not, it
 // remembers it, to be checkpointed with the next barrier. Usage and
 // subscription events share it.
+//
+// Every bucket in memory is searched, not only the event's own: a producer
+// that re-stamps a retry with another time still sends a duplicate, and it
+// is found as long as the original's bucket is in memory (dedupMemoryHorizon
+// behind the watermark, or ahead of it). Past that, only the event's own
+// bucket is looked up in the store: a lookup by id alone in every stored
+// bucket would cost each new record a Pebble read (issue 11, hole 4).
 func (s *shard) seen(ev *Event, id idHash) bool {
 	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
+	if s.dedup.containsElsewhere(bucket, id) {
+		return true
+	}
 	if bucket >= s.rules.dedupMemoryExpiry(s.watermarkNs) {
 		// The usual case: the bucket is wholly in memory, and one map
 		// insert tells whether the id was there.

@@ -312,8 +312,14 @@ func genWorld(rng *rand.Rand, opts Options) *oWorld {
 	for _, p := range all {
 		p.rec.raw = p.rec.render()
 		w.records = append(w.records, p.rec)
-		if rng.IntN(100) < opts.RetryPercent { // a producer retry: the same bytes again, soon after
-			w.records = append(w.records, p.rec)
+		if rng.IntN(100) < opts.RetryPercent { // a producer retry, soon after
+			retry := p.rec
+			if retry.subPlan == nil && rng.IntN(2) == 0 {
+				// Re-stamped with the time of the retry: still a duplicate.
+				retry.at = retry.at.Add(time.Duration(1+rng.IntN(120)) * time.Second)
+				retry.raw = retry.render()
+			}
+			w.records = append(w.records, retry)
 		}
 	}
 	if opts.CloseAfter > 0 {
