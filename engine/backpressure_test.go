@@ -29,17 +29,8 @@ func (f *flakySink) Write(ctx context.Context, rows []RatedRow) error {
 // consuming until maxUndeliveredCheckpoints, then pauses (and says so in
 // Ready), and after the sink recovers every row arrives, none twice.
 func TestSinkOutageAppliesBackpressure(t *testing.T) {
-	h := newHarness(t, 1)
-	h.cfg.MaxUndeliveredCheckpoints = 3
-	h.cfg.CheckpointInterval = 20 * time.Millisecond // the ticker cuts here
+	h, flaky := newFlakyHarness(t, 1, 3)
 	h.cfg.EmitOpenEvery = 20 * time.Millisecond
-	meters, err := CompileMeters([]Meter{{Name: "sms", Aggregation: AggCount}}, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.meters = meters
-	flaky := &flakySink{captureSink: h.sink}
-	h.sinkOverride = flaky
 	h.start()
 	defer h.cancel()
 
@@ -104,6 +95,23 @@ func TestSinkOutageAppliesBackpressure(t *testing.T) {
 			t.Errorf("customer %s: %d counted, %d sent", c, got[c], n)
 		}
 	}
+}
+
+// newFlakyHarness is a harness of partitions counting SMS, whose row sink
+// fails while its down flag is set, cutting checkpoints on the ticker, and
+// pausing after maxUndelivered checkpoints; the caller starts it.
+func newFlakyHarness(t *testing.T, partitions, maxUndelivered int) (*harness, *flakySink) {
+	h := newHarness(t, partitions)
+	h.cfg.MaxUndeliveredCheckpoints = maxUndelivered
+	h.cfg.CheckpointInterval = 20 * time.Millisecond // the ticker cuts here
+	meters, err := CompileMeters([]Meter{{Name: "sms", Aggregation: AggCount}}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.meters = meters
+	flaky := &flakySink{captureSink: h.sink}
+	h.sinkOverride = flaky
+	return h, flaky
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {

@@ -12,19 +12,10 @@ import (
 // taken set the watermark alone, and the other partition's on-time records
 // were dead-lettered as late.
 func TestBackpressurePauseIsNotIdleness(t *testing.T) {
-	h := newHarness(t, 2)
+	h, flaky := newFlakyHarness(t, 2, 1)
 	h.cfg.AllowedLateness = 0
 	h.cfg.IdleTimeout = 30 * time.Second
 	h.cfg.ReviseHorizon = time.Minute
-	h.cfg.MaxUndeliveredCheckpoints = 1
-	h.cfg.CheckpointInterval = 20 * time.Millisecond // the ticker cuts here
-	meters, err := CompileMeters([]Meter{{Name: "sms", Aggregation: AggCount}}, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.meters = meters
-	flaky := &flakySink{captureSink: h.sink}
-	h.sinkOverride = flaky
 	h.start()
 	defer h.cancel()
 	rec := func(id int, customer, at string) []byte {

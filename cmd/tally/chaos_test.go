@@ -17,7 +17,6 @@ package main
 // 10 kills; make chaos with 100. TALLY_CHAOS_SEED replays a workload.
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -33,7 +32,6 @@ import (
 
 	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/bench/oracle"
-	"github.com/tally-billing/tally/engine"
 )
 
 func envInt(name string, def int) int {
@@ -203,22 +201,13 @@ func chaosStream(seed uint64, world *oracle.World) *stream {
 
 // clickHouseRows reads the highest revision of every row with FINAL.
 func clickHouseRows(addr, database string) ([]oracle.Row, error) {
-	host, port, _ := strings.Cut(addr, ":")
-	out, err := exec.Command("clickhouse-client", "--host", host, "--port", port, "--query",
-		"SELECT meter, customer, group_key, toUInt32(window_start), toUInt32(window_end), toString(quantity), event_count, toString(amount), final FROM "+
-			database+".rated_usage FINAL FORMAT TSV").Output()
+	lines, err := clickHouseTSV(addr, "SELECT meter, customer, group_key, toUInt32(window_start), toUInt32(window_end), toString(quantity), event_count, toString(amount), final FROM "+
+		database+".rated_usage FINAL FORMAT TSV", 9)
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse-client: %w", err)
+		return nil, err
 	}
 	var rows []oracle.Row
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if line == "" {
-			continue
-		}
-		f := strings.Split(line, "\t")
-		if len(f) != 9 {
-			return nil, fmt.Errorf("clickhouse line %q", line)
-		}
+	for _, f := range lines {
 		start, _ := strconv.ParseInt(f[3], 10, 64)
 		end, _ := strconv.ParseInt(f[4], 10, 64)
 		count, _ := strconv.ParseUint(f[6], 10, 64)
@@ -232,21 +221,8 @@ func clickHouseRows(addr, database string) ([]oracle.Row, error) {
 // ratedTopicRows keeps the highest revision per key of the rated topic.
 func ratedTopicRows(t *testing.T, brokers []string) []oracle.Row {
 	t.Helper()
-	best := make(map[string]engine.RatedRow)
-	for _, m := range consume(t, brokers, "rated-usage") {
-		var row engine.RatedRow
-		if err := json.Unmarshal([]byte(m.value), &row); err != nil {
-			t.Fatalf("rated message %q: %v", m.value, err)
-		}
-		if prev, ok := best[m.key]; !ok || row.Revision >= prev.Revision {
-			if ok && row.Revision == prev.Revision && (!row.Quantity.Equal(prev.Quantity) || !row.Amount.Equal(prev.Amount)) {
-				t.Fatalf("revision %d of %s delivered twice with different totals", row.Revision, m.key)
-			}
-			best[m.key] = row
-		}
-	}
 	var rows []oracle.Row
-	for _, r := range best {
+	for _, r := range ratedTopicBest(t, brokers) {
 		rows = append(rows, oracle.Row{Meter: r.Meter, Customer: r.Customer, GroupKey: r.GroupKey, WindowStart: r.WindowStart,
 			WindowEnd: r.WindowEnd, Quantity: r.Quantity, Count: r.Count, Amount: r.Amount, Final: r.Final})
 	}

@@ -205,22 +205,13 @@ func makeStream(seed uint64, n int, base time.Time) *stream {
 
 // clickHouseTotals reads the highest revision of every row with FINAL.
 func clickHouseTotals(t *testing.T, addr, database string) (map[string]total, error) {
-	host, port, _ := strings.Cut(addr, ":")
-	out, err := exec.Command("clickhouse-client", "--host", host, "--port", port, "--query",
-		"SELECT meter, customer, group_key, toUInt32(window_start), toString(quantity), event_count, toString(amount) FROM "+
-			database+".rated_usage FINAL FORMAT TSV").Output()
+	lines, err := clickHouseTSV(addr, "SELECT meter, customer, group_key, toUInt32(window_start), toString(quantity), event_count, toString(amount) FROM "+
+		database+".rated_usage FINAL FORMAT TSV", 7)
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse-client: %w", err)
+		return nil, err
 	}
 	totals := make(map[string]total)
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if line == "" {
-			continue
-		}
-		f := strings.Split(line, "\t")
-		if len(f) != 7 {
-			return nil, fmt.Errorf("clickhouse line %q", line)
-		}
+	for _, f := range lines {
 		count, _ := strconv.ParseInt(f[5], 10, 64)
 		key := strings.Join(f[:4], "|")
 		if _, dup := totals[key]; dup {
@@ -229,6 +220,28 @@ func clickHouseTotals(t *testing.T, addr, database string) (map[string]total, er
 		totals[key] = total{quantity: decimal.RequireFromString(f[4]), count: count, amount: decimal.RequireFromString(f[6])}
 	}
 	return totals, nil
+}
+
+// clickHouseTSV runs query with clickhouse-client and returns its rows,
+// each of fields columns.
+func clickHouseTSV(addr, query string, fields int) ([][]string, error) {
+	host, port, _ := strings.Cut(addr, ":")
+	out, err := exec.Command("clickhouse-client", "--host", host, "--port", port, "--query", query).Output()
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse-client: %w", err)
+	}
+	var rows [][]string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line == "" {
+			continue
+		}
+		f := strings.Split(line, "\t")
+		if len(f) != fields {
+			return nil, fmt.Errorf("clickhouse line %q: want %d fields", line, fields)
+		}
+		rows = append(rows, f)
+	}
+	return rows, nil
 }
 
 // diff describes how got differs from want, "" when equal to the last
@@ -304,6 +317,20 @@ func periodAmounts(m map[string]total, expected bool) map[string]decimal.Decimal
 // ratedTopicTotals keeps the highest revision per key of the rated topic.
 func ratedTopicTotals(t *testing.T, brokers []string) map[string]total {
 	t.Helper()
+	totals := make(map[string]total)
+	for _, r := range ratedTopicBest(t, brokers) {
+		key := fmt.Sprintf("%s|%s|%s|%d", r.Meter, r.Customer, r.GroupKey, r.WindowStart.Unix())
+		totals[key] = total{quantity: r.Quantity, count: int64(r.Count), amount: r.Amount}
+	}
+	return totals
+}
+
+// ratedTopicBest reads the rated topic and keeps the highest revision per
+// key, checking that every message is keyed by its row's identity, carries
+// its revision in a header, and that no revision came twice with different
+// totals.
+func ratedTopicBest(t *testing.T, brokers []string) map[string]engine.RatedRow {
+	t.Helper()
 	best := make(map[string]engine.RatedRow)
 	for _, m := range consume(t, brokers, "rated-usage") {
 		var row engine.RatedRow
@@ -323,12 +350,7 @@ func ratedTopicTotals(t *testing.T, brokers []string) map[string]total {
 			best[m.key] = row
 		}
 	}
-	totals := make(map[string]total)
-	for _, r := range best {
-		key := fmt.Sprintf("%s|%s|%s|%d", r.Meter, r.Customer, r.GroupKey, r.WindowStart.Unix())
-		totals[key] = total{quantity: r.Quantity, count: int64(r.Count), amount: r.Amount}
-	}
-	return totals
+	return best
 }
 
 // checkDeadLetters asserts that every malformed record is in the dead-letter
