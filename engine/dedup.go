@@ -34,16 +34,22 @@ func routingHash(customer string) uint64 { return xxhash.Sum64String(customer) }
 // dedupSet remembers event ids by event-time bucket. It belongs to one shard.
 // Buckets older than the shard's memory horizon leave memory once durable;
 // their ids stay in the store until dedupHorizon and are looked up there.
+//
+// Every id in memory is also in one index, whatever its bucket: a producer
+// that re-stamps a retry with another time sends the same id in another
+// bucket, and one map lookup finds it. (Searching each bucket instead costs
+// a lookup per bucket, and a backfill or a sparse stream holds thousands.)
+// Buckets keep no list of their ids (16 more bytes an id): expiring one
+// walks the index once, and buckets expire a few at a time.
+// Invariant: buckets[b] exists iff some ids[id] == b.
 type dedupSet struct {
+	ids     map[idHash]int64 // id -> its bucket
 	buckets map[int64]*dedupBucket
 	// added holds entries new since the last checkpoint.
 	added []dedupAdd
-	// sizeHint is the size of the largest bucket expired so far.
-	sizeHint int
 }
 
 type dedupBucket struct {
-	ids map[idHash]struct{}
 	// pendingSeq is the checkpoint that will hold the bucket's newest ids.
 	pendingSeq uint64
 }
@@ -55,32 +61,13 @@ type dedupAdd struct {
 }
 
 func newDedupSet() *dedupSet {
-	return &dedupSet{buckets: make(map[int64]*dedupBucket)}
+	return &dedupSet{ids: make(map[idHash]int64), buckets: make(map[int64]*dedupBucket)}
 }
 
-func (d *dedupSet) contains(bucketNs int64, id idHash) bool {
-	b := d.buckets[bucketNs]
-	if b == nil {
-		return false
-	}
-	_, ok := b.ids[id]
+// contains reports whether id is in memory, in any bucket.
+func (d *dedupSet) contains(id idHash) bool {
+	_, ok := d.ids[id]
 	return ok
-}
-
-// containsElsewhere reports whether id is in a bucket in memory other than
-// bucketNs: a retry may carry another time than its original. Buckets in
-// memory are few (the memory horizon, and future-dated ones), so this is a
-// handful of map lookups.
-func (d *dedupSet) containsElsewhere(bucketNs int64, id idHash) bool {
-	for start, b := range d.buckets {
-		if start == bucketNs {
-			continue
-		}
-		if _, ok := b.ids[id]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 // add remembers id; nextSeq is the checkpoint that will persist it.
@@ -88,16 +75,14 @@ func (d *dedupSet) add(bucketNs int64, id idHash, routing, nextSeq uint64) {
 	d.insert(bucketNs, id, routing, nextSeq)
 }
 
-// insert remembers id unless it is already there, and reports whether it
-// was new: contains and add in one map operation.
+// insert remembers id in bucketNs unless it is in memory already, in any
+// bucket, and reports whether it was new.
 func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64) bool {
-	b := d.bucket(bucketNs)
-	n := len(b.ids)
-	b.ids[id] = struct{}{}
-	if len(b.ids) == n {
-		return false
+	if _, ok := d.ids[id]; ok {
+		return false // its first bucket keeps it
 	}
-	b.pendingSeq = nextSeq
+	d.ids[id] = bucketNs
+	d.bucket(bucketNs).pendingSeq = nextSeq
 	d.added = append(d.added, dedupAdd{bucketNs: bucketNs, id: id, routingHash: routing})
 	return true
 }
@@ -105,10 +90,7 @@ func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64) bo
 func (d *dedupSet) bucket(bucketNs int64) *dedupBucket {
 	b := d.buckets[bucketNs]
 	if b == nil {
-		// Sized like the largest bucket so far: buckets of a steady stream
-		// hold about as many ids, and growing a map step by step rehashes
-		// it each time.
-		b = &dedupBucket{ids: make(map[idHash]struct{}, d.sizeHint)}
+		b = &dedupBucket{}
 		d.buckets[bucketNs] = b
 	}
 	return b
@@ -116,24 +98,34 @@ func (d *dedupSet) bucket(bucketNs int64) *dedupBucket {
 
 // load adds a remembered id on recovery.
 func (d *dedupSet) load(bucketNs int64, id idHash) {
-	d.bucket(bucketNs).ids[id] = struct{}{}
+	if _, ok := d.ids[id]; ok {
+		return
+	}
+	d.ids[id] = bucketNs
+	d.bucket(bucketNs)
 }
 
 // expire forgets every bucket starting before beforeNs whose ids are in a
 // durable checkpoint (pendingSeq <= durableSeq).
 func (d *dedupSet) expire(beforeNs int64, durableSeq uint64) {
+	var gone map[int64]bool
 	for start, b := range d.buckets {
 		if start < beforeNs && b.pendingSeq <= durableSeq {
-			d.sizeHint = max(d.sizeHint, len(b.ids))
+			if gone == nil {
+				gone = make(map[int64]bool)
+			}
+			gone[start] = true
 			delete(d.buckets, start)
+		}
+	}
+	if gone == nil {
+		return
+	}
+	for id, bucket := range d.ids {
+		if gone[bucket] {
+			delete(d.ids, id)
 		}
 	}
 }
 
-func (d *dedupSet) size() int {
-	n := 0
-	for _, b := range d.buckets {
-		n += len(b.ids)
-	}
-	return n
-}
+func (d *dedupSet) size() int { return len(d.ids) }

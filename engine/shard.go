@@ -487,7 +487,7 @@ func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
 // remembers it, to be checkpointed with the next barrier. Usage and
 // subscription events share it.
 //
-// Every bucket in memory is searched, not only the event's own: a producer
+// Ids in memory are indexed by id alone, whatever their bucket: a producer
 // that re-stamps a retry with another time still sends a duplicate, and it
 // is found as long as the original's bucket is in memory (dedupMemoryHorizon
 // behind the watermark, or ahead of it). Past that, only the event's own
@@ -495,15 +495,12 @@ func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
 // bucket would cost each new record a Pebble read (issue 11, hole 4).
 func (s *shard) seen(ev *Event, id idHash) bool {
 	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
-	if s.dedup.containsElsewhere(bucket, id) {
-		return true
-	}
 	if bucket >= s.rules.dedupMemoryExpiry(s.watermarkNs) {
-		// The usual case: the bucket is wholly in memory, and one map
-		// insert tells whether the id was there.
+		// The usual case: the bucket is wholly in memory, and the index of
+		// every id in memory tells whether the id was there, in any bucket.
 		return !s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1)
 	}
-	if s.dedup.contains(bucket, id) {
+	if s.dedup.contains(id) {
 		return true
 	}
 	s.coldReads++
