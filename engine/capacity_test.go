@@ -52,7 +52,7 @@ func BenchmarkDedupCapacity(b *testing.B) {
 		d := newDedupSet()
 		before := heapInUse()
 		for i := range ids {
-			d.add(int64(i/20000)*dedupBucketNs, eventIDHash("src", fmt.Sprint(i), "sms"), uint64(i), 1)
+			d.insert(int64(i/20000)*dedupBucketNs, eventIDHash("src", fmt.Sprint(i), "sms"), uint64(i), 1, minWatermark)
 		}
 		entries := make([]state.DedupEntry, len(d.added))
 		for i, a := range d.added {

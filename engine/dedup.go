@@ -64,24 +64,22 @@ func newDedupSet() *dedupSet {
 	return &dedupSet{ids: make(map[idHash]int64), buckets: make(map[int64]*dedupBucket)}
 }
 
-// contains reports whether id is in memory, in any bucket.
-func (d *dedupSet) contains(id idHash) bool {
-	_, ok := d.ids[id]
-	return ok
+// contains reports whether id is remembered in memory in bucketNs, or in
+// any bucket at or after freshNs (the memory horizon). An id held only in
+// an older bucket, which the next durable barrier drops, does not count:
+// whether a barrier happened to run first would decide it.
+func (d *dedupSet) contains(id idHash, bucketNs, freshNs int64) bool {
+	b, ok := d.ids[id]
+	return ok && (b == bucketNs || b >= freshNs)
 }
 
-// add remembers id; nextSeq is the checkpoint that will persist it.
-func (d *dedupSet) add(bucketNs int64, id idHash, routing, nextSeq uint64) {
-	d.insert(bucketNs, id, routing, nextSeq)
-}
-
-// insert remembers id in bucketNs unless it is in memory already, in any
-// bucket, and reports whether it was new.
-func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64) bool {
-	if _, ok := d.ids[id]; ok {
-		return false // its first bucket keeps it
+// insert remembers id in bucketNs unless contains, and reports whether it
+// was new. nextSeq is the checkpoint that will persist it.
+func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64, freshNs int64) bool {
+	if d.contains(id, bucketNs, freshNs) {
+		return false
 	}
-	d.ids[id] = bucketNs
+	d.ids[id] = bucketNs // an entry of an older bucket moves here
 	d.bucket(bucketNs).pendingSeq = nextSeq
 	d.added = append(d.added, dedupAdd{bucketNs: bucketNs, id: id, routingHash: routing})
 	return true

@@ -189,6 +189,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		e.shards[i].eventSlices = &e.eventSlices
 		e.shards[i].watermarkNs = wm
 		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
+		e.shards[i].deletedThroughNs = wm
 		if e.decoder.minEventTimeNs != 0 {
 			e.shards[i].feeFloorNs = e.decoder.minEventTimeNs
 		}
@@ -514,7 +515,12 @@ func (e *Engine) watermark(partitions []*partitionProgress, now time.Time, prev 
 	found, active := false, false
 	furthest := int64(minWatermark) // over idle partitions with events
 	for _, p := range partitions {
-		if now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout && p.fetch.idleFor(now, e.cfg.IdleTimeout) {
+		// Caught up: the last high-water mark the partition reported is
+		// read. A reader asking a broker that is down is not idle while
+		// records it reported wait (before its first fetch nothing is
+		// known, and the timeout counts from start).
+		caughtUp := p.highWater == 0 || p.highWater <= p.nextOffset
+		if now.Sub(p.lastRecordAt) > e.cfg.IdleTimeout && caughtUp && p.fetch.idleFor(now, e.cfg.IdleTimeout) {
 			if p.maxEventTimeNs != minWatermark {
 				furthest = max(furthest, p.maxEventTimeNs-int64(e.cfg.AllowedLateness))
 			}

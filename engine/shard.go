@@ -253,6 +253,10 @@ type shard struct {
 	// feeFloorNs bounds how far back new subscribers owe period fees (the
 	// horizon; minWatermark: none).
 	feeFloorNs int64
+	// deletedThroughNs is the watermark of the last eviction (at the last
+	// barrier, or the recovered one): periods that settled more than their
+	// retention before it may be gone from the store (see openFeePeriodAt).
+	deletedThroughNs int64
 
 	watermarkNs int64
 	dirty       []*window
@@ -275,30 +279,31 @@ type coldStore interface {
 
 func newShard(index int, tenant string, rules timeRules, meters *Meters, customers *customers, rater Rater, store coldStore, queueLen int) *shard {
 	return &shard{
-		store:        store,
-		customers:    customers,
-		index:        index,
-		tenant:       tenant,
-		rules:        rules,
-		meters:       meters,
-		rater:        rater,
-		in:           make(chan shardMsg, queueLen),
-		windows:      make(map[windowKey]*window),
-		byEnd:        make(map[int64][]*window),
-		groups:       make(map[groupFamily]int),
-		periods:      make(map[windowKey]*window),
-		periodsByEnd: make(map[int64][]*window),
-		byCustomer:   make(map[string][]*window),
-		closedEnds:   make(map[int64]bool),
-		subs:         make(map[string][]rating.Change),
-		subsDirty:    make(map[string]bool),
-		feeCustomers: make(map[string]bool),
-		feeNext:      make(map[int64][]string),
-		feeFloorNs:   minWatermark,
-		dedup:        newDedupSet(),
-		queries:      make(chan *usageQuery, queryQueueLen),
-		watermarkNs:  minWatermark,
-		duplicates:   make(map[string]uint64),
+		store:            store,
+		customers:        customers,
+		index:            index,
+		tenant:           tenant,
+		rules:            rules,
+		meters:           meters,
+		rater:            rater,
+		in:               make(chan shardMsg, queueLen),
+		windows:          make(map[windowKey]*window),
+		byEnd:            make(map[int64][]*window),
+		groups:           make(map[groupFamily]int),
+		periods:          make(map[windowKey]*window),
+		periodsByEnd:     make(map[int64][]*window),
+		byCustomer:       make(map[string][]*window),
+		closedEnds:       make(map[int64]bool),
+		subs:             make(map[string][]rating.Change),
+		subsDirty:        make(map[string]bool),
+		feeCustomers:     make(map[string]bool),
+		feeNext:          make(map[int64][]string),
+		feeFloorNs:       minWatermark,
+		deletedThroughNs: minWatermark,
+		dedup:            newDedupSet(),
+		queries:          make(chan *usageQuery, queryQueueLen),
+		watermarkNs:      minWatermark,
+		duplicates:       make(map[string]uint64),
 	}
 }
 
@@ -495,12 +500,14 @@ func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
 // bucket would cost each new record a Pebble read (issue 11, hole 4).
 func (s *shard) seen(ev *Event, id idHash) bool {
 	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
-	if bucket >= s.rules.dedupMemoryExpiry(s.watermarkNs) {
+	fresh := s.rules.dedupMemoryExpiry(s.watermarkNs)
+	if bucket >= fresh {
 		// The usual case: the bucket is wholly in memory, and the index of
-		// every id in memory tells whether the id was there, in any bucket.
-		return !s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1)
+		// every id in memory tells whether the id was there, in any bucket
+		// within the memory horizon.
+		return !s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1, fresh)
 	}
-	if s.dedup.contains(id) {
+	if s.dedup.contains(id, bucket, fresh) {
 		return true
 	}
 	s.coldReads++
@@ -511,7 +518,7 @@ func (s *shard) seen(ev *Event, id idHash) bool {
 	if found {
 		return true
 	}
-	s.dedup.add(bucket, id, routingHash(ev.Customer), s.seq+1)
+	s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1, fresh)
 	return false
 }
 
@@ -784,6 +791,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		snap.err = err
 		return snap
 	}
+	s.deletedThroughNs = b.watermarkNs
 	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq)
 	s.spill()
 

@@ -50,15 +50,6 @@ func (s *shard) applySubscription(ev *Event) {
 	}
 	change := rating.Change{At: time.Unix(0, ev.TimeNs).UTC(), Plan: ev.Plan}
 	list := s.subs[ev.Customer]
-	// A retry older than the dedup horizon is no longer recognised by id:
-	// the same change at the same time is not applied twice, so that it
-	// cannot undo a later event of that time either.
-	for _, c := range list {
-		if c == change {
-			s.duplicates[subscriptionMeter]++
-			return
-		}
-	}
 	// After every change at the same time or earlier: a later event wins.
 	i := sort.Search(len(list), func(i int) bool { return list[i].At.After(change.At) })
 	list = append(list, rating.Change{})
@@ -68,8 +59,10 @@ func (s *shard) applySubscription(ev *Event) {
 	s.subsDirty[ev.Customer] = true
 	s.addFeeCustomer(ev.Customer)
 	// The change may prorate fees of periods it falls in or precedes: open
-	// its period, and recompute the fees of closed periods after it.
-	s.openFeePeriod(ev.Customer, ev.TimeNs)
+	// its period and every later one up to the watermark's (their fee
+	// meters may be new: the new plan's), and recompute the fees of closed
+	// periods after it.
+	s.openFeePeriodsFrom(ev.Customer, ev.TimeNs)
 	for _, w := range s.byCustomer[ev.Customer] {
 		if w.key.period && w.endNs > ev.TimeNs {
 			s.queueFee(w)
@@ -158,6 +151,21 @@ func (s *shard) openFeePeriods() {
 	}
 }
 
+// openFeePeriodsFrom opens customer's fee aggregates in the billing period
+// at tNs and in every later one up to the period holding the watermark
+// (none later when the watermark is before tNs).
+func (s *shard) openFeePeriodsFrom(customer string, tNs int64) {
+	cust := s.customers.get(customer)
+	for from := tNs; ; {
+		s.openFeePeriod(customer, from)
+		_, next := billingPeriod(from, cust.loc, cust.anchorDay)
+		if s.watermarkNs == minWatermark || next > s.watermarkNs {
+			return
+		}
+		from = next
+	}
+}
+
 // openFeePeriod opens customer's fee aggregates in the billing period at
 // tNs, and queues the period's fees to be (re)computed when it has already
 // closed. Periods no longer revisable are left alone: they may have been
@@ -181,7 +189,17 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force bool) {
 			continue // a plan prices a meter this engine does not read
 		}
 		settleNs := m.settleEnd(endNs, m.windowLoc(cust))
-		if !force && s.rules.late(settleNs-1, settleNs, settleNs, s.watermarkNs) {
+		// Forcing is for periods that cannot have had state yet: one the
+		// store may already have deleted (evicted at or before the last
+		// barrier's watermark) may have held usage, and a fresh aggregate
+		// would bill it as if it had none. Such a period follows the late
+		// rule like any other.
+		retention := s.rules.finalizeAfterNs
+		if retention == 0 {
+			retention = s.rules.reviseHorizonNs
+		}
+		mayBeDeleted := s.deletedThroughNs != minWatermark && settleNs+retention <= s.deletedThroughNs
+		if (!force || mayBeDeleted) && s.rules.late(settleNs-1, settleNs, settleNs, s.watermarkNs) {
 			continue
 		}
 		key := windowKey{meter: name, customer: customer, startNs: startNs, period: true}
