@@ -198,12 +198,19 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 	}
 	n := uint64(len(e.shards))
+	var migratedPuts []state.KV
+	var migratedDeletes [][]byte
 	// Only what is in memory's horizon comes back into memory; the rest
 	// stays in the store until a late record reads it.
 	err = e.store.Windows(func(k, v []byte) error {
 		key, periodEndNs, err := decodeWindowKey(k)
 		if err != nil {
 			return fmt.Errorf("engine: recover: %w: state is corrupt", err)
+		}
+		if lead, ok := e.settleMigration(key, periodEndNs); ok {
+			migratedDeletes = append(migratedDeletes, append([]byte(nil), k...))
+			migratedPuts = append(migratedPuts, state.KV{Key: encodeWindowKey(key, lead), Value: append([]byte(nil), v...)})
+			periodEndNs = lead
 		}
 		if key.period {
 			if err := e.checkPlacement(key, periodEndNs); err != nil {
@@ -227,6 +234,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		return nil
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := e.commitSettleMigration(seq, migratedPuts, migratedDeletes); err != nil {
 		return nil, err
 	}
 	// Subscribers owe fees from their subscription's start in a fresh
