@@ -78,9 +78,13 @@ func TestSlowPartitionIsNotIdle(t *testing.T) {
 	rec := func(id int, customer, at string) []byte {
 		return []byte(fmt.Sprintf(`{"id":"%d","customer":%q,"meter":"sms","time":"2026-03-01T%sZ"}`, id, customer, at))
 	}
+	// All 14 at once: the reader's first fetch takes 7 (memReader's most)
+	// and it stalls at offset 7.
+	var backlog [][]byte
 	for i := range 14 {
-		h.src.append(1, rec(100+i, "b", fmt.Sprintf("10:00:%02d", i)))
+		backlog = append(backlog, rec(100+i, "b", fmt.Sprintf("10:00:%02d", i)))
 	}
+	h.src.append(1, backlog...)
 	h.src.append(0, rec(1, "a", "10:30:00"))
 	waitUntil(t, "8 records", func() bool { return e.Stats().Consumed == 8 })
 	time.Sleep(100 * time.Millisecond)
