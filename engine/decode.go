@@ -255,6 +255,15 @@ func WithHorizon(t time.Time) DecoderOption {
 	}
 }
 
+// skewBase is when a record stamped at stamped is measured from: the
+// earlier of that and now.
+func skewBase(now, stamped time.Time) time.Time {
+	if !stamped.IsZero() && stamped.Before(now) {
+		return stamped
+	}
+	return now
+}
+
 // WithClock sets the wall clock used by WithMaxFutureSkew (tests).
 func WithClock(now func() time.Time) DecoderOption {
 	return func(dec *Decoder) { dec.now = now }
@@ -277,6 +286,15 @@ func NewDecoder(meters *Meters, options ...DecoderOption) *Decoder {
 // to out. A record is taken whole or refused whole: on failure nothing is
 // appended and the error is a *decodeError carrying the dead-letter reason.
 func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
+	return d.DecodeAt(raw, out, time.Time{})
+}
+
+// DecodeAt is Decode for a record stamped at stamped (Record.Timestamp):
+// WithMaxFutureSkew measures from the earlier of it and the wall clock, so
+// the decision does not depend on when the record is read (an audit reads
+// it later) while a producer whose clock runs ahead cannot widen it. A zero
+// stamped uses the wall clock alone.
+func (d *Decoder) DecodeAt(raw []byte, out []Event, stamped time.Time) ([]Event, error) {
 	if len(raw) > maxRecordBytes {
 		return out, fail(ReasonTooLarge, "record is %d bytes, limit %d", len(raw), maxRecordBytes)
 	}
@@ -336,7 +354,7 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 	if d.minEventTimeNs != 0 && base.TimeNs < d.minEventTimeNs {
 		return out, fail(ReasonTimeRange, "time %s is before the horizon %s", formatTimeNs(base.TimeNs), time.Unix(0, d.minEventTimeNs).UTC().Format(time.RFC3339))
 	}
-	if d.maxFutureSkew > 0 && base.TimeNs > d.now().Add(d.maxFutureSkew).UnixNano() {
+	if d.maxFutureSkew > 0 && base.TimeNs > skewBase(d.now(), stamped).Add(d.maxFutureSkew).UnixNano() {
 		return out, fail(ReasonTimeRange, "time %s is more than %s in the future", formatTimeNs(base.TimeNs), d.maxFutureSkew)
 	}
 	if strings.HasPrefix(eventType, subscriptionTypePrefix) {

@@ -171,6 +171,33 @@ func TestDecodeTimeBounds(t *testing.T) {
 	}
 }
 
+// TestDecodeSkewFromRecordStamp: maxFutureSkew is measured from the
+// record's Kafka timestamp when it is earlier than the wall clock, so an
+// audit reading the record hours later decides as the live run did; a
+// stamp ahead of the clock (a producer's clock running fast) does not
+// widen it.
+func TestDecodeSkewFromRecordStamp(t *testing.T) {
+	now := time.Date(2026, 3, 1, 15, 0, 0, 0, time.UTC)
+	d := NewDecoder(testMeters(t), WithMaxFutureSkew(time.Hour), WithClock(func() time.Time { return now }))
+	rec := []byte(`{"id":"e","customer":"c","meter":"sms","value":1,"time":"2026-03-01T14:00:00Z"}`)
+	for _, tt := range []struct {
+		name    string
+		stamped time.Time
+		refused bool
+	}{
+		{"no stamp: the wall clock", time.Time{}, false},
+		{"stamped 3 hours before: refused as it was live", time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), true},
+		{"stamped 30 minutes before", time.Date(2026, 3, 1, 13, 30, 0, 0, time.UTC), false},
+		{"stamped ahead of the clock: the clock", time.Date(2026, 3, 1, 20, 0, 0, 0, time.UTC), false},
+	} {
+		_, err := d.DecodeAt(rec, nil, tt.stamped)
+		var de *decodeError
+		if refused := errors.As(err, &de) && de.reason == ReasonTimeRange; refused != tt.refused {
+			t.Errorf("%s: refused = %v (%v), want %v", tt.name, refused, err, tt.refused)
+		}
+	}
+}
+
 func TestCompileMetersRejectsBadIncrements(t *testing.T) {
 	sixty := decimal.NewFromInt(60)
 	for _, tt := range []struct {

@@ -24,6 +24,10 @@ type Record struct {
 	Offset    int64
 	Value     []byte
 	HighWater int64 // the partition's high-water mark when the record was read
+	// Timestamp is the time the producer or broker stamped on the record
+	// (zero if the source has none). maxFutureSkew is measured from it, so
+	// that an audit re-reading the topic later decides as the live run did.
+	Timestamp time.Time
 }
 
 // Dim is one dimension of an event, e.g. destination=UK.

@@ -299,7 +299,7 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 		fetch.fetched() // the batch counts as queued until the dispatcher takes it
 		b := inboundBatch{partition: index, shards: make([][]Event, len(e.shards)), maxEventTimeNs: minWatermark, records: len(records)}
 		for _, rec := range records {
-			scratch, err = e.decoder.Decode(rec.Value, scratch[:0])
+			scratch, err = e.decoder.DecodeAt(rec.Value, scratch[:0], rec.Timestamp)
 			if err != nil {
 				var de *decodeError
 				if !errors.As(err, &de) {

@@ -12,11 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/shopspring/decimal"
 
 	"github.com/tally-billing/tally/connectors/clickhouse"
+	"github.com/tally-billing/tally/connectors/file"
 	"github.com/tally-billing/tally/connectors/kafka"
 	"github.com/tally-billing/tally/engine"
 )
@@ -112,22 +114,23 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 	type rec struct {
 		pos   float64
 		value []byte
+		stamp time.Time
 	}
-	byPartition := make(map[engine.PartitionID][][]byte)
+	byPartition := make(map[engine.PartitionID][]engine.Record)
 	err = src.ReadToEnd(ctx, func(p engine.PartitionID, r engine.Record) error {
 		if bytes.IndexByte(r.Value, '\n') >= 0 {
 			return fmt.Errorf("audit: %s offset %d holds a newline: it cannot go through the JSON-lines export", p, r.Offset)
 		}
-		byPartition[p] = append(byPartition[p], r.Value)
+		byPartition[p] = append(byPartition[p], r)
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
 	var all []rec
-	for _, values := range byPartition {
-		for i, v := range values {
-			all = append(all, rec{pos: float64(i) / float64(len(values)), value: v})
+	for _, records := range byPartition {
+		for i, r := range records {
+			all = append(all, rec{pos: float64(i) / float64(len(records)), value: r.Value, stamp: r.Timestamp})
 		}
 	}
 	sort.SliceStable(all, func(i, j int) bool { return all[i].pos < all[j].pos })
@@ -136,15 +139,21 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 		return 0, err
 	}
 	w := bufio.NewWriter(f)
+	var stamps strings.Builder
 	for _, r := range all {
 		w.Write(r.value)
 		w.WriteByte('\n')
+		stamps.WriteString(r.stamp.UTC().Format(time.RFC3339Nano) + "\n")
 	}
 	if err := w.Flush(); err != nil {
 		f.Close()
 		return 0, err
 	}
-	return len(all), f.Close()
+	if err := f.Close(); err != nil {
+		return 0, err
+	}
+	// The records' Kafka timestamps, for maxFutureSkew (file.TimesSuffix).
+	return len(all), os.WriteFile(path+file.TimesSuffix, []byte(stamps.String()), 0o644)
 }
 
 // auditReport is the comparison of recomputed and live rows.

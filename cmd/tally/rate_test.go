@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -231,5 +233,46 @@ func TestRateUntilClosesPeriods(t *testing.T) {
 	if err := runRate(context.Background(), []string{"--plans", "x", "--input", "y", "--until", "May"}, io.Discard, io.Discard, nil); err == nil ||
 		!strings.Contains(err.Error(), "--until") {
 		t.Errorf("a bad --until: %v", err)
+	}
+}
+
+// TestRateSkewFromExportStamps: with maxFutureSkew, a JSON-lines file with
+// a sidecar of Kafka timestamps (what tally audit exports) refuses records
+// timed too far past their stamp, as the live run did when it read them;
+// without the sidecar, today's wall clock decides and a record of last
+// March is accepted.
+func TestRateSkewFromExportStamps(t *testing.T) {
+	dir := t.TempDir()
+	input := filepath.Join(dir, "export.jsonl")
+	if err := os.WriteFile(input, []byte(`{"id":"1","customer":"ann","meter":"sms","time":"2026-03-01T10:00:00Z","value":1}
+{"id":"2","customer":"ann","meter":"sms","time":"2026-03-01T14:00:00Z","value":1}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	config := writeFile(t, "tally.yaml", "maxFutureSkew: 1h\n")
+	args := []string{"--plans", "../../testdata/rate/plan.yaml", "--input", input, "--config", config}
+	rate := func() string {
+		var stdout, stderr bytes.Buffer
+		if err := runRate(context.Background(), args, &stdout, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+			t.Fatalf("tally rate: %v\n%s", err, stderr.String())
+		}
+		return stderr.String()
+	}
+	if out := rate(); strings.Contains(out, "time_out_of_range") {
+		t.Errorf("without stamps a record of March was refused by today's clock:\n%s", out)
+	}
+	// Produced at 10:00 both: the 14:00 record was 4 hours ahead.
+	if err := os.WriteFile(input+".times", []byte("2026-03-01T10:00:00Z\n2026-03-01T10:00:01Z\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := rate(); !strings.Contains(out, "line 2: time_out_of_range") || strings.Contains(out, "line 1:") {
+		t.Errorf("with stamps, want line 2 refused as time_out_of_range:\n%s", out)
+	}
+	if err := os.WriteFile(input+".times", []byte("2026-03-01T10:00:00Z\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	if err := runRate(context.Background(), args, io.Discard, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "1 times for 2 records") {
+		t.Errorf("a sidecar of the wrong length: %v", err)
 	}
 }

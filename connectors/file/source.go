@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/tally-billing/tally/engine"
 )
@@ -21,7 +23,16 @@ const maxLineBytes = 16 << 20
 type Source struct {
 	path  string
 	lines [][]byte
+	// stamps are the records' Kafka timestamps, from a sidecar file (see
+	// Open); nil when there is none.
+	stamps []time.Time
 }
+
+// TimesSuffix names a file's sidecar of record timestamps: path+TimesSuffix
+// holds one RFC 3339 time a line, the Kafka timestamp of each record (each
+// non-empty line) of path, in order. tally audit writes it with its export
+// so that maxFutureSkew decides as the live run did.
+const TimesSuffix = ".times"
 
 // Open reads the whole file (offline use: files of a billing period fit).
 func Open(path string) (*Source, error) {
@@ -46,7 +57,34 @@ func Open(path string) (*Source, error) {
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("file source: read %s: %w", path, err)
 	}
+	if path != "-" {
+		if err := s.readStamps(path + TimesSuffix); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// readStamps reads the sidecar of record timestamps, if there is one.
+func (s *Source) readStamps(path string) error {
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("file source: %w", err)
+	}
+	for i, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		t, err := time.Parse(time.RFC3339Nano, line)
+		if err != nil {
+			return fmt.Errorf("file source: %s line %d: %q is not an RFC 3339 time", path, i+1, line)
+		}
+		s.stamps = append(s.stamps, t)
+	}
+	if len(s.stamps) != len(s.lines) {
+		return fmt.Errorf("file source: %s has %d times for %d records; it must hold one per record", path, len(s.stamps), len(s.lines))
+	}
+	return nil
 }
 
 // Len returns the number of records.
@@ -83,7 +121,11 @@ func (r *reader) Fetch(ctx context.Context) ([]engine.Record, error) {
 	end := min(r.next+fetchRecords, total)
 	out := make([]engine.Record, 0, end-r.next)
 	for ; r.next < end; r.next++ {
-		out = append(out, engine.Record{Offset: r.next, Value: r.s.lines[r.next], HighWater: total})
+		rec := engine.Record{Offset: r.next, Value: r.s.lines[r.next], HighWater: total}
+		if r.s.stamps != nil {
+			rec.Timestamp = r.s.stamps[r.next]
+		}
+		out = append(out, rec)
 	}
 	return out, nil
 }

@@ -194,7 +194,7 @@ func (r *partitionReader) fetchOnce(ctx context.Context) ([]engine.Record, error
 		if msg.Offset < r.next {
 			continue // a compressed batch may start before the requested offset
 		}
-		records = append(records, engine.Record{Offset: msg.Offset, Value: msg.Value, HighWater: batch.HighWaterMark()})
+		records = append(records, engine.Record{Offset: msg.Offset, Value: msg.Value, HighWater: batch.HighWaterMark(), Timestamp: msg.Time})
 		r.next = msg.Offset + 1
 	}
 	closeErr := batch.Close()

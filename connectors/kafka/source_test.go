@@ -74,6 +74,10 @@ func TestSourceReadsPartitionsFromOffsets(t *testing.T) {
 		if recs[0].Offset != 0 || string(recs[0].Value) != "0" || recs[0].HighWater != 50 {
 			t.Errorf("first record %+v, want offset 0 value 0 high water 50", recs[0])
 		}
+		// The broker's timestamp comes along, for maxFutureSkew.
+		if ts := recs[0].Timestamp; ts.IsZero() || time.Since(ts) > time.Minute {
+			t.Errorf("first record's timestamp %v, want the time it was produced", ts)
+		}
 		// Resume from a checkpointed offset.
 		r, _ = src.Open(context.Background(), p, 37)
 		got := readN(t, r, 13)
