@@ -314,12 +314,6 @@ func (m *Meters) byName(name string) *meterSpec {
 	return nil
 }
 
-// billingPeriod returns the billing period holding tNs: from the anchor day
-// of one month to the anchor day of the next, at local midnight in loc.
-func billingPeriod(tNs int64, loc *time.Location, anchorDay int) (startNs, endNs int64) {
-	return billingPeriodIn(tNs, loc, anchorDay)
-}
-
 // longestWindow is the longest window of any meter (31 days for months),
 // plus a day for customer zones: how far a window may reach past its
 // billing period.
@@ -357,8 +351,9 @@ func (m *meterSpec) settleEnd(periodEndNs int64, windowLoc *time.Location) int64
 	return max(periodEndNs, m.window.end(last, windowLoc))
 }
 
-// billingPeriodIn is billingPeriod's calendar arithmetic.
-func billingPeriodIn(tNs int64, loc *time.Location, anchorDay int) (startNs, endNs int64) {
+// billingPeriod returns the billing period holding tNs: from the anchor day
+// of one month to the anchor day of the next, at local midnight in loc.
+func billingPeriod(tNs int64, loc *time.Location, anchorDay int) (startNs, endNs int64) {
 	t := time.Unix(0, tNs).In(loc)
 	year, month := t.Year(), t.Month()
 	if t.Day() < anchorDay {

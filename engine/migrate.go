@@ -21,20 +21,14 @@ import (
 // period now belongs, when it was filed under its period's end by the
 // earlier layout.
 func (e *Engine) settleMigration(key windowKey, leadNs int64) (int64, bool) {
-	m := e.decoder.meters.byName(key.meter)
-	if m == nil {
-		return 0, false
-	}
-	cust := e.customers.get(key.customer)
-	startNs, endNs := billingPeriod(key.startNs, cust.loc, cust.anchorDay)
-	if key.period && startNs != key.startNs {
+	p, ok := e.placement(key)
+	switch {
+	case !ok, key.period && p.startNs != key.startNs:
 		return 0, false // placed elsewhere: checkPlacement's to refuse
-	}
-	settleNs := m.settleEnd(endNs, m.windowLoc(cust))
-	if leadNs != endNs || settleNs == endNs {
+	case leadNs != p.endNs || p.settleNs == p.endNs:
 		return 0, false
 	}
-	return settleNs, true
+	return p.settleNs, true
 }
 
 // commitSettleMigration writes the re-keyed windows and periods (puts) and

@@ -340,10 +340,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		// in one range delete: finalized periods, or without finalizeAfter
 		// periods that ended reviseHorizon ago (which also removes windows
 		// that spilled from memory early).
-		f := e.rules.finalizeAfterNs
-		if f == 0 {
-			f = e.rules.reviseHorizonNs
-		}
+		f := e.rules.retentionNs()
 		if pc.watermarkNs != minWatermark && pc.watermarkNs-f > lastFinalized {
 			cp.WindowsFinalizedBeforeNs, lastFinalized = pc.watermarkNs-f, pc.watermarkNs-f
 		}

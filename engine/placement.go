@@ -15,17 +15,16 @@ import (
 // another period's totals at the same revision. Refusing at start, naming
 // the key, is the rule; the engine never crash-loops on it later.
 func (e *Engine) checkPlacement(key windowKey, settleNs int64) error {
-	m := e.decoder.meters.byName(key.meter)
-	if m == nil {
+	p, ok := e.placement(key)
+	if !ok {
 		return nil // restoreWindow names a meter that is no longer configured
 	}
-	cust := e.customers.get(key.customer)
-	startNs, endNs := billingPeriod(key.startNs, cust.loc, cust.anchorDay)
-	if startNs == key.startNs && m.settleEnd(endNs, m.windowLoc(cust)) == settleNs {
+	if p.startNs == key.startNs && p.settleNs == settleNs {
 		return nil
 	}
+	cust := e.customers.get(key.customer)
 	at := func(ns int64) string { return time.Unix(0, ns).UTC().Format(time.RFC3339) }
-	if startNs != key.startNs {
+	if p.startNs != key.startNs {
 		keys := "billingAnchorDay and timezone"
 		if e.customers.listed(key.customer) {
 			keys = fmt.Sprintf("customers[id=%s].billingAnchorDay and .timezone", key.customer)
@@ -33,10 +32,28 @@ func (e *Engine) checkPlacement(key windowKey, settleNs int64) error {
 		return configError(keys, "customer %s has billing state for its period starting %s (meter %s), which the configured anchor day %d "+
 			"and time zone %s would place in the period %s..%s instead; Tally cannot move billing state between periods. "+
 			"Put back the customer's previous billing anchor day and time zone: they cannot change while the customer has billing state",
-			key.customer, at(key.startNs), key.meter, cust.anchorDay, cust.loc, at(startNs), at(endNs))
+			key.customer, at(key.startNs), key.meter, cust.anchorDay, cust.loc, at(p.startNs), at(p.endNs))
 	}
 	return configError(fmt.Sprintf("meters[name=%s].window", key.meter), "customer %s has billing state for its period starting %s "+
 		"whose windows were cut differently (they settle at %s, the configured window of meter %s at %s); "+
 		"put back the meter's previous window and align: they cannot change while billing state exists",
-		key.customer, at(key.startNs), at(settleNs), key.meter, at(m.settleEnd(endNs, m.windowLoc(cust))))
+		key.customer, at(key.startNs), at(settleNs), key.meter, at(p.settleNs))
+}
+
+// placed is where the configuration puts the billing period of a stored
+// window or period key: the period holding its start, and its settle end.
+type placed struct {
+	startNs, endNs, settleNs int64
+}
+
+// placement computes placed for key; ok is false when its meter is no
+// longer configured.
+func (e *Engine) placement(key windowKey) (placed, bool) {
+	m := e.decoder.meters.byName(key.meter)
+	if m == nil {
+		return placed{}, false
+	}
+	cust := e.customers.get(key.customer)
+	startNs, endNs := billingPeriod(key.startNs, cust.loc, cust.anchorDay)
+	return placed{startNs: startNs, endNs: endNs, settleNs: m.settleEnd(endNs, m.windowLoc(cust))}, true
 }

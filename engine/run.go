@@ -446,9 +446,7 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 		case req := <-e.watermarkRequests:
 			// Invariant kept: the watermark never goes back.
 			now := e.now()
-			wm = max(e.watermark(partitions, now, wm), req.atNs)
-			e.stats.watermarkNs.Store(wm)
-			e.metrics.watermark.Set(float64(wm) / 1e9)
+			wm = e.watermark(partitions, now, max(wm, req.atNs))
 			if err := cut(now, false); err != nil {
 				return false, err
 			}

@@ -123,6 +123,16 @@ func (r timeRules) finalized(periodEndNs, wm int64) bool {
 	return wm != minWatermark && periodEndNs+r.finalizeAfterNs <= wm
 }
 
+// retentionNs is how long after a billing period settles its windows stay
+// in the store: until the period is finalized, or without finalizeAfter for
+// reviseHorizon. Past it they may be deleted (one range delete).
+func (r timeRules) retentionNs() int64 {
+	if r.finalizeAfterNs > 0 {
+		return r.finalizeAfterNs
+	}
+	return r.reviseHorizonNs
+}
+
 // hot reports whether something ending at endNs stays in memory at wm.
 func (r timeRules) hot(endNs, wm int64) bool {
 	return wm == minWatermark || endNs+r.reviseHorizonNs > wm
@@ -918,10 +928,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	}
 	if err == nil && !amount.Equal(w.emittedAmount) {
 		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))
-		if s.closedEnds[p.periodEndNs] && !p.feeQueued {
-			p.feeQueued = true
-			s.feeDue = append(s.feeDue, p) // its true-up may change
-		}
+		s.queueFee(p) // its true-up may change
 	}
 	if err != nil {
 		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", w.key.meter, w.key.customer, start.Format(time.RFC3339), err)

@@ -127,13 +127,9 @@ func (s *shard) openFeePeriods() {
 				from, _ = billingPeriod(max(subscribed.UnixNano(), s.feeFloorNs), cust.loc, cust.anchorDay)
 			}
 		}
-		for from <= startNs {
-			_, next := billingPeriod(from, cust.loc, cust.anchorDay)
-			// Opened even when no longer revisable: never opened before
-			// (the invariant above), it still owes its fee row, once.
-			s.openFeePeriodAt(customer, from, true)
-			from = next
-		}
+		// Opened even when no longer revisable: never opened before (the
+		// invariant above), each still owes its fee row, once.
+		walkPeriods(cust, from, startNs, func(tNs int64) { s.openFeePeriodAt(customer, tNs, true) })
 		s.feeNext[endNs] = append(s.feeNext[endNs], customer)
 	}
 	for _, f := range s.feeNew {
@@ -155,14 +151,16 @@ func (s *shard) openFeePeriods() {
 // at tNs and in every later one up to the period holding the watermark
 // (none later when the watermark is before tNs).
 func (s *shard) openFeePeriodsFrom(customer string, tNs int64) {
-	cust := s.customers.get(customer)
-	for from := tNs; ; {
-		s.openFeePeriod(customer, from)
-		_, next := billingPeriod(from, cust.loc, cust.anchorDay)
-		if s.watermarkNs == minWatermark || next > s.watermarkNs {
-			return
-		}
-		from = next
+	walkPeriods(s.customers.get(customer), tNs, max(tNs, s.watermarkNs), func(tNs int64) { s.openFeePeriod(customer, tNs) })
+}
+
+// walkPeriods calls fn with fromNs, then with the start of each following
+// billing period of cust that starts at or before untilNs; not at all when
+// fromNs is after untilNs.
+func walkPeriods(cust customerSpec, fromNs, untilNs int64, fn func(tNs int64)) {
+	for fromNs <= untilNs {
+		fn(fromNs)
+		_, fromNs = billingPeriod(fromNs, cust.loc, cust.anchorDay)
 	}
 }
 
@@ -194,11 +192,7 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force bool) {
 		// barrier's watermark) may have held usage, and a fresh aggregate
 		// would bill it as if it had none. Such a period follows the late
 		// rule like any other.
-		retention := s.rules.finalizeAfterNs
-		if retention == 0 {
-			retention = s.rules.reviseHorizonNs
-		}
-		mayBeDeleted := s.deletedThroughNs != minWatermark && settleNs+retention <= s.deletedThroughNs
+		mayBeDeleted := s.deletedThroughNs != minWatermark && settleNs+s.rules.retentionNs() <= s.deletedThroughNs
 		if (!force || mayBeDeleted) && s.rules.late(settleNs-1, settleNs, settleNs, s.watermarkNs) {
 			continue
 		}
@@ -208,9 +202,9 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force bool) {
 			p = s.loadCold(key, settleNs)
 		}
 		if p == nil {
-			p = &window{key: key, meter: m, endNs: endNs, periodEndNs: settleNs, dirty: true}
+			p = &window{key: key, meter: m, endNs: endNs, periodEndNs: settleNs}
 			s.indexPeriod(p)
-			s.dirty = append(s.dirty, p)
+			s.markDirty(p)
 		}
 		s.queueFee(p)
 	}

@@ -278,7 +278,6 @@ func summarize(e *engine.Engine, meters *engine.Meters, rows []engine.RatedRow, 
 		}
 		return p
 	}
-	additive := make(map[periodKey]bool)
 	for _, r := range rows {
 		start, end := e.BillingPeriod(r.Customer, r.WindowStart)
 		k := periodKey{r.Customer, r.Meter, start}
@@ -293,7 +292,6 @@ func summarize(e *engine.Engine, meters *engine.Meters, rows []engine.RatedRow, 
 			continue
 		}
 		if meters.Additive(r.Meter) {
-			additive[k] = true
 			p.Quantity = p.Quantity.Add(r.Quantity)
 			p.Count += r.Count
 		}
@@ -301,7 +299,7 @@ func summarize(e *engine.Engine, meters *engine.Meters, rows []engine.RatedRow, 
 	for _, u := range live {
 		for _, lp := range u.Periods {
 			k := periodKey{u.Customer, lp.Meter, lp.PeriodStart}
-			if p := byKey[k]; p != nil && !additive[k] {
+			if p := byKey[k]; p != nil && !meters.Additive(lp.Meter) {
 				p.Quantity, p.Count = lp.Quantity, lp.Count
 			}
 		}
