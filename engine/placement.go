@@ -13,9 +13,9 @@ import (
 // every key it holds), so going on would file new usage of the period
 // under another aggregate: allowances given twice, and windows revised with
 // another period's totals at the same revision. Refusing at start, naming
-// the key, is the rule; the engine never crash-loops on it later.
-func (e *Engine) checkPlacement(key windowKey, settleNs int64) error {
-	p, ok := e.placement(key)
+// the key, is the rule; the engine never crash-loops on it later. p is
+// key's placement (ok false: its meter is not configured).
+func (e *Engine) checkPlacement(key windowKey, settleNs int64, p placed, ok bool) error {
 	if !ok {
 		return nil // restoreWindow names a meter that is no longer configured
 	}

@@ -207,13 +207,15 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if err != nil {
 			return fmt.Errorf("engine: recover: %w: state is corrupt", err)
 		}
-		if lead, ok := e.settleMigration(key, periodEndNs); ok {
+		// One placement a key serves the migration and the check.
+		p, configured := e.placement(key)
+		if lead, ok := settleMigration(key, periodEndNs, p, configured); ok {
 			migratedDeletes = append(migratedDeletes, append([]byte(nil), k...))
 			migratedPuts = append(migratedPuts, state.KV{Key: encodeWindowKey(key, lead), Value: append([]byte(nil), v...)})
 			periodEndNs = lead
 		}
 		if key.period {
-			if err := e.checkPlacement(key, periodEndNs); err != nil {
+			if err := e.checkPlacement(key, periodEndNs, p, configured); err != nil {
 				return fmt.Errorf("engine: refusing to start: %w", err)
 			}
 		}
