@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +113,14 @@ type Config struct {
 	MaxUndeliveredCheckpoints int
 	// SinkBatchRows bounds the rows of one sink write.
 	SinkBatchRows int
+	// PartitionDiscovery is how often (wall clock) the source's partitions
+	// are listed again: partitions added to a topic are read from their
+	// first offset within it. 0 disables.
+	PartitionDiscovery time.Duration
+	// DrainTimeout bounds a graceful stop's wait for the sinks (wall
+	// clock): rows not delivered by then stay in the outbox and go out
+	// after the next start. 0 waits as long as it takes.
+	DrainTimeout time.Duration
 	// MaxLiveWindows is the memory budget, in windows held in memory (about
 	// 1.1 KB each, see README): closed windows beyond it spill to the store.
 	// 0 means no budget.
@@ -131,6 +141,8 @@ func DefaultConfig() Config {
 		MaxUndeliveredCheckpoints: 300,
 		SinkBatchRows:             10000,
 		MaxLiveWindows:            5_000_000,
+		PartitionDiscovery:        30 * time.Second,
+		DrainTimeout:              30 * time.Second,
 	}
 }
 
@@ -181,6 +193,10 @@ func (c *Config) Validate() error {
 		return configError("maxUndeliveredCheckpoints", "%d must be at least 1", c.MaxUndeliveredCheckpoints)
 	case c.MaxLiveWindows < 0:
 		return configError("maxLiveWindows", "%d is negative (0 means no budget)", c.MaxLiveWindows)
+	case c.PartitionDiscovery < 0:
+		return configError("kafka.metadataInterval", "%s is negative (0 disables partition discovery)", c.PartitionDiscovery)
+	case c.DrainTimeout < 0:
+		return configError("drainTimeout", "%s is negative (0 waits for the sinks as long as it takes)", c.DrainTimeout)
 	case c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000:
 		return configError("sinkBatchRows", "%d is outside 1..1000000", c.SinkBatchRows)
 	}
@@ -244,6 +260,9 @@ type Engine struct {
 	checkpointRequests chan checkpointRequest
 	// watermarkRequests carries AdvanceWatermark's requests to the dispatcher.
 	watermarkRequests chan watermarkRequest
+	// topicIDs are the source topics' identities, as recorded in the state
+	// or first seen; unrecordedTopicIDs those the next checkpoint records.
+	topicIDs, unrecordedTopicIDs map[string]string
 }
 
 // watermarkRequest asks the dispatcher to move the watermark to at least
@@ -430,6 +449,10 @@ type health struct {
 	paused     bool
 	overBudget bool
 	failing    map[string]error // sink name -> last error while failing
+	// warnings are what an operator must know that waiting will not mend
+	// (records deleted before they were read); they do not make the
+	// engine unready.
+	warnings map[string]string
 }
 
 func (h *health) check() error {
@@ -448,6 +471,13 @@ func (h *health) check() error {
 		return errors.New("open windows exceed maxLiveWindows: raise it or give the engine more memory")
 	}
 	return nil
+}
+
+// Warnings lists what /readyz says beside readiness, sorted.
+func (e *Engine) Warnings() []string {
+	e.health.mu.Lock()
+	defer e.health.mu.Unlock()
+	return slices.Sorted(maps.Values(e.health.warnings))
 }
 
 func (h *health) set(f func(h *health)) {

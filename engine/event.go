@@ -28,6 +28,14 @@ type Record struct {
 	// (zero if the source has none). maxFutureSkew is measured from it, so
 	// that an audit re-reading the topic later decides as the live run did.
 	Timestamp time.Time
+	// Control marks a transaction's commit or abort marker: it moves the
+	// partition's position and holds no usage (never decoded, never a dead
+	// letter).
+	Control bool
+	// LogStart is the partition's first offset still in the log when the
+	// record was read (0 if the source does not say): above the offset a
+	// partition was first read from, retention deleted records unread.
+	LogStart int64
 }
 
 // Dim is one dimension of an event, e.g. destination=UK.

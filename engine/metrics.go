@@ -24,6 +24,7 @@ type Metrics struct {
 	sinkErrors         *prometheus.CounterVec
 	sinkLagCheckpoints *prometheus.GaugeVec
 	consumerLag        *prometheus.GaugeVec
+	unreadOffsets      *prometheus.GaugeVec
 	watermark          prometheus.Gauge
 	liveWindows        prometheus.Gauge
 	dedupIDs           prometheus.Gauge
@@ -80,6 +81,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		consumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_consumer_lag_records", Help: "Records between the partition's high-water mark and the next offset Tally reads.",
 		}, []string{"topic", "partition"}),
+		unreadOffsets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tally_source_unread_offsets", Help: "Offsets at the start of a partition that retention deleted before Tally read them (never rated); alert on any.",
+		}, []string{"topic", "partition"}),
 		watermark: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tally_watermark_seconds", Help: "Engine event-time watermark, Unix seconds.",
 		}),
@@ -101,7 +105,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
 		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.sinkBatchDuration,
-		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.watermark, m.liveWindows,
+		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.unreadOffsets, m.watermark, m.liveWindows,
 		m.dedupIDs, m.backpressure, m.coldReads, m.spilled)
 	return m
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -34,9 +35,10 @@ type inboundBatch struct {
 	// (minWatermark if none): subscription events do not move time.
 	maxEventTimeNs int64
 	dead           []DeadLetter
-	records        int
+	records        int // data records (transaction markers not counted)
 	nextOffset     int64
 	highWater      int64
+	logStart       int64
 }
 
 // partitionProgress is the dispatcher's view of one partition.
@@ -59,6 +61,8 @@ type pendingCheckpoint struct {
 	deadLetters []DeadLetter
 	watermarkNs int64
 	replies     chan *shardSnapshot
+	// topicIDs are source topic identities not recorded yet.
+	topicIDs map[string]string
 }
 
 // Run recovers state, then consumes until Shutdown (graceful, returns nil)
@@ -106,7 +110,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	inbound := make(chan inboundBatch, inboundQueueBatches)
 	readersCtx, stopReaders := context.WithCancel(ctx)
 	defer stopReaders()
-	for i, p := range partitions {
+	// startReader opens partition i and reads it into inbound. The
+	// dispatcher calls it for partitions discovered while running, so wg
+	// never grows while Run waits on it.
+	startReader := func(i int, p *partitionProgress) error {
 		// Lag is 0 until the partition's first fetch tells its high-water mark.
 		e.metrics.consumerLag.WithLabelValues(p.id.Topic, strconv.Itoa(int(p.id.Partition))).Set(0)
 		reader, err := e.source.Open(ctx, p.id, p.nextOffset)
@@ -117,7 +124,24 @@ func (e *Engine) Run(ctx context.Context) error {
 			defer reader.Close()
 			fatal(e.readPartition(readersCtx, i, p.id, p.fetch, reader, inbound))
 		})
+		return nil
 	}
+	for i, p := range partitions {
+		if err := startReader(i, p); err != nil {
+			return err
+		}
+	}
+	discovered := make(chan PartitionID)
+	if e.cfg.PartitionDiscovery > 0 {
+		known := make(map[PartitionID]bool, len(partitions))
+		for _, p := range partitions {
+			known[p.id] = true
+		}
+		wg.Go(func() {
+			fatal(e.discoverPartitions(readersCtx, e.cfg.PartitionDiscovery, known, e.topicIDs, discovered))
+		})
+	}
+	inputs := dispatchInputs{partitions: partitions, inbound: inbound, discovered: discovered, startReader: startReader}
 
 	writes := make(chan *pendingCheckpoint, pendingCheckpoints)
 	writerDone := make(chan struct{})
@@ -127,7 +151,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}()
 
 	e.health.set(func(h *health) { h.started = true })
-	graceful, err := e.dispatch(ctx, partitions, inbound, writes)
+	graceful, err := e.dispatch(ctx, inputs, writes)
 	close(writes)
 	stopReaders()
 	<-writerDone
@@ -138,6 +162,11 @@ func (e *Engine) Run(ctx context.Context) error {
 		err = cause
 	}
 	return err
+}
+
+// newPartitionProgress is a partition read from its first offset.
+func newPartitionProgress(id PartitionID, now time.Time) *partitionProgress {
+	return &partitionProgress{id: id, nextOffset: OffsetEarliest, maxEventTimeNs: minWatermark, lastRecordAt: now, fetch: &fetchState{}}
 }
 
 // recover loads the last checkpoint into fresh shards and returns the
@@ -172,10 +201,19 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: list source partitions: %w", err)
 	}
+	recorded, err := e.store.TopicIDs()
+	if err != nil {
+		return nil, err
+	}
+	if e.unrecordedTopicIDs, err = e.checkTopicIDs(ctx, recorded); err != nil {
+		return nil, err
+	}
+	e.topicIDs = recorded
+	maps.Copy(e.topicIDs, e.unrecordedTopicIDs)
 	now := e.now()
 	out := make([]*partitionProgress, len(ids))
 	for i, id := range ids {
-		p := &partitionProgress{id: id, nextOffset: OffsetEarliest, maxEventTimeNs: minWatermark, lastRecordAt: now, fetch: &fetchState{}}
+		p := newPartitionProgress(id, now)
 		if s, ok := byID[id]; ok {
 			p.nextOffset, p.maxEventTimeNs = s.NextOffset, s.MaxEventTimeNs
 		}
@@ -299,8 +337,12 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 			continue
 		}
 		fetch.fetched() // the batch counts as queued until the dispatcher takes it
-		b := inboundBatch{partition: index, shards: make([][]Event, len(e.shards)), maxEventTimeNs: minWatermark, records: len(records)}
+		b := inboundBatch{partition: index, shards: make([][]Event, len(e.shards)), maxEventTimeNs: minWatermark, logStart: records[0].LogStart}
 		for _, rec := range records {
+			if rec.Control {
+				continue // a transaction marker: it moves the position only
+			}
+			b.records++
 			scratch, err = e.decoder.DecodeAt(rec.Value, scratch[:0], rec.Timestamp)
 			if err != nil {
 				var de *decodeError
@@ -345,13 +387,24 @@ func (e *Engine) eventSlice(n int) []Event {
 	return make([]Event, 0, n)
 }
 
+// dispatchInputs is what the dispatcher reads from.
+type dispatchInputs struct {
+	partitions []*partitionProgress
+	inbound    <-chan inboundBatch
+	// discovered brings partitions that appeared while running; the
+	// dispatcher adds each and starts its reader with startReader.
+	discovered  <-chan PartitionID
+	startReader func(index int, p *partitionProgress) error
+}
+
 // dispatch is the single goroutine that routes events to shards, tracks
 // offsets and watermarks, and cuts checkpoints. Because it alone sends to the
 // shards and their channels are FIFO, a barrier sent to every shard right
 // after the offsets are recorded is a consistent cut: every record before
 // those offsets is in the shards' state at the barrier, and none after.
 // It returns graceful=true after Shutdown's final checkpoint was handed over.
-func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, inbound <-chan inboundBatch, writes chan<- *pendingCheckpoint) (graceful bool, err error) {
+func (e *Engine) dispatch(ctx context.Context, inputs dispatchInputs, writes chan<- *pendingCheckpoint) (graceful bool, err error) {
+	partitions, inbound := inputs.partitions, inputs.inbound
 	ticker := time.NewTicker(e.cfg.CheckpointInterval)
 	defer ticker.Stop()
 	seq := e.committedSeq.Load()
@@ -360,6 +413,9 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 	lastEmitOpen := e.now()
 	paused := false
 	var pending *checkpointRequest
+	// Topic identities seen for the first time go into the next
+	// checkpoint (a crash before it finds them again at start).
+	unrecordedTopicIDs := e.unrecordedTopicIDs
 	// requested cuts pending's checkpoint once its offsets are dispatched.
 	var cut func(time.Time, bool) error
 	requested := func() error {
@@ -394,8 +450,8 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			lastEmitOpen = now
 		}
 		cp := &pendingCheckpoint{seq: seq, cutAt: now, deadLetters: dead, watermarkNs: wm,
-			replies: make(chan *shardSnapshot, len(e.shards))}
-		dead = nil
+			replies: make(chan *shardSnapshot, len(e.shards)), topicIDs: unrecordedTopicIDs}
+		dead, unrecordedTopicIDs = nil, nil
 		for _, p := range partitions {
 			if p.nextOffset >= 0 {
 				cp.partitions = append(cp.partitions, state.PartitionProgress{Topic: p.id.Topic, Partition: p.id.Partition,
@@ -467,9 +523,18 @@ func (e *Engine) dispatch(ctx context.Context, partitions []*partitionProgress, 
 			if err := cut(now, false); err != nil {
 				return false, err
 			}
+		case id := <-inputs.discovered:
+			p := newPartitionProgress(id, e.now())
+			partitions = append(partitions, p)
+			if err := inputs.startReader(len(partitions)-1, p); err != nil {
+				return false, err
+			}
 		case b := <-in:
 			p := partitions[b.partition]
 			p.fetch.taken()
+			if p.nextOffset == OffsetEarliest && b.logStart > 0 {
+				e.noteUnreadStart(p.id, b.logStart)
+			}
 			if b.nextOffset <= p.nextOffset {
 				return false, fmt.Errorf("engine: partition %s went back from offset %d to %d", p.id, p.nextOffset, b.nextOffset)
 			}

@@ -64,6 +64,9 @@ var (
 	// prefixSubscription holds each customer's subscription changes read
 	// from subscription events.
 	prefixSubscription = []byte("u/")
+	// prefixTopic holds each source topic's identity (its Kafka topic ID)
+	// when its offsets were first checkpointed.
+	prefixTopic = []byte("t/")
 )
 
 // Stream names an outbox stream: the kind of entries delivered together.
@@ -245,6 +248,8 @@ type Checkpoint struct {
 	// OutboxTrim removes, per stream, every entry before the position: all
 	// sinks of the stream have delivered them.
 	OutboxTrim map[Stream]OutboxPos
+	// TopicIDs records source topics' identities (topic -> ID).
+	TopicIDs map[string]string
 }
 
 // OutboxPos is a position in an outbox stream: entry Index of checkpoint Seq.
@@ -319,6 +324,11 @@ func (s *Store) Commit(cp *Checkpoint) error {
 		v := binary.BigEndian.AppendUint64(nil, pos.Seq)
 		if err := b.Set(sinkKey(name), binary.BigEndian.AppendUint32(v, pos.Index), nil); err != nil {
 			return fmt.Errorf("state: batch sink progress: %w", err)
+		}
+	}
+	for topic, id := range cp.TopicIDs {
+		if err := b.Set(append(append([]byte(nil), prefixTopic...), topic...), []byte(id), nil); err != nil {
+			return fmt.Errorf("state: batch topic id: %w", err)
 		}
 	}
 	for stream, pos := range cp.OutboxTrim {
@@ -408,6 +418,16 @@ func (s *Store) Partitions() ([]PartitionProgress, error) {
 			NextOffset:     int64(binary.BigEndian.Uint64(v)),
 			MaxEventTimeNs: int64(binary.BigEndian.Uint64(v[8:])),
 		})
+		return nil
+	})
+	return out, err
+}
+
+// TopicIDs returns the identity recorded for each source topic.
+func (s *Store) TopicIDs() (map[string]string, error) {
+	out := make(map[string]string)
+	err := s.scan(prefixTopic, func(k, v []byte) error {
+		out[string(k)] = string(v)
 		return nil
 	})
 	return out, err

@@ -107,10 +107,11 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, log 
 // progress, as the live engine reads them side by side, so that
 // out-of-orderness, and so lateness, stays close to the live run's.
 func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger) (int, error) {
-	src, err := kafka.NewSource(kafka.SourceConfig{Brokers: cfg.Kafka.Brokers, Topics: cfg.Kafka.Topics}, log)
+	src, err := kafka.NewSource(cfg.kafkaSource(), log)
 	if err != nil {
 		return 0, err
 	}
+	defer src.Close()
 	type rec struct {
 		pos   float64
 		value []byte

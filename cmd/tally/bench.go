@@ -26,8 +26,8 @@ import (
 	"syscall"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tally-billing/tally/bench/gen"
 	"github.com/tally-billing/tally/engine"
@@ -78,8 +78,8 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	}
 	g := gen.NewWith(uint64(time.Now().UnixNano()), o.subscribers, gen.Options{Zipf: o.zipf, IoTPercent: o.iotPercent})
 	base := time.Now().UTC().Add(-time.Duration(o.records) * time.Microsecond)
-	var prev kafkago.Message
-	next := func(i int) kafkago.Message {
+	var prev message
+	next := func(i int) message {
 		if i > 0 && float64(g.Intn(100_000)) < o.dupPercent*1000 {
 			return prev // a producer retry: same id, removed by dedup
 		}
@@ -88,7 +88,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 			at = at.Add(-2 * time.Minute)
 		}
 		u := g.Next(at)
-		prev = kafkago.Message{Key: []byte(u.Customer), Value: u.PlainJSON()}
+		prev = message{key: []byte(u.Customer), value: u.PlainJSON()}
 		return prev
 	}
 	if o.toFile != "" {
@@ -116,11 +116,18 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	fmt.Fprintf(out, "bench: preloaded %d records (%.0f B each) over %d partitions in %s\n",
 		o.records, float64(bytes)/float64(o.records), o.partitions, time.Since(start).Round(time.Millisecond))
 
-	bare, err := bareConsume(ctx, brokers, "usage")
+	// Both clients, one after the other: kgo is the one Tally uses (its
+	// rate is the ratio's base), kafka-go the one it used before.
+	bare, err := bareConsumeKgo(ctx, brokers, "usage", o.records)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "bench: bare kafka-go consume: %.0f records/s\n", bare)
+	fmt.Fprintf(out, "bench: bare kgo consume: %.0f records/s\n", bare)
+	bareOld, err := bareConsumeKafkaGo(ctx, brokers, "usage")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: bare kafka-go consume: %.0f records/s\n", bareOld)
 
 	parent := o.stateDir
 	if parent == "" {
@@ -205,7 +212,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	if noCP.rate > 0 {
 		overhead = 100 * (1 - withCP.rate/noCP.rate)
 	}
-	fmt.Fprintf(out, "\n| records | partitions | bare consume rec/s | Tally rec/s | ratio | CPU µs/record | checkpoints off rec/s | checkpoint overhead | heap B/window | freshness p50 / p99 @ %d rec/s | peak RSS |\n", o.freshRate)
+	fmt.Fprintf(out, "\n| records | partitions | bare kgo consume rec/s | Tally rec/s | ratio | CPU µs/record | checkpoints off rec/s | checkpoint overhead | heap B/window | freshness p50 / p99 @ %d rec/s | peak RSS |\n", o.freshRate)
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|")
 	fmt.Fprintf(out, "| %d | %d | %.0f | %.0f | %.0f%% | %.1f | %.0f | %.1f%% | %.0f | %s / %s | %d MiB |\n",
 		o.records, o.partitions, bare, withCP.rate, 100*withCP.rate/bare, float64(withCP.cpuPerRecord)/1e3, noCP.rate, overhead, withCP.heapPerWindow,
@@ -213,15 +220,18 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	return nil
 }
 
+// message is one generated record: its key (the customer) and value.
+type message struct{ key, value []byte }
+
 // writeRecords writes n generated records to path as JSON lines.
-func writeRecords(path string, n int, next func(int) kafkago.Message) error {
+func writeRecords(path string, n int, next func(int) message) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
 	for i := range n {
-		w.Write(next(i).Value)
+		w.Write(next(i).value)
 		w.WriteByte('\n')
 	}
 	if err := w.Flush(); err != nil {
@@ -231,87 +241,33 @@ func writeRecords(path string, n int, next func(int) kafkago.Message) error {
 	return f.Close()
 }
 
-// preload produces n records, keyed by customer; it returns their bytes.
-func preload(ctx context.Context, brokers []string, topic string, n int, next func(int) kafkago.Message) (int64, error) {
-	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: topic, Balancer: &kafkago.Hash{},
-		BatchSize: 20_000, BatchBytes: 1_000_000, BatchTimeout: 10 * time.Millisecond, RequiredAcks: kafkago.RequireOne}
-	defer w.Close()
+// preload produces n records, keyed by customer with kgo's default
+// partitioner (Kafka's murmur2, as Java producers); it returns their bytes.
+func preload(ctx context.Context, brokers []string, topic string, n int, next func(int) message) (int64, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic), kgo.RequiredAcks(kgo.LeaderAck()),
+		kgo.DisableIdempotentWrite(), kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100_000))
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
 	var bytes int64
-	batch := make([]kafkago.Message, 0, 20_000)
-	for i := 0; i < n; {
-		batch = batch[:0]
-		for ; i < n && len(batch) < cap(batch); i++ {
-			m := next(i)
-			bytes += int64(len(m.Value))
-			batch = append(batch, m)
-		}
-		if err := w.WriteMessages(ctx, batch...); err != nil {
-			msg := err.Error()
-			return 0, fmt.Errorf("bench: preload: %s", msg[:min(len(msg), 300)])
-		}
+	var failed atomic.Pointer[error]
+	for i := range n {
+		m := next(i)
+		bytes += int64(len(m.value))
+		cl.Produce(ctx, &kgo.Record{Key: m.key, Value: m.value}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.CompareAndSwap(nil, &err)
+			}
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return 0, fmt.Errorf("bench: preload: %w", err)
+	}
+	if err := failed.Load(); err != nil {
+		return 0, fmt.Errorf("bench: preload: %w", *err)
 	}
 	return bytes, nil
-}
-
-// bareConsume reads every partition of topic to its end with kafka-go's
-// Conn.ReadBatch, one goroutine per partition, keeping nothing.
-func bareConsume(ctx context.Context, brokers []string, topic string) (float64, error) {
-	conn, err := kafkago.DialContext(ctx, "tcp", brokers[0])
-	if err != nil {
-		return 0, err
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		return 0, err
-	}
-	var total atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, len(parts))
-	start := time.Now()
-	for _, p := range parts {
-		wg.Add(1)
-		go func(partition int) {
-			defer wg.Done()
-			c, err := kafkago.DialLeader(ctx, "tcp", brokers[0], topic, partition)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			first, last, err := c.ReadOffsets()
-			if err != nil {
-				errs <- err
-				return
-			}
-			if _, err := c.Seek(first, kafkago.SeekAbsolute); err != nil {
-				errs <- err
-				return
-			}
-			for offset := first; offset < last; {
-				b := c.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: 16 << 20, MaxWait: time.Second})
-				for {
-					m, err := b.ReadMessage()
-					if err != nil {
-						break
-					}
-					offset = m.Offset + 1
-					total.Add(1)
-				}
-				if err := b.Close(); err != nil && !errors.Is(err, io.EOF) {
-					errs <- err
-					return
-				}
-			}
-		}(p.ID)
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
-		return 0, fmt.Errorf("bench: bare consume: %w", err)
-	}
-	return float64(total.Load()) / elapsed.Seconds(), nil
 }
 
 type runResult struct {
@@ -408,8 +364,11 @@ func measureFreshness(ctx context.Context, cfg Config, brokers []string, o bench
 	stop := make(chan struct{})
 	done := make(chan error, 1)
 	go func() { done <- a.run(ctx, stop) }()
-	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: "fresh", Balancer: &kafkago.Hash{},
-		BatchSize: 5000, BatchTimeout: time.Millisecond, RequiredAcks: kafkago.RequireOne}
+	w, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("fresh"), kgo.RequiredAcks(kgo.LeaderAck()),
+		kgo.DisableIdempotentWrite())
+	if err != nil {
+		return freshness{}, err
+	}
 	defer w.Close()
 
 	const tick = 20 * time.Millisecond
@@ -423,16 +382,16 @@ func measureFreshness(ctx context.Context, cfg Config, brokers []string, o bench
 	for i := 0; time.Now().Before(end); i++ {
 		<-ticker.C
 		now := time.Now().UTC()
-		msgs := make([]kafkago.Message, 0, perTick)
+		msgs := make([]*kgo.Record, 0, perTick)
 		for range perTick - 1 {
 			u := g.Next(now)
-			msgs = append(msgs, kafkago.Message{Key: []byte(u.Customer), Value: u.PlainJSON()})
+			msgs = append(msgs, &kgo.Record{Key: []byte(u.Customer), Value: u.PlainJSON()})
 		}
 		probe := "probe-" + strconv.Itoa(i)
-		msgs = append(msgs, kafkago.Message{Key: []byte(probe), Value: []byte(fmt.Sprintf(
+		msgs = append(msgs, &kgo.Record{Key: []byte(probe), Value: []byte(fmt.Sprintf(
 			`{"id":"%s","customer":"%s","meter":"sms","time":"%s","dims":{"destination":"uk"}}`, probe, probe, now.Format(time.RFC3339Nano)))})
 		sent := time.Now()
-		if err := w.WriteMessages(ctx, msgs...); err != nil {
+		if err := w.ProduceSync(ctx, msgs...).FirstErr(); err != nil {
 			return freshness{}, fmt.Errorf("bench: freshness produce: %w", err)
 		}
 		polls.Add(1)

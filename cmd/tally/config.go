@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/tally-billing/tally/connectors/kafka"
 	"github.com/tally-billing/tally/engine"
 	"github.com/tally-billing/tally/rating"
 	"gopkg.in/yaml.v3"
@@ -32,6 +33,13 @@ type Config struct {
 		Topics          []string `yaml:"topics"`
 		RatedTopic      string   `yaml:"ratedTopic"`
 		DeadLetterTopic string   `yaml:"deadLetterTopic"`
+		// Isolation is read_committed (default: records of aborted
+		// transactions never count) or read_uncommitted.
+		Isolation        string        `yaml:"isolation"`
+		MetadataInterval time.Duration `yaml:"metadataInterval"`
+		// Output topics that do not exist are created with these.
+		TopicPartitions  int `yaml:"topicPartitions"`
+		TopicReplication int `yaml:"topicReplication"`
 	} `yaml:"kafka"`
 	ClickHouse struct {
 		Addr     string `yaml:"addr"`
@@ -72,6 +80,7 @@ type Config struct {
 	MaxUndeliveredCheckpoints int            `yaml:"maxUndeliveredCheckpoints"`
 	SinkBatchRows             int            `yaml:"sinkBatchRows"`
 	MaxLiveWindows            int            `yaml:"maxLiveWindows"`
+	DrainTimeout              time.Duration  `yaml:"drainTimeout"`
 }
 
 func defaultConfig() Config {
@@ -83,6 +92,11 @@ func defaultConfig() Config {
 	c.Kafka.Topics = []string{"usage"}
 	c.Kafka.RatedTopic = "rated-usage"
 	c.Kafka.DeadLetterTopic = "usage-dead-letters"
+	c.Kafka.Isolation = "read_committed"
+	c.Kafka.MetadataInterval = d.PartitionDiscovery
+	c.Kafka.TopicPartitions = -1
+	c.Kafka.TopicReplication = -1
+	c.DrainTimeout = d.DrainTimeout
 	c.ClickHouse.Database = "tally"
 	c.ClickHouse.Table = "rated_usage"
 	c.ClickHouse.Username = "default"
@@ -101,6 +115,16 @@ func defaultConfig() Config {
 	return c
 }
 
+// kafkaClient is what every Kafka client of c shares.
+func (c *Config) kafkaClient() kafka.ClientConfig {
+	return kafka.ClientConfig{Brokers: c.Kafka.Brokers, MetadataMaxAge: c.Kafka.MetadataInterval}
+}
+
+// kafkaSource configures the usage source.
+func (c *Config) kafkaSource() kafka.SourceConfig {
+	return kafka.SourceConfig{ClientConfig: c.kafkaClient(), Topics: c.Kafka.Topics, ReadUncommitted: c.Kafka.Isolation == "read_uncommitted"}
+}
+
 // engineConfig returns the engine's part of c.
 func (c *Config) engineConfig() engine.Config {
 	return engine.Config{
@@ -110,7 +134,7 @@ func (c *Config) engineConfig() engine.Config {
 		EmitOpenEvery:      c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
 		Timezone: c.Timezone, Customers: c.Customers,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
-		MaxLiveWindows: c.MaxLiveWindows,
+		MaxLiveWindows: c.MaxLiveWindows, PartitionDiscovery: c.Kafka.MetadataInterval, DrainTimeout: c.DrainTimeout,
 	}
 }
 
@@ -151,6 +175,10 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	list(&c.Kafka.Topics, "kafka.topics", "usage topics to read, comma-separated")
 	str(&c.Kafka.RatedTopic, "kafka.ratedTopic", "topic for rated rows (empty disables)")
 	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
+	str(&c.Kafka.Isolation, "kafka.isolation", "read_committed (records of aborted transactions never count) or read_uncommitted")
+	dur(&c.Kafka.MetadataInterval, "kafka.metadataInterval", "how often topics are looked at again: partitions added are read within it (0 = never)")
+	num(&c.Kafka.TopicPartitions, "kafka.topicPartitions", "partitions of an output topic Tally creates (-1 = the broker's default)")
+	num(&c.Kafka.TopicReplication, "kafka.topicReplication", "replication factor of an output topic Tally creates (-1 = the broker's default)")
 	str(&c.ClickHouse.Addr, "clickhouse.addr", "ClickHouse native address host:port (empty disables)")
 	str(&c.ClickHouse.Database, "clickhouse.database", "ClickHouse database, created if absent")
 	str(&c.ClickHouse.Table, "clickhouse.table", "ClickHouse table, created if absent")
@@ -174,6 +202,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
 	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.1 KB each); closed ones beyond it spill to disk; 0 = none")
+	dur(&c.DrainTimeout, "drainTimeout", "a graceful stop waits this long for sinks; rows left stay in the outbox for the next start (0 = no limit)")
 }
 
 // optionalString is a string that tells unset from set to "": YAML's
@@ -273,6 +302,12 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("kafka.topics", "empty; list the usage topics to read")
 	case c.Kafka.DeadLetterTopic == "":
 		return bad("kafka.deadLetterTopic", "empty; records that fail must go somewhere")
+	case c.Kafka.Isolation != "read_committed" && c.Kafka.Isolation != "read_uncommitted":
+		return bad("kafka.isolation", "%q is neither read_committed nor read_uncommitted", c.Kafka.Isolation)
+	case c.Kafka.TopicPartitions == 0 || c.Kafka.TopicPartitions < -1:
+		return bad("kafka.topicPartitions", "%d must be at least 1, or -1 for the broker's default", c.Kafka.TopicPartitions)
+	case c.Kafka.TopicReplication == 0 || c.Kafka.TopicReplication < -1 || c.Kafka.TopicReplication > 32767:
+		return bad("kafka.topicReplication", "%d must be 1..32767, or -1 for the broker's default", c.Kafka.TopicReplication)
 	}
 	for _, b := range c.Kafka.Brokers {
 		if !strings.Contains(b, ":") {

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tally-billing/tally/bench/gen"
 	"github.com/tally-billing/tally/engine"
@@ -148,8 +148,10 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 // produceDemo writes generated usage to the usage topic at the configured
 // rate, in real time, until stop closes.
 func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o demoOptions) error {
-	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: "usage", Balancer: &kafkago.Hash{},
-		BatchSize: 10000, BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafkago.RequireAll}
+	w, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("usage"), kgo.ProducerLinger(5*time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("demo generator: %w", err)
+	}
 	defer w.Close()
 	g := gen.New(uint64(time.Now().UnixNano()), o.subscribers)
 	const tick = 20 * time.Millisecond
@@ -159,7 +161,7 @@ func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o 
 	}
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
-	msgs := make([]kafkago.Message, 0, perTick+perTick/10)
+	msgs := make([]*kgo.Record, 0, perTick+perTick/10)
 	for {
 		select {
 		case <-stop:
@@ -179,7 +181,7 @@ func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o 
 		now := time.Now()
 		for range perTick {
 			if float64(g.Intn(100000)) < o.malformedPct*1000 {
-				msgs = append(msgs, kafkago.Message{Key: []byte("malformed"), Value: g.Malformed()})
+				msgs = append(msgs, &kgo.Record{Key: []byte("malformed"), Value: g.Malformed()})
 				continue
 			}
 			u := g.Next(now)
@@ -189,13 +191,13 @@ func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o 
 			} else {
 				value = u.PlainJSON()
 			}
-			msg := kafkago.Message{Key: []byte(u.Customer), Value: value}
-			msgs = append(msgs, msg)
+			msgs = append(msgs, &kgo.Record{Key: []byte(u.Customer), Value: value})
 			if float64(g.Intn(100000)) < o.duplicatePct*1000 {
-				msgs = append(msgs, msg) // a producer retry
+				// A producer retry: the same bytes again.
+				msgs = append(msgs, &kgo.Record{Key: []byte(u.Customer), Value: value})
 			}
 		}
-		if err := w.WriteMessages(ctx, msgs...); err != nil {
+		if err := w.ProduceSync(ctx, msgs...).FirstErr(); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}

@@ -139,10 +139,14 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	}
 	a.closers = append(a.closers, store)
 
-	source, err := kafka.NewSource(kafka.SourceConfig{Brokers: cfg.Kafka.Brokers, Topics: cfg.Kafka.Topics}, log)
+	if err := ensureOutputTopics(ctx, cfg, log); err != nil {
+		return nil, err
+	}
+	source, err := kafka.NewSource(cfg.kafkaSource(), log)
 	if err != nil {
 		return nil, err
 	}
+	a.closers = append(a.closers, source)
 	var sinks []engine.Sink
 	var deadSinks []engine.DeadLetterSink
 	if cfg.ClickHouse.Addr != "" {
@@ -156,7 +160,10 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		deadSinks = append(deadSinks, ch.DeadLetters())
 	}
 	if cfg.Kafka.RatedTopic != "" {
-		rated := kafka.NewRatedSink(kafka.WriterConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.RatedTopic, BatchRows: cfg.SinkBatchRows})
+		rated, err := kafka.NewRatedSink(kafka.WriterConfig{ClientConfig: cfg.kafkaClient(), Topic: cfg.Kafka.RatedTopic}, log)
+		if err != nil {
+			return nil, err
+		}
 		a.closers = append(a.closers, rated)
 		sinks = append(sinks, faultySink{Sink: rated, faults: crash, point: "kafka"})
 	}
@@ -168,7 +175,10 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		a.closers = append(a.closers, file)
 		sinks = append(sinks, file)
 	}
-	dead := kafka.NewDeadLetterSink(kafka.WriterConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.DeadLetterTopic})
+	dead, err := kafka.NewDeadLetterSink(kafka.WriterConfig{ClientConfig: cfg.kafkaClient(), Topic: cfg.Kafka.DeadLetterTopic}, log)
+	if err != nil {
+		return nil, err
+	}
 	a.closers = append(a.closers, dead)
 	deadSinks = append([]engine.DeadLetterSink{dead}, deadSinks...)
 
@@ -202,6 +212,30 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	return a, nil
 }
 
+// ensureOutputTopics creates the output topics that do not exist, or fails
+// naming the key.
+func ensureOutputTopics(ctx context.Context, cfg Config, log *slog.Logger) error {
+	keys := map[string]string{cfg.Kafka.DeadLetterTopic: "kafka.deadLetterTopic"}
+	topics := []string{cfg.Kafka.DeadLetterTopic}
+	if cfg.Kafka.RatedTopic != "" {
+		keys[cfg.Kafka.RatedTopic] = "kafka.ratedTopic"
+		topics = append(topics, cfg.Kafka.RatedTopic)
+	}
+	spec := kafka.TopicSpec{Partitions: int32(cfg.Kafka.TopicPartitions), ReplicationFactor: int16(cfg.Kafka.TopicReplication)}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	created, err := kafka.EnsureTopics(ctx, cfg.kafkaClient(), spec, log, topics...)
+	for _, t := range created {
+		log.Info("created output topic", "topic", t, "partitions", spec.Partitions, "replication", spec.ReplicationFactor)
+	}
+	var te *kafka.TopicError
+	if errors.As(err, &te) {
+		return fmt.Errorf("config key %s (flag --%s): %w; create it, or let Tally create it (CreateTopics right; kafka.topicPartitions, kafka.topicReplication)",
+			keys[te.Topic], flagName(keys[te.Topic]), err)
+	}
+	return err
+}
+
 // handler serves /metrics, /healthz, /readyz and the live query API.
 func (a *app) handler() http.Handler {
 	mux := http.NewServeMux()
@@ -211,11 +245,17 @@ func (a *app) handler() http.Handler {
 	})
 	registerAPI(mux, a.engine)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		warnings := a.engine.Warnings()
 		if err := a.engine.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready: "+err.Error())
+		} else {
+			fmt.Fprintln(w, "ready")
 		}
-		fmt.Fprintln(w, "ready")
+		for _, warning := range warnings {
+			fmt.Fprintln(w, "warning: "+warning)
+		}
 	})
 	return mux
 }

@@ -3,74 +3,96 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
-	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
 	"github.com/tally-billing/tally/engine"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // WriterConfig configures the rated-usage and dead-letter writers.
 type WriterConfig struct {
-	Brokers []string
-	Topic   string
-	// BatchRows bounds the messages kafka-go groups per partition request.
-	BatchRows int
+	ClientConfig
+	Topic string
 }
 
-// maxBatchBytes keeps a record batch under Kafka's default
-// message.max.bytes (1,048,588), leaving room for the batch header.
-const maxBatchBytes = 1_000_000
+// writer produces to one topic with an idempotent producer (acks from all
+// in-sync replicas, no duplicates from its own retries).
+type writer struct {
+	cl    *kgo.Client
+	topic string
+}
 
-// produceBatchRows bounds the messages of one produce request.
-const produceBatchRows = 1000
+func newWriter(cfg WriterConfig, log *slog.Logger) (*writer, error) {
+	cl, err := kgo.NewClient(append(cfg.opts(log),
+		kgo.DefaultProduceTopic(cfg.Topic),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RecordPartitioner(fnvPartitioner()),
+		kgo.ProducerLinger(0),
+	)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka writer for %s: %w", cfg.Topic, err)
+	}
+	return &writer{cl: cl, topic: cfg.Topic}, nil
+}
 
-func newWriter(cfg WriterConfig) *kafkago.Writer {
-	if cfg.BatchRows == 0 {
-		cfg.BatchRows = 10000
-	}
-	return &kafkago.Writer{
-		Addr:  kafkago.TCP(cfg.Brokers...),
-		Topic: cfg.Topic,
-		// Hash by key: every revision of a row lands in the same partition,
-		// in order, so compaction and "keep the highest revision" both work.
-		Balancer:     &kafkago.Hash{},
-		RequiredAcks: kafkago.RequireAll,
-		// kafka-go allocates room for BatchSize messages (152 B each) for
-		// every batch it starts, one per partition a write touches, whatever
-		// the batch ends up holding: 10,000 cost 1.5 MB a batch and were the
-		// engine's largest allocation (bench/RESULTS.md). 1,000 rows of a
-		// few hundred bytes fill most of a 1 MB produce request anyway.
-		BatchSize: min(cfg.BatchRows, produceBatchRows),
-		// One produce batch must fit the broker's message.max.bytes (1 MB by
-		// default, kfake included); kafka-go splits larger writes.
-		BatchBytes: maxBatchBytes,
-		// WriteMessages is synchronous; a long BatchTimeout would only delay
-		// the last partial batch of each call.
-		BatchTimeout: 5 * time.Millisecond,
-		MaxAttempts:  3,
-	}
+// produce writes records and waits until every one is acknowledged.
+func (w *writer) produce(ctx context.Context, records []*kgo.Record) error {
+	return w.cl.ProduceSync(ctx, records...).FirstErr()
+}
+
+func (w *writer) Close() error {
+	w.cl.Close()
+	return nil
+}
+
+// fnvPartitioner places a key where kafka-go's Hash balancer (and Sarama's
+// default) placed it: FNV-1a of the key, as an int32, modulo the partition
+// count. Every revision of a row lands in the partition of the earlier ones,
+// also those written before Tally moved to kgo, so compaction and "keep the
+// highest revision" both work per partition.
+func fnvPartitioner() kgo.Partitioner {
+	return kgo.BasicConsistentPartitioner(func(string) func(r *kgo.Record, n int) int {
+		return func(r *kgo.Record, n int) int {
+			h := uint32(2166136261)
+			for _, c := range r.Key {
+				h = (h ^ uint32(c)) * 16777619
+			}
+			p := int32(h) % int32(n)
+			if p < 0 {
+				p = -p
+			}
+			return int(p)
+		}
+	})
 }
 
 // RatedSink writes rated rows to the rated-usage topic, keyed by row
 // identity, as JSON with the revision also in a header. Consumers keep, per
 // key, the message with the highest revision.
 type RatedSink struct {
-	w *kafkago.Writer
+	*writer
 }
 
 // NewRatedSink returns a sink for cfg.Topic.
-func NewRatedSink(cfg WriterConfig) *RatedSink { return &RatedSink{w: newWriter(cfg)} }
+func NewRatedSink(cfg WriterConfig, log *slog.Logger) (*RatedSink, error) {
+	w, err := newWriter(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return &RatedSink{w}, nil
+}
 
 // Name implements engine.Sink.
-func (s *RatedSink) Name() string { return "kafka:" + s.w.Topic }
+func (s *RatedSink) Name() string { return "kafka:" + s.topic }
 
 // Write implements engine.Sink.
 func (s *RatedSink) Write(ctx context.Context, rows []engine.RatedRow) error {
-	msgs := make([]kafkago.Message, len(rows))
-	headers := make([]kafkago.Header, len(rows))
-	// Every row's JSON goes into one buffer (kafka-go copies messages into
-	// its requests before WriteMessages returns).
+	records := make([]kgo.Record, len(rows))
+	ptrs := make([]*kgo.Record, len(rows))
+	headers := make([]kgo.RecordHeader, len(rows))
+	// Every row's JSON goes into one buffer, kept until every record is
+	// acknowledged.
 	buf := make([]byte, 0, 400*len(rows))
 	for i := range rows {
 		start := len(buf)
@@ -79,32 +101,34 @@ func (s *RatedSink) Write(ctx context.Context, rows []engine.RatedRow) error {
 			return fmt.Errorf("kafka rated sink: encode row: %w", err)
 		}
 		value := buf[start:len(buf):len(buf)]
-		headers[i] = kafkago.Header{Key: "tally-revision", Value: strconv.AppendUint(nil, rows[i].Revision, 10)}
-		msgs[i] = kafkago.Message{Key: []byte(rows[i].Identity()), Value: value, Headers: headers[i : i+1 : i+1]}
+		headers[i] = kgo.RecordHeader{Key: "tally-revision", Value: strconv.AppendUint(nil, rows[i].Revision, 10)}
+		records[i] = kgo.Record{Key: []byte(rows[i].Identity()), Value: value, Headers: headers[i : i+1 : i+1]}
+		ptrs[i] = &records[i]
 	}
-	if err := s.w.WriteMessages(ctx, msgs...); err != nil {
-		return fmt.Errorf("kafka rated sink: write %d rows to %s: %w", len(rows), s.w.Topic, err)
+	if err := s.produce(ctx, ptrs); err != nil {
+		return fmt.Errorf("kafka rated sink: write %d rows to %s: %w", len(rows), s.topic, err)
 	}
 	return nil
 }
-
-// Close flushes and closes the writer.
-func (s *RatedSink) Close() error { return s.w.Close() }
 
 // DeadLetterSink writes dead letters: the original bytes as the value, keyed
 // by source topic/partition/offset (so a re-delivery is recognisable), with
 // the reason and source position in headers.
 type DeadLetterSink struct {
-	w *kafkago.Writer
+	*writer
 }
 
 // NewDeadLetterSink returns a sink for cfg.Topic.
-func NewDeadLetterSink(cfg WriterConfig) *DeadLetterSink {
-	return &DeadLetterSink{w: newWriter(cfg)}
+func NewDeadLetterSink(cfg WriterConfig, log *slog.Logger) (*DeadLetterSink, error) {
+	w, err := newWriter(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return &DeadLetterSink{w}, nil
 }
 
 // Name implements engine.DeadLetterSink.
-func (s *DeadLetterSink) Name() string { return "kafka:" + s.w.Topic }
+func (s *DeadLetterSink) Name() string { return "kafka:" + s.topic }
 
 // Header names on dead-letter messages.
 const (
@@ -117,13 +141,13 @@ const (
 
 // WriteDeadLetters implements engine.DeadLetterSink.
 func (s *DeadLetterSink) WriteDeadLetters(ctx context.Context, letters []engine.DeadLetter) error {
-	msgs := make([]kafkago.Message, len(letters))
+	records := make([]*kgo.Record, len(letters))
 	for i, d := range letters {
 		partition, offset := strconv.Itoa(int(d.Partition)), strconv.FormatInt(d.Offset, 10)
-		msgs[i] = kafkago.Message{
+		records[i] = &kgo.Record{
 			Key:   []byte(d.Topic + "/" + partition + "/" + offset),
 			Value: d.Raw,
-			Headers: []kafkago.Header{
+			Headers: []kgo.RecordHeader{
 				{Key: HeaderReason, Value: []byte(d.Reason)},
 				{Key: HeaderDetail, Value: []byte(d.Detail)},
 				{Key: HeaderSourceTopic, Value: []byte(d.Topic)},
@@ -132,11 +156,8 @@ func (s *DeadLetterSink) WriteDeadLetters(ctx context.Context, letters []engine.
 			},
 		}
 	}
-	if err := s.w.WriteMessages(ctx, msgs...); err != nil {
-		return fmt.Errorf("kafka dead-letter sink: write %d letters to %s: %w", len(letters), s.w.Topic, err)
+	if err := s.produce(ctx, records); err != nil {
+		return fmt.Errorf("kafka dead-letter sink: write %d letters to %s: %w", len(letters), s.topic, err)
 	}
 	return nil
 }
-
-// Close flushes and closes the writer.
-func (s *DeadLetterSink) Close() error { return s.w.Close() }

@@ -17,7 +17,10 @@ import (
 // message.max.bytes.
 func TestRatedSinkWritesBatchesLargerThanAMessage(t *testing.T) {
 	brokers := cluster(t)
-	sink := NewRatedSink(WriterConfig{Brokers: brokers, Topic: "usage", BatchRows: 10000})
+	sink, err := NewRatedSink(WriterConfig{ClientConfig: ClientConfig{Brokers: brokers}, Topic: "usage"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer sink.Close()
 	rows := make([]engine.RatedRow, 10000)
 	for i := range rows {

@@ -1,50 +1,55 @@
-// Package kafka connects Tally to Kafka with segmentio/kafka-go: a source
-// that reads usage topics partition by partition from offsets the engine
-// gives it (the engine's checkpoint, never a consumer group's commits), and
-// writers for the rated-usage and dead-letter topics.
 package kafka
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
 	"github.com/tally-billing/tally/engine"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // SourceConfig configures a Source.
 type SourceConfig struct {
-	Brokers []string
-	Topics  []string
-	// FetchMaxBytes bounds one fetch response; it bounds the memory of one
-	// in-flight batch per partition. Default 4 MiB.
+	ClientConfig
+	Topics []string
+	// FetchMaxBytes bounds what one fetch brings of one partition; with
+	// the engine's queue bounds it bounds memory in flight. Default 4 MiB.
 	FetchMaxBytes int
 	// FetchMaxWait is how long the broker holds a fetch with no data.
-	// Default 250ms; it also bounds how fast a reader notices shutdown.
+	// Default 250ms.
 	FetchMaxWait time.Duration
-	// DialTimeout bounds connecting to a broker. Default 10s.
-	DialTimeout time.Duration
+	// ReadUncommitted also reads records of open and aborted transactions.
+	// The default, read committed, never shows a record of an aborted
+	// transaction and holds back those of an open one until it commits.
+	ReadUncommitted bool
 }
 
-// Source reads usage topics. It implements engine.Source.
+// Source reads usage topics with one kgo client in direct mode: the engine
+// opens each partition at the offset of its checkpoint. One goroutine polls
+// the client and hands each partition's records to that partition's reader,
+// so the engine reads partitions side by side as it did with a connection
+// each, over a handful of broker connections.
 type Source struct {
-	cfg    SourceConfig
-	dialer *kafkago.Dialer
-	log    *slog.Logger
+	cfg SourceConfig
+	cl  *kgo.Client
+	adm *kadm.Client
+	log *slog.Logger
+
+	mu      sync.Mutex
+	readers map[engine.PartitionID]*partitionReader
+	polling bool
+	stop    context.CancelFunc
+	done    chan struct{}
 }
 
-// Retry bounds for transient broker errors.
-const (
-	retryMin = 100 * time.Millisecond
-	retryMax = 5 * time.Second
-)
-
-// NewSource returns a source; it connects on first use.
+// NewSource returns a source; kgo connects on first use.
 func NewSource(cfg SourceConfig, log *slog.Logger) (*Source, error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("kafka source: no brokers")
@@ -58,232 +63,240 @@ func NewSource(cfg SourceConfig, log *slog.Logger) (*Source, error) {
 	if cfg.FetchMaxWait == 0 {
 		cfg.FetchMaxWait = 250 * time.Millisecond
 	}
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = 10 * time.Second
+	isolation := kgo.ReadCommitted()
+	if cfg.ReadUncommitted {
+		isolation = kgo.ReadUncommitted()
 	}
-	return &Source{cfg: cfg, dialer: &kafkago.Dialer{Timeout: cfg.DialTimeout, ClientID: "tally"}, log: log}, nil
+	opts := append(cfg.opts(log),
+		kgo.FetchIsolationLevel(isolation),
+		// Commit and abort markers come back so that a reader's position
+		// moves past them (a partition whose last record is a marker is
+		// caught up); the reader never hands them on as records.
+		kgo.KeepControlRecords(),
+		// An offset that is gone is an error, never a silent jump to the
+		// start or the end of the partition.
+		kgo.ConsumeResetOffset(kgo.NoResetOffset()),
+		kgo.FetchMaxPartitionBytes(int32(cfg.FetchMaxBytes)),
+		kgo.FetchMaxBytes(int32(4*cfg.FetchMaxBytes)),
+		kgo.FetchMaxWait(cfg.FetchMaxWait),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka source: %w", err)
+	}
+	return &Source{cfg: cfg, cl: cl, adm: kadm.NewClient(cl), log: log, readers: make(map[engine.PartitionID]*partitionReader)}, nil
 }
 
-// Partitions lists every partition of the configured topics. A topic that
-// does not exist is an error, not an empty list.
+// Close stops polling and closes the client.
+func (s *Source) Close() error {
+	s.mu.Lock()
+	stop, done := s.stop, s.done
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	s.cl.Close()
+	return nil
+}
+
+// Partitions lists every partition of the configured topics, sorted. A
+// topic that does not exist is an error, not an empty list.
 func (s *Source) Partitions(ctx context.Context) ([]engine.PartitionID, error) {
-	var lastErr error
-	for _, broker := range s.cfg.Brokers {
-		conn, err := s.dialer.DialContext(ctx, "tcp", broker)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		parts, err := conn.ReadPartitions(s.cfg.Topics...)
-		conn.Close()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		count := make(map[string]int)
-		var out []engine.PartitionID
-		for _, p := range parts {
-			if p.Error != nil {
-				return nil, fmt.Errorf("kafka source: topic %s partition %d: %w", p.Topic, p.ID, p.Error)
-			}
-			count[p.Topic]++
-			out = append(out, engine.PartitionID{Topic: p.Topic, Partition: int32(p.ID)})
-		}
-		for _, t := range s.cfg.Topics {
-			if count[t] == 0 {
-				return nil, fmt.Errorf("kafka source: topic %q has no partitions on %s: create it first", t, broker)
-			}
-		}
-		sort.Slice(out, func(i, j int) bool {
-			if out[i].Topic != out[j].Topic {
-				return out[i].Topic < out[j].Topic
-			}
-			return out[i].Partition < out[j].Partition
-		})
-		return out, nil
+	details, err := s.topics(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("kafka source: list partitions of %v from brokers %v: %w", s.cfg.Topics, s.cfg.Brokers, lastErr)
+	var out []engine.PartitionID
+	for _, t := range details {
+		for _, p := range t.Partitions {
+			out = append(out, engine.PartitionID{Topic: t.Topic, Partition: p.Partition})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Topic != out[j].Topic {
+			return out[i].Topic < out[j].Topic
+		}
+		return out[i].Partition < out[j].Partition
+	})
+	return out, nil
 }
 
-// Open returns a reader of p from offset (engine.OffsetEarliest for the
-// partition's first offset).
-func (s *Source) Open(_ context.Context, p engine.PartitionID, offset int64) (engine.PartitionReader, error) {
-	return &partitionReader{src: s, id: p, next: offset}, nil
+// TopicIDs returns each configured topic's Kafka topic ID (a new one when a
+// topic is deleted and created again under the same name), as hex; empty
+// for a broker without topic IDs.
+func (s *Source) TopicIDs(ctx context.Context) (map[string]string, error) {
+	details, err := s.topics(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(details))
+	for _, t := range details {
+		if t.ID != (kadm.TopicID{}) {
+			out[t.Topic] = t.ID.String()
+		}
+	}
+	return out, nil
 }
 
-// partitionReader reads one partition over one leader connection, one fetch
-// response per Fetch call. It is not safe for concurrent use.
-type partitionReader struct {
-	src    *Source
-	id     engine.PartitionID
-	next   int64 // next offset to read, or engine.OffsetEarliest
-	conn   *kafkago.Conn
-	broker int // index of the broker to bootstrap from next
+func (s *Source) topics(ctx context.Context) (kadm.TopicDetails, error) {
+	details, err := s.adm.ListTopics(ctx, s.cfg.Topics...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka source: list topics %v from brokers %v: %w", s.cfg.Topics, s.cfg.Brokers, err)
+	}
+	for _, t := range s.cfg.Topics {
+		d, ok := details[t]
+		switch {
+		case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
+			return nil, fmt.Errorf("kafka source: topic %q does not exist on %v: create it first (config key kafka.topics)", t, s.cfg.Brokers)
+		case d.Err != nil:
+			return nil, fmt.Errorf("kafka source: topic %q: %w", t, d.Err)
+		case len(d.Partitions) == 0:
+			return nil, fmt.Errorf("kafka source: topic %q has no partitions on %v: create it first", t, s.cfg.Brokers)
+		}
+	}
+	return details, nil
 }
 
 // ErrOffsetGone is returned when the offset to resume from is no longer in
 // the partition: retention deleted records Tally never read.
 var ErrOffsetGone = errors.New("offset no longer in the partition")
 
+// Open returns a reader of p from offset (engine.OffsetEarliest for the
+// partition's first offset).
+func (s *Source) Open(_ context.Context, p engine.PartitionID, offset int64) (engine.PartitionReader, error) {
+	r := &partitionReader{src: s, id: p, next: offset, ch: make(chan fetched, 2), closed: make(chan struct{})}
+	at := kgo.NewOffset().AtStart()
+	if offset != engine.OffsetEarliest {
+		at = kgo.NewOffset().At(offset)
+	}
+	s.mu.Lock()
+	if _, ok := s.readers[p]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("kafka source: %s is already open", p)
+	}
+	s.readers[p] = r
+	if !s.polling {
+		s.polling = true
+		ctx, stop := context.WithCancel(context.Background())
+		s.stop, s.done = stop, make(chan struct{})
+		go s.poll(ctx)
+	}
+	s.mu.Unlock()
+	s.cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{p.Topic: {p.Partition: at}})
+	return r, nil
+}
+
+// fetched is one partition's share of a poll.
+type fetched struct {
+	records []*kgo.Record
+	// highWater is what a reader can reach: the last stable offset when
+	// reading committed (an open transaction holds it back), else the high
+	// watermark.
+	highWater int64
+	logStart  int64
+	err       error
+}
+
+// poll hands every partition's fetched records to its reader, in order.
+// A reader that is slow holds the poll (and so every partition) back: the
+// engine's queues bound memory, not this loop.
+func (s *Source) poll(ctx context.Context) {
+	defer close(s.done)
+	for {
+		fetches := s.cl.PollFetches(ctx)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return
+		}
+		for _, ft := range fetches {
+			for _, t := range ft.Topics {
+				for i := range t.Partitions {
+					fp := &t.Partitions[i]
+					if fp.Partition < 0 {
+						continue // a client-level note (context ended)
+					}
+					s.mu.Lock()
+					r := s.readers[engine.PartitionID{Topic: t.Topic, Partition: fp.Partition}]
+					s.mu.Unlock()
+					if r == nil {
+						continue // closed since the fetch was asked for
+					}
+					hw := fp.LastStableOffset
+					if s.cfg.ReadUncommitted || hw < 0 {
+						hw = fp.HighWatermark
+					}
+					f := fetched{records: fp.Records, highWater: hw, logStart: fp.LogStartOffset, err: fp.Err}
+					select {
+					case r.ch <- f:
+					case <-r.closed:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		}
+	}
+}
+
+// partitionReader is one partition's end of the poll.
+type partitionReader struct {
+	src    *Source
+	id     engine.PartitionID
+	next   int64 // next offset to read, or engine.OffsetEarliest
+	ch     chan fetched
+	closed chan struct{}
+	once   sync.Once
+}
+
+// Fetch implements engine.PartitionReader. Transaction markers come back
+// as control records (no value): they move the position, nothing else.
 func (r *partitionReader) Fetch(ctx context.Context) ([]engine.Record, error) {
-	backoff := retryMin
-	for {
-		if err := ctx.Err(); err != nil {
-			return nil, err
+	var f fetched
+	select {
+	case f = <-r.ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if f.err != nil {
+		return nil, r.fatal(f.err)
+	}
+	out := make([]engine.Record, 0, len(f.records))
+	for _, rec := range f.records {
+		if rec.Offset < r.next && r.next != engine.OffsetEarliest {
+			continue
 		}
-		records, err := r.fetchOnce(ctx)
-		if len(records) > 0 {
-			return records, nil
+		r.next = rec.Offset + 1
+		out = append(out, engine.Record{Offset: rec.Offset, Value: rec.Value, HighWater: f.highWater,
+			Timestamp: rec.Timestamp, Control: rec.Attrs.IsControl(), LogStart: f.logStart})
+	}
+	return out, nil
+}
+
+// fatal explains a partition error kgo does not retry.
+func (r *partitionReader) fatal(err error) error {
+	switch {
+	case errors.Is(err, kerr.OffsetOutOfRange):
+		return fmt.Errorf("%s at offset %d: %w: either retention deleted records that were never aggregated, or the state folder belongs to another cluster or topic; nothing is skipped silently, so restore the records or start from a fresh state folder deliberately", r.id, r.next, ErrOffsetGone)
+	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
+		return fmt.Errorf("%s: %w: the topic or partition is gone (deleted?); Tally does not skip to a recreated topic: see README, Recovery", r.id, err)
+	default:
+		var loss *kgo.ErrDataLoss
+		if errors.As(err, &loss) {
+			return fmt.Errorf("%s: the broker lost records Tally had read (%w); its state is ahead of the log: recover the cluster, or start from a fresh state folder deliberately", r.id, err)
 		}
-		if err == nil {
-			continue // the broker's max wait passed with no data
-		}
-		if errors.Is(err, kafkago.OffsetOutOfRange) {
-			return nil, fmt.Errorf("%s at offset %d: %w: either retention deleted records that were never aggregated, or the state folder belongs to another cluster or topic; nothing is skipped silently, so restore the records or start from a fresh state folder deliberately", r.id, r.next, ErrOffsetGone)
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		r.src.log.Warn("kafka fetch failed; reconnecting", "partition", r.id.String(), "offset", r.next, "retry_in", backoff, "err", err)
-		r.closeConn()
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		backoff = min(backoff*2, retryMax)
+		return fmt.Errorf("%s at offset %d: %w", r.id, r.next, err)
 	}
 }
 
-func (r *partitionReader) fetchOnce(ctx context.Context) ([]engine.Record, error) {
-	if r.conn == nil {
-		brokers := r.src.cfg.Brokers
-		broker := brokers[r.broker%len(brokers)]
-		r.broker++
-		conn, err := r.src.dialer.DialLeader(ctx, "tcp", broker, r.id.Topic, int(r.id.Partition))
-		if err != nil {
-			return nil, fmt.Errorf("dial leader via %s: %w", broker, err)
-		}
-		if r.next == engine.OffsetEarliest {
-			first, err := conn.ReadFirstOffset()
-			if err != nil {
-				conn.Close()
-				return nil, fmt.Errorf("read first offset: %w", err)
-			}
-			r.next = first
-		}
-		if _, err := conn.Seek(r.next, kafkago.SeekAbsolute|kafkago.SeekDontCheck); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("seek to %d: %w", r.next, err)
-		}
-		r.conn = conn
-	}
-	cfg := r.src.cfg
-	if err := r.conn.SetReadDeadline(time.Now().Add(cfg.FetchMaxWait + cfg.DialTimeout)); err != nil {
-		return nil, err
-	}
-	batch := r.conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: cfg.FetchMaxBytes, MaxWait: cfg.FetchMaxWait})
-	var records []engine.Record
-	var readErr error
-	for {
-		msg, err := batch.ReadMessage()
-		if err != nil {
-			readErr = err
-			break
-		}
-		if msg.Offset < r.next {
-			continue // a compressed batch may start before the requested offset
-		}
-		records = append(records, engine.Record{Offset: msg.Offset, Value: msg.Value, HighWater: batch.HighWaterMark(), Timestamp: msg.Time})
-		r.next = msg.Offset + 1
-	}
-	closeErr := batch.Close()
-	if errors.Is(readErr, io.EOF) {
-		readErr = nil
-	}
-	if readErr == nil {
-		readErr = closeErr
-	}
-	if readErr != nil {
-		var kerr kafkago.Error
-		if errors.As(readErr, &kerr) && kerr == kafkago.RequestTimedOut && len(records) == 0 {
-			return nil, nil
-		}
-	}
-	return records, readErr
-}
-
-func (r *partitionReader) closeConn() {
-	if r.conn != nil {
-		r.conn.Close()
-		r.conn = nil
-	}
-}
-
+// Close stops reading the partition.
 func (r *partitionReader) Close() error {
-	r.closeConn()
+	r.once.Do(func() {
+		close(r.closed)
+		s := r.src
+		s.mu.Lock()
+		delete(s.readers, r.id)
+		s.mu.Unlock()
+		s.cl.RemoveConsumePartitions(map[string][]int32{r.id.Topic: {r.id.Partition}})
+	})
 	return nil
-}
-
-// ReadToEnd reads every partition of the configured topics from its first
-// offset to its last at the time of the call, in offset order, and calls fn
-// with each record. Audits use it to re-read the source.
-func (s *Source) ReadToEnd(ctx context.Context, fn func(p engine.PartitionID, rec engine.Record) error) error {
-	parts, err := s.Partitions(ctx)
-	if err != nil {
-		return err
-	}
-	for _, p := range parts {
-		end, err := s.lastOffset(ctx, p)
-		if err != nil {
-			return err
-		}
-		r := &partitionReader{src: s, id: p, next: engine.OffsetEarliest}
-		for next := int64(-1); next < end-1; {
-			records, err := r.Fetch(ctx)
-			if err != nil {
-				r.Close()
-				return err
-			}
-			for _, rec := range records {
-				if rec.Offset >= end {
-					break
-				}
-				if err := fn(p, rec); err != nil {
-					r.Close()
-					return err
-				}
-				next = rec.Offset
-			}
-			if len(records) > 0 && records[len(records)-1].Offset >= end-1 {
-				break
-			}
-		}
-		r.Close()
-	}
-	return nil
-}
-
-// lastOffset returns the offset after p's last record; a partition whose
-// first offset equals it is empty.
-func (s *Source) lastOffset(ctx context.Context, p engine.PartitionID) (int64, error) {
-	var lastErr error
-	for _, broker := range s.cfg.Brokers {
-		conn, err := s.dialer.DialLeader(ctx, "tcp", broker, p.Topic, int(p.Partition))
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		first, last, err := conn.ReadOffsets()
-		conn.Close()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		if first == last {
-			return 0, nil // empty: nothing to read
-		}
-		return last, nil
-	}
-	return 0, fmt.Errorf("kafka source: offsets of %s: %w", p, lastErr)
 }

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
 	"github.com/tally-billing/tally/engine"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 func cluster(t *testing.T) []string {
@@ -23,6 +23,32 @@ func cluster(t *testing.T) []string {
 	}
 	t.Cleanup(c.Close)
 	return c.ListenAddrs()
+}
+
+func newSource(t *testing.T, brokers []string, topics ...string) *Source {
+	t.Helper()
+	src, err := NewSource(SourceConfig{ClientConfig: ClientConfig{Brokers: brokers}, Topics: topics, FetchMaxWait: 50 * time.Millisecond},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
+// produce writes records with a plain (non-transactional) kgo producer.
+func produce(t *testing.T, brokers []string, records ...*kgo.Record) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, records...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func readN(t *testing.T, r engine.PartitionReader, n int) []engine.Record {
@@ -42,21 +68,12 @@ func readN(t *testing.T, r engine.PartitionReader, n int) []engine.Record {
 
 func TestSourceReadsPartitionsFromOffsets(t *testing.T) {
 	brokers := cluster(t)
-	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: "usage", Balancer: &kafkago.Hash{}, BatchTimeout: time.Millisecond}
-	var msgs []kafkago.Message
+	var msgs []*kgo.Record
 	for i := range 50 {
-		msgs = append(msgs, kafkago.Message{Key: []byte("same-key"), Value: []byte(fmt.Sprint(i))})
+		msgs = append(msgs, &kgo.Record{Topic: "usage", Key: []byte("same-key"), Value: []byte(fmt.Sprint(i))})
 	}
-	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
-		t.Fatal(err)
-	}
-	w.Close()
-
-	src, err := NewSource(SourceConfig{Brokers: brokers, Topics: []string{"usage"}, FetchMaxWait: 50 * time.Millisecond},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	produce(t, brokers, msgs...)
+	src := newSource(t, brokers, "usage")
 	parts, err := src.Partitions(context.Background())
 	if err != nil || len(parts) != 2 || parts[0] != (engine.PartitionID{Topic: "usage", Partition: 0}) {
 		t.Fatalf("Partitions = %v, %v", parts, err)
@@ -94,7 +111,7 @@ func TestSourceReadsPartitionsFromOffsets(t *testing.T) {
 
 func TestSourceRefusesMissingTopic(t *testing.T) {
 	brokers := cluster(t)
-	src, _ := NewSource(SourceConfig{Brokers: brokers, Topics: []string{"nope"}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	src := newSource(t, brokers, "nope")
 	_, err := src.Partitions(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("Partitions of a missing topic = %v, want an error naming it", err)
@@ -103,8 +120,8 @@ func TestSourceRefusesMissingTopic(t *testing.T) {
 
 func TestSourceReportsDeletedOffsets(t *testing.T) {
 	brokers := cluster(t)
-	src, _ := NewSource(SourceConfig{Brokers: brokers, Topics: []string{"dead"}, FetchMaxWait: 50 * time.Millisecond},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	src := newSource(t, brokers, "dead")
+	produce(t, brokers, &kgo.Record{Topic: "dead", Value: []byte("x")})
 	r, _ := src.Open(context.Background(), engine.PartitionID{Topic: "dead", Partition: 0}, 1000)
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
