@@ -115,9 +115,10 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		o(&opts)
 	}
 	a = &app{cfg: cfg, registry: prometheus.NewRegistry(), log: log}
+	opened := a // a is nil after an error return
 	defer func() {
 		if err != nil {
-			a.close()
+			opened.close()
 		}
 	}()
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
