@@ -113,7 +113,6 @@ func TestPartitionsAddedWhileRunning(t *testing.T) {
 	}
 }
 
-
 // recreateUsage deletes the usage topic and creates it again.
 func recreateUsage(t *testing.T, brokers []string, partitions int32) {
 	t.Helper()
