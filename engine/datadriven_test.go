@@ -224,6 +224,10 @@ func applyConfigArg(cfg *Config, a datadriven.CmdArg) error {
 		cfg.BillingAnchorDay = n
 		return err
 	}
+	if a.Key == "partitioner" {
+		cfg.Partitioner = Partitioner(a.Vals[0])
+		return nil
+	}
 	if a.Key == "shards" {
 		n, err := strconv.Atoi(a.Vals[0])
 		cfg.Shards = n

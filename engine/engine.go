@@ -113,6 +113,10 @@ type Config struct {
 	MaxUndeliveredCheckpoints int
 	// SinkBatchRows bounds the rows of one sink write.
 	SinkBatchRows int
+	// Partitioner is how producers place customers on partitions (records
+	// must be keyed by customer); records that arrived elsewhere are
+	// dead-lettered as wrong_partition. PartitionerNone checks nothing.
+	Partitioner Partitioner
 	// PartitionDiscovery is how often (wall clock) the source's partitions
 	// are listed again: partitions added to a topic are read from their
 	// first offset within it. 0 disables.
@@ -142,6 +146,7 @@ func DefaultConfig() Config {
 		SinkBatchRows:             10000,
 		MaxLiveWindows:            5_000_000,
 		PartitionDiscovery:        30 * time.Second,
+		Partitioner:               PartitionerMurmur2,
 		DrainTimeout:              30 * time.Second,
 	}
 }
@@ -193,6 +198,8 @@ func (c *Config) Validate() error {
 		return configError("maxUndeliveredCheckpoints", "%d must be at least 1", c.MaxUndeliveredCheckpoints)
 	case c.MaxLiveWindows < 0:
 		return configError("maxLiveWindows", "%d is negative (0 means no budget)", c.MaxLiveWindows)
+	case c.Partitioner != "" && !c.Partitioner.valid():
+		return configError("kafka.partitioner", "%q is none of murmur2 (Kafka's Java default), crc32 (librdkafka's), fnv1a (Sarama's, kafka-go's), none", c.Partitioner)
 	case c.PartitionDiscovery < 0:
 		return configError("kafka.metadataInterval", "%s is negative (0 disables partition discovery)", c.PartitionDiscovery)
 	case c.DrainTimeout < 0:
@@ -263,6 +270,11 @@ type Engine struct {
 	// topicIDs are the source topics' identities, as recorded in the state
 	// or first seen; unrecordedTopicIDs those the next checkpoint records.
 	topicIDs, unrecordedTopicIDs map[string]string
+	// owners checks that records arrive on their customer's partition;
+	// set at recovery, read-only while running.
+	owners ownership
+	// unrecordedCounts are partition counts the next checkpoint records.
+	unrecordedCounts map[string]int32
 }
 
 // watermarkRequest asks the dispatcher to move the watermark to at least

@@ -112,12 +112,15 @@ const (
 	ReasonNoSubscription Reason = "no_subscription"
 	// ReasonUnpriced: the customer's plan does not price the meter.
 	ReasonUnpriced Reason = "unpriced"
+	// ReasonWrongPartition: the record arrived on another partition than
+	// its customer's (see ownership).
+	ReasonWrongPartition Reason = "wrong_partition"
 )
 
 // allReasons lists every Reason, so that metrics start at zero for each.
 func allReasons() []Reason {
 	return []Reason{ReasonInvalidJSON, ReasonInvalidField, ReasonMissingField, ReasonUnknownMeter, ReasonTimeRange,
-		ReasonLate, ReasonTooLarge, ReasonRating, ReasonCardinality, ReasonNoSubscription, ReasonUnpriced}
+		ReasonLate, ReasonTooLarge, ReasonRating, ReasonCardinality, ReasonNoSubscription, ReasonUnpriced, ReasonWrongPartition}
 }
 
 // DeadLetter is a record that could not be aggregated, with why. The original

@@ -288,7 +288,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 	var lastDedupExpiry, lastFinalized int64
 	for pc := range writes {
 		cp := &state.Checkpoint{Seq: pc.seq, Partitions: pc.partitions, Outbox: make(map[state.Stream][][]byte),
-			WatermarkNs: pc.watermarkNs, HasWatermark: pc.watermarkNs != minWatermark, TopicIDs: pc.topicIDs}
+			WatermarkNs: pc.watermarkNs, HasWatermark: pc.watermarkNs != minWatermark, TopicIDs: pc.topicIDs, PartitionCounts: pc.partitionCounts}
 		dead := pc.deadLetters
 		revenue := make(map[string]decimal.Decimal)
 		duplicates := make(map[string]uint64)

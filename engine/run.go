@@ -61,8 +61,10 @@ type pendingCheckpoint struct {
 	deadLetters []DeadLetter
 	watermarkNs int64
 	replies     chan *shardSnapshot
-	// topicIDs are source topic identities not recorded yet.
-	topicIDs map[string]string
+	// topicIDs and partitionCounts are source topic identities and
+	// partition counts not recorded yet.
+	topicIDs        map[string]string
+	partitionCounts map[string]int32
 }
 
 // Run recovers state, then consumes until Shutdown (graceful, returns nil)
@@ -210,6 +212,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	}
 	e.topicIDs = recorded
 	maps.Copy(e.topicIDs, e.unrecordedTopicIDs)
+	if err := e.recoverPartitionCounts(ids); err != nil {
+		return nil, err
+	}
 	now := e.now()
 	out := make([]*partitionProgress, len(ids))
 	for i, id := range ids {
@@ -344,6 +349,11 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 			}
 			b.records++
 			scratch, err = e.decoder.DecodeAt(rec.Value, scratch[:0], rec.Timestamp)
+			if err == nil && len(scratch) > 0 {
+				if why := e.owners.misplaced(id, scratch[0].Customer); why != "" {
+					err = &decodeError{reason: ReasonWrongPartition, detail: why}
+				}
+			}
 			if err != nil {
 				var de *decodeError
 				if !errors.As(err, &de) {
@@ -415,7 +425,7 @@ func (e *Engine) dispatch(ctx context.Context, inputs dispatchInputs, writes cha
 	var pending *checkpointRequest
 	// Topic identities seen for the first time go into the next
 	// checkpoint (a crash before it finds them again at start).
-	unrecordedTopicIDs := e.unrecordedTopicIDs
+	unrecordedTopicIDs, unrecordedCounts := e.unrecordedTopicIDs, e.unrecordedCounts
 	// requested cuts pending's checkpoint once its offsets are dispatched.
 	var cut func(time.Time, bool) error
 	requested := func() error {
@@ -450,8 +460,8 @@ func (e *Engine) dispatch(ctx context.Context, inputs dispatchInputs, writes cha
 			lastEmitOpen = now
 		}
 		cp := &pendingCheckpoint{seq: seq, cutAt: now, deadLetters: dead, watermarkNs: wm,
-			replies: make(chan *shardSnapshot, len(e.shards)), topicIDs: unrecordedTopicIDs}
-		dead, unrecordedTopicIDs = nil, nil
+			replies: make(chan *shardSnapshot, len(e.shards)), topicIDs: unrecordedTopicIDs, partitionCounts: unrecordedCounts}
+		dead, unrecordedTopicIDs, unrecordedCounts = nil, nil, nil
 		for _, p := range partitions {
 			if p.nextOffset >= 0 {
 				cp.partitions = append(cp.partitions, state.PartitionProgress{Topic: p.id.Topic, Partition: p.id.Partition,

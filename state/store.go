@@ -67,6 +67,9 @@ var (
 	// prefixTopic holds each source topic's identity (its Kafka topic ID)
 	// when its offsets were first checkpointed.
 	prefixTopic = []byte("t/")
+	// prefixPartitionCount holds each source topic's partition count when
+	// its state began: producers placed customers by it.
+	prefixPartitionCount = []byte("n/")
 )
 
 // Stream names an outbox stream: the kind of entries delivered together.
@@ -250,6 +253,8 @@ type Checkpoint struct {
 	OutboxTrim map[Stream]OutboxPos
 	// TopicIDs records source topics' identities (topic -> ID).
 	TopicIDs map[string]string
+	// PartitionCounts records source topics' partition counts.
+	PartitionCounts map[string]int32
 }
 
 // OutboxPos is a position in an outbox stream: entry Index of checkpoint Seq.
@@ -329,6 +334,12 @@ func (s *Store) Commit(cp *Checkpoint) error {
 	for topic, id := range cp.TopicIDs {
 		if err := b.Set(append(append([]byte(nil), prefixTopic...), topic...), []byte(id), nil); err != nil {
 			return fmt.Errorf("state: batch topic id: %w", err)
+		}
+	}
+	for topic, n := range cp.PartitionCounts {
+		k := append(append([]byte(nil), prefixPartitionCount...), topic...)
+		if err := b.Set(k, binary.BigEndian.AppendUint32(nil, uint32(n)), nil); err != nil {
+			return fmt.Errorf("state: batch partition count: %w", err)
 		}
 	}
 	for stream, pos := range cp.OutboxTrim {
@@ -428,6 +439,20 @@ func (s *Store) TopicIDs() (map[string]string, error) {
 	out := make(map[string]string)
 	err := s.scan(prefixTopic, func(k, v []byte) error {
 		out[string(k)] = string(v)
+		return nil
+	})
+	return out, err
+}
+
+// PartitionCounts returns the partition count recorded for each source
+// topic.
+func (s *Store) PartitionCounts() (map[string]int32, error) {
+	out := make(map[string]int32)
+	err := s.scan(prefixPartitionCount, func(k, v []byte) error {
+		if len(v) != 4 {
+			return fmt.Errorf("state: partition count of %q holds %d bytes, want 4: state is corrupt", k, len(v))
+		}
+		out[string(k)] = int32(binary.BigEndian.Uint32(v))
 		return nil
 	})
 	return out, err

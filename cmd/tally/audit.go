@@ -117,8 +117,37 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 		value []byte
 		stamp time.Time
 	}
+	// Records the live engine dead-lettered as wrong_partition are left
+	// out, as it left them out.
+	prices, err := loadPricing(cfg)
+	if err != nil {
+		return 0, err
+	}
+	meters, err := compileMeters(cfg, prices)
+	if err != nil {
+		return 0, err
+	}
+	decoder := engine.NewDecoder(meters)
+	parts, err := src.Partitions(ctx)
+	if err != nil {
+		return 0, err
+	}
+	counts := make(map[string]int)
+	for _, p := range parts {
+		counts[p.Topic] = max(counts[p.Topic], int(p.Partition)+1)
+	}
+	partitioner := engine.Partitioner(cfg.Kafka.Partitioner)
+	var events []engine.Event
+	misplaced := 0
 	byPartition := make(map[engine.PartitionID][]engine.Record)
 	err = src.ReadToEnd(ctx, func(p engine.PartitionID, r engine.Record) error {
+		var derr error
+		if events, derr = decoder.DecodeAt(r.Value, events[:0], r.Timestamp); derr == nil && len(events) > 0 {
+			if partitioner.Misplaced(p, events[0].Customer, counts[p.Topic]) != "" {
+				misplaced++
+				return nil
+			}
+		}
 		if bytes.IndexByte(r.Value, '\n') >= 0 {
 			return fmt.Errorf("audit: %s offset %d holds a newline: it cannot go through the JSON-lines export", p, r.Offset)
 		}
@@ -127,6 +156,9 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 	})
 	if err != nil {
 		return 0, err
+	}
+	if misplaced > 0 {
+		log.Warn("audit: left out records on another partition than their customer's, as the live engine dead-letters them (wrong_partition)", "records", misplaced)
 	}
 	var all []rec
 	for _, records := range byPartition {

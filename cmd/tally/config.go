@@ -36,6 +36,7 @@ type Config struct {
 		// Isolation is read_committed (default: records of aborted
 		// transactions never count) or read_uncommitted.
 		Isolation        string        `yaml:"isolation"`
+		Partitioner      string        `yaml:"partitioner"`
 		MetadataInterval time.Duration `yaml:"metadataInterval"`
 		// Output topics that do not exist are created with these.
 		TopicPartitions  int `yaml:"topicPartitions"`
@@ -93,6 +94,7 @@ func defaultConfig() Config {
 	c.Kafka.RatedTopic = "rated-usage"
 	c.Kafka.DeadLetterTopic = "usage-dead-letters"
 	c.Kafka.Isolation = "read_committed"
+	c.Kafka.Partitioner = string(d.Partitioner)
 	c.Kafka.MetadataInterval = d.PartitionDiscovery
 	c.Kafka.TopicPartitions = -1
 	c.Kafka.TopicReplication = -1
@@ -135,6 +137,7 @@ func (c *Config) engineConfig() engine.Config {
 		Timezone: c.Timezone, Customers: c.Customers,
 		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
 		MaxLiveWindows: c.MaxLiveWindows, PartitionDiscovery: c.Kafka.MetadataInterval, DrainTimeout: c.DrainTimeout,
+		Partitioner: engine.Partitioner(c.Kafka.Partitioner),
 	}
 }
 
@@ -176,6 +179,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Kafka.RatedTopic, "kafka.ratedTopic", "topic for rated rows (empty disables)")
 	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
 	str(&c.Kafka.Isolation, "kafka.isolation", "read_committed (records of aborted transactions never count) or read_uncommitted")
+	str(&c.Kafka.Partitioner, "kafka.partitioner", "how producers key usage by customer: murmur2 (Kafka's Java default), crc32 (librdkafka's), fnv1a (Sarama's, kafka-go's), none (no check)")
 	dur(&c.Kafka.MetadataInterval, "kafka.metadataInterval", "how often topics are looked at again: partitions added are read within it (0 = never)")
 	num(&c.Kafka.TopicPartitions, "kafka.topicPartitions", "partitions of an output topic Tally creates (-1 = the broker's default)")
 	num(&c.Kafka.TopicReplication, "kafka.topicReplication", "replication factor of an output topic Tally creates (-1 = the broker's default)")

@@ -85,7 +85,8 @@ func produce(t *testing.T, brokers []string, topic string, msgs [][2]string) {
 		}
 		fmt.Fprintf(&in, "%s\t%s\n", m[0], m[1])
 	}
-	cmd := exec.Command(requireTool(t, "kcat"), "-P", "-b", strings.Join(brokers, ","), "-t", topic, "-K", "\t", "-X", "acks=all")
+	cmd := exec.Command(requireTool(t, "kcat"), "-P", "-b", strings.Join(brokers, ","), "-t", topic, "-K", "\t", "-X", "acks=all",
+		"-X", "partitioner=murmur2_random") // Kafka's Java default, Tally's default kafka.partitioner
 	cmd.Stdin = &in
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("kcat produce: %v\n%s", err, out)

@@ -2,7 +2,9 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tally-billing/tally/engine"
 )
@@ -59,8 +61,21 @@ func (s *Source) readRange(ctx context.Context, p engine.PartitionID, end int64,
 	}
 	defer r.Close()
 	for {
-		records, err := r.Fetch(ctx)
+		fetchCtx, cancel := context.WithTimeout(ctx, readToEndQuiet)
+		records, err := r.Fetch(fetchCtx)
+		cancel()
 		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				// Nothing below end came for a while: what is left there
+				// was filtered by kgo (records of aborted transactions
+				// whose marker is past end, behind a transaction still
+				// open) or removed by compaction. Done, once the broker
+				// answers (a broker that is down is waited for).
+				if _, lerr := s.adm.ListCommittedOffsets(ctx, p.Topic); lerr == nil {
+					return nil
+				}
+				continue
+			}
 			return err
 		}
 		for _, rec := range records {
@@ -72,11 +87,14 @@ func (s *Source) readRange(ctx context.Context, p engine.PartitionID, end int64,
 					return err
 				}
 			}
-			// Done at end, or once caught up with a log that has reached
-			// end since (compaction may have removed the record at end-1).
-			if rec.Offset == end-1 || rec.Offset+1 >= rec.HighWater {
+			if rec.Offset == end-1 {
 				return nil
 			}
 		}
 	}
 }
+
+// readToEndQuiet is how long ReadToEnd waits for more of a partition
+// below its end before deciding the rest was filtered or compacted away.
+// Committed records below the last stable offset come at once.
+const readToEndQuiet = 5 * time.Second

@@ -29,6 +29,11 @@ func newWriter(cfg WriterConfig, log *slog.Logger) (*writer, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordPartitioner(fnvPartitioner()),
 		kgo.ProducerLinger(0),
+		// A stop must not wait for a broker that does not answer: records
+		// in flight may then be written twice, which sinks absorb (rows
+		// are idempotent on identity and revision, dead letters on their
+		// source position).
+		kgo.AllowIdempotentProduceCancellation(),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka writer for %s: %w", cfg.Topic, err)

@@ -190,10 +190,11 @@ func (s *Source) Open(_ context.Context, p engine.PartitionID, offset int64) (en
 // fetched is one partition's share of a poll.
 type fetched struct {
 	records []*kgo.Record
-	// highWater is what a reader can reach: the last stable offset when
-	// reading committed (an open transaction holds it back), else the high
-	// watermark.
-	highWater int64
+	// highWater is the partition's high watermark. Reading committed, the
+	// records of an open transaction wait behind the last stable offset,
+	// but they are not "nothing to give": a partition counts as caught up
+	// only at the high watermark, which the transaction's marker reaches.
+	highWater   int64
 	logStart  int64
 	err       error
 }
@@ -213,7 +214,12 @@ func (s *Source) poll(ctx context.Context) {
 				for i := range t.Partitions {
 					fp := &t.Partitions[i]
 					if fp.Partition < 0 {
-						continue // a client-level note (context ended)
+						// A client-level error (a context ended, or a
+						// response too large); kgo retries what it can.
+						if fp.Err != nil && ctx.Err() == nil && !errors.Is(fp.Err, context.Canceled) {
+							s.log.Warn("kafka fetch", "err", fp.Err)
+						}
+						continue
 					}
 					s.mu.Lock()
 					r := s.readers[engine.PartitionID{Topic: t.Topic, Partition: fp.Partition}]
@@ -221,11 +227,7 @@ func (s *Source) poll(ctx context.Context) {
 					if r == nil {
 						continue // closed since the fetch was asked for
 					}
-					hw := fp.LastStableOffset
-					if s.cfg.ReadUncommitted || hw < 0 {
-						hw = fp.HighWatermark
-					}
-					f := fetched{records: fp.Records, highWater: hw, logStart: fp.LogStartOffset, err: fp.Err}
+					f := fetched{records: fp.Records, highWater: fp.HighWatermark, logStart: fp.LogStartOffset, err: fp.Err}
 					select {
 					case r.ch <- f:
 					case <-r.closed:
@@ -260,10 +262,17 @@ func (r *partitionReader) Fetch(ctx context.Context) ([]engine.Record, error) {
 	if f.err != nil {
 		return nil, r.fatal(f.err)
 	}
+	// Invariant: a partition opened at an offset is read from exactly that
+	// offset. kgo may place a partition it has no metadata for yet by
+	// listing offsets and clamping to the log's start or end, without
+	// NoResetOffset's error; both are caught here, never skipped.
+	if r.next >= 0 && f.logStart > r.next {
+		return nil, r.fatal(kerr.OffsetOutOfRange)
+	}
 	out := make([]engine.Record, 0, len(f.records))
 	for _, rec := range f.records {
-		if rec.Offset < r.next && r.next != engine.OffsetEarliest {
-			continue
+		if r.next >= 0 && rec.Offset < r.next {
+			return nil, fmt.Errorf("%s: record at offset %d, before the offset %d Tally resumes from: the log is behind the state (records lost on the broker, or the state folder belongs to another cluster); nothing is skipped silently: recover the cluster, or start from a fresh state folder deliberately", r.id, rec.Offset, r.next)
 		}
 		r.next = rec.Offset + 1
 		out = append(out, engine.Record{Offset: rec.Offset, Value: rec.Value, HighWater: f.highWater,

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tally-billing/tally/engine"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -129,4 +130,49 @@ func TestSourceReportsDeletedOffsets(t *testing.T) {
 	if _, err := r.Fetch(ctx); !errors.Is(err, ErrOffsetGone) {
 		t.Errorf("Fetch beyond the log = %v, want ErrOffsetGone", err)
 	}
+}
+
+// TestSourceNeverClampsAnOffset: a partition opened at an offset retention
+// has deleted, while the client is still learning its metadata (a second
+// topic opened right after a first), is an error, never a silent start at
+// the log's first offset.
+func TestSourceNeverClampsAnOffset(t *testing.T) {
+	brokers := cluster(t)
+	var recs []*kgo.Record
+	for i := range 10 {
+		recs = append(recs, &kgo.Record{Topic: "usage", Partition: 0, Value: []byte(fmt.Sprint(i))})
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := kadm.NewClient(cl).DeleteRecords(ctx, kadm.Offsets{"usage": {0: {Topic: "usage", Partition: 0, At: 5}}})
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := newSource(t, brokers, "dead", "usage")
+	first, _ := src.Open(ctx, engine.PartitionID{Topic: "dead", Partition: 0}, engine.OffsetEarliest)
+	defer first.Close()
+	r, _ := src.Open(ctx, engine.PartitionID{Topic: "usage", Partition: 0}, 2)
+	defer r.Close()
+	got, err := r.Fetch(ctx)
+	if !errors.Is(err, ErrOffsetGone) {
+		t.Errorf("Fetch from a deleted offset = %d records from %v, %v; want ErrOffsetGone", len(got), firstOffset(got), err)
+	}
+}
+
+func firstOffset(recs []engine.Record) any {
+	if len(recs) == 0 {
+		return "-"
+	}
+	return recs[0].Offset
 }

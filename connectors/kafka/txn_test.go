@@ -151,3 +151,47 @@ func TestSourceReadUncommittedSeesAborted(t *testing.T) {
 		t.Errorf("read uncommitted: %d records (%v), want %d", len(all), err, len(want)+7)
 	}
 }
+
+// TestReadToEndBehindOpenTransaction: records of an aborted transaction
+// whose marker lies past the end (behind another transaction still open)
+// never come; ReadToEnd ends anyway, with the committed records.
+func TestReadToEndBehindOpenTransaction(t *testing.T) {
+	brokers := cluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	newTxn := func(id string) *kgo.Client {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.TransactionalID(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cl.Close)
+		return cl
+	}
+	rec := func(v string) *kgo.Record { return &kgo.Record{Topic: "usage", Partition: 0, Value: []byte(v)} }
+	produce(t, brokers, &kgo.Record{Topic: "usage", Partition: 0, Value: []byte("plain-0")}, &kgo.Record{Topic: "usage", Partition: 0, Value: []byte("plain-1")})
+	d, a := newTxn("d"), newTxn("a")
+	if err := d.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ProduceSync(ctx, rec("aborted-2"), rec("aborted-3")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ProduceSync(ctx, rec("open-4")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.EndTransaction(ctx, kgo.TryAbort); err != nil {
+		t.Fatal(err)
+	}
+	src := newSource(t, brokers, "usage")
+	var got []string
+	err := src.ReadToEnd(ctx, func(p engine.PartitionID, r engine.Record) error {
+		got = append(got, string(r.Value))
+		return nil
+	})
+	if err != nil || !slices.Equal(got, []string{"plain-0", "plain-1"}) {
+		t.Errorf("ReadToEnd = %q, %v; want the two plain records", got, err)
+	}
+}
