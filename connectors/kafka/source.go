@@ -194,7 +194,7 @@ type fetched struct {
 	// records of an open transaction wait behind the last stable offset,
 	// but they are not "nothing to give": a partition counts as caught up
 	// only at the high watermark, which the transaction's marker reaches.
-	highWater   int64
+	highWater int64
 	logStart  int64
 	err       error
 }

@@ -162,6 +162,9 @@ func TestSourceNeverClampsAnOffset(t *testing.T) {
 	src := newSource(t, brokers, "dead", "usage")
 	first, _ := src.Open(ctx, engine.PartitionID{Topic: "dead", Partition: 0}, engine.OffsetEarliest)
 	defer first.Close()
+	// The first open's metadata request is in flight now (kgo then clamped
+	// in 8 of 10 runs before the fix).
+	time.Sleep(100 * time.Microsecond)
 	r, _ := src.Open(ctx, engine.PartitionID{Topic: "usage", Partition: 0}, 2)
 	defer r.Close()
 	got, err := r.Fetch(ctx)
