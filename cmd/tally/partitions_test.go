@@ -72,7 +72,10 @@ func metricLabels(a *app, name string) []string {
 
 // TestPartitionsAddedWhileRunning: a topic grows from 2 to 4 partitions
 // while Tally runs; the new ones are read from their first offset within
-// the metadata interval and their lag is reported.
+// the metadata interval and their lag is reported. The producer here puts
+// customers on the new partitions, so the ownership check is off
+// (kafka.partitioner none: the operator vouches that no customer is on two
+// partitions); TestGrownTopicMovedCustomers has it on.
 func TestPartitionsAddedWhileRunning(t *testing.T) {
 	chAddr := clickHouseAddr(t)
 	brokers := startKafka(t, 2)
@@ -84,6 +87,7 @@ func TestPartitionsAddedWhileRunning(t *testing.T) {
 	database := testDatabase(t)
 	cfg := testConfig(t, brokers, chAddr, database)
 	cfg.Kafka.MetadataInterval = 200 * time.Millisecond
+	cfg.Kafka.Partitioner = "none"
 	r := start(t, cfg)
 	waitFor(t, 30*time.Second, "the first half to be read", func() string {
 		if c := r.app.engine.Stats().Consumed; c < uint64(half) {
@@ -110,6 +114,83 @@ func TestPartitionsAddedWhileRunning(t *testing.T) {
 	}
 	if c := r.app.engine.Stats().Consumed; c != uint64(len(s.msgs)) {
 		t.Errorf("consumed %d records, produced %d", c, len(s.msgs))
+	}
+}
+
+// TestGrownTopicMovedCustomers: with the ownership check on (the default),
+// a topic grown from 2 to 4 partitions under a keyed producer (Kafka's
+// default partitioner) moves some customers to the new partitions; their
+// records there are dead-lettered as wrong_partition, every one, and the
+// rest is billed.
+func TestGrownTopicMovedCustomers(t *testing.T) {
+	brokers := startKafka(t, 2)
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	s := makeStream(35, 3000, base)
+	half := len(s.msgs) / 2
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("usage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	send := func(msgs [][2]string) kgo.ProduceResults {
+		records := make([]*kgo.Record, len(msgs))
+		for i, m := range msgs {
+			records[i] = &kgo.Record{Key: []byte(m[0]), Value: []byte(m[1])}
+		}
+		results := cl.ProduceSync(context.Background(), records...)
+		if err := results.FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		return results
+	}
+	send(s.msgs[:half])
+	cfg := testConfig(t, brokers, "", "")
+	cfg.Kafka.MetadataInterval = 200 * time.Millisecond
+	r := start(t, cfg)
+	waitFor(t, 30*time.Second, "the first half to be read", func() string {
+		if c := r.app.engine.Stats().Consumed; c < uint64(half) {
+			return "consumed " + strconv.FormatUint(c, 10)
+		}
+		return ""
+	})
+	if _, err := adminClient(t, brokers).CreatePartitions(context.Background(), 2, "usage"); err != nil {
+		t.Fatal(err)
+	}
+	// The producer learns of the new partitions and places by 4 from now.
+	waitFor(t, 10*time.Second, "the producer to see 4 partitions", func() string {
+		cl.ForceMetadataRefresh()
+		if res := send([][2]string{{"probe", "not json"}}); res[0].Record.Partition < 2 {
+			return "still 2"
+		}
+		return ""
+	})
+	moved := 0
+	for _, res := range send(s.msgs[half:]) {
+		if res.Record.Partition >= 2 && !s.malformed[string(res.Record.Value)] {
+			moved++
+		}
+	}
+	waitFor(t, 30*time.Second, "every record to be read", func() string {
+		if c := r.app.engine.Stats().Consumed; c < uint64(len(s.msgs)) {
+			return "consumed " + strconv.FormatUint(c, 10)
+		}
+		return ""
+	})
+	close(r.stop)
+	if err := <-r.done; err != nil {
+		t.Fatalf("graceful shutdown: %v", err)
+	}
+	wrong := 0
+	for _, m := range consume(t, brokers, "usage-dead-letters") {
+		if strings.Contains(m.headers, "tally-reason=wrong_partition") {
+			wrong++
+			if !strings.Contains(m.key, "usage/2/") && !strings.Contains(m.key, "usage/3/") {
+				t.Errorf("wrong_partition dead letter %s is not on a new partition", m.key)
+			}
+		}
+	}
+	if moved == 0 || wrong != moved {
+		t.Errorf("%d wrong_partition dead letters, want the %d well-formed records the producer put on the new partitions", wrong, moved)
 	}
 }
 
