@@ -117,6 +117,9 @@ type Config struct {
 	// must be keyed by customer); records that arrived elsewhere are
 	// dead-lettered as wrong_partition. PartitionerNone checks nothing.
 	Partitioner Partitioner
+	// ownershipCounts, set by a Node, are the partition counts customers
+	// are placed by, the same for every task (recorded by the Node).
+	ownershipCounts map[string]int
 	// PartitionDiscovery is how often (wall clock) the source's partitions
 	// are listed again: partitions added to a topic are read from their
 	// first offset within it. 0 disables.
@@ -323,7 +326,10 @@ type stats struct {
 	spilled        atomic.Uint64
 	lag            atomic.Int64
 	watermarkNs    atomic.Int64
-	revenueMu      sync.Mutex
+	// idle is set when every partition had nothing to give for
+	// IdleTimeout (see watermark); a Node then moves the task's time on.
+	idle      atomic.Bool
+	revenueMu sync.Mutex
 	revenue        map[string]decimal.Decimal
 }
 

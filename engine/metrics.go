@@ -31,6 +31,9 @@ type Metrics struct {
 	backpressure       prometheus.Gauge
 	coldReads          prometheus.Counter
 	spilled            prometheus.Counter
+
+	reg        prometheus.Registerer
+	collectors []prometheus.Collector
 }
 
 // NewMetrics registers the engine's metrics on reg.
@@ -103,9 +106,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tally_state_reads_total", Help: "Windows and event ids read back from the store for late records (committed).",
 		}),
 	}
-	reg.MustRegister(m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
+	m.reg = reg
+	m.collectors = []prometheus.Collector{m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
 		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.sinkBatchDuration,
 		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.unreadOffsets, m.watermark, m.liveWindows,
-		m.dedupIDs, m.backpressure, m.coldReads, m.spilled)
+		m.dedupIDs, m.backpressure, m.coldReads, m.spilled}
+	reg.MustRegister(m.collectors...)
 	return m
+}
+
+// unregister removes the metrics from their registry (a task that left).
+func (m *Metrics) unregister() {
+	for _, c := range m.collectors {
+		m.reg.Unregister(c)
+	}
 }

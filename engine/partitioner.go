@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"hash/crc32"
+	"maps"
 )
 
 // Partitioner names the function producers place a customer's records with:
@@ -116,6 +117,11 @@ func (e *Engine) recoverPartitionCounts(listed []PartitionID) error {
 	}
 	e.owners = ownership{partitioner: e.cfg.Partitioner, counts: make(map[string]int)}
 	e.unrecordedCounts = nil
+	if e.cfg.ownershipCounts != nil {
+		// A task of a Node: every task checks by the Node's counts.
+		maps.Copy(e.owners.counts, e.cfg.ownershipCounts)
+		return nil
+	}
 	for topic, n := range now {
 		if r, ok := recorded[topic]; ok {
 			if r != n {

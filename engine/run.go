@@ -620,6 +620,7 @@ func (e *Engine) watermark(partitions []*partitionProgress, now time.Time, prev 
 			wm, found = pw, true
 		}
 	}
+	e.stats.idle.Store(!active)
 	if !active && furthest != minWatermark {
 		// Every partition had nothing to give for idleTimeout: none holds
 		// time back, so it is as far as the furthest one got (the end of a

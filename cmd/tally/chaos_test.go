@@ -41,7 +41,16 @@ func envInt(name string, def int) int {
 	return def
 }
 
+// TestChaosKills runs the chaos in both engine layouts: one engine for
+// every partition (scaleOut: off) and one task per partition, each with its
+// own state (scaleOut: local).
 func TestChaosKills(t *testing.T) {
+	for _, mode := range []string{scaleOutOff, scaleOutLocal} {
+		t.Run("scaleOut="+mode, func(t *testing.T) { chaosKills(t, mode) })
+	}
+}
+
+func chaosKills(t *testing.T, scaleOut string) {
 	chAddr := clickHouseAddr(t)
 	kills := envInt("TALLY_CHAOS_KILLS", 10)
 	records := envInt("TALLY_CHAOS_RECORDS", 20000)
@@ -78,7 +87,8 @@ emitOpenEvery: 150ms
 sinkBatchRows: 200
 allowedLateness: 10m
 finalizeAfter: 72h
-%s`, plan, filepath.Join(dir, "state"), strings.Join(brokers, ", "), chAddr, database, world.ConfigYAML())), 0o644)
+scaleOut: %s
+%s`, plan, filepath.Join(dir, "state"), strings.Join(brokers, ", "), chAddr, database, scaleOut, world.ConfigYAML())), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,16 @@ type Config struct {
 	SinkBatchRows             int            `yaml:"sinkBatchRows"`
 	MaxLiveWindows            int            `yaml:"maxLiveWindows"`
 	DrainTimeout              time.Duration  `yaml:"drainTimeout"`
+	// ScaleOut is off (one engine for every partition) or local (one task
+	// per partition, each with its own state, docs/scale-out.md).
+	ScaleOut string `yaml:"scaleOut"`
 }
+
+// ScaleOut values.
+const (
+	scaleOutOff   = "off"
+	scaleOutLocal = "local"
+)
 
 func defaultConfig() Config {
 	d := engine.DefaultConfig()
@@ -99,6 +108,7 @@ func defaultConfig() Config {
 	c.Kafka.TopicPartitions = -1
 	c.Kafka.TopicReplication = -1
 	c.DrainTimeout = d.DrainTimeout
+	c.ScaleOut = scaleOutOff
 	c.ClickHouse.Database = "tally"
 	c.ClickHouse.Table = "rated_usage"
 	c.ClickHouse.Username = "default"
@@ -206,6 +216,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
 	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.1 KB each); closed ones beyond it spill to disk; 0 = none")
+	str(&c.ScaleOut, "scaleOut", "off: one engine reads every partition; local: one task per partition, each with its own state under stateDir/tasks (docs/scale-out.md)")
 	dur(&c.DrainTimeout, "drainTimeout", "a graceful stop waits this long for sinks; rows left stay in the outbox for the next start (0 = no limit)")
 }
 
@@ -306,6 +317,10 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("kafka.topics", "empty; list the usage topics to read")
 	case c.Kafka.DeadLetterTopic == "":
 		return bad("kafka.deadLetterTopic", "empty; records that fail must go somewhere")
+	case c.ScaleOut != scaleOutOff && c.ScaleOut != scaleOutLocal:
+		return bad("scaleOut", "%q is neither off nor local", c.ScaleOut)
+	case c.ScaleOut == scaleOutLocal && c.Kafka.Partitioner == string(engine.PartitionerNone):
+		return bad("kafka.partitioner", "none, but scaleOut: local places each customer's state and fees in one task by it: name the producers' partitioner")
 	case c.Kafka.Isolation != "read_committed" && c.Kafka.Isolation != "read_uncommitted":
 		return bad("kafka.isolation", "%q is neither read_committed nor read_uncommitted", c.Kafka.Isolation)
 	case c.Kafka.TopicPartitions == 0 || c.Kafka.TopicPartitions < -1:

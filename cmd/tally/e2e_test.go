@@ -422,6 +422,10 @@ func testConfig(t *testing.T, brokers []string, chAddr, database string) Config 
 	cfg.EmitOpenEvery = 200 * time.Millisecond
 	cfg.SinkBatchRows = 500
 	cfg.Shards = 3
+	// TALLY_TEST_SCALE_OUT=local runs these tests on partition-owned tasks.
+	if mode := os.Getenv("TALLY_TEST_SCALE_OUT"); mode != "" {
+		cfg.ScaleOut = mode
+	}
 	if err := cfg.validate(true); err != nil {
 		t.Fatal(err)
 	}

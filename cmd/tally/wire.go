@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -27,7 +28,7 @@ import (
 // app is one wired Tally: store, engine, sinks and HTTP endpoints.
 type app struct {
 	cfg      Config
-	engine   *engine.Engine
+	engine   runner
 	registry *prometheus.Registry
 	closers  []io.Closer // closed in reverse order
 	listener net.Listener
@@ -134,11 +135,16 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if crash != nil {
 		log.Warn("crash injection armed: this process kills itself at random", "env", faultsEnv)
 	}
-	store, err := state.Open(cfg.StateDir)
-	if err != nil {
-		return nil, err
+	var store *state.Store
+	if cfg.ScaleOut == scaleOutOff {
+		if _, err := os.Stat(filepath.Join(cfg.StateDir, "tasks")); err == nil {
+			return nil, fmt.Errorf("config key scaleOut: state folder %s holds partition-owned tasks (scaleOut: local); run with scaleOut: local, or give another stateDir", cfg.StateDir)
+		}
+		if store, err = state.Open(cfg.StateDir); err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, store)
 	}
-	a.closers = append(a.closers, store)
 
 	if err := ensureOutputTopics(ctx, cfg, log); err != nil {
 		return nil, err
@@ -194,14 +200,22 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	}
 	horizon, _ := cfg.horizon() // validated
 	decoder := engine.NewDecoder(meters, engine.WithMaxFutureSkew(cfg.MaxFutureSkew), engine.WithHorizon(horizon))
-	metrics := engine.NewMetrics(a.registry)
 	ecfg := cfg.engineConfig()
 	if crash != nil {
 		ecfg.FaultHook = crash.at
 	}
-	a.engine, err = engine.New(ecfg, store, source, decoder,
-		prices, sinks, deadSinks, metrics, log)
+	if cfg.ScaleOut == scaleOutLocal {
+		a.engine, err = engine.NewNode(engine.NodeConfig{Engine: ecfg, StateDir: cfg.StateDir}, source, decoder,
+			prices, sinks, deadSinks, a.registry, log)
+	} else {
+		a.engine, err = engine.New(ecfg, store, source, decoder,
+			prices, sinks, deadSinks, engine.NewMetrics(a.registry), log)
+	}
 	if err != nil {
+		var ce *engine.ConfigError
+		if errors.As(err, &ce) {
+			return nil, fmt.Errorf("config key %s (flag --%s): %s", ce.Key, flagName(ce.Key), ce.Problem)
+		}
 		return nil, err
 	}
 	if cfg.HTTPAddr != "" {
@@ -211,6 +225,17 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		}
 	}
 	return a, nil
+}
+
+// runner is what the app needs of an engine: one (scaleOut: off) or a
+// Node of partition-owned tasks (scaleOut: local).
+type runner interface {
+	Run(ctx context.Context) error
+	Shutdown()
+	Stats() engine.Stats
+	Ready() error
+	Warnings() []string
+	Usage(ctx context.Context, req engine.UsageRequest) (engine.Usage, error)
 }
 
 // ensureOutputTopics creates the output topics that do not exist, or fails

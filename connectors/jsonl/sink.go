@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/tally-billing/tally/engine"
 )
@@ -19,6 +20,7 @@ import (
 // Sink appends rows to a file. It implements engine.Sink.
 type Sink struct {
 	path string
+	mu   sync.Mutex // engines of several tasks may share the sink
 	f    *os.File
 }
 
@@ -75,6 +77,8 @@ func (s *Sink) Name() string { return "jsonl:" + s.path }
 
 // Write appends rows and syncs the file.
 func (s *Sink) Write(_ context.Context, rows []engine.RatedRow) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	w := bufio.NewWriterSize(s.f, 1<<16)
 	enc := json.NewEncoder(w)
 	for i := range rows {

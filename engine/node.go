@@ -1,0 +1,472 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/state"
+)
+
+// Node runs one Engine per task, the scale-out model of docs/scale-out.md:
+// a task is one partition number of the usage topics (partition p of each,
+// the topics co-partitioned), and everything that decides its customers'
+// money (windows, periods, subscriptions, dedup ids, offsets, watermark,
+// outbox) lives in the task's own state folder, StateDir/tasks/<p>, so that
+// it can move on its own. Today a Node owns every task of the topics (one
+// process); joining a consumer group and moving tasks through changelog
+// topics builds on it.
+//
+// Invariant (one owner): every task places customers by the same partition
+// counts, recorded once for the Node (StateDir/node), so that a customer
+// has state in one task only, also after a topic grows.
+type Node struct {
+	cfg         NodeConfig
+	source      Source
+	decoder     *Decoder
+	rater       Rater
+	sinks       []Sink
+	deadLetters []DeadLetterSink
+	registry    prometheus.Registerer
+	log         *slog.Logger
+
+	mu     sync.Mutex
+	tasks  map[int32]*task
+	counts map[string]int // ownership: partitions per topic, as recorded
+	// lead is the topic whose partition count places fee customers.
+	lead string
+
+	stopOnce sync.Once
+	stop     chan struct{}
+}
+
+// NodeConfig configures a Node.
+type NodeConfig struct {
+	// Engine is every task's engine configuration. Its Partitioner must
+	// place customers (not PartitionerNone): fees and queries go to a
+	// customer's task by it.
+	Engine   Config
+	StateDir string
+}
+
+// task is one running engine.
+type task struct {
+	p       int32
+	engine  *Engine
+	done    chan error
+	metrics *Metrics
+}
+
+// NewNode builds a Node; it reads nothing until Run. Every task's engine
+// shares the source, decoder, rater and sinks (all safe for concurrent use)
+// and registers its metrics on registry with the label task="<p>".
+func NewNode(cfg NodeConfig, source Source, decoder *Decoder, rater Rater, sinks []Sink, deadLetters []DeadLetterSink,
+	registry prometheus.Registerer, log *slog.Logger) (*Node, error) {
+	if err := cfg.Engine.Validate(); err != nil {
+		return nil, fmt.Errorf("engine config: %w", err)
+	}
+	if cfg.Engine.Partitioner == "" || cfg.Engine.Partitioner == PartitionerNone {
+		return nil, configError("kafka.partitioner", "partition-owned tasks need to know where each customer lives: name the producers' partitioner (murmur2, crc32, fnv1a)")
+	}
+	if cfg.StateDir == "" {
+		return nil, configError("stateDir", "empty")
+	}
+	return &Node{cfg: cfg, source: source, decoder: decoder, rater: rater, sinks: sinks, deadLetters: deadLetters,
+		registry: registry, log: log, tasks: make(map[int32]*task), stop: make(chan struct{})}, nil
+}
+
+// Shutdown asks every task to stop gracefully (final checkpoint, sinks
+// drained) and Run to return.
+func (n *Node) Shutdown() { n.stopOnce.Do(func() { close(n.stop) }) }
+
+// Run places the tasks, runs one engine per task until Shutdown (graceful)
+// or ctx ends (immediate), and starts the tasks of partitions added while
+// running. A task that fails stops the Node: its error is returned.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	partitions, err := n.place(ctx)
+	if err != nil {
+		return err
+	}
+	failed := make(chan error, 1)
+	var wg sync.WaitGroup
+	start := func(p int32) error {
+		t, err := n.startTask(ctx, p, &wg, failed)
+		if err != nil {
+			return err
+		}
+		n.mu.Lock()
+		n.tasks[p] = t
+		n.mu.Unlock()
+		return nil
+	}
+	for _, p := range partitions {
+		if err := start(p); err != nil {
+			cancel(err)
+			wg.Wait()
+			return err
+		}
+	}
+	n.log.Info("tasks started", "tasks", len(partitions), "state", filepath.Join(n.cfg.StateDir, "tasks"))
+
+	idleCheck := time.NewTicker(max(n.cfg.Engine.CheckpointInterval, 100*time.Millisecond))
+	defer idleCheck.Stop()
+	var ticks <-chan time.Time
+	if d := n.cfg.Engine.PartitionDiscovery; d > 0 {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		ticks = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return context.Cause(ctx)
+		case err := <-failed:
+			cancel(err)
+			wg.Wait()
+			return err
+		case <-n.stop:
+			for _, t := range n.running() {
+				t.engine.Shutdown()
+			}
+			var errs []error
+			for _, t := range n.running() {
+				if err := <-t.done; err != nil {
+					errs = append(errs, fmt.Errorf("task %d: %w", t.p, err))
+				}
+			}
+			wg.Wait()
+			return errors.Join(errs...)
+		case <-idleCheck.C:
+			if err := n.advanceIdle(ctx); err != nil {
+				cancel(err)
+				wg.Wait()
+				return err
+			}
+		case <-ticks:
+			listed, err := n.partitionNumbers(ctx)
+			if err != nil {
+				n.log.Warn("listing source partitions failed; retrying", "err", err)
+				continue
+			}
+			for _, p := range listed {
+				n.mu.Lock()
+				_, ok := n.tasks[p]
+				n.mu.Unlock()
+				if ok {
+					continue
+				}
+				n.log.Info("new source partition: starting its task, read from its first offset", "task", p)
+				if err := start(p); err != nil {
+					cancel(err)
+					wg.Wait()
+					return err
+				}
+			}
+		}
+	}
+}
+
+// advanceIdle moves the time of tasks whose partitions all had nothing to
+// give for IdleTimeout to where one engine reading every partition would
+// have it: the lowest watermark of the tasks still active, or, when every
+// task is idle, the furthest any got. Without it the windows and periods of
+// a quiet partition's customers would wait for its next record, and the
+// end of a drained stream would close only in the task that read its last
+// record. Invariant: a task's watermark never goes back (AdvanceWatermark
+// only moves it forward).
+func (n *Node) advanceIdle(ctx context.Context) error {
+	tasks := n.running()
+	lowestActive, furthest := int64(math.MaxInt64), int64(minWatermark)
+	anyActive := false
+	for _, t := range tasks {
+		wm := t.engine.stats.watermarkNs.Load()
+		furthest = max(furthest, wm)
+		if !t.engine.stats.idle.Load() {
+			anyActive = true
+			lowestActive = min(lowestActive, wm)
+		}
+	}
+	target := furthest
+	if anyActive {
+		target = lowestActive
+	}
+	if target == minWatermark {
+		return nil
+	}
+	for _, t := range tasks {
+		if !t.engine.stats.idle.Load() || t.engine.stats.watermarkNs.Load() >= target {
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := t.engine.AdvanceWatermark(actx, time.Unix(0, target))
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				continue // the task is busy (a checkpoint, backpressure): next time
+			}
+			return fmt.Errorf("task %d: advance its watermark: %w", t.p, err)
+		}
+	}
+	return nil
+}
+
+// running lists the tasks, by partition.
+func (n *Node) running() []*task {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]*task, 0, len(n.tasks))
+	for _, t := range n.tasks {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b *task) int { return int(a.p - b.p) })
+	return out
+}
+
+// place records (or reads back) the partition counts customers are placed
+// by and returns the partition numbers to run tasks for.
+func (n *Node) place(ctx context.Context) ([]int32, error) {
+	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("engine: state folder: %w", err)
+	}
+	entries, err := os.ReadDir(n.cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("engine: state folder: %w", err)
+	}
+	for _, e := range entries {
+		if name := e.Name(); name != "node" && name != "tasks" && name != "lost+found" {
+			return nil, configError("stateDir", "%s holds %s, not only partition-owned tasks (node, tasks): a state written with scaleOut: off stays with it; give scaleOut: local a folder of its own",
+				n.cfg.StateDir, name)
+		}
+	}
+	meta, err := state.Open(filepath.Join(n.cfg.StateDir, "node"))
+	if err != nil {
+		return nil, err
+	}
+	defer meta.Close()
+	recorded, err := meta.PartitionCounts()
+	if err != nil {
+		return nil, err
+	}
+	listed, err := n.source.Partitions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("engine: list source partitions: %w", err)
+	}
+	now := make(map[string]int32)
+	for _, id := range listed {
+		now[id.Topic] = max(now[id.Topic], id.Partition+1)
+	}
+	var lead string
+	for topic := range now {
+		if lead == "" || topic < lead {
+			lead = topic
+		}
+	}
+	unrecorded := make(map[string]int32)
+	n.counts = make(map[string]int)
+	for topic, c := range now {
+		if r, ok := recorded[topic]; ok {
+			c = r
+		} else {
+			unrecorded[topic] = c
+		}
+		n.counts[topic] = int(c)
+	}
+	// Co-partitioned: a task reads partition p of every topic, so a
+	// customer keyed alike in each lands in one task.
+	for topic, c := range n.counts {
+		if c != n.counts[lead] {
+			return nil, configError("kafka.topics", "%s has %d partitions and %s %d: partition-owned tasks read partition p of every usage topic, so they must have the same number (or use one topic)",
+				lead, n.counts[lead], topic, c)
+		}
+	}
+	n.lead = lead
+	if len(unrecorded) > 0 {
+		seq, err := meta.LastSeq()
+		if err != nil {
+			return nil, err
+		}
+		if err := meta.Commit(&state.Checkpoint{Seq: seq + 1, PartitionCounts: unrecorded}); err != nil {
+			return nil, err
+		}
+	}
+	return n.partitionNumbers(ctx)
+}
+
+// partitionNumbers lists the partition numbers of the usage topics.
+func (n *Node) partitionNumbers(ctx context.Context) ([]int32, error) {
+	listed, err := n.source.Partitions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []int32
+	for _, id := range listed {
+		if !slices.Contains(out, id.Partition) {
+			out = append(out, id.Partition)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// taskOf is the task of customer.
+func (n *Node) taskOf(customer string) int32 {
+	p, _ := n.cfg.Engine.Partitioner.partition(customer, n.counts[n.lead])
+	return int32(p)
+}
+
+// startTask opens task p's state and runs its engine.
+func (n *Node) startTask(ctx context.Context, p int32, wg *sync.WaitGroup, failed chan<- error) (*task, error) {
+	store, err := state.Open(filepath.Join(n.cfg.StateDir, "tasks", strconv.Itoa(int(p))))
+	if err != nil {
+		return nil, fmt.Errorf("engine: task %d: %w", p, err)
+	}
+	cfg := n.cfg.Engine
+	cfg.PartitionDiscovery = 0 // the Node discovers partitions
+	cfg.ownershipCounts = n.counts
+	metrics := NewMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"task": strconv.Itoa(int(p))}, n.registry))
+	rater := ownedRater(n.rater, func(customer string) bool { return n.taskOf(customer) == p })
+	e, err := New(cfg, store, taskSource{Source: n.source, p: p}, n.decoder, rater, n.sinks, n.deadLetters, metrics, n.log.With("task", p))
+	if err != nil {
+		store.Close()
+		metrics.unregister()
+		return nil, err
+	}
+	t := &task{p: p, engine: e, done: make(chan error, 1), metrics: metrics}
+	wg.Go(func() {
+		err := e.Run(ctx)
+		store.Close()
+		if err != nil && ctx.Err() == nil {
+			select {
+			case failed <- fmt.Errorf("task %d: %w", p, err):
+			default:
+			}
+		}
+		t.done <- err
+	})
+	return t, nil
+}
+
+// taskSource is one task's view of the source: partition p of every topic.
+type taskSource struct {
+	Source
+	p int32
+}
+
+func (s taskSource) Partitions(ctx context.Context) ([]PartitionID, error) {
+	all, err := s.Source.Partitions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []PartitionID
+	for _, id := range all {
+		if id.Partition == s.p {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// TopicIDs passes the source's topic identities on, when it has them.
+func (s taskSource) TopicIDs(ctx context.Context) (map[string]string, error) {
+	if ti, ok := s.Source.(TopicIdentifier); ok {
+		return ti.TopicIDs(ctx)
+	}
+	return nil, nil
+}
+
+// ownedRater narrows a rater's configured subscribers to a task's: each
+// customer's fees are owed once, by the task that holds its usage.
+func ownedRater(r Rater, owns func(customer string) bool) Rater {
+	if rules, ok := r.(ratingRules); ok {
+		return ownedRules{rules, owns}
+	}
+	return r
+}
+
+type ratingRules interface {
+	Rater
+	SubscriptionRules
+}
+
+type ownedRules struct {
+	ratingRules
+	owns func(string) bool
+}
+
+func (o ownedRules) Subscribers() []string {
+	var out []string
+	for _, c := range o.ratingRules.Subscribers() {
+		if o.owns(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Stats sums the tasks' counters; the watermark is the lowest task's.
+func (n *Node) Stats() Stats {
+	out := Stats{Revenue: make(map[string]decimal.Decimal)}
+	for _, t := range n.running() {
+		s := t.engine.Stats()
+		out.Consumed += s.Consumed
+		out.DeadLetters += s.DeadLetters
+		out.Duplicates += s.Duplicates
+		out.WindowsEmitted += s.WindowsEmitted
+		out.Lag += s.Lag
+		out.CheckpointSeq += s.CheckpointSeq
+		for cur, a := range s.Revenue {
+			out.Revenue[cur] = out.Revenue[cur].Add(a)
+		}
+		if !s.Watermark.IsZero() && (out.Watermark.IsZero() || s.Watermark.Before(out.Watermark)) {
+			out.Watermark = s.Watermark
+		}
+	}
+	return out
+}
+
+// Ready reports the first task that is not ready.
+func (n *Node) Ready() error {
+	tasks := n.running()
+	if len(tasks) == 0 {
+		return errors.New("no task started yet")
+	}
+	for _, t := range tasks {
+		if err := t.engine.Ready(); err != nil {
+			return fmt.Errorf("task %d: %w", t.p, err)
+		}
+	}
+	return nil
+}
+
+// Warnings lists every task's warnings.
+func (n *Node) Warnings() []string {
+	var out []string
+	for _, t := range n.running() {
+		out = append(out, t.engine.Warnings()...)
+	}
+	return out
+}
+
+// Usage answers from the customer's task.
+func (n *Node) Usage(ctx context.Context, req UsageRequest) (Usage, error) {
+	n.mu.Lock()
+	t := n.tasks[n.taskOf(req.Customer)]
+	n.mu.Unlock()
+	if t == nil {
+		return Usage{}, ErrNotRunning
+	}
+	return t.engine.Usage(ctx, req)
+}
