@@ -330,7 +330,7 @@ type stats struct {
 	// IdleTimeout (see watermark); a Node then moves the task's time on.
 	idle      atomic.Bool
 	revenueMu sync.Mutex
-	revenue        map[string]decimal.Decimal
+	revenue   map[string]decimal.Decimal
 }
 
 // Stats is a snapshot of the engine's counters since start.
