@@ -41,6 +41,31 @@ type PartitionReader interface {
 	Close() error
 }
 
+// Changelog makes a task's checkpoints durable off the machine, before its
+// local store takes them: the store is a cache of it.
+type Changelog interface {
+	// Append writes one checkpoint's changes, in order, in one transaction,
+	// and returns the changelog position after them. On an error none of
+	// them is visible to a reader of the changelog.
+	Append(ctx context.Context, ops []state.Op) (position int64, err error)
+}
+
+// Changelogs gives tasks their changelogs.
+type Changelogs interface {
+	ChangelogReader
+	// Open returns task's changelog; if it is an io.Closer, the task
+	// closes it when it ends.
+	Open(ctx context.Context, task int32) (Changelog, error)
+}
+
+// ChangelogReader reads a task's changelog back.
+type ChangelogReader interface {
+	// ReadFrom calls fn with the committed changes from position on, up to
+	// the changelog's end at the time of the call, in batches, each with
+	// the position after it.
+	ReadFrom(ctx context.Context, task int32, position int64, fn func(ops []state.Op, next int64) error) error
+}
+
 // Sink receives rated rows. Delivery is at least once: after a crash, rows
 // already written may be written again with the same identity and revision,
 // so Write must be idempotent on (identity, revision).
@@ -117,6 +142,9 @@ type Config struct {
 	// must be keyed by customer); records that arrived elsewhere are
 	// dead-lettered as wrong_partition. PartitionerNone checks nothing.
 	Partitioner Partitioner
+	// Changelog, when set, receives every checkpoint's changes before the
+	// store does (a task of a Node; docs/scale-out.md).
+	Changelog Changelog
 	// ownershipCounts, set by a Node, are the partition counts customers
 	// are placed by, the same for every task (recorded by the Node).
 	ownershipCounts map[string]int

@@ -22,6 +22,7 @@ func (p PartitionID) String() string { return fmt.Sprintf("%s/%d", p.Topic, p.Pa
 // the engine once delivered.
 type Record struct {
 	Offset    int64
+	Key       []byte
 	Value     []byte
 	HighWater int64 // the partition's high-water mark when the record was read
 	// Timestamp is the time the producer or broker stamped on the record

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/tally-billing/tally/state"
@@ -32,11 +33,11 @@ func settleMigration(key windowKey, leadNs int64, p placed, ok bool) (int64, boo
 
 // commitSettleMigration writes the re-keyed windows and periods (puts) and
 // deletes their old keys, at checkpoint seq.
-func (e *Engine) commitSettleMigration(seq uint64, puts []state.KV, deletes [][]byte) error {
+func (e *Engine) commitSettleMigration(ctx context.Context, seq uint64, puts []state.KV, deletes [][]byte) error {
 	if len(puts) == 0 {
 		return nil
 	}
-	if err := e.store.Commit(&state.Checkpoint{Seq: seq, WindowPuts: puts, WindowDeletes: deletes}); err != nil {
+	if err := e.commit(ctx, &state.Checkpoint{Seq: seq, WindowPuts: puts, WindowDeletes: deletes}); err != nil {
 		return fmt.Errorf("engine: migrate %d windows and periods to their settle end: %w", len(puts), err)
 	}
 	e.log.Info("state migrated: windows and periods filed under their period's settle end", "keys", len(puts))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -57,6 +58,10 @@ type NodeConfig struct {
 	// customer's task by it.
 	Engine   Config
 	StateDir string
+	// Changelogs, when set, gives each task a changelog: its state is
+	// restored from it before the task starts (the local folder is a cache
+	// of it), and every checkpoint goes to it first.
+	Changelogs Changelogs
 }
 
 // task is one running engine.
@@ -336,17 +341,41 @@ func (n *Node) startTask(ctx context.Context, p int32, wg *sync.WaitGroup, faile
 	cfg := n.cfg.Engine
 	cfg.PartitionDiscovery = 0 // the Node discovers partitions
 	cfg.ownershipCounts = n.counts
+	var closeChangelog func()
+	if n.cfg.Changelogs != nil {
+		if err := n.restore(ctx, p, store); err != nil {
+			store.Close()
+			return nil, err
+		}
+		cl, err := n.cfg.Changelogs.Open(ctx, p)
+		if err != nil {
+			store.Close()
+			return nil, fmt.Errorf("engine: task %d: %w", p, err)
+		}
+		cfg.Changelog = cl
+		closeChangelog = func() {
+			if c, ok := cl.(io.Closer); ok {
+				c.Close()
+			}
+		}
+	}
 	metrics := NewMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"task": strconv.Itoa(int(p))}, n.registry))
 	rater := ownedRater(n.rater, func(customer string) bool { return n.taskOf(customer) == p })
 	e, err := New(cfg, store, taskSource{Source: n.source, p: p}, n.decoder, rater, n.sinks, n.deadLetters, metrics, n.log.With("task", p))
 	if err != nil {
 		store.Close()
 		metrics.unregister()
+		if closeChangelog != nil {
+			closeChangelog()
+		}
 		return nil, err
 	}
 	t := &task{p: p, engine: e, done: make(chan error, 1), metrics: metrics}
 	wg.Go(func() {
 		err := e.Run(ctx)
+		if closeChangelog != nil {
+			closeChangelog()
+		}
 		store.Close()
 		if err != nil && ctx.Err() == nil {
 			select {
@@ -357,6 +386,29 @@ func (n *Node) startTask(ctx context.Context, p int32, wg *sync.WaitGroup, faile
 		t.done <- err
 	})
 	return t, nil
+}
+
+// restore brings task p's local state up to its changelog: the changes
+// committed after the position the folder recorded (all of them for a new
+// folder: a lost machine, a task that moved). Invariant: a task reads no
+// record before its state is the changelog's.
+func (n *Node) restore(ctx context.Context, p int32, store *state.Store) error {
+	position, _, err := store.ChangelogPosition()
+	if err != nil {
+		return err
+	}
+	start, applied := time.Now(), 0
+	err = n.cfg.Changelogs.ReadFrom(ctx, p, position, func(ops []state.Op, next int64) error {
+		applied += len(ops)
+		return store.Apply(ops, next)
+	})
+	if err != nil {
+		return fmt.Errorf("engine: task %d: restore from its changelog: %w", p, err)
+	}
+	if applied > 0 {
+		n.log.Info("task restored from its changelog", "task", p, "changes", applied, "from", position, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
 }
 
 // taskSource is one task's view of the source: partition p of every topic.

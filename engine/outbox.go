@@ -241,6 +241,18 @@ func (e *Engine) outboxMarks(committed uint64) (map[string]state.OutboxPos, map[
 	return progress, trim
 }
 
+// commit makes cp durable: in the store, and first in the task's changelog
+// when it has one (the checkpoint exists once the changelog transaction
+// committed; see docs/scale-out.md).
+func (e *Engine) commit(ctx context.Context, cp *state.Checkpoint) error {
+	if e.cfg.Changelog == nil {
+		return e.store.Commit(cp)
+	}
+	return e.store.CommitPublished(cp, func(ops []state.Op) (int64, error) {
+		return e.cfg.Changelog.Append(ctx, ops)
+	})
+}
+
 // drainSinks waits until every sink delivered the last checkpoint (or
 // DrainTimeout passed), then records their progress, after a graceful
 // shutdown.
@@ -274,7 +286,7 @@ func (e *Engine) drainSinks(ctx context.Context) error {
 	}
 	progress, trim := e.outboxMarks(committed)
 	cp := &state.Checkpoint{Seq: committed + 1, SinkProgress: progress, OutboxTrim: trim}
-	if err := e.store.Commit(cp); err != nil {
+	if err := e.commit(ctx, cp); err != nil {
 		return fmt.Errorf("engine: record sink progress at shutdown: %w", err)
 	}
 	e.committedSeq.Store(committed + 1)
@@ -368,7 +380,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		if e.cfg.FaultHook != nil {
 			e.cfg.FaultHook("checkpoint")
 		}
-		if err := e.store.Commit(cp); err != nil {
+		if err := e.commit(ctx, cp); err != nil {
 			return fmt.Errorf("engine: checkpoint %d not durable, stopping so nothing unpersisted is acknowledged: %w", pc.seq, err)
 		}
 		// From here the checkpoint is durable. Its counters are added before

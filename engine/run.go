@@ -281,7 +281,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.commitSettleMigration(seq, migratedPuts, migratedDeletes); err != nil {
+	if err := e.commitSettleMigration(ctx, seq, migratedPuts, migratedDeletes); err != nil {
 		return nil, err
 	}
 	// Subscribers owe fees from their subscription's start in a fresh

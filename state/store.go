@@ -51,6 +51,9 @@ var (
 	keyFormat = []byte("m/format")
 	keySeq    = []byte("c/seq")
 	keyWM     = []byte("c/watermark")
+	// keyChangelog is the changelog offset a task's store has applied up
+	// to; it is local (never itself published).
+	keyChangelog = []byte("c/changelog")
 
 	prefixPartition = []byte("p/")
 	prefixWindow    = []byte("w/")
@@ -271,7 +274,16 @@ func (p OutboxPos) Less(q OutboxPos) bool {
 // Commit writes cp in one batch and syncs it. Sequences must grow. It sorts
 // cp.WindowPuts and cp.DedupAdds in place.
 func (s *Store) Commit(cp *Checkpoint) error {
-	b := s.db.NewBatch()
+	return s.CommitPublished(cp, nil)
+}
+
+// CommitPublished is Commit for a store that is the cache of a changelog:
+// publish, when not nil, gets every change cp makes, in order, and must
+// make them durable elsewhere first (a Kafka transaction); the batch is
+// committed only if it returns nil, with the changelog position it
+// returns. Invariant: the store is never ahead of its changelog.
+func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position int64, err error)) error {
+	b := &recordingBatch{Batch: s.db.NewBatch(), record: publish != nil}
 	defer b.Close()
 	var scratch []byte
 	for _, p := range cp.Partitions {
@@ -355,8 +367,114 @@ func (s *Store) Commit(cp *Checkpoint) error {
 	if err := b.Set(keySeq, binary.BigEndian.AppendUint64(nil, cp.Seq), nil); err != nil {
 		return fmt.Errorf("state: batch seq: %w", err)
 	}
+	if publish != nil {
+		position, err := publish(b.ops)
+		if err != nil {
+			return fmt.Errorf("state: publish checkpoint %d: %w", cp.Seq, err)
+		}
+		if err := b.Batch.Set(keyChangelog, binary.BigEndian.AppendUint64(nil, uint64(position)), nil); err != nil {
+			return fmt.Errorf("state: batch changelog position: %w", err)
+		}
+	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("state: commit checkpoint %d: %w", cp.Seq, err)
+	}
+	return nil
+}
+
+// OpKind is the kind of a change to the store.
+type OpKind byte
+
+// Kinds of changes.
+const (
+	OpSet         OpKind = 's'
+	OpDelete      OpKind = 'd'
+	OpDeleteRange OpKind = 'r' // Key..Value, Value excluded
+)
+
+// Op is one change a checkpoint makes to the store, as its changelog
+// carries it.
+type Op struct {
+	Kind       OpKind
+	Key, Value []byte
+}
+
+// recordingBatch is a batch that also lists its changes when record is set.
+type recordingBatch struct {
+	*pebble.Batch
+	record bool
+	ops    []Op
+}
+
+func (b *recordingBatch) Set(k, v []byte, o *pebble.WriteOptions) error {
+	if b.record {
+		b.ops = append(b.ops, Op{Kind: OpSet, Key: bytes.Clone(k), Value: bytes.Clone(v)})
+	}
+	return b.Batch.Set(k, v, o)
+}
+
+func (b *recordingBatch) Delete(k []byte, o *pebble.WriteOptions) error {
+	if b.record {
+		b.ops = append(b.ops, Op{Kind: OpDelete, Key: bytes.Clone(k)})
+	}
+	return b.Batch.Delete(k, o)
+}
+
+func (b *recordingBatch) DeleteRange(start, end []byte, o *pebble.WriteOptions) error {
+	if b.record {
+		b.ops = append(b.ops, Op{Kind: OpDeleteRange, Key: bytes.Clone(start), Value: bytes.Clone(end)})
+	}
+	return b.Batch.DeleteRange(start, end, o)
+}
+
+// batchWriter is what setDedup writes to.
+type batchWriter interface {
+	Set(k, v []byte, o *pebble.WriteOptions) error
+}
+
+// ChangelogPosition returns the changelog offset the store has applied up
+// to (exclusive); ok is false if it never followed a changelog.
+func (s *Store) ChangelogPosition() (position int64, ok bool, err error) {
+	v, closer, err := s.db.Get(keyChangelog)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("state: get changelog position: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, false, fmt.Errorf("state: changelog position holds %d bytes, want 8: state is corrupt", len(v))
+	}
+	return int64(binary.BigEndian.Uint64(v)), true, nil
+}
+
+// Apply applies changes read from the changelog, up to position
+// (exclusive), in one synced batch: the restore of a task.
+func (s *Store) Apply(ops []Op, position int64) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, op := range ops {
+		var err error
+		switch op.Kind {
+		case OpSet:
+			err = b.Set(op.Key, op.Value, nil)
+		case OpDelete:
+			err = b.Delete(op.Key, nil)
+		case OpDeleteRange:
+			err = b.DeleteRange(op.Key, op.Value, nil)
+		default:
+			err = fmt.Errorf("unknown change kind %q", op.Kind)
+		}
+		if err != nil {
+			return fmt.Errorf("state: apply changelog: %w", err)
+		}
+	}
+	if err := b.Set(keyChangelog, binary.BigEndian.AppendUint64(nil, uint64(position)), nil); err != nil {
+		return fmt.Errorf("state: apply changelog: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("state: apply changelog: %w", err)
 	}
 	return nil
 }
@@ -491,7 +609,7 @@ const dedupEntryBytes = 16 + 8
 // saves Pebble a key per record (the memtable insert, the flush and the
 // compactions of that key) and keeps lookups to a binary search in the few
 // values of one bucket and byte. It sorts adds.
-func setDedup(b *pebble.Batch, seq uint64, adds []DedupEntry) error {
+func setDedup(b batchWriter, seq uint64, adds []DedupEntry) error {
 	slices.SortFunc(adds, func(x, y DedupEntry) int {
 		if c := cmp.Compare(x.BucketNs, y.BucketNs); c != 0 {
 			return c

@@ -134,6 +134,18 @@ scaleOut: %s
 		if strings.Contains(logs.String(), "panic:") {
 			t.Fatalf("run %d panicked:\n%s", killed+1, logs.String())
 		}
+		// Partition-owned tasks: a machine lost with its disk. Its tasks
+		// come back from their changelog alone.
+		if scaleOut == scaleOutLocal && (rng.IntN(3) == 0 || killed == kills-2) {
+			lost := filepath.Join(dir, "state", "tasks", strconv.Itoa(rng.IntN(3)))
+			if rng.IntN(3) == 0 {
+				lost = filepath.Join(dir, "state") // every task, and the node's record
+			}
+			if err := os.RemoveAll(lost); err != nil {
+				t.Fatal(err)
+			}
+			byPoint["state folder deleted"]++
+		}
 	}
 	if !produced {
 		produce(t, brokers, "usage", s.msgs[half:])

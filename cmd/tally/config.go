@@ -38,6 +38,9 @@ type Config struct {
 		Isolation        string        `yaml:"isolation"`
 		Partitioner      string        `yaml:"partitioner"`
 		MetadataInterval time.Duration `yaml:"metadataInterval"`
+		// ChangelogTopic holds the tasks' state with scaleOut: local
+		// (default tally-<tenant>-changelog).
+		ChangelogTopic string `yaml:"changelogTopic"`
 		// Output topics that do not exist are created with these.
 		TopicPartitions  int `yaml:"topicPartitions"`
 		TopicReplication int `yaml:"topicReplication"`
@@ -132,6 +135,14 @@ func (c *Config) kafkaClient() kafka.ClientConfig {
 	return kafka.ClientConfig{Brokers: c.Kafka.Brokers, MetadataMaxAge: c.Kafka.MetadataInterval}
 }
 
+// changelogTopic is the tasks' changelog topic.
+func (c *Config) changelogTopic() string {
+	if c.Kafka.ChangelogTopic != "" {
+		return c.Kafka.ChangelogTopic
+	}
+	return "tally-" + c.Tenant + "-changelog"
+}
+
 // kafkaSource configures the usage source.
 func (c *Config) kafkaSource() kafka.SourceConfig {
 	return kafka.SourceConfig{ClientConfig: c.kafkaClient(), Topics: c.Kafka.Topics, ReadUncommitted: c.Kafka.Isolation == "read_uncommitted"}
@@ -188,6 +199,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	list(&c.Kafka.Topics, "kafka.topics", "usage topics to read, comma-separated")
 	str(&c.Kafka.RatedTopic, "kafka.ratedTopic", "topic for rated rows (empty disables)")
 	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
+	str(&c.Kafka.ChangelogTopic, "kafka.changelogTopic", "compacted topic of the tasks' state with scaleOut: local, partition p for task p, created if missing (default tally-<tenant>-changelog)")
 	str(&c.Kafka.Isolation, "kafka.isolation", "read_committed (records of aborted transactions never count) or read_uncommitted")
 	str(&c.Kafka.Partitioner, "kafka.partitioner", "how producers key usage by customer: murmur2 (Kafka's Java default), crc32 (librdkafka's), fnv1a (Sarama's, kafka-go's), none (no check)")
 	dur(&c.Kafka.MetadataInterval, "kafka.metadataInterval", "how often topics are looked at again: partitions added are read within it (0 = never)")

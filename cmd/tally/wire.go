@@ -205,7 +205,14 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		ecfg.FaultHook = crash.at
 	}
 	if cfg.ScaleOut == scaleOutLocal {
-		a.engine, err = engine.NewNode(engine.NodeConfig{Engine: ecfg, StateDir: cfg.StateDir}, source, decoder,
+		var changelogs *kafka.Changelogs
+		changelogs, err = kafka.NewChangelogs(kafka.ChangelogConfig{ClientConfig: cfg.kafkaClient(), Topic: cfg.changelogTopic(),
+			TransactionalID: "tally-" + cfg.Tenant, Spec: kafka.TopicSpec{ReplicationFactor: int16(cfg.Kafka.TopicReplication)}}, log)
+		if err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, changelogs)
+		a.engine, err = engine.NewNode(engine.NodeConfig{Engine: ecfg, StateDir: cfg.StateDir, Changelogs: changelogs}, source, decoder,
 			prices, sinks, deadSinks, a.registry, log)
 	} else {
 		a.engine, err = engine.New(ecfg, store, source, decoder,

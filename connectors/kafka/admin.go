@@ -17,6 +17,8 @@ type TopicSpec struct {
 	// broker's default (num.partitions, default.replication.factor).
 	Partitions        int32
 	ReplicationFactor int16
+	// Configs are topic settings of a created topic (cleanup.policy).
+	Configs map[string]*string
 }
 
 // EnsureTopics creates those of topics that do not exist and returns the
@@ -44,7 +46,7 @@ func EnsureTopics(ctx context.Context, cfg ClientConfig, spec TopicSpec, log *sl
 	if len(missing) == 0 {
 		return nil, nil
 	}
-	resps, err := adm.CreateTopics(ctx, spec.Partitions, spec.ReplicationFactor, nil, missing...)
+	resps, err := adm.CreateTopics(ctx, spec.Partitions, spec.ReplicationFactor, spec.Configs, missing...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka admin: create topics %v: %w", missing, err)
 	}

@@ -46,16 +46,16 @@ func (s *Source) ReadToEnd(ctx context.Context, fn func(p engine.PartitionID, re
 		if end.Offset <= start.Offset {
 			continue // empty
 		}
-		if err := s.readRange(ctx, p, end.Offset, fn); err != nil {
+		if err := s.readRange(ctx, p, engine.OffsetEarliest, end.Offset, fn); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// readRange reads p from its first offset up to end (exclusive).
-func (s *Source) readRange(ctx context.Context, p engine.PartitionID, end int64, fn func(engine.PartitionID, engine.Record) error) error {
-	r, err := s.Open(ctx, p, engine.OffsetEarliest)
+// readRange reads p from offset from (or its first) up to end (exclusive).
+func (s *Source) readRange(ctx context.Context, p engine.PartitionID, from, end int64, fn func(engine.PartitionID, engine.Record) error) error {
+	r, err := s.Open(ctx, p, from)
 	if err != nil {
 		return err
 	}

@@ -275,7 +275,7 @@ func (r *partitionReader) Fetch(ctx context.Context) ([]engine.Record, error) {
 			return nil, fmt.Errorf("%s: record at offset %d, before the offset %d Tally resumes from: the log is behind the state (records lost on the broker, or the state folder belongs to another cluster); nothing is skipped silently: recover the cluster, or start from a fresh state folder deliberately", r.id, rec.Offset, r.next)
 		}
 		r.next = rec.Offset + 1
-		out = append(out, engine.Record{Offset: rec.Offset, Value: rec.Value, HighWater: f.highWater,
+		out = append(out, engine.Record{Offset: rec.Offset, Key: rec.Key, Value: rec.Value, HighWater: f.highWater,
 			Timestamp: rec.Timestamp, Control: rec.Attrs.IsControl(), LogStart: f.logStart})
 	}
 	return out, nil
