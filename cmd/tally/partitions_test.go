@@ -5,11 +5,13 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/engine"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -394,4 +396,69 @@ func (f failingSink) Name() string { return f.name }
 
 func (failingSink) Write(context.Context, []engine.RatedRow) error {
 	return errors.New("sink is down")
+}
+
+// TestLostMachineRestoresFromChangelog: partition-owned tasks
+// (scaleOut: local) lose their machine, state folder and all, after
+// retention deleted the records they had read: everything comes back from
+// the changelog, and the records that follow land on top of it exactly.
+func TestLostMachineRestoresFromChangelog(t *testing.T) {
+	chAddr := clickHouseAddr(t)
+	brokers := startKafka(t, 3)
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	first, second := makeStream(41, 3000, base), makeStream(42, 3000, base)
+	produce(t, brokers, "usage", first.msgs)
+	database := testDatabase(t)
+	cfg := testConfig(t, brokers, chAddr, database)
+	cfg.ScaleOut = scaleOutLocal
+	r := start(t, cfg)
+	waitFor(t, 60*time.Second, "the first stream in ClickHouse", clickHouseMatches(t, chAddr, database, first.expected))
+	close(r.stop)
+	if err := <-r.done; err != nil {
+		t.Fatalf("graceful shutdown: %v", err)
+	}
+
+	// Retention deletes everything read so far, and the machine is lost.
+	adm := adminClient(t, brokers)
+	ends, err := adm.ListEndOffsets(context.Background(), "usage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := adm.DeleteRecords(context.Background(), ends.Offsets())
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(cfg.StateDir); err != nil {
+		t.Fatal(err)
+	}
+
+	produce(t, brokers, "usage", second.msgs)
+	want := make(map[string]total)
+	for _, s := range []*stream{first, second} {
+		for k, v := range s.expected {
+			w, ok := want[k]
+			if !ok {
+				w.quantity = decimal.Zero
+			}
+			w.quantity = w.quantity.Add(v.quantity)
+			w.count += v.count
+			want[k] = w
+		}
+	}
+	for k, w := range want {
+		w.amount = w.quantity.Mul(prices[k[:strings.IndexByte(k, '|')]]).RoundBank(6)
+		want[k] = w
+	}
+	r = start(t, cfg)
+	waitFor(t, 60*time.Second, "both streams in ClickHouse", clickHouseMatches(t, chAddr, database, want))
+	if w := r.app.engine.Warnings(); len(w) > 0 {
+		t.Errorf("warnings after the restore: %v", w)
+	}
+	close(r.stop)
+	if err := <-r.done; err != nil {
+		t.Fatalf("graceful shutdown: %v", err)
+	}
 }
