@@ -343,21 +343,25 @@ func (n *Node) startTask(ctx context.Context, p int32, wg *sync.WaitGroup, faile
 	cfg.ownershipCounts = n.counts
 	var closeChangelog func()
 	if n.cfg.Changelogs != nil {
-		if err := n.restore(ctx, p, store); err != nil {
-			store.Close()
-			return nil, err
-		}
+		// Invariant: fence, then restore. Opening the changelog fences the
+		// task's previous owner, so nothing can commit to the changelog
+		// after the restore has read it.
 		cl, err := n.cfg.Changelogs.Open(ctx, p)
 		if err != nil {
 			store.Close()
 			return nil, fmt.Errorf("engine: task %d: %w", p, err)
 		}
-		cfg.Changelog = cl
 		closeChangelog = func() {
 			if c, ok := cl.(io.Closer); ok {
 				c.Close()
 			}
 		}
+		if err := n.restore(ctx, p, store); err != nil {
+			closeChangelog()
+			store.Close()
+			return nil, err
+		}
+		cfg.Changelog = cl
 	}
 	metrics := NewMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"task": strconv.Itoa(int(p))}, n.registry))
 	rater := ownedRater(n.rater, func(customer string) bool { return n.taskOf(customer) == p })

@@ -98,7 +98,31 @@ func (c *Changelogs) Open(ctx context.Context, task int32) (engine.Changelog, er
 	if err != nil {
 		return nil, fmt.Errorf("kafka changelog writer of task %d: %w", task, err)
 	}
-	return &ChangelogWriter{cl: cl, task: task}, nil
+	w := &ChangelogWriter{cl: cl, task: task}
+	if err := w.fence(ctx); err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// fence takes the task's transactional id from any previous owner: a
+// transaction of the old owner still open is aborted, and none of its
+// later ones can commit. Its first produce makes kgo initialize the
+// producer id, so one record is written in a transaction and aborted
+// (invisible to the restore, which reads committed).
+func (w *ChangelogWriter) fence(ctx context.Context) error {
+	if err := w.cl.BeginTransaction(); err != nil {
+		return fmt.Errorf("kafka changelog of task %d: fence: %w", w.task, err)
+	}
+	err := w.cl.ProduceSync(ctx, &kgo.Record{Key: []byte("\x00fence"), Partition: w.task}).FirstErr()
+	if aerr := w.cl.EndTransaction(ctx, kgo.TryAbort); err == nil {
+		err = aerr
+	}
+	if err != nil {
+		return fmt.Errorf("kafka changelog of task %d: fence: %w", w.task, err)
+	}
+	return nil
 }
 
 // ChangelogWriter writes one task's checkpoints, each in one transaction.
