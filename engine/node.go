@@ -49,6 +49,11 @@ type Node struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
+
+	// Set by Run for the tasks it starts.
+	runCtx context.Context
+	failed chan error
+	wg     sync.WaitGroup
 }
 
 // NodeConfig configures a Node.
@@ -58,6 +63,9 @@ type NodeConfig struct {
 	// customer's task by it.
 	Engine   Config
 	StateDir string
+	// Membership, when set, decides which tasks this Node owns (a Kafka
+	// consumer group); without it the Node owns them all.
+	Membership Membership
 	// Changelogs, when set, gives each task a changelog: its state is
 	// restored from it before the task starts (the local folder is a cache
 	// of it), and every checkpoint goes to it first.
@@ -68,8 +76,20 @@ type NodeConfig struct {
 type task struct {
 	p       int32
 	engine  *Engine
-	done    chan error
+	cancel  context.CancelFunc // stops at once, like a crash
+	done    chan struct{}      // closed when the engine returned, err set
+	err     error
 	metrics *Metrics
+}
+
+// Membership tells a Node which tasks are its own: a Kafka consumer group.
+type Membership interface {
+	// Join joins; the group then calls assigned, revoked and lost with
+	// tasks, one call at a time. revoked and lost return once those tasks
+	// have stopped, so that no two members ever run one task.
+	Join(ctx context.Context, assigned, revoked, lost func(tasks []int32)) error
+	// Leave leaves the group: the member's tasks move at once.
+	Leave()
 }
 
 // NewNode builds a Node; it reads nothing until Run. Every task's engine
@@ -94,9 +114,11 @@ func NewNode(cfg NodeConfig, source Source, decoder *Decoder, rater Rater, sinks
 // drained) and Run to return.
 func (n *Node) Shutdown() { n.stopOnce.Do(func() { close(n.stop) }) }
 
-// Run places the tasks, runs one engine per task until Shutdown (graceful)
-// or ctx ends (immediate), and starts the tasks of partitions added while
-// running. A task that fails stops the Node: its error is returned.
+// Run places the tasks, runs one engine per task it owns until Shutdown
+// (graceful) or ctx ends (immediate). Without a Membership it owns every
+// task and starts those of partitions added while running; with one, the
+// group decides, task by task. A task that fails stops the Node: its error
+// is returned.
 func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -104,31 +126,26 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	failed := make(chan error, 1)
-	var wg sync.WaitGroup
-	start := func(p int32) error {
-		t, err := n.startTask(ctx, p, &wg, failed)
+	n.runCtx, n.failed = ctx, make(chan error, 1)
+	defer n.wg.Wait()
+	if n.cfg.Membership != nil {
+		err := n.cfg.Membership.Join(ctx,
+			func(ps []int32) { n.startTasks(ps) },
+			func(ps []int32) { n.stopTasks(ps, true) },
+			func(ps []int32) { n.stopTasks(ps, false) })
 		if err != nil {
 			return err
 		}
-		n.mu.Lock()
-		n.tasks[p] = t
-		n.mu.Unlock()
-		return nil
+		defer n.cfg.Membership.Leave()
+	} else {
+		n.startTasks(partitions)
+		n.log.Info("tasks started", "tasks", len(partitions), "state", filepath.Join(n.cfg.StateDir, "tasks"))
 	}
-	for _, p := range partitions {
-		if err := start(p); err != nil {
-			cancel(err)
-			wg.Wait()
-			return err
-		}
-	}
-	n.log.Info("tasks started", "tasks", len(partitions), "state", filepath.Join(n.cfg.StateDir, "tasks"))
 
 	idleCheck := time.NewTicker(max(n.cfg.Engine.CheckpointInterval, 100*time.Millisecond))
 	defer idleCheck.Stop()
 	var ticks <-chan time.Time
-	if d := n.cfg.Engine.PartitionDiscovery; d > 0 {
+	if d := n.cfg.Engine.PartitionDiscovery; d > 0 && n.cfg.Membership == nil {
 		t := time.NewTicker(d)
 		defer t.Stop()
 		ticks = t.C
@@ -136,28 +153,29 @@ func (n *Node) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			wg.Wait()
 			return context.Cause(ctx)
-		case err := <-failed:
+		case err := <-n.failed:
 			cancel(err)
-			wg.Wait()
 			return err
 		case <-n.stop:
-			for _, t := range n.running() {
+			// Every task ends with a checkpoint of its own before the
+			// member leaves: its next owner restores all of it. The tasks
+			// stay listed, for Stats.
+			tasks := n.running()
+			for _, t := range tasks {
 				t.engine.Shutdown()
 			}
 			var errs []error
-			for _, t := range n.running() {
-				if err := <-t.done; err != nil {
-					errs = append(errs, fmt.Errorf("task %d: %w", t.p, err))
+			for _, t := range tasks {
+				<-t.done
+				if t.err != nil {
+					errs = append(errs, fmt.Errorf("task %d: %w", t.p, t.err))
 				}
 			}
-			wg.Wait()
 			return errors.Join(errs...)
 		case <-idleCheck.C:
 			if err := n.advanceIdle(ctx); err != nil {
 				cancel(err)
-				wg.Wait()
 				return err
 			}
 		case <-ticks:
@@ -166,21 +184,86 @@ func (n *Node) Run(ctx context.Context) error {
 				n.log.Warn("listing source partitions failed; retrying", "err", err)
 				continue
 			}
-			for _, p := range listed {
-				n.mu.Lock()
-				_, ok := n.tasks[p]
-				n.mu.Unlock()
-				if ok {
-					continue
-				}
-				n.log.Info("new source partition: starting its task, read from its first offset", "task", p)
-				if err := start(p); err != nil {
-					cancel(err)
-					wg.Wait()
-					return err
-				}
-			}
+			n.startTasks(listed)
 		}
+	}
+}
+
+// startTasks starts the tasks of ps not running yet. A task that cannot
+// start fails the Node.
+func (n *Node) startTasks(ps []int32) {
+	for _, p := range ps {
+		n.mu.Lock()
+		_, ok := n.tasks[p]
+		n.mu.Unlock()
+		if ok {
+			continue
+		}
+		t, err := n.startTask(n.runCtx, p)
+		if err != nil {
+			n.fail(err)
+			return
+		}
+		n.mu.Lock()
+		n.tasks[p] = t
+		n.mu.Unlock()
+		n.log.Info("task started", "task", p)
+	}
+}
+
+// stopTasks stops the tasks of ps that run here: gracefully (a final
+// checkpoint, for a task the group moves) or at once (a task lost: another
+// member may own it already, and fenced it). It returns once they ended.
+func (n *Node) stopTasks(ps []int32, graceful bool) {
+	select {
+	case <-n.stop:
+		// The Node is stopping (leaving the group revokes everything):
+		// its tasks end on their own, each with a final checkpoint.
+		for _, t := range n.running() {
+			<-t.done
+		}
+		return
+	default:
+	}
+	for _, p := range ps {
+		n.mu.Lock()
+		t := n.tasks[p]
+		n.mu.Unlock()
+		if t == nil {
+			continue
+		}
+		if err := n.stopTask(t, graceful); err != nil {
+			n.fail(err)
+		}
+		n.log.Info("task stopped", "task", p, "graceful", graceful)
+	}
+}
+
+// stopTask stops t and forgets it.
+func (n *Node) stopTask(t *task, graceful bool) error {
+	if graceful {
+		t.engine.Shutdown()
+	} else {
+		t.cancel()
+	}
+	<-t.done
+	n.mu.Lock()
+	if n.tasks[t.p] == t {
+		delete(n.tasks, t.p)
+	}
+	n.mu.Unlock()
+	t.metrics.unregister()
+	if graceful && t.err != nil {
+		return fmt.Errorf("task %d: %w", t.p, t.err)
+	}
+	return nil
+}
+
+// fail stops the Node with err (the first one wins).
+func (n *Node) fail(err error) {
+	select {
+	case n.failed <- err:
+	default:
 	}
 }
 
@@ -333,7 +416,7 @@ func (n *Node) taskOf(customer string) int32 {
 }
 
 // startTask opens task p's state and runs its engine.
-func (n *Node) startTask(ctx context.Context, p int32, wg *sync.WaitGroup, failed chan<- error) (*task, error) {
+func (n *Node) startTask(ctx context.Context, p int32) (*task, error) {
 	store, err := state.Open(filepath.Join(n.cfg.StateDir, "tasks", strconv.Itoa(int(p))))
 	if err != nil {
 		return nil, fmt.Errorf("engine: task %d: %w", p, err)
@@ -374,20 +457,19 @@ func (n *Node) startTask(ctx context.Context, p int32, wg *sync.WaitGroup, faile
 		}
 		return nil, err
 	}
-	t := &task{p: p, engine: e, done: make(chan error, 1), metrics: metrics}
-	wg.Go(func() {
-		err := e.Run(ctx)
+	taskCtx, cancel := context.WithCancel(ctx)
+	t := &task{p: p, engine: e, cancel: cancel, done: make(chan struct{}), metrics: metrics}
+	n.wg.Go(func() {
+		defer close(t.done)
+		defer cancel()
+		t.err = e.Run(taskCtx)
 		if closeChangelog != nil {
 			closeChangelog()
 		}
 		store.Close()
-		if err != nil && ctx.Err() == nil {
-			select {
-			case failed <- fmt.Errorf("task %d: %w", p, err):
-			default:
-			}
+		if t.err != nil && taskCtx.Err() == nil {
+			n.fail(fmt.Errorf("task %d: %w", p, t.err))
 		}
-		t.done <- err
 	})
 	return t, nil
 }

@@ -41,6 +41,9 @@ type Config struct {
 		// ChangelogTopic holds the tasks' state with scaleOut: local
 		// (default tally-<tenant>-changelog).
 		ChangelogTopic string `yaml:"changelogTopic"`
+		// Group is the consumer group of scaleOut: group (default
+		// tally-<tenant>).
+		Group string `yaml:"group"`
 		// Output topics that do not exist are created with these.
 		TopicPartitions  int `yaml:"topicPartitions"`
 		TopicReplication int `yaml:"topicReplication"`
@@ -94,6 +97,7 @@ type Config struct {
 const (
 	scaleOutOff   = "off"
 	scaleOutLocal = "local"
+	scaleOutGroup = "group"
 )
 
 func defaultConfig() Config {
@@ -133,6 +137,14 @@ func defaultConfig() Config {
 // kafkaClient is what every Kafka client of c shares.
 func (c *Config) kafkaClient() kafka.ClientConfig {
 	return kafka.ClientConfig{Brokers: c.Kafka.Brokers, MetadataMaxAge: c.Kafka.MetadataInterval}
+}
+
+// group is the consumer group of scaleOut: group.
+func (c *Config) group() string {
+	if c.Kafka.Group != "" {
+		return c.Kafka.Group
+	}
+	return "tally-" + c.Tenant
 }
 
 // changelogTopic is the tasks' changelog topic.
@@ -200,6 +212,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Kafka.RatedTopic, "kafka.ratedTopic", "topic for rated rows (empty disables)")
 	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
 	str(&c.Kafka.ChangelogTopic, "kafka.changelogTopic", "compacted topic of the tasks' state with scaleOut: local, partition p for task p, created if missing (default tally-<tenant>-changelog)")
+	str(&c.Kafka.Group, "kafka.group", "consumer group of scaleOut: group, shared by every instance of the tenant (default tally-<tenant>)")
 	str(&c.Kafka.Isolation, "kafka.isolation", "read_committed (records of aborted transactions never count) or read_uncommitted")
 	str(&c.Kafka.Partitioner, "kafka.partitioner", "how producers key usage by customer: murmur2 (Kafka's Java default), crc32 (librdkafka's), fnv1a (Sarama's, kafka-go's), none (no check)")
 	dur(&c.Kafka.MetadataInterval, "kafka.metadataInterval", "how often topics are looked at again: partitions added are read within it (0 = never)")
@@ -228,7 +241,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
 	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.1 KB each); closed ones beyond it spill to disk; 0 = none")
-	str(&c.ScaleOut, "scaleOut", "off: one engine reads every partition; local: one task per partition, each with its own state under stateDir/tasks (docs/scale-out.md)")
+	str(&c.ScaleOut, "scaleOut", "off: one engine reads every partition; local: one task per partition, each with its own state under stateDir/tasks and in a changelog topic; group: the same, instances sharing the tasks through kafka.group (docs/scale-out.md)")
 	dur(&c.DrainTimeout, "drainTimeout", "a graceful stop waits this long for sinks; rows left stay in the outbox for the next start (0 = no limit)")
 }
 
@@ -329,10 +342,10 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("kafka.topics", "empty; list the usage topics to read")
 	case c.Kafka.DeadLetterTopic == "":
 		return bad("kafka.deadLetterTopic", "empty; records that fail must go somewhere")
-	case c.ScaleOut != scaleOutOff && c.ScaleOut != scaleOutLocal:
-		return bad("scaleOut", "%q is neither off nor local", c.ScaleOut)
-	case c.ScaleOut == scaleOutLocal && c.Kafka.Partitioner == string(engine.PartitionerNone):
-		return bad("kafka.partitioner", "none, but scaleOut: local places each customer's state and fees in one task by it: name the producers' partitioner")
+	case c.ScaleOut != scaleOutOff && c.ScaleOut != scaleOutLocal && c.ScaleOut != scaleOutGroup:
+		return bad("scaleOut", "%q is none of off, local, group", c.ScaleOut)
+	case c.ScaleOut != scaleOutOff && c.Kafka.Partitioner == string(engine.PartitionerNone):
+		return bad("kafka.partitioner", "none, but scaleOut: %s places each customer's state and fees in one task by it: name the producers' partitioner", c.ScaleOut)
 	case c.Kafka.Isolation != "read_committed" && c.Kafka.Isolation != "read_uncommitted":
 		return bad("kafka.isolation", "%q is neither read_committed nor read_uncommitted", c.Kafka.Isolation)
 	case c.Kafka.TopicPartitions == 0 || c.Kafka.TopicPartitions < -1:

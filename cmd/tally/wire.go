@@ -204,7 +204,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if crash != nil {
 		ecfg.FaultHook = crash.at
 	}
-	if cfg.ScaleOut == scaleOutLocal {
+	if cfg.ScaleOut == scaleOutLocal || cfg.ScaleOut == scaleOutGroup {
 		var changelogs *kafka.Changelogs
 		changelogs, err = kafka.NewChangelogs(kafka.ChangelogConfig{ClientConfig: cfg.kafkaClient(), Topic: cfg.changelogTopic(),
 			TransactionalID: "tally-" + cfg.Tenant, Spec: kafka.TopicSpec{ReplicationFactor: int16(cfg.Kafka.TopicReplication)}}, log)
@@ -212,8 +212,14 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			return nil, err
 		}
 		a.closers = append(a.closers, changelogs)
-		a.engine, err = engine.NewNode(engine.NodeConfig{Engine: ecfg, StateDir: cfg.StateDir, Changelogs: changelogs}, source, decoder,
-			prices, sinks, deadSinks, a.registry, log)
+		ncfg := engine.NodeConfig{Engine: ecfg, StateDir: cfg.StateDir, Changelogs: changelogs}
+		if cfg.ScaleOut == scaleOutGroup {
+			// The group assigns partitions of the first usage topic by
+			// name: task p is partition p of every usage topic.
+			ncfg.Membership = kafka.NewGroup(kafka.GroupConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group(),
+				Topic: slices.Min(cfg.Kafka.Topics)}, log)
+		}
+		a.engine, err = engine.NewNode(ncfg, source, decoder, prices, sinks, deadSinks, a.registry, log)
 	} else {
 		a.engine, err = engine.New(ecfg, store, source, decoder,
 			prices, sinks, deadSinks, engine.NewMetrics(a.registry), log)

@@ -1,0 +1,99 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// GroupConfig configures a Node's membership of its consumer group.
+type GroupConfig struct {
+	ClientConfig
+	Group string
+	// Topic is the usage topic whose partitions the group assigns: task p
+	// is partition p of every usage topic (they are co-partitioned).
+	Topic          string
+	SessionTimeout time.Duration // default 10s: how soon a dead member's tasks move
+}
+
+// Group is a Node's membership: the cooperative-sticky balancer of Kafka's
+// group protocol decides which member owns which task. It reads no records
+// (the tasks read theirs from their checkpointed offsets); it only
+// assigns. It implements engine.Membership.
+type Group struct {
+	cfg GroupConfig
+	log *slog.Logger
+	cl  *kgo.Client
+}
+
+// NewGroup returns a membership; Join joins.
+func NewGroup(cfg GroupConfig, log *slog.Logger) *Group {
+	if cfg.SessionTimeout == 0 {
+		cfg.SessionTimeout = 10 * time.Second
+	}
+	return &Group{cfg: cfg, log: log}
+}
+
+func tasksOf(m map[string][]int32, topic string) []int32 {
+	out := slices.Clone(m[topic])
+	slices.Sort(out)
+	return out
+}
+
+// Join implements engine.Membership. The callbacks run on the group's
+// goroutine, one at a time; a revocation or loss waits for them, so that a
+// task stops before another member may take it.
+func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []int32)) error {
+	cl, err := kgo.NewClient(append(g.cfg.opts(g.log),
+		kgo.ConsumerGroup(g.cfg.Group),
+		kgo.ConsumeTopics(g.cfg.Topic),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.DisableAutoCommit(),
+		kgo.SessionTimeout(g.cfg.SessionTimeout),
+		kgo.RebalanceTimeout(2*time.Minute),
+		kgo.FetchMaxBytes(1),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if ts := tasksOf(m, g.cfg.Topic); len(ts) > 0 {
+				assigned(ts)
+			}
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if ts := tasksOf(m, g.cfg.Topic); len(ts) > 0 {
+				revoked(ts)
+			}
+		}),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if ts := tasksOf(m, g.cfg.Topic); len(ts) > 0 {
+				lost(ts)
+			}
+		}),
+	)...)
+	if err != nil {
+		return fmt.Errorf("kafka group %s: %w", g.cfg.Group, err)
+	}
+	// The group assigns; the tasks read. Nothing is fetched here.
+	cl.PauseFetchTopics(g.cfg.Topic)
+	g.cl = cl
+	// A client in a group joins once it polls.
+	go func() {
+		for {
+			fetches := cl.PollFetches(ctx)
+			if fetches.IsClientClosed() || ctx.Err() != nil {
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// Leave implements engine.Membership: the member leaves at once, so that
+// its tasks move without waiting for the session timeout.
+func (g *Group) Leave() {
+	if g.cl != nil {
+		g.cl.Close()
+	}
+}
