@@ -66,6 +66,10 @@ type NodeConfig struct {
 	// Membership, when set, decides which tasks this Node owns (a Kafka
 	// consumer group); without it the Node owns them all.
 	Membership Membership
+	// Progress, when set, shares every task's time with the other
+	// instances of the group, so that idle tasks move by the whole group's
+	// time (see advanceIdle).
+	Progress Progress
 	// Changelogs, when set, gives each task a changelog: its state is
 	// restored from it before the task starts (the local folder is a cache
 	// of it), and every checkpoint goes to it first.
@@ -80,6 +84,20 @@ type task struct {
 	done    chan struct{}      // closed when the engine returned, err set
 	err     error
 	metrics *Metrics
+}
+
+// TaskProgress is a task's time as its owner last reported it.
+type TaskProgress struct {
+	WatermarkNs int64
+	Idle        bool
+	At          time.Time // wall clock of the report
+}
+
+// Progress shares tasks' time between the instances of a group.
+type Progress interface {
+	Publish(ctx context.Context, tasks map[int32]TaskProgress) error
+	// Latest is every task's last report.
+	Latest() map[int32]TaskProgress
 }
 
 // Membership tells a Node which tasks are its own: a Kafka consumer group.
@@ -270,21 +288,50 @@ func (n *Node) fail(err error) {
 // advanceIdle moves the time of tasks whose partitions all had nothing to
 // give for IdleTimeout to where one engine reading every partition would
 // have it: the lowest watermark of the tasks still active, or, when every
-// task is idle, the furthest any got. Without it the windows and periods of
-// a quiet partition's customers would wait for its next record, and the
+// task is idle, the furthest any got. With a Progress, "every task" is the
+// group's: the other instances' tasks as they last reported (within
+// progressFresh), its own as they are. Without it the windows and periods
+// of a quiet partition's customers would wait for its next record, and the
 // end of a drained stream would close only in the task that read its last
 // record. Invariant: a task's watermark never goes back (AdvanceWatermark
 // only moves it forward).
 func (n *Node) advanceIdle(ctx context.Context) error {
 	tasks := n.running()
+	now := time.Now()
+	view := make(map[int32]TaskProgress)
+	if n.cfg.Progress != nil {
+		fresh := max(3*n.cfg.Engine.IdleTimeout, 10*time.Second)
+		for p, tp := range n.cfg.Progress.Latest() {
+			if now.Sub(tp.At) <= fresh {
+				view[p] = tp
+			}
+		}
+	}
+	mine := make(map[int32]TaskProgress, len(tasks))
+	for _, t := range tasks {
+		select {
+		case <-t.done:
+			continue
+		default:
+		}
+		tp := TaskProgress{WatermarkNs: t.engine.stats.watermarkNs.Load(), Idle: t.engine.stats.idle.Load(), At: now}
+		mine[t.p], view[t.p] = tp, tp
+	}
+	if n.cfg.Progress != nil && len(mine) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := n.cfg.Progress.Publish(pctx, mine)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			n.log.Warn("sharing the tasks' time failed; retrying", "err", err)
+		}
+	}
 	lowestActive, furthest := int64(math.MaxInt64), int64(minWatermark)
 	anyActive := false
-	for _, t := range tasks {
-		wm := t.engine.stats.watermarkNs.Load()
-		furthest = max(furthest, wm)
-		if !t.engine.stats.idle.Load() {
+	for _, tp := range view {
+		furthest = max(furthest, tp.WatermarkNs)
+		if !tp.Idle {
 			anyActive = true
-			lowestActive = min(lowestActive, wm)
+			lowestActive = min(lowestActive, tp.WatermarkNs)
 		}
 	}
 	target := furthest
@@ -295,7 +342,7 @@ func (n *Node) advanceIdle(ctx context.Context) error {
 		return nil
 	}
 	for _, t := range tasks {
-		if !t.engine.stats.idle.Load() || t.engine.stats.watermarkNs.Load() >= target {
+		if tp, ok := mine[t.p]; !ok || !tp.Idle || tp.WatermarkNs >= target {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, time.Second)

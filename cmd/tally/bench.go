@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -53,6 +54,7 @@ type benchOptions struct {
 	freshRate                                    int
 	freshFor                                     time.Duration
 	toFile, stateDir, cpuProfile, memProfile     string
+	scaleOut                                     string
 }
 
 func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logger) error {
@@ -72,6 +74,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	fs.StringVar(&o.toFile, "to-file", "", "only write the generated records to this JSON-lines file and exit")
 	fs.StringVar(&o.stateDir, "state-dir", "", "parent folder of the runs' state (default: a temporary folder)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the checkpointed run to this file")
+	fs.StringVar(&o.scaleOut, "scale-out", "off", "engine layout of the runs: off (one engine) or local (a task per partition, changelog on); local also measures a restore from the changelog")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile (every allocation since start) to this file after the checkpointed run")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -148,6 +151,8 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 		cfg.StateDir, cfg.Plan, cfg.HTTPAddr = filepath.Join(parent, name), planPath, ""
 		cfg.Kafka.Brokers, cfg.Kafka.Topics = brokers, []string{topic}
 		cfg.CheckpointInterval = checkpoint
+		cfg.ScaleOut = o.scaleOut
+		cfg.Kafka.ChangelogTopic = "tally-bench-" + name + "-changelog" // each run its own state
 		cfg.Window = time.Minute
 		cfg.ReviseHorizon = 2 * time.Hour // the preloaded stream spans records µs
 		cfg.Meters = []engine.Meter{
@@ -189,8 +194,13 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 			return err
 		}
 	}
-	fmt.Fprintf(out, "bench: tally, checkpoints every %s: %.0f records/s to checkpointed state, %s CPU a record, %d checkpoints, %d live windows, %.0f heap B/window\n",
-		o.checkpoint, withCP.rate, withCP.cpuPerRecord, withCP.checkpoints, withCP.liveWindows, withCP.heapPerWindow)
+	fmt.Fprintf(out, "bench: tally (scaleOut %s), checkpoints every %s: %.0f records/s to checkpointed state, %s CPU a record, %d checkpoints, %d live windows, %.0f heap B/window\n",
+		o.scaleOut, o.checkpoint, withCP.rate, withCP.cpuPerRecord, withCP.checkpoints, withCP.liveWindows, withCP.heapPerWindow)
+	if o.scaleOut == scaleOutLocal {
+		if err := timeRestore(ctx, on, brokers, withCP.liveWindows, out, log); err != nil {
+			return err
+		}
+	}
 	off, err := cfgFor("uncheckpointed", time.Minute, "usage") // the longest interval: only the final checkpoint
 	if err != nil {
 		return err
@@ -271,6 +281,49 @@ func preload(ctx context.Context, brokers []string, topic string, n int, next fu
 		return 0, fmt.Errorf("bench: preload: %w", *err)
 	}
 	return bytes, nil
+}
+
+// timeRestore deletes the checkpointed run's task folders (a lost disk) and
+// times the start until every task is restored from its changelog.
+func timeRestore(ctx context.Context, cfg Config, brokers []string, windows int64, out io.Writer, log *slog.Logger) error {
+	if err := os.RemoveAll(cfg.StateDir); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, cfg.changelogTopic())
+	if err != nil {
+		return err
+	}
+	var records int64
+	ends.Each(func(o kadm.ListedOffset) { records += o.Offset })
+	start := time.Now()
+	a, err := build(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx, stop) }()
+	for a.engine.Ready() != nil {
+		select {
+		case err := <-done:
+			return fmt.Errorf("bench: restore run stopped: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	took := time.Since(start)
+	close(stop)
+	if err := <-done; err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: restore of a lost state folder from the changelog (%d records, %d live windows): %s, %.0f changelog records/s\n",
+		records, windows, took.Round(time.Millisecond), float64(records)/took.Seconds())
+	return nil
 }
 
 type runResult struct {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+
+	"github.com/shopspring/decimal"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,6 +46,7 @@ clickhouse:
 checkpointInterval: 100ms
 emitOpenEvery: 200ms
 sinkBatchRows: 500
+idleTimeout: 2s
 `, plan, filepath.Join(dir, "state-"+name), strings.Join(brokers, ", "), chAddr, database)), 0o644)
 		if err != nil {
 			t.Fatal(err)
@@ -105,8 +108,25 @@ sinkBatchRows: 500
 	}
 	delete(running, "c")
 	produce(t, brokers, "usage", s.msgs[2*third:])
+	// One record an hour ahead, on one partition: every task's windows
+	// close, whichever instance runs it (the group shares its tasks' time).
+	closeAt := base.Add(time.Hour)
+	produce(t, brokers, "usage", [][2]string{{"sub-000001", fmt.Sprintf(
+		`{"id":"closer","customer":"sub-000001","meter":"sms","time":"%s","value":1,"dims":{"destination":"uk"}}`, closeAt.Format(time.RFC3339))}})
+	s.expected[fmt.Sprintf("sms|sub-000001|destination=uk|%d", closeAt.Unix())] = total{quantity: decimal.NewFromInt(1), count: 1, amount: decimal.RequireFromString("0.05")}
 
 	waitFor(t, 120*time.Second, "ClickHouse to hold the stream's totals", clickHouseMatches(t, chAddr, database, s.expected))
+	waitFor(t, 60*time.Second, "every window before the last record to be final", func() string {
+		rows, err := clickHouseTSV(chAddr, fmt.Sprintf("SELECT count() FROM %s.rated_usage FINAL WHERE final = 0 AND window_start < toDateTime(%d) FORMAT TSV",
+			database, closeAt.Unix()), 1)
+		if err != nil {
+			return err.Error()
+		}
+		if rows[0][0] != "0" {
+			return rows[0][0] + " rows still open"
+		}
+		return ""
+	})
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)
 	}

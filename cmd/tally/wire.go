@@ -218,6 +218,13 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			// name: task p is partition p of every usage topic.
 			ncfg.Membership = kafka.NewGroup(kafka.GroupConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group(),
 				Topic: slices.Min(cfg.Kafka.Topics)}, log)
+			progress, err := kafka.NewProgress(ctx, cfg.kafkaClient(), cfg.group()+"-progress",
+				kafka.TopicSpec{ReplicationFactor: int16(cfg.Kafka.TopicReplication)}, log)
+			if err != nil {
+				return nil, err
+			}
+			a.closers = append(a.closers, progress)
+			ncfg.Progress = progress
 		}
 		a.engine, err = engine.NewNode(ncfg, source, decoder, prices, sinks, deadSinks, a.registry, log)
 	} else {
