@@ -41,11 +41,12 @@ func envInt(name string, def int) int {
 	return def
 }
 
-// TestChaosKills runs the chaos in both engine layouts: one engine for
-// every partition (scaleOut: off) and one task per partition, each with its
-// own state (scaleOut: local).
+// TestChaosKills runs the chaos in every engine layout: one engine for
+// every partition (scaleOut: off), one task per partition, each with its
+// own state and changelog (scaleOut: local), and the same as a group of one
+// (scaleOut: group).
 func TestChaosKills(t *testing.T) {
-	for _, mode := range []string{scaleOutOff, scaleOutLocal} {
+	for _, mode := range []string{scaleOutOff, scaleOutLocal, scaleOutGroup} {
 		t.Run("scaleOut="+mode, func(t *testing.T) { chaosKills(t, mode) })
 	}
 }
@@ -89,6 +90,12 @@ allowedLateness: 10m
 finalizeAfter: 72h
 scaleOut: %s
 %s`, plan, filepath.Join(dir, "state"), strings.Join(brokers, ", "), chAddr, database, scaleOut, world.ConfigYAML())), 0o644)
+	args := []string{"run", "--config", config}
+	if scaleOut == scaleOutGroup {
+		// A static member: each restart takes its tasks back at once,
+		// instead of waiting for the killed member's session to expire.
+		args = append(args, "--kafka-instance-id", "chaos-1")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +113,7 @@ scaleOut: %s
 			produce(t, brokers, "usage", s.msgs[half:])
 			produced = true
 		}
-		cmd := exec.Command(bin, "run", "--config", config)
+		cmd := exec.Command(bin, args...)
 		cmd.Env = append(os.Environ(), faultsEnv+"=checkpoint=0.12,clickhouse=0.04,kafka=0.04")
 		var logs strings.Builder
 		cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -136,7 +143,7 @@ scaleOut: %s
 		}
 		// Partition-owned tasks: a machine lost with its disk. Its tasks
 		// come back from their changelog alone.
-		if scaleOut == scaleOutLocal && (rng.IntN(3) == 0 || killed == kills-2) {
+		if scaleOut != scaleOutOff && (rng.IntN(3) == 0 || killed == kills-2) {
 			lost := filepath.Join(dir, "state", "tasks", strconv.Itoa(rng.IntN(3)))
 			if rng.IntN(3) == 0 {
 				lost = filepath.Join(dir, "state") // every task, and the node's record
@@ -153,7 +160,7 @@ scaleOut: %s
 
 	// The last run, unharmed, drains the stream. Its last record moves the
 	// watermark 40 days past the rest (less the allowed lateness).
-	cmd, logs := startBinary(t, bin, "run", "--config", config)
+	cmd, logs := startBinary(t, bin, args...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			out := logs.String()

@@ -44,6 +44,8 @@ type Config struct {
 		// Group is the consumer group of scaleOut: group (default
 		// tally-<tenant>).
 		Group string `yaml:"group"`
+		// InstanceID makes the member static (a restart keeps its tasks).
+		InstanceID string `yaml:"instanceId"`
 		// Output topics that do not exist are created with these.
 		TopicPartitions  int `yaml:"topicPartitions"`
 		TopicReplication int `yaml:"topicReplication"`
@@ -213,6 +215,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
 	str(&c.Kafka.ChangelogTopic, "kafka.changelogTopic", "compacted topic of the tasks' state with scaleOut: local, partition p for task p, created if missing (default tally-<tenant>-changelog)")
 	str(&c.Kafka.Group, "kafka.group", "consumer group of scaleOut: group, shared by every instance of the tenant (default tally-<tenant>)")
+	str(&c.Kafka.InstanceID, "kafka.instanceId", "static group membership of scaleOut: group (e.g. the pod name): a restart within the session timeout keeps its tasks, without a rebalance")
 	str(&c.Kafka.Isolation, "kafka.isolation", "read_committed (records of aborted transactions never count) or read_uncommitted")
 	str(&c.Kafka.Partitioner, "kafka.partitioner", "how producers key usage by customer: murmur2 (Kafka's Java default), crc32 (librdkafka's), fnv1a (Sarama's, kafka-go's), none (no check)")
 	dur(&c.Kafka.MetadataInterval, "kafka.metadataInterval", "how often topics are looked at again: partitions added are read within it (0 = never)")

@@ -217,7 +217,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			// The group assigns partitions of the first usage topic by
 			// name: task p is partition p of every usage topic.
 			ncfg.Membership = kafka.NewGroup(kafka.GroupConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group(),
-				Topic: slices.Min(cfg.Kafka.Topics)}, log)
+				Topic: slices.Min(cfg.Kafka.Topics), InstanceID: cfg.Kafka.InstanceID}, log)
 			progress, err := kafka.NewProgress(ctx, cfg.kafkaClient(), cfg.group()+"-progress",
 				kafka.TopicSpec{ReplicationFactor: int16(cfg.Kafka.TopicReplication)}, log)
 			if err != nil {

@@ -18,6 +18,11 @@ type GroupConfig struct {
 	// is partition p of every usage topic (they are co-partitioned).
 	Topic          string
 	SessionTimeout time.Duration // default 10s: how soon a dead member's tasks move
+	// InstanceID, when set, makes the member static (KIP-345): restarted
+	// with the same id within the session timeout, it gets its tasks back
+	// without a rebalance; stopped, it does not leave (its tasks move after
+	// the session timeout).
+	InstanceID string
 }
 
 // Group is a Node's membership: the cooperative-sticky balancer of Kafka's
@@ -48,7 +53,11 @@ func tasksOf(m map[string][]int32, topic string) []int32 {
 // goroutine, one at a time; a revocation or loss waits for them, so that a
 // task stops before another member may take it.
 func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []int32)) error {
-	cl, err := kgo.NewClient(append(g.cfg.opts(g.log),
+	opts := g.cfg.opts(g.log)
+	if g.cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(g.cfg.InstanceID))
+	}
+	cl, err := kgo.NewClient(append(opts,
 		kgo.ConsumerGroup(g.cfg.Group),
 		kgo.ConsumeTopics(g.cfg.Topic),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
