@@ -43,15 +43,20 @@ func envInt(name string, def int) int {
 
 // TestChaosKills runs the chaos in every engine layout: one engine for
 // every partition (scaleOut: off), one task per partition, each with its
-// own state and changelog (scaleOut: local), and the same as a group of one
-// (scaleOut: group).
+// own state and changelog (scaleOut: local), the same as a group of one
+// (scaleOut: group), and that with the input re-keyed through the
+// repartition topic (kafka.repartition), killed mid-transaction too.
 func TestChaosKills(t *testing.T) {
-	for _, mode := range []string{scaleOutOff, scaleOutLocal, scaleOutGroup} {
-		t.Run("scaleOut="+mode, func(t *testing.T) { chaosKills(t, mode) })
+	for _, mode := range []struct {
+		name, scaleOut string
+		repartition    bool
+	}{{"scaleOut=off", scaleOutOff, false}, {"scaleOut=local", scaleOutLocal, false}, {"scaleOut=group", scaleOutGroup, false},
+		{"scaleOut=group,repartition", scaleOutGroup, true}} {
+		t.Run(mode.name, func(t *testing.T) { chaosKills(t, mode.scaleOut, mode.repartition) })
 	}
 }
 
-func chaosKills(t *testing.T, scaleOut string) {
+func chaosKills(t *testing.T, scaleOut string, repartition bool) {
 	chAddr := clickHouseAddr(t)
 	kills := envInt("TALLY_CHAOS_KILLS", 10)
 	records := envInt("TALLY_CHAOS_RECORDS", 20000)
@@ -95,6 +100,9 @@ scaleOut: %s
 		// A static member: each restart takes its tasks back at once,
 		// instead of waiting for the killed member's session to expire.
 		args = append(args, "--kafka-instance-id", "chaos-1")
+	}
+	if repartition {
+		args = append(args, "--kafka-repartition")
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -44,6 +44,10 @@ type Config struct {
 		// Group is the consumer group of scaleOut: group (default
 		// tally-<tenant>).
 		Group string `yaml:"group"`
+		// Repartition re-keys usage by customer through an internal topic
+		// (scaleOut local or group), for producers that cannot key by it.
+		Repartition           bool `yaml:"repartition"`
+		RepartitionPartitions int  `yaml:"repartitionPartitions"`
 		// InstanceID makes the member static (a restart keeps its tasks).
 		InstanceID string `yaml:"instanceId"`
 		// Output topics that do not exist are created with these.
@@ -149,6 +153,9 @@ func (c *Config) group() string {
 	return "tally-" + c.Tenant
 }
 
+// repartitionTopic is the internal topic of kafka.repartition.
+func (c *Config) repartitionTopic() string { return "tally-" + c.Tenant + "-repartition" }
+
 // changelogTopic is the tasks' changelog topic.
 func (c *Config) changelogTopic() string {
 	if c.Kafka.ChangelogTopic != "" {
@@ -215,6 +222,8 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
 	str(&c.Kafka.ChangelogTopic, "kafka.changelogTopic", "compacted topic of the tasks' state with scaleOut: local, partition p for task p, created if missing (default tally-<tenant>-changelog)")
 	str(&c.Kafka.Group, "kafka.group", "consumer group of scaleOut: group, shared by every instance of the tenant (default tally-<tenant>)")
+	fs.BoolVar(&c.Kafka.Repartition, flagName("kafka.repartition"), c.Kafka.Repartition, "re-key usage by customer through the internal topic tally-<tenant>-repartition, exactly once (scaleOut local or group), for producers that cannot key by customer")
+	num(&c.Kafka.RepartitionPartitions, "kafka.repartitionPartitions", "partitions (tasks) of the repartition topic when Tally creates it (0 = those of the usage topics); fixed afterwards")
 	str(&c.Kafka.InstanceID, "kafka.instanceId", "static group membership of scaleOut: group (e.g. the pod name): a restart within the session timeout keeps its tasks, without a rebalance")
 	str(&c.Kafka.Isolation, "kafka.isolation", "read_committed (records of aborted transactions never count) or read_uncommitted")
 	str(&c.Kafka.Partitioner, "kafka.partitioner", "how producers key usage by customer: murmur2 (Kafka's Java default), crc32 (librdkafka's), fnv1a (Sarama's, kafka-go's), none (no check)")
@@ -349,6 +358,10 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("scaleOut", "%q is none of off, local, group", c.ScaleOut)
 	case c.ScaleOut != scaleOutOff && c.Kafka.Partitioner == string(engine.PartitionerNone):
 		return bad("kafka.partitioner", "none, but scaleOut: %s places each customer's state and fees in one task by it: name the producers' partitioner", c.ScaleOut)
+	case c.Kafka.Repartition && c.ScaleOut == scaleOutOff:
+		return bad("kafka.repartition", "needs scaleOut local or group: with one engine for every partition, state is not partition-owned and nothing needs re-keying")
+	case c.Kafka.RepartitionPartitions < 0:
+		return bad("kafka.repartitionPartitions", "%d is negative (0 = those of the usage topics)", c.Kafka.RepartitionPartitions)
 	case c.Kafka.Isolation != "read_committed" && c.Kafka.Isolation != "read_uncommitted":
 		return bad("kafka.isolation", "%q is neither read_committed nor read_uncommitted", c.Kafka.Isolation)
 	case c.Kafka.TopicPartitions == 0 || c.Kafka.TopicPartitions < -1:

@@ -462,3 +462,40 @@ func TestLostMachineRestoresFromChangelog(t *testing.T) {
 		t.Fatalf("graceful shutdown: %v", err)
 	}
 }
+
+// TestRepartitionUnkeyedInput: producers that do not key usage by customer
+// (records spread over partitions at random) are billed exactly with
+// kafka.repartition: Tally re-keys them by customer, exactly once, through
+// its internal topic, and its tasks read that.
+func TestRepartitionUnkeyedInput(t *testing.T) {
+	chAddr := clickHouseAddr(t)
+	brokers := startKafka(t, 3)
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	s := makeStream(61, 6000, base)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("usage"), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	records := make([]*kgo.Record, len(s.msgs))
+	for i, m := range s.msgs {
+		records[i] = &kgo.Record{Key: []byte(m[0]), Value: []byte(m[1]), Partition: int32(i % 3)} // not by customer
+	}
+	if err := cl.ProduceSync(context.Background(), records...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	database := testDatabase(t)
+	cfg := testConfig(t, brokers, chAddr, database)
+	cfg.ScaleOut = scaleOutLocal
+	cfg.Kafka.Repartition = true
+	r := start(t, cfg)
+	waitFor(t, 90*time.Second, "ClickHouse to hold the stream's totals", clickHouseMatches(t, chAddr, database, s.expected))
+	close(r.stop)
+	if err := <-r.done; err != nil {
+		t.Fatalf("graceful shutdown: %v", err)
+	}
+	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
+		t.Errorf("rated topic differs: %s", d)
+	}
+	checkDeadLetters(t, brokers, s)
+}

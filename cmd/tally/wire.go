@@ -12,7 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -33,6 +36,9 @@ type app struct {
 	closers  []io.Closer // closed in reverse order
 	listener net.Listener
 	log      *slog.Logger
+	// background runs beside the engine (the re-keying stage); an error
+	// stops the engine at once.
+	background []func(ctx context.Context) error
 }
 
 // loadPricing reads the plan file (one plan, or a list of plans and
@@ -204,6 +210,13 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if crash != nil {
 		ecfg.FaultHook = crash.at
 	}
+	if cfg.Kafka.Repartition {
+		if source, err = a.repartition(ctx, cfg, decoder, source); err != nil {
+			return nil, err
+		}
+		// Tally keys the repartition topic itself, with Kafka's murmur2.
+		ecfg.Partitioner = engine.PartitionerMurmur2
+	}
 	if cfg.ScaleOut == scaleOutLocal || cfg.ScaleOut == scaleOutGroup {
 		var changelogs *kafka.Changelogs
 		changelogs, err = kafka.NewChangelogs(kafka.ChangelogConfig{ClientConfig: cfg.kafkaClient(), Topic: cfg.changelogTopic(),
@@ -245,6 +258,53 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		}
 	}
 	return a, nil
+}
+
+// repartition sets up kafka.repartition: the stage that re-keys the usage
+// topics by customer into the repartition topic, run beside the engine,
+// and the source of the tasks, that topic.
+func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decoder, usage *kafka.Source) (*kafka.Source, error) {
+	partitions := cfg.Kafka.RepartitionPartitions
+	if partitions == 0 {
+		ids, err := usage.Partitions(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			partitions = max(partitions, int(id.Partition)+1)
+		}
+	}
+	instance := cfg.Kafka.InstanceID
+	if instance == "" {
+		host, _ := os.Hostname()
+		dir, _ := filepath.Abs(cfg.StateDir)
+		instance = fmt.Sprintf("%s-%x", host, xxhash.Sum64String(dir))
+	}
+	var scratch []engine.Event
+	rp, err := kafka.NewRepartitioner(ctx, kafka.RepartitionConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group() + "-repartition",
+		Inputs: cfg.Kafka.Topics, Topic: cfg.repartitionTopic(), TransactionalID: "tally-" + cfg.Tenant + "-repartition-" + instance,
+		InstanceID: cfg.Kafka.InstanceID,
+		Customer: func(value []byte) (string, bool) {
+			var err error
+			scratch, err = decoder.DecodeAt(value, scratch[:0], time.Time{})
+			if err != nil || len(scratch) == 0 {
+				return "", false
+			}
+			return scratch[0].Customer, true
+		},
+		Spec: kafka.TopicSpec{Partitions: int32(partitions), ReplicationFactor: int16(cfg.Kafka.TopicReplication)}}, a.log)
+	if err != nil {
+		return nil, err
+	}
+	a.background = append(a.background, rp.Run)
+	src := cfg.kafkaSource()
+	src.Topics = []string{cfg.repartitionTopic()}
+	source, err := kafka.NewSource(src, a.log)
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, source)
+	return source, nil
 }
 
 // runner is what the app needs of an engine: one (scaleOut: off) or a
@@ -327,7 +387,25 @@ func (a *app) run(ctx context.Context, stop <-chan struct{}) error {
 		case <-ctx.Done():
 		}
 	}()
-	return a.engine.Run(ctx)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	for _, run := range a.background {
+		bg.Go(func() {
+			if err := run(bgCtx); err != nil {
+				a.log.Error("stopping", "err", err)
+				cancel(err)
+			}
+		})
+	}
+	err := a.engine.Run(ctx)
+	stopBackground()
+	bg.Wait()
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 func (a *app) close() {

@@ -1,0 +1,141 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// RepartitionConfig configures the re-keying of usage that producers did
+// not key by customer.
+type RepartitionConfig struct {
+	ClientConfig
+	// Group is the consumer group of the re-keying stage (its own: it
+	// reads the usage topics, the tasks read Topic).
+	Group string
+	// Inputs are the usage topics; Topic the internal topic written, keyed
+	// by customer with murmur2, whose partitions are the tasks.
+	Inputs []string
+	Topic  string
+	// TransactionalID is this instance's producer id: stable across its
+	// restarts, so that a restart fences what its predecessor left open.
+	TransactionalID string
+	// InstanceID, when set, makes the stage's member static (KIP-345), as
+	// kafka.instanceId does for the tasks' group.
+	InstanceID string
+	// Customer finds a record's customer; ok false for a record that is
+	// not usage (it goes on unkeyed, and its task dead-letters it).
+	Customer func(value []byte) (customer string, ok bool)
+	Spec     TopicSpec
+}
+
+// Repartitioner re-keys usage by customer, exactly once: it reads the usage
+// topics in its own consumer group (read committed) and writes each record,
+// keyed by its customer, to the repartition topic, in a transaction that
+// also commits the group's offsets of what it read (a GroupTransactSession,
+// KIP-447: a member that lost its partitions cannot commit).
+type Repartitioner struct {
+	cfg  RepartitionConfig
+	log  *slog.Logger
+	sess *kgo.GroupTransactSession
+}
+
+// NewRepartitioner creates the repartition topic when missing (Spec) and
+// returns the stage; Run runs it.
+func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logger) (*Repartitioner, error) {
+	if _, err := EnsureTopics(ctx, cfg.ClientConfig, cfg.Spec, log, cfg.Topic); err != nil {
+		var te *TopicError
+		if errors.As(err, &te) {
+			return nil, fmt.Errorf("kafka.repartitionPartitions: %w", err)
+		}
+		return nil, err
+	}
+	opts := cfg.opts(log)
+	if cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
+	}
+	sess, err := kgo.NewGroupTransactSession(append(opts,
+		kgo.SessionTimeout(10*time.Second),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Inputs...),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.TransactionalID(cfg.TransactionalID),
+		kgo.TransactionTimeout(10*time.Second),
+		kgo.DefaultProduceTopic(cfg.Topic),
+		// Kafka's murmur2 of the customer: the tasks check it.
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.ProducerLinger(0),
+	)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka repartition: %w", err)
+	}
+	return &Repartitioner{cfg: cfg, log: log, sess: sess}, nil
+}
+
+// Run re-keys until ctx ends; an error is fatal.
+func (r *Repartitioner) Run(ctx context.Context) error {
+	defer r.sess.Close()
+	for {
+		fetches := r.sess.PollFetches(ctx)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return nil
+		}
+		var fatal error
+		fetches.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) && fatal == nil {
+				fatal = fmt.Errorf("kafka repartition: read %s/%d: %w", topic, p, err)
+			}
+		})
+		if fatal != nil {
+			return fatal
+		}
+		if fetches.NumRecords() == 0 {
+			continue
+		}
+		if err := r.sess.Begin(); err != nil {
+			return fmt.Errorf("kafka repartition: begin: %w", err)
+		}
+		var mu sync.Mutex
+		var produceErr error
+		fetches.EachRecord(func(rec *kgo.Record) {
+			if rec.Attrs.IsControl() {
+				return
+			}
+			out := &kgo.Record{Value: rec.Value, Timestamp: rec.Timestamp}
+			if c, ok := r.cfg.Customer(rec.Value); ok {
+				out.Key = []byte(c)
+			}
+			r.sess.Produce(ctx, out, func(_ *kgo.Record, err error) {
+				mu.Lock()
+				if err != nil && produceErr == nil {
+					produceErr = err
+				}
+				mu.Unlock()
+			})
+		})
+		// End flushes first, so every produce above has its result; a
+		// failed one turns the commit into an abort (End aborts when a
+		// record failed).
+		committed, err := r.sess.End(ctx, kgo.TryCommit)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("kafka repartition: end transaction: %w", err)
+		}
+		if !committed {
+			// A rebalance or an error: nothing of this batch is visible,
+			// and the group's offsets did not move; the partitions' next
+			// owner (maybe this member again) reads them again.
+			r.log.Warn("repartition transaction aborted; its records are read again", "produce_err", produceErr)
+		}
+	}
+}
