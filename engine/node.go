@@ -211,6 +211,11 @@ func (n *Node) Run(ctx context.Context) error {
 // start fails the Node.
 func (n *Node) startTasks(ps []int32) {
 	for _, p := range ps {
+		select {
+		case <-n.stop:
+			return // stopping: a task started now would never be stopped
+		default:
+		}
 		n.mu.Lock()
 		_, ok := n.tasks[p]
 		n.mu.Unlock()
@@ -236,8 +241,9 @@ func (n *Node) stopTasks(ps []int32, graceful bool) {
 	select {
 	case <-n.stop:
 		// The Node is stopping (leaving the group revokes everything):
-		// its tasks end on their own, each with a final checkpoint.
+		// its tasks end, each with a final checkpoint.
 		for _, t := range n.running() {
+			t.engine.Shutdown()
 			<-t.done
 		}
 		return
@@ -300,11 +306,20 @@ func (n *Node) advanceIdle(ctx context.Context) error {
 	now := time.Now()
 	view := make(map[int32]TaskProgress)
 	if n.cfg.Progress != nil {
+		// Every task of the group counts. One without a fresh report (its
+		// owner died, it is being restored or moved, it never reported)
+		// holds time where it last was, as an active partition would.
 		fresh := max(3*n.cfg.Engine.IdleTimeout, 10*time.Second)
-		for p, tp := range n.cfg.Progress.Latest() {
-			if now.Sub(tp.At) <= fresh {
-				view[p] = tp
+		latest := n.cfg.Progress.Latest()
+		for p := range int32(n.counts[n.lead]) {
+			tp, ok := latest[p]
+			if !ok {
+				tp.WatermarkNs = minWatermark
 			}
+			if !ok || now.Sub(tp.At) > fresh {
+				tp.Idle = false
+			}
+			view[p] = tp
 		}
 	}
 	mine := make(map[int32]TaskProgress, len(tasks))
@@ -526,9 +541,15 @@ func (n *Node) startTask(ctx context.Context, p int32) (*task, error) {
 // folder: a lost machine, a task that moved). Invariant: a task reads no
 // record before its state is the changelog's.
 func (n *Node) restore(ctx context.Context, p int32, store *state.Store) error {
-	position, _, err := store.ChangelogPosition()
+	position, followed, err := store.ChangelogPosition()
 	if err != nil {
 		return err
+	}
+	if seq, err := store.LastSeq(); err != nil {
+		return err
+	} else if seq > 0 && !followed {
+		return fmt.Errorf("engine: task %d: its state folder was written without a changelog, so the changelog does not hold it: move %s away to restore the task from its changelog", p,
+			filepath.Join(n.cfg.StateDir, "tasks", strconv.Itoa(int(p))))
 	}
 	start, applied := time.Now(), 0
 	err = n.cfg.Changelogs.ReadFrom(ctx, p, position, func(ops []state.Op, next int64) error {

@@ -118,7 +118,23 @@ func (e *Engine) recoverPartitionCounts(listed []PartitionID) error {
 	e.owners = ownership{partitioner: e.cfg.Partitioner, counts: make(map[string]int)}
 	e.unrecordedCounts = nil
 	if e.cfg.ownershipCounts != nil {
-		// A task of a Node: every task checks by the Node's counts.
+		// A task of a Node: every task checks by the Node's counts, and
+		// keeps them in its state (so in its changelog): an instance
+		// whose own record differs (a topic grew, a new instance recorded
+		// the new count) refuses the task rather than place customers
+		// elsewhere than the state did.
+		for topic, n := range e.cfg.ownershipCounts {
+			r, ok := recorded[topic]
+			switch {
+			case !ok:
+				if e.unrecordedCounts == nil {
+					e.unrecordedCounts = make(map[string]int32)
+				}
+				e.unrecordedCounts[topic] = int32(n)
+			case int(r) != n:
+				return fmt.Errorf("engine: this task's state placed customers by %d partitions of %s, this instance by %d (recorded in its stateDir/node): instances must agree; give this instance the same record (copy stateDir/node from another), or grow topics only with kafka.repartition", r, topic, n)
+			}
+		}
 		maps.Copy(e.owners.counts, e.cfg.ownershipCounts)
 		return nil
 	}

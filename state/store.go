@@ -283,7 +283,7 @@ func (s *Store) Commit(cp *Checkpoint) error {
 // committed only if it returns nil, with the changelog position it
 // returns. Invariant: the store is never ahead of its changelog.
 func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position int64, err error)) error {
-	b := &recordingBatch{Batch: s.db.NewBatch(), record: publish != nil}
+	b := &recordingBatch{Batch: s.db.NewBatch(), record: publish != nil, db: s.db}
 	defer b.Close()
 	var scratch []byte
 	for _, p := range cp.Partitions {
@@ -404,6 +404,7 @@ type recordingBatch struct {
 	*pebble.Batch
 	record bool
 	ops    []Op
+	db     *pebble.DB
 }
 
 func (b *recordingBatch) Set(k, v []byte, o *pebble.WriteOptions) error {
@@ -420,8 +421,34 @@ func (b *recordingBatch) Delete(k []byte, o *pebble.WriteOptions) error {
 	return b.Batch.Delete(k, o)
 }
 
+// DeleteRange also lists a tombstone for every key the range removes (in
+// the store, or set earlier in the batch): a compacted changelog keeps the
+// latest record per key, so without them the keys a range delete removed
+// (delivered outbox entries, expired dedup ids, finalized periods) would
+// stay in it forever. The range record follows them, so a restore from an
+// uncompacted changelog removes the same.
 func (b *recordingBatch) DeleteRange(start, end []byte, o *pebble.WriteOptions) error {
 	if b.record {
+		n := len(b.ops)
+		for i := range n {
+			if op := b.ops[i]; op.Kind == OpSet && bytes.Compare(op.Key, start) >= 0 && bytes.Compare(op.Key, end) < 0 {
+				b.ops = append(b.ops, Op{Kind: OpDelete, Key: op.Key})
+			}
+		}
+		it, err := b.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
+		if err != nil {
+			return fmt.Errorf("state: list a range delete's keys: %w", err)
+		}
+		for it.First(); it.Valid(); it.Next() {
+			b.ops = append(b.ops, Op{Kind: OpDelete, Key: bytes.Clone(it.Key())})
+		}
+		err = it.Error()
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("state: list a range delete's keys: %w", err)
+		}
 		b.ops = append(b.ops, Op{Kind: OpDeleteRange, Key: bytes.Clone(start), Value: bytes.Clone(end)})
 	}
 	return b.Batch.DeleteRange(start, end, o)

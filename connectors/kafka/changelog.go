@@ -228,7 +228,7 @@ func (c *Changelogs) ReadFrom(ctx context.Context, task int32, position int64, f
 		ops = ops[:0]
 		return err
 	}
-	err = src.readRange(ctx, engine.PartitionID{Topic: c.cfg.Topic, Partition: task}, from, end.Offset, func(_ engine.PartitionID, r engine.Record) error {
+	err = src.readRange(ctx, engine.PartitionID{Topic: c.cfg.Topic, Partition: task}, from, end.Offset, true, func(_ engine.PartitionID, r engine.Record) error {
 		op, err := decodeOp(r.Key, r.Value)
 		if err != nil {
 			return err

@@ -46,7 +46,7 @@ func (s *Source) ReadToEnd(ctx context.Context, fn func(p engine.PartitionID, re
 		if end.Offset <= start.Offset {
 			continue // empty
 		}
-		if err := s.readRange(ctx, p, engine.OffsetEarliest, end.Offset, fn); err != nil {
+		if err := s.readRange(ctx, p, engine.OffsetEarliest, end.Offset, false, fn); err != nil {
 			return err
 		}
 	}
@@ -54,17 +54,28 @@ func (s *Source) ReadToEnd(ctx context.Context, fn func(p engine.PartitionID, re
 }
 
 // readRange reads p from offset from (or its first) up to end (exclusive).
-func (s *Source) readRange(ctx context.Context, p engine.PartitionID, from, end int64, fn func(engine.PartitionID, engine.Record) error) error {
+// exact reads until the record at end-1 itself came (a changelog, whose
+// last record before its end is always a marker or a record kgo returns),
+// and a stall is an error; otherwise a quiet partition below end is taken
+// as read (see readToEndQuiet).
+func (s *Source) readRange(ctx context.Context, p engine.PartitionID, from, end int64, exact bool, fn func(engine.PartitionID, engine.Record) error) error {
 	r, err := s.Open(ctx, p, from)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	quiet := readToEndQuiet
+	if exact {
+		quiet = restoreStall
+	}
 	for {
-		fetchCtx, cancel := context.WithTimeout(ctx, readToEndQuiet)
+		fetchCtx, cancel := context.WithTimeout(ctx, quiet)
 		records, err := r.Fetch(fetchCtx)
 		cancel()
 		if err != nil {
+			if exact && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("%s: nothing read for %s before offset %d: the changelog cannot be read to its end; nothing is restored from part of it", p, restoreStall, end-1)
+			}
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 				// Nothing below end came for a while: what is left there
 				// was filtered by kgo (records of aborted transactions
@@ -98,3 +109,7 @@ func (s *Source) readRange(ctx context.Context, p engine.PartitionID, from, end 
 // below its end before deciding the rest was filtered or compacted away.
 // Committed records below the last stable offset come at once.
 const readToEndQuiet = 5 * time.Second
+
+// restoreStall bounds how long a restore waits for the next record of a
+// changelog before it gives up (with an error, never a partial restore).
+const restoreStall = 2 * time.Minute
