@@ -64,19 +64,9 @@ func chaosKills(t *testing.T, scaleOut string, repartition bool) {
 	t.Logf("seed %d (replay with TALLY_CHAOS_SEED=%d)", seed, seed)
 	brokers := startKafka(t, 3)
 	bin := buildBinary(t)
-	opts := oracle.Options{Start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Span: 75 * 24 * time.Hour,
-		Jitter: 5 * time.Minute, LatePercent: 1, LateBy: 20 * time.Minute, RetryPercent: 2, CloseAfter: 40 * 24 * time.Hour}
-	opts.MeanGap = opts.Span / time.Duration(records)
-	world := oracle.Generate(seed, opts)
-	t.Log(world.Describe())
-	s := chaosStream(seed, world)
-	database := testDatabase(t)
-
 	dir := t.TempDir()
-	plan := filepath.Join(dir, "plans.yaml")
-	if err := os.WriteFile(plan, []byte(world.PlansYAML()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	world, opts, s, plan := chaosWorld(t, seed, records, dir)
+	database := testDatabase(t)
 	config := filepath.Join(dir, "tally.yaml")
 	err := os.WriteFile(config, []byte(fmt.Sprintf(`
 plan: %s
@@ -185,20 +175,7 @@ scaleOut: %s
 		}
 	})
 	watermark := opts.Start.Add(opts.Span + opts.CloseAfter - 10*time.Minute)
-	var report oracle.Report
-	waitFor(t, 180*time.Second, "ClickHouse and the rated topic to pass the oracle's check", func() string {
-		rows, err := clickHouseRows(chAddr, database)
-		if err != nil {
-			return err.Error()
-		}
-		if report = world.Check(rows, watermark); len(report.Problems) > 0 {
-			return "ClickHouse: " + summarizeProblems(report.Problems)
-		}
-		if r := world.Check(ratedTopicRows(t, brokers), watermark); len(r.Problems) > 0 {
-			return "rated topic: " + summarizeProblems(r.Problems)
-		}
-		return ""
-	})
+	report := waitOracle(t, world, watermark, chAddr, database, brokers)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -215,6 +192,45 @@ scaleOut: %s
 	}
 	t.Logf("chaos: %d records (%d malformed: dead letters), %d windows, %d periods priced to the cent, %d fee rows; %d kills by where they landed: %v; ClickHouse, rated topic and oracle agree",
 		len(s.msgs), malformed, report.Windows, report.ExactPeriods, report.FeeRows, kills, byPoint)
+}
+
+// chaosWorld generates the oracle's world of seed (75 days of records,
+// retries, late records, a record 40 days past the end that closes every
+// period), its stream with malformed records mixed in, and writes its plans
+// to dir.
+func chaosWorld(t *testing.T, seed uint64, records int, dir string) (*oracle.World, oracle.Options, *stream, string) {
+	t.Helper()
+	opts := oracle.Options{Start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Span: 75 * 24 * time.Hour,
+		Jitter: 5 * time.Minute, LatePercent: 1, LateBy: 20 * time.Minute, RetryPercent: 2, CloseAfter: 40 * 24 * time.Hour}
+	opts.MeanGap = opts.Span / time.Duration(records)
+	world := oracle.Generate(seed, opts)
+	t.Log(world.Describe())
+	plan := filepath.Join(dir, "plans.yaml")
+	if err := os.WriteFile(plan, []byte(world.PlansYAML()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return world, opts, chaosStream(seed, world), plan
+}
+
+// waitOracle waits until ClickHouse FINAL and the rated topic pass the
+// oracle's check of world at watermark, and returns ClickHouse's report.
+func waitOracle(t *testing.T, world *oracle.World, watermark time.Time, chAddr, database string, brokers []string) oracle.Report {
+	t.Helper()
+	var report oracle.Report
+	waitFor(t, 180*time.Second, "ClickHouse and the rated topic to pass the oracle's check", func() string {
+		rows, err := clickHouseRows(chAddr, database)
+		if err != nil {
+			return err.Error()
+		}
+		if report = world.Check(rows, watermark); len(report.Problems) > 0 {
+			return "ClickHouse: " + summarizeProblems(report.Problems)
+		}
+		if r := world.Check(ratedTopicRows(t, brokers), watermark); len(r.Problems) > 0 {
+			return "rated topic: " + summarizeProblems(r.Problems)
+		}
+		return ""
+	})
+	return report
 }
 
 // chaosStream is world's records as key/value messages, with malformed

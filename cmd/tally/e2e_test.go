@@ -510,10 +510,7 @@ func TestEndToEnd(t *testing.T) {
 	cfg := testConfig(t, brokers, chAddr, database)
 	r := start(t, cfg)
 	waitFor(t, 90*time.Second, "ClickHouse to hold the expected totals", clickHouseMatches(t, chAddr, database, s.expected))
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)
 	}
@@ -684,10 +681,7 @@ func TestRestartsKeepTotalsExact(t *testing.T) {
 	r := start(t, cfg)
 	waitFor(t, 120*time.Second, "ClickHouse to hold the expected totals after restarts",
 		clickHouseMatches(t, chAddr, database, s.expected))
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs after restarts: %s", d)
 	}

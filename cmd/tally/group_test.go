@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/tally-billing/tally/bench/oracle"
 )
 
 // TestGroupInstances: instances in one consumer group (scaleOut: group),
@@ -31,18 +29,9 @@ func TestGroupInstances(t *testing.T) {
 	t.Logf("seed %d (replay with TALLY_GROUP_SEED=%d)", seed, seed)
 	brokers := startKafka(t, 6)
 	bin := buildBinary(t)
-	opts := oracle.Options{Start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Span: 75 * 24 * time.Hour,
-		Jitter: 5 * time.Minute, LatePercent: 1, LateBy: 20 * time.Minute, RetryPercent: 2, CloseAfter: 40 * 24 * time.Hour}
-	opts.MeanGap = opts.Span / 18000
-	world := oracle.Generate(seed, opts)
-	t.Log(world.Describe())
-	s := chaosStream(seed, world)
-	database := testDatabase(t)
 	dir := t.TempDir()
-	plan := filepath.Join(dir, "plans.yaml")
-	if err := os.WriteFile(plan, []byte(world.PlansYAML()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	world, opts, s, plan := chaosWorld(t, seed, 18000, dir)
+	database := testDatabase(t)
 	config := func(name string) string {
 		path := filepath.Join(dir, name+".yaml")
 		err := os.WriteFile(path, []byte(fmt.Sprintf(`
@@ -129,20 +118,7 @@ finalizeAfter: 72h
 	produce(t, brokers, "usage", s.msgs[2*third:])
 
 	watermark := opts.Start.Add(opts.Span + opts.CloseAfter - 10*time.Minute)
-	var report oracle.Report
-	waitFor(t, 180*time.Second, "ClickHouse and the rated topic to pass the oracle's check", func() string {
-		rows, err := clickHouseRows(chAddr, database)
-		if err != nil {
-			return err.Error()
-		}
-		if report = world.Check(rows, watermark); len(report.Problems) > 0 {
-			return "ClickHouse: " + summarizeProblems(report.Problems)
-		}
-		if r := world.Check(ratedTopicRows(t, brokers), watermark); len(r.Problems) > 0 {
-			return "rated topic: " + summarizeProblems(r.Problems)
-		}
-		return ""
-	})
+	report := waitOracle(t, world, watermark, chAddr, database, brokers)
 	for name, in := range running {
 		if err := in.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)

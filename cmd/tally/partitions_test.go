@@ -91,12 +91,7 @@ func TestPartitionsAddedWhileRunning(t *testing.T) {
 	cfg.Kafka.MetadataInterval = 200 * time.Millisecond
 	cfg.Kafka.Partitioner = "none"
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "the first half to be read", func() string {
-		if c := r.app.engine.Stats().Consumed; c < uint64(half) {
-			return "consumed " + strconv.FormatUint(c, 10)
-		}
-		return ""
-	})
+	waitConsumed(t, r, uint64(half), 30*time.Second, "the first half to be read")
 	if _, err := adminClient(t, brokers).CreatePartitions(context.Background(), 2, "usage"); err != nil {
 		t.Fatal(err)
 	}
@@ -110,10 +105,7 @@ func TestPartitionsAddedWhileRunning(t *testing.T) {
 			t.Errorf("tally_consumer_lag_records has no sample %s: %s", want, labels)
 		}
 	}
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 	if c := r.app.engine.Stats().Consumed; c != uint64(len(s.msgs)) {
 		t.Errorf("consumed %d records, produced %d", c, len(s.msgs))
 	}
@@ -149,12 +141,7 @@ func TestGrownTopicMovedCustomers(t *testing.T) {
 	cfg := testConfig(t, brokers, "", "")
 	cfg.Kafka.MetadataInterval = 200 * time.Millisecond
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "the first half to be read", func() string {
-		if c := r.app.engine.Stats().Consumed; c < uint64(half) {
-			return "consumed " + strconv.FormatUint(c, 10)
-		}
-		return ""
-	})
+	waitConsumed(t, r, uint64(half), 30*time.Second, "the first half to be read")
 	if _, err := adminClient(t, brokers).CreatePartitions(context.Background(), 2, "usage"); err != nil {
 		t.Fatal(err)
 	}
@@ -172,16 +159,8 @@ func TestGrownTopicMovedCustomers(t *testing.T) {
 			moved++
 		}
 	}
-	waitFor(t, 30*time.Second, "every record to be read", func() string {
-		if c := r.app.engine.Stats().Consumed; c < uint64(len(s.msgs)) {
-			return "consumed " + strconv.FormatUint(c, 10)
-		}
-		return ""
-	})
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	waitConsumed(t, r, uint64(len(s.msgs)), 30*time.Second, "every record to be read")
+	stopGracefully(t, r)
 	wrong := 0
 	for _, m := range consume(t, brokers, "usage-dead-letters") {
 		if strings.Contains(m.headers, "tally-reason=wrong_partition") {
@@ -227,16 +206,8 @@ func TestRecreatedTopicRefused(t *testing.T) {
 	cfg := testConfig(t, brokers, "", "")
 	cfg.Kafka.MetadataInterval = 200 * time.Millisecond
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "the records to be read", func() string {
-		if c := r.app.engine.Stats().Consumed; c < uint64(len(s.msgs)) {
-			return "consumed " + strconv.FormatUint(c, 10)
-		}
-		return ""
-	})
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	waitConsumed(t, r, uint64(len(s.msgs)), 30*time.Second, "the records to be read")
+	stopGracefully(t, r)
 
 	recreateUsage(t, brokers, 2)
 	produce(t, brokers, "usage", s.msgs[:10])
@@ -256,12 +227,7 @@ func TestRecreatedTopicRefused(t *testing.T) {
 	// recreated once more.
 	cfg.StateDir = t.TempDir()
 	r = start(t, cfg)
-	waitFor(t, 30*time.Second, "the new topic to be read", func() string {
-		if c := r.app.engine.Stats().Consumed; c < 10 {
-			return "consumed " + strconv.FormatUint(c, 10)
-		}
-		return ""
-	})
+	waitConsumed(t, r, 10, 30*time.Second, "the new topic to be read")
 	recreateUsage(t, brokers, 2)
 	select {
 	case err := <-r.done:
@@ -293,12 +259,7 @@ func TestDeletedStartReported(t *testing.T) {
 	}
 	cfg := testConfig(t, brokers, "", "")
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "the rest to be read", func() string {
-		if c := r.app.engine.Stats().Consumed; c < uint64(len(s.msgs)-40) {
-			return "consumed " + strconv.FormatUint(c, 10)
-		}
-		return ""
-	})
+	waitConsumed(t, r, uint64(len(s.msgs)-40), 30*time.Second, "the rest to be read")
 	rec := httptest.NewRecorder()
 	r.app.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
 	if body := rec.Body.String(); !strings.Contains(body, "warning: usage/0: offsets 0..39 were deleted by retention before Tally read them") {
@@ -307,10 +268,7 @@ func TestDeletedStartReported(t *testing.T) {
 	if got := metricSum(r.app, "tally_source_unread_offsets"); got != 40 {
 		t.Errorf("tally_source_unread_offsets = %v, want 40", got)
 	}
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 }
 
 // TestOutputTopicsCreated: missing output topics are created with the
@@ -365,12 +323,7 @@ func TestDrainTimeoutBoundsStop(t *testing.T) {
 			o.wrapSink = func(sink engine.Sink) engine.Sink { return failingSink{name: sink.Name()} }
 		}
 	})
-	waitFor(t, 30*time.Second, "the records to be read", func() string {
-		if c := r.app.engine.Stats().Consumed; c < uint64(len(s.msgs)) {
-			return "consumed " + strconv.FormatUint(c, 10)
-		}
-		return ""
-	})
+	waitConsumed(t, r, uint64(len(s.msgs)), 30*time.Second, "the records to be read")
 	stopAt := time.Now()
 	close(r.stop)
 	select {
@@ -413,10 +366,7 @@ func TestLostMachineRestoresFromChangelog(t *testing.T) {
 	cfg.ScaleOut = scaleOutLocal
 	r := start(t, cfg)
 	waitFor(t, 60*time.Second, "the first stream in ClickHouse", clickHouseMatches(t, chAddr, database, first.expected))
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 
 	// Retention deletes everything read so far, and the machine is lost.
 	adm := adminClient(t, brokers)
@@ -457,10 +407,7 @@ func TestLostMachineRestoresFromChangelog(t *testing.T) {
 	if w := r.app.engine.Warnings(); len(w) > 0 {
 		t.Errorf("warnings after the restore: %v", w)
 	}
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 }
 
 // TestRepartitionUnkeyedInput: producers that do not key usage by customer
@@ -490,12 +437,29 @@ func TestRepartitionUnkeyedInput(t *testing.T) {
 	cfg.Kafka.Repartition = true
 	r := start(t, cfg)
 	waitFor(t, 90*time.Second, "ClickHouse to hold the stream's totals", clickHouseMatches(t, chAddr, database, s.expected))
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)
 	}
 	checkDeadLetters(t, brokers, s)
+}
+
+// waitConsumed waits until r consumed at least n records.
+func waitConsumed(t *testing.T, r *running, n uint64, timeout time.Duration, what string) {
+	t.Helper()
+	waitFor(t, timeout, what, func() string {
+		if c := r.app.engine.Stats().Consumed; c < n {
+			return "consumed " + strconv.FormatUint(c, 10)
+		}
+		return ""
+	})
+}
+
+// stopGracefully stops r as SIGTERM would and fails on its error.
+func stopGracefully(t *testing.T, r *running) {
+	t.Helper()
+	close(r.stop)
+	if err := <-r.done; err != nil {
+		t.Fatalf("graceful shutdown: %v", err)
+	}
 }

@@ -99,10 +99,7 @@ func TestTransactionalInput(t *testing.T) {
 	cfg := testConfig(t, brokers, chAddr, database)
 	r := start(t, cfg)
 	waitFor(t, 90*time.Second, "ClickHouse to hold the committed records' totals", clickHouseMatches(t, chAddr, database, good.expected))
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 	if d := diff(good.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)
 	}

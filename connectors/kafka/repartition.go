@@ -65,7 +65,6 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 		kgo.ConsumeTopics(cfg.Inputs...),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.TransactionalID(cfg.TransactionalID),
 		kgo.TransactionTimeout(10*time.Second),
