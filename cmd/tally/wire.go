@@ -387,9 +387,9 @@ func (a *app) run(ctx context.Context, stop <-chan struct{}) error {
 		case <-ctx.Done():
 		}
 	}()
-	ctx, cancel := context.WithCancelCause(ctx)
+	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	bgCtx, stopBackground := context.WithCancel(ctx)
+	bgCtx, stopBackground := context.WithCancel(runCtx)
 	var bg sync.WaitGroup
 	for _, run := range a.background {
 		bg.Go(func() {
@@ -399,10 +399,10 @@ func (a *app) run(ctx context.Context, stop <-chan struct{}) error {
 			}
 		})
 	}
-	err := a.engine.Run(ctx)
+	err := a.engine.Run(runCtx)
 	stopBackground()
 	bg.Wait()
-	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+	if cause := context.Cause(runCtx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}
 	return err
