@@ -276,8 +276,9 @@ type Engine struct {
 	// (*[]Event): readers take them, shards give them back once applied.
 	eventSlices sync.Pool
 
-	stopOnce sync.Once
-	stop     chan struct{} // closed by Shutdown
+	stopOnce    sync.Once
+	stop        chan struct{} // closed by Shutdown
+	handingOver atomic.Bool   // set by handOver: no sink drain at the stop
 
 	// committedSeq is the last durable checkpoint, written by the checkpoint
 	// writer, read by sink workers and the dispatcher.
@@ -469,6 +470,15 @@ func (e *Engine) Stats() Stats {
 // at once, like a crash: no final checkpoint, nothing lost either.
 func (e *Engine) Shutdown() {
 	e.stopOnce.Do(func() { close(e.stop) })
+}
+
+// handOver stops like Shutdown but does not wait for the sinks after the
+// final checkpoint: a task that moves to another instance hands its outbox
+// over with its changelog, and its next owner delivers it. It keeps a
+// rebalance short.
+func (e *Engine) handOver() {
+	e.handingOver.Store(true)
+	e.Shutdown()
 }
 
 // Ready reports nil when the engine is consuming and its sinks are healthy,

@@ -266,7 +266,7 @@ func (n *Node) stopTasks(ps []int32, graceful bool) {
 // stopTask stops t and forgets it.
 func (n *Node) stopTask(t *task, graceful bool) error {
 	if graceful {
-		t.engine.Shutdown()
+		t.engine.handOver()
 	} else {
 		t.cancel()
 	}

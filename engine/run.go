@@ -157,7 +157,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	close(writes)
 	stopReaders()
 	<-writerDone
-	if err == nil && graceful {
+	if err == nil && graceful && !e.handingOver.Load() {
 		err = e.drainSinks(ctx)
 	}
 	if cause := context.Cause(ctx); err == nil && cause != nil {

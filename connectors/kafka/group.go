@@ -63,7 +63,9 @@ func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []i
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.DisableAutoCommit(),
 		kgo.SessionTimeout(g.cfg.SessionTimeout),
-		kgo.RebalanceTimeout(2*time.Minute),
+		// A revoked task takes one final checkpoint, without waiting for
+		// its sinks (its next owner delivers its outbox): well within this.
+		kgo.RebalanceTimeout(30*time.Second),
 		kgo.FetchMaxBytes(1),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			if ts := tasksOf(m, g.cfg.Topic); len(ts) > 0 {
