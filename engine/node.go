@@ -24,9 +24,9 @@ import (
 // the topics co-partitioned), and everything that decides its customers'
 // money (windows, periods, subscriptions, dedup ids, offsets, watermark,
 // outbox) lives in the task's own state folder, StateDir/tasks/<p>, so that
-// it can move on its own. Today a Node owns every task of the topics (one
-// process); joining a consumer group and moving tasks through changelog
-// topics builds on it.
+// it can move on its own. Without a Membership a Node owns every task (one
+// process); with one, a consumer group shares them between instances, and
+// each task moves through its changelog (NodeConfig.Changelogs).
 //
 // Invariant (one owner): every task places customers by the same partition
 // counts, recorded once for the Node (StateDir/node), so that a customer
@@ -197,12 +197,12 @@ func (n *Node) Run(ctx context.Context) error {
 				return err
 			}
 		case <-ticks:
-			listed, err := n.partitionNumbers(ctx)
+			listed, err := n.source.Partitions(ctx)
 			if err != nil {
 				n.log.Warn("listing source partitions failed; retrying", "err", err)
 				continue
 			}
-			n.startTasks(listed)
+			n.startTasks(partitionNumbers(listed))
 		}
 	}
 }
@@ -295,8 +295,9 @@ func (n *Node) fail(err error) {
 // give for IdleTimeout to where one engine reading every partition would
 // have it: the lowest watermark of the tasks still active, or, when every
 // task is idle, the furthest any got. With a Progress, "every task" is the
-// group's: the other instances' tasks as they last reported (within
-// progressFresh), its own as they are. Without it the windows and periods
+// group's: every task of the lead topic as its owner last reported it (one
+// without a report in the last 3 idleTimeouts, at least 10 s, holds time
+// where it last was), this Node's own as they are. Without it the windows and periods
 // of a quiet partition's customers would wait for its next record, and the
 // end of a drained stream would close only in the task that read its last
 // record. Invariant: a task's watermark never goes back (AdvanceWatermark
@@ -414,10 +415,7 @@ func (n *Node) place(ctx context.Context) ([]int32, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: list source partitions: %w", err)
 	}
-	now := make(map[string]int32)
-	for _, id := range listed {
-		now[id.Topic] = max(now[id.Topic], id.Partition+1)
-	}
+	now := PartitionCounts(listed)
 	var lead string
 	for topic := range now {
 		if lead == "" || topic < lead {
@@ -452,15 +450,11 @@ func (n *Node) place(ctx context.Context) ([]int32, error) {
 			return nil, err
 		}
 	}
-	return n.partitionNumbers(ctx)
+	return partitionNumbers(listed), nil
 }
 
-// partitionNumbers lists the partition numbers of the usage topics.
-func (n *Node) partitionNumbers(ctx context.Context) ([]int32, error) {
-	listed, err := n.source.Partitions(ctx)
-	if err != nil {
-		return nil, err
-	}
+// partitionNumbers is the partition numbers of a listing, sorted, each once.
+func partitionNumbers(listed []PartitionID) []int32 {
 	var out []int32
 	for _, id := range listed {
 		if !slices.Contains(out, id.Partition) {
@@ -468,7 +462,7 @@ func (n *Node) partitionNumbers(ctx context.Context) ([]int32, error) {
 		}
 	}
 	slices.Sort(out)
-	return out, nil
+	return out
 }
 
 // taskOf is the task of customer.

@@ -103,6 +103,16 @@ type ownership struct {
 	counts map[string]int
 }
 
+// PartitionCounts returns each topic's partition count in a listing of
+// partitions: one more than the highest partition listed.
+func PartitionCounts(listed []PartitionID) map[string]int32 {
+	counts := make(map[string]int32)
+	for _, id := range listed {
+		counts[id.Topic] = max(counts[id.Topic], id.Partition+1)
+	}
+	return counts
+}
+
 // recoverPartitionCounts sets up the ownership check: each topic's
 // partition count as recorded, or as listed now for a topic first seen
 // (recorded by the next checkpoint).
@@ -110,10 +120,6 @@ func (e *Engine) recoverPartitionCounts(listed []PartitionID) error {
 	recorded, err := e.store.PartitionCounts()
 	if err != nil {
 		return err
-	}
-	now := make(map[string]int32)
-	for _, id := range listed {
-		now[id.Topic] = max(now[id.Topic], id.Partition+1)
 	}
 	e.owners = ownership{partitioner: e.cfg.Partitioner, counts: make(map[string]int)}
 	e.unrecordedCounts = nil
@@ -138,7 +144,7 @@ func (e *Engine) recoverPartitionCounts(listed []PartitionID) error {
 		maps.Copy(e.owners.counts, e.cfg.ownershipCounts)
 		return nil
 	}
-	for topic, n := range now {
+	for topic, n := range PartitionCounts(listed) {
 		if r, ok := recorded[topic]; ok {
 			if r != n {
 				e.log.Warn("topic has more partitions than when its state began: customers a keyed producer now places elsewhere are dead-lettered as wrong_partition (see docs/scale-out.md)",

@@ -423,8 +423,9 @@ func (e *Engine) dispatch(ctx context.Context, inputs dispatchInputs, writes cha
 	lastEmitOpen := e.now()
 	paused := false
 	var pending *checkpointRequest
-	// Topic identities seen for the first time go into the next
-	// checkpoint (a crash before it finds them again at start).
+	// Topic identities and partition counts seen for the first time go
+	// into the next checkpoint (a crash before it finds them again at
+	// start).
 	unrecordedTopicIDs, unrecordedCounts := e.unrecordedTopicIDs, e.unrecordedCounts
 	// requested cuts pending's checkpoint once its offsets are dispatched.
 	var cut func(time.Time, bool) error

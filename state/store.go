@@ -462,18 +462,8 @@ type batchWriter interface {
 // ChangelogPosition returns the changelog offset the store has applied up
 // to (exclusive); ok is false if it never followed a changelog.
 func (s *Store) ChangelogPosition() (position int64, ok bool, err error) {
-	v, closer, err := s.db.Get(keyChangelog)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("state: get changelog position: %w", err)
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return 0, false, fmt.Errorf("state: changelog position holds %d bytes, want 8: state is corrupt", len(v))
-	}
-	return int64(binary.BigEndian.Uint64(v)), true, nil
+	v, ok, err := s.lookupUint64(keyChangelog, "changelog position")
+	return int64(v), ok, err
 }
 
 // Apply applies changes read from the changelog, up to position
@@ -514,18 +504,8 @@ func (s *Store) LastSeq() (uint64, error) {
 // Watermark returns the engine watermark of the last checkpoint that set
 // one; ok is false if none did.
 func (s *Store) Watermark() (wm int64, ok bool, err error) {
-	v, closer, err := s.db.Get(keyWM)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("state: get watermark: %w", err)
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return 0, false, fmt.Errorf("state: watermark holds %d bytes, want 8: state is corrupt", len(v))
-	}
-	return int64(binary.BigEndian.Uint64(v)), true, nil
+	v, ok, err := s.lookupUint64(keyWM, "watermark")
+	return int64(v), ok, err
 }
 
 // SinkProgress returns the next outbox position of sink; the zero position
@@ -546,18 +526,25 @@ func (s *Store) SinkProgress(sink string) (OutboxPos, error) {
 }
 
 func (s *Store) getUint64(key []byte) (uint64, error) {
-	v, closer, err := s.db.Get(key)
+	v, _, err := s.lookupUint64(key, fmt.Sprintf("key %q", key))
+	return v, err
+}
+
+// lookupUint64 reads an 8-byte value, named what in errors; ok is false
+// when the key is absent.
+func (s *Store) lookupUint64(key []byte, what string) (v uint64, ok bool, err error) {
+	raw, closer, err := s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("state: get %q: %w", key, err)
+		return 0, false, fmt.Errorf("state: get %s: %w", what, err)
 	}
 	defer closer.Close()
-	if len(v) != 8 {
-		return 0, fmt.Errorf("state: key %q holds %d bytes, want 8: state is corrupt", key, len(v))
+	if len(raw) != 8 {
+		return 0, false, fmt.Errorf("state: %s holds %d bytes, want 8: state is corrupt", what, len(raw))
 	}
-	return binary.BigEndian.Uint64(v), nil
+	return binary.BigEndian.Uint64(raw), true, nil
 }
 
 // Partitions returns the progress of every partition in the store.

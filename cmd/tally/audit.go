@@ -132,10 +132,7 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 	if err != nil {
 		return 0, err
 	}
-	counts := make(map[string]int)
-	for _, p := range parts {
-		counts[p.Topic] = max(counts[p.Topic], int(p.Partition)+1)
-	}
+	counts := engine.PartitionCounts(parts)
 	partitioner := engine.Partitioner(cfg.Kafka.Partitioner)
 	var events []engine.Event
 	misplaced := 0
@@ -143,7 +140,7 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 	err = src.ReadToEnd(ctx, func(p engine.PartitionID, r engine.Record) error {
 		var derr error
 		if events, derr = decoder.DecodeAt(r.Value, events[:0], r.Timestamp); derr == nil && len(events) > 0 {
-			if partitioner.Misplaced(p, events[0].Customer, counts[p.Topic]) != "" {
+			if partitioner.Misplaced(p, events[0].Customer, int(counts[p.Topic])) != "" {
 				misplaced++
 				return nil
 			}

@@ -330,11 +330,14 @@ func loadConfig(name string, args []string, requireKafka bool) (Config, error) {
 	return cfg, cfg.validate(requireKafka)
 }
 
+// keyError names a bad setting's config key and flag, and what is wrong.
+func keyError(key, format string, args ...any) error {
+	return fmt.Errorf("config key %s (flag --%s): %s", key, flagName(key), fmt.Sprintf(format, args...))
+}
+
 // validate checks what the engine does not, and names the key and flag.
 func (c *Config) validate(requireKafka bool) error {
-	bad := func(key, format string, args ...any) error {
-		return fmt.Errorf("config key %s (flag --%s): %s", key, flagName(key), fmt.Sprintf(format, args...))
-	}
+	bad := keyError
 	ec := c.engineConfig()
 	if err := ec.Validate(); err != nil {
 		var ce *engine.ConfigError

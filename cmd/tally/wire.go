@@ -247,7 +247,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if err != nil {
 		var ce *engine.ConfigError
 		if errors.As(err, &ce) {
-			return nil, fmt.Errorf("config key %s (flag --%s): %s", ce.Key, flagName(ce.Key), ce.Problem)
+			return nil, keyError(ce.Key, "%s", ce.Problem)
 		}
 		return nil, err
 	}
@@ -270,8 +270,8 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 		if err != nil {
 			return nil, err
 		}
-		for _, id := range ids {
-			partitions = max(partitions, int(id.Partition)+1)
+		for _, n := range engine.PartitionCounts(ids) {
+			partitions = max(partitions, int(n))
 		}
 	}
 	instance := cfg.Kafka.InstanceID
@@ -308,7 +308,7 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 }
 
 // runner is what the app needs of an engine: one (scaleOut: off) or a
-// Node of partition-owned tasks (scaleOut: local).
+// Node of partition-owned tasks (scaleOut: local or group).
 type runner interface {
 	Run(ctx context.Context) error
 	Shutdown()

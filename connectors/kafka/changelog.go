@@ -36,8 +36,8 @@ type Changelogs struct {
 	partitions int32 // the topic has at least this many
 }
 
-// NewChangelogs returns the changelogs of cfg.Topic; it creates the topic
-// (compacted) when it is missing.
+// NewChangelogs returns the changelogs of cfg.Topic. The topic is created
+// (compacted) or grown when a task first needs its partition.
 func NewChangelogs(cfg ChangelogConfig, log *slog.Logger) (*Changelogs, error) {
 	admin, err := kgo.NewClient(cfg.opts(log)...)
 	if err != nil {
