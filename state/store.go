@@ -107,7 +107,9 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("state: read folder %s: %w", dir, err)
 	}
-	fresh := len(entries) == 0
+	// Fresh: empty, or holding only the lock file a start that crashed
+	// right after taking it left behind.
+	fresh := len(entries) == 0 || (len(entries) == 1 && entries[0] == "LOCK")
 	if !fresh {
 		desc, err := pebble.Peek(dir, fs)
 		if err != nil {
@@ -147,7 +149,10 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 	s := &Store{db: db, lock: lock}
 	marker, closer, err := db.Get(keyFormat)
 	switch {
-	case errors.Is(err, pebble.ErrNotFound) && fresh:
+	case errors.Is(err, pebble.ErrNotFound) && (fresh || s.empty()):
+		// A new folder, or one whose creation a crash interrupted before
+		// the marker was written (Pebble's files, no key): nothing in it
+		// can be lost by taking it.
 		if err := db.Set(keyFormat, []byte(formatMarker), pebble.Sync); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("state: write format marker: %w", err)
@@ -693,6 +698,17 @@ func (s *Store) Dedup(fn func(DedupEntry) error) error {
 		}
 		return nil
 	})
+}
+
+// empty reports whether the database holds no key at all (an error counts
+// as not empty: the folder is then refused as it would have been).
+func (s *Store) empty() bool {
+	it, err := s.db.NewIter(nil)
+	if err != nil {
+		return false
+	}
+	defer it.Close()
+	return !it.First() && it.Error() == nil
 }
 
 // migrateDedup moves dedup ids stored one per key (d/, before 2026-11-25)

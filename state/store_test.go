@@ -103,6 +103,36 @@ func TestOpenRefusesForeignFolders(t *testing.T) {
 	}
 }
 
+// TestOpenAfterInterruptedCreation: a start killed while it created the
+// folder (after taking its lock, or after Pebble created its files but
+// before the Tally marker) leaves a folder that holds nothing; the next
+// start takes it, instead of refusing it for ever as foreign.
+func TestOpenAfterInterruptedCreation(t *testing.T) {
+	lockOnly := t.TempDir()
+	if err := os.WriteFile(filepath.Join(lockOnly, "LOCK"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	noMarker := t.TempDir()
+	db, err := pebble.Open(noMarker, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	for _, dir := range []string{lockOnly, noMarker} {
+		s, err := Open(dir)
+		if err != nil {
+			t.Errorf("Open(%s) after an interrupted creation: %v", filepath.Base(dir), err)
+			continue
+		}
+		s.Close()
+		if s, err = Open(dir); err != nil {
+			t.Errorf("Open(%s) again: %v", filepath.Base(dir), err)
+		} else {
+			s.Close()
+		}
+	}
+}
+
 // TestOpenRefusesCorruptOrForeignState: a Pebble database that is not
 // Tally's, and a Tally folder whose files were damaged, are refused at
 // start with an error; neither is reset.
