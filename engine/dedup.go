@@ -127,3 +127,44 @@ func (d *dedupSet) expire(beforeNs int64, durableSeq uint64) {
 }
 
 func (d *dedupSet) size() int { return len(d.ids) }
+
+// duplicate reports whether ev's id was seen for meter m, in memory or, for
+// buckets that left memory, in the store; if not, it remembers it.
+func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
+	return s.seen(ev, eventIDHash(ev.Source, ev.ID, m.Name))
+}
+
+// seen reports whether id (of ev's time and customer) was remembered, in
+// memory or, for buckets that left memory, in the store; if not, it
+// remembers it, to be checkpointed with the next barrier. Usage and
+// subscription events share it.
+//
+// Ids in memory are indexed by id alone, whatever their bucket: a producer
+// that re-stamps a retry with another time still sends a duplicate, and it
+// is found as long as the original's bucket is in memory (dedupMemoryHorizon
+// behind the watermark, or ahead of it). Past that, only the event's own
+// bucket is looked up in the store: a lookup by id alone in every stored
+// bucket would cost each new record a Pebble read (issue 11, hole 4).
+func (s *shard) seen(ev *Event, id idHash) bool {
+	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
+	fresh := s.rules.dedupMemoryExpiry(s.watermarkNs)
+	if bucket >= fresh {
+		// The usual case: the bucket is wholly in memory, and the index of
+		// every id in memory tells whether the id was there, in any bucket
+		// within the memory horizon.
+		return !s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1, fresh)
+	}
+	if s.dedup.contains(id, bucket, fresh) {
+		return true
+	}
+	s.pending.coldReads++
+	found, err := s.store.HasDedup(bucket, id)
+	if err != nil {
+		s.pending.storeErr = err
+	}
+	if found {
+		return true
+	}
+	s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1, fresh)
+	return false
+}

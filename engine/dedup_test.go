@@ -26,18 +26,18 @@ func TestRestampedRetryDependsOnTheWatermarkOnly(t *testing.T) {
 	apply("b", "c2", "10:00:02", "10:00:00")
 	apply("a", "c1", "10:20:00", "10:20:00") // re-stamped, within 30 minutes: a duplicate
 	apply("b", "c2", "10:00:02", "10:40:00") // same time, bucket still held: a duplicate
-	if n := s.duplicates["sms"]; n != 2 {
+	if n := s.pending.duplicates["sms"]; n != 2 {
 		t.Fatalf("%d duplicates, want 2", n)
 	}
 	// 40 minutes on, no barrier ran: the 10:00 bucket is still held in
 	// memory, but past the horizon it no longer counts for other buckets.
 	apply("a", "c1", "10:40:05", "10:40:00")
-	if n := s.duplicates["sms"]; n != 2 {
+	if n := s.pending.duplicates["sms"]; n != 2 {
 		t.Fatalf("a retry re-stamped past the memory horizon counted as a duplicate before any barrier: %d duplicates", n)
 	}
 	// And it is now remembered in its own bucket.
 	apply("a", "c1", "10:40:05", "10:40:00")
-	if n := s.duplicates["sms"]; n != 3 {
+	if n := s.pending.duplicates["sms"]; n != 3 {
 		t.Fatalf("%d duplicates, want 3", n)
 	}
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -238,20 +239,13 @@ func (c *Config) Validate() error {
 	case c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000:
 		return configError("sinkBatchRows", "%d is outside 1..1000000", c.SinkBatchRows)
 	}
-	_, err := newCustomers(c.Customers, cmpOr(c.Timezone, "UTC"), c.BillingAnchorDay)
+	_, err := newCustomers(c.Customers, cmp.Or(c.Timezone, "UTC"), c.BillingAnchorDay)
 	return err
 }
 
 func validZone(name string) bool {
 	_, err := time.LoadLocation(name)
 	return err == nil
-}
-
-func cmpOr(s, fallback string) string {
-	if s == "" {
-		return fallback
-	}
-	return s
 }
 
 // Engine reads usage, aggregates it in shards, checkpoints to the store and

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/state"
 )
 
@@ -241,18 +240,6 @@ func (e *Engine) outboxMarks(committed uint64) (map[string]state.OutboxPos, map[
 	return progress, trim
 }
 
-// commit makes cp durable: in the store, and first in the task's changelog
-// when it has one (the checkpoint exists once the changelog transaction
-// committed; see docs/scale-out.md).
-func (e *Engine) commit(ctx context.Context, cp *state.Checkpoint) error {
-	if e.cfg.Changelog == nil {
-		return e.store.Commit(cp)
-	}
-	return e.store.CommitPublished(cp, func(ops []state.Op) (int64, error) {
-		return e.cfg.Changelog.Append(ctx, ops)
-	})
-}
-
 // drainSinks waits until every sink delivered the last checkpoint (or
 // DrainTimeout passed), then records their progress, after a graceful
 // shutdown.
@@ -290,140 +277,5 @@ func (e *Engine) drainSinks(ctx context.Context) error {
 		return fmt.Errorf("engine: record sink progress at shutdown: %w", err)
 	}
 	e.committedSeq.Store(committed + 1)
-	return nil
-}
-
-// writeCheckpoints is the checkpoint writer: it gathers each cut's shard
-// snapshots, commits them with the cut's offsets and outbox in one synced
-// batch, then publishes the new durable sequence.
-func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingCheckpoint) error {
-	var lastDedupExpiry, lastFinalized int64
-	for pc := range writes {
-		cp := &state.Checkpoint{Seq: pc.seq, Partitions: pc.partitions, Outbox: make(map[state.Stream][][]byte),
-			WatermarkNs: pc.watermarkNs, HasWatermark: pc.watermarkNs != minWatermark, TopicIDs: pc.topicIDs, PartitionCounts: pc.partitionCounts}
-		dead := pc.deadLetters
-		revenue := make(map[string]decimal.Decimal)
-		duplicates := make(map[string]uint64)
-		var rows []RatedRow
-		live, dedupIDs := 0, 0
-		var coldReads, spilled uint64
-		overBudget := false
-		snaps := make([]*shardSnapshot, 0, len(e.shards))
-		var nPuts, nDedup, nRows int
-		for range e.shards {
-			var snap *shardSnapshot
-			select {
-			case snap = <-pc.replies:
-			case <-ctx.Done():
-				return nil
-			}
-			if snap.err != nil {
-				return fmt.Errorf("engine: checkpoint %d: shard %d: %w", pc.seq, snap.shard, snap.err)
-			}
-			snaps = append(snaps, snap)
-			nPuts, nDedup, nRows = nPuts+len(snap.windowPuts), nDedup+len(snap.dedupAdds), nRows+len(snap.rows)
-		}
-		cp.WindowPuts = make([]state.KV, 0, nPuts)
-		cp.DedupAdds = make([]state.DedupEntry, 0, nDedup)
-		rows = make([]RatedRow, 0, nRows)
-		for _, snap := range snaps {
-			cp.WindowPuts = append(cp.WindowPuts, snap.windowPuts...)
-			cp.SubscriptionPuts = append(cp.SubscriptionPuts, snap.subsPuts...)
-			cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
-			cp.DedupAdds = append(cp.DedupAdds, snap.dedupAdds...)
-			rows = append(rows, snap.rows...)
-			dead = append(dead, snap.deadLetters...)
-			for currency, delta := range snap.revenue {
-				revenue[currency] = revenue[currency].Add(delta)
-			}
-			for meter, n := range snap.duplicates {
-				duplicates[meter] += n
-			}
-			live += snap.liveWindows
-			coldReads += snap.coldReads
-			spilled += snap.spilled
-			overBudget = overBudget || snap.overBudget
-			dedupIDs += snap.dedupIDs
-		}
-		// Rows are encoded into one buffer (Pebble copies them into its
-		// batch); a slice taken before the buffer grows keeps its bytes.
-		if len(rows) > 0 {
-			buf := make([]byte, 0, 160*len(rows))
-			encoded := make([][]byte, len(rows))
-			for i := range rows {
-				start := len(buf)
-				buf = encodeRow(buf, &rows[i])
-				encoded[i] = buf[start:len(buf):len(buf)]
-			}
-			cp.Outbox[state.StreamRated] = encoded
-		}
-		for i := range dead {
-			b, err := json.Marshal(&dead[i])
-			if err != nil {
-				return fmt.Errorf("engine: encode dead letter: %w", err)
-			}
-			cp.Outbox[state.StreamDeadLetter] = append(cp.Outbox[state.StreamDeadLetter], b)
-		}
-		if expiry := e.rules.dedupExpiry(pc.watermarkNs); pc.watermarkNs != minWatermark && expiry > lastDedupExpiry {
-			cp.DedupExpireBeforeNs, lastDedupExpiry = expiry, expiry
-		}
-		// Every window of a period that no record may revise any more goes,
-		// in one range delete: finalized periods, or without finalizeAfter
-		// periods that ended reviseHorizon ago (which also removes windows
-		// that spilled from memory early).
-		f := e.rules.retentionNs()
-		if pc.watermarkNs != minWatermark && pc.watermarkNs-f > lastFinalized {
-			cp.WindowsFinalizedBeforeNs, lastFinalized = pc.watermarkNs-f, pc.watermarkNs-f
-		}
-		cp.SinkProgress, cp.OutboxTrim = e.outboxMarks(pc.seq - 1)
-
-		if e.cfg.FaultHook != nil {
-			e.cfg.FaultHook("checkpoint")
-		}
-		if err := e.commit(ctx, cp); err != nil {
-			return fmt.Errorf("engine: checkpoint %d not durable, stopping so nothing unpersisted is acknowledged: %w", pc.seq, err)
-		}
-		// From here the checkpoint is durable. Its counters are added before
-		// its sequence is published, so that whoever sees the sequence also
-		// sees what it counted.
-		e.metrics.checkpointDuration.Observe(time.Since(pc.cutAt).Seconds())
-		e.metrics.checkpointBytes.Observe(float64(len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + len(rows) + len(dead)))
-		e.metrics.checkpointSeq.Set(float64(pc.seq))
-		e.metrics.liveWindows.Set(float64(live))
-		e.metrics.coldReads.Add(float64(coldReads))
-		e.metrics.spilled.Add(float64(spilled))
-		e.stats.spilled.Add(spilled)
-		e.health.set(func(h *health) { h.overBudget = overBudget })
-		e.stats.coldReads.Add(coldReads)
-		e.metrics.dedupIDs.Set(float64(dedupIDs))
-		for _, d := range dead {
-			e.metrics.deadLetters.WithLabelValues(string(d.Reason)).Inc()
-		}
-		e.stats.deadLetters.Add(uint64(len(dead)))
-		var dups uint64
-		for meter, n := range duplicates {
-			e.metrics.duplicates.WithLabelValues(meter).Add(float64(n))
-			dups += n
-		}
-		e.stats.duplicates.Add(dups)
-		finals := 0
-		for _, r := range rows {
-			if r.Final {
-				finals++
-			}
-		}
-		e.metrics.windowsEmitted.WithLabelValues("1").Add(float64(finals))
-		e.metrics.windowsEmitted.WithLabelValues("0").Add(float64(len(rows) - finals))
-		e.stats.windowsEmitted.Add(uint64(len(rows)))
-		e.stats.revenueMu.Lock()
-		for currency, delta := range revenue {
-			total := e.stats.revenue[currency].Add(delta)
-			e.stats.revenue[currency] = total
-			e.metrics.ratedAmount.WithLabelValues(currency).Set(total.InexactFloat64())
-		}
-		e.stats.revenueMu.Unlock()
-		e.committedSeq.Store(pc.seq)
-		e.wakeWaiters()
-	}
 	return nil
 }

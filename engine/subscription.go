@@ -45,7 +45,7 @@ func (s *shard) applySubscription(ev *Event) {
 	// store once their bucket left memory: a retry of an old event is a
 	// duplicate, not a second change.
 	if s.seen(ev, eventIDHash(ev.Source, ev.ID, subscriptionMeter)) {
-		s.duplicates[subscriptionMeter]++
+		s.pending.duplicates[subscriptionMeter]++
 		return
 	}
 	change := rating.Change{At: time.Unix(0, ev.TimeNs).UTC(), Plan: ev.Plan}
@@ -56,7 +56,7 @@ func (s *shard) applySubscription(ev *Event) {
 	copy(list[i+1:], list[i:])
 	list[i] = change
 	s.subs[ev.Customer] = list
-	s.subsDirty[ev.Customer] = true
+	s.pending.subsDirty[ev.Customer] = true
 	s.addFeeCustomer(ev.Customer)
 	// The change may prorate fees of periods it falls in or precedes: open
 	// its period and every later one up to the watermark's (their fee

@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
+)
+
+// emitPeriodFee returns the next revision of period p's fee row, if its plan
+// has a fee for the meter and the amount differs from the last one emitted.
+func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
+	start := time.Unix(0, p.key.startNs).UTC()
+	charge, ok, err := s.rater.PeriodFee(s.subscriber(p.key.customer), p.key.meter, start, time.Unix(0, p.endNs).UTC(), p.chargedAmount)
+	if err != nil {
+		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", p.key.meter, p.key.customer, start.Format(time.RFC3339), err)
+	}
+	if !ok || (p.revision > 0 && charge.Amount.Equal(p.emittedAmount)) {
+		return RatedRow{}, false, nil
+	}
+	p.revision++
+	p.emittedFinal = true
+	return RatedRow{
+		Tenant: s.tenant, Meter: p.key.meter, Customer: p.key.customer, GroupKey: PeriodFeeGroup,
+		WindowStart: start, WindowEnd: time.Unix(0, p.endNs).UTC(),
+		Quantity: p.quantity(), Count: p.count, Amount: charge.Amount, Currency: charge.Currency,
+		Revision: p.revision, Final: true, Breakdown: charge.Lines,
+	}, true, nil
+}
+
+// emit rates w and returns its next revision. Invariant: revisions of a
+// window only grow, and each carries the window's full totals.
+//
+// A SUM or COUNT window is charged incrementally against its billing
+// period: the quantity it gained since its last revision moves the period's
+// charged-to-date quantity, and the window's amount grows by the charge of
+// that move. So allowances and tiers apply to the period, and the amounts of
+// a period's windows always add up to the charge of the period's total.
+// Other aggregations do not add up over a period; each window is priced on
+// its own.
+func (s *shard) emit(w *window, final bool) (RatedRow, error) {
+	start := time.Unix(0, w.key.startNs).UTC()
+	quantity := w.quantity()
+	cust := s.customers.get(w.key.customer)
+	periodStartNs, _ := billingPeriod(w.key.startNs, cust.loc, cust.anchorDay)
+	pkey := windowKey{meter: w.key.meter, customer: w.key.customer, startNs: periodStartNs, period: true}
+	p := s.periods[pkey]
+	if p == nil {
+		p = s.loadCold(pkey, w.periodEndNs)
+	}
+	if p == nil {
+		return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", w.key)
+	}
+	var amount decimal.Decimal
+	var charge rating.Charge
+	var err error
+	switch {
+	case w.perEvent:
+		// The window's events were priced one by one: the period's sum of
+		// event charges moves by what the window gained since its last
+		// revision.
+		before := p.emittedMoney
+		after := before.Add(w.money.Sub(w.emittedMoney))
+		usage := rating.WindowUsage{Rate: groupDim(w.key.groupKey, RateDim), Units: quantity, Events: w.count, Amount: w.money}
+		if charge, err = s.rater.IncrementEvents(s.subscriber(w.key.customer), w.key.meter, start, usage, before, after); err == nil {
+			amount = w.emittedAmount.Add(charge.Amount)
+			p.emittedMoney = after
+			w.emittedMoney = w.money
+			// The period moved even when the window's charge is 0 (inside
+			// an allowance, a zero-price tier, a package block already
+			// paid, an amount rounding to 0): the move must be
+			// checkpointed, or a restart charges it again.
+			s.markDirty(p)
+		}
+	case w.meter.additive():
+		before := p.emittedQuantity
+		after := before.Add(quantity.Sub(w.emittedQuantity))
+		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, before, after); err == nil {
+			amount = w.emittedAmount.Add(charge.Amount)
+			p.emittedQuantity = after
+			s.markDirty(p) // as above: even a zero charge moves the period
+		}
+	default:
+		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, decimal.Zero, quantity); err == nil {
+			amount = charge.Amount
+		}
+	}
+	if err == nil && !amount.Equal(w.emittedAmount) {
+		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))
+		s.queueFee(p) // its true-up may change
+	}
+	if err != nil {
+		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", w.key.meter, w.key.customer, start.Format(time.RFC3339), err)
+	}
+	w.revision++
+	w.changed, w.emittedFinal = false, final
+	w.emittedQuantity = quantity
+	return RatedRow{
+		Tenant:      s.tenant,
+		Meter:       w.key.meter,
+		Customer:    w.key.customer,
+		GroupKey:    w.key.groupKey,
+		WindowStart: start,
+		WindowEnd:   time.Unix(0, w.endNs).UTC(),
+		Quantity:    quantity,
+		Count:       w.count,
+		Amount:      amount,
+		Currency:    charge.Currency,
+		UnitPrice:   charge.UnitPrice,
+		Revision:    w.revision,
+		Final:       final,
+		Breakdown:   charge.Lines,
+	}, nil
+}

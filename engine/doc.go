@@ -1,0 +1,57 @@
+// Package engine turns usage records read from Kafka into rated rows,
+// exactly once in effect: every record ends in a window's state (and so in
+// rows), in the dead letters, or counted as a duplicate, whatever crashes,
+// restarts, rebalances and re-deliveries happen.
+//
+// # The pipeline
+//
+// One Engine consumes a set of source partitions (all of them, or one task's
+// share under a Node):
+//
+//	readers (run.go)      one goroutine per partition: fetch, decode
+//	                      (decode.go), check ownership (partitioner.go), and
+//	                      route each event to its customer's shard
+//	dispatcher            one goroutine (dispatch.go): takes decoded fetches
+//	                      in order, moves offsets and the watermark, feeds the
+//	                      shards, and cuts checkpoints
+//	shards                one goroutine each (shard.go): the hot path; each
+//	                      owns its customers' windows (window.go, the table in
+//	                      windowtable.go), dedup ids (dedup.go), period
+//	                      aggregates and fees (charge.go, subscription.go)
+//	checkpoint writer     one goroutine (checkpoint.go): commits the shards'
+//	                      snapshots (snapshot.go) with the offsets and rows
+//	sink workers          one per sink (outbox.go): deliver rows from the
+//	                      durable outbox, at least once, idempotently
+//
+// A Node (node.go) runs one Engine per task (partition p of every usage
+// topic) with its own store, changelog and outbox, and moves tasks between
+// instances through the Kafka group protocol (docs/scale-out.md).
+//
+// # Who owns what
+//
+// A shard's fields belong to its goroutine; nothing else reads or writes
+// them, so the per-record path takes no lock. Queries (query.go) are
+// messages answered by the shard between events. The dispatcher alone sends
+// to shards, and the writer alone writes the store while running. Pricing is
+// the Rater's (rater.go, pricing.go): pure functions of the plan, the
+// subscriber and the quantities, safe from every shard.
+//
+// # Invariants
+//
+//   - The watermark never goes back (dispatch.go): a closed window stays
+//     closed, and a record is late by the same rule on every replay.
+//   - A barrier cuts every shard's input at the offsets the dispatcher
+//     recorded (FIFO channels), so a checkpoint is a consistent cut.
+//   - Every change to a window's durable fields is followed by markDirty
+//     before the next barrier (windowtable.go).
+//   - A row leaves the engine only from a durable checkpoint's outbox, and
+//     a window's revisions only grow (charge.go), so sinks that keep the
+//     latest revision per window identity converge on the same rows however
+//     often rows are re-delivered.
+//   - Increments of a billing period's windows add up to the charge of the
+//     period's total (charge.go): allowances and tiers apply to the period,
+//     and zero-charge increments move the period too.
+//   - A record is late (dead-lettered) exactly when its window or period no
+//     longer accepts records or its dedup bucket is forgotten
+//     (timerules.go): the dedup horizon covers every record that is not late.
+package engine

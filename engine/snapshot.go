@@ -1,0 +1,273 @@
+package engine
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/state"
+)
+
+// shardMsg is what the dispatcher sends a shard: a batch of events with the
+// watermark at dispatch, or a checkpoint barrier. The channel is FIFO, so a
+// barrier cuts the shard's input exactly where the dispatcher recorded offsets.
+type shardMsg struct {
+	events      []Event
+	watermarkNs int64
+	barrier     *barrier
+}
+
+// barrier asks every shard for its part of checkpoint seq.
+type barrier struct {
+	seq         uint64
+	durableSeq  uint64 // the last checkpoint known durable when cut
+	watermarkNs int64
+	emitOpen    bool
+	replies     chan<- *shardSnapshot
+}
+
+// shardSnapshot is one shard's contribution to a checkpoint: everything that
+// changed since its previous barrier, already encoded, so the shard can go on
+// mutating its maps while the checkpoint is written.
+type shardSnapshot struct {
+	shard         int
+	windowPuts    []state.KV
+	windowDeletes [][]byte
+	subsPuts      []state.KV
+	dedupAdds     []state.DedupEntry
+	rows          []RatedRow
+	deadLetters   []DeadLetter
+	revenue       map[string]decimal.Decimal // net change by currency
+	duplicates    map[string]uint64          // by meter
+	liveWindows   int
+	dedupIDs      int
+	coldReads     uint64
+	spilled       uint64
+	overBudget    bool
+	err           error
+}
+
+// snapshot emits the windows due at the barrier's watermark, evicts windows
+// past the revision horizon and returns everything changed since the previous
+// barrier. Rows are only handed out inside a snapshot, so a row never leaves
+// the engine before the checkpoint that holds its window's state is durable.
+func (s *shard) snapshot(b *barrier) *shardSnapshot {
+	s.watermarkNs = b.watermarkNs
+	s.seq, s.durableSeq = b.seq, b.durableSeq
+	snap := &shardSnapshot{shard: s.index, revenue: make(map[string]decimal.Decimal)}
+	if s.pending.storeErr != nil {
+		snap.err = fmt.Errorf("engine: read state store: %w", s.pending.storeErr)
+		return snap
+	}
+	if snap.err = s.emitDue(b, snap); snap.err != nil {
+		return snap
+	}
+	// Subscribers owe their period fees usage or not: make sure each has
+	// its current period's aggregates.
+	s.openFeePeriods()
+	if snap.err = s.chargeFees(b.watermarkNs, snap); snap.err != nil {
+		return snap
+	}
+	if snap.err = s.evict(b.watermarkNs); snap.err != nil {
+		return snap
+	}
+	s.deletedThroughNs = b.watermarkNs
+	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq)
+	s.spill()
+	if snap.err = s.encodeDelta(b.seq, snap); snap.err != nil {
+		return snap
+	}
+	snap.coldReads, s.pending.coldReads = s.pending.coldReads, 0
+	snap.spilled, s.pending.spilled = s.pending.spilled, 0
+	snap.overBudget = s.overBudget
+	snap.liveWindows = len(s.windows)
+	snap.dedupIDs = s.dedup.size()
+	return snap
+}
+
+// emitDue emits the windows due at b: closed windows with changes or whose
+// last revision was provisional, and open windows with changes when b asks.
+func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
+	// Invariant: a window is in the unemitted list iff pendingEmission().
+	// Only the windows due now are ordered: emission order decides which
+	// window an increment of a tiered charge falls to, so it must be
+	// deterministic, but sorting every open window at every barrier would
+	// cost more than the records.
+	kept := s.unemitted[:0]
+	var due []*window
+	for _, w := range s.unemitted {
+		if s.rules.closed(w.endNs, b.watermarkNs) || (b.emitOpen && w.changed) {
+			due = append(due, w)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	slices.SortFunc(due, func(a, b *window) int {
+		switch {
+		case a.key.startNs != b.key.startNs:
+			return cmp.Compare(a.key.startNs, b.key.startNs)
+		case a.key.meter != b.key.meter:
+			return strings.Compare(a.key.meter, b.key.meter)
+		case a.key.customer != b.key.customer:
+			return strings.Compare(a.key.customer, b.key.customer)
+		default:
+			return strings.Compare(a.key.groupKey, b.key.groupKey)
+		}
+	})
+	snap.rows = make([]RatedRow, 0, len(due))
+	for _, w := range due {
+		final := s.rules.closed(w.endNs, b.watermarkNs)
+		row, err := s.emit(w, final)
+		if err != nil {
+			return err
+		}
+		snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(w.emittedAmount))
+		w.emittedAmount = row.Amount
+		snap.rows = append(snap.rows, row)
+		if final {
+			w.queued = false
+		} else {
+			kept = append(kept, w) // its final revision is still due
+		}
+		s.markDirty(w)
+	}
+	clear(s.unemitted[len(kept):])
+	s.unemitted = kept
+	return nil
+}
+
+// chargeFees emits period fee rows: when a period closes (after its
+// windows, emitted by emitDue), and again when late usage changed what it
+// charged.
+func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
+	fees := s.feeDue
+	s.feeDue = nil
+	for endNs, ps := range s.periodsByEnd {
+		if s.closedEnds[endNs] || !s.rules.closed(endNs, wm) {
+			continue
+		}
+		s.closedEnds[endNs] = true
+		fees = append(fees, ps...)
+	}
+	slices.SortFunc(fees, func(a, b *window) int {
+		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.key.meter, b.key.meter); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.key.startNs, b.key.startNs)
+	})
+	for _, p := range fees {
+		p.feeQueued = false
+		row, ok, err := s.emitPeriodFee(p)
+		if err != nil {
+			return err
+		}
+		if ok {
+			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(p.emittedAmount))
+			p.emittedAmount = row.Amount
+			snap.rows = append(snap.rows, row)
+			s.markDirty(p)
+		}
+	}
+	return nil
+}
+
+// evict takes windows and periods past the memory horizon at wm out of
+// memory. Without finalizeAfter no record may revise them any more, so they
+// are deleted from the store too (emitDue emitted them at the latest, since
+// reviseHorizon >= grace). With it they stay in the store, revisable
+// until their period is finalized, and leave memory only once their
+// latest state is durable, so that a read-back never sees an older one.
+func (s *shard) evict(wm int64) error {
+	finalizing := s.rules.finalizeAfterNs > 0
+	evict := func(byEnd map[int64][]*window, drop func(*window)) error {
+		var err error
+		for endNs, ws := range byEnd {
+			if s.rules.hot(endNs, wm) {
+				continue
+			}
+			setByEnd(byEnd, endNs, slices.DeleteFunc(ws, func(w *window) bool {
+				if err != nil {
+					return false
+				}
+				if !w.key.period && w.pendingEmission() {
+					err = fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", w.key)
+					return false
+				}
+				if finalizing && (w.dirty || w.writtenSeq > s.durableSeq) {
+					return false // not durable yet; a later barrier evicts it
+				}
+				drop(w)
+				s.unindexCustomer(w.key)
+				if !finalizing {
+					w.dirty = false // dropped from the dirty list below
+					s.pending.deleted = append(s.pending.deleted, encodeWindowKey(w.key, w.periodEndNs))
+				}
+				return true
+			}))
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err := evict(s.byEnd, func(w *window) {
+		delete(s.windows, w.key)
+		s.releaseGroup(w.key)
+	})
+	if err == nil {
+		err = evict(s.periodsByEnd, func(w *window) {
+			delete(s.periods, w.key)
+			w.dropped = true
+		})
+	}
+	for endNs := range s.closedEnds {
+		if _, ok := s.periodsByEnd[endNs]; !ok {
+			delete(s.closedEnds, endNs)
+		}
+	}
+	return err
+}
+
+// encodeDelta hands snap everything changed since the previous barrier,
+// encoded, and files the dirty windows as written by checkpoint seq.
+func (s *shard) encodeDelta(seq uint64, snap *shardSnapshot) error {
+	// Keys and values go into one buffer (Pebble copies them into its
+	// batch): two allocations per snapshot instead of two per window.
+	snap.windowPuts = make([]state.KV, 0, len(s.pending.dirty))
+	buf := make([]byte, 0, 160*len(s.pending.dirty))
+	for _, w := range s.pending.dirty {
+		if !w.dirty {
+			continue // evicted
+		}
+		start := len(buf)
+		buf = appendWindowKey(buf, w.key, w.periodEndNs)
+		mid := len(buf)
+		var err error
+		if buf, err = appendWindowValue(buf, w); err != nil {
+			return err
+		}
+		snap.windowPuts = append(snap.windowPuts, state.KV{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
+		w.dirty = false
+		w.writtenSeq = seq
+	}
+	clear(s.pending.dirty)
+	s.pending.dirty = s.pending.dirty[:0]
+	snap.windowDeletes, s.pending.deleted = s.pending.deleted, nil
+	for customer := range s.pending.subsDirty {
+		snap.subsPuts = append(snap.subsPuts, state.KV{Key: []byte(customer), Value: encodeChanges(s.subs[customer])})
+	}
+	clear(s.pending.subsDirty)
+	snap.dedupAdds = make([]state.DedupEntry, len(s.dedup.added))
+	for i, a := range s.dedup.added {
+		snap.dedupAdds[i] = state.DedupEntry{BucketNs: a.bucketNs, IDHash: a.id, RoutingHash: a.routingHash}
+	}
+	s.dedup.added = s.dedup.added[:0]
+	snap.deadLetters, s.pending.deadLetters = s.pending.deadLetters, nil
+	snap.duplicates, s.pending.duplicates = s.pending.duplicates, make(map[string]uint64)
+	return nil
+}

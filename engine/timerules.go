@@ -1,0 +1,77 @@
+package engine
+
+// timeRules are the event-time bounds every shard applies identically.
+type timeRules struct {
+	graceNs         int64
+	reviseHorizonNs int64
+	dedupHorizonNs  int64
+	// finalizeAfterNs, when > 0, keeps windows revisable until their
+	// billing period is finalized (its end + finalizeAfter); reviseHorizon
+	// then only bounds how long they stay in memory.
+	finalizeAfterNs int64
+	// dedupMemoryNs is how far behind the watermark ids stay in memory;
+	// older ones are looked up in the store.
+	dedupMemoryNs int64
+}
+
+// late reports whether a record at tNs, in a window ending at endNs and a
+// billing period settling at periodEndNs (see settleEnd), is too late at
+// watermark wm: its
+// window or period no longer accepts records, or its dedup bucket is
+// forgotten, so a duplicate could no longer be recognised. Such records are
+// dead-lettered.
+func (r timeRules) late(tNs, endNs, periodEndNs, wm int64) bool {
+	if wm == minWatermark {
+		return false
+	}
+	if floorDiv(tNs, dedupBucketNs) < r.dedupExpiry(wm) {
+		return true
+	}
+	if r.finalizeAfterNs > 0 {
+		return r.finalized(periodEndNs, wm)
+	}
+	return endNs+r.reviseHorizonNs <= wm || periodEndNs+r.reviseHorizonNs <= wm
+}
+
+// finalized reports whether the billing period settling at periodEndNs is final.
+func (r timeRules) finalized(periodEndNs, wm int64) bool {
+	return wm != minWatermark && periodEndNs+r.finalizeAfterNs <= wm
+}
+
+// retentionNs is how long after a billing period settles its windows stay
+// in the store: until the period is finalized, or without finalizeAfter for
+// reviseHorizon. Past it they may be deleted (one range delete).
+func (r timeRules) retentionNs() int64 {
+	if r.finalizeAfterNs > 0 {
+		return r.finalizeAfterNs
+	}
+	return r.reviseHorizonNs
+}
+
+// hot reports whether something ending at endNs stays in memory at wm.
+func (r timeRules) hot(endNs, wm int64) bool {
+	return wm == minWatermark || endNs+r.reviseHorizonNs > wm
+}
+
+// dedupExpiry is the first dedup bucket still kept at wm; buckets before it
+// are forgotten, and records in them are late.
+func (r timeRules) dedupExpiry(wm int64) int64 {
+	if wm == minWatermark {
+		return minWatermark
+	}
+	return floorDiv(wm-r.dedupHorizonNs, dedupBucketNs)
+}
+
+// dedupMemoryExpiry is the first dedup bucket kept in memory; older ones
+// are looked up in the store.
+func (r timeRules) dedupMemoryExpiry(wm int64) int64 {
+	if wm == minWatermark {
+		return minWatermark
+	}
+	return floorDiv(wm-min(r.dedupHorizonNs, r.dedupMemoryNs), dedupBucketNs)
+}
+
+// closed reports whether a window ending at endNs is closed at wm.
+func (r timeRules) closed(endNs, wm int64) bool {
+	return wm != minWatermark && endNs+r.graceNs <= wm
+}

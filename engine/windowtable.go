@@ -1,0 +1,168 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+)
+
+// spill keeps the shard within its memory budget: closed windows whose
+// final revision is emitted and whose state is durable leave memory, oldest
+// first; they stay in the store and are read back if a late record needs
+// them. Open windows never spill; overBudget reports when they alone exceed
+// the budget.
+func (s *shard) spill() {
+	if s.maxWindows <= 0 || len(s.windows) <= s.maxWindows {
+		s.overBudget = false
+		return
+	}
+	ends := make([]int64, 0, len(s.byEnd))
+	for endNs := range s.byEnd {
+		if s.rules.closed(endNs, s.watermarkNs) {
+			ends = append(ends, endNs)
+		}
+	}
+	slices.Sort(ends)
+	for _, endNs := range ends {
+		setByEnd(s.byEnd, endNs, slices.DeleteFunc(s.byEnd[endNs], func(w *window) bool {
+			if len(s.windows) <= s.maxWindows || w.pendingEmission() || w.dirty || w.writtenSeq > s.durableSeq {
+				return false
+			}
+			delete(s.windows, w.key)
+			s.unindexCustomer(w.key)
+			s.releaseGroup(w.key)
+			s.pending.spilled++
+			return true
+		}))
+	}
+	s.overBudget = len(s.windows) > s.maxWindows
+}
+
+// loadCold reads a window or period aggregate back from the store into
+// memory; nil if the store does not hold it.
+func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
+	s.pending.coldReads++
+	v, ok, err := s.store.Window(encodeWindowKey(key, periodEndNs))
+	if err != nil {
+		s.pending.storeErr = err
+		return nil
+	}
+	if !ok {
+		return nil
+	}
+	w := &window{}
+	if err := decodeWindowValue(v, w); err != nil {
+		s.pending.storeErr = fmt.Errorf("window %v: %w: state is corrupt", key, err)
+		return nil
+	}
+	w.periodEndNs = periodEndNs
+	if err := s.restoreWindow(key, w); err != nil {
+		s.pending.storeErr = err
+		return nil
+	}
+	return w
+}
+
+// indexPeriod registers period aggregate p, filed for eviction and fees
+// under its settle end (periodEndNs, see settleEnd), not the period's end.
+func (s *shard) indexPeriod(p *window) {
+	s.periods[p.key] = p
+	addByEnd(s.periodsByEnd, p.periodEndNs, p)
+	s.indexCustomer(p)
+}
+
+// addByEnd files w under endNs in an eviction index.
+func addByEnd(index map[int64][]*window, endNs int64, w *window) {
+	index[endNs] = append(index[endNs], w)
+}
+
+// setByEnd stores the windows left under an end of an eviction index (what
+// slices.DeleteFunc returned), forgetting the end when none is left.
+func setByEnd(index map[int64][]*window, endNs int64, ws []*window) {
+	if len(ws) == 0 {
+		delete(index, endNs)
+	} else {
+		index[endNs] = ws
+	}
+}
+
+// releaseGroup forgets one group of key's (meter, customer, window start).
+func (s *shard) releaseGroup(key windowKey) {
+	family := groupFamily{meter: key.meter, customer: key.customer, startNs: key.startNs}
+	if s.groups[family]--; s.groups[family] <= 0 {
+		delete(s.groups, family)
+	}
+}
+
+func (s *shard) indexCustomer(w *window) {
+	s.byCustomer[w.key.customer] = append(s.byCustomer[w.key.customer], w)
+}
+
+func (s *shard) unindexCustomer(key windowKey) {
+	c := s.byCustomer[key.customer]
+	for i, w := range c {
+		if w.key == key {
+			c[i] = c[len(c)-1]
+			c[len(c)-1] = nil
+			c = c[:len(c)-1]
+			break
+		}
+	}
+	if len(c) == 0 {
+		delete(s.byCustomer, key.customer)
+	} else {
+		s.byCustomer[key.customer] = c
+	}
+}
+
+func (s *shard) addWindow(key windowKey, m *meterSpec, endNs, periodEndNs int64) *window {
+	w := &window{key: key, meter: m, endNs: endNs, periodEndNs: periodEndNs}
+	s.indexWindow(w)
+	return w
+}
+
+// indexWindow registers w in the shard's maps.
+func (s *shard) indexWindow(w *window) {
+	s.windows[w.key] = w
+	addByEnd(s.byEnd, w.endNs, w)
+	s.groups[groupFamily{meter: w.key.meter, customer: w.key.customer, startNs: w.key.startNs}]++
+	s.indexCustomer(w)
+}
+
+// markDirty queues w for the next checkpoint. Invariant: every change to
+// a window's or period's durable fields (see appendWindowValue) is followed
+// by markDirty before the next barrier, or a restart loses it.
+func (s *shard) markDirty(w *window) {
+	if !w.dirty {
+		w.dirty = true
+		s.pending.dirty = append(s.pending.dirty, w)
+	}
+}
+
+// touch marks w as changed since both its last checkpoint and its last emission.
+func (s *shard) touch(w *window) {
+	s.markDirty(w)
+	w.changed = true
+	if !w.queued {
+		w.queued = true
+		s.unemitted = append(s.unemitted, w)
+	}
+}
+
+// restoreWindow installs a window loaded from the store before run starts.
+func (s *shard) restoreWindow(key windowKey, w *window) error {
+	m := s.meters.byName(key.meter)
+	if m == nil {
+		return fmt.Errorf("state holds meter %q, which is no longer configured; configure it again (its windows are not billed yet)", key.meter)
+	}
+	w.key, w.meter = key, m
+	if key.period {
+		s.indexPeriod(w)
+		return nil
+	}
+	s.indexWindow(w)
+	if w.pendingEmission() {
+		w.queued = true
+		s.unemitted = append(s.unemitted, w)
+	}
+	return nil
+}
