@@ -32,6 +32,7 @@ import (
 // pendingCheckpoint is a cut handed from the dispatcher to the writer.
 type pendingCheckpoint struct {
 	seq         uint64
+	base        bool // a delta log base (see barrier)
 	cutAt       time.Time
 	partitions  []state.PartitionProgress
 	deadLetters []DeadLetter
@@ -100,6 +101,9 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		// From here the checkpoint is durable. Its counters are added before
 		// its sequence is published, so that whoever sees the sequence also
 		// sees what it counted.
+		if e.logSize.wrote(int64(t.deltaBytes), pc.base) {
+			e.baseDue.Store(true)
+		}
 		e.count(pc, cp, t)
 		e.committedSeq.Store(pc.seq)
 		e.wakeWaiters()
@@ -117,12 +121,14 @@ type checkpointTotals struct {
 	live, dedupIDs     int
 	coldReads, spilled uint64
 	overBudget         bool
+	deltaBytes         int
+	deltaEntries       int
 }
 
 // gather merges the shards' snapshots of cut pc into one checkpoint, its
 // rows and dead letters encoded into the outbox.
 func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.Checkpoint, checkpointTotals, error) {
-	cp := &state.Checkpoint{Seq: pc.seq, Partitions: pc.partitions, Outbox: make(map[state.Stream][][]byte),
+	cp := &state.Checkpoint{Seq: pc.seq, DeltaBase: pc.base, Partitions: pc.partitions, Outbox: make(map[state.Stream][][]byte),
 		WatermarkNs: pc.watermarkNs, HasWatermark: pc.watermarkNs != minWatermark, TopicIDs: pc.topicIDs, PartitionCounts: pc.partitionCounts}
 	t := checkpointTotals{dead: pc.deadLetters, revenue: make(map[string]decimal.Decimal), duplicates: make(map[string]uint64)}
 	var nPuts, nDedup, nRows int
@@ -133,6 +139,9 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 	cp.DedupAdds = make([]state.DedupEntry, 0, nDedup)
 	t.rows = make([]RatedRow, 0, nRows)
 	for _, snap := range snaps {
+		cp.DeltaChunks = append(cp.DeltaChunks, snap.deltaChunks...)
+		t.deltaBytes += snap.deltaBytes
+		t.deltaEntries += snap.deltaEntries
 		cp.WindowPuts = append(cp.WindowPuts, snap.windowPuts...)
 		cp.SubscriptionPuts = append(cp.SubscriptionPuts, snap.subsPuts...)
 		cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
@@ -176,7 +185,7 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 // count adds durable checkpoint cp's totals to the metrics and stats.
 func (e *Engine) count(pc *pendingCheckpoint, cp *state.Checkpoint, t checkpointTotals) {
 	e.metrics.checkpointDuration.Observe(time.Since(pc.cutAt).Seconds())
-	e.metrics.checkpointBytes.Observe(float64(len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + len(t.rows) + len(t.dead)))
+	e.metrics.checkpointBytes.Observe(float64(t.deltaEntries + len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + len(t.rows) + len(t.dead)))
 	e.metrics.checkpointSeq.Set(float64(pc.seq))
 	e.metrics.liveWindows.Set(float64(t.live))
 	e.metrics.coldReads.Add(float64(t.coldReads))

@@ -220,7 +220,8 @@ func (d *dispatcher) cut(ctx context.Context, now time.Time, final bool) error {
 				NextOffset: p.nextOffset, MaxEventTimeNs: p.maxEventTimeNs})
 		}
 	}
-	b := &barrier{seq: d.seq, durableSeq: e.committedSeq.Load(), watermarkNs: d.wm, emitOpen: emitOpen, replies: cp.replies}
+	cp.base = e.baseDue.Swap(false)
+	b := &barrier{seq: d.seq, durableSeq: e.committedSeq.Load(), watermarkNs: d.wm, emitOpen: emitOpen, base: cp.base, replies: cp.replies}
 	for _, s := range e.shards {
 		select {
 		case s.in <- shardMsg{barrier: b}:

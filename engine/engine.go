@@ -161,6 +161,9 @@ type Config struct {
 	// 1.1 KB each, see README): closed windows beyond it spill to the store.
 	// 0 means no budget.
 	MaxLiveWindows int
+	// DeltaBaseMinBytes is the smallest delta log a base replaces (see
+	// state/delta.go); 0 means 1 MiB. Tests lower it to write bases often.
+	DeltaBaseMinBytes int64
 }
 
 // DefaultConfig returns the defaults documented in README.
@@ -301,6 +304,10 @@ type Engine struct {
 	owners ownership
 	// unrecordedCounts are partition counts the next checkpoint records.
 	unrecordedCounts map[string]int32
+	// logSize is the delta log's size, kept by the writer (and recovery);
+	// baseDue asks the dispatcher for a base at its next cut.
+	logSize deltaLogSize
+	baseDue atomic.Bool
 }
 
 // watermarkRequest asks the dispatcher to move the watermark to at least

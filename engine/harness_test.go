@@ -177,6 +177,9 @@ func newHarness(t testing.TB, partitions int) *harness {
 	cfg := DefaultConfig()
 	cfg.CheckpointInterval = time.Minute // cuts come from checkpoint requests
 	cfg.Shards = 2
+	// Delta log bases as soon as the deltas outgrow the last one, so that
+	// tests cross bases, deltas and tombstones in every mix.
+	cfg.DeltaBaseMinBytes = 1
 	// Specs place records on partitions by hand; wrong_partition has its
 	// own test.
 	cfg.Partitioner = PartitionerNone

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -227,10 +229,39 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 	}
 	n := uint64(len(e.shards))
+	// The delta log holds the latest state of every window that was in
+	// memory since its last base; a window's own key only what left memory
+	// (or what an older version wrote). Read the log first, so that the
+	// pass over the own keys skips windows it holds newer.
+	logged, logBytes, err := e.readDeltaLog()
+	if err != nil {
+		return nil, err
+	}
+	e.logSize = deltaLogSize{sinceBase: logBytes, minBase: cmp.Or(e.cfg.DeltaBaseMinBytes, minBaseBytes)}
+	// restore installs one stored window or period, if it belongs in
+	// memory; mergedSeq says whether its own key holds this state. It
+	// reports whether it did.
+	restore := func(key windowKey, periodEndNs int64, v []byte, mergedSeq uint64) (bool, error) {
+		w := &window{periodEndNs: periodEndNs, mergedSeq: mergedSeq}
+		if err := decodeWindowValue(v, w); err != nil {
+			return false, fmt.Errorf("engine: recover window %v: %w: state is corrupt", key, err)
+		}
+		// Only what is in memory's horizon comes back into memory; the rest
+		// stays in the store until a late record reads it.
+		hotUntil := w.endNs
+		if key.period {
+			hotUntil = w.periodEndNs // a period lives until it settles
+		}
+		if !e.rules.hot(hotUntil, wm) && (key.period || !w.pendingEmission()) {
+			return false, nil
+		}
+		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w); err != nil {
+			return false, fmt.Errorf("engine: recover: %w", err)
+		}
+		return true, nil
+	}
 	var migratedPuts []state.KV
 	var migratedDeletes [][]byte
-	// Only what is in memory's horizon comes back into memory; the rest
-	// stays in the store until a late record reads it.
 	err = e.store.Windows(func(k, v []byte) error {
 		key, periodEndNs, err := decodeWindowKey(k)
 		if err != nil {
@@ -248,27 +279,53 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 				return fmt.Errorf("engine: refusing to start: %w", err)
 			}
 		}
-		w := &window{periodEndNs: periodEndNs}
-		if err := decodeWindowValue(v, w); err != nil {
-			return fmt.Errorf("engine: recover window %q: %w: state is corrupt", k, err)
+		if l, ok := logged[string(encodeWindowKey(key, periodEndNs))]; ok {
+			if !bytes.Equal(l, v) {
+				return nil // the log holds a newer state
+			}
+			delete(logged, string(encodeWindowKey(key, periodEndNs))) // merged as it is
 		}
-		hotUntil := w.endNs
-		if key.period {
-			hotUntil = w.periodEndNs // a period lives until it settles
-		}
-		if !e.rules.hot(hotUntil, wm) && (key.period || !w.pendingEmission()) {
-			return nil
-		}
-		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w); err != nil {
-			return fmt.Errorf("engine: recover: %w", err)
-		}
-		return nil
+		_, err = restore(key, periodEndNs, v, seq)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	var merges []state.KV
+	for k, v := range logged {
+		if len(v) == 0 {
+			continue // left memory: its own key holds it, or nothing
+		}
+		key, periodEndNs, err := decodeWindowKey([]byte(k))
+		if err != nil {
+			return nil, fmt.Errorf("engine: recover: %w: state is corrupt", err)
+		}
+		if key.period {
+			p, configured := e.placement(key)
+			if err := e.checkPlacement(key, periodEndNs, p, configured); err != nil {
+				return nil, fmt.Errorf("engine: refusing to start: %w", err)
+			}
+		}
+		restored, err := restore(key, periodEndNs, v, 0)
+		if err != nil {
+			return nil, err
+		}
+		// A window or period left out of memory whose latest state is only
+		// in the log is merged into its own key now, where a late record
+		// (with finalizeAfter) or the emission of a window still due reads
+		// it back (a due window's period may be past its horizon), until
+		// the range delete of its settled period removes it.
+		if !restored {
+			merges = append(merges, state.KV{Key: []byte(k), Value: v})
+		}
+	}
 	if err := e.commitSettleMigration(ctx, seq, migratedPuts, migratedDeletes); err != nil {
 		return nil, err
+	}
+	if len(merges) > 0 {
+		if err := e.commit(ctx, &state.Checkpoint{Seq: seq, WindowPuts: merges}); err != nil {
+			return nil, fmt.Errorf("engine: recover: merge %d windows left out of memory: %w", len(merges), err)
+		}
 	}
 	// Subscribers owe fees from their subscription's start in a fresh
 	// state; after a restart from the period at the recovered watermark on,

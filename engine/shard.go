@@ -80,6 +80,9 @@ type shard struct {
 	seq, durableSeq  uint64
 	deletedThroughNs int64
 
+	// keyScratch and valueScratch are reused buffers of encodeDelta.
+	keyScratch, valueScratch []byte
+
 	// pending is what changed since the last barrier; the next snapshot
 	// hands it out and starts it afresh.
 	pending sinceBarrier
@@ -91,6 +94,10 @@ type sinceBarrier struct {
 	// last checkpoint (see markDirty); deleted the state keys to delete.
 	dirty   []*window
 	deleted [][]byte
+	// merges lists windows to write to their own state keys, as they leave
+	// memory (see merged); left the state keys of those that left.
+	merges []*window
+	left   [][]byte
 	// subsDirty marks customers whose subscription changes changed.
 	subsDirty   map[string]bool
 	deadLetters []DeadLetter

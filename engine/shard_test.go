@@ -87,12 +87,13 @@ func TestShardSumsCountsAndClosesWindows(t *testing.T) {
 	if got := rows["b|destination=fr|10:00"].Quantity.String(); got != "1" {
 		t.Errorf("b/fr quantity %s, want 1", got)
 	}
-	if len(snap.windowPuts) != 5 {
-		t.Errorf("%d window puts, want the 3 emitted windows and the 2 billing periods they charged (all were written at the previous barrier)", len(snap.windowPuts))
+	if snap.deltaEntries != 5 || len(snap.windowPuts) != 0 {
+		t.Errorf("%d delta entries and %d merges, want the 3 emitted windows and the 2 billing periods they charged (all were written at the previous barrier), none merged (all stay in memory)",
+			snap.deltaEntries, len(snap.windowPuts))
 	}
 	// Nothing changed: the next barrier emits and writes nothing.
-	if snap := cut(s, t0.Add(71*time.Second), false); len(snap.rows) != 0 || len(snap.windowPuts) != 0 {
-		t.Errorf("idle barrier emitted %d rows and %d puts", len(snap.rows), len(snap.windowPuts))
+	if snap := cut(s, t0.Add(71*time.Second), false); len(snap.rows) != 0 || snap.deltaEntries != 0 {
+		t.Errorf("idle barrier emitted %d rows and %d entries", len(snap.rows), snap.deltaEntries)
 	}
 }
 

@@ -25,14 +25,22 @@ type barrier struct {
 	durableSeq  uint64 // the last checkpoint known durable when cut
 	watermarkNs int64
 	emitOpen    bool
-	replies     chan<- *shardSnapshot
+	// base asks for every window in memory, not only the changed ones: the
+	// checkpoint replaces the delta log (see state/delta.go).
+	base    bool
+	replies chan<- *shardSnapshot
 }
 
 // shardSnapshot is one shard's contribution to a checkpoint: everything that
 // changed since its previous barrier, already encoded, so the shard can go on
 // mutating its maps while the checkpoint is written.
 type shardSnapshot struct {
-	shard         int
+	shard int
+	// deltaChunks are the shard's delta log chunks (deltaBytes in all),
+	// windowPuts the windows merged into their own keys.
+	deltaChunks   [][]byte
+	deltaBytes    int
+	deltaEntries  int
 	windowPuts    []state.KV
 	windowDeletes [][]byte
 	subsPuts      []state.KV
@@ -76,7 +84,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	s.deletedThroughNs = b.watermarkNs
 	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq)
 	s.spill()
-	if snap.err = s.encodeDelta(b.seq, snap); snap.err != nil {
+	if snap.err = s.encodeDelta(b.seq, b.base, snap); snap.err != nil {
 		return snap
 	}
 	snap.coldReads, s.pending.coldReads = s.pending.coldReads, 0
@@ -198,14 +206,15 @@ func (s *shard) evict(wm int64) error {
 					err = fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", w.key)
 					return false
 				}
-				if finalizing && (w.dirty || w.writtenSeq > s.durableSeq) {
-					return false // not durable yet; a later barrier evicts it
+				if finalizing && !s.merged(w) {
+					return false // not in its own key yet; a later barrier evicts it
 				}
 				drop(w)
 				s.unindexCustomer(w.key)
+				key := s.leave(w)
 				if !finalizing {
 					w.dirty = false // dropped from the dirty list below
-					s.pending.deleted = append(s.pending.deleted, encodeWindowKey(w.key, w.periodEndNs))
+					s.pending.deleted = append(s.pending.deleted, key)
 				}
 				return true
 			}))
@@ -234,16 +243,52 @@ func (s *shard) evict(wm int64) error {
 }
 
 // encodeDelta hands snap everything changed since the previous barrier,
-// encoded, and files the dirty windows as written by checkpoint seq.
-func (s *shard) encodeDelta(seq uint64, snap *shardSnapshot) error {
+// encoded: the dirty windows as delta log chunks (every window in memory
+// when base is set), and the windows leaving memory for their own keys.
+func (s *shard) encodeDelta(seq uint64, base bool, snap *shardSnapshot) error {
+	log := deltaWriter{key: s.keyScratch[:0], value: s.valueScratch[:0]}
+	if base {
+		for _, w := range s.windows {
+			if err := log.add(w); err != nil {
+				return err
+			}
+		}
+		for _, p := range s.periods {
+			if err := log.add(p); err != nil {
+				return err
+			}
+		}
+		for _, w := range s.pending.dirty {
+			w.dirty = false
+		}
+	} else {
+		for _, w := range s.pending.dirty {
+			if !w.dirty {
+				continue // evicted
+			}
+			if err := log.add(w); err != nil {
+				return err
+			}
+			w.dirty = false
+		}
+	}
+	if !base {
+		// A base holds only what is in memory, and replaces every older
+		// chunk: it needs no tombstones.
+		for _, key := range s.pending.left {
+			log.tombstone(key)
+		}
+	}
+	clear(s.pending.left)
+	s.pending.left = s.pending.left[:0]
+	snap.deltaChunks, snap.deltaBytes = log.finish()
+	snap.deltaEntries = log.entries
+	s.keyScratch, s.valueScratch = log.key, log.value
 	// Keys and values go into one buffer (Pebble copies them into its
 	// batch): two allocations per snapshot instead of two per window.
-	snap.windowPuts = make([]state.KV, 0, len(s.pending.dirty))
-	buf := make([]byte, 0, 160*len(s.pending.dirty))
-	for _, w := range s.pending.dirty {
-		if !w.dirty {
-			continue // evicted
-		}
+	snap.windowPuts = make([]state.KV, 0, len(s.pending.merges))
+	buf := make([]byte, 0, 160*len(s.pending.merges))
+	for _, w := range s.pending.merges {
 		start := len(buf)
 		buf = appendWindowKey(buf, w.key, w.periodEndNs)
 		mid := len(buf)
@@ -252,9 +297,9 @@ func (s *shard) encodeDelta(seq uint64, snap *shardSnapshot) error {
 			return err
 		}
 		snap.windowPuts = append(snap.windowPuts, state.KV{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
-		w.dirty = false
-		w.writtenSeq = seq
 	}
+	clear(s.pending.merges)
+	s.pending.merges = s.pending.merges[:0]
 	clear(s.pending.dirty)
 	s.pending.dirty = s.pending.dirty[:0]
 	snap.windowDeletes, s.pending.deleted = s.pending.deleted, nil

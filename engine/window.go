@@ -31,10 +31,12 @@ type window struct {
 	// state key of the window and of the period aggregate, so a settled
 	// and finalized period is one range delete.
 	periodEndNs int64
-	// writtenSeq is the checkpoint holding the window's latest state; it
-	// may leave memory once that checkpoint is durable.
-	writtenSeq uint64
-	count      uint64
+	// mergedSeq is the checkpoint that wrote the window's current state to
+	// its own state key (0: not there; see state/delta.go). A window leaves
+	// memory only once that checkpoint is durable, so that a read-back never
+	// finds an older state. Invariant: markDirty resets it.
+	mergedSeq uint64
+	count     uint64
 	// sum serves SUM and AVG, with isum: integer values add into isum
 	// without allocating while it does not overflow, the rest into sum; the
 	// total is totalSum().

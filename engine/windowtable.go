@@ -6,15 +6,16 @@ import (
 )
 
 // spill keeps the shard within its memory budget: closed windows whose
-// final revision is emitted and whose state is durable leave memory, oldest
-// first; they stay in the store and are read back if a late record needs
-// them. Open windows never spill; overBudget reports when they alone exceed
-// the budget.
+// final revision is emitted leave memory, oldest first, once their state is
+// merged into their own keys (the first barrier merges, a later one after it
+// is durable evicts); they are read back if a late record needs them. Open
+// windows never spill; overBudget reports when they alone exceed the budget.
 func (s *shard) spill() {
 	if s.maxWindows <= 0 || len(s.windows) <= s.maxWindows {
 		s.overBudget = false
 		return
 	}
+	excess := len(s.windows) - s.maxWindows
 	ends := make([]int64, 0, len(s.byEnd))
 	for endNs := range s.byEnd {
 		if s.rules.closed(endNs, s.watermarkNs) {
@@ -24,12 +25,14 @@ func (s *shard) spill() {
 	slices.Sort(ends)
 	for _, endNs := range ends {
 		setByEnd(s.byEnd, endNs, slices.DeleteFunc(s.byEnd[endNs], func(w *window) bool {
-			if len(s.windows) <= s.maxWindows || w.pendingEmission() || w.dirty || w.writtenSeq > s.durableSeq {
+			if excess <= 0 || w.pendingEmission() || !s.merged(w) {
 				return false
 			}
+			excess--
 			delete(s.windows, w.key)
 			s.unindexCustomer(w.key)
 			s.releaseGroup(w.key)
+			s.leave(w)
 			s.pending.spilled++
 			return true
 		}))
@@ -49,7 +52,7 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 	if !ok {
 		return nil
 	}
-	w := &window{}
+	w := &window{mergedSeq: s.durableSeq} // its own key holds it
 	if err := decodeWindowValue(v, w); err != nil {
 		s.pending.storeErr = fmt.Errorf("window %v: %w: state is corrupt", key, err)
 		return nil
@@ -132,6 +135,7 @@ func (s *shard) indexWindow(w *window) {
 // a window's or period's durable fields (see appendWindowValue) is followed
 // by markDirty before the next barrier, or a restart loses it.
 func (s *shard) markDirty(w *window) {
+	w.mergedSeq = 0
 	if !w.dirty {
 		w.dirty = true
 		s.pending.dirty = append(s.pending.dirty, w)
@@ -165,4 +169,30 @@ func (s *shard) restoreWindow(key windowKey, w *window) error {
 		s.unemitted = append(s.unemitted, w)
 	}
 	return nil
+}
+
+// merged reports whether w's current state is durable in its own state key,
+// so that it may leave memory. If it is not there yet (and is not about to
+// change: not dirty), the current barrier's checkpoint merges it; a later
+// barrier finds it durable.
+func (s *shard) merged(w *window) bool {
+	switch {
+	case w.dirty:
+		return false
+	case w.mergedSeq == 0:
+		w.mergedSeq = s.seq
+		s.pending.merges = append(s.pending.merges, w)
+		return false
+	default:
+		return w.mergedSeq <= s.durableSeq
+	}
+}
+
+// leave records that w left memory, so that recovery does not bring back
+// an older state of it from the delta log (a tombstone there): its own key
+// holds it (merged) or nothing (deleted). It returns w's state key.
+func (s *shard) leave(w *window) []byte {
+	key := encodeWindowKey(w.key, w.periodEndNs)
+	s.pending.left = append(s.pending.left, key)
+	return key
 }

@@ -45,7 +45,13 @@ import (
 
 // formatMarker identifies a Tally state folder and its layout version. A
 // folder holding a Pebble database without it is foreign and refused.
-const formatMarker = "tally-state-v1"
+// v2 added the delta log (delta.go); a v1 folder is read as a v2 one
+// without a log and marked v2 at open, so that an older Tally refuses it
+// rather than ignoring the log.
+const (
+	formatMarker   = "tally-state-v2"
+	formatMarkerV1 = "tally-state-v1"
+)
 
 var (
 	keyFormat = []byte("m/format")
@@ -166,6 +172,13 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 	default:
 		got := string(marker)
 		closer.Close()
+		if got == formatMarkerV1 {
+			if err := db.Set(keyFormat, []byte(formatMarker), pebble.Sync); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("state: upgrade format marker: %w", err)
+			}
+			got = formatMarker
+		}
 		if got != formatMarker {
 			s.Close()
 			return nil, fmt.Errorf("state: %s has format %q, this Tally reads %q: %w", dir, got, formatMarker, ErrForeign)
@@ -239,7 +252,14 @@ type Checkpoint struct {
 	// WatermarkNs, when set (HasWatermark), is the engine watermark of the cut.
 	WatermarkNs   int64
 	HasWatermark  bool
-	Partitions    []PartitionProgress
+	Partitions []PartitionProgress
+	// DeltaChunks are the delta log's chunks of this checkpoint (see
+	// delta.go), each a list of AppendDeltaEntry entries; DeltaBase marks
+	// them as a base, which replaces every older chunk.
+	DeltaChunks [][]byte
+	DeltaBase   bool
+	// WindowPuts write windows to their own keys (merged as they leave
+	// memory), WindowDeletes delete such keys.
 	WindowPuts    []KV
 	WindowDeletes [][]byte
 	// SubscriptionPuts replace customers' subscription histories (key: the
@@ -297,6 +317,9 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 		if err := b.Set(partitionKey(p.Topic, p.Partition), v, nil); err != nil {
 			return fmt.Errorf("state: batch partition: %w", err)
 		}
+	}
+	if err := writeDeltas(b, cp); err != nil {
+		return err
 	}
 	// In key order: the memtable's skiplist inserter starts each search
 	// where the previous insert ended, so sorted puts cost less than the

@@ -1,0 +1,98 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/tally-billing/tally/state"
+)
+
+// deltaWriter encodes windows into delta log chunks (see state/delta.go) of
+// about state.DeltaChunkBytes.
+type deltaWriter struct {
+	chunks     [][]byte
+	cur        []byte
+	bytes      int
+	entries    int
+	key, value []byte // scratch
+}
+
+func (d *deltaWriter) add(w *window) error {
+	d.key = appendWindowKey(d.key[:0], w.key, w.periodEndNs)
+	var err error
+	if d.value, err = appendWindowValue(d.value[:0], w); err != nil {
+		return fmt.Errorf("engine: encode window %v: %w", w.key, err)
+	}
+	if len(d.cur) > 0 && len(d.cur)+len(d.key)+len(d.value)+20 > state.DeltaChunkBytes {
+		d.flush()
+	}
+	d.cur = state.AppendDeltaEntry(d.cur, d.key, d.value)
+	d.entries++
+	return nil
+}
+
+// tombstone records that the window of state key key left memory.
+func (d *deltaWriter) tombstone(key []byte) {
+	if len(d.cur) > 0 && len(d.cur)+len(key)+20 > state.DeltaChunkBytes {
+		d.flush()
+	}
+	d.cur = state.AppendDeltaEntry(d.cur, key, nil)
+	d.entries++
+}
+
+func (d *deltaWriter) flush() {
+	if len(d.cur) > 0 {
+		d.chunks = append(d.chunks, d.cur)
+		d.bytes += len(d.cur)
+		d.cur = nil
+	}
+}
+
+// finish returns the chunks and their size in bytes.
+func (d *deltaWriter) finish() ([][]byte, int) {
+	d.flush()
+	return d.chunks, d.bytes
+}
+
+// readDeltaLog returns the latest logged state of every window in the
+// store's delta log, by state key, and the log's size in bytes. An empty
+// value is a tombstone: the window left memory (see shard.leave).
+func (e *Engine) readDeltaLog() (map[string][]byte, int64, error) {
+	latest := make(map[string][]byte)
+	var size int64
+	err := e.store.Deltas(func(_ uint64, chunk []byte) error {
+		size += int64(len(chunk))
+		owned := bytes.Clone(chunk) // the values alias it
+		return state.ReadDeltaChunk(owned, func(k, v []byte) error {
+			latest[string(k)] = v
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("engine: recover: read the delta log: %w", err)
+	}
+	return latest, size, nil
+}
+
+// minBaseBytes is the smallest delta log that is worth replacing by a base.
+const minBaseBytes = 1 << 20
+
+// deltaLogSize decides when a checkpoint writes a base: once the chunks
+// written since the last base outgrow it (and minBaseBytes), so that the log
+// stays within about twice the live state and a base costs at most one
+// more write of what the deltas wrote. The writer owns it.
+type deltaLogSize struct {
+	base, sinceBase int64
+	minBase         int64
+}
+
+// wrote records a durable checkpoint's chunks and reports whether the next
+// checkpoint should be a base.
+func (d *deltaLogSize) wrote(bytes int64, base bool) bool {
+	if base {
+		d.base, d.sinceBase = bytes, 0
+	} else {
+		d.sinceBase += bytes
+	}
+	return d.sinceBase >= max(d.base, d.minBase)
+}

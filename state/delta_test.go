@@ -1,0 +1,110 @@
+package state
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// TestDeltaLog: chunks come back in checkpoint order, a base removes every
+// older chunk (and only those), tombstones read as empty values, and the
+// changelog of a base carries a tombstone for each chunk it removes.
+func TestDeltaLog(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	chunk := func(entries ...string) []byte {
+		var c []byte
+		for i := 0; i < len(entries); i += 2 {
+			c = AppendDeltaEntry(c, []byte(entries[i]), []byte(entries[i+1]))
+		}
+		return c
+	}
+	commit := func(seq uint64, base bool, chunks ...[]byte) []Op {
+		var ops []Op
+		err := s.CommitPublished(&Checkpoint{Seq: seq, DeltaBase: base, DeltaChunks: chunks}, func(o []Op) (int64, error) {
+			ops = o
+			return int64(seq), nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ops
+	}
+	read := func() string {
+		var out []string
+		err := s.Deltas(func(seq uint64, c []byte) error {
+			return ReadDeltaChunk(c, func(k, v []byte) error {
+				out = append(out, fmt.Sprintf("%d:%s=%s", seq, k, v))
+				return nil
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(out)
+	}
+	commit(1, false, chunk("a", "1", "b", "1"), chunk("c", "1"))
+	commit(2, false, chunk("a", "2", "b", ""))
+	if got, want := read(), "[1:a=1 1:b=1 1:c=1 2:a=2 2:b=]"; got != want {
+		t.Fatalf("log %s, want %s", got, want)
+	}
+	ops := commit(3, true, chunk("a", "2", "c", "1"))
+	if got, want := read(), "[3:a=2 3:c=1]"; got != want {
+		t.Fatalf("after a base: %s, want %s", got, want)
+	}
+	deleted := 0
+	for _, op := range ops {
+		if op.Kind == OpDelete && bytes.HasPrefix(op.Key, prefixDelta) {
+			deleted++
+		}
+	}
+	if deleted != 3 {
+		t.Errorf("the base's changelog deletes %d chunks, want the 3 older ones", deleted)
+	}
+	commit(4, false, chunk("d", "1"))
+	if got, want := read(), "[3:a=2 3:c=1 4:d=1]"; got != want {
+		t.Fatalf("after a delta: %s, want %s", got, want)
+	}
+	for _, bad := range [][]byte{{5, 'a'}, {1, 'a', 9}, {0xff}} {
+		if err := ReadDeltaChunk(bad, func(k, v []byte) error { return nil }); err == nil {
+			t.Errorf("chunk %x read without error", bad)
+		}
+	}
+}
+
+// TestOpenUpgradesV1: a folder of the layout before the delta log opens and
+// is marked v2, so that an older Tally refuses it.
+func TestOpenUpgradesV1(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(&Checkpoint{Seq: 1, WindowPuts: []KV{{Key: []byte("k"), Value: []byte("v")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Set(keyFormat, []byte(formatMarkerV1), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(dir); err != nil {
+		t.Fatalf("v1 folder refused: %v", err)
+	}
+	defer s.Close()
+	v, closer, err := s.db.Get(keyFormat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	if string(v) != formatMarker {
+		t.Errorf("marker %q after open, want %q", v, formatMarker)
+	}
+	if w, ok, err := s.Window([]byte("k")); err != nil || !ok || string(w) != "v" {
+		t.Errorf("window k = %q %v %v after the upgrade", w, ok, err)
+	}
+}
