@@ -250,9 +250,9 @@ type DedupEntry struct {
 type Checkpoint struct {
 	Seq uint64
 	// WatermarkNs, when set (HasWatermark), is the engine watermark of the cut.
-	WatermarkNs   int64
-	HasWatermark  bool
-	Partitions []PartitionProgress
+	WatermarkNs  int64
+	HasWatermark bool
+	Partitions   []PartitionProgress
 	// DeltaChunks are the delta log's chunks of this checkpoint (see
 	// delta.go), each a list of AppendDeltaEntry entries; DeltaBase marks
 	// them as a base, which replaces every older chunk.
