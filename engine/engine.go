@@ -85,91 +85,92 @@ type DeadLetterSink interface {
 // Config holds the engine's settings. Durations are event time unless named
 // otherwise.
 type Config struct {
-	Tenant string
+	Tenant string `yaml:"tenant"`
 	// FaultHook, when set, is called just before each checkpoint is
 	// committed, with the point "checkpoint". Crash tests use it to kill
 	// the process during a commit; production leaves it nil.
-	FaultHook func(point string)
+	FaultHook func(point string) `yaml:"-"`
 	// Shards is the number of aggregator goroutines; 0 means GOMAXPROCS.
-	Shards int
+	Shards int `yaml:"shards"`
 	// Window is the window of meters that do not set their own.
-	Window time.Duration
+	Window time.Duration `yaml:"window"`
 	// CheckpointInterval is the wall-clock time between checkpoints.
-	CheckpointInterval time.Duration
+	CheckpointInterval time.Duration `yaml:"checkpointInterval"`
 	// AllowedLateness is how far a partition's watermark trails its highest
 	// event time.
-	AllowedLateness time.Duration
+	AllowedLateness time.Duration `yaml:"allowedLateness"`
 	// Grace delays a window's close past its end.
-	Grace time.Duration
+	Grace time.Duration `yaml:"grace"`
 	// ReviseHorizon is how long after its end a window still accepts records
 	// (as a new revision). Older records are dead-lettered as late.
-	ReviseHorizon time.Duration
+	ReviseHorizon time.Duration `yaml:"reviseHorizon"`
 	// FinalizeAfter, when > 0, keeps windows revisable until their billing
 	// period is finalized: FinalizeAfter past the period's end (event time).
 	// Records for a finalized period are dead-lettered as late. Windows past
 	// ReviseHorizon then leave memory and are read back from the store when
 	// a late record revises them. 0 keeps the ReviseHorizon rule.
-	FinalizeAfter time.Duration
+	FinalizeAfter time.Duration `yaml:"finalizeAfter"`
 	// DedupMemoryHorizon is how far behind the watermark event ids stay in
 	// memory; older ones (up to DedupHorizon) are checked in the store,
 	// behind its bloom filters. 0 means AllowedLateness + Grace + 10s:
 	// records within the lateness bound are checked in memory.
-	DedupMemoryHorizon time.Duration
+	DedupMemoryHorizon time.Duration `yaml:"dedupMemoryHorizon"`
 	// DedupHorizon is how far behind the watermark event ids are remembered;
 	// a record further behind is dead-lettered as late, because a duplicate
 	// of it could no longer be recognised. 0 means ReviseHorizon, or with
 	// FinalizeAfter, 31 days + FinalizeAfter.
-	DedupHorizon time.Duration
+	DedupHorizon time.Duration `yaml:"dedupHorizon"`
 	// BillingAnchorDay is the day of the month billing periods start on
 	// (1..28) for customers that do not set theirs.
-	BillingAnchorDay int
+	BillingAnchorDay int `yaml:"billingAnchorDay"`
 	// Timezone is the IANA zone of customers that do not set theirs; it
 	// places billing periods and customer-aligned windows. Default UTC.
-	Timezone string
+	Timezone string `yaml:"timezone"`
 	// Customers lists per-customer settings (time zone, anchor day).
-	Customers []Customer
+	Customers []Customer `yaml:"customers"`
 	// EmitOpenEvery, if > 0, also emits provisional revisions of open windows
 	// this often (wall clock).
-	EmitOpenEvery time.Duration
+	EmitOpenEvery time.Duration `yaml:"emitOpenEvery"`
 	// IdleTimeout excludes a partition that received nothing for this long
 	// (wall clock) from the watermark, so it cannot stall windows.
-	IdleTimeout time.Duration
+	IdleTimeout time.Duration `yaml:"idleTimeout"`
 	// MaxUndeliveredCheckpoints bounds how far sinks may fall behind before
 	// consumption pauses (backpressure).
-	MaxUndeliveredCheckpoints int
+	MaxUndeliveredCheckpoints int `yaml:"maxUndeliveredCheckpoints"`
 	// SinkBatchRows bounds the rows of one sink write.
-	SinkBatchRows int
+	SinkBatchRows int `yaml:"sinkBatchRows"`
 	// Partitioner is how producers place customers on partitions (records
 	// must be keyed by customer); records that arrived elsewhere are
 	// dead-lettered as wrong_partition. PartitionerNone checks nothing.
-	Partitioner Partitioner
+	Partitioner Partitioner `yaml:"-"`
 	// Changelog, when set, receives every checkpoint's changes before the
 	// store does (a task of a Node; docs/scale-out.md).
-	Changelog Changelog
+	Changelog Changelog `yaml:"-"`
 	// ownershipCounts, set by a Node, are the partition counts customers
 	// are placed by, the same for every task (recorded by the Node).
 	ownershipCounts map[string]int
 	// PartitionDiscovery is how often (wall clock) the source's partitions
 	// are listed again: partitions added to a topic are read from their
 	// first offset within it. 0 disables.
-	PartitionDiscovery time.Duration
+	PartitionDiscovery time.Duration `yaml:"-"`
 	// DrainTimeout bounds a graceful stop's wait for the sinks (wall
 	// clock): rows not delivered by then stay in the outbox and go out
 	// after the next start. 0 waits as long as it takes.
-	DrainTimeout time.Duration
+	DrainTimeout time.Duration `yaml:"drainTimeout"`
 	// MaxLiveWindows is the memory budget, in windows held in memory (about
 	// 1.1 KB each, see README): closed windows beyond it spill to the store.
 	// 0 means no budget.
-	MaxLiveWindows int
+	MaxLiveWindows int `yaml:"maxLiveWindows"`
 	// DeltaBaseMinBytes is the smallest delta log a base replaces (see
 	// state/delta.go); 0 means 1 MiB. Tests lower it to write bases often.
-	DeltaBaseMinBytes int64
+	DeltaBaseMinBytes int64 `yaml:"-"`
 }
 
 // DefaultConfig returns the defaults documented in README.
 func DefaultConfig() Config {
 	return Config{
 		Tenant:                    "default",
+		Timezone:                  "UTC",
 		Window:                    time.Minute,
 		CheckpointInterval:        time.Second,
 		AllowedLateness:           5 * time.Second,

@@ -21,7 +21,9 @@ import (
 // whose every key is also a flag (key kafka.brokers is --kafka-brokers);
 // flags override the file. README documents each key.
 type Config struct {
-	Tenant   string `yaml:"tenant"`
+	// The engine's settings are keys of their own (tenant, window, ...).
+	engine.Config `yaml:",inline"`
+
 	StateDir string `yaml:"stateDir"`
 	Plan     string `yaml:"plan"`
 	HTTPAddr string `yaml:"httpAddr"`
@@ -67,33 +69,14 @@ type Config struct {
 	// dimension.
 	Meters []engine.Meter `yaml:"meters"`
 
-	Shards             int           `yaml:"shards"`
-	Window             time.Duration `yaml:"window"`
-	CheckpointInterval time.Duration `yaml:"checkpointInterval"`
-	AllowedLateness    time.Duration `yaml:"allowedLateness"`
-	Grace              time.Duration `yaml:"grace"`
-	ReviseHorizon      time.Duration `yaml:"reviseHorizon"`
-	DedupHorizon       time.Duration `yaml:"dedupHorizon"`
-	FinalizeAfter      time.Duration `yaml:"finalizeAfter"`
-	DedupMemoryHorizon time.Duration `yaml:"dedupMemoryHorizon"`
-	MaxFutureSkew      time.Duration `yaml:"maxFutureSkew"`
-	Horizon            string        `yaml:"horizon"`
-	EmitOpenEvery      time.Duration `yaml:"emitOpenEvery"`
-	IdleTimeout        time.Duration `yaml:"idleTimeout"`
-	BillingAnchorDay   int           `yaml:"billingAnchorDay"`
-	Timezone           string        `yaml:"timezone"`
-	// Customers sets per-customer time zones and anchor days; file only.
-	Customers []engine.Customer `yaml:"customers"`
+	MaxFutureSkew time.Duration `yaml:"maxFutureSkew"`
+	Horizon       string        `yaml:"horizon"`
 	// Subscriptions assign customers to plans over time; file only.
 	Subscriptions []rating.Subscription `yaml:"subscriptions"`
 	// DefaultPlan prices customers without a subscription; without it they
 	// are dead-lettered (no_subscription). Unset, a single-plan file's plan
 	// is the default; set to "" there is none.
-	DefaultPlan               optionalString `yaml:"defaultPlan"`
-	MaxUndeliveredCheckpoints int            `yaml:"maxUndeliveredCheckpoints"`
-	SinkBatchRows             int            `yaml:"sinkBatchRows"`
-	MaxLiveWindows            int            `yaml:"maxLiveWindows"`
-	DrainTimeout              time.Duration  `yaml:"drainTimeout"`
+	DefaultPlan optionalString `yaml:"defaultPlan"`
 	// ScaleOut is off (one engine for every partition) or local (one task
 	// per partition, each with its own state, docs/scale-out.md).
 	ScaleOut string `yaml:"scaleOut"`
@@ -107,36 +90,21 @@ const (
 )
 
 func defaultConfig() Config {
-	d := engine.DefaultConfig()
-	var c Config
-	c.Tenant = d.Tenant
+	c := Config{Config: engine.DefaultConfig()}
 	c.StateDir = "tally-state"
 	c.HTTPAddr = "127.0.0.1:9464"
 	c.Kafka.Topics = []string{"usage"}
 	c.Kafka.RatedTopic = "rated-usage"
 	c.Kafka.DeadLetterTopic = "usage-dead-letters"
 	c.Kafka.Isolation = "read_committed"
-	c.Kafka.Partitioner = string(d.Partitioner)
-	c.Kafka.MetadataInterval = d.PartitionDiscovery
+	c.Kafka.Partitioner = string(c.Partitioner)
+	c.Kafka.MetadataInterval = c.PartitionDiscovery
 	c.Kafka.TopicPartitions = -1
 	c.Kafka.TopicReplication = -1
-	c.DrainTimeout = d.DrainTimeout
 	c.ScaleOut = scaleOutOff
 	c.ClickHouse.Database = "tally"
 	c.ClickHouse.Table = "rated_usage"
 	c.ClickHouse.Username = "default"
-	c.Window = d.Window
-	c.CheckpointInterval = d.CheckpointInterval
-	c.AllowedLateness = d.AllowedLateness
-	c.Grace = d.Grace
-	c.ReviseHorizon = d.ReviseHorizon
-	c.EmitOpenEvery = d.EmitOpenEvery
-	c.IdleTimeout = d.IdleTimeout
-	c.BillingAnchorDay = d.BillingAnchorDay
-	c.Timezone = "UTC"
-	c.MaxUndeliveredCheckpoints = d.MaxUndeliveredCheckpoints
-	c.SinkBatchRows = d.SinkBatchRows
-	c.MaxLiveWindows = d.MaxLiveWindows
 	return c
 }
 
@@ -169,18 +137,13 @@ func (c *Config) kafkaSource() kafka.SourceConfig {
 	return kafka.SourceConfig{ClientConfig: c.kafkaClient(), Topics: c.Kafka.Topics, ReadUncommitted: c.Kafka.Isolation == "read_uncommitted"}
 }
 
-// engineConfig returns the engine's part of c.
+// engineConfig returns the engine's part of c, with the settings it takes
+// from Kafka keys.
 func (c *Config) engineConfig() engine.Config {
-	return engine.Config{
-		Tenant: c.Tenant, Shards: c.Shards, Window: c.Window, CheckpointInterval: c.CheckpointInterval,
-		AllowedLateness: c.AllowedLateness, Grace: c.Grace, ReviseHorizon: c.ReviseHorizon, DedupHorizon: c.DedupHorizon, FinalizeAfter: c.FinalizeAfter,
-		DedupMemoryHorizon: c.DedupMemoryHorizon,
-		EmitOpenEvery:      c.EmitOpenEvery, IdleTimeout: c.IdleTimeout, BillingAnchorDay: c.BillingAnchorDay,
-		Timezone: c.Timezone, Customers: c.Customers,
-		MaxUndeliveredCheckpoints: c.MaxUndeliveredCheckpoints, SinkBatchRows: c.SinkBatchRows,
-		MaxLiveWindows: c.MaxLiveWindows, PartitionDiscovery: c.Kafka.MetadataInterval, DrainTimeout: c.DrainTimeout,
-		Partitioner: engine.Partitioner(c.Kafka.Partitioner),
-	}
+	ec := c.Config
+	ec.PartitionDiscovery = c.Kafka.MetadataInterval
+	ec.Partitioner = engine.Partitioner(c.Kafka.Partitioner)
+	return ec
 }
 
 // flagName turns a config key into its flag: kafka.deadLetterTopic becomes
