@@ -304,8 +304,11 @@ func (d *Decoder) DecodeAt(raw []byte, out []Event, stamped time.Time) ([]Event,
 	w := d.wires.Get().(*wireEvent)
 	*w = wireEvent{}
 	defer d.wires.Put(w)
-	if err := d.parseWire(raw, w); err != nil {
-		return out, err
+	if !d.scanPlain(raw, w) {
+		*w = wireEvent{}
+		if err := d.parseWire(raw, w); err != nil {
+			return out, err
+		}
 	}
 	var base Event
 	var rawValue json.RawMessage
