@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"hash/fnv"
-
 	"github.com/cespare/xxhash/v2"
 )
 
@@ -16,15 +14,13 @@ const dedupBucketNs = int64(10e9)
 type idHash [16]byte
 
 func eventIDHash(source, id, meter string) idHash {
-	h := fnv.New128a()
-	h.Write([]byte(source))
-	h.Write([]byte{0})
-	h.Write([]byte(id))
-	h.Write([]byte{0})
-	h.Write([]byte(meter))
-	var out idHash
-	h.Sum(out[:0])
-	return out
+	h := newFNV128a()
+	h.writeString(source)
+	h.writeByte(0)
+	h.writeString(id)
+	h.writeByte(0)
+	h.writeString(meter)
+	return h.sum()
 }
 
 // routingHash picks a customer's shard. It is stable across processes and
@@ -43,7 +39,7 @@ func routingHash(customer string) uint64 { return xxhash.Sum64String(customer) }
 // walks the index once, and buckets expire a few at a time.
 // Invariant: buckets[b] exists iff some ids[id] == b.
 type dedupSet struct {
-	ids     map[idHash]int64 // id -> its bucket
+	ids     idTable // id -> its bucket
 	buckets map[int64]*dedupBucket
 	// added holds entries new since the last checkpoint.
 	added []dedupAdd
@@ -61,7 +57,7 @@ type dedupAdd struct {
 }
 
 func newDedupSet() *dedupSet {
-	return &dedupSet{ids: make(map[idHash]int64), buckets: make(map[int64]*dedupBucket)}
+	return &dedupSet{buckets: make(map[int64]*dedupBucket)}
 }
 
 // contains reports whether id is remembered in memory in bucketNs, or in
@@ -69,7 +65,7 @@ func newDedupSet() *dedupSet {
 // an older bucket, which the next durable barrier drops, does not count:
 // whether a barrier happened to run first would decide it.
 func (d *dedupSet) contains(id idHash, bucketNs, freshNs int64) bool {
-	b, ok := d.ids[id]
+	b, ok := d.ids.get(id)
 	return ok && (b == bucketNs || b >= freshNs)
 }
 
@@ -79,7 +75,7 @@ func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64, fr
 	if d.contains(id, bucketNs, freshNs) {
 		return false
 	}
-	d.ids[id] = bucketNs // an entry of an older bucket moves here
+	d.ids.set(id, bucketNs) // an entry of an older bucket moves here
 	d.bucket(bucketNs).pendingSeq = nextSeq
 	d.added = append(d.added, dedupAdd{bucketNs: bucketNs, id: id, routingHash: routing})
 	return true
@@ -96,10 +92,10 @@ func (d *dedupSet) bucket(bucketNs int64) *dedupBucket {
 
 // load adds a remembered id on recovery.
 func (d *dedupSet) load(bucketNs int64, id idHash) {
-	if _, ok := d.ids[id]; ok {
+	if _, ok := d.ids.get(id); ok {
 		return
 	}
-	d.ids[id] = bucketNs
+	d.ids.set(id, bucketNs)
 	d.bucket(bucketNs)
 }
 
@@ -119,14 +115,10 @@ func (d *dedupSet) expire(beforeNs int64, durableSeq uint64) {
 	if gone == nil {
 		return
 	}
-	for id, bucket := range d.ids {
-		if gone[bucket] {
-			delete(d.ids, id)
-		}
-	}
+	d.ids.deleteIf(func(bucket int64) bool { return gone[bucket] })
 }
 
-func (d *dedupSet) size() int { return len(d.ids) }
+func (d *dedupSet) size() int { return d.ids.len() }
 
 // duplicate reports whether ev's id was seen for meter m, in memory or, for
 // buckets that left memory, in the store; if not, it remembers it.
