@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 
 	"github.com/tally-billing/tally/state"
@@ -10,6 +11,8 @@ import (
 // deltaWriter encodes windows into delta log chunks (see state/delta.go) of
 // about state.DeltaChunkBytes.
 type deltaWriter struct {
+	// expect is how many more entries are expected: it sizes chunks.
+	expect     int
 	chunks     [][]byte
 	cur        []byte
 	bytes      int
@@ -23,21 +26,29 @@ func (d *deltaWriter) add(w *window) error {
 	if d.value, err = appendWindowValue(d.value[:0], w); err != nil {
 		return fmt.Errorf("engine: encode window %v: %w", w.key, err)
 	}
-	if len(d.cur) > 0 && len(d.cur)+len(d.key)+len(d.value)+20 > state.DeltaChunkBytes {
-		d.flush()
-	}
-	d.cur = state.AppendDeltaEntry(d.cur, d.key, d.value)
-	d.entries++
+	d.append(d.key, d.value)
 	return nil
 }
 
 // tombstone records that the window of state key key left memory.
 func (d *deltaWriter) tombstone(key []byte) {
-	if len(d.cur) > 0 && len(d.cur)+len(key)+20 > state.DeltaChunkBytes {
+	d.append(key, nil)
+}
+
+// deltaEntryBytes is about what an entry takes: a key and a small window.
+const deltaEntryBytes = 80
+
+func (d *deltaWriter) append(key, value []byte) {
+	n := len(key) + len(value) + 2*binary.MaxVarintLen32
+	if len(d.cur) > 0 && len(d.cur)+n > state.DeltaChunkBytes {
 		d.flush()
 	}
-	d.cur = state.AppendDeltaEntry(d.cur, key, nil)
+	if d.cur == nil {
+		d.cur = make([]byte, 0, min(state.DeltaChunkBytes, max(n, d.expect*deltaEntryBytes)))
+	}
+	d.cur = state.AppendDeltaEntry(d.cur, key, value)
 	d.entries++
+	d.expect--
 }
 
 func (d *deltaWriter) flush() {

@@ -246,7 +246,10 @@ func (s *shard) evict(wm int64) error {
 // encoded: the dirty windows as delta log chunks (every window in memory
 // when base is set), and the windows leaving memory for their own keys.
 func (s *shard) encodeDelta(seq uint64, base bool, snap *shardSnapshot) error {
-	log := deltaWriter{key: s.keyScratch[:0], value: s.valueScratch[:0]}
+	log := deltaWriter{key: s.keyScratch[:0], value: s.valueScratch[:0], expect: len(s.pending.dirty) + len(s.pending.left)}
+	if base {
+		log.expect = len(s.windows) + len(s.periods)
+	}
 	if base {
 		for _, w := range s.windows {
 			if err := log.add(w); err != nil {
