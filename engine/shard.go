@@ -47,8 +47,10 @@ type shard struct {
 	// maxWindows is the shard's share of the memory budget (0: none).
 	maxWindows int
 	overBudget bool
-	// unemitted lists the windows with a revision due (see emitDue).
-	unemitted []*window
+	// unemitted lists the windows with a revision due by their end (see
+	// emitDue), so that a barrier visits the ends that closed, not every
+	// open window.
+	unemitted map[int64][]*window
 
 	dedup *dedupSet
 
@@ -136,6 +138,7 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		periods:          make(map[windowKey]*window),
 		periodsByEnd:     make(map[int64][]*window),
 		byCustomer:       make(map[string][]*window),
+		unemitted:        make(map[int64][]*window),
 		closedEnds:       make(map[int64]bool),
 		subs:             make(map[string][]rating.Change),
 		feeCustomers:     make(map[string]bool),

@@ -98,18 +98,23 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 // emitDue emits the windows due at b: closed windows with changes or whose
 // last revision was provisional, and open windows with changes when b asks.
 func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
-	// Invariant: a window is in the unemitted list iff pendingEmission().
+	// Invariant: a window is in the unemitted lists iff pendingEmission().
 	// Only the windows due now are ordered: emission order decides which
 	// window an increment of a tiered charge falls to, so it must be
 	// deterministic, but sorting every open window at every barrier would
 	// cost more than the records.
-	kept := s.unemitted[:0]
 	var due []*window
-	for _, w := range s.unemitted {
-		if s.rules.closed(w.endNs, b.watermarkNs) || (b.emitOpen && w.changed) {
-			due = append(due, w)
-		} else {
-			kept = append(kept, w)
+	for endNs, ws := range s.unemitted {
+		switch {
+		case s.rules.closed(endNs, b.watermarkNs):
+			due = append(due, ws...) // all final below: none stays queued
+			delete(s.unemitted, endNs)
+		case b.emitOpen:
+			for _, w := range ws {
+				if w.changed {
+					due = append(due, w) // provisional: stays queued
+				}
+			}
 		}
 	}
 	slices.SortFunc(due, func(a, b *window) int {
@@ -136,13 +141,9 @@ func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
 		snap.rows = append(snap.rows, row)
 		if final {
 			w.queued = false
-		} else {
-			kept = append(kept, w) // its final revision is still due
 		}
 		s.markDirty(w)
 	}
-	clear(s.unemitted[len(kept):])
-	s.unemitted = kept
 	return nil
 }
 

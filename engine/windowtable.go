@@ -147,9 +147,14 @@ func (s *shard) touch(w *window) {
 	s.markDirty(w)
 	w.changed = true
 	if !w.queued {
-		w.queued = true
-		s.unemitted = append(s.unemitted, w)
+		s.queueEmission(w)
 	}
+}
+
+// queueEmission files w as having a revision due.
+func (s *shard) queueEmission(w *window) {
+	w.queued = true
+	s.unemitted[w.endNs] = append(s.unemitted[w.endNs], w)
 }
 
 // restoreWindow installs a window loaded from the store before run starts.
@@ -165,8 +170,7 @@ func (s *shard) restoreWindow(key windowKey, w *window) error {
 	}
 	s.indexWindow(w)
 	if w.pendingEmission() {
-		w.queued = true
-		s.unemitted = append(s.unemitted, w)
+		s.queueEmission(w)
 	}
 	return nil
 }
