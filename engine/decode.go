@@ -295,6 +295,13 @@ func (d *Decoder) Decode(raw []byte, out []Event) ([]Event, error) {
 // it later) while a producer whose clock runs ahead cannot widen it. A zero
 // stamped uses the wall clock alone.
 func (d *Decoder) DecodeAt(raw []byte, out []Event, stamped time.Time) ([]Event, error) {
+	return d.DecodeInterned(raw, out, stamped, nil)
+}
+
+// DecodeInterned is DecodeAt with the customers, dimensions and group keys
+// of its events interned by in (nil: none), for a reader that decodes many
+// records of the same customers.
+func (d *Decoder) DecodeInterned(raw []byte, out []Event, stamped time.Time, in *Interner) ([]Event, error) {
 	if len(raw) > maxRecordBytes {
 		return out, fail(ReasonTooLarge, "record is %d bytes, limit %d", len(raw), maxRecordBytes)
 	}
@@ -304,7 +311,7 @@ func (d *Decoder) DecodeAt(raw []byte, out []Event, stamped time.Time) ([]Event,
 	w := d.wires.Get().(*wireEvent)
 	*w = wireEvent{}
 	defer d.wires.Put(w)
-	if !d.scanPlain(raw, w) {
+	if !d.scanPlain(raw, w, in) {
 		*w = wireEvent{}
 		if err := d.parseWire(raw, w); err != nil {
 			return out, err
@@ -400,7 +407,7 @@ func (d *Decoder) DecodeAt(raw []byte, out []Event, stamped time.Time) ([]Event,
 			}
 		}
 		ev.Dims = dims
-		ev.GroupKey = groupKey(m, dims)
+		ev.GroupKey = groupKeyInterned(m, dims, in)
 		out = append(out, ev)
 	}
 	return out, nil
@@ -484,6 +491,29 @@ func parseText(raw json.RawMessage) (string, error) {
 		return "", fmt.Errorf("value %.30s is not a string or number", raw)
 	}
 	return string(raw), nil
+}
+
+// groupKeyInterned is groupKey without extra dimensions, interned by in.
+func groupKeyInterned(m *meterSpec, dims []Dim, in *Interner) string {
+	if in == nil {
+		return groupKey(m, dims)
+	}
+	if !m.groupAll && len(m.GroupBy) == 0 {
+		return ""
+	}
+	var picked [8]Dim
+	pick := picked[:0]
+	if m.groupAll {
+		pick = dims
+	} else {
+		for _, d := range dims {
+			if slices.Contains(m.GroupBy, d.Key) {
+				pick = append(pick, d) // dims are sorted: so is pick
+			}
+		}
+	}
+	in.buf = appendCanonicalGroupKey(in.buf[:0], pick)
+	return in.bytes(in.buf)
 }
 
 // groupKey renders the meter's group-by dimensions canonically, with extra

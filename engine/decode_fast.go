@@ -13,7 +13,7 @@ import (
 //
 // Invariant (TestScanPlainAgreesWithParseWire, FuzzScanPlain): when it
 // returns true, w is what parseWire would have produced.
-func (d *Decoder) scanPlain(raw []byte, w *wireEvent) bool {
+func (d *Decoder) scanPlain(raw []byte, w *wireEvent, in *Interner) bool {
 	s := scanner{b: raw}
 	if !s.skip('{') {
 		return false
@@ -43,7 +43,7 @@ func (d *Decoder) scanPlain(raw []byte, w *wireEvent) bool {
 			if !ok {
 				return false
 			}
-			w.Customer = string(v)
+			w.Customer = in.bytes(v)
 		case "meter":
 			bit = 1 << 2
 			v, ok := s.str()
@@ -75,7 +75,7 @@ func (d *Decoder) scanPlain(raw []byte, w *wireEvent) bool {
 			w.Value = json.RawMessage(append(w.valueBuf[:0], v...))
 		case "dims":
 			bit = 1 << 5
-			if !s.dims(w) {
+			if !s.dims(w, in) {
 				return false
 			}
 		case "plan":
@@ -131,7 +131,7 @@ func (d *Decoder) scanPlain(raw []byte, w *wireEvent) bool {
 
 // dims reads a dims object of escape-free strings into w.Dims, sorted as
 // wireDims leaves them.
-func (s *scanner) dims(w *wireEvent) bool {
+func (s *scanner) dims(w *wireEvent, in *Interner) bool {
 	if !s.skip('{') {
 		return false
 	}
@@ -154,7 +154,7 @@ func (s *scanner) dims(w *wireEvent) bool {
 				return false
 			}
 		}
-		dims = append(dims, Dim{Key: string(k), Value: string(v)})
+		dims = append(dims, Dim{Key: in.bytes(k), Value: in.bytes(v)})
 		if len(dims) > maxDims {
 			return false
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // scanPlainCases are records scanPlain reads (ok) or leaves to parseWire.
@@ -39,7 +40,7 @@ func TestScanPlainAgreesWithParseWire(t *testing.T) {
 	d := NewDecoder(testMeters(t))
 	for _, c := range scanPlainCases {
 		var fast wireEvent
-		if ok := d.scanPlain([]byte(c.raw), &fast); ok != c.ok {
+		if ok := d.scanPlain([]byte(c.raw), &fast, nil); ok != c.ok {
 			t.Errorf("scanPlain(%s) = %v, want %v", c.raw, ok, c.ok)
 			continue
 		}
@@ -72,8 +73,38 @@ func FuzzScanPlain(f *testing.F) {
 	d := NewDecoder(testMeters(f))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var fast wireEvent
-		if d.scanPlain(raw, &fast) {
+		if d.scanPlain(raw, &fast, NewInterner()) {
 			checkAgrees(t, d, raw, &fast)
+		}
+	})
+}
+
+// FuzzDecodeInterned: decoding with an interner gives the events decoding
+// without one gives, for meters grouping by every dimension, by some, and
+// by none.
+func FuzzDecodeInterned(f *testing.F) {
+	for _, c := range scanPlainCases {
+		f.Add([]byte(c.raw))
+	}
+	f.Add([]byte(`{"id":"e1","customer":"c1","meter":"calls","time":"2026-03-01T10:00:00Z","value":3,"dims":{"z":"1","destination":"u\\,k","b":"x=y"}}`))
+	f.Add([]byte(`{"id":"e2","customer":"c1","meter":"calls","time":"2026-03-01T10:00:00Z","value":3,"dims":{"destination":"uk","rat":"5G"}}`))
+	meters, err := CompileMeters([]Meter{
+		{Name: "all", EventTypes: []string{"calls"}, GroupBy: []string{"*"}},
+		{Name: "some", EventTypes: []string{"calls"}, GroupBy: []string{"rat", "destination"}},
+		{Name: "none", EventTypes: []string{"calls"}},
+	}, time.Minute)
+	if err != nil {
+		f.Fatal(err)
+	}
+	d := NewDecoder(meters)
+	in := NewInterner()
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		want, werr := d.DecodeAt(raw, nil, time.Time{})
+		for range 2 { // the second time, from the interned strings
+			got, gerr := d.DecodeInterned(raw, nil, time.Time{}, in)
+			if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+				t.Fatalf("%s:\ninterned %+v %v\nplain    %+v %v", raw, got, gerr, want, werr)
+			}
 		}
 	})
 }

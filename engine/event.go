@@ -182,30 +182,34 @@ func canonicalGroupKey(dims []Dim) string {
 	if len(dims) == 0 {
 		return ""
 	}
-	var b strings.Builder
-	for i, d := range dims {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		escapeInto(&b, d.Key)
-		b.WriteByte('=')
-		escapeInto(&b, d.Value)
-	}
-	return b.String()
+	return string(appendCanonicalGroupKey(nil, dims))
 }
 
-func escapeInto(b *strings.Builder, s string) {
+// appendCanonicalGroupKey appends canonicalGroupKey(dims) to b.
+func appendCanonicalGroupKey(b []byte, dims []Dim) []byte {
+	for i, d := range dims {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendEscaped(b, d.Key)
+		b = append(b, '=')
+		b = appendEscaped(b, d.Value)
+	}
+	return b
+}
+
+func appendEscaped(b []byte, s string) []byte {
 	if !strings.ContainsAny(s, `\,=`) {
-		b.WriteString(s)
-		return
+		return append(b, s...)
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c == '\\' || c == ',' || c == '=' {
-			b.WriteByte('\\')
+			b = append(b, '\\')
 		}
-		b.WriteByte(c)
+		b = append(b, c)
 	}
+	return b
 }
 
 // groupDim returns the value of dimension key in a canonical group key, or

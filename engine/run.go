@@ -372,6 +372,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 // Decoding happens here, one goroutine per partition, so it runs in parallel.
 func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, fetch *fetchState, r PartitionReader, out chan<- inboundBatch) error {
 	var scratch []Event // one record's events
+	in := NewInterner() // customers and groups recur: windows share their strings
 	for {
 		fetch.waiting(e.now())
 		records, err := r.Fetch(ctx)
@@ -391,7 +392,7 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 				continue // a transaction marker: it moves the position only
 			}
 			b.records++
-			scratch, err = e.decoder.DecodeAt(rec.Value, scratch[:0], rec.Timestamp)
+			scratch, err = e.decoder.DecodeInterned(rec.Value, scratch[:0], rec.Timestamp, in)
 			if err == nil && len(scratch) > 0 {
 				if why := e.owners.misplaced(id, scratch[0].Customer); why != "" {
 					err = &decodeError{reason: ReasonWrongPartition, detail: why}
