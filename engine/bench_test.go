@@ -184,6 +184,7 @@ func BenchmarkCore(b *testing.B) {
 		b.Fatal(err)
 	}
 	d := NewDecoder(meters)
+	in := NewInterner() // as a partition reader decodes
 	s := testShard()
 	s.meters = meters
 	var events []Event
@@ -192,7 +193,7 @@ func BenchmarkCore(b *testing.B) {
 		if i == len(records) {
 			b.Fatal("more iterations than records; use -benchtime up to 1000000x")
 		}
-		events, err = d.Decode(records[i], events[:0])
+		events, err = d.DecodeInterned(records[i], events[:0], time.Time{}, in)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -182,7 +182,8 @@ func canonicalGroupKey(dims []Dim) string {
 	if len(dims) == 0 {
 		return ""
 	}
-	return string(appendCanonicalGroupKey(nil, dims))
+	var buf [128]byte
+	return string(appendCanonicalGroupKey(buf[:0], dims))
 }
 
 // appendCanonicalGroupKey appends canonicalGroupKey(dims) to b.
