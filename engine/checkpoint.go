@@ -114,7 +114,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 // checkpointTotals is what a checkpoint's snapshots add to the engine's
 // counters once it is durable.
 type checkpointTotals struct {
-	rows               []RatedRow
+	rows, finals       int
 	dead               []DeadLetter
 	revenue            map[string]decimal.Decimal // net change by currency
 	duplicates         map[string]uint64          // by meter
@@ -133,11 +133,13 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 	t := checkpointTotals{dead: pc.deadLetters, revenue: make(map[string]decimal.Decimal), duplicates: make(map[string]uint64)}
 	var nPuts, nDedup, nRows int
 	for _, snap := range snaps {
-		nPuts, nDedup, nRows = nPuts+len(snap.windowPuts), nDedup+len(snap.dedupAdds), nRows+len(snap.rows)
+		nPuts, nDedup, nRows = nPuts+len(snap.windowPuts), nDedup+len(snap.dedupAdds), nRows+len(snap.encodedRows)
 	}
 	cp.WindowPuts = make([]state.KV, 0, nPuts)
 	cp.DedupAdds = make([]state.DedupEntry, 0, nDedup)
-	t.rows = make([]RatedRow, 0, nRows)
+	if nRows > 0 {
+		cp.Outbox[state.StreamRated] = make([][]byte, 0, nRows)
+	}
 	for _, snap := range snaps {
 		cp.DeltaChunks = append(cp.DeltaChunks, snap.deltaChunks...)
 		t.deltaBytes += snap.deltaBytes
@@ -146,7 +148,12 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 		cp.SubscriptionPuts = append(cp.SubscriptionPuts, snap.subsPuts...)
 		cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
 		cp.DedupAdds = append(cp.DedupAdds, snap.dedupAdds...)
-		t.rows = append(t.rows, snap.rows...)
+		// In shard order: each shard's rows in its emission order.
+		if len(snap.encodedRows) > 0 {
+			cp.Outbox[state.StreamRated] = append(cp.Outbox[state.StreamRated], snap.encodedRows...)
+		}
+		t.rows += len(snap.encodedRows)
+		t.finals += snap.finals
 		t.dead = append(t.dead, snap.deadLetters...)
 		for currency, delta := range snap.revenue {
 			t.revenue[currency] = t.revenue[currency].Add(delta)
@@ -159,18 +166,6 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 		t.spilled += snap.spilled
 		t.overBudget = t.overBudget || snap.overBudget
 		t.dedupIDs += snap.dedupIDs
-	}
-	// Rows are encoded into one buffer (Pebble copies them into its batch);
-	// a slice taken before the buffer grows keeps its bytes.
-	if len(t.rows) > 0 {
-		buf := make([]byte, 0, 160*len(t.rows))
-		encoded := make([][]byte, len(t.rows))
-		for i := range t.rows {
-			start := len(buf)
-			buf = encodeRow(buf, &t.rows[i])
-			encoded[i] = buf[start:len(buf):len(buf)]
-		}
-		cp.Outbox[state.StreamRated] = encoded
 	}
 	for i := range t.dead {
 		b, err := json.Marshal(&t.dead[i])
@@ -185,7 +180,7 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 // count adds durable checkpoint cp's totals to the metrics and stats.
 func (e *Engine) count(pc *pendingCheckpoint, cp *state.Checkpoint, t checkpointTotals) {
 	e.metrics.checkpointDuration.Observe(time.Since(pc.cutAt).Seconds())
-	e.metrics.checkpointBytes.Observe(float64(t.deltaEntries + len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + len(t.rows) + len(t.dead)))
+	e.metrics.checkpointBytes.Observe(float64(t.deltaEntries + len(cp.WindowPuts) + len(cp.WindowDeletes) + len(cp.DedupAdds) + t.rows + len(t.dead)))
 	e.metrics.checkpointSeq.Set(float64(pc.seq))
 	e.metrics.liveWindows.Set(float64(t.live))
 	e.metrics.coldReads.Add(float64(t.coldReads))
@@ -204,15 +199,9 @@ func (e *Engine) count(pc *pendingCheckpoint, cp *state.Checkpoint, t checkpoint
 		dups += n
 	}
 	e.stats.duplicates.Add(dups)
-	finals := 0
-	for _, r := range t.rows {
-		if r.Final {
-			finals++
-		}
-	}
-	e.metrics.windowsEmitted.WithLabelValues("1").Add(float64(finals))
-	e.metrics.windowsEmitted.WithLabelValues("0").Add(float64(len(t.rows) - finals))
-	e.stats.windowsEmitted.Add(uint64(len(t.rows)))
+	e.metrics.windowsEmitted.WithLabelValues("1").Add(float64(t.finals))
+	e.metrics.windowsEmitted.WithLabelValues("0").Add(float64(t.rows - t.finals))
+	e.stats.windowsEmitted.Add(uint64(t.rows))
 	e.stats.revenueMu.Lock()
 	for currency, delta := range t.revenue {
 		total := e.stats.revenue[currency].Add(delta)

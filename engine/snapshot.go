@@ -45,7 +45,12 @@ type shardSnapshot struct {
 	windowDeletes [][]byte
 	subsPuts      []state.KV
 	dedupAdds     []state.DedupEntry
+	// rows are the rows emitted, encodedRows the same encoded for the
+	// outbox (encoded here, in parallel, rather than by the writer), finals
+	// how many are final.
 	rows          []RatedRow
+	encodedRows   [][]byte
+	finals        int
 	deadLetters   []DeadLetter
 	revenue       map[string]decimal.Decimal // net change by currency
 	duplicates    map[string]uint64          // by meter
@@ -87,6 +92,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	if snap.err = s.encodeDelta(b.seq, b.base, snap); snap.err != nil {
 		return snap
 	}
+	encodeRows(snap)
 	snap.coldReads, s.pending.coldReads = s.pending.coldReads, 0
 	snap.spilled, s.pending.spilled = s.pending.spilled, 0
 	snap.overBudget = s.overBudget
@@ -319,4 +325,23 @@ func (s *shard) encodeDelta(seq uint64, base bool, snap *shardSnapshot) error {
 	snap.deadLetters, s.pending.deadLetters = s.pending.deadLetters, nil
 	snap.duplicates, s.pending.duplicates = s.pending.duplicates, make(map[string]uint64)
 	return nil
+}
+
+// encodeRows encodes snap's rows for the outbox, into one buffer (Pebble
+// copies them into its batch); a slice taken before the buffer grows keeps
+// its bytes.
+func encodeRows(snap *shardSnapshot) {
+	if len(snap.rows) == 0 {
+		return
+	}
+	buf := make([]byte, 0, 160*len(snap.rows))
+	snap.encodedRows = make([][]byte, len(snap.rows))
+	for i := range snap.rows {
+		start := len(buf)
+		buf = encodeRow(buf, &snap.rows[i])
+		snap.encodedRows[i] = buf[start:len(buf):len(buf)]
+		if snap.rows[i].Final {
+			snap.finals++
+		}
+	}
 }
