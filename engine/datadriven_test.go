@@ -41,7 +41,7 @@ func TestDataDriven(t *testing.T) {
 		nextID := 0
 		var lastDuplicates uint64
 		breakdown := false
-		var catalog *Pricing
+		var catalog *rating.Pricing
 		output := func(rows []RatedRow, dead []DeadLetter) string {
 			dups := h.engine.stats.duplicates.Load()
 			delta := dups - lastDuplicates
@@ -80,7 +80,7 @@ func TestDataDriven(t *testing.T) {
 				if d.HasArg("default") {
 					d.ScanArgs(t, "default", &defaultPlan)
 				}
-				catalog = NewPricing(c, subs, defaultPlan)
+				catalog = rating.NewPricing(c, subs, defaultPlan)
 				return ""
 			case "meters":
 				if err := yaml.Unmarshal([]byte(d.Input), &meters); err != nil {

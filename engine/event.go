@@ -253,20 +253,5 @@ func (ev *Event) Dim(key string) (string, bool) {
 	return ev.Dims[i].Value, true
 }
 
-// rateWithPlan is Rater.RateEvent once the customer's plan is known: usage
-// of a meter the plan does not price is ReasonUnpriced; a per-event price
-// charges the event.
-func rateWithPlan(plan *rating.Plan, meter string, ev *Event) (EventRating, Reason, error) {
-	price, ok := plan.Meters[meter]
-	if !ok {
-		return EventRating{}, ReasonUnpriced, fmt.Errorf("plan %s does not price it", plan.ID)
-	}
-	if !price.PerEvent() {
-		return EventRating{}, "", nil
-	}
-	c, err := plan.RateEvent(meter, ev.Units(), time.Unix(0, ev.TimeNs).UTC(), ev.Dim)
-	if err != nil {
-		return EventRating{}, ReasonRating, err
-	}
-	return EventRating{PerEvent: true, Amount: c.Amount, Rate: c.Rate}, "", nil
-}
+// At is the event's time.
+func (ev *Event) At() time.Time { return time.Unix(0, ev.TimeNs).UTC() }

@@ -46,7 +46,7 @@ plans:
 	run := func(every, crashEvery int) map[string]string {
 		h := newHarness(t, 1)
 		h.cfg.AllowedLateness = 0
-		h.rater = NewPricing(catalog, subs, "basic")
+		h.rater = rating.NewPricing(catalog, subs, "basic")
 		h.meters, err = CompileMeters([]Meter{{Name: "sms", Aggregation: AggSum, Window: "DAY"}}, time.Minute)
 		if err != nil {
 			t.Fatal(err)

@@ -127,19 +127,21 @@ func (c captureDead) WriteDeadLetters(_ context.Context, letters []DeadLetter) e
 // halfRater charges 0.5 per unit of every meter.
 type halfRater struct{}
 
-func (halfRater) RateEvent(Subscriber, string, time.Time, *Event) (EventRating, Reason, error) {
-	return EventRating{}, "", nil
+func (halfRater) RateEvent(rating.Subscriber, string, time.Time, rating.Usage) (rating.EventRating, error) {
+	return rating.EventRating{}, nil
 }
 
-func (halfRater) IncrementEvents(Subscriber, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
+func (halfRater) Currency(rating.Subscriber, string, time.Time) (string, bool) { return "EUR", true }
+
+func (halfRater) IncrementEvents(rating.Subscriber, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
 	return rating.Charge{}, fmt.Errorf("halfRater prices no meter per event")
 }
 
-func (halfRater) PeriodFee(Subscriber, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
+func (halfRater) PeriodFee(rating.Subscriber, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
 	return rating.Charge{}, false, nil
 }
 
-func (halfRater) Increment(_ Subscriber, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+func (halfRater) Increment(_ rating.Subscriber, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
 	return rating.Charge{Amount: after.Mul(price).Round(6).Sub(before.Mul(price).Round(6)), Currency: "EUR", UnitPrice: price}, nil
 }
@@ -354,19 +356,35 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 // planRater prices with a rating.Plan, as the binary does.
 type planRater struct{ plan *rating.Plan }
 
-func (r planRater) RateEvent(_ Subscriber, meter string, _ time.Time, ev *Event) (EventRating, Reason, error) {
-	return rateWithPlan(r.plan, meter, ev)
+func (r planRater) RateEvent(_ rating.Subscriber, meter string, _ time.Time, ev rating.Usage) (rating.EventRating, error) {
+	price, ok := r.plan.Meters[meter]
+	if !ok {
+		return rating.EventRating{}, fmt.Errorf("%w: plan %s does not price it", rating.ErrUnpriced, r.plan.ID)
+	}
+	if !price.PerEvent() {
+		return rating.EventRating{}, nil
+	}
+	c, err := r.plan.RateEvent(meter, ev.Units(), ev.At(), ev.Dim)
+	if err != nil {
+		return rating.EventRating{}, err
+	}
+	return rating.EventRating{PerEvent: true, Amount: c.Amount, Rate: c.Rate}, nil
 }
 
-func (r planRater) IncrementEvents(_ Subscriber, meter string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
+func (r planRater) Currency(_ rating.Subscriber, meter string, _ time.Time) (string, bool) {
+	_, ok := r.plan.Meters[meter]
+	return r.plan.Currency, ok
+}
+
+func (r planRater) IncrementEvents(_ rating.Subscriber, meter string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
 	return r.plan.IncrementEvents(meter, usage, before, after)
 }
 
-func (r planRater) PeriodFee(_ Subscriber, meter string, _, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
+func (r planRater) PeriodFee(_ rating.Subscriber, meter string, _, _ time.Time, charged decimal.Decimal) (rating.Charge, bool, error) {
 	c, ok := r.plan.PeriodFee(meter, charged)
 	return c, ok, nil
 }
 
-func (r planRater) Increment(_ Subscriber, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+func (r planRater) Increment(_ rating.Subscriber, meter string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	return r.plan.Increment(meter, before, after)
 }

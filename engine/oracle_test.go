@@ -70,7 +70,7 @@ func checkOracle(t *testing.T, seed uint64) {
 	}
 	h := newHarness(t, 2)
 	h.cfg.AllowedLateness = 10 * time.Minute
-	h.rater = NewPricing(catalog, subs, oracle.DefaultPlan)
+	h.rater = rating.NewPricing(catalog, subs, oracle.DefaultPlan)
 	for _, c := range world.Customers() {
 		h.cfg.Customers = append(h.cfg.Customers, Customer{ID: c.ID, Timezone: c.Timezone, BillingAnchorDay: c.BillingAnchorDay})
 	}

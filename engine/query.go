@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
-	"github.com/tally-billing/tally/rating"
 )
 
 // queryQueueLen bounds the queries waiting for one shard.
@@ -188,14 +187,8 @@ func (e *Engine) BillingPeriod(customer string, t time.Time) (start, end time.Ti
 // currency is the currency of the plan pricing customer's meter at tNs
 // (empty if none does).
 func (s *shard) currency(customer, meter string, tNs int64) string {
-	sub, at := s.subscriber(customer), time.Unix(0, tNs).UTC()
-	if c, err := s.rater.Increment(sub, meter, at, decimal.Zero, decimal.Zero); err == nil {
-		return c.Currency
-	}
-	if c, err := s.rater.IncrementEvents(sub, meter, at, rating.WindowUsage{}, decimal.Zero, decimal.Zero); err == nil {
-		return c.Currency
-	}
-	return ""
+	c, _ := s.rater.Currency(s.subscriber(customer), meter, time.Unix(0, tNs).UTC())
+	return c
 }
 
 // rollUp sums windows (of SUM and COUNT meters) into windows of spec, in the

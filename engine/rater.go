@@ -1,46 +1,43 @@
 package engine
 
 import (
+	"errors"
 	"time"
 
 	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/rating"
 )
 
-// Rater prices usage. It must be safe for concurrent use by all shards and
-// deterministic, so that replay reproduces the same rows.
+// Rater prices usage (rating.Pricing is the one Tally runs). It must be
+// safe for concurrent use by all shards and deterministic, so that replay
+// reproduces the same rows.
 type Rater interface {
 	// RateEvent decides how one event is priced before it is aggregated
 	// (ev.Units is what it adds to its meter): windowStart is the start of
-	// its window, whose plan prices it. When the
-	// price is per event (connect fees, per-event bounds, time bands,
-	// destinations) the rating carries the event's own charge and rate.
-	// When the usage cannot be priced, the reason (ReasonNoSubscription,
-	// ReasonUnpriced) and why: such records are dead-lettered, never
-	// aggregated for free.
-	RateEvent(sub Subscriber, meter string, windowStart time.Time, ev *Event) (EventRating, Reason, error)
+	// its window, whose plan prices it. When the price is per event
+	// (connect fees, per-event bounds, time bands, destinations) the
+	// rating carries the event's own charge and rate. Usage that cannot be
+	// priced is refused with an error wrapping rating.ErrNoSubscription or
+	// rating.ErrUnpriced (or another rating error): such records are
+	// dead-lettered, never aggregated for free.
+	RateEvent(sub rating.Subscriber, meter string, windowStart time.Time, ev rating.Usage) (rating.EventRating, error)
 	// Increment is the charge of moving the billing period's charged-to-date
 	// quantity from before to after (rounded cumulative charge after minus
 	// before, so that increments add up to the period's charge), under the
 	// plan in force at windowStart.
-	Increment(sub Subscriber, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
+	Increment(sub rating.Subscriber, meter string, windowStart time.Time, before, after decimal.Decimal) (rating.Charge, error)
 	// IncrementEvents is Increment for a window of a per-event price:
 	// before and after are the period's sums of event charges; usage is the
 	// window's, to explain the charge.
-	IncrementEvents(sub Subscriber, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error)
+	IncrementEvents(sub rating.Subscriber, meter string, windowStart time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error)
 	// PeriodFee is what a closed billing period of the meter adds on top of
 	// its usage (flat fee, minimum-commitment true-up given the usage
 	// charged), prorated over the plans in force during the period; ok is
 	// false when they have no period fee for the meter.
-	PeriodFee(sub Subscriber, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
-}
-
-// Subscriber is a customer as a Rater sees it: its id and the subscription
-// changes its subscription events made, which apply on top of its
-// configured subscriptions (rating.Subscriptions.Timeline).
-type Subscriber struct {
-	ID      string
-	Changes []rating.Change
+	PeriodFee(sub rating.Subscriber, meter string, periodStart, periodEnd time.Time, usageCharged decimal.Decimal) (charge rating.Charge, ok bool, err error)
+	// Currency is the currency the meter of sub is priced in at t; ok is
+	// false when no plan prices it then.
+	Currency(sub rating.Subscriber, meter string, t time.Time) (currency string, ok bool)
 }
 
 // SubscriptionRules is what the engine needs to apply subscription events
@@ -53,22 +50,22 @@ type SubscriptionRules interface {
 	Subscribers() []string
 	// FeeMeters lists the meters whose period fees (flat fee, commitment)
 	// sub owes for the billing period, usage or not.
-	FeeMeters(sub Subscriber, periodStart, periodEnd time.Time) []string
+	FeeMeters(sub rating.Subscriber, periodStart, periodEnd time.Time) []string
 	// SubscribedFrom is when sub was first on a plan (configured or by its
 	// events); ok is false if never.
-	SubscribedFrom(sub Subscriber) (at time.Time, ok bool)
+	SubscribedFrom(sub rating.Subscriber) (at time.Time, ok bool)
 }
 
-// EventRating is how a plan prices one event.
-type EventRating struct {
-	// PerEvent is set when the event is charged on its own: Amount is its
-	// unrounded charge, and windows are charged by the sum of theirs.
-	PerEvent bool
-	Amount   decimal.Decimal
-	// Rate names the band or destination rate the event is priced at. It
-	// joins the group key as the dimension rate=<name>, so that each row
-	// is priced at one rate and its breakdown can say which.
-	Rate string
+// rateReason is the dead-letter reason of a RateEvent error.
+func rateReason(err error) Reason {
+	switch {
+	case errors.Is(err, rating.ErrNoSubscription):
+		return ReasonNoSubscription
+	case errors.Is(err, rating.ErrUnpriced):
+		return ReasonUnpriced
+	default:
+		return ReasonRating
+	}
 }
 
 // RateDim is the dimension that carries an event's rate in group keys.

@@ -230,9 +230,9 @@ func (s *shard) apply(ev *Event) {
 			m.Name, time.Unix(0, startNs).UTC().Format(time.RFC3339), time.Unix(0, s.watermarkNs).UTC().Format(time.RFC3339)))
 		return
 	}
-	rated, reason, err := s.rater.RateEvent(s.subscriber(ev.Customer), m.Name, time.Unix(0, startNs).UTC(), ev)
+	rated, err := s.rater.RateEvent(s.subscriber(ev.Customer), m.Name, time.Unix(0, startNs).UTC(), ev)
 	if err != nil {
-		s.deadLetter(ev, reason, fmt.Sprintf("meter %s: %v", m.Name, err))
+		s.deadLetter(ev, rateReason(err), fmt.Sprintf("meter %s: %v", m.Name, err))
 		return
 	}
 	key := windowKey{meter: m.Name, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}

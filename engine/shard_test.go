@@ -12,19 +12,21 @@ import (
 // unitRater charges 0.5 per unit, in EUR.
 type unitRater struct{}
 
-func (unitRater) RateEvent(Subscriber, string, time.Time, *Event) (EventRating, Reason, error) {
-	return EventRating{}, "", nil
+func (unitRater) RateEvent(rating.Subscriber, string, time.Time, rating.Usage) (rating.EventRating, error) {
+	return rating.EventRating{}, nil
 }
 
-func (unitRater) IncrementEvents(Subscriber, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
+func (unitRater) Currency(rating.Subscriber, string, time.Time) (string, bool) { return "EUR", true }
+
+func (unitRater) IncrementEvents(rating.Subscriber, string, time.Time, rating.WindowUsage, decimal.Decimal, decimal.Decimal) (rating.Charge, error) {
 	return rating.Charge{}, fmt.Errorf("unitRater prices no meter per event")
 }
 
-func (unitRater) PeriodFee(Subscriber, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
+func (unitRater) PeriodFee(rating.Subscriber, string, time.Time, time.Time, decimal.Decimal) (rating.Charge, bool, error) {
 	return rating.Charge{}, false, nil
 }
 
-func (unitRater) Increment(_ Subscriber, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
+func (unitRater) Increment(_ rating.Subscriber, _ string, _ time.Time, before, after decimal.Decimal) (rating.Charge, error) {
 	price := decimal.RequireFromString("0.5")
 	return rating.Charge{Amount: after.Sub(before).Mul(price), Currency: "EUR", UnitPrice: price}, nil
 }

@@ -48,18 +48,18 @@ type shardSnapshot struct {
 	// rows are the rows emitted, encodedRows the same encoded for the
 	// outbox (encoded here, in parallel, rather than by the writer), finals
 	// how many are final.
-	rows          []RatedRow
-	encodedRows   [][]byte
-	finals        int
-	deadLetters   []DeadLetter
-	revenue       map[string]decimal.Decimal // net change by currency
-	duplicates    map[string]uint64          // by meter
-	liveWindows   int
-	dedupIDs      int
-	coldReads     uint64
-	spilled       uint64
-	overBudget    bool
-	err           error
+	rows        []RatedRow
+	encodedRows [][]byte
+	finals      int
+	deadLetters []DeadLetter
+	revenue     map[string]decimal.Decimal // net change by currency
+	duplicates  map[string]uint64          // by meter
+	liveWindows int
+	dedupIDs    int
+	coldReads   uint64
+	spilled     uint64
+	overBudget  bool
+	err         error
 }
 
 // snapshot emits the windows due at the barrier's watermark, evicts windows

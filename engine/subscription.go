@@ -21,8 +21,8 @@ import (
 const subscriptionMeter = "@subscription"
 
 // subscriber returns customer with its subscription changes.
-func (s *shard) subscriber(customer string) Subscriber {
-	return Subscriber{ID: customer, Changes: s.subs[customer]}
+func (s *shard) subscriber(customer string) rating.Subscriber {
+	return rating.Subscriber{ID: customer, Changes: s.subs[customer]}
 }
 
 // applySubscription records a subscription event: from its time on, its

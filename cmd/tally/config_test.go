@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
-	"github.com/tally-billing/tally/engine"
+	"github.com/tally-billing/tally/rating"
 )
 
 func writeFile(t *testing.T, name, content string) string {
@@ -165,7 +165,7 @@ meters: {sms: {model: per_unit, unitPrice: "0.10"}}
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = pricing.Increment(engine.Subscriber{ID: "nobody"}, "sms", at, decimal.Zero, decimal.NewFromInt(1))
+			_, err = pricing.Increment(rating.Subscriber{ID: "nobody"}, "sms", at, decimal.Zero, decimal.NewFromInt(1))
 			if priced := err == nil; priced != tc.priced {
 				t.Errorf("usage of a customer without a subscription priced = %v (%v), want %v", priced, err, tc.priced)
 			}

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
-	"github.com/tally-billing/tally/engine"
 	"github.com/tally-billing/tally/rating"
 )
 
@@ -33,19 +32,19 @@ plans:
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := engine.NewPricing(catalog, subs, "")
-		c, ok, err := p.PeriodFee(engine.Subscriber{ID: "ann"}, "sms", day(tt.year+"-02-01"), day(tt.year+"-03-01"), decimal.Zero)
+		p := rating.NewPricing(catalog, subs, "")
+		c, ok, err := p.PeriodFee(rating.Subscriber{ID: "ann"}, "sms", day(tt.year+"-02-01"), day(tt.year+"-03-01"), decimal.Zero)
 		if err != nil || !ok || c.Amount.String() != tt.want {
 			t.Errorf("February %s: fee %v (ok %v, err %v), want %s", tt.year, c.Amount, ok, err, tt.want)
 		}
-		c, _, _ = p.PeriodFee(engine.Subscriber{ID: "ann"}, "sms", day(tt.year+"-03-01"), day(tt.year+"-04-01"), decimal.Zero)
+		c, _, _ = p.PeriodFee(rating.Subscriber{ID: "ann"}, "sms", day(tt.year+"-03-01"), day(tt.year+"-04-01"), decimal.Zero)
 		if c.Amount.String() != "30" {
 			t.Errorf("March %s (31 days, all pro): fee %v, want 30", tt.year, c.Amount)
 		}
 	}
 	// Without a subscription or default plan there is no fee, and no error.
-	p := engine.NewPricing(catalog, mustSubs(t, catalog), "")
-	if _, ok, err := p.PeriodFee(engine.Subscriber{ID: "eve"}, "sms", day("2027-02-01"), day("2027-03-01"), decimal.Zero); ok || err != nil {
+	p := rating.NewPricing(catalog, mustSubs(t, catalog), "")
+	if _, ok, err := p.PeriodFee(rating.Subscriber{ID: "eve"}, "sms", day("2027-02-01"), day("2027-03-01"), decimal.Zero); ok || err != nil {
 		t.Errorf("fee for a customer without a plan: ok %v, err %v", ok, err)
 	}
 }

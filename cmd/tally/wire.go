@@ -43,7 +43,7 @@ type app struct {
 
 // loadPricing reads the plan file (one plan, or a list of plans and
 // versions) and checks the subscriptions and default plan against it.
-func loadPricing(cfg Config) (*engine.Pricing, error) {
+func loadPricing(cfg Config) (*rating.Pricing, error) {
 	data, err := os.ReadFile(cfg.Plan)
 	if err != nil {
 		return nil, fmt.Errorf("config key plan (flag --plan): %w", err)
@@ -63,7 +63,7 @@ func loadPricing(cfg Config) (*engine.Pricing, error) {
 	if defaultPlan != "" && !slices.Contains(catalog.IDs(), defaultPlan) {
 		return nil, fmt.Errorf("config key defaultPlan (flag --default-plan): no plan %q; plans are %v", defaultPlan, catalog.IDs())
 	}
-	return engine.NewPricing(catalog, subs, defaultPlan), nil
+	return rating.NewPricing(catalog, subs, defaultPlan), nil
 }
 
 // buildOptions adjust wiring; tests use them to wrap sinks.
@@ -76,7 +76,7 @@ type buildOption func(*buildOptions)
 // compileMeters returns the configured meters, or one SUM meter per meter
 // any plan prices. Every meter must be priced by some plan, and pricing the
 // engine cannot apply yet is refused: usage is never silently mispriced.
-func compileMeters(cfg Config, p *engine.Pricing) (*engine.Meters, error) {
+func compileMeters(cfg Config, p *rating.Pricing) (*engine.Meters, error) {
 	priced := make(map[string]bool)
 	for _, v := range p.Catalog().Versions() {
 		for _, name := range v.MeterNames() {
