@@ -358,12 +358,8 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 			return fmt.Errorf("state: batch dedup expiry: %w", err)
 		}
 	}
-	for stream, entries := range cp.Outbox {
-		for i, e := range entries {
-			if err := b.Set(outboxKey(stream, cp.Seq, uint32(i)), e, nil); err != nil {
-				return fmt.Errorf("state: batch outbox: %w", err)
-			}
-		}
+	if err := writeOutbox(b, cp); err != nil {
+		return err
 	}
 	for name, pos := range cp.SinkProgress {
 		v := binary.BigEndian.AppendUint64(nil, pos.Seq)
@@ -382,10 +378,8 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 			return fmt.Errorf("state: batch partition count: %w", err)
 		}
 	}
-	for stream, pos := range cp.OutboxTrim {
-		if err := b.DeleteRange(outboxKey(stream, 0, 0), outboxKey(stream, pos.Seq, pos.Index), nil); err != nil {
-			return fmt.Errorf("state: batch outbox trim: %w", err)
-		}
+	if err := s.trimOutbox(b, cp.OutboxTrim); err != nil {
+		return err
 	}
 	if cp.HasWatermark {
 		if err := b.Set(keyWM, binary.BigEndian.AppendUint64(nil, uint64(cp.WatermarkNs)), nil); err != nil {
@@ -804,36 +798,6 @@ func (s *Store) migrateDedup(batchBytes int) error {
 
 // migrateBatchBytes bounds a dedup migration batch when a store opens.
 const migrateBatchBytes = 64 << 20
-
-// Outbox calls fn for at most limit entries of stream at or after from and in
-// checkpoints up to throughSeq, in position order, stopping at fn's first error.
-// The value slice is valid only during the call.
-func (s *Store) Outbox(stream Stream, from OutboxPos, throughSeq uint64, limit int, fn func(pos OutboxPos, value []byte) error) error {
-	it, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: outboxKey(stream, from.Seq, from.Index),
-		UpperBound: outboxKey(stream, throughSeq+1, 0),
-	})
-	if err != nil {
-		return fmt.Errorf("state: outbox iterator: %w", err)
-	}
-	defer it.Close()
-	n := 0
-	for it.First(); it.Valid() && n < limit; it.Next() {
-		k := it.Key()
-		if len(k) != len(prefixOutbox)+1+8+4 {
-			return fmt.Errorf("state: malformed outbox key %q: state is corrupt", k)
-		}
-		pos := OutboxPos{
-			Seq:   binary.BigEndian.Uint64(k[len(prefixOutbox)+1:]),
-			Index: binary.BigEndian.Uint32(k[len(prefixOutbox)+9:]),
-		}
-		if err := fn(pos, it.Value()); err != nil {
-			return err
-		}
-		n++
-	}
-	return it.Error()
-}
 
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
