@@ -18,104 +18,82 @@ func (d *Decoder) scanPlain(raw []byte, w *wireEvent, in *Interner) bool {
 	if !s.skip('{') {
 		return false
 	}
-	var seen uint16 // known keys read, one bit each
 	if s.peekIs('}') {
 		s.i++
 		return s.end()
 	}
+	// text reads a string field into dst as one of: a fresh string, an
+	// interned one, or an event type (interned by the decoder's meters).
+	const (
+		fresh = iota
+		interned
+		eventType
+	)
+	text := func(dst *string, how int) bool {
+		v, ok := s.str()
+		if !ok {
+			return false
+		}
+		switch how {
+		case interned:
+			*dst = in.bytes(v)
+		case eventType:
+			if t, ok := d.types[string(v)]; ok {
+				*dst = t
+				return true
+			}
+			*dst = string(v)
+		default:
+			*dst = string(v)
+		}
+		return true
+	}
+	var seen uint16 // known keys read, one bit each
 	for {
 		key, ok := s.str()
 		if !ok || !s.skip(':') {
 			return false
 		}
-		bit := uint16(0)
+		var bit uint16
 		switch string(key) {
 		case "id":
-			bit = 1 << 0
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			w.ID = string(v)
+			bit, ok = 1<<0, text(&w.ID, fresh)
 		case "customer":
-			bit = 1 << 1
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			w.Customer = in.bytes(v)
+			bit, ok = 1<<1, text(&w.Customer, interned)
 		case "meter":
-			bit = 1 << 2
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			if t, ok := d.types[string(v)]; ok {
-				w.Meter = t
-			} else {
-				w.Meter = string(v)
-			}
+			bit, ok = 1<<2, text(&w.Meter, eventType)
 		case "time":
 			bit = 1 << 3
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			if ns, ok := parseTimeFast(v); ok {
-				w.TimeNs, w.hasTime = ns, true
-			} else {
-				w.Time = string(v)
+			var v []byte
+			if v, ok = s.str(); ok {
+				if ns, fast := parseTimeFast(v); fast {
+					w.TimeNs, w.hasTime = ns, true
+				} else {
+					w.Time = string(v)
+				}
 			}
 		case "value":
 			bit = 1 << 4
-			v, ok := s.number()
-			if !ok {
-				return false
+			var v []byte
+			if v, ok = s.number(); ok {
+				w.Value = json.RawMessage(append(w.valueBuf[:0], v...))
 			}
-			w.Value = json.RawMessage(append(w.valueBuf[:0], v...))
 		case "dims":
-			bit = 1 << 5
-			if !s.dims(w, in) {
-				return false
-			}
+			bit, ok = 1<<5, s.dims(w, in)
 		case "plan":
-			bit = 1 << 6
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			w.Plan = string(v)
+			bit, ok = 1<<6, text(&w.Plan, fresh)
 		case "source":
-			bit = 1 << 7
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			w.Source = string(v)
+			bit, ok = 1<<7, text(&w.Source, fresh)
 		case "type":
-			bit = 1 << 8
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			if t, ok := d.types[string(v)]; ok {
-				w.Type = t
-			} else {
-				w.Type = string(v)
-			}
+			bit, ok = 1<<8, text(&w.Type, eventType)
 		case "subject":
-			bit = 1 << 9
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			w.Subject = string(v)
+			bit, ok = 1<<9, text(&w.Subject, fresh)
 		default:
 			// CloudEvents, and any other key: parseWire's (it also refuses
 			// a key twice, which this could not tell for unknown keys).
 			return false
 		}
-		if seen&bit != 0 {
+		if !ok || seen&bit != 0 {
 			return false
 		}
 		seen |= bit
