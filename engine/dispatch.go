@@ -148,14 +148,20 @@ func (d *dispatcher) take(ctx context.Context, b inboundBatch) error {
 	p.maxEventTimeNs = max(p.maxEventTimeNs, b.maxEventTimeNs)
 	// Events carry the watermark from before their batch, so a batch never
 	// makes its own records late.
-	decoded := 0
-	for i, events := range b.shards {
-		if len(events) == 0 {
+	decoded, routed := 0, 0
+	for _, idx := range b.shards {
+		if len(idx) > 0 {
+			routed++
+		}
+	}
+	b.events.pending.Store(int32(routed))
+	for i, idx := range b.shards {
+		if len(idx) == 0 {
 			continue
 		}
-		decoded += len(events)
+		decoded += len(idx)
 		select {
-		case e.shards[i].in <- shardMsg{events: events, watermarkNs: d.wm}:
+		case e.shards[i].in <- shardMsg{batch: b.events, idx: idx, watermarkNs: d.wm}:
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}

@@ -270,8 +270,8 @@ type Engine struct {
 	log         *slog.Logger
 
 	shards []*shard
-	// eventSlices recycles the per-shard event slices of inbound batches
-	// (*[]Event): readers take them, shards give them back once applied.
+	// eventSlices recycles the event batches of fetches (*eventBatch):
+	// readers take them, the last shard to apply one gives it back.
 	eventSlices sync.Pool
 
 	stopOnce    sync.Once

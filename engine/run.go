@@ -9,6 +9,7 @@ import (
 	"maps"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tally-billing/tally/state"
@@ -26,13 +27,15 @@ const (
 )
 
 // inboundBatch is one decoded fetch of one partition, its events already
-// routed to shards by the reader (so that the single dispatcher does not copy
-// every event once more).
+// routed to shards by the reader (so that the single dispatcher does not
+// touch every event once more).
 type inboundBatch struct {
 	partition int // index into the dispatcher's partitions
-	// shards holds each shard's events in partition order; nil for a shard
-	// with none.
-	shards [][]Event
+	// events are the fetch's events, decoded in place; shards holds each
+	// shard's indexes into them, in partition order (nil for a shard with
+	// none). Shards read them concurrently and never write them.
+	events *eventBatch
+	shards [][]int32
 	// maxEventTimeNs is the highest usage event time in the batch
 	// (minWatermark if none): subscription events do not move time.
 	maxEventTimeNs int64
@@ -217,7 +220,6 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	e.shards = make([]*shard, e.cfg.Shards)
 	for i := range e.shards {
 		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, e.store, shardQueueBatches)
-		e.shards[i].eventSlices = &e.eventSlices
 		e.shards[i].watermarkNs = wm
 		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
 		e.shards[i].deletedThroughNs = wm
@@ -371,7 +373,6 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 // readPartition fetches, decodes and forwards one partition, in order.
 // Decoding happens here, one goroutine per partition, so it runs in parallel.
 func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, fetch *fetchState, r PartitionReader, out chan<- inboundBatch) error {
-	var scratch []Event // one record's events
 	in := NewInterner() // customers and groups recur: windows share their strings
 	for {
 		fetch.waiting(e.now())
@@ -386,15 +387,19 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 			continue
 		}
 		fetch.fetched() // the batch counts as queued until the dispatcher takes it
-		b := inboundBatch{partition: index, shards: make([][]Event, len(e.shards)), maxEventTimeNs: minWatermark, logStart: records[0].LogStart}
+		b := inboundBatch{partition: index, events: e.eventBatch(len(records)), shards: make([][]int32, len(e.shards)),
+			maxEventTimeNs: minWatermark, logStart: records[0].LogStart}
+		all := b.events.events
 		for _, rec := range records {
 			if rec.Control {
 				continue // a transaction marker: it moves the position only
 			}
 			b.records++
-			scratch, err = e.decoder.DecodeInterned(rec.Value, scratch[:0], rec.Timestamp, in)
-			if err == nil && len(scratch) > 0 {
-				if why := e.owners.misplaced(id, scratch[0].Customer); why != "" {
+			first := len(all)
+			all, err = e.decoder.DecodeInterned(rec.Value, all, rec.Timestamp, in)
+			if err == nil && len(all) > first {
+				if why := e.owners.misplaced(id, all[first].Customer); why != "" {
+					all = all[:first]
 					err = &decodeError{reason: ReasonWrongPartition, detail: why}
 				}
 			}
@@ -407,8 +412,8 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 					Topic: id.Topic, Partition: id.Partition, Offset: rec.Offset, Raw: rec.Value})
 				continue
 			}
-			for i := range scratch {
-				ev := &scratch[i]
+			for i := first; i < len(all); i++ {
+				ev := &all[i]
 				ev.Partition, ev.Offset, ev.Raw = id, rec.Offset, rec.Value
 				// A subscription event's time is when its change takes
 				// effect, possibly months ahead: only usage moves time.
@@ -416,12 +421,10 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 					b.maxEventTimeNs = ev.TimeNs
 				}
 				s := routingHash(ev.Customer) % uint64(len(b.shards))
-				if b.shards[s] == nil {
-					b.shards[s] = e.eventSlice(len(records)/len(b.shards) + 8)
-				}
-				b.shards[s] = append(b.shards[s], *ev)
+				b.shards[s] = append(b.shards[s], int32(i))
 			}
 		}
+		b.events.events = all
 		last := records[len(records)-1]
 		b.nextOffset, b.highWater = last.Offset+1, last.HighWater
 		select {
@@ -432,11 +435,30 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 	}
 }
 
-// eventSlice returns an empty event slice of capacity at least n, recycled
-// when one is at hand.
-func (e *Engine) eventSlice(n int) []Event {
-	if p, ok := e.eventSlices.Get().(*[]Event); ok && cap(*p) >= n {
-		return (*p)[:0]
+// eventBatch is the events of one fetch, shared by the shards that apply
+// them; the last one done gives the slice back.
+type eventBatch struct {
+	events []Event
+	// pending counts the shards yet to apply their events (set by the
+	// dispatcher before it sends any).
+	pending atomic.Int32
+	pool    *sync.Pool
+}
+
+// done is called by each shard once it applied its events.
+func (b *eventBatch) done() {
+	if b.pending.Add(-1) == 0 {
+		clear(b.events) // nothing keeps a pointer into them once applied
+		b.events = b.events[:0]
+		b.pool.Put(b)
 	}
-	return make([]Event, 0, n)
+}
+
+// eventBatch returns an empty batch for about n events, recycled when one
+// is at hand.
+func (e *Engine) eventBatch(n int) *eventBatch {
+	if b, ok := e.eventSlices.Get().(*eventBatch); ok {
+		return b
+	}
+	return &eventBatch{events: make([]Event, 0, n), pool: &e.eventSlices}
 }

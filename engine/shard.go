@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/tally-billing/tally/rating"
@@ -23,9 +22,6 @@ type shard struct {
 
 	in      chan shardMsg
 	queries chan *usageQuery
-	// eventSlices takes back the event slices of applied messages (nil:
-	// they are left to the collector).
-	eventSlices *sync.Pool
 
 	// The window table (windowtable.go).
 	windows map[windowKey]*window
@@ -172,18 +168,14 @@ func (s *shard) run() {
 				continue
 			}
 			s.watermarkNs = msg.watermarkNs
-			for i := range msg.events {
-				if i%queryPollEvents == queryPollEvents-1 {
+			events := msg.batch.events
+			for n, i := range msg.idx {
+				if n%queryPollEvents == queryPollEvents-1 {
 					s.pollQueries()
 				}
-				s.apply(&msg.events[i])
+				s.apply(&events[i])
 			}
-			if s.eventSlices != nil {
-				// Nothing keeps a pointer into the events once applied.
-				clear(msg.events)
-				events := msg.events[:0]
-				s.eventSlices.Put(&events)
-			}
+			msg.batch.done()
 		}
 	}
 }

@@ -14,7 +14,9 @@ import (
 // watermark at dispatch, or a checkpoint barrier. The channel is FIFO, so a
 // barrier cuts the shard's input exactly where the dispatcher recorded offsets.
 type shardMsg struct {
-	events      []Event
+	// batch holds the events, idx this shard's of them, in order.
+	batch       *eventBatch
+	idx         []int32
 	watermarkNs int64
 	barrier     *barrier
 }
