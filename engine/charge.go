@@ -88,7 +88,8 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	}
 	if err == nil && !amount.Equal(w.emittedAmount) {
 		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))
-		s.queueFee(p) // its true-up may change
+		s.markDirty(p) // what the period charged is durable state too
+		s.queueFee(p)  // its true-up may change
 	}
 	if err != nil {
 		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", w.key.meter, w.key.customer, start.Format(time.RFC3339), err)

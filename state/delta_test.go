@@ -88,7 +88,7 @@ func TestOpenUpgradesV1(t *testing.T) {
 	if err := s.Commit(&Checkpoint{Seq: 1, WindowPuts: []KV{{Key: []byte("k"), Value: []byte("v")}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.db.Set(keyFormat, []byte(formatMarkerV1), pebble.Sync); err != nil {
+	if err := s.db.Set(keyFormat, []byte(olderFormats[0]), pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()

@@ -59,8 +59,19 @@ func writeOutbox(b *recordingBatch, cp *Checkpoint) error {
 
 // trimOutbox deletes, per stream, every entry before the trim position
 // that shares no chunk with an entry at or after it.
+//
+// Invariant: the trim position never goes back (a sink configured again
+// with an old position must not see entries of a kept chunk reappear while
+// those of deleted chunks stay gone).
 func (s *Store) trimOutbox(b *recordingBatch, trim map[Stream]OutboxPos) error {
 	for stream, pos := range trim {
+		trimmed, err := s.trimmedTo(stream)
+		if err != nil {
+			return err
+		}
+		if !trimmed.Less(pos) {
+			continue
+		}
 		if err := b.DeleteRange(outboxKey(stream, 0, 0), outboxKey(stream, pos.Seq, pos.Index), nil); err != nil {
 			return fmt.Errorf("state: batch outbox trim: %w", err)
 		}

@@ -84,3 +84,37 @@ func TestOutboxPacked(t *testing.T) {
 		t.Errorf("%d outbox keys after the trim, want the chunk holding 2.150, the one after it and checkpoint 3's", keys)
 	}
 }
+
+// TestOutboxTrimNeverGoesBack: a trim below an earlier one (a sink
+// configured again with its old position) changes nothing.
+func TestOutboxTrimNeverGoesBack(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var entries [][]byte
+	for i := range 300 {
+		entries = append(entries, append(fmt.Appendf(nil, "%d ", i), bytes.Repeat([]byte("x"), 2000)...))
+	}
+	if err := s.Commit(&Checkpoint{Seq: 1, Outbox: map[Stream][][]byte{StreamRated: entries}}); err != nil {
+		t.Fatal(err)
+	}
+	for seq, at := range []uint32{250, 10} {
+		if err := s.Commit(&Checkpoint{Seq: uint64(seq + 2), OutboxTrim: map[Stream]OutboxPos{StreamRated: {Seq: 1, Index: at}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	first := OutboxPos{}
+	err = s.Outbox(StreamRated, OutboxPos{Seq: 1, Index: 10}, 3, 1000, func(p OutboxPos, v []byte) error {
+		if n == 0 {
+			first = p
+		}
+		n++
+		return nil
+	})
+	if err != nil || n != 50 || first != (OutboxPos{Seq: 1, Index: 250}) {
+		t.Errorf("read from 1.10 after trims at 1.250 then 1.10: %d entries from %+v, %v; want 50 from 1.250", n, first, err)
+	}
+}

@@ -45,13 +45,14 @@ import (
 
 // formatMarker identifies a Tally state folder and its layout version. A
 // folder holding a Pebble database without it is foreign and refused.
-// v2 added the delta log (delta.go); a v1 folder is read as a v2 one
-// without a log and marked v2 at open, so that an older Tally refuses it
-// rather than ignoring the log.
-const (
-	formatMarker   = "tally-state-v2"
-	formatMarkerV1 = "tally-state-v1"
-)
+// v2 added the delta log (delta.go), v3 the packed outbox (outbox.go). An
+// older folder is read as it is (no log, one key per outbox entry) and
+// marked v3 at open, so that an older Tally refuses it rather than ignoring
+// what it cannot read.
+const formatMarker = "tally-state-v3"
+
+// olderFormats are the markers an open upgrades.
+var olderFormats = []string{"tally-state-v1", "tally-state-v2"}
 
 var (
 	keyFormat = []byte("m/format")
@@ -172,7 +173,7 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 	default:
 		got := string(marker)
 		closer.Close()
-		if got == formatMarkerV1 {
+		if slices.Contains(olderFormats, got) {
 			if err := db.Set(keyFormat, []byte(formatMarker), pebble.Sync); err != nil {
 				s.Close()
 				return nil, fmt.Errorf("state: upgrade format marker: %w", err)
