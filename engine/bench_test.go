@@ -207,3 +207,25 @@ func BenchmarkCore(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 }
+
+// BenchmarkParseTime: whether parseTimeFast earns its lines against
+// parseTime (time.Parse), on the usual UTC stamp.
+func BenchmarkParseTime(b *testing.B) {
+	stamp := []byte("2026-03-01T10:00:00.123Z")
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := parseTimeFast(stamp); !ok {
+				b.Fatal("not parsed")
+			}
+		}
+	})
+	b.Run("time.Parse", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := parseTime(string(stamp)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
