@@ -44,10 +44,7 @@ func deltaKey(seq uint64, i uint32) []byte {
 // AppendDeltaEntry appends one window (its key and value; none for a
 // tombstone) to a delta chunk.
 func AppendDeltaEntry(chunk, key, value []byte) []byte {
-	chunk = binary.AppendUvarint(chunk, uint64(len(key)))
-	chunk = append(chunk, key...)
-	chunk = binary.AppendUvarint(chunk, uint64(len(value)))
-	return append(chunk, value...)
+	return appendField(appendField(chunk, key), value)
 }
 
 var errDeltaCorrupt = errors.New("delta chunk is corrupt")
@@ -56,19 +53,36 @@ var errDeltaCorrupt = errors.New("delta chunk is corrupt")
 // alias chunk.
 func ReadDeltaChunk(chunk []byte, fn func(key, value []byte) error) error {
 	for len(chunk) > 0 {
-		var fields [2][]byte
-		for i := range fields {
-			n, w := binary.Uvarint(chunk)
-			if w <= 0 || n > uint64(len(chunk)-w) {
-				return errDeltaCorrupt
-			}
-			fields[i], chunk = chunk[w:w+int(n)], chunk[w+int(n):]
+		key, rest, ok := nextField(chunk)
+		if !ok {
+			return errDeltaCorrupt
 		}
-		if err := fn(fields[0], fields[1]); err != nil {
+		value, rest, ok := nextField(rest)
+		if !ok {
+			return errDeltaCorrupt
+		}
+		if err := fn(key, value); err != nil {
 			return err
 		}
+		chunk = rest
 	}
 	return nil
+}
+
+// appendField appends f to b, its length first: the framing of delta and
+// outbox chunks.
+func appendField(b, f []byte) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(f))), f...)
+}
+
+// nextField reads the field appendField wrote at the start of b and
+// returns it and what follows; ok is false when b does not start with one.
+func nextField(b []byte) (field, rest []byte, ok bool) {
+	n, w := binary.Uvarint(b)
+	if w <= 0 || n > uint64(len(b)-w) {
+		return nil, nil, false
+	}
+	return b[w : w+int(n)], b[w+int(n):], true
 }
 
 // Deltas calls fn with every chunk of the delta log, oldest first, and the

@@ -24,8 +24,39 @@ var prefixOutboxPacked = []byte("q/")
 // where their chunk is kept for entries after it.
 func trimKey(stream Stream) []byte { return []byte{'c', '/', 't', byte(stream)} }
 
+// encodePos is how positions are stored (sink progress, trims).
 func encodePos(p OutboxPos) []byte {
 	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(nil, p.Seq), p.Index)
+}
+
+// getPos reads the position stored at key (zero if none); what names it in
+// errors.
+func (s *Store) getPos(key []byte, what string) (OutboxPos, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return OutboxPos{}, nil
+	}
+	if err != nil {
+		return OutboxPos{}, fmt.Errorf("state: get %s: %w", what, err)
+	}
+	defer closer.Close()
+	if len(v) != 12 {
+		return OutboxPos{}, fmt.Errorf("state: %s holds %d bytes, want 12: state is corrupt", what, len(v))
+	}
+	return OutboxPos{Seq: binary.BigEndian.Uint64(v), Index: binary.BigEndian.Uint32(v[8:])}, nil
+}
+
+// outboxKeyPos returns the position in an outbox key (prefixOutbox's or
+// prefixOutboxPacked's, of the same length): an entry's, or a chunk's
+// first entry's.
+func outboxKeyPos(k []byte, prefix []byte) (OutboxPos, error) {
+	if len(k) != len(prefix)+1+8+4 {
+		return OutboxPos{}, fmt.Errorf("state: malformed outbox key %q: state is corrupt", k)
+	}
+	return OutboxPos{
+		Seq:   binary.BigEndian.Uint64(k[len(prefix)+1:]),
+		Index: binary.BigEndian.Uint32(k[len(prefix)+9:]),
+	}, nil
 }
 
 func packedOutboxKey(stream Stream, seq uint64, first uint32) []byte {
@@ -45,8 +76,7 @@ func writeOutbox(b *recordingBatch, cp *Checkpoint) error {
 			}
 			chunk := make([]byte, 0, size)
 			for _, e := range entries[first : first+n] {
-				chunk = binary.AppendUvarint(chunk, uint64(len(e)))
-				chunk = append(chunk, e...)
+				chunk = appendField(chunk, e)
 			}
 			if err := b.Set(packedOutboxKey(stream, cp.Seq, uint32(first)), chunk, nil); err != nil {
 				return fmt.Errorf("state: batch outbox: %w", err)
@@ -133,20 +163,16 @@ func (s *Store) Outbox(stream Stream, from OutboxPos, throughSeq uint64, limit i
 	defer it.Close()
 	for it.First(); it.Valid() && n < limit; it.Next() {
 		k := it.Key()
-		if len(k) != len(prefixOutboxPacked)+1+8+4 {
-			return fmt.Errorf("state: malformed outbox key %q: state is corrupt", k)
-		}
-		pos := OutboxPos{
-			Seq:   binary.BigEndian.Uint64(k[len(prefixOutboxPacked)+1:]),
-			Index: binary.BigEndian.Uint32(k[len(prefixOutboxPacked)+9:]),
+		pos, err := outboxKeyPos(k, prefixOutboxPacked)
+		if err != nil {
+			return err
 		}
 		for chunk := it.Value(); len(chunk) > 0 && n < limit; pos.Index++ {
-			l, w := binary.Uvarint(chunk)
-			if w <= 0 || l > uint64(len(chunk)-w) {
+			entry, rest, ok := nextField(chunk)
+			if !ok {
 				return fmt.Errorf("state: outbox chunk %q: state is corrupt", k)
 			}
-			entry := chunk[w : w+int(l)]
-			chunk = chunk[w+int(l):]
+			chunk = rest
 			if pos.Less(from) {
 				continue
 			}
@@ -171,13 +197,9 @@ func (s *Store) legacyOutbox(stream Stream, from OutboxPos, throughSeq uint64, l
 	defer it.Close()
 	n := 0
 	for it.First(); it.Valid() && n < limit; it.Next() {
-		k := it.Key()
-		if len(k) != len(prefixOutbox)+1+8+4 {
-			return n, fmt.Errorf("state: malformed outbox key %q: state is corrupt", k)
-		}
-		pos := OutboxPos{
-			Seq:   binary.BigEndian.Uint64(k[len(prefixOutbox)+1:]),
-			Index: binary.BigEndian.Uint32(k[len(prefixOutbox)+9:]),
+		pos, err := outboxKeyPos(it.Key(), prefixOutbox)
+		if err != nil {
+			return n, err
 		}
 		if err := fn(pos, it.Value()); err != nil {
 			return n, err
@@ -189,16 +211,5 @@ func (s *Store) legacyOutbox(stream Stream, from OutboxPos, throughSeq uint64, l
 
 // trimmedTo returns stream's trim position (zero if never trimmed).
 func (s *Store) trimmedTo(stream Stream) (OutboxPos, error) {
-	v, closer, err := s.db.Get(trimKey(stream))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return OutboxPos{}, nil
-	}
-	if err != nil {
-		return OutboxPos{}, fmt.Errorf("state: read outbox trim: %w", err)
-	}
-	defer closer.Close()
-	if len(v) != 12 {
-		return OutboxPos{}, fmt.Errorf("state: outbox trim %x: state is corrupt", v)
-	}
-	return OutboxPos{Seq: binary.BigEndian.Uint64(v), Index: binary.BigEndian.Uint32(v[8:])}, nil
+	return s.getPos(trimKey(stream), "outbox trim")
 }

@@ -363,8 +363,7 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 		return err
 	}
 	for name, pos := range cp.SinkProgress {
-		v := binary.BigEndian.AppendUint64(nil, pos.Seq)
-		if err := b.Set(sinkKey(name), binary.BigEndian.AppendUint32(v, pos.Index), nil); err != nil {
+		if err := b.Set(sinkKey(name), encodePos(pos), nil); err != nil {
 			return fmt.Errorf("state: batch sink progress: %w", err)
 		}
 	}
@@ -534,18 +533,7 @@ func (s *Store) Watermark() (wm int64, ok bool, err error) {
 // SinkProgress returns the next outbox position of sink; the zero position
 // (deliver everything) if the sink never recorded progress.
 func (s *Store) SinkProgress(sink string) (OutboxPos, error) {
-	v, closer, err := s.db.Get(sinkKey(sink))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return OutboxPos{}, nil
-	}
-	if err != nil {
-		return OutboxPos{}, fmt.Errorf("state: get progress of sink %s: %w", sink, err)
-	}
-	defer closer.Close()
-	if len(v) != 12 {
-		return OutboxPos{}, fmt.Errorf("state: progress of sink %s holds %d bytes, want 12: state is corrupt", sink, len(v))
-	}
-	return OutboxPos{Seq: binary.BigEndian.Uint64(v), Index: binary.BigEndian.Uint32(v[8:])}, nil
+	return s.getPos(sinkKey(sink), "progress of sink "+sink)
 }
 
 func (s *Store) getUint64(key []byte) (uint64, error) {
