@@ -498,34 +498,27 @@ func groupKeyInterned(m *meterSpec, dims []Dim, in *Interner) string {
 	if in == nil {
 		return groupKey(m, dims)
 	}
-	if !m.groupAll && len(m.GroupBy) == 0 {
-		return ""
-	}
-	var picked [8]Dim
-	pick := picked[:0]
-	if m.groupAll {
-		pick = dims
-	} else {
-		for _, d := range dims {
-			if slices.Contains(m.GroupBy, d.Key) {
-				pick = append(pick, d) // dims are sorted: so is pick
-			}
-		}
-	}
-	in.buf = appendCanonicalGroupKey(in.buf[:0], pick)
+	in.buf = appendGroupKey(in.buf[:0], m, dims)
 	return in.bytes(in.buf)
 }
 
 // groupKey renders the meter's group-by dimensions canonically, with extra
 // dimensions (the engine's own, such as the rate) added.
 func groupKey(m *meterSpec, dims []Dim, extra ...Dim) string {
+	var buf [128]byte
+	return string(appendGroupKey(buf[:0], m, dims, extra...))
+}
+
+// appendGroupKey appends groupKey(m, dims, extra...) to b.
+func appendGroupKey(b []byte, m *meterSpec, dims []Dim, extra ...Dim) []byte {
 	if len(extra) == 0 && m.groupAll {
-		return canonicalGroupKey(dims)
+		return appendCanonicalGroupKey(b, dims)
 	}
 	if len(extra) == 0 && len(m.GroupBy) == 0 {
-		return ""
+		return b
 	}
-	picked := make([]Dim, 0, len(m.GroupBy)+len(extra))
+	var stack [8]Dim
+	picked := stack[:0]
 	for _, d := range dims {
 		if len(extra) > 0 && d.Key == RateDim {
 			continue // reserved for the engine's rate (compileMeters refuses groupBy: [rate])
@@ -536,7 +529,7 @@ func groupKey(m *meterSpec, dims []Dim, extra ...Dim) string {
 	}
 	picked = append(picked, extra...)
 	slices.SortStableFunc(picked, func(a, b Dim) int { return strings.Compare(a.Key, b.Key) })
-	return canonicalGroupKey(picked)
+	return appendCanonicalGroupKey(b, picked)
 }
 
 func checkIdentifier(name, v string) error {

@@ -176,17 +176,9 @@ func (r *RatedRow) Identity() string {
 	return b.String()
 }
 
-// canonicalGroupKey renders sorted dims as k=v pairs joined by ',', with '\',
-// ',' and '=' escaped by '\' so that distinct dim sets never collide.
-func canonicalGroupKey(dims []Dim) string {
-	if len(dims) == 0 {
-		return ""
-	}
-	var buf [128]byte
-	return string(appendCanonicalGroupKey(buf[:0], dims))
-}
-
-// appendCanonicalGroupKey appends canonicalGroupKey(dims) to b.
+// appendCanonicalGroupKey renders sorted dims as k=v pairs joined by ',',
+// with '\', ',' and '=' escaped by '\' so that distinct dim sets never
+// collide, appended to b.
 func appendCanonicalGroupKey(b []byte, dims []Dim) []byte {
 	for i, d := range dims {
 		if i > 0 {

@@ -281,11 +281,12 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 				return fmt.Errorf("engine: refusing to start: %w", err)
 			}
 		}
-		if l, ok := logged[string(encodeWindowKey(key, periodEndNs))]; ok {
+		logKey := string(encodeWindowKey(key, periodEndNs))
+		if l, ok := logged[logKey]; ok {
 			if !bytes.Equal(l, v) {
 				return nil // the log holds a newer state
 			}
-			delete(logged, string(encodeWindowKey(key, periodEndNs))) // merged as it is
+			delete(logged, logKey) // merged as it is
 		}
 		_, err = restore(key, periodEndNs, v, seq)
 		return err

@@ -91,7 +91,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	s.deletedThroughNs = b.watermarkNs
 	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq)
 	s.spill()
-	if snap.err = s.encodeDelta(b.seq, b.base, snap); snap.err != nil {
+	if snap.err = s.encodeDelta(b.base, snap); snap.err != nil {
 		return snap
 	}
 	encodeRows(snap)
@@ -254,12 +254,12 @@ func (s *shard) evict(wm int64) error {
 // encodeDelta hands snap everything changed since the previous barrier,
 // encoded: the dirty windows as delta log chunks (every window in memory
 // when base is set), and the windows leaving memory for their own keys.
-func (s *shard) encodeDelta(seq uint64, base bool, snap *shardSnapshot) error {
-	log := deltaWriter{key: s.keyScratch[:0], value: s.valueScratch[:0], expect: len(s.pending.dirty) + len(s.pending.left)}
+func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
+	log := deltaWriter{key: s.keyScratch[:0], value: s.valueScratch[:0]}
 	if base {
+		// A base holds only what is in memory, and replaces every older
+		// chunk: it needs no tombstones.
 		log.expect = len(s.windows) + len(s.periods)
-	}
-	if base {
 		for _, w := range s.windows {
 			if err := log.add(w); err != nil {
 				return err
@@ -274,6 +274,7 @@ func (s *shard) encodeDelta(seq uint64, base bool, snap *shardSnapshot) error {
 			w.dirty = false
 		}
 	} else {
+		log.expect = len(s.pending.dirty) + len(s.pending.left)
 		for _, w := range s.pending.dirty {
 			if !w.dirty {
 				continue // evicted
@@ -283,10 +284,6 @@ func (s *shard) encodeDelta(seq uint64, base bool, snap *shardSnapshot) error {
 			}
 			w.dirty = false
 		}
-	}
-	if !base {
-		// A base holds only what is in memory, and replaces every older
-		// chunk: it needs no tombstones.
 		for _, key := range s.pending.left {
 			log.tombstone(key)
 		}
