@@ -117,7 +117,9 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 	// Fresh: empty, or holding only the lock file a start that crashed
 	// right after taking it left behind.
 	fresh := len(entries) == 0 || (len(entries) == 1 && entries[0] == "LOCK")
-	if !fresh {
+	// Or a creation a crash interrupted: see creatingFile.
+	interrupted := slices.Contains(entries, creatingFile)
+	if !fresh && !interrupted {
 		desc, err := pebble.Peek(dir, fs)
 		if err != nil {
 			return nil, fmt.Errorf("state: inspect %s: %w", dir, err)
@@ -148,6 +150,18 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 			"or give this one its own stateDir. Do not start on a copy or an empty folder to get past this: %s", dir, err, emptyFolderRisk)
 	}
 	opts.Lock = lock
+	if interrupted {
+		if fresh, err = clearInterrupted(fs, dir); err != nil {
+			lock.Close()
+			return nil, err
+		}
+	}
+	if fresh {
+		if err := markCreating(fs, dir); err != nil {
+			lock.Close()
+			return nil, err
+		}
+	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		lock.Close()
@@ -189,7 +203,68 @@ func openFS(dir string, fs vfs.FS) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	// The marker is synced: the folder is a Tally folder from now on. A
+	// crash before this removal leaves the file, which the next open
+	// removes again.
+	if err := fs.Remove(fs.PathJoin(dir, creatingFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.Close()
+		return nil, fmt.Errorf("state: remove %s: %w", creatingFile, err)
+	}
 	return s, nil
+}
+
+// creatingFile is written, synced, into a fresh folder before Pebble creates
+// its files in it, and removed once the Tally marker is synced. A crash in
+// between (SIGKILL while Pebble writes its first manifest) leaves Pebble's
+// half-made files and this one: the next open knows the folder for its own
+// interrupted creation, clears it and creates it again, where a folder of
+// unknown files without it is refused. Nothing can be lost by clearing it:
+// no checkpoint is ever written before the marker.
+const creatingFile = "TALLY-CREATING"
+
+func markCreating(fs vfs.FS, dir string) error {
+	f, err := fs.Create(fs.PathJoin(dir, creatingFile), vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return fmt.Errorf("state: create %s: %w", creatingFile, err)
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		return fmt.Errorf("state: sync %s: %w", creatingFile, err)
+	}
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return fmt.Errorf("state: open %s to sync it: %w", dir, err)
+	}
+	if err := errors.Join(d.Sync(), d.Close()); err != nil {
+		return fmt.Errorf("state: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// clearInterrupted removes what an interrupted creation left in dir
+// (holding its lock), unless Pebble finished creating its database there
+// (then Open goes on as for any folder: a database without a key is taken,
+// see the marker check). It reports whether dir is fresh again.
+func clearInterrupted(fs vfs.FS, dir string) (bool, error) {
+	desc, err := pebble.Peek(dir, fs)
+	if err != nil {
+		return false, fmt.Errorf("state: inspect %s: %w", dir, err)
+	}
+	if desc.Exists {
+		return false, nil
+	}
+	entries, err := fs.List(dir)
+	if err != nil {
+		return false, fmt.Errorf("state: read folder %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e == "LOCK" || e == creatingFile {
+			continue
+		}
+		if err := fs.RemoveAll(fs.PathJoin(dir, e)); err != nil {
+			return false, fmt.Errorf("state: clear the interrupted creation of %s: %w", dir, err)
+		}
+	}
+	return true, nil
 }
 
 // quietLogger drops Pebble's informational messages (WAL recovery, etc.) and

@@ -3,12 +3,18 @@ package state
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
 func TestCommitAndReload(t *testing.T) {
@@ -130,6 +136,53 @@ func TestOpenAfterInterruptedCreation(t *testing.T) {
 		} else {
 			s.Close()
 		}
+	}
+}
+
+// TestOpenAfterCreationFailsAtEveryWrite: a start that dies at any write
+// of a fresh folder's creation (seen in the crash harness: SIGKILL while
+// Pebble wrote its first manifest, leaving its files and no database)
+// leaves a folder the next start takes, empty, and uses. Each failure runs
+// in a child process: Pebble ends the process on some of them.
+func TestOpenAfterCreationFailsAtEveryWrite(t *testing.T) {
+	if at := os.Getenv("TALLY_CREATE_FAIL_AT"); at != "" {
+		n, _ := strconv.ParseInt(at, 10, 64)
+		var writes atomic.Int64
+		fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+			if op.Kind.ReadOrWrite() == errorfs.OpIsWrite && writes.Add(1) >= n {
+				return errors.New("killed")
+			}
+			return nil
+		}))
+		if s, err := openFS(os.Getenv("TALLY_CREATE_DIR"), fs); err == nil {
+			s.Close()
+			fmt.Println("CREATED")
+		}
+		return
+	}
+	for n := 1; ; n++ {
+		dir := t.TempDir()
+		cmd := exec.Command(os.Args[0], "-test.run=^TestOpenAfterCreationFailsAtEveryWrite$")
+		cmd.Env = append(os.Environ(), fmt.Sprint("TALLY_CREATE_FAIL_AT=", n), "TALLY_CREATE_DIR="+dir)
+		out, _ := cmd.CombinedOutput()
+		if strings.Contains(string(out), "CREATED") {
+			if n == 1 {
+				t.Fatal("no write failed")
+			}
+			t.Logf("creation survives dying at each of its %d writes", n-1)
+			return
+		}
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatalf("died at write %d, then Open: %v", n, err)
+		}
+		if seq, err := s.LastSeq(); err != nil || seq != 0 {
+			t.Errorf("died at write %d: reopened with checkpoint %d (%v), want a new folder", n, seq, err)
+		}
+		if err := s.Commit(&Checkpoint{Seq: 1, WindowPuts: []KV{{Key: []byte("a"), Value: []byte("1")}}}); err != nil {
+			t.Errorf("died at write %d: the reopened folder does not take a checkpoint: %v", n, err)
+		}
+		s.Close()
 	}
 }
 
