@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -53,7 +54,7 @@ func BenchmarkDedupCapacity(b *testing.B) {
 		d := newDedupSet()
 		before := heapInUse()
 		for i := range ids {
-			d.insert(int64(i/20000)*dedupBucketNs, eventIDHash("src", fmt.Sprint(i), "sms"), uint64(i), 1, minWatermark)
+			d.insert(int64(i/20000)*dedupBucketNs, eventIDHash("src", fmt.Sprint(i), "sms"), uint64(i), 1) // 50 buckets
 		}
 		// What stays in memory: the index of ids, without the list of ids
 		// new since the last checkpoint (32 bytes each, for a second).
@@ -64,6 +65,10 @@ func BenchmarkDedupCapacity(b *testing.B) {
 		d.added = nil
 		after := heapInUse() - uint64(len(entries))*uint64(unsafe.Sizeof(state.DedupEntry{}))
 		b.ReportMetric(float64(after-before)/ids, "mem-bytes/id")
+		// Once their buckets leave memory, the ids are found through the
+		// cold index alone.
+		d.expire(math.MaxInt64, 1, minWatermark)
+		b.ReportMetric(float64(d.cold.bytes())/ids, "cold-bytes/id")
 
 		dir := b.TempDir()
 		store, err := state.Open(dir)

@@ -119,6 +119,7 @@ type checkpointTotals struct {
 	revenue            map[string]decimal.Decimal // net change by currency
 	duplicates         map[string]uint64          // by meter
 	live, dedupIDs     int
+	dedupBytes         int
 	coldReads, spilled uint64
 	overBudget         bool
 	deltaBytes         int
@@ -166,6 +167,7 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 		t.spilled += snap.spilled
 		t.overBudget = t.overBudget || snap.overBudget
 		t.dedupIDs += snap.dedupIDs
+		t.dedupBytes += snap.dedupBytes
 	}
 	for i := range t.dead {
 		b, err := json.Marshal(&t.dead[i])
@@ -189,6 +191,7 @@ func (e *Engine) count(pc *pendingCheckpoint, cp *state.Checkpoint, t checkpoint
 	e.health.set(func(h *health) { h.overBudget = t.overBudget })
 	e.stats.coldReads.Add(t.coldReads)
 	e.metrics.dedupIDs.Set(float64(t.dedupIDs))
+	e.metrics.dedupBytes.Set(float64(t.dedupBytes))
 	for _, d := range t.dead {
 		e.metrics.deadLetters.WithLabelValues(string(d.Reason)).Inc()
 	}

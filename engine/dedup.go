@@ -29,17 +29,21 @@ func routingHash(customer string) uint64 { return xxhash.Sum64String(customer) }
 
 // dedupSet remembers event ids by event-time bucket. It belongs to one shard.
 // Buckets older than the shard's memory horizon leave memory once durable;
-// their ids stay in the store until dedupHorizon and are looked up there.
+// their ids stay in the store until dedupHorizon, found through the cold
+// index (coldids.go).
 //
 // Every id in memory is also in one index, whatever its bucket: a producer
 // that re-stamps a retry with another time sends the same id in another
-// bucket, and one map lookup finds it. (Searching each bucket instead costs
+// bucket, and one lookup finds it. (Searching each bucket instead costs
 // a lookup per bucket, and a backfill or a sparse stream holds thousands.)
 // Buckets keep no list of their ids (16 more bytes an id): expiring one
 // walks the index once, and buckets expire a few at a time.
-// Invariant: buckets[b] exists iff some ids[id] == b.
+// Invariants: buckets[b] exists iff some ids[id] == b; an id is remembered
+// (in ids, or in the store and cold) in at most one bucket at or after the
+// dedup expiry.
 type dedupSet struct {
 	ids     idTable // id -> its bucket
+	cold    coldIDs // stored ids of buckets that left memory
 	buckets map[int64]*dedupBucket
 	// added holds entries new since the last checkpoint.
 	added []dedupAdd
@@ -60,25 +64,19 @@ func newDedupSet() *dedupSet {
 	return &dedupSet{buckets: make(map[int64]*dedupBucket)}
 }
 
-// contains reports whether id is remembered in memory in bucketNs, or in
-// any bucket at or after freshNs (the memory horizon). An id held only in
-// an older bucket, which the next durable barrier drops, does not count:
-// whether a barrier happened to run first would decide it.
-func (d *dedupSet) contains(id idHash, bucketNs, freshNs int64) bool {
+// inMemory reports whether id is remembered in memory in a bucket at or
+// after expiry (the dedup expiry: older buckets no longer count).
+func (d *dedupSet) inMemory(id idHash, expiry int64) bool {
 	b, ok := d.ids.get(id)
-	return ok && (b == bucketNs || b >= freshNs)
+	return ok && b >= expiry
 }
 
-// insert remembers id in bucketNs unless contains, and reports whether it
-// was new. nextSeq is the checkpoint that will persist it.
-func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64, freshNs int64) bool {
-	if d.contains(id, bucketNs, freshNs) {
-		return false
-	}
-	d.ids.set(id, bucketNs) // an entry of an older bucket moves here
+// insert remembers id, new, in bucketNs. nextSeq is the checkpoint that will
+// persist it.
+func (d *dedupSet) insert(bucketNs int64, id idHash, routing, nextSeq uint64) {
+	d.ids.set(id, bucketNs) // an entry of an expired bucket moves here
 	d.bucket(bucketNs).pendingSeq = nextSeq
 	d.added = append(d.added, dedupAdd{bucketNs: bucketNs, id: id, routingHash: routing})
-	return true
 }
 
 func (d *dedupSet) bucket(bucketNs int64) *dedupBucket {
@@ -90,8 +88,13 @@ func (d *dedupSet) bucket(bucketNs int64) *dedupBucket {
 	return b
 }
 
-// load adds a remembered id on recovery.
-func (d *dedupSet) load(bucketNs int64, id idHash) {
+// load adds a remembered id on recovery: in memory when its bucket is at
+// or after memoryExpiry, to the cold index otherwise.
+func (d *dedupSet) load(bucketNs int64, id idHash, memoryExpiry, expiry int64) {
+	if bucketNs < memoryExpiry {
+		d.cold.add(id, bucketNs, expiry)
+		return
+	}
 	if _, ok := d.ids.get(id); ok {
 		return
 	}
@@ -100,8 +103,9 @@ func (d *dedupSet) load(bucketNs int64, id idHash) {
 }
 
 // expire forgets every bucket starting before beforeNs whose ids are in a
-// durable checkpoint (pendingSeq <= durableSeq).
-func (d *dedupSet) expire(beforeNs int64, durableSeq uint64) {
+// durable checkpoint (pendingSeq <= durableSeq): its ids still within the
+// dedup horizon (bucket at or after expiry) go to the cold index.
+func (d *dedupSet) expire(beforeNs int64, durableSeq uint64, expiry int64) {
 	var gone map[int64]bool
 	for start, b := range d.buckets {
 		if start < beforeNs && b.pendingSeq <= durableSeq {
@@ -115,10 +119,24 @@ func (d *dedupSet) expire(beforeNs int64, durableSeq uint64) {
 	if gone == nil {
 		return
 	}
-	d.ids.deleteIf(func(bucket int64) bool { return gone[bucket] })
+	d.ids.deleteIf(func(id idHash, bucket int64) bool {
+		if !gone[bucket] {
+			return false
+		}
+		if bucket >= expiry {
+			d.cold.add(id, bucket, expiry)
+		}
+		return true
+	})
 }
 
-func (d *dedupSet) size() int { return d.ids.len() }
+// size is the number of ids remembered in memory, and slots of the cold
+// index in use (stale ones included until a rebuild drops them).
+func (d *dedupSet) size() int { return d.ids.len() + d.cold.len() }
+
+// memoryBytes is what the two indexes hold (their tables; bucket entries
+// are a few per 10 s).
+func (d *dedupSet) memoryBytes() int { return d.ids.bytes() + d.cold.bytes() }
 
 // duplicate reports whether ev's id was seen for meter m, in memory or, for
 // buckets that left memory, in the store; if not, it remembers it.
@@ -126,37 +144,36 @@ func (s *shard) duplicate(ev *Event, m *meterSpec) bool {
 	return s.seen(ev, eventIDHash(ev.Source, ev.ID, m.Name))
 }
 
-// seen reports whether id (of ev's time and customer) was remembered, in
-// memory or, for buckets that left memory, in the store; if not, it
-// remembers it, to be checkpointed with the next barrier. Usage and
-// subscription events share it.
+// seen reports whether id (of ev's time and customer) was remembered in a
+// bucket still within the dedup horizon, in memory or in the store; if
+// not, it remembers it, to be checkpointed with the next barrier. Usage
+// and subscription events share it.
 //
-// Ids in memory are indexed by id alone, whatever their bucket: a producer
-// that re-stamps a retry with another time still sends a duplicate, and it
-// is found as long as the original's bucket is in memory (dedupMemoryHorizon
-// behind the watermark, or ahead of it). Past that, only the event's own
-// bucket is looked up in the store: a lookup by id alone in every stored
-// bucket would cost each new record a Pebble read (issue 11, hole 4).
+// Whatever the event's time: a producer that re-stamps a retry with
+// another time still sends a duplicate. Ids in memory are indexed by id
+// alone; ids of buckets that left memory are found through the cold index,
+// which names the bucket whose stored ids to read. The answer depends on
+// the records before ev and the watermark only, never on when barriers
+// ran: an id moves from memory to the cold index, never out of both, until
+// its bucket is before the dedup expiry.
 func (s *shard) seen(ev *Event, id idHash) bool {
-	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
-	fresh := s.rules.dedupMemoryExpiry(s.watermarkNs)
-	if bucket >= fresh {
-		// The usual case: the bucket is wholly in memory, and the index of
-		// every id in memory tells whether the id was there, in any bucket
-		// within the memory horizon.
-		return !s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1, fresh)
-	}
-	if s.dedup.contains(id, bucket, fresh) {
+	expiry := s.rules.dedupExpiry(s.watermarkNs)
+	if s.dedup.inMemory(id, expiry) {
 		return true
 	}
-	s.pending.coldReads++
-	found, err := s.store.HasDedup(bucket, id)
+	var err error
+	found := s.dedup.cold.buckets(id, expiry, func(bucket int64) bool {
+		s.pending.coldReads++
+		var ok bool
+		ok, err = s.store.HasDedup(bucket, id)
+		return ok || err != nil
+	})
 	if err != nil {
 		s.pending.storeErr = err
 	}
 	if found {
 		return true
 	}
-	s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1, fresh)
+	s.dedup.insert(floorDiv(ev.TimeNs, dedupBucketNs), id, routingHash(ev.Customer), s.seq+1)
 	return false
 }

@@ -7,12 +7,14 @@ import (
 
 // TestRestampedRetryDependsOnTheWatermarkOnly: a retry re-stamped with
 // another time is a duplicate while the original's bucket is within the
-// memory horizon of the watermark the retry is applied at, and not after,
-// whether or not a barrier has dropped the old bucket yet: the same input
-// must not bill differently because a checkpoint happened to run between.
+// dedup horizon of the watermark the retry is applied at, and not after,
+// whether or not a barrier has moved the old bucket out of memory yet: the
+// same input must not bill differently because a checkpoint happened to run
+// between. (The path through a barrier and the store: dedup_restamped.txt.)
 func TestRestampedRetryDependsOnTheWatermarkOnly(t *testing.T) {
 	s := testShard()
 	s.rules.dedupMemoryNs = int64(30 * time.Minute)
+	s.rules.dedupHorizonNs = int64(time.Hour)
 	at := func(hhmmss string) time.Time {
 		v, _ := time.Parse("15:04:05", hhmmss)
 		return time.Date(2026, 3, 1, v.Hour(), v.Minute(), v.Second(), 0, time.UTC)
@@ -29,15 +31,20 @@ func TestRestampedRetryDependsOnTheWatermarkOnly(t *testing.T) {
 	if n := s.pending.duplicates["sms"]; n != 2 {
 		t.Fatalf("%d duplicates, want 2", n)
 	}
-	// 40 minutes on, no barrier ran: the 10:00 bucket is still held in
-	// memory, but past the horizon it no longer counts for other buckets.
-	apply("a", "c1", "10:40:05", "10:40:00")
-	if n := s.pending.duplicates["sms"]; n != 2 {
-		t.Fatalf("a retry re-stamped past the memory horizon counted as a duplicate before any barrier: %d duplicates", n)
-	}
-	// And it is now remembered in its own bucket.
+	// 40 minutes on, past the memory horizon, within the dedup horizon,
+	// and no barrier ran: the 10:00 bucket is still in memory, and counts.
 	apply("a", "c1", "10:40:05", "10:40:00")
 	if n := s.pending.duplicates["sms"]; n != 3 {
-		t.Fatalf("%d duplicates, want 3", n)
+		t.Fatalf("a retry re-stamped within the dedup horizon counted again: %d duplicates, want 3", n)
+	}
+	// Past the dedup horizon the original is forgotten, in memory or not:
+	// the retry counts, and is remembered in its own bucket.
+	apply("a", "c1", "11:00:30", "11:00:25")
+	if n := s.pending.duplicates["sms"]; n != 3 {
+		t.Fatalf("a retry re-stamped past the dedup horizon counted as a duplicate before any barrier: %d duplicates", n)
+	}
+	apply("a", "c1", "11:00:30", "11:00:25")
+	if n := s.pending.duplicates["sms"]; n != 4 {
+		t.Fatalf("%d duplicates, want 4", n)
 	}
 }

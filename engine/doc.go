@@ -54,4 +54,8 @@
 //   - A record is late (dead-lettered) exactly when its window or period no
 //     longer accepts records or its dedup bucket is forgotten
 //     (timerules.go): the dedup horizon covers every record that is not late.
+//   - A record is a duplicate exactly when its id was accepted before in a
+//     dedup bucket still within the horizon, whatever the two records'
+//     times: ids are in memory whole, or in the store and the cold index
+//     (dedup.go, coldids.go), never in neither while their bucket counts.
 package engine

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/bits"
+	"unsafe"
 )
 
 // idTable maps event id hashes to their dedup bucket: an open-addressing
@@ -85,12 +86,12 @@ func (t *idTable) set(id idHash, bucket int64) {
 	}
 }
 
-// deleteIf removes every id whose bucket gone reports, and shrinks or
-// cleans the table when tombstones dominate it.
-func (t *idTable) deleteIf(gone func(bucket int64) bool) {
+// deleteIf removes every id gone reports, and shrinks or cleans the table
+// when tombstones dominate it.
+func (t *idTable) deleteIf(gone func(id idHash, bucket int64) bool) {
 	for i := range t.slots {
 		s := &t.slots[i]
-		if s.bucket != emptySlot && s.bucket != deadSlot && gone(s.bucket) {
+		if s.bucket != emptySlot && s.bucket != deadSlot && gone(s.id, s.bucket) {
 			s.bucket = deadSlot
 			t.live--
 		}
@@ -128,6 +129,9 @@ func (t *idTable) rebuild(n int) {
 
 // len is the number of ids held.
 func (t *idTable) len() int { return t.live }
+
+// bytes is the memory the table holds.
+func (t *idTable) bytes() int { return len(t.slots) * int(unsafe.Sizeof(idSlot{})) }
 
 // FNV-1a, 128 bits (hash/fnv's New128a), without the allocations of its
 // hash.Hash interface: the ids in the store were hashed with it.

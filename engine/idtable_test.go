@@ -54,7 +54,7 @@ func TestIDTableAgreesWithMap(t *testing.T) {
 			}
 		default:
 			cut := int64(rng.IntN(20))
-			table.deleteIf(func(b int64) bool { return b < cut })
+			table.deleteIf(func(_ idHash, b int64) bool { return b < cut })
 			for k, b := range model {
 				if b < cut {
 					delete(model, k)

@@ -28,6 +28,7 @@ type Metrics struct {
 	watermark          prometheus.Gauge
 	liveWindows        prometheus.Gauge
 	dedupIDs           prometheus.Gauge
+	dedupBytes         prometheus.Gauge
 	backpressure       prometheus.Gauge
 	coldReads          prometheus.Counter
 	spilled            prometheus.Counter
@@ -94,7 +95,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tally_live_windows", Help: "Windows held in memory (open or still revisable).",
 		}),
 		dedupIDs: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tally_dedup_ids", Help: "Event ids remembered for deduplication.",
+			Name: "tally_dedup_ids", Help: "Event ids remembered for deduplication: in memory, and in the cold index of ids in the store.",
+		}),
+		dedupBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tally_dedup_memory_bytes", Help: "Memory held by the dedup indexes (ids in memory, cold index).",
 		}),
 		backpressure: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tally_backpressure", Help: "1 while consumption is paused because sinks are behind.",
@@ -110,7 +114,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.collectors = []prometheus.Collector{m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
 		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.sinkBatchDuration,
 		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.unreadOffsets, m.watermark, m.liveWindows,
-		m.dedupIDs, m.backpressure, m.coldReads, m.spilled}
+		m.dedupIDs, m.dedupBytes, m.backpressure, m.coldReads, m.spilled}
 	reg.MustRegister(m.collectors...)
 	return m
 }

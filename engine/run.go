@@ -357,10 +357,10 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
-	memoryExpiry := e.rules.dedupMemoryExpiry(wm)
+	memoryExpiry, expiry := e.rules.dedupMemoryExpiry(wm), e.rules.dedupExpiry(wm)
 	err = e.store.Dedup(func(d state.DedupEntry) error {
-		if d.BucketNs >= memoryExpiry {
-			e.shards[d.RoutingHash%n].dedup.load(d.BucketNs, d.IDHash)
+		if d.BucketNs >= expiry { // older ones are about to be deleted
+			e.shards[d.RoutingHash%n].dedup.load(d.BucketNs, d.IDHash, memoryExpiry, expiry)
 		}
 		return nil
 	})

@@ -58,6 +58,7 @@ type shardSnapshot struct {
 	duplicates  map[string]uint64          // by meter
 	liveWindows int
 	dedupIDs    int
+	dedupBytes  int
 	coldReads   uint64
 	spilled     uint64
 	overBudget  bool
@@ -89,7 +90,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		return snap
 	}
 	s.deletedThroughNs = b.watermarkNs
-	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq)
+	s.dedup.expire(s.rules.dedupMemoryExpiry(b.watermarkNs), s.durableSeq, s.rules.dedupExpiry(b.watermarkNs))
 	s.spill()
 	if snap.err = s.encodeDelta(b.base, snap); snap.err != nil {
 		return snap
@@ -99,7 +100,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	snap.spilled, s.pending.spilled = s.pending.spilled, 0
 	snap.overBudget = s.overBudget
 	snap.liveWindows = len(s.windows)
-	snap.dedupIDs = s.dedup.size()
+	snap.dedupIDs, snap.dedupBytes = s.dedup.size(), s.dedup.memoryBytes()
 	return snap
 }
 

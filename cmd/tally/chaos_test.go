@@ -83,6 +83,9 @@ emitOpenEvery: 150ms
 sinkBatchRows: 200
 allowedLateness: 10m
 finalizeAfter: 72h
+# Ids of late records leave memory at once: retries re-stamped by the
+# producer are found through the cold index, across kills.
+dedupMemoryHorizon: 1m
 scaleOut: %s
 %s`, plan, filepath.Join(dir, "state"), strings.Join(brokers, ", "), chAddr, database, scaleOut, world.ConfigYAML())), 0o644)
 	args := []string{"run", "--config", config}

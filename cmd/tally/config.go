@@ -205,7 +205,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	dur(&c.Grace, "grace", "extra wait after a window's end before it closes")
 	dur(&c.ReviseHorizon, "reviseHorizon", "how long after its end a window accepts late records as revisions")
 	dur(&c.DedupHorizon, "dedupHorizon", "how far behind the watermark event ids are remembered; records further behind are late (0 = reviseHorizon)")
-	dur(&c.DedupMemoryHorizon, "dedupMemoryHorizon", "how far behind the watermark ids stay in memory; older ones are checked in Pebble (0 = allowedLateness + grace + 10s)")
+	dur(&c.DedupMemoryHorizon, "dedupMemoryHorizon", "how far behind the watermark whole ids stay in memory; older ones are in Pebble, found through the cold index (0 = allowedLateness + grace + 10s)")
 	dur(&c.FinalizeAfter, "finalizeAfter", "keep windows revisable until their billing period ends plus this (0 = reviseHorizon rule)")
 	dur(&c.MaxFutureSkew, "maxFutureSkew", "dead-letter records timed this far past the wall clock (0 = off)")
 	str(&c.Horizon, "horizon", "dead-letter records timed before this RFC 3339 time (empty = off)")
