@@ -147,22 +147,19 @@ func (e *Engine) deliver(ctx context.Context, w *sinkWorker) error {
 // skipped: a sink that keeps failing keeps the outbox growing until the
 // backpressure bound pauses consumption.
 func (e *Engine) writeWithRetry(ctx context.Context, w *sinkWorker, entries [][]byte) bool {
-	backoff := sinkRetryMin
-	for attempt := 1; ; attempt++ {
+	err := Backoff{Min: sinkRetryMin, Max: sinkRetryMax}.Retry(ctx, func(attempt int) error {
 		start := time.Now()
-		err := w.write(ctx, entries)
-		if err == nil {
-			e.metrics.sinkBatchDuration.WithLabelValues(w.name).Observe(time.Since(start).Seconds())
-			e.metrics.sinkRows.WithLabelValues(w.name).Add(float64(len(entries)))
-			if attempt > 1 {
-				e.log.Info("sink recovered", "sink", w.name, "attempts", attempt)
-				e.health.set(func(h *health) { delete(h.failing, w.name) })
-			}
-			return true
+		if err := w.write(ctx, entries); err != nil {
+			return err
 		}
-		if ctx.Err() != nil {
-			return false
+		e.metrics.sinkBatchDuration.WithLabelValues(w.name).Observe(time.Since(start).Seconds())
+		e.metrics.sinkRows.WithLabelValues(w.name).Add(float64(len(entries)))
+		if attempt > 1 {
+			e.log.Info("sink recovered", "sink", w.name, "attempts", attempt)
+			e.health.set(func(h *health) { delete(h.failing, w.name) })
 		}
+		return nil
+	}, func(attempt int, err error, wait time.Duration) {
 		e.metrics.sinkErrors.WithLabelValues(w.name).Inc()
 		e.health.set(func(h *health) {
 			if h.failing == nil {
@@ -170,14 +167,9 @@ func (e *Engine) writeWithRetry(ctx context.Context, w *sinkWorker, entries [][]
 			}
 			h.failing[w.name] = err
 		})
-		e.log.Warn("sink write failed; retrying", "sink", w.name, "rows", len(entries), "attempt", attempt, "retry_in", backoff, "err", errorText(err))
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return false
-		}
-		backoff = min(backoff*2, sinkRetryMax)
-	}
+		e.log.Warn("sink write failed; retrying", "sink", w.name, "rows", len(entries), "attempt", attempt, "retry_in", wait, "err", errorText(err))
+	})
+	return err == nil
 }
 
 // waitCommitted blocks until a checkpoint newer than w's delivered one is

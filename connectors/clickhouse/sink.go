@@ -117,31 +117,20 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (tenant, meter, customer, group_key, window_start)`, database, table)
 }
 
-// ddlAttempts bounds the tries of each CREATE: ClickHouse (18.16 at least)
-// can fail a DDL statement that races another one on the server.
-const ddlAttempts = 5
-
 func (s *Sink) createTables(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
+	// Each CREATE is tried a few times: ClickHouse (18.16 at least) can
+	// fail a DDL statement that races another one on the server.
+	ddlBackoff := engine.Backoff{Min: 200 * time.Millisecond, Max: 2 * time.Second, Attempts: 5}
 	for _, stmt := range []struct{ what, sql string }{
 		{"database " + s.cfg.Database, "CREATE DATABASE IF NOT EXISTS " + s.cfg.Database},
 		{"table " + s.cfg.Database + "." + s.cfg.Table, TableDDL(s.cfg.Database, s.cfg.Table)},
 		{"table " + s.cfg.Database + "." + DeadLettersTable, DeadLettersDDL(s.cfg.Database)},
 	} {
-		var err error
-		for attempt := 1; attempt <= ddlAttempts; attempt++ {
-			if err = s.conn.Exec(ctx, stmt.sql); err == nil {
-				break
-			}
-			select {
-			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
-			case <-ctx.Done():
-				return fmt.Errorf("clickhouse: create %s on %s: %w", stmt.what, s.cfg.Addr, err)
-			}
-		}
+		err := ddlBackoff.Retry(ctx, func(int) error { return s.conn.Exec(ctx, stmt.sql) }, nil)
 		if err != nil {
-			return fmt.Errorf("clickhouse: create %s on %s after %d attempts: %w", stmt.what, s.cfg.Addr, ddlAttempts, err)
+			return fmt.Errorf("clickhouse: create %s on %s (up to %d attempts): %w", stmt.what, s.cfg.Addr, ddlBackoff.Attempts, err)
 		}
 	}
 	// Tables created by earlier versions lack later columns. 18.16 has no
