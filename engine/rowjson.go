@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
 )
 
 // AppendJSON appends r as json.Marshal(r) would write it, byte for byte
@@ -48,24 +49,32 @@ func (r *RatedRow) AppendJSON(b []byte) ([]byte, error) {
 	b = append(b, `,"final":`...)
 	b = strconv.AppendBool(b, r.Final)
 	if len(r.Breakdown) > 0 {
-		b = append(b, `,"breakdown":[`...)
-		for i, l := range r.Breakdown {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, `{"description":`...)
-			b = appendJSONString(b, l.Description)
-			b = append(b, `,"units":`...)
-			b = appendJSONDecimal(b, l.Units)
-			b = append(b, `,"unit_price":`...)
-			b = appendJSONDecimal(b, l.UnitPrice)
-			b = append(b, `,"amount":`...)
-			b = appendJSONDecimal(b, l.Amount)
-			b = append(b, '}')
-		}
-		b = append(b, ']')
+		b = append(b, `,"breakdown":`...)
+		b = AppendBreakdownJSON(b, r.Breakdown)
 	}
 	return append(b, '}'), nil
+}
+
+// AppendBreakdownJSON appends lines as json.Marshal(lines) would write them
+// when there are some ("[]" when there are none, where json.Marshal writes
+// null), without reflection: the ClickHouse sink writes it for every row.
+func AppendBreakdownJSON(b []byte, lines []rating.Line) []byte {
+	b = append(b, '[')
+	for i, l := range lines {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"description":`...)
+		b = appendJSONString(b, l.Description)
+		b = append(b, `,"units":`...)
+		b = appendJSONDecimal(b, l.Units)
+		b = append(b, `,"unit_price":`...)
+		b = appendJSONDecimal(b, l.UnitPrice)
+		b = append(b, `,"amount":`...)
+		b = appendJSONDecimal(b, l.Amount)
+		b = append(b, '}')
+	}
+	return append(b, ']')
 }
 
 // appendJSONString quotes s as encoding/json does. Printable ASCII other
