@@ -270,9 +270,11 @@ type Engine struct {
 	log         *slog.Logger
 
 	shards []*shard
-	// eventSlices recycles the event batches of fetches (*eventBatch):
-	// readers take them, the last shard to apply one gives it back.
-	eventSlices sync.Pool
+	// eventSlices recycles the event batches of fetches: readers take
+	// them, the last shard to apply one gives it back. A channel, not a
+	// sync.Pool: a pool is emptied at every collection, and this engine
+	// collects often (new batches were a tenth of what it allocated).
+	eventSlices chan *eventBatch
 
 	stopOnce    sync.Once
 	stop        chan struct{} // closed by Shutdown
@@ -409,7 +411,8 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
 	e := &Engine{
-		cfg: cfg,
+		cfg:         cfg,
+		eventSlices: make(chan *eventBatch, 16),
 		rules: timeRules{
 			graceNs:         int64(cfg.Grace),
 			reviseHorizonNs: int64(cfg.ReviseHorizon),

@@ -105,14 +105,17 @@ func decodeEntries[T any](entries [][]byte) ([]T, error) {
 // deliver runs one sink worker until ctx ends.
 func (e *Engine) deliver(ctx context.Context, w *sinkWorker) error {
 	batch := e.cfg.SinkBatchRows
+	// The entries and their bytes, copied together; reused from batch to
+	// batch, as a sink keeps nothing of what it was given once it returns.
+	var entries [][]byte
+	var buf []byte
 	for {
 		committed, ok := e.waitCommitted(ctx, w)
 		if !ok {
 			return nil
 		}
 		from, _ := w.progress()
-		var entries [][]byte
-		var buf []byte // the entries' bytes, copied together
+		entries, buf = entries[:0], buf[:0]
 		var last state.OutboxPos
 		err := e.store.Outbox(w.stream, from, committed, batch, func(pos state.OutboxPos, v []byte) error {
 			start := len(buf)

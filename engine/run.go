@@ -384,66 +384,84 @@ func (e *Engine) readPartition(ctx context.Context, index int, id PartitionID, f
 			}
 			return fmt.Errorf("engine: read %s: %w", id, err)
 		}
-		if len(records) == 0 {
-			continue
-		}
-		fetch.fetched() // the batch counts as queued until the dispatcher takes it
-		b := inboundBatch{partition: index, events: e.eventBatch(len(records)), shards: make([][]int32, len(e.shards)),
-			maxEventTimeNs: minWatermark, logStart: records[0].LogStart}
-		all := b.events.events
-		for _, rec := range records {
-			if rec.Control {
-				continue // a transaction marker: it moves the position only
+		// A fetch goes on in batches of at most maxBatchRecords: batches
+		// are recycled, and a recycled batch keeps its size.
+		for len(records) > 0 {
+			n := min(len(records), maxBatchRecords)
+			if !e.forward(ctx, index, id, fetch, records[:n], in, out) {
+				return nil
 			}
-			b.records++
-			first := len(all)
-			all, err = e.decoder.DecodeInterned(rec.Value, all, rec.Timestamp, in)
-			if err == nil && len(all) > first {
-				if why := e.owners.misplaced(id, all[first].Customer); why != "" {
-					all = all[:first]
-					err = &decodeError{reason: ReasonWrongPartition, detail: why}
-				}
-			}
-			if err != nil {
-				var de *decodeError
-				if !errors.As(err, &de) {
-					de = &decodeError{reason: ReasonInvalidJSON, detail: err.Error()}
-				}
-				b.dead = append(b.dead, DeadLetter{Reason: de.reason, Detail: de.detail,
-					Topic: id.Topic, Partition: id.Partition, Offset: rec.Offset, Raw: rec.Value})
-				continue
-			}
-			for i := first; i < len(all); i++ {
-				ev := &all[i]
-				ev.Partition, ev.Offset, ev.Raw = id, rec.Offset, rec.Value
-				// A subscription event's time is when its change takes
-				// effect, possibly months ahead: only usage moves time.
-				if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription {
-					b.maxEventTimeNs = ev.TimeNs
-				}
-				s := routingHash(ev.Customer) % uint64(len(b.shards))
-				b.shards[s] = append(b.shards[s], int32(i))
-			}
-		}
-		b.events.events = all
-		last := records[len(records)-1]
-		b.nextOffset, b.highWater = last.Offset+1, last.HighWater
-		select {
-		case out <- b:
-		case <-ctx.Done():
-			return nil
+			records = records[n:]
 		}
 	}
 }
 
-// eventBatch is the events of one fetch, shared by the shards that apply
+// forward decodes records (one batch) and sends them to the dispatcher; false
+// when ctx ended first.
+func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *fetchState, records []Record, in *Interner, out chan<- inboundBatch) bool {
+	var err error
+	fetch.fetched() // the batch counts as queued until the dispatcher takes it
+	b := inboundBatch{partition: index, events: e.eventBatch(len(records)), shards: make([][]int32, len(e.shards)),
+		maxEventTimeNs: minWatermark, logStart: records[0].LogStart}
+	all := b.events.events
+	for _, rec := range records {
+		if rec.Control {
+			continue // a transaction marker: it moves the position only
+		}
+		b.records++
+		first := len(all)
+		all, err = e.decoder.DecodeInterned(rec.Value, all, rec.Timestamp, in)
+		if err == nil && len(all) > first {
+			if why := e.owners.misplaced(id, all[first].Customer); why != "" {
+				all = all[:first]
+				err = &decodeError{reason: ReasonWrongPartition, detail: why}
+			}
+		}
+		if err != nil {
+			var de *decodeError
+			if !errors.As(err, &de) {
+				de = &decodeError{reason: ReasonInvalidJSON, detail: err.Error()}
+			}
+			b.dead = append(b.dead, DeadLetter{Reason: de.reason, Detail: de.detail,
+				Topic: id.Topic, Partition: id.Partition, Offset: rec.Offset, Raw: rec.Value})
+			continue
+		}
+		for i := first; i < len(all); i++ {
+			ev := &all[i]
+			ev.Partition, ev.Offset, ev.Raw = id, rec.Offset, rec.Value
+			// A subscription event's time is when its change takes
+			// effect, possibly months ahead: only usage moves time.
+			if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription {
+				b.maxEventTimeNs = ev.TimeNs
+			}
+			s := routingHash(ev.Customer) % uint64(len(b.shards))
+			b.shards[s] = append(b.shards[s], int32(i))
+		}
+	}
+	b.events.events = all
+	last := records[len(records)-1]
+	b.nextOffset, b.highWater = last.Offset+1, last.HighWater
+	select {
+	case out <- b:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// maxBatchRecords bounds the records of one batch (a fetch may hold
+// hundreds of thousands): a batch of Events is ~280 bytes a record, and
+// up to cap(eventSlices) of them stay allocated for reuse.
+const maxBatchRecords = 4096
+
+// eventBatch is the events of one batch, shared by the shards that apply
 // them; the last one done gives the slice back.
 type eventBatch struct {
 	events []Event
 	// pending counts the shards yet to apply their events (set by the
 	// dispatcher before it sends any).
 	pending atomic.Int32
-	pool    *sync.Pool
+	free    chan *eventBatch
 }
 
 // done is called by each shard once it applied its events.
@@ -451,15 +469,20 @@ func (b *eventBatch) done() {
 	if b.pending.Add(-1) == 0 {
 		clear(b.events) // nothing keeps a pointer into them once applied
 		b.events = b.events[:0]
-		b.pool.Put(b)
+		select {
+		case b.free <- b:
+		default: // enough batches at hand
+		}
 	}
 }
 
 // eventBatch returns an empty batch for about n events, recycled when one
 // is at hand.
 func (e *Engine) eventBatch(n int) *eventBatch {
-	if b, ok := e.eventSlices.Get().(*eventBatch); ok {
+	select {
+	case b := <-e.eventSlices:
 		return b
+	default:
+		return &eventBatch{events: make([]Event, 0, n), free: e.eventSlices}
 	}
-	return &eventBatch{events: make([]Event, 0, n), pool: &e.eventSlices}
 }
