@@ -51,8 +51,8 @@
 #     config.d file (keys under <kafka> are librdkafka settings, '_' for '.').
 #   - Table settings in 18.16: kafka_broker_list, kafka_topic_list,
 #     kafka_group_name, kafka_format, kafka_row_delimiter, kafka_schema,
-#     kafka_num_consumers, kafka_max_block_size (nothing else: no
-#     kafka_skip_broken_messages, no _offset/_partition virtual columns).
+#     kafka_num_consumers, kafka_max_block_size (nothing else, e.g. no
+#     kafka_skip_broken_messages, which later versions added).
 #   - JSONEachRow: the engine always skips unknown fields (it forces
 #     input_format_skip_unknown_fields=1), so without help the nested
 #     `dims` object is dropped silently. Columns `dims.rat`,
@@ -61,13 +61,16 @@
 #     server's default profile (users.d), not from a query. `time` (RFC
 #     3339 with nanoseconds) is read as String and converted in the view
 #     with parseDateTimeBestEffort; `value` parses into Decimal(38,10).
-#   - A stream reads until a 500 ms poll returns nothing (or
-#     stream_flush_interval_ms, 7.5 s, passes), squashes everything into
-#     one insert (up to min_insert_block_size_rows, 1M) and only then
-#     commits offsets. Nothing is visible before that, and every stream
-#     ends with several 500 ms empty polls: ~3.5-4 s after the last record
-#     was read (50K and 100K records both took ~4.7 s end to end). Small
-#     RECORDS therefore understate its rate; use the default 1M or more.
+#   - A stream reads until a 500 ms poll finds nothing (its JSONEachRow
+#     reader asks several times) or stream_flush_interval_ms (7.5 s) passes,
+#     pushes what it read through the view as one insert (100K records
+#     appeared at once, though max_block_size is 65536) and only then
+#     commits offsets; nothing is visible before. So there is a fixed
+#     latency: a topic of 1 record took 4.6 s end to end (server trace
+#     log: "Execution took 4123 ms" for a stream of 1 message, started
+#     0.5 s after the view), 50K records 4.7 s, 100K 4.9 s. At small
+#     RECORDS the Kafka engine's rate is mostly this latency, not its
+#     throughput: judge the ratio at 1M or more.
 #   - kafka_num_consumers=2 (one server, one group) re-read records across
 #     the rebalance when the second consumer joined: 157,348 rows for a
 #     100,000-record topic. Offsets are committed only after a stream's
@@ -120,6 +123,8 @@ log() { printf '%s sidebyside: %s\n' "$(date +%T)" "$*" >&2; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print 0 }'; }
+# faster S BEST: S seconds beat the best so far (empty: none yet).
+faster() { [ -z "$2" ] || awk -v s="$1" -v b="$2" 'BEGIN { exit !(s < b) }'; }
 
 # alive PID: the process runs (a child that exited but was not waited for
 # is a zombie, which kill -0 still finds).
@@ -269,7 +274,7 @@ ch "DROP DATABASE sbs_truth"
 log "truth: $truth_distinct distinct ids among $RECORDS records ($((RECORDS - truth_distinct)) producer retries)"
 
 # ---------------------------------------------------------------- ClickHouse Kafka engine
-ch_best=0 ch_best_s=0 ch_counted=0 ch_value=0 ch_rounds=""
+ch_best=0 ch_best_s="" ch_counted=0 ch_value=0 ch_rounds=""
 run_clickhouse() {
   local round=$1 t0 t1 got=0 deadline extra=""
   [ -n "$CH_MAX_BLOCK_SIZE" ] && extra=", kafka_max_block_size = $CH_MAX_BLOCK_SIZE"
@@ -313,7 +318,7 @@ run_clickhouse() {
   read -r counted value < <(ch "SELECT sum(count), toString(sum(value)) FROM sbs_ch.usage_per_minute FORMAT TSV")
   log "ClickHouse Kafka engine, round $round: ${s}s, $r records/s, counted $counted records"
   ch_rounds+=" $r"
-  if [ "$r" -gt "$ch_best" ]; then ch_best=$r ch_best_s=$s ch_counted=$counted ch_value=$value; fi
+  if faster "$s" "$ch_best_s"; then ch_best=$r ch_best_s=$s ch_counted=$counted ch_value=$value; fi
   ch "DROP DATABASE sbs_ch"
 }
 
@@ -334,7 +339,7 @@ metric() { # metric NAME: sum of a metric's samples from Tally's /metrics, or em
     awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2; f = 1 } END { if (f) printf "%.0f", s }' || true
 }
 
-tally_best=0 tally_best_s=0 tally_counted=0 tally_value=0 tally_dead=0 tally_rounds=""
+tally_best=0 tally_best_s="" tally_counted=0 tally_value=0 tally_dead=0 tally_rounds=""
 tally_consume_s=0 tally_exit_s=0
 run_tally() {
   local round=$1 cfg=$WORK/tally-$round.yaml tlog=$WORK/tally-$round.log t0 tc tr te got="" deadline rc
@@ -405,7 +410,7 @@ EOF
   r=$(rate "$RECORDS" "$s")
   log "Tally, round $round: ${s}s, $r records/s (consumed at $(secs "$t0" "$tc")s, exited at $(secs "$t0" "$te")s), counted $counted records, $dead dead letters"
   tally_rounds+=" $r"
-  if [ "$r" -gt "$tally_best" ]; then
+  if faster "$s" "$tally_best_s"; then
     tally_best=$r tally_best_s=$s tally_counted=$counted tally_value=$value tally_dead=$dead
     tally_consume_s=$(secs "$t0" "$tc") tally_exit_s=$(secs "$t0" "$te")
   fi
@@ -419,8 +424,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # ---------------------------------------------------------------- report
-ratio=$(awk -v t="$tally_best" -v c="$ch_best" 'BEGIN { if (c > 0) printf "%.1f", t / c; else print "n/a" }')
-verdict=$(awk -v t="$tally_best" -v c="$ch_best" 'BEGIN { if (c > 0 && t >= 8 * c) print "met"; else print "NOT met" }')
+# Same records on both sides: the ratio of the rates is that of the times.
+ratio=$(awk -v t="$tally_best_s" -v c="$ch_best_s" 'BEGIN { if (t > 0) printf "%.1f", c / t; else print "n/a" }')
+verdict=$(awk -v t="$tally_best_s" -v c="$ch_best_s" 'BEGIN { if (t > 0 && c >= 8 * t) print "met"; else print "NOT met" }')
 delta() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; printf "%s%.10g", (d > 0 ? "+" : ""), d }'; }
 exact() { [ "$1" = "$truth_distinct" ] && [ "$(delta "$2" "$truth_value")" = "0" ] && echo "exact" || echo "INEXACT"; }
 
@@ -440,5 +446,5 @@ Tally: consumed everything at ${tally_consume_s}s ($(rate "$RECORDS" "$tally_con
 Notes: ClickHouse is timed from CREATE of its Kafka table to sum(count) = $RECORDS in the target, Tally from process start
 to its rows in ClickHouse (FINAL) holding every distinct record. The Kafka engine counts every producer retry (no dedup,
 at-least-once) and has no event-time windows, lateness, revisions or pricing; its sum of all values with retries was $truth_all_value.
-Each Kafka-engine stream ends with ~3.5-4 s of empty 500 ms polls before its single insert: small RECORDS understate it.
+The Kafka engine has a fixed ~4.5 s latency here (1 record: 4.6 s; see the notes in this script): small RECORDS understate its throughput.
 EOF
