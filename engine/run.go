@@ -145,11 +145,19 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	e.health.set(func(h *health) { h.started = true })
 	graceful, err := e.newDispatcher(inputs, writes).run(ctx)
+	stopping := time.Now()
 	close(writes)
 	stopReaders()
 	<-writerDone
 	if err == nil && graceful && !e.handingOver.Load() {
+		written := time.Now()
 		err = e.drainSinks(ctx)
+		if err == nil {
+			// Where a graceful stop's time goes: the final checkpoint
+			// (open windows emitted, written), then the sinks.
+			e.log.Info("stopped gracefully", "final_checkpoint", written.Sub(stopping).Round(time.Millisecond),
+				"sink_drain", time.Since(written).Round(time.Millisecond))
+		}
 	}
 	if cause := context.Cause(ctx); err == nil && cause != nil {
 		err = cause

@@ -210,6 +210,8 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 		return err
 	}
 	fmt.Fprintf(out, "bench: tally, checkpoints off (one at the end): %.0f records/s, %s CPU a record\n", noCP.rate, noCP.cpuPerRecord)
+	fmt.Fprintf(out, "bench: graceful stop of the checkpointed run (final checkpoint emitting %d open windows, rated topic drained): %s\n",
+		withCP.liveWindows, withCP.stop.Round(time.Millisecond))
 
 	var fresh freshness
 	if o.freshRate > 0 {
@@ -334,6 +336,9 @@ type runResult struct {
 	// cpuPerRecord is the process's CPU time (user + system, kfake's
 	// included) per record: steadier run to run than the rate on a shared VM.
 	cpuPerRecord time.Duration
+	// stop is the graceful stop: the final checkpoint, which emits every
+	// open window as a provisional revision, and the sinks' drain.
+	stop time.Duration
 }
 
 // timeRun runs the engine over the preloaded topic until every record is
@@ -367,9 +372,11 @@ func timeRun(ctx context.Context, cfg Config, n int, log *slog.Logger) (runResul
 	// Everything read is durable once a checkpoint cut after the last
 	// record is; Shutdown makes that final checkpoint.
 	close(stop)
+	stopping := time.Now()
 	if err := <-done; err != nil {
 		return res, err
 	}
+	res.stop = time.Since(stopping)
 	elapsed := time.Since(start)
 	res.cpuPerRecord = (processCPU() - cpuBefore) / time.Duration(n)
 	// The stopped engine still holds its windows (a is open): its heap is
