@@ -9,9 +9,15 @@ import (
 	"github.com/tally-billing/tally/engine"
 )
 
-// BenchmarkWrite inserts batches of 10,000 rated rows (with a breakdown)
-// into ClickHouse over the native protocol, as the sink does.
+// BenchmarkWrite inserts batches of 10,000 and 50,000 rated rows (with a
+// breakdown) into ClickHouse over the native protocol, as the sink does.
 func BenchmarkWrite(b *testing.B) {
+	for _, n := range []int{10_000, 50_000} {
+		b.Run(fmt.Sprint("rows=", n), func(b *testing.B) { benchmarkWrite(b, n) })
+	}
+}
+
+func benchmarkWrite(b *testing.B, n int) {
 	addr := testAddr(b)
 	ctx := context.Background()
 	s, err := Open(ctx, Config{Addr: addr, Database: fmt.Sprintf("tally_bench_%d", time.Now().UnixNano()%1e9)})
@@ -19,7 +25,7 @@ func BenchmarkWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	rows := make([]engine.RatedRow, 10_000)
+	rows := make([]engine.RatedRow, n)
 	for i := range rows {
 		rows[i] = withBreakdown(row(fmt.Sprintf("sub-%07d", i), 1, "12345.5"))
 	}
