@@ -206,11 +206,13 @@ func (d *dispatcher) requested(ctx context.Context) error {
 // cut takes a checkpoint: it records the offsets, sends every shard a
 // barrier and hands the cut to the writer. final is the shutdown
 // checkpoint: it also emits open windows as provisional revisions, so that
-// sinks hold everything consumed when the engine stops.
+// sinks hold everything consumed when the engine stops; not when the task
+// moves to another instance (handOver), which goes on with them at once:
+// the task's pause would be spent emitting rows nobody waits for.
 func (d *dispatcher) cut(ctx context.Context, now time.Time, final bool) error {
 	e := d.e
 	d.seq++
-	emitOpen := final || e.cfg.EmitOpenEvery > 0 && now.Sub(d.lastEmitOpen) >= e.cfg.EmitOpenEvery
+	emitOpen := (final && !e.handingOver.Load()) || e.cfg.EmitOpenEvery > 0 && now.Sub(d.lastEmitOpen) >= e.cfg.EmitOpenEvery
 	if d.pending != nil {
 		emitOpen = emitOpen || d.pending.emitOpen
 	}

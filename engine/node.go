@@ -181,11 +181,13 @@ func (n *Node) Run(ctx context.Context) error {
 			// stay listed, for Stats.
 			tasks := n.running()
 			for _, t := range tasks {
+				n.log.Info("task stopping", "task", t.p, "graceful", true)
 				t.engine.Shutdown()
 			}
 			var errs []error
 			for _, t := range tasks {
 				<-t.done
+				n.log.Info("task stopped", "task", t.p, "graceful", true)
 				if t.err != nil {
 					errs = append(errs, fmt.Errorf("task %d: %w", t.p, t.err))
 				}
@@ -207,30 +209,39 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 }
 
-// startTasks starts the tasks of ps not running yet. A task that cannot
-// start fails the Node.
+// startTasks starts the tasks of ps not running yet, side by side: each
+// opens its folder and reads its changelog, and a moved task waits for
+// its own start only. A task that cannot start fails the Node.
 func (n *Node) startTasks(ps []int32) {
+	select {
+	case <-n.stop:
+		return // stopping: a task started now would never be stopped
+	default:
+	}
+	var todo []int32
+	n.mu.Lock()
 	for _, p := range ps {
-		select {
-		case <-n.stop:
-			return // stopping: a task started now would never be stopped
-		default:
+		if _, ok := n.tasks[p]; !ok {
+			todo = append(todo, p)
 		}
-		n.mu.Lock()
-		_, ok := n.tasks[p]
-		n.mu.Unlock()
-		if ok {
+	}
+	n.mu.Unlock()
+	started := make([]*task, len(todo))
+	errs := make([]error, len(todo))
+	var wg sync.WaitGroup
+	for i, p := range todo {
+		wg.Go(func() { started[i], errs[i] = n.startTask(n.runCtx, p) })
+	}
+	wg.Wait()
+	for i, t := range started {
+		if errs[i] != nil {
+			n.fail(errs[i])
 			continue
 		}
-		t, err := n.startTask(n.runCtx, p)
-		if err != nil {
-			n.fail(err)
-			return
-		}
 		n.mu.Lock()
-		n.tasks[p] = t
+		n.tasks[t.p] = t
 		n.mu.Unlock()
-		n.log.Info("task started", "task", p)
+		n.log.Info("task started", "task", t.p)
 	}
 }
 
@@ -243,12 +254,22 @@ func (n *Node) stopTasks(ps []int32, graceful bool) {
 		// The Node is stopping (leaving the group revokes everything):
 		// its tasks end, each with a final checkpoint.
 		for _, t := range n.running() {
+			select {
+			case <-t.done:
+				continue // already stopped with the Node
+			default:
+			}
+			n.log.Info("task stopping", "task", t.p, "graceful", true)
 			t.engine.Shutdown()
 			<-t.done
+			n.log.Info("task stopped", "task", t.p, "graceful", true)
 		}
 		return
 	default:
 	}
+	// All of them at once: their final checkpoints run side by side, and
+	// the group waits for the slowest only.
+	var stopping []*task
 	for _, p := range ps {
 		n.mu.Lock()
 		t := n.tasks[p]
@@ -256,20 +277,26 @@ func (n *Node) stopTasks(ps []int32, graceful bool) {
 		if t == nil {
 			continue
 		}
-		if err := n.stopTask(t, graceful); err != nil {
+		// With "task stopped" below and "state recovered" on the next
+		// owner, the log tells how long a moved task paused.
+		n.log.Info("task stopping", "task", p, "graceful", graceful)
+		if graceful {
+			t.engine.handOver()
+		} else {
+			t.cancel()
+		}
+		stopping = append(stopping, t)
+	}
+	for _, t := range stopping {
+		if err := n.forgetTask(t, graceful); err != nil {
 			n.fail(err)
 		}
-		n.log.Info("task stopped", "task", p, "graceful", graceful)
+		n.log.Info("task stopped", "task", t.p, "graceful", graceful)
 	}
 }
 
-// stopTask stops t and forgets it.
-func (n *Node) stopTask(t *task, graceful bool) error {
-	if graceful {
-		t.engine.handOver()
-	} else {
-		t.cancel()
-	}
+// forgetTask waits for t, told to stop, to end, and forgets it.
+func (n *Node) forgetTask(t *task, graceful bool) error {
 	<-t.done
 	n.mu.Lock()
 	if n.tasks[t.p] == t {

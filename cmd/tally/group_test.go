@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -136,7 +137,7 @@ finalizeAfter: 72h
 			t.Logf("instance %s log:\n%s", name, out[max(0, len(out)-2500):])
 		}
 		t.Logf("instance %s: %d task starts, %d moved away, %d restores from the changelog", name,
-			strings.Count(logs.String(), `msg="task started"`), strings.Count(logs.String(), "graceful=true"),
+			strings.Count(logs.String(), `msg="task started"`), len(regexp.MustCompile(`msg="task stopped" task=\d+ graceful=true`).FindAllString(logs.String(), -1)),
 			strings.Count(logs.String(), "task restored from its changelog"))
 	}
 	checkDeadLetters(t, brokers, s)

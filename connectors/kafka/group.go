@@ -63,6 +63,11 @@ func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []i
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.DisableAutoCommit(),
 		kgo.SessionTimeout(g.cfg.SessionTimeout),
+		// A member learns that the group rebalances (one joined or left)
+		// from a heartbeat's answer: at Kafka's default 3 s, that wait was
+		// most of a moved task's pause (bench/rebalance.sh). Two small
+		// requests a second cost the coordinator nothing.
+		kgo.HeartbeatInterval(500*time.Millisecond),
 		// A revoked task takes one final checkpoint, without waiting for
 		// its sinks (its next owner delivers its outbox): well within this.
 		kgo.RebalanceTimeout(30*time.Second),
