@@ -62,7 +62,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		// revision.
 		before := p.emittedMoney
 		after := before.Add(w.money.Sub(w.emittedMoney))
-		usage := rating.WindowUsage{Rate: groupDim(w.key.groupKey, RateDim), Units: quantity, Events: w.count, Amount: w.money}
+		usage := rating.WindowUsage{Rate: w.rate, Units: quantity, Events: w.count, Amount: w.money}
 		if charge, err = s.rater.IncrementEvents(s.subscriber(w.key.customer), w.key.meter, start, usage, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedMoney = after

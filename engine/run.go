@@ -253,7 +253,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	// reports whether it did.
 	restore := func(key windowKey, periodEndNs int64, v []byte, mergedSeq uint64) (bool, error) {
 		w := &window{periodEndNs: periodEndNs, mergedSeq: mergedSeq}
-		if err := decodeWindowValue(v, w); err != nil {
+		if err := decodeWindowValue(v, key, w); err != nil {
 			return false, fmt.Errorf("engine: recover window %v: %w: state is corrupt", key, err)
 		}
 		// Only what is in memory's horizon comes back into memory; the rest

@@ -251,7 +251,7 @@ func (s *shard) apply(ev *Event) {
 		return
 	}
 	if w == nil {
-		w = s.addWindow(key, m, endNs, settleNs)
+		w = s.addWindow(key, m, endNs, settleNs, rated.Rate)
 	}
 	w.add(ev)
 	if rated.PerEvent {

@@ -63,6 +63,12 @@ type window struct {
 	// event charges already charged through its windows.
 	money, emittedMoney decimal.Decimal
 	perEvent            bool
+	// rate is the rate of a per-event price the window's events were
+	// charged at (a band or destination prefix; "" for none). The group key
+	// names it too (dimension rate), for the row's identity; the charge's
+	// explanation takes it from here, never parsed back out of the key,
+	// where a customer's own dimension "rate" could stand in its place.
+	rate string
 	// period is, for a window, its billing-period aggregate while that is in
 	// memory (see shard.apply); dropped marks a period aggregate that left
 	// memory, so that windows holding it look it up again.
@@ -276,9 +282,9 @@ func decodeWindowKey(b []byte) (windowKey, int64, error) {
 }
 
 // windowValueVersion prefixes every encoded window so the layout can evolve.
-// Version 2 added the per-event money after chargedAmount; version 1 values
-// (without it) are still read.
-const windowValueVersion = 2
+// Version 2 added the per-event money after chargedAmount, version 3 the
+// rate after it; values of versions 1 and 2 are still read.
+const windowValueVersion = 3
 
 // Window flags, the last byte of an encoded window.
 const (
@@ -339,6 +345,8 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	b = appendDecimal(b, w.chargedAmount)
 	b = appendDecimal(b, w.money)
 	b = appendDecimal(b, w.emittedMoney)
+	b = binary.AppendUvarint(b, uint64(len(w.rate)))
+	b = append(b, w.rate...)
 	var flags byte
 	if w.changed {
 		flags |= flagChanged
@@ -352,11 +360,12 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	return append(b, flags), nil
 }
 
-func decodeWindowValue(b []byte, w *window) error {
+// decodeWindowValue restores w, the window or period of key, from b.
+func decodeWindowValue(b []byte, key windowKey, w *window) error {
 	r := byteReader{b: b}
 	version := r.byte()
-	if version != 1 && version != windowValueVersion {
-		return fmt.Errorf("window value version %d, want 1 or %d", version, windowValueVersion)
+	if version < 1 || version > windowValueVersion {
+		return fmt.Errorf("window value version %d, want 1 to %d", version, windowValueVersion)
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
@@ -396,9 +405,17 @@ func decodeWindowValue(b []byte, w *window) error {
 		w.money = r.decimal()
 		w.emittedMoney = r.decimal()
 	}
+	if version >= 3 {
+		w.rate = string(r.bytes())
+	}
 	flags := r.byte()
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	w.perEvent = flags&flagPerEvent != 0
+	if version < 3 && w.perEvent && !key.period {
+		// Written before the rate was kept: it is in the group key, where
+		// the engine put it (its dimension replaced any of the event's).
+		w.rate = groupDim(key.groupKey, RateDim)
+	}
 	if r.err != nil {
 		return fmt.Errorf("window value: %w", r.err)
 	}

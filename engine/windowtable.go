@@ -53,7 +53,7 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 		return nil
 	}
 	w := &window{mergedSeq: s.durableSeq} // its own key holds it
-	if err := decodeWindowValue(v, w); err != nil {
+	if err := decodeWindowValue(v, key, w); err != nil {
 		s.pending.storeErr = fmt.Errorf("window %v: %w: state is corrupt", key, err)
 		return nil
 	}
@@ -117,8 +117,8 @@ func (s *shard) unindexCustomer(key windowKey) {
 	}
 }
 
-func (s *shard) addWindow(key windowKey, m *meterSpec, endNs, periodEndNs int64) *window {
-	w := &window{key: key, meter: m, endNs: endNs, periodEndNs: periodEndNs}
+func (s *shard) addWindow(key windowKey, m *meterSpec, endNs, periodEndNs int64, rate string) *window {
+	w := &window{key: key, meter: m, endNs: endNs, periodEndNs: periodEndNs, rate: rate}
 	s.indexWindow(w)
 	return w
 }
