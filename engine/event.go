@@ -37,6 +37,18 @@ type Record struct {
 	// record was read (0 if the source does not say): above the offset a
 	// partition was first read from, retention deleted records unread.
 	LogStart int64
+	// Origin is where the record was produced when it reached this
+	// partition re-keyed (kafka.repartition); Topic "" otherwise. Its dead
+	// letters and its place among equal times (LATEST) name the origin, as
+	// they would without the re-keying.
+	Origin Position
+}
+
+// Position is a record's place in a topic.
+type Position struct {
+	Topic     string
+	Partition int32
+	Offset    int64
 }
 
 // Dim is one dimension of an event, e.g. destination=UK.
@@ -66,7 +78,8 @@ type Event struct {
 	Subscription bool
 	Plan         string
 
-	// Where the event was read, kept for dead letters after decoding.
+	// Where the event was produced (where it was read, or its Origin when
+	// it was re-keyed), kept for dead letters after decoding and LATEST.
 	Partition PartitionID
 	Offset    int64
 	Raw       []byte

@@ -430,13 +430,15 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 			if !errors.As(err, &de) {
 				de = &decodeError{reason: ReasonInvalidJSON, detail: err.Error()}
 			}
+			at, offset := origin(id, rec)
 			b.dead = append(b.dead, DeadLetter{Reason: de.reason, Detail: de.detail,
-				Topic: id.Topic, Partition: id.Partition, Offset: rec.Offset, Raw: rec.Value})
+				Topic: at.Topic, Partition: at.Partition, Offset: offset, Raw: rec.Value})
 			continue
 		}
+		at, offset := origin(id, rec)
 		for i := first; i < len(all); i++ {
 			ev := &all[i]
-			ev.Partition, ev.Offset, ev.Raw = id, rec.Offset, rec.Value
+			ev.Partition, ev.Offset, ev.Raw = at, offset, rec.Value
 			// A subscription event's time is when its change takes
 			// effect, possibly months ahead: only usage moves time.
 			if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription {
@@ -455,6 +457,15 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// origin is where rec was produced: its Origin when it was re-keyed, else
+// where it was read (partition id).
+func origin(id PartitionID, rec Record) (PartitionID, int64) {
+	if rec.Origin.Topic != "" {
+		return PartitionID{Topic: rec.Origin.Topic, Partition: rec.Origin.Partition}, rec.Origin.Offset
+	}
+	return id, rec.Offset
 }
 
 // maxBatchRecords bounds the records of one batch (a fetch may hold

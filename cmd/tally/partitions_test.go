@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -442,6 +444,17 @@ func TestRepartitionUnkeyedInput(t *testing.T) {
 		t.Errorf("rated topic differs: %s", d)
 	}
 	checkDeadLetters(t, brokers, s)
+	// Each dead letter names where its record was produced (the usage
+	// topic), not where the tasks read it (the repartition topic).
+	produced := make(map[string][]string) // value -> positions
+	for _, r := range records {
+		produced[string(r.Value)] = append(produced[string(r.Value)], fmt.Sprintf("usage/%d/%d", r.Partition, r.Offset))
+	}
+	for _, m := range consume(t, brokers, "usage-dead-letters") {
+		if !slices.Contains(produced[m.value], m.key) {
+			t.Errorf("dead letter at %s, want where its record was produced: %v", m.key, produced[m.value])
+		}
+	}
 }
 
 // waitConsumed waits until r consumed at least n records.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -108,7 +109,13 @@ func (r *Repartitioner) Run(ctx context.Context) error {
 			if rec.Attrs.IsControl() {
 				return
 			}
-			out := &kgo.Record{Value: rec.Value, Timestamp: rec.Timestamp}
+			// Where the record was produced, for its dead letters (the
+			// tasks' reader turns these headers into engine.Record.Origin).
+			out := &kgo.Record{Value: rec.Value, Timestamp: rec.Timestamp, Headers: []kgo.RecordHeader{
+				{Key: HeaderSourceTopic, Value: []byte(rec.Topic)},
+				{Key: HeaderSourcePartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
+				{Key: HeaderSourceOffset, Value: strconv.AppendInt(nil, rec.Offset, 10)},
+			}}
 			if c, ok := r.cfg.Customer(rec.Value); ok {
 				out.Key = []byte(c)
 			}

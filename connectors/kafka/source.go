@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -276,9 +277,37 @@ func (r *partitionReader) Fetch(ctx context.Context) ([]engine.Record, error) {
 		}
 		r.next = rec.Offset + 1
 		out = append(out, engine.Record{Offset: rec.Offset, Key: rec.Key, Value: rec.Value, HighWater: f.highWater,
-			Timestamp: rec.Timestamp, Control: rec.Attrs.IsControl(), LogStart: f.logStart})
+			Timestamp: rec.Timestamp, Control: rec.Attrs.IsControl(), LogStart: f.logStart, Origin: originOf(rec.Headers)})
 	}
 	return out, nil
+}
+
+// originOf reads the position a re-keyed record was produced at from the
+// headers the repartitioner gave it; none when they are absent or do not
+// parse (then the record is named where it was read).
+func originOf(headers []kgo.RecordHeader) engine.Position {
+	if len(headers) == 0 {
+		return engine.Position{}
+	}
+	var pos engine.Position
+	var partition, offset string
+	for _, h := range headers {
+		switch h.Key {
+		case HeaderSourceTopic:
+			pos.Topic = string(h.Value)
+		case HeaderSourcePartition:
+			partition = string(h.Value)
+		case HeaderSourceOffset:
+			offset = string(h.Value)
+		}
+	}
+	p, err1 := strconv.ParseInt(partition, 10, 32)
+	o, err2 := strconv.ParseInt(offset, 10, 64)
+	if pos.Topic == "" || err1 != nil || err2 != nil {
+		return engine.Position{}
+	}
+	pos.Partition, pos.Offset = int32(p), o
+	return pos
 }
 
 // fatal explains a partition error kgo does not retry.

@@ -179,3 +179,32 @@ func firstOffset(recs []engine.Record) any {
 	}
 	return recs[0].Offset
 }
+
+// TestOriginOf: the repartitioner's headers name where a re-keyed record
+// was produced; absent or damaged ones name none (the record is then named
+// where it was read).
+func TestOriginOf(t *testing.T) {
+	h := func(kv ...string) []kgo.RecordHeader {
+		var out []kgo.RecordHeader
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, kgo.RecordHeader{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		headers []kgo.RecordHeader
+		want    engine.Position
+	}{
+		{nil, engine.Position{}},
+		{h(HeaderSourceTopic, "usage", HeaderSourcePartition, "2", HeaderSourceOffset, "41"), engine.Position{Topic: "usage", Partition: 2, Offset: 41}},
+		{h("trace", "x", HeaderSourceTopic, "usage", HeaderSourcePartition, "0", HeaderSourceOffset, "0"), engine.Position{Topic: "usage"}},
+		{h(HeaderSourceTopic, "usage", HeaderSourcePartition, "2"), engine.Position{}},
+		{h(HeaderSourceTopic, "usage", HeaderSourcePartition, "two", HeaderSourceOffset, "41"), engine.Position{}},
+		{h(HeaderSourcePartition, "2", HeaderSourceOffset, "41"), engine.Position{}},
+		{h(HeaderSourceTopic, "usage", HeaderSourcePartition, "99999999999", HeaderSourceOffset, "41"), engine.Position{}},
+	} {
+		if got := originOf(c.headers); got != c.want {
+			t.Errorf("originOf(%v) = %+v, want %+v", c.headers, got, c.want)
+		}
+	}
+}
