@@ -96,7 +96,7 @@ kafka_pid=$!
 wait_for "bench/kafka to listen" 10 grep -q '^kafka: listening' "$WORK/kafka.log"
 
 log "generating and preloading $RECORDS records"
-"$WORK/tally" bench --to-file "$WORK/usage.jsonl" --records "$RECORDS" --subscribers "$SUBSCRIBERS" >&2 ||
+"$WORK/tally" bench --to-file "$WORK/usage.jsonl" --plan-file "$WORK/plan.yaml" --records "$RECORDS" --subscribers "$SUBSCRIBERS" >&2 ||
   die "tally bench --to-file failed"
 sed -E 's/^\{"customer":"([^"]*)".*/\1\t&/' "$WORK/usage.jsonl" |
   timeout "$TIMEOUT" kcat -P -b "$KAFKA_ADDR" -t "$TOPIC" -K $'\t' -z none \
@@ -104,16 +104,6 @@ sed -E 's/^\{"customer":"([^"]*)".*/\1\t&/' "$WORK/usage.jsonl" |
     -X queue.buffering.max.messages=1000000 2>"$WORK/kcat.log" || die "kcat -P failed"
 rm -f "$WORK/usage.jsonl"
 
-cat >"$WORK/plan.yaml" <<'EOF'
-id: rebalance
-currency: EUR
-rounding: {decimals: 6, mode: half_even}
-meters:
-  voice_seconds: {model: per_unit, unitPrice: "0.0004"}
-  sms: {model: per_unit, unitPrice: "0.05"}
-  data_bytes: {model: graduated, tiers: [{upTo: "1000000000", unitPrice: "0"}, {unitPrice: "0.000000002"}]}
-  iot_bytes: {model: per_unit, unitPrice: "0.0000001", eventFee: "0.0001"}
-EOF
 config() { # config NAME HTTP
   cat >"$WORK/$1.yaml" <<EOF
 plan: $WORK/plan.yaml

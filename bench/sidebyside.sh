@@ -234,7 +234,7 @@ grep -q '^kafka: listening' "$WORK/kafka.log" || die "bench/kafka did not start 
 
 # ---------------------------------------------------------------- data
 log "generating $RECORDS records"
-"$WORK/tally" bench --to-file "$WORK/usage.jsonl" --records "$RECORDS" --subscribers "$SUBSCRIBERS" \
+"$WORK/tally" bench --to-file "$WORK/usage.jsonl" --plan-file "$WORK/plan.yaml" --records "$RECORDS" --subscribers "$SUBSCRIBERS" \
   --dup-percent "$DUP_PERCENT" --late-percent "$LATE_PERCENT" --iot-percent "$IOT_PERCENT" >&2 ||
   die "tally bench --to-file failed"
 lines=$(wc -l <"$WORK/usage.jsonl")
@@ -323,16 +323,6 @@ run_clickhouse() {
 }
 
 # ---------------------------------------------------------------- Tally
-cat >"$WORK/plan.yaml" <<'EOF'
-id: sidebyside
-currency: EUR
-rounding: {decimals: 6, mode: half_even}
-meters:
-  voice_seconds: {model: per_unit, unitPrice: "0.0004"}
-  sms: {model: per_unit, unitPrice: "0.05"}
-  data_bytes: {model: graduated, tiers: [{upTo: "1000000000", unitPrice: "0"}, {unitPrice: "0.000000002"}]}
-  iot_bytes: {model: per_unit, unitPrice: "0.0000001", eventFee: "0.0001"}
-EOF
 
 metric() { # metric NAME: sum of a metric's samples from Tally's /metrics, or empty
   curl -s --max-time 2 "http://$TALLY_HTTP/metrics" 2>/dev/null |

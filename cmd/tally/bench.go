@@ -53,7 +53,8 @@ type benchOptions struct {
 	checkpoint                                   time.Duration
 	freshRate                                    int
 	freshFor                                     time.Duration
-	toFile, stateDir, cpuProfile, memProfile     string
+	toFile, planFile, stateDir, cpuProfile       string
+	memProfile                                   string
 	scaleOut                                     string
 }
 
@@ -72,6 +73,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	fs.IntVar(&o.freshRate, "fresh-rate", 100_000, "records/s of the freshness run (0 skips it)")
 	fs.DurationVar(&o.freshFor, "fresh-for", 10*time.Second, "length of the freshness run")
 	fs.StringVar(&o.toFile, "to-file", "", "only write the generated records to this JSON-lines file and exit")
+	fs.StringVar(&o.planFile, "plan-file", "", "with --to-file, also write the plan pricing the generated meters to this file (bench/*.sh use it)")
 	fs.StringVar(&o.stateDir, "state-dir", "", "parent folder of the runs' state (default: a temporary folder)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the checkpointed run to this file")
 	fs.StringVar(&o.scaleOut, "scale-out", "off", "engine layout of the runs: off (one engine) or local (a task per partition, changelog on); local also measures a restore from the changelog")
@@ -95,6 +97,11 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 		return prev
 	}
 	if o.toFile != "" {
+		if o.planFile != "" {
+			if err := os.WriteFile(o.planFile, []byte(benchPlan), 0o644); err != nil {
+				return fmt.Errorf("bench: write the plan: %w", err)
+			}
+		}
 		return writeRecords(o.toFile, o.records, next)
 	}
 
