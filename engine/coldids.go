@@ -86,7 +86,9 @@ func (c *coldIDs) add(id idHash, bucket, expiry int64) {
 }
 
 // rebuild drops the stale slots, in a table of at least twice the live
-// ones.
+// ones. The slot index takes up to 32 bits of the hash: past 2^32 slots
+// (32 GB, over 2^31 live ids in one shard) lookups would stay right but
+// start at slot 0; size dedupHorizon long before that (README, Capacity).
 func (c *coldIDs) rebuild(expiry int64) {
 	live := 0
 	for _, s := range c.slots {

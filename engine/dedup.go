@@ -174,6 +174,15 @@ func (s *shard) seen(ev *Event, id idHash) bool {
 	if found {
 		return true
 	}
-	s.dedup.insert(floorDiv(ev.TimeNs, dedupBucketNs), id, routingHash(ev.Customer), s.seq+1)
+	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
+	if bucket < expiry {
+		// Only a subscription event gets here (usage this old is late): a
+		// change backdated past the horizon is remembered from now, in the
+		// watermark's bucket, so that its retries are found for as long
+		// as any retry would be. Filed in its own bucket it would be
+		// forgotten at once.
+		bucket = floorDiv(s.watermarkNs, dedupBucketNs)
+	}
+	s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1)
 	return false
 }

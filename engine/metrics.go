@@ -95,7 +95,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tally_live_windows", Help: "Windows held in memory (open or still revisable).",
 		}),
 		dedupIDs: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tally_dedup_ids", Help: "Event ids remembered for deduplication: in memory, and in the cold index of ids in the store.",
+			Name: "tally_dedup_ids", Help: "Event ids remembered for deduplication: in memory, and slots of the cold index of ids in the store (expired ones included until its next rebuild).",
 		}),
 		dedupBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tally_dedup_memory_bytes", Help: "Memory held by the dedup indexes (ids in memory, cold index).",
