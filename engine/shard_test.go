@@ -179,7 +179,7 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	}
 	w := &window{count: 12, sum: decimal.RequireFromString("123.4500000001"), revision: 3,
 		emittedAmount: decimal.RequireFromString("-0.5"), changed: true,
-		money: decimal.RequireFromString("7.25"), emittedMoney: decimal.RequireFromString("3"), perEvent: true, rate: "peak"}
+		money: decimal.RequireFromString("7.25"), emittedMoney: decimal.RequireFromString("3"), perEvent: true}
 	encoded, err := encodeWindowValue(w)
 	if err != nil {
 		t.Fatal(err)
@@ -190,39 +190,43 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	}
 	if back.count != w.count || !back.sum.Equal(w.sum) || back.revision != w.revision ||
 		!back.emittedAmount.Equal(w.emittedAmount) || back.changed != w.changed ||
-		!back.money.Equal(w.money) || !back.emittedMoney.Equal(w.emittedMoney) || !back.perEvent || back.rate != "peak" {
+		!back.money.Equal(w.money) || !back.emittedMoney.Equal(w.emittedMoney) || !back.perEvent {
 		t.Errorf("value round trip: %+v, want %+v", back, w)
 	}
-	// Values of versions 1 (before per-event money) and 2 (before the rate)
-	// still read; a per-event window of version 2 takes its rate from its
-	// group key, where the engine put it.
-	zero := appendDecimal(nil, decimal.Zero)
-	v3, err := encodeWindowValue(&window{count: 12, sum: w.sum, revision: 3, emittedAmount: w.emittedAmount, changed: true, perEvent: true})
+	// The rate is read back from the group key, where the engine put it;
+	// a customer's own dimension "rate" there is flagged and not taken.
+	rated := windowKey{meter: "calls", customer: "sub-1", groupKey: `destination=uk,rate=peak`, startNs: t0.UnixNano()}
+	for _, c := range []struct{ rate, want string }{{"peak", "peak"}, {"", ""}} {
+		v, err := encodeWindowValue(&window{key: rated, count: 1, perEvent: true, rate: c.rate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		back = window{}
+		if err := decodeWindowValue(v, rated, &back); err != nil || back.rate != c.want {
+			t.Errorf("rate %q: read back %q (%v)", c.rate, back.rate, err)
+		}
+	}
+	// A version 1 value (written before per-event money) still reads: the
+	// same layout without the two money fields and the per-event flag.
+	v1 := &window{count: 12, sum: w.sum, revision: 3, emittedAmount: w.emittedAmount, changed: true}
+	v2, err := encodeWindowValue(v1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	noRate := v3[:len(v3)-2] // the empty rate (one byte) and the flags
-	v2 := append(append([]byte{2}, noRate[1:]...), v3[len(v3)-1])
-	rated := windowKey{meter: "calls", customer: "sub-1", groupKey: `destination=uk,rate=peak`, startNs: t0.UnixNano()}
+	zero := appendDecimal(nil, decimal.Zero)
+	old := append([]byte{1}, v2[1:len(v2)-1-2*len(zero)]...)
+	old = append(old, v2[len(v2)-1])
 	back = window{}
-	if err := decodeWindowValue(v2, rated, &back); err != nil {
-		t.Fatalf("version 2 value: %v", err)
-	}
-	if back.count != 12 || !back.perEvent || back.rate != "peak" {
-		t.Errorf("version 2 value read as %+v, want rate peak from the group key", back)
-	}
-	v1 := append(append([]byte{1}, noRate[1:len(noRate)-2*len(zero)]...), v3[len(v3)-1]&^flagPerEvent)
-	back = window{}
-	if err := decodeWindowValue(v1, key, &back); err != nil {
+	if err := decodeWindowValue(old, key, &back); err != nil {
 		t.Fatalf("version 1 value: %v", err)
 	}
-	if back.count != 12 || !back.sum.Equal(w.sum) || back.revision != 3 || !back.changed || back.perEvent || !back.money.IsZero() || back.rate != "" {
+	if back.count != 12 || !back.sum.Equal(w.sum) || back.revision != 3 || !back.changed || back.perEvent || !back.money.IsZero() {
 		t.Errorf("version 1 value read as %+v", back)
 	}
 	if err := decodeWindowValue([]byte{1, 2}, key, &back); err == nil {
 		t.Error("a truncated value decoded without error")
 	}
-	if err := decodeWindowValue(append([]byte{4}, encoded[1:]...), key, &back); err == nil {
+	if err := decodeWindowValue(append([]byte{3}, encoded[1:]...), key, &back); err == nil {
 		t.Error("a value of a later version decoded without error")
 	}
 }

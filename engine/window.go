@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/axiomhq/hyperloglog"
 	"github.com/shopspring/decimal"
@@ -66,8 +67,9 @@ type window struct {
 	// rate is the rate of a per-event price the window's events were
 	// charged at (a band or destination prefix; "" for none). The group key
 	// names it too (dimension rate), for the row's identity; the charge's
-	// explanation takes it from here, never parsed back out of the key,
-	// where a customer's own dimension "rate" could stand in its place.
+	// explanation takes it from here, not from the key, where a customer's
+	// own dimension "rate" can stand when the engine set none (state keeps
+	// that case as flagOwnRate).
 	rate string
 	// period is, for a window, its billing-period aggregate while that is in
 	// memory (see shard.apply); dropped marks a period aggregate that left
@@ -282,15 +284,21 @@ func decodeWindowKey(b []byte) (windowKey, int64, error) {
 }
 
 // windowValueVersion prefixes every encoded window so the layout can evolve.
-// Version 2 added the per-event money after chargedAmount, version 3 the
-// rate after it; values of versions 1 and 2 are still read.
-const windowValueVersion = 3
+// Version 2 added the per-event money after chargedAmount; version 1 values
+// (without it) are still read.
+const windowValueVersion = 2
 
 // Window flags, the last byte of an encoded window.
 const (
 	flagChanged      = 1 << 0
 	flagEmittedFinal = 1 << 1
 	flagPerEvent     = 1 << 2
+	// flagOwnRate marks a per-event window whose group key holds a
+	// dimension "rate" of the customer's own, not a rate of the engine
+	// (the window's rate is ""). Without it the rate is read from the group
+	// key, where the engine puts it. A flag rather than a field: builds
+	// that do not know it ignore it, so state stays readable both ways.
+	flagOwnRate = 1 << 3
 )
 
 // pendingEmission reports whether w has something to emit: changes, or a
@@ -345,8 +353,6 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	b = appendDecimal(b, w.chargedAmount)
 	b = appendDecimal(b, w.money)
 	b = appendDecimal(b, w.emittedMoney)
-	b = binary.AppendUvarint(b, uint64(len(w.rate)))
-	b = append(b, w.rate...)
 	var flags byte
 	if w.changed {
 		flags |= flagChanged
@@ -356,6 +362,9 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	}
 	if w.perEvent {
 		flags |= flagPerEvent
+		if w.rate == "" && strings.Contains(w.key.groupKey, RateDim+"=") && groupDim(w.key.groupKey, RateDim) != "" {
+			flags |= flagOwnRate
+		}
 	}
 	return append(b, flags), nil
 }
@@ -364,8 +373,8 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 func decodeWindowValue(b []byte, key windowKey, w *window) error {
 	r := byteReader{b: b}
 	version := r.byte()
-	if version < 1 || version > windowValueVersion {
-		return fmt.Errorf("window value version %d, want 1 to %d", version, windowValueVersion)
+	if version != 1 && version != windowValueVersion {
+		return fmt.Errorf("window value version %d, want 1 or %d", version, windowValueVersion)
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
@@ -405,15 +414,12 @@ func decodeWindowValue(b []byte, key windowKey, w *window) error {
 		w.money = r.decimal()
 		w.emittedMoney = r.decimal()
 	}
-	if version >= 3 {
-		w.rate = string(r.bytes())
-	}
 	flags := r.byte()
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	w.perEvent = flags&flagPerEvent != 0
-	if version < 3 && w.perEvent && !key.period {
-		// Written before the rate was kept: it is in the group key, where
-		// the engine put it (its dimension replaced any of the event's).
+	if w.perEvent && !key.period && flags&flagOwnRate == 0 {
+		// The engine put the rate in the group key (its dimension replaced
+		// any of the event's).
 		w.rate = groupDim(key.groupKey, RateDim)
 	}
 	if r.err != nil {
