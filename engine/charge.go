@@ -42,12 +42,17 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	start := time.Unix(0, w.key.startNs).UTC()
 	quantity := w.quantity()
-	cust := s.customers.get(w.key.customer)
-	periodStartNs, _ := billingPeriod(w.key.startNs, cust.loc, cust.anchorDay)
-	pkey := windowKey{meter: w.key.meter, customer: w.key.customer, startNs: periodStartNs, period: true}
-	p := s.periods[pkey]
-	if p == nil {
-		p = s.loadCold(pkey, w.periodEndNs)
+	// The period aggregate the window charges against: the one apply
+	// linked, while it is in memory (not dropped), else looked up or read
+	// back by its key.
+	p := w.period
+	if p == nil || p.dropped {
+		cust := s.customers.get(w.key.customer)
+		periodStartNs, _ := billingPeriod(w.key.startNs, cust.loc, cust.anchorDay)
+		pkey := windowKey{meter: w.key.meter, customer: w.key.customer, startNs: periodStartNs, period: true}
+		if p = s.periods[pkey]; p == nil {
+			p = s.loadCold(pkey, w.periodEndNs)
+		}
 	}
 	if p == nil {
 		return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", w.key)

@@ -67,6 +67,9 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 
 // indexPeriod registers period aggregate p, filed for eviction and fees
 // under its settle end (periodEndNs, see settleEnd), not the period's end.
+// Invariant: a period leaves s.periods only by eviction, which marks it
+// dropped, so a window's link to it (w.period, used by apply and emit) is
+// trusted while it is not dropped.
 func (s *shard) indexPeriod(p *window) {
 	s.periods[p.key] = p
 	addByEnd(s.periodsByEnd, p.periodEndNs, p)
