@@ -191,6 +191,13 @@ func runEngineFile(t *testing.T, path string, minBase int64) {
 				}
 				return formatUsage(u)
 			case "crash":
+				// crash key=value...: restart with the configuration
+				// changed, as an operator would after a crash.
+				for _, a := range d.CmdArgs {
+					if err := applyConfigArg(&h.cfg, a); err != nil {
+						d.Fatalf(t, "%v", err)
+					}
+				}
 				h.crash()
 				lastDuplicates = 0
 				return ""

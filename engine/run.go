@@ -189,6 +189,12 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if !ok {
 		wm = minWatermark
 	}
+	// The watermark of the run that wrote the state: it opened every fee
+	// period up to it, and evicted nothing after it. Recovery may move wm
+	// further (a lowered allowedLateness), past periods no run opened: fee
+	// periods are opened from storedWm on (feeFrom below), and a period
+	// that closed in between is read back and charged (openFeePeriodAt).
+	storedWm := wm
 
 	stored, err := e.store.Partitions()
 	if err != nil {
@@ -230,7 +236,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, e.store, shardQueueBatches)
 		e.shards[i].watermarkNs = wm
 		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
-		e.shards[i].deletedThroughNs = wm
+		e.shards[i].deletedThroughNs = storedWm // the last eviction was the stored run's
 		if e.decoder.minEventTimeNs != 0 {
 			e.shards[i].feeFloorNs = e.decoder.minEventTimeNs
 		}
@@ -339,13 +345,15 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 	}
 	// Subscribers owe fees from their subscription's start in a fresh
-	// state; after a restart from the period at the recovered watermark on,
+	// state; after a restart from the period at the stored watermark on,
 	// since the run that wrote the state opened every period before it
-	// (openFeePeriods). A subscriber configured while state exists thus
-	// owes fees from the period at the watermark on.
+	// (openFeePeriods); not from the recovered one, which may be further
+	// (a lowered allowedLateness) past periods no run opened. A subscriber
+	// configured while state exists thus owes fees from the period at the
+	// stored watermark on.
 	feeFrom := int64(feeFromSubscription)
-	if wm != minWatermark {
-		feeFrom = wm
+	if storedWm != minWatermark {
+		feeFrom = storedWm
 	}
 	if rules, ok := e.rater.(SubscriptionRules); ok {
 		for _, c := range rules.Subscribers() {
