@@ -236,7 +236,13 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		e.shards[i] = newShard(i, e.cfg.Tenant, e.rules, e.decoder.meters, e.customers, e.rater, e.store, shardQueueBatches)
 		e.shards[i].watermarkNs = wm
 		e.shards[i].seq, e.shards[i].durableSeq = seq, seq
-		e.shards[i].deletedThroughNs = storedWm // the last eviction was the stored run's
+		// What the store may have deleted is judged at the watermark in
+		// use (a new subscriber's backdated periods follow the late rule
+		// at it); with no stored watermark, nothing was ever evicted.
+		e.shards[i].deletedThroughNs = wm
+		if storedWm == minWatermark {
+			e.shards[i].deletedThroughNs = minWatermark
+		}
 		if e.decoder.minEventTimeNs != 0 {
 			e.shards[i].feeFloorNs = e.decoder.minEventTimeNs
 		}
@@ -357,7 +363,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	}
 	if rules, ok := e.rater.(SubscriptionRules); ok {
 		for _, c := range rules.Subscribers() {
-			e.shards[routingHash(c)%n].addFeeCustomerFrom(c, feeFrom)
+			e.shards[routingHash(c)%n].addFeeCustomerFrom(c, feeFrom, storedWm != minWatermark)
 		}
 	}
 	err = e.store.Subscriptions(func(k, v []byte) error {
@@ -367,7 +373,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 		sh := e.shards[routingHash(string(k))%n]
 		sh.subs[string(k)] = changes
-		sh.addFeeCustomerFrom(string(k), feeFrom)
+		sh.addFeeCustomerFrom(string(k), feeFrom, storedWm != minWatermark)
 		return nil
 	})
 	if err != nil {

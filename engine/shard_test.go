@@ -226,7 +226,13 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	if err := decodeWindowValue([]byte{1, 2}, key, &back); err == nil {
 		t.Error("a truncated value decoded without error")
 	}
-	if err := decodeWindowValue(append([]byte{3}, encoded[1:]...), key, &back); err == nil {
+	// Version 3 (one build: the rate as a field before the flags) reads.
+	v3 := append(append([]byte{3}, encoded[1:len(encoded)-1]...), 4, 'p', 'e', 'a', 'k', encoded[len(encoded)-1])
+	back = window{}
+	if err := decodeWindowValue(v3, key, &back); err != nil || back.rate != "peak" || back.count != w.count {
+		t.Errorf("version 3 value: %+v (%v), want rate peak", back, err)
+	}
+	if err := decodeWindowValue(append([]byte{4}, encoded[1:]...), key, &back); err == nil {
 		t.Error("a value of a later version decoded without error")
 	}
 }

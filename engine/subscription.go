@@ -76,6 +76,9 @@ func (s *shard) applySubscription(ev *Event) {
 type feeStart struct {
 	customer string
 	fromNs   int64
+	// recovered: fromNs is the stored watermark; every period from it on
+	// settles after anything the store deleted.
+	recovered bool
 }
 
 // feeFromSubscription asks openFeePeriods to open a subscriber's fee
@@ -88,17 +91,19 @@ const feeFromSubscription = minWatermark
 // does not matter, so the fee rows of a given input do not depend on when
 // checkpoints were cut.
 func (s *shard) addFeeCustomer(customer string) {
-	s.addFeeCustomerFrom(customer, feeFromSubscription)
+	s.addFeeCustomerFrom(customer, feeFromSubscription, false)
 }
 
 // addFeeCustomerFrom makes customer owe period fees from the billing period
 // holding fromNs on (feeFromSubscription: from its subscription's start).
-// Recovery uses the recovered watermark: periods before it were opened by
-// the run that wrote the state.
-func (s *shard) addFeeCustomerFrom(customer string, fromNs int64) {
+// Recovery uses the stored watermark (recovered): periods before it were
+// opened by the run that wrote the state, and every period from it on
+// settles after anything that run deleted, so each is opened and owes its
+// fee row even if the recovered watermark already made it final.
+func (s *shard) addFeeCustomerFrom(customer string, fromNs int64, recovered bool) {
 	if !s.feeCustomers[customer] {
 		s.feeCustomers[customer] = true
-		s.feeNew = append(s.feeNew, feeStart{customer: customer, fromNs: fromNs})
+		s.feeNew = append(s.feeNew, feeStart{customer: customer, fromNs: fromNs, recovered: recovered})
 	}
 }
 
@@ -116,7 +121,7 @@ func (s *shard) openFeePeriods() {
 	if !ok || s.watermarkNs == minWatermark {
 		return
 	}
-	open := func(customer string, from int64) {
+	open := func(customer string, from int64, recovered bool) {
 		cust := s.customers.get(customer)
 		startNs, endNs := billingPeriod(s.watermarkNs, cust.loc, cust.anchorDay)
 		if from == feeFromSubscription {
@@ -129,11 +134,11 @@ func (s *shard) openFeePeriods() {
 		}
 		// Opened even when no longer revisable: never opened before (the
 		// invariant above), each still owes its fee row, once.
-		walkPeriods(cust, from, startNs, func(tNs int64) { s.openFeePeriodAt(customer, tNs, true) })
+		walkPeriods(cust, from, startNs, func(tNs int64) { s.openFeePeriodAt(customer, tNs, true, recovered) })
 		s.feeNext[endNs] = append(s.feeNext[endNs], customer)
 	}
 	for _, f := range s.feeNew {
-		open(f.customer, f.fromNs)
+		open(f.customer, f.fromNs, f.recovered)
 	}
 	s.feeNew = nil
 	for next, customers := range s.feeNext {
@@ -142,7 +147,7 @@ func (s *shard) openFeePeriods() {
 		}
 		delete(s.feeNext, next)
 		for _, customer := range customers {
-			open(customer, next)
+			open(customer, next, false)
 		}
 	}
 }
@@ -169,12 +174,12 @@ func walkPeriods(cust customerSpec, fromNs, untilNs int64, fn func(tNs int64)) {
 // closed. Periods no longer revisable are left alone: they may have been
 // emitted and deleted already.
 func (s *shard) openFeePeriod(customer string, tNs int64) {
-	s.openFeePeriodAt(customer, tNs, false)
+	s.openFeePeriodAt(customer, tNs, false, false)
 }
 
 // openFeePeriodAt is openFeePeriod; force opens a period even when it is no
 // longer revisable, for the first opening of each period (openFeePeriods).
-func (s *shard) openFeePeriodAt(customer string, tNs int64, force bool) {
+func (s *shard) openFeePeriodAt(customer string, tNs int64, force, recovered bool) {
 	rules, ok := s.rater.(SubscriptionRules)
 	if !ok {
 		return
@@ -192,7 +197,7 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force bool) {
 		// barrier's watermark) may have held usage, and a fresh aggregate
 		// would bill it as if it had none. Such a period follows the late
 		// rule like any other.
-		mayBeDeleted := s.deletedThroughNs != minWatermark && settleNs+s.rules.retentionNs() <= s.deletedThroughNs
+		mayBeDeleted := !recovered && s.deletedThroughNs != minWatermark && settleNs+s.rules.retentionNs() <= s.deletedThroughNs
 		if (!force || mayBeDeleted) && s.rules.late(settleNs-1, settleNs, settleNs, s.watermarkNs) {
 			continue
 		}

@@ -373,8 +373,10 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 func decodeWindowValue(b []byte, key windowKey, w *window) error {
 	r := byteReader{b: b}
 	version := r.byte()
-	if version != 1 && version != windowValueVersion {
-		return fmt.Errorf("window value version %d, want 1 or %d", version, windowValueVersion)
+	// Version 3 (the rate as a field) was written by one build of
+	// 2026-11-29 only, before the rate became flagOwnRate: read, not written.
+	if version < 1 || version > 3 {
+		return fmt.Errorf("window value version %d, want 1 to 3", version)
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
@@ -414,10 +416,17 @@ func decodeWindowValue(b []byte, key windowKey, w *window) error {
 		w.money = r.decimal()
 		w.emittedMoney = r.decimal()
 	}
+	var rate []byte
+	if version == 3 {
+		rate = r.bytes()
+	}
 	flags := r.byte()
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	w.perEvent = flags&flagPerEvent != 0
-	if w.perEvent && !key.period && flags&flagOwnRate == 0 {
+	switch {
+	case version == 3:
+		w.rate = string(rate)
+	case w.perEvent && !key.period && flags&flagOwnRate == 0:
 		// The engine put the rate in the group key (its dimension replaced
 		// any of the event's).
 		w.rate = groupDim(key.groupKey, RateDim)
