@@ -299,6 +299,7 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 	a.background = append(a.background, rp.Run)
 	src := cfg.kafkaSource()
 	src.Topics = []string{cfg.repartitionTopic()}
+	src.Repartitioned = true
 	source, err := kafka.NewSource(src, a.log)
 	if err != nil {
 		return nil, err

@@ -30,6 +30,11 @@ type SourceConfig struct {
 	// The default, read committed, never shows a record of an aborted
 	// transaction and holds back those of an open one until it commits.
 	ReadUncommitted bool
+	// Repartitioned says the topics are written by the Repartitioner: a
+	// record's source headers name where it was produced (Record.Origin).
+	// Elsewhere the same headers (a dead letter fed back, say) are not
+	// trusted.
+	Repartitioned bool
 }
 
 // Source reads usage topics with one kgo client in direct mode: the engine
@@ -271,13 +276,18 @@ func (r *partitionReader) Fetch(ctx context.Context) ([]engine.Record, error) {
 		return nil, r.fatal(kerr.OffsetOutOfRange)
 	}
 	out := make([]engine.Record, 0, len(f.records))
+	repartitioned := r.src.cfg.Repartitioned
 	for _, rec := range f.records {
 		if r.next >= 0 && rec.Offset < r.next {
 			return nil, fmt.Errorf("%s: record at offset %d, before the offset %d Tally resumes from: the log is behind the state (records lost on the broker, or the state folder belongs to another cluster); nothing is skipped silently: recover the cluster, or start from a fresh state folder deliberately", r.id, rec.Offset, r.next)
 		}
 		r.next = rec.Offset + 1
+		var origin engine.Position
+		if repartitioned {
+			origin = originOf(rec.Headers)
+		}
 		out = append(out, engine.Record{Offset: rec.Offset, Key: rec.Key, Value: rec.Value, HighWater: f.highWater,
-			Timestamp: rec.Timestamp, Control: rec.Attrs.IsControl(), LogStart: f.logStart, Origin: originOf(rec.Headers)})
+			Timestamp: rec.Timestamp, Control: rec.Attrs.IsControl(), LogStart: f.logStart, Origin: origin})
 	}
 	return out, nil
 }
