@@ -61,6 +61,7 @@ func (e *Engine) commit(ctx context.Context, cp *state.Checkpoint) error {
 // batch, then publishes the new durable sequence.
 func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingCheckpoint) error {
 	var lastDedupExpiry, lastFinalized int64
+	gone := state.Gone{WindowEndNs: e.rules.goneEndNs, SettleNs: e.rules.goneSettleNs, DedupBucketNs: e.rules.goneBucketNs}
 	for pc := range writes {
 		snaps := make([]*shardSnapshot, 0, len(e.shards))
 		for range e.shards {
@@ -90,6 +91,11 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		if pc.watermarkNs != minWatermark && pc.watermarkNs-f > lastFinalized {
 			cp.WindowsFinalizedBeforeNs, lastFinalized = pc.watermarkNs-f, pc.watermarkNs-f
 		}
+		// How far this checkpoint's deletions (and every earlier one's)
+		// reach, so that a restart with longer horizons refuses what they
+		// removed (timeRules.goneEndNs).
+		gone = e.rules.gone(pc.watermarkNs, gone)
+		cp.Gone = &gone
 		cp.SinkProgress, cp.OutboxTrim = e.outboxMarks(pc.seq - 1)
 
 		if e.cfg.FaultHook != nil {

@@ -419,6 +419,7 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 			dedupHorizonNs:  int64(cfg.DedupHorizon),
 			finalizeAfterNs: int64(cfg.FinalizeAfter),
 			dedupMemoryNs:   int64(cfg.DedupMemoryHorizon),
+			goneEndNs:       minWatermark, goneSettleNs: minWatermark, goneBucketNs: minWatermark,
 		},
 		customers: registry,
 		store:     store, source: source, decoder: decoder, rater: rater,

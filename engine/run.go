@@ -189,6 +189,14 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if !ok {
 		wm = minWatermark
 	}
+	// What earlier runs' deletions removed bounds what this one accepts,
+	// whatever its horizons (timeRules.goneEndNs). Set before the shards
+	// copy the rules.
+	if g, ok, err := e.store.Gone(); err != nil {
+		return nil, err
+	} else if ok {
+		e.rules.goneEndNs, e.rules.goneSettleNs, e.rules.goneBucketNs = g.WindowEndNs, g.SettleNs, g.DedupBucketNs
+	}
 	// The watermark of the run that wrote the state: it opened every fee
 	// period up to it, and evicted nothing after it. Recovery may move wm
 	// further (a lowered allowedLateness), past periods no run opened: fee

@@ -197,7 +197,8 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force, recovered boo
 		// barrier's watermark) may have held usage, and a fresh aggregate
 		// would bill it as if it had none. Such a period follows the late
 		// rule like any other.
-		mayBeDeleted := !recovered && s.deletedThroughNs != minWatermark && settleNs+s.rules.retentionNs() <= s.deletedThroughNs
+		mayBeDeleted := !recovered && (s.deletedThroughNs != minWatermark && settleNs+s.rules.retentionNs() <= s.deletedThroughNs ||
+			settleNs <= s.rules.goneSettleNs) // deleted under an earlier, shorter horizon
 		if (!force || mayBeDeleted) && s.rules.late(settleNs-1, settleNs, settleNs, s.watermarkNs) {
 			continue
 		}

@@ -1,5 +1,7 @@
 package engine
 
+import "github.com/tally-billing/tally/state"
+
 // timeRules are the event-time bounds every shard applies identically.
 type timeRules struct {
 	graceNs         int64
@@ -12,6 +14,38 @@ type timeRules struct {
 	// dedupMemoryNs is how far behind the watermark ids stay in memory;
 	// older ones are looked up in the store.
 	dedupMemoryNs int64
+	// goneEndNs, goneSettleNs and goneBucketNs bound the state that
+	// earlier runs' deletions removed (state.Gone, recovered with the
+	// watermark; minWatermark: none): a record whose window ends at or
+	// before goneEndNs, whose period settles at or before goneSettleNs, or
+	// whose dedup bucket starts before goneBucketNs is late, whatever the
+	// horizons are now. Without them, a restart with a longer reviseHorizon,
+	// finalizeAfter or dedupHorizon would accept such a record against
+	// fresh state: a revision 1 again, an allowance given twice, a
+	// duplicate not recognised. Within a run they never bind (they trail
+	// the run's own bounds).
+	goneEndNs, goneSettleNs, goneBucketNs int64
+}
+
+// gone returns the deletion bounds of a barrier at wm under these rules,
+// raised to at least g: what evict and the checkpoint's range deletes may
+// have removed (see writeCheckpoints).
+func (r timeRules) gone(wm int64, g state.Gone) state.Gone {
+	if wm == minWatermark {
+		return g
+	}
+	if r.finalizeAfterNs == 0 {
+		// evict deletes windows and periods once they end (settle)
+		// reviseHorizon before wm.
+		g.WindowEndNs = max(g.WindowEndNs, wm-r.reviseHorizonNs)
+		g.SettleNs = max(g.SettleNs, wm-r.reviseHorizonNs)
+	} else {
+		// Only the range delete of finalized periods: settled before
+		// wm - finalizeAfter.
+		g.SettleNs = max(g.SettleNs, wm-r.finalizeAfterNs-1)
+	}
+	g.DedupBucketNs = max(g.DedupBucketNs, r.dedupExpiry(wm))
+	return g
 }
 
 // late reports whether a record at tNs, in a window ending at endNs and a
@@ -26,6 +60,9 @@ func (r timeRules) late(tNs, endNs, periodEndNs, wm int64) bool {
 	}
 	if floorDiv(tNs, dedupBucketNs) < r.dedupExpiry(wm) {
 		return true
+	}
+	if endNs <= r.goneEndNs || periodEndNs <= r.goneSettleNs {
+		return true // its state may be gone (see goneEndNs)
 	}
 	if r.finalizeAfterNs > 0 {
 		return r.finalized(periodEndNs, wm)
@@ -59,7 +96,7 @@ func (r timeRules) dedupExpiry(wm int64) int64 {
 	if wm == minWatermark {
 		return minWatermark
 	}
-	return floorDiv(wm-r.dedupHorizonNs, dedupBucketNs)
+	return max(floorDiv(wm-r.dedupHorizonNs, dedupBucketNs), r.goneBucketNs)
 }
 
 // dedupMemoryExpiry is the first dedup bucket kept in memory; older ones

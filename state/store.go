@@ -58,6 +58,7 @@ var (
 	keyFormat = []byte("m/format")
 	keySeq    = []byte("c/seq")
 	keyWM     = []byte("c/watermark")
+	keyGone   = []byte("c/gone")
 	// keyChangelog is the changelog offset a task's store has applied up
 	// to; it is local (never itself published).
 	keyChangelog = []byte("c/changelog")
@@ -322,12 +323,24 @@ type DedupEntry struct {
 	RoutingHash uint64
 }
 
+// Gone bounds the state that deletions may have removed: windows ending at
+// or before WindowEndNs, windows and periods settling at or before
+// SettleNs, dedup buckets starting before DedupBucketNs. The engine keeps
+// each only growing; after a restart with longer horizons it refuses
+// records whose state may be gone, rather than start it afresh.
+type Gone struct {
+	WindowEndNs, SettleNs, DedupBucketNs int64
+}
+
 // Checkpoint is everything one checkpoint changes. Commit writes it atomically.
 type Checkpoint struct {
 	Seq uint64
 	// WatermarkNs, when set (HasWatermark), is the engine watermark of the cut.
 	WatermarkNs  int64
 	HasWatermark bool
+	// Gone, when set, records how far the deletions of this checkpoint and
+	// every earlier one reached (see Gone).
+	Gone *Gone
 	Partitions   []PartitionProgress
 	// DeltaChunks are the delta log's chunks of this checkpoint (see
 	// delta.go), each a list of AppendDeltaEntry entries; DeltaBase marks
@@ -459,6 +472,14 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 	if cp.HasWatermark {
 		if err := b.Set(keyWM, binary.BigEndian.AppendUint64(nil, uint64(cp.WatermarkNs)), nil); err != nil {
 			return fmt.Errorf("state: batch watermark: %w", err)
+		}
+	}
+	if g := cp.Gone; g != nil {
+		v := binary.BigEndian.AppendUint64(nil, uint64(g.WindowEndNs))
+		v = binary.BigEndian.AppendUint64(v, uint64(g.SettleNs))
+		v = binary.BigEndian.AppendUint64(v, uint64(g.DedupBucketNs))
+		if err := b.Set(keyGone, v, nil); err != nil {
+			return fmt.Errorf("state: batch deletion bounds: %w", err)
 		}
 	}
 	if err := b.Set(keySeq, binary.BigEndian.AppendUint64(nil, cp.Seq), nil); err != nil {
@@ -603,6 +624,25 @@ func (s *Store) LastSeq() (uint64, error) {
 func (s *Store) Watermark() (wm int64, ok bool, err error) {
 	v, ok, err := s.lookupUint64(keyWM, "watermark")
 	return int64(v), ok, err
+}
+
+// Gone returns the deletion bounds of the last checkpoint that recorded
+// them; ok is false if none did (a folder of an older version, or a fresh
+// one).
+func (s *Store) Gone() (g Gone, ok bool, err error) {
+	raw, closer, err := s.db.Get(keyGone)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Gone{}, false, nil
+	}
+	if err != nil {
+		return Gone{}, false, fmt.Errorf("state: get deletion bounds: %w", err)
+	}
+	defer closer.Close()
+	if len(raw) != 24 {
+		return Gone{}, false, fmt.Errorf("state: deletion bounds hold %d bytes, want 24: state is corrupt", len(raw))
+	}
+	return Gone{WindowEndNs: int64(binary.BigEndian.Uint64(raw)), SettleNs: int64(binary.BigEndian.Uint64(raw[8:])),
+		DedupBucketNs: int64(binary.BigEndian.Uint64(raw[16:]))}, true, nil
 }
 
 // SinkProgress returns the next outbox position of sink; the zero position
