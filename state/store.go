@@ -340,8 +340,8 @@ type Checkpoint struct {
 	HasWatermark bool
 	// Gone, when set, records how far the deletions of this checkpoint and
 	// every earlier one reached (see Gone).
-	Gone *Gone
-	Partitions   []PartitionProgress
+	Gone       *Gone
+	Partitions []PartitionProgress
 	// DeltaChunks are the delta log's chunks of this checkpoint (see
 	// delta.go), each a list of AppendDeltaEntry entries; DeltaBase marks
 	// them as a base, which replaces every older chunk.
