@@ -196,6 +196,8 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		return nil, err
 	} else if ok {
 		e.rules.goneEndNs, e.rules.goneSettleNs, e.rules.goneBucketNs = g.WindowEndNs, g.SettleNs, g.DedupBucketNs
+	} else if wm != minWatermark {
+		e.log.Warn("state written by an older version does not record how far its deletions reached: start once with reviseHorizon, finalizeAfter and dedupHorizon as they were (the first checkpoint records it) before lengthening any of them")
 	}
 	// The watermark of the run that wrote the state: it opened every fee
 	// period up to it, and evicted nothing after it. Recovery may move wm

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -105,4 +106,32 @@ func countSets(ops []Op) int {
 
 func countLive(t *testing.T, s *Store) int {
 	return bytes.Count([]byte(dump(t, s)), []byte("\n"))
+}
+
+// TestGoneRestoredFromChangelog: the deletion bounds travel with the
+// checkpoints' ops, so a task restored from its changelog keeps them.
+func TestGoneRestoredFromChangelog(t *testing.T) {
+	src, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var log []Op
+	publish := func(ops []Op) (int64, error) { log = append(log, ops...); return int64(len(log)), nil }
+	for seq := uint64(1); seq <= 3; seq++ {
+		if err := src.CommitPublished(&Checkpoint{Seq: seq, Gone: &Gone{WindowEndNs: int64(seq), SettleNs: math.MinInt64, DedupBucketNs: 5}}, publish); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if err := dst.Apply(log, int64(len(log))); err != nil {
+		t.Fatal(err)
+	}
+	if g, ok, err := dst.Gone(); err != nil || !ok || g != (Gone{WindowEndNs: 3, SettleNs: math.MinInt64, DedupBucketNs: 5}) {
+		t.Fatalf("restored bounds %+v (%v, %v), want the last checkpoint's", g, ok, err)
+	}
 }
