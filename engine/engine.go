@@ -395,9 +395,10 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 		if cfg.FinalizeAfter > 0 {
 			// Records may revise until a period is final, FinalizeAfter
 			// past its settle end, which is at most one window past the
-			// period's end: remember ids that long (the longest period is
-			// 31 days).
-			cfg.DedupHorizon = 31*24*time.Hour + decoder.meters.longestWindow() + cfg.FinalizeAfter
+			// period's end: remember ids that long. The longest period is
+			// 31 days, and a day more in local time where a clock goes
+			// back (DST): the day of slack README promises.
+			cfg.DedupHorizon = 32*24*time.Hour + decoder.meters.longestWindow() + cfg.FinalizeAfter
 		}
 	}
 	if cfg.DedupMemoryHorizon == 0 {
