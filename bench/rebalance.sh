@@ -35,19 +35,13 @@ KEEP=${KEEP:-0}
 TOPIC=usage
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 WORK=${WORKDIR:-$(mktemp -d /tmp/tally-rebalance.XXXXXX)}
 mkdir -p "$WORK"
 kafka_pid="" a_pid="" b_pid=""
 
 log() { printf '%s rebalance: %s\n' "$(date +%T)" "$*" >&2; }
-alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
-  alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 die() {
   log "FAILED: $*"
   for f in "$WORK"/*.log; do [ -s "$f" ] && { echo "---- $f" >&2; tail -n 12 "$f" >&2; }; done
@@ -56,7 +50,7 @@ die() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  for pid in "$a_pid" "$b_pid" "$kafka_pid"; do [ -n "$pid" ] && stop_pid "$pid"; done
+  for pid in "$a_pid" "$b_pid" "$kafka_pid"; do [ -n "$pid" ] && stop_pid "$pid" 30; done
   if [ "$KEEP" = 1 ]; then log "work folder kept: $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
 }
@@ -64,7 +58,6 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 metric() { # metric ADDR NAME: sum of a metric's samples, or empty
   curl -s --max-time 2 "http://$1/metrics" 2>/dev/null |
     awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2; f = 1 } END { if (f) printf "%.0f", s }' || true
@@ -149,7 +142,7 @@ wait "$b_pid" || die "instance b exited with an error"
 b_pid=""
 wait_for "a to take the tasks back" 60 bash -c "[ \$(grep -c 'msg=\"state recovered\"' '$WORK/a.log') -ge $((PARTITIONS + PARTITIONS / 2)) ]"
 sleep 1
-stop_pid "$a_pid"
+stop_pid "$a_pid" 30
 a_pid=""
 
 # ---------------------------------------------------------------- report

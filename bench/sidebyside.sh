@@ -111,6 +111,8 @@ for v in RECORDS ROUNDS PARTITIONS SUBSCRIBERS CH_NUM_CONSUMERS TIMEOUT CH_TCP_P
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 WORK=${WORKDIR:-$(mktemp -d /tmp/tally-sidebyside.XXXXXX)}
 mkdir -p "$WORK"
 CH_DIR=$WORK/clickhouse
@@ -126,18 +128,7 @@ rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else 
 # faster S BEST: S seconds beat the best so far (empty: none yet).
 faster() { [ -z "$2" ] || awk -v s="$1" -v b="$2" 'BEGIN { exit !(s < b) }'; }
 
-# alive PID: the process runs (a child that exited but was not waited for
-# is a zombie, which kill -0 still finds).
-alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 
-# stop_pid PID: SIGTERM, up to 10 s, then SIGKILL; reaps it.
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
-  alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 
 show_logs() {
   local f
@@ -180,7 +171,6 @@ ch() {
     die "ClickHouse query failed: $1"
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # ---------------------------------------------------------------- setup
 command -v go >/dev/null || die "go is not installed"
