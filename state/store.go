@@ -11,7 +11,13 @@
 //	m/format                               format marker, written on creation
 //	c/seq                                  last committed checkpoint sequence
 //	c/watermark                            engine watermark at that checkpoint (ns)
+//	c/gone                                 how far deletions reached (Gone): 3 x 8
+//	c/changelog                            changelog offset applied (a task's, local)
+//	c/t<stream:1>                          outbox trim position: seq:8 index:4
 //	p/<topic>\x00<partition:4>             next offset:8, max event time ns:8
+//	t/<topic>, n/<topic>                   topic ID, partition count when state began
+//	u/<customer>                           subscription changes from events
+//	l/<seq:8><i>                           delta log chunk (delta.go)
 //	w/<period end ns:8><window key>        window aggregate (engine encoding), by
 //	                                       the end of its billing period so that
 //	                                       finalized periods go in one range delete
@@ -21,7 +27,8 @@
 //	                                       sorted by id hash
 //	d/<bucket ns:8><id hash:16>            (before 2026-11-25: one key per dedup id;
 //	                                       moved to e/ when the store opens)
-//	o/<stream:1><seq:8><index:4>           outbox entry (engine encoding)
+//	q/<stream:1><seq:8><first index:4>     outbox chunk of entries (outbox.go)
+//	o/<stream:1><seq:8><index:4>           (older: one outbox entry per key, still read)
 //	s/<sink name>                          sink's next outbox position: seq:8 index:4
 //
 // The engine owns the encoding of window and outbox values; this package
