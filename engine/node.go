@@ -179,20 +179,7 @@ func (n *Node) Run(ctx context.Context) error {
 			// Every task ends with a checkpoint of its own before the
 			// member leaves: its next owner restores all of it. The tasks
 			// stay listed, for Stats.
-			tasks := n.running()
-			for _, t := range tasks {
-				n.log.Info("task stopping", "task", t.p, "graceful", true)
-				t.engine.Shutdown()
-			}
-			var errs []error
-			for _, t := range tasks {
-				<-t.done
-				n.log.Info("task stopped", "task", t.p, "graceful", true)
-				if t.err != nil {
-					errs = append(errs, fmt.Errorf("task %d: %w", t.p, t.err))
-				}
-			}
-			return errors.Join(errs...)
+			return n.shutdownAll()
 		case <-idleCheck.C:
 			if err := n.advanceIdle(ctx); err != nil {
 				cancel(err)
@@ -253,17 +240,7 @@ func (n *Node) stopTasks(ps []int32, graceful bool) {
 	case <-n.stop:
 		// The Node is stopping (leaving the group revokes everything):
 		// its tasks end, each with a final checkpoint.
-		for _, t := range n.running() {
-			select {
-			case <-t.done:
-				continue // already stopped with the Node
-			default:
-			}
-			n.log.Info("task stopping", "task", t.p, "graceful", true)
-			t.engine.Shutdown()
-			<-t.done
-			n.log.Info("task stopped", "task", t.p, "graceful", true)
-		}
+		_ = n.shutdownAll() // Run reports the errors of the tasks it stopped itself
 		return
 	default:
 	}
@@ -293,6 +270,35 @@ func (n *Node) stopTasks(ps []int32, graceful bool) {
 		}
 		n.log.Info("task stopped", "task", t.p, "graceful", graceful)
 	}
+}
+
+// shutdownAll stops every task listed here gracefully, side by side, and
+// returns the errors they ended with; a task already ended (with the Node)
+// is only waited for.
+func (n *Node) shutdownAll() error {
+	tasks := n.running()
+	stopping := make([]bool, len(tasks))
+	for i, t := range tasks {
+		select {
+		case <-t.done:
+			continue
+		default:
+		}
+		stopping[i] = true
+		n.log.Info("task stopping", "task", t.p, "graceful", true)
+		t.engine.Shutdown()
+	}
+	var errs []error
+	for i, t := range tasks {
+		<-t.done
+		if stopping[i] {
+			n.log.Info("task stopped", "task", t.p, "graceful", true)
+		}
+		if t.err != nil {
+			errs = append(errs, fmt.Errorf("task %d: %w", t.p, t.err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // forgetTask waits for t, told to stop, to end, and forgets it.

@@ -373,7 +373,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	}
 	if rules, ok := e.rater.(SubscriptionRules); ok {
 		for _, c := range rules.Subscribers() {
-			e.shards[routingHash(c)%n].addFeeCustomerFrom(c, feeFrom, storedWm != minWatermark)
+			e.shards[routingHash(c)%n].addFeeCustomerFrom(c, feeFrom)
 		}
 	}
 	err = e.store.Subscriptions(func(k, v []byte) error {
@@ -383,7 +383,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 		sh := e.shards[routingHash(string(k))%n]
 		sh.subs[string(k)] = changes
-		sh.addFeeCustomerFrom(string(k), feeFrom, storedWm != minWatermark)
+		sh.addFeeCustomerFrom(string(k), feeFrom)
 		return nil
 	})
 	if err != nil {
@@ -441,6 +441,7 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 			continue // a transaction marker: it moves the position only
 		}
 		b.records++
+		at, offset := origin(id, rec)
 		first := len(all)
 		all, err = e.decoder.DecodeInterned(rec.Value, all, rec.Timestamp, in)
 		if err == nil && len(all) > first {
@@ -454,12 +455,10 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 			if !errors.As(err, &de) {
 				de = &decodeError{reason: ReasonInvalidJSON, detail: err.Error()}
 			}
-			at, offset := origin(id, rec)
 			b.dead = append(b.dead, DeadLetter{Reason: de.reason, Detail: de.detail,
 				Topic: at.Topic, Partition: at.Partition, Offset: offset, Raw: rec.Value})
 			continue
 		}
-		at, offset := origin(id, rec)
 		for i := first; i < len(all); i++ {
 			ev := &all[i]
 			ev.Partition, ev.Offset, ev.Raw = at, offset, rec.Value

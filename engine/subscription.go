@@ -76,9 +76,6 @@ func (s *shard) applySubscription(ev *Event) {
 type feeStart struct {
 	customer string
 	fromNs   int64
-	// recovered: fromNs is the stored watermark; every period from it on
-	// settles after anything the store deleted.
-	recovered bool
 }
 
 // feeFromSubscription asks openFeePeriods to open a subscriber's fee
@@ -91,19 +88,19 @@ const feeFromSubscription = minWatermark
 // does not matter, so the fee rows of a given input do not depend on when
 // checkpoints were cut.
 func (s *shard) addFeeCustomer(customer string) {
-	s.addFeeCustomerFrom(customer, feeFromSubscription, false)
+	s.addFeeCustomerFrom(customer, feeFromSubscription)
 }
 
 // addFeeCustomerFrom makes customer owe period fees from the billing period
 // holding fromNs on (feeFromSubscription: from its subscription's start).
-// Recovery uses the stored watermark (recovered): periods before it were
-// opened by the run that wrote the state, and every period from it on
-// settles after anything that run deleted, so each is opened and owes its
-// fee row even if the recovered watermark already made it final.
-func (s *shard) addFeeCustomerFrom(customer string, fromNs int64, recovered bool) {
+// Recovery uses the stored watermark: periods before it were opened by the
+// run that wrote the state, and every period from it on settles after
+// anything that run deleted, so each is opened and owes its fee row even if
+// the recovered watermark already made it final (openFeePeriods).
+func (s *shard) addFeeCustomerFrom(customer string, fromNs int64) {
 	if !s.feeCustomers[customer] {
 		s.feeCustomers[customer] = true
-		s.feeNew = append(s.feeNew, feeStart{customer: customer, fromNs: fromNs, recovered: recovered})
+		s.feeNew = append(s.feeNew, feeStart{customer: customer, fromNs: fromNs})
 	}
 }
 
@@ -138,7 +135,8 @@ func (s *shard) openFeePeriods() {
 		s.feeNext[endNs] = append(s.feeNext[endNs], customer)
 	}
 	for _, f := range s.feeNew {
-		open(f.customer, f.fromNs, f.recovered)
+		// Any start but the subscription's is recovery's stored watermark.
+		open(f.customer, f.fromNs, f.fromNs != feeFromSubscription)
 	}
 	s.feeNew = nil
 	for next, customers := range s.feeNext {
