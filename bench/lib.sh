@@ -15,3 +15,16 @@ stop_pid() {
 
 # port_free HOST PORT: nothing listens there.
 port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# bench_meters: the meters section of a Tally config reading what
+# `tally bench --to-file` generates, each grouped as the side-by-side's
+# ClickHouse view groups it.
+bench_meters() {
+  cat <<'EOF'
+meters:
+  - {name: voice_seconds, aggregation: SUM, groupBy: [destination]}
+  - {name: sms, aggregation: SUM, groupBy: [destination]}
+  - {name: data_bytes, aggregation: SUM, groupBy: [rat]}
+  - {name: iot_bytes, aggregation: SUM, groupBy: [device]}
+EOF
+}

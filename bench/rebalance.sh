@@ -110,29 +110,26 @@ kafka:
 window: 1m
 reviseHorizon: 2h
 checkpointInterval: 1s
-meters:
-  - {name: voice_seconds, aggregation: SUM, groupBy: [destination]}
-  - {name: sms, aggregation: SUM, groupBy: [destination]}
-  - {name: data_bytes, aggregation: SUM, groupBy: [rat]}
-  - {name: iot_bytes, aggregation: SUM, groupBy: [device]}
+$(bench_meters)
 EOF
 }
 config a "$HTTP_A"
 config b "$HTTP_B"
 
-recovered() { grep -c 'msg="state recovered"' "$1" 2>/dev/null || true; }
+# recovered_at_least LOG N: LOG says "state recovered" N times or more.
+recovered_at_least() { [ "$(grep -c 'msg="state recovered"' "$1" 2>/dev/null)" -ge "$2" ]; }
 consumed_at_least() { local got; got=$(metric "$1" tally_records_consumed_total); [ -n "$got" ] && [ "$got" -ge "$2" ]; }
 
 log "instance a starts alone"
 "$WORK/tally" run --config "$WORK/a.yaml" >"$WORK/a.log" 2>&1 &
 a_pid=$!
-wait_for "a to start its $PARTITIONS tasks" 60 bash -c "[ \$(grep -c 'msg=\"state recovered\"' '$WORK/a.log') -ge $PARTITIONS ]"
+wait_for "a to start its $PARTITIONS tasks" 60 recovered_at_least "$WORK/a.log" "$PARTITIONS"
 wait_for "a to consume a fifth of the topic" "$TIMEOUT" consumed_at_least "$HTTP_A" $((RECORDS / 5))
 
 log "instance b joins"
 "$WORK/tally" run --config "$WORK/b.yaml" >"$WORK/b.log" 2>&1 &
 b_pid=$!
-wait_for "b to take its share" 60 bash -c "[ \$(grep -c 'msg=\"state recovered\"' '$WORK/b.log') -ge $((PARTITIONS / 2)) ]"
+wait_for "b to take its share" 60 recovered_at_least "$WORK/b.log" $((PARTITIONS / 2))
 sleep 3
 
 log "instance b leaves (SIGTERM)"
@@ -140,7 +137,7 @@ kill -TERM "$b_pid"
 wait_for "b to stop" 60 bash -c "! kill -0 $b_pid 2>/dev/null"
 wait "$b_pid" || die "instance b exited with an error"
 b_pid=""
-wait_for "a to take the tasks back" 60 bash -c "[ \$(grep -c 'msg=\"state recovered\"' '$WORK/a.log') -ge $((PARTITIONS + PARTITIONS / 2)) ]"
+wait_for "a to take the tasks back" 60 recovered_at_least "$WORK/a.log" $((PARTITIONS + PARTITIONS / 2))
 sleep 1
 stop_pid "$a_pid" 30
 a_pid=""

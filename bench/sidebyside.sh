@@ -341,11 +341,7 @@ window: 1m
 reviseHorizon: 2h
 checkpointInterval: 1s
 drainTimeout: ${TIMEOUT}s
-meters:
-  - {name: voice_seconds, aggregation: SUM, groupBy: [destination]}
-  - {name: sms, aggregation: SUM, groupBy: [destination]}
-  - {name: data_bytes, aggregation: SUM, groupBy: [rat]}
-  - {name: iot_bytes, aggregation: SUM, groupBy: [device]}
+$(bench_meters)
 EOF
   log "Tally, round $round: consuming"
   t0=$(now)
