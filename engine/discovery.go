@@ -42,9 +42,14 @@ func (e *Engine) checkTopicIDs(ctx context.Context, recorded map[string]string) 
 			}
 			unrecorded[topic] = id
 		case old != id:
+			fresh := "a fresh state folder (stateDir)"
+			if e.cfg.Changelog != nil {
+				// A task restores its state from the changelog first.
+				fresh = "a fresh state folder (stateDir) and a new changelog topic (kafka.changelogTopic)"
+			}
 			return nil, fmt.Errorf("engine: topic %q was deleted and created again (topic ID %s in the state, %s now): "+
-				"the state's offsets belong to the old topic. Keep this state folder for the old topic's bills; to bill the new "+
-				"topic, start with a fresh state folder (stateDir), or restore the old topic", topic, old, id)
+				"the state's offsets belong to the old topic. Keep this state for the old topic's bills; to bill the new "+
+				"topic, start with %s, or restore the old topic", topic, old, id, fresh)
 		}
 	}
 	return unrecorded, nil

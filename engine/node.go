@@ -140,10 +140,15 @@ func (n *Node) Shutdown() { n.stopOnce.Do(func() { close(n.stop) }) }
 func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	partitions, err := n.place(ctx)
+	partitions, meta, err := n.place(ctx)
 	if err != nil {
 		return err
 	}
+	// The node's store stays open while the Node runs: its lock keeps a
+	// second process off this state folder (the tasks' folders are locked
+	// only while their tasks run, and a static group member's id is
+	// derived from the folder).
+	defer meta.Close()
 	n.runCtx, n.failed = ctx, make(chan error, 1)
 	defer n.wg.Wait()
 	if n.cfg.Membership != nil {
@@ -421,32 +426,37 @@ func (n *Node) running() []*task {
 
 // place records (or reads back) the partition counts customers are placed
 // by and returns the partition numbers to run tasks for.
-func (n *Node) place(ctx context.Context) ([]int32, error) {
+// The caller closes meta, the node's store.
+func (n *Node) place(ctx context.Context) (_ []int32, meta *state.Store, err error) {
 	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("engine: state folder: %w", err)
+		return nil, nil, fmt.Errorf("engine: state folder: %w", err)
 	}
 	entries, err := os.ReadDir(n.cfg.StateDir)
 	if err != nil {
-		return nil, fmt.Errorf("engine: state folder: %w", err)
+		return nil, nil, fmt.Errorf("engine: state folder: %w", err)
 	}
 	for _, e := range entries {
 		if name := e.Name(); name != "node" && name != "tasks" && name != "lost+found" {
-			return nil, configError("stateDir", "%s holds %s, not only partition-owned tasks (node, tasks): a state written with scaleOut: off stays with it; give scaleOut: local a folder of its own",
+			return nil, nil, configError("stateDir", "%s holds %s, not only partition-owned tasks (node, tasks): a state written with scaleOut: off stays with it; give partition-owned tasks (scaleOut local or group) a folder of their own",
 				n.cfg.StateDir, name)
 		}
 	}
-	meta, err := state.Open(filepath.Join(n.cfg.StateDir, "node"))
+	meta, err = state.Open(filepath.Join(n.cfg.StateDir, "node"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer meta.Close()
+	defer func() {
+		if err != nil {
+			meta.Close()
+		}
+	}()
 	recorded, err := meta.PartitionCounts()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	listed, err := n.source.Partitions(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("engine: list source partitions: %w", err)
+		return nil, nil, fmt.Errorf("engine: list source partitions: %w", err)
 	}
 	now := PartitionCounts(listed)
 	var lead string
@@ -469,7 +479,7 @@ func (n *Node) place(ctx context.Context) ([]int32, error) {
 	// customer keyed alike in each lands in one task.
 	for topic, c := range n.counts {
 		if c != n.counts[lead] {
-			return nil, configError("kafka.topics", "%s has %d partitions and %s %d: partition-owned tasks read partition p of every usage topic, so they must have the same number (or use one topic)",
+			return nil, nil, configError("kafka.topics", "%s has %d partitions and %s %d: partition-owned tasks read partition p of every usage topic, so they must have the same number (or use one topic)",
 				lead, n.counts[lead], topic, c)
 		}
 	}
@@ -477,13 +487,13 @@ func (n *Node) place(ctx context.Context) ([]int32, error) {
 	if len(unrecorded) > 0 {
 		seq, err := meta.LastSeq()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := meta.Commit(&state.Checkpoint{Seq: seq + 1, PartitionCounts: unrecorded}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return partitionNumbers(listed), nil
+	return partitionNumbers(listed), meta, nil
 }
 
 // partitionNumbers is the partition numbers of a listing, sorted, each once.
@@ -535,9 +545,13 @@ func (n *Node) startTask(ctx context.Context, p int32) (*task, error) {
 		}
 		cfg.Changelog = cl
 	}
+	var lead string
+	if n.cfg.Membership != nil {
+		lead = n.lead
+	}
 	metrics := NewMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"task": strconv.Itoa(int(p))}, n.registry))
 	rater := ownedRater(n.rater, func(customer string) bool { return n.taskOf(customer) == p })
-	e, err := New(cfg, store, taskSource{Source: n.source, p: p}, n.decoder, rater, n.sinks, n.deadLetters, metrics, n.log.With("task", p))
+	e, err := New(cfg, store, taskSource{Source: n.source, p: p, lead: lead}, n.decoder, rater, n.sinks, n.deadLetters, metrics, n.log.With("task", p))
 	if err != nil {
 		store.Close()
 		metrics.unregister()
@@ -596,20 +610,45 @@ func (n *Node) restore(ctx context.Context, p int32, store *state.Store) error {
 type taskSource struct {
 	Source
 	p int32
+	// lead, when set, is the topic whose partition p the group assigned:
+	// it exists, and a listing without it is stale (a source's metadata
+	// can lag the group's by a refresh after partitions were added), so
+	// Partitions waits for it instead of starting a task that reads
+	// nothing.
+	lead string
 }
 
+// leadWait bounds how long a task waits for its assigned partition to be
+// listed.
+const leadWait = 30 * time.Second
+
 func (s taskSource) Partitions(ctx context.Context) ([]PartitionID, error) {
-	all, err := s.Source.Partitions(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []PartitionID
-	for _, id := range all {
-		if id.Partition == s.p {
-			out = append(out, id)
+	deadline := time.Now().Add(leadWait)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		all, err := s.Source.Partitions(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var out []PartitionID
+		for _, id := range all {
+			if id.Partition == s.p {
+				out = append(out, id)
+			}
+		}
+		if s.lead == "" || slices.Contains(out, PartitionID{Topic: s.lead, Partition: s.p}) {
+			return out, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("engine: task %d: the group assigned partition %d of %s, but the brokers did not list it within %s", s.p, s.p, s.lead, leadWait)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
 		}
 	}
-	return out, nil
 }
 
 // TopicIDs passes the source's topic identities on, when it has them.

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,12 +14,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tally-billing/tally/engine"
+	"github.com/twmb/franz-go/pkg/kadm"
 )
 
 // buildBinary compiles cmd/tally once per test binary.
@@ -113,6 +116,7 @@ httpAddr: %s
 outputFile: %s
 kafka:
   brokers: [%s]
+  sessionTimeout: 60s
 checkpointInterval: 100ms
 emitOpenEvery: 200ms
 sinkBatchRows: 300
@@ -128,18 +132,34 @@ sinkBatchRows: 300
 		if err != nil {
 			return err.Error()
 		}
-		if strings.Contains(body, "\ntally_records_consumed_total 0\n") || !strings.Contains(body, "tally_records_consumed_total") {
+		if !regexp.MustCompile(`\ntally_records_consumed_total(\{task="\d+"\})? [1-9]`).MatchString(body) {
 			return "nothing consumed yet"
 		}
 		return ""
 	})
+	// A single instance is a group of one (scaleOut unset), a static
+	// member under an id derived from its host and state folder.
+	adm := adminClient(t, brokers)
+	before := describeGroup(t, adm, "tally-default")
+	if len(before.Members) != 1 || before.Members[0].InstanceID == nil {
+		t.Fatalf("group tally-default before the kill: %d members, %+v; want one static member", len(before.Members), before.Members)
+	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
 
 	// Run 2: on the same state, until every total is in the output file.
+	// It replaces the killed member at once (static membership), instead
+	// of waiting for the killed process's session (60 s here) to expire.
 	cmd, logs := startBinary(t, bin, "run", "--config", config)
+	waitFor(t, 30*time.Second, "the restarted instance to replace the killed one", func() string {
+		g := describeGroup(t, adm, "tally-default")
+		if len(g.Members) != 1 || g.Members[0].MemberID == before.Members[0].MemberID || g.State != "Stable" {
+			return fmt.Sprintf("group %s with %d members", g.State, len(g.Members))
+		}
+		return ""
+	})
 	waitFor(t, 60*time.Second, "the output file to hold the expected totals", func() string {
 		got, err := jsonlTotals(output)
 		if err != nil {
@@ -156,10 +176,20 @@ sinkBatchRows: 300
 	_, metrics, _ := httpGet("http://" + httpAddr + "/metrics")
 	for _, name := range []string{"tally_records_consumed_total", "tally_records_decoded_total", "tally_dead_letters_total{reason=",
 		"tally_duplicates_total{meter=", "tally_windows_emitted_total", "tally_checkpoint_duration_seconds_bucket",
-		"tally_sink_batch_duration_seconds_bucket", "tally_consumer_lag_records{partition=\"0\",topic=\"usage\"}"} {
+		"tally_sink_batch_duration_seconds_bucket", "tally_consumer_lag_records{partition=\"0\",task=\"0\",topic=\"usage\"}"} {
 		if !strings.Contains(metrics, name) {
 			t.Errorf("/metrics lacks %s", name)
 		}
+	}
+	// A second process on the same state folder is refused, naming it,
+	// before it joins the group (where it would take the first one's id).
+	member := describeGroup(t, adm, "tally-default").Members[0].MemberID
+	out, err := exec.Command(bin, "run", "--config", config, "--http-addr", freeAddr(t)).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in use by another process") {
+		t.Errorf("a second tally run on the same stateDir: exit %v, output %q; want a refusal", err, out)
+	}
+	if g := describeGroup(t, adm, "tally-default"); len(g.Members) != 1 || g.Members[0].MemberID != member {
+		t.Errorf("the refused process joined the group: %+v, want only member %s", g.Members, member)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -174,13 +204,17 @@ sinkBatchRows: 300
 	case <-time.After(30 * time.Second):
 		t.Fatalf("tally run did not stop within 30s of SIGTERM\n%s", logs)
 	}
+	// Stopped, the static member left: its tasks would move at once.
+	if g := describeGroup(t, adm, "tally-default"); len(g.Members) != 0 {
+		t.Errorf("group tally-default after SIGTERM: %d members, want none (the instance leaves)", len(g.Members))
+	}
 	checkDeadLetters(t, brokers, s)
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)
 	}
 
 	// A bad configuration fails at start naming the key.
-	out, err := exec.Command(bin, "run", "--config", config, "--window", "7m").CombinedOutput()
+	out, err = exec.Command(bin, "run", "--config", config, "--window", "7m").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "window") || !strings.Contains(string(out), "--window") {
 		t.Errorf("bad window: exit %v, output %q; want a failure naming window and --window", err, out)
 	}
@@ -202,4 +236,18 @@ func TestDemoRunsAndStops(t *testing.T) {
 	if err != nil || len(got) == 0 {
 		t.Errorf("demo wrote no rated rows to %s: %v", output, err)
 	}
+}
+
+// describeGroup describes a consumer group.
+func describeGroup(t *testing.T, adm *kadm.Client, group string) kadm.DescribedGroup {
+	t.Helper()
+	groups, err := adm.DescribeGroups(context.Background(), group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, ok := groups[group]
+	if !ok || g.Err != nil {
+		t.Fatalf("describe group %s: %v", group, g.Err)
+	}
+	return g
 }

@@ -89,11 +89,9 @@ dedupMemoryHorizon: 1m
 scaleOut: %s
 %s`, plan, filepath.Join(dir, "state"), strings.Join(brokers, ", "), chAddr, database, scaleOut, world.ConfigYAML())), 0o644)
 	args := []string{"run", "--config", config}
-	if scaleOut == scaleOutGroup {
-		// A static member: each restart takes its tasks back at once,
-		// instead of waiting for the killed member's session to expire.
-		args = append(args, "--kafka-instance-id", "chaos-1")
-	}
+	// With scaleOut: group the member is static under the id derived from
+	// the state folder: each restart takes its tasks back at once, instead
+	// of waiting for the killed member's session to expire.
 	if repartition {
 		args = append(args, "--kafka-repartition")
 	}

@@ -52,6 +52,9 @@ type Config struct {
 		RepartitionPartitions int  `yaml:"repartitionPartitions"`
 		// InstanceID makes the member static (a restart keeps its tasks).
 		InstanceID string `yaml:"instanceId"`
+		// SessionTimeout is how long the group waits for a member that
+		// stopped answering before its tasks move.
+		SessionTimeout time.Duration `yaml:"sessionTimeout"`
 		// Output topics that do not exist are created with these.
 		TopicPartitions  int `yaml:"topicPartitions"`
 		TopicReplication int `yaml:"topicReplication"`
@@ -77,8 +80,11 @@ type Config struct {
 	// are dead-lettered (no_subscription). Unset, a single-plan file's plan
 	// is the default; set to "" there is none.
 	DefaultPlan optionalString `yaml:"defaultPlan"`
-	// ScaleOut is off (one engine for every partition) or local (one task
-	// per partition, each with its own state, docs/scale-out.md).
+	// ScaleOut is off (one engine for every partition), local (one task
+	// per partition, each with its own state, docs/scale-out.md) or group
+	// (the same, tasks shared by the instances of kafka.group). Unset, it
+	// is group, unless the state folder holds off's layout or
+	// kafka.partitioner is none (resolveScaleOut).
 	ScaleOut string `yaml:"scaleOut"`
 }
 
@@ -100,8 +106,8 @@ func defaultConfig() Config {
 	c.Kafka.Partitioner = string(c.Partitioner)
 	c.Kafka.MetadataInterval = c.PartitionDiscovery
 	c.Kafka.TopicPartitions = -1
+	c.Kafka.SessionTimeout = 10 * time.Second
 	c.Kafka.TopicReplication = -1
-	c.ScaleOut = scaleOutOff
 	c.ClickHouse.Database = "tally"
 	c.ClickHouse.Table = "rated_usage"
 	c.ClickHouse.Username = "default"
@@ -190,6 +196,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	str(&c.Kafka.InstanceID, "kafka.instanceId", "static group membership of scaleOut: group (e.g. the pod name): a restart within the session timeout keeps its tasks, without a rebalance")
 	str(&c.Kafka.Isolation, "kafka.isolation", "read_committed (records of aborted transactions never count) or read_uncommitted")
 	str(&c.Kafka.Partitioner, "kafka.partitioner", "how producers key usage by customer: murmur2 (Kafka's Java default), crc32 (librdkafka's), fnv1a (Sarama's, kafka-go's), none (no check)")
+	dur(&c.Kafka.SessionTimeout, "kafka.sessionTimeout", "how long the group waits for an instance that stopped answering (crashed, lost, paused) before its tasks move to the others; a crashed instance restarted within it takes them back without a rebalance")
 	dur(&c.Kafka.MetadataInterval, "kafka.metadataInterval", "how often topics are looked at again: partitions added are read within it (0 = never)")
 	num(&c.Kafka.TopicPartitions, "kafka.topicPartitions", "partitions of an output topic Tally creates (-1 = the broker's default)")
 	num(&c.Kafka.TopicReplication, "kafka.topicReplication", "replication factor of an output topic Tally creates (-1 = the broker's default)")
@@ -320,12 +327,16 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("kafka.topics", "empty; list the usage topics to read")
 	case c.Kafka.DeadLetterTopic == "":
 		return bad("kafka.deadLetterTopic", "empty; records that fail must go somewhere")
-	case c.ScaleOut != scaleOutOff && c.ScaleOut != scaleOutLocal && c.ScaleOut != scaleOutGroup:
+	case c.ScaleOut != "" && c.ScaleOut != scaleOutOff && c.ScaleOut != scaleOutLocal && c.ScaleOut != scaleOutGroup:
 		return bad("scaleOut", "%q is none of off, local, group", c.ScaleOut)
-	case c.ScaleOut != scaleOutOff && c.Kafka.Partitioner == string(engine.PartitionerNone):
+	case c.ScaleOut != "" && c.ScaleOut != scaleOutOff && c.Kafka.Partitioner == string(engine.PartitionerNone) && !c.Kafka.Repartition:
 		return bad("kafka.partitioner", "none, but scaleOut: %s places each customer's state and fees in one task by it: name the producers' partitioner", c.ScaleOut)
 	case c.Kafka.Repartition && c.ScaleOut == scaleOutOff:
 		return bad("kafka.repartition", "needs scaleOut local or group: with one engine for every partition, state is not partition-owned and nothing needs re-keying")
+	case c.Kafka.SessionTimeout < 6*time.Second || c.Kafka.SessionTimeout > 30*time.Minute:
+		// Kafka brokers accept 6 s to 30 min by default
+		// (group.min/max.session.timeout.ms).
+		return bad("kafka.sessionTimeout", "%s is outside 6s..30m, what brokers accept by default", c.Kafka.SessionTimeout)
 	case c.Kafka.RepartitionPartitions < 0:
 		return bad("kafka.repartitionPartitions", "%d is negative (0 = those of the usage topics)", c.Kafka.RepartitionPartitions)
 	case c.Kafka.Isolation != "read_committed" && c.Kafka.Isolation != "read_uncommitted":

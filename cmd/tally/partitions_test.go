@@ -226,8 +226,9 @@ func TestRecreatedTopicRefused(t *testing.T) {
 	}
 
 	// While running: a fresh state reads the new topic, which is then
-	// recreated once more.
+	// recreated once more. Tasks keep their state in the changelog too.
 	cfg.StateDir = t.TempDir()
+	cfg.Kafka.ChangelogTopic = "fresh-changelog"
 	r = start(t, cfg)
 	waitConsumed(t, r, 10, 30*time.Second, "the new topic to be read")
 	recreateUsage(t, brokers, 2)

@@ -15,8 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -141,6 +139,14 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if crash != nil {
 		log.Warn("crash injection armed: this process kills itself at random", "env", faultsEnv)
 	}
+	layout, why, err := resolveScaleOut(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if why != "" {
+		log.Warn("scaleOut unset: running "+layout, "why", why)
+	}
+	cfg.ScaleOut, a.cfg.ScaleOut = layout, layout
 	var store *state.Store
 	if cfg.ScaleOut == scaleOutOff {
 		if _, err := os.Stat(filepath.Join(cfg.StateDir, "tasks")); err == nil {
@@ -229,8 +235,10 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		if cfg.ScaleOut == scaleOutGroup {
 			// The group assigns partitions of the first usage topic by
 			// name: task p is partition p of every usage topic.
+			instance, derived := cfg.instanceID()
+			log.Info("group member", "group", cfg.group(), "instance", instance, "derived", derived)
 			ncfg.Membership = kafka.NewGroup(kafka.GroupConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group(),
-				Topic: slices.Min(cfg.Kafka.Topics), InstanceID: cfg.Kafka.InstanceID}, log)
+				Topic: slices.Min(cfg.Kafka.Topics), InstanceID: instance, LeaveOnClose: derived, SessionTimeout: cfg.Kafka.SessionTimeout}, log)
 			progress, err := kafka.NewProgress(ctx, cfg.kafkaClient(), cfg.group()+"-progress",
 				kafka.TopicSpec{ReplicationFactor: int16(cfg.Kafka.TopicReplication)}, log)
 			if err != nil {
@@ -274,16 +282,11 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 			partitions = max(partitions, int(n))
 		}
 	}
-	instance := cfg.Kafka.InstanceID
-	if instance == "" {
-		host, _ := os.Hostname()
-		dir, _ := filepath.Abs(cfg.StateDir)
-		instance = fmt.Sprintf("%s-%x", host, xxhash.Sum64String(dir))
-	}
+	instance, derived := cfg.instanceID()
 	var scratch []engine.Event
 	rp, err := kafka.NewRepartitioner(ctx, kafka.RepartitionConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group() + "-repartition",
 		Inputs: cfg.Kafka.Topics, Topic: cfg.repartitionTopic(), TransactionalID: "tally-" + cfg.Tenant + "-repartition-" + instance,
-		InstanceID: cfg.Kafka.InstanceID,
+		InstanceID: instance, LeaveOnClose: derived, SessionTimeout: cfg.Kafka.SessionTimeout,
 		Customer: func(value []byte) (string, bool) {
 			var err error
 			scratch, err = decoder.DecodeAt(value, scratch[:0], time.Time{})

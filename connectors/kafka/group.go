@@ -21,8 +21,13 @@ type GroupConfig struct {
 	// InstanceID, when set, makes the member static (KIP-345): restarted
 	// with the same id within the session timeout, it gets its tasks back
 	// without a rebalance; stopped, it does not leave (its tasks move after
-	// the session timeout).
+	// the session timeout), unless LeaveOnClose.
 	InstanceID string
+	// LeaveOnClose makes a static member leave when it stops, so that its
+	// tasks move at once; a restart after a crash still takes them back
+	// without a rebalance. Without it, a stopped member's tasks wait for
+	// it (rolling restarts).
+	LeaveOnClose bool
 }
 
 // Group is a Node's membership: the cooperative-sticky balancer of Kafka's
@@ -107,9 +112,14 @@ func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []i
 }
 
 // Leave implements engine.Membership: the member leaves at once, so that
-// its tasks move without waiting for the session timeout.
+// its tasks move without waiting for the session timeout; a static member
+// only with LeaveOnClose.
 func (g *Group) Leave() {
-	if g.cl != nil {
-		g.cl.Close()
+	if g.cl == nil {
+		return
+	}
+	g.cl.Close()
+	if g.cfg.InstanceID != "" && g.cfg.LeaveOnClose {
+		leaveStatic(g.cfg.ClientConfig, g.cfg.Group, g.cfg.InstanceID, g.log)
 	}
 }

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,8 +28,11 @@ type RepartitionConfig struct {
 	// restarts, so that a restart fences what its predecessor left open.
 	TransactionalID string
 	// InstanceID, when set, makes the stage's member static (KIP-345), as
-	// kafka.instanceId does for the tasks' group.
-	InstanceID string
+	// kafka.instanceId does for the tasks' group; LeaveOnClose as in
+	// GroupConfig.
+	InstanceID     string
+	LeaveOnClose   bool
+	SessionTimeout time.Duration // default 10s
 	// Customer finds a record's customer; ok false for a record that is
 	// not usage (it goes on unkeyed, and its task dead-letters it).
 	Customer func(value []byte) (customer string, ok bool)
@@ -61,7 +65,7 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
 	}
 	sess, err := kgo.NewGroupTransactSession(append(opts,
-		kgo.SessionTimeout(10*time.Second),
+		kgo.SessionTimeout(cmp.Or(cfg.SessionTimeout, 10*time.Second)),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Inputs...),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
@@ -82,7 +86,12 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 
 // Run re-keys until ctx ends; an error is fatal.
 func (r *Repartitioner) Run(ctx context.Context) error {
-	defer r.sess.Close()
+	defer func() {
+		r.sess.Close()
+		if r.cfg.InstanceID != "" && r.cfg.LeaveOnClose {
+			leaveStatic(r.cfg.ClientConfig, r.cfg.Group, r.cfg.InstanceID, r.log)
+		}
+	}()
 	for {
 		fetches := r.sess.PollFetches(ctx)
 		if ctx.Err() != nil || fetches.IsClientClosed() {
