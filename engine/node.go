@@ -63,6 +63,11 @@ type NodeConfig struct {
 	// customer's task by it.
 	Engine   Config
 	StateDir string
+	// Meta is the node's own store, opened by OpenNodeState; nil, Run
+	// opens it. The caller opens it to hold the state folder's lock from
+	// before any of its clients joins a group under the node's instance
+	// id until after they all left.
+	Meta *state.Store
 	// Membership, when set, decides which tasks this Node owns (a Kafka
 	// consumer group); without it the Node owns them all.
 	Membership Membership
@@ -106,8 +111,11 @@ type Membership interface {
 	// tasks, one call at a time. revoked and lost return once those tasks
 	// have stopped, so that no two members ever run one task.
 	Join(ctx context.Context, assigned, revoked, lost func(tasks []int32)) error
-	// Leave leaves the group: the member's tasks move at once.
-	Leave()
+	// Leave ends the membership. After a graceful or immediate stop the
+	// member leaves, so that its tasks move at once; after a failure
+	// (failed) a static member stays, its tasks reserved for its restart
+	// up to the session timeout.
+	Leave(failed bool)
 }
 
 // NewNode builds a Node; it reads nothing until Run. Every task's engine
@@ -140,17 +148,24 @@ func (n *Node) Shutdown() { n.stopOnce.Do(func() { close(n.stop) }) }
 func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	partitions, meta, err := n.place(ctx)
+	meta := n.cfg.Meta
+	if meta == nil {
+		// Open while the Node runs: its lock keeps a second process off
+		// this state folder (a task's folder is locked only while the task
+		// runs).
+		var err error
+		if meta, err = OpenNodeState(n.cfg.StateDir); err != nil {
+			return err
+		}
+		defer meta.Close()
+	}
+	partitions, err := n.place(ctx, meta)
 	if err != nil {
 		return err
 	}
-	// The node's store stays open while the Node runs: its lock keeps a
-	// second process off this state folder (the tasks' folders are locked
-	// only while their tasks run, and a static group member's id is
-	// derived from the folder).
-	defer meta.Close()
 	n.runCtx, n.failed = ctx, make(chan error, 1)
 	defer n.wg.Wait()
+	failed := false // a task or the Node failed: see Membership.Leave
 	if n.cfg.Membership != nil {
 		err := n.cfg.Membership.Join(ctx,
 			func(ps []int32) { n.startTasks(ps) },
@@ -159,7 +174,7 @@ func (n *Node) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		defer n.cfg.Membership.Leave()
+		defer func() { n.cfg.Membership.Leave(failed) }()
 	} else {
 		n.startTasks(partitions)
 		n.log.Info("tasks started", "tasks", len(partitions), "state", filepath.Join(n.cfg.StateDir, "tasks"))
@@ -178,6 +193,7 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case err := <-n.failed:
+			failed = true
 			cancel(err)
 			return err
 		case <-n.stop:
@@ -187,6 +203,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return n.shutdownAll()
 		case <-idleCheck.C:
 			if err := n.advanceIdle(ctx); err != nil {
+				failed = true
 				cancel(err)
 				return err
 			}
@@ -424,39 +441,46 @@ func (n *Node) running() []*task {
 	return out
 }
 
-// place records (or reads back) the partition counts customers are placed
-// by and returns the partition numbers to run tasks for.
-// The caller closes meta, the node's store.
-func (n *Node) place(ctx context.Context) (_ []int32, meta *state.Store, err error) {
-	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
-		return nil, nil, fmt.Errorf("engine: state folder: %w", err)
+// TasksLayoutEntry reports whether name may be in a state folder of
+// partition-owned tasks: node (the Node's store), tasks, and what no
+// layout writes (lost+found, a LOCK left by an interrupted first start
+// that held nothing). Anything else belongs to a single engine's store
+// (scaleOut: off), whose state stays with it.
+func TasksLayoutEntry(name string) bool {
+	return name == "node" || name == "tasks" || name == "lost+found" || name == "LOCK"
+}
+
+// OpenNodeState opens the Node's own store (stateDir/node) after checking
+// that stateDir holds partition-owned tasks only. Its Pebble lock keeps
+// every other process off stateDir until it is closed.
+func OpenNodeState(stateDir string) (*state.Store, error) {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("engine: state folder: %w", err)
 	}
-	entries, err := os.ReadDir(n.cfg.StateDir)
+	entries, err := os.ReadDir(stateDir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("engine: state folder: %w", err)
+		return nil, fmt.Errorf("engine: state folder: %w", err)
 	}
 	for _, e := range entries {
-		if name := e.Name(); name != "node" && name != "tasks" && name != "lost+found" {
-			return nil, nil, configError("stateDir", "%s holds %s, not only partition-owned tasks (node, tasks): a state written with scaleOut: off stays with it; give partition-owned tasks (scaleOut local or group) a folder of their own",
-				n.cfg.StateDir, name)
+		if !TasksLayoutEntry(e.Name()) {
+			return nil, configError("stateDir", "%s holds %s, not only partition-owned tasks (node, tasks): a state written with scaleOut: off stays with it; give partition-owned tasks (scaleOut local or group) a folder of their own",
+				stateDir, e.Name())
 		}
 	}
-	meta, err = state.Open(filepath.Join(n.cfg.StateDir, "node"))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer func() {
-		if err != nil {
-			meta.Close()
-		}
-	}()
+	return state.Open(filepath.Join(stateDir, "node"))
+}
+
+// place records (or reads back) in meta, the Node's store, the partition
+// counts customers are placed by and returns the partition numbers to run
+// tasks for.
+func (n *Node) place(ctx context.Context, meta *state.Store) ([]int32, error) {
 	recorded, err := meta.PartitionCounts()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	listed, err := n.source.Partitions(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("engine: list source partitions: %w", err)
+		return nil, fmt.Errorf("engine: list source partitions: %w", err)
 	}
 	now := PartitionCounts(listed)
 	var lead string
@@ -479,7 +503,7 @@ func (n *Node) place(ctx context.Context) (_ []int32, meta *state.Store, err err
 	// customer keyed alike in each lands in one task.
 	for topic, c := range n.counts {
 		if c != n.counts[lead] {
-			return nil, nil, configError("kafka.topics", "%s has %d partitions and %s %d: partition-owned tasks read partition p of every usage topic, so they must have the same number (or use one topic)",
+			return nil, configError("kafka.topics", "%s has %d partitions and %s %d: partition-owned tasks read partition p of every usage topic, so they must have the same number (or use one topic)",
 				lead, n.counts[lead], topic, c)
 		}
 	}
@@ -487,13 +511,13 @@ func (n *Node) place(ctx context.Context) (_ []int32, meta *state.Store, err err
 	if len(unrecorded) > 0 {
 		seq, err := meta.LastSeq()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if err := meta.Commit(&state.Checkpoint{Seq: seq + 1, PartitionCounts: unrecorded}); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return partitionNumbers(listed), meta, nil
+	return partitionNumbers(listed), nil
 }
 
 // partitionNumbers is the partition numbers of a listing, sorted, each once.
@@ -610,17 +634,18 @@ func (n *Node) restore(ctx context.Context, p int32, store *state.Store) error {
 type taskSource struct {
 	Source
 	p int32
-	// lead, when set, is the topic whose partition p the group assigned:
-	// it exists, and a listing without it is stale (a source's metadata
-	// can lag the group's by a refresh after partitions were added), so
-	// Partitions waits for it instead of starting a task that reads
-	// nothing.
+	// lead, when set, is the topic whose partition p the group assigned
+	// (the source's topic, cmd/tally wires the group to it): it exists,
+	// and a listing without it is stale (the broker asked may not know of
+	// a partition just added yet), so Partitions waits for it instead of
+	// starting a task that would read nothing.
 	lead string
 }
 
 // leadWait bounds how long a task waits for its assigned partition to be
-// listed.
-const leadWait = 30 * time.Second
+// listed (brokers learn of new partitions one after the other); well
+// within the rebalance timeout, since a revocation waits for it.
+const leadWait = 10 * time.Second
 
 func (s taskSource) Partitions(ctx context.Context) ([]PartitionID, error) {
 	deadline := time.Now().Add(leadWait)

@@ -440,6 +440,17 @@ func TestRepartitionUnkeyedInput(t *testing.T) {
 	cfg.Kafka.Repartition = true
 	r := start(t, cfg)
 	waitFor(t, 90*time.Second, "ClickHouse to hold the stream's totals", clickHouseMatches(t, chAddr, database, s.expected))
+	// A second process on the same state folder is refused before its
+	// repartition stage joins that stage's group under the same instance
+	// id (which would fence the running one's stage, a fatal error).
+	adm := adminClient(t, brokers)
+	stage := describeGroup(t, adm, "tally-default-repartition")
+	if _, err := build(context.Background(), cfg, quietLog()); err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Errorf("a second instance on the same stateDir: %v, want a refusal", err)
+	}
+	if g := describeGroup(t, adm, "tally-default-repartition"); len(stage.Members) != 1 || len(g.Members) != 1 || g.Members[0].MemberID != stage.Members[0].MemberID {
+		t.Errorf("repartition group members %+v, then %+v after the refused start; want the one running member", stage.Members, g.Members)
+	}
 	stopGracefully(t, r)
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)

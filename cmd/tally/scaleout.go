@@ -1,12 +1,14 @@
 package main
 
 import (
+	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/tally-billing/tally/engine"
+	"github.com/tally-billing/tally/state"
 )
 
 // resolveScaleOut returns the layout to run: scaleOut when it is set;
@@ -18,7 +20,7 @@ import (
 //     partition): that state stays with it, and moving it into tasks is
 //     not something to do silently;
 //   - kafka.partitioner is none without kafka.repartition: no task could
-//     own a customer.
+//     own a customer (an error on a folder of tasks, which placed them).
 func resolveScaleOut(cfg Config) (layout, why string, err error) {
 	if cfg.ScaleOut != "" {
 		return cfg.ScaleOut, "", nil
@@ -27,9 +29,11 @@ func resolveScaleOut(cfg Config) (layout, why string, err error) {
 	if err != nil && !os.IsNotExist(err) {
 		return "", "", fmt.Errorf("state folder: %w", err)
 	}
+	tasks := false
 	for _, e := range entries {
-		// The partition-owned layout is node and tasks (engine.Node.place).
-		if name := e.Name(); name != "node" && name != "tasks" && name != "lost+found" {
+		name := e.Name()
+		tasks = tasks || name == "node" || name == "tasks"
+		if !engine.TasksLayoutEntry(name) {
 			if cfg.Kafka.Repartition {
 				return "", "", keyError("kafka.repartition", "needs partition-owned tasks, but state folder %s holds the single-engine layout of scaleOut: off (%s); give a new stateDir",
 					cfg.StateDir, name)
@@ -39,24 +43,46 @@ func resolveScaleOut(cfg Config) (layout, why string, err error) {
 		}
 	}
 	if cfg.Kafka.Partitioner == string(engine.PartitionerNone) && !cfg.Kafka.Repartition {
+		if tasks {
+			return "", "", keyError("kafka.partitioner", "none, but state folder %s holds partition-owned tasks, which place customers by it: name the producers' partitioner, or set kafka.repartition: true", cfg.StateDir)
+		}
 		return scaleOutOff, "kafka.partitioner is none: one engine reads every partition; a second instance on these topics would bill them again. To scale out, set kafka.repartition: true (docs/scale-out.md)", nil
 	}
 	return scaleOutGroup, "", nil
 }
 
-// instanceID returns kafka.instanceId or, unset, one derived from the host
-// and the state folder, and whether it was derived. A derived id keeps a
-// restarted instance's tasks (static membership) without waiting for the
-// killed process's session to expire; two processes never share it, since
-// they cannot share a state folder (engine.Node locks it).
-func (c *Config) instanceID() (id string, derived bool) {
+// instanceID returns kafka.instanceId or, unset, the id kept in the node's
+// store (node), and whether it was derived. Invariant: no two live
+// processes share a derived id. A new state folder gets a random one; the
+// node store's lock keeps a second process off the folder, and the caller
+// holds it from before any client joins a group under the id until after
+// they all left. A folder whose Node ran before ids were kept gets the id
+// that build derived from host and folder, since the repartition stage's
+// transactional id is built from it: a changed one would not fence the
+// transactions its previous run left open.
+func (c *Config) instanceID(node *state.Store) (id string, derived bool, err error) {
 	if c.Kafka.InstanceID != "" {
-		return c.Kafka.InstanceID, false
+		return c.Kafka.InstanceID, false, nil
 	}
-	// The repartition stage's transactional id is built from this id: its
-	// form must not change, or a restart would not fence the transactions
-	// the previous build left open.
-	host, _ := os.Hostname()
-	dir, _ := filepath.Abs(c.StateDir)
-	return fmt.Sprintf("%s-%x", host, xxhash.Sum64String(dir)), true
+	id, ok, err := node.MemberID()
+	if err != nil || ok {
+		return id, true, err
+	}
+	seq, err := node.LastSeq()
+	if err != nil {
+		return "", false, err
+	}
+	if seq > 0 {
+		host, _ := os.Hostname()
+		dir, _ := filepath.Abs(c.StateDir)
+		id = fmt.Sprintf("%s-%x", host, xxhash.Sum64String(dir))
+	} else {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", false, fmt.Errorf("instance id: %w", err)
+		}
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("%s-%x", host, b)
+	}
+	return id, true, node.SetMemberID(id)
 }

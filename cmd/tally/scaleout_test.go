@@ -1,11 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/tally-billing/tally/state"
 )
 
@@ -25,6 +27,10 @@ func TestScaleOutDefault(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	lockOnly := t.TempDir()
+	if err := os.WriteFile(filepath.Join(lockOnly, "LOCK"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name, stateDir, scaleOut, partitioner string
 		repartition                           bool
@@ -35,7 +41,9 @@ func TestScaleOutDefault(t *testing.T) {
 		{name: "off layout kept", stateDir: offLayout, want: scaleOutOff, why: "single-engine layout"},
 		{name: "explicit off", stateDir: tasksLayout, scaleOut: scaleOutOff, want: scaleOutOff},
 		{name: "explicit local", stateDir: offLayout, scaleOut: scaleOutLocal, want: scaleOutLocal},
-		{name: "partitioner none", stateDir: tasksLayout, partitioner: "none", want: scaleOutOff, why: "kafka.repartition"},
+		{name: "partitioner none", stateDir: filepath.Join(t.TempDir(), "new"), partitioner: "none", want: scaleOutOff, why: "kafka.repartition"},
+		{name: "partitioner none on tasks", stateDir: tasksLayout, partitioner: "none", err: "kafka.partitioner"},
+		{name: "only a LOCK", stateDir: lockOnly, want: scaleOutGroup},
 		{name: "partitioner none, repartitioned", stateDir: tasksLayout, partitioner: "none", repartition: true, want: scaleOutGroup},
 		{name: "repartition on the off layout", stateDir: offLayout, repartition: true, err: "kafka.repartition"},
 	} {
@@ -59,5 +67,62 @@ func TestScaleOutDefault(t *testing.T) {
 				t.Errorf("resolveScaleOut = %s (%q), want %s (%q)", got, why, c.want, c.why)
 			}
 		})
+	}
+}
+
+// TestInstanceIDKeptInTheFolder: a derived instance id is made once per
+// state folder and kept in the node's store (a restart uses it again; two
+// folders on one host get different ones); a folder whose node ran before
+// ids were kept gets the id earlier builds derived from host and folder;
+// kafka.instanceId wins.
+func TestInstanceIDKeptInTheFolder(t *testing.T) {
+	open := func(dir string) *state.Store {
+		t.Helper()
+		st, err := state.Open(filepath.Join(dir, "node"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	idOf := func(cfg Config) (string, bool) {
+		t.Helper()
+		node := open(cfg.StateDir)
+		defer node.Close()
+		id, derived, err := cfg.instanceID(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id, derived
+	}
+	cfg := defaultConfig()
+	cfg.StateDir = t.TempDir()
+	first, derived := idOf(cfg)
+	if again, _ := idOf(cfg); again != first || !derived || first == "" {
+		t.Errorf("ids %q then %q (derived %v): want one id, kept", first, again, derived)
+	}
+	other := cfg
+	other.StateDir = t.TempDir()
+	if id, _ := idOf(other); id == first {
+		t.Errorf("two folders share instance id %q", id)
+	}
+
+	legacy := cfg
+	legacy.StateDir = t.TempDir()
+	node := open(legacy.StateDir)
+	if err := node.Commit(&state.Checkpoint{Seq: 1, PartitionCounts: map[string]int32{"usage": 4}}); err != nil {
+		t.Fatal(err)
+	}
+	node.Close()
+	// The form earlier builds used (and built the repartition stage's
+	// transactional id from): pinned, not recomputed by the code.
+	host, _ := os.Hostname()
+	dir, _ := filepath.Abs(legacy.StateDir)
+	if id, _ := idOf(legacy); id != fmt.Sprintf("%s-%x", host, xxhash.Sum64String(dir)) {
+		t.Errorf("legacy folder's id %q, want host-<xxhash of the folder>", id)
+	}
+
+	cfg.Kafka.InstanceID = "pod-7"
+	if id, derived := idOf(cfg); id != "pod-7" || derived {
+		t.Errorf("kafka.instanceId pod-7 gave %q (derived %v)", id, derived)
 	}
 }

@@ -148,14 +148,32 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	}
 	cfg.ScaleOut, a.cfg.ScaleOut = layout, layout
 	var store *state.Store
+	var node *state.Store // scaleOut local or group: the Node's own store
+	var instance string   // its group instance id
+	var derived bool
 	if cfg.ScaleOut == scaleOutOff {
 		if _, err := os.Stat(filepath.Join(cfg.StateDir, "tasks")); err == nil {
-			return nil, fmt.Errorf("config key scaleOut: state folder %s holds partition-owned tasks (scaleOut: local); run with scaleOut: local, or give another stateDir", cfg.StateDir)
+			return nil, fmt.Errorf("config key scaleOut: state folder %s holds partition-owned tasks (scaleOut local or group); run with scaleOut: group, or give another stateDir", cfg.StateDir)
 		}
 		if store, err = state.Open(cfg.StateDir); err != nil {
 			return nil, err
 		}
 		a.closers = append(a.closers, store)
+	} else {
+		// Opened first and closed last (closers run backwards): its lock
+		// is held from before any client joins a group under the
+		// instance id until after every one of them left.
+		if node, err = engine.OpenNodeState(cfg.StateDir); err != nil {
+			var ce *engine.ConfigError
+			if errors.As(err, &ce) {
+				return nil, keyError(ce.Key, "%s", ce.Problem)
+			}
+			return nil, err
+		}
+		a.closers = append(a.closers, node)
+		if instance, derived, err = cfg.instanceID(node); err != nil {
+			return nil, err
+		}
 	}
 
 	if err := ensureOutputTopics(ctx, cfg, log); err != nil {
@@ -217,7 +235,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		ecfg.FaultHook = crash.at
 	}
 	if cfg.Kafka.Repartition {
-		if source, err = a.repartition(ctx, cfg, decoder, source); err != nil {
+		if source, err = a.repartition(ctx, cfg, decoder, source, instance, derived); err != nil {
 			return nil, err
 		}
 		// Tally keys the repartition topic itself, with Kafka's murmur2.
@@ -231,14 +249,19 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			return nil, err
 		}
 		a.closers = append(a.closers, changelogs)
-		ncfg := engine.NodeConfig{Engine: ecfg, StateDir: cfg.StateDir, Changelogs: changelogs}
+		ncfg := engine.NodeConfig{Engine: ecfg, StateDir: cfg.StateDir, Meta: node, Changelogs: changelogs}
 		if cfg.ScaleOut == scaleOutGroup {
-			// The group assigns partitions of the first usage topic by
-			// name: task p is partition p of every usage topic.
-			instance, derived := cfg.instanceID()
-			log.Info("group member", "group", cfg.group(), "instance", instance, "derived", derived)
+			// The group assigns the partitions of the tasks' first source
+			// topic by name (the Node's lead topic; the repartition topic
+			// with kafka.repartition): task p is partition p of every
+			// source topic.
+			topic := slices.Min(cfg.Kafka.Topics)
+			if cfg.Kafka.Repartition {
+				topic = cfg.repartitionTopic()
+			}
+			log.Info("group member", "group", cfg.group(), "topic", topic, "instance", instance, "derived", derived)
 			ncfg.Membership = kafka.NewGroup(kafka.GroupConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group(),
-				Topic: slices.Min(cfg.Kafka.Topics), InstanceID: instance, LeaveOnClose: derived, SessionTimeout: cfg.Kafka.SessionTimeout}, log)
+				Topic: topic, InstanceID: instance, LeaveOnClose: derived, SessionTimeout: cfg.Kafka.SessionTimeout}, log)
 			progress, err := kafka.NewProgress(ctx, cfg.kafkaClient(), cfg.group()+"-progress",
 				kafka.TopicSpec{ReplicationFactor: int16(cfg.Kafka.TopicReplication)}, log)
 			if err != nil {
@@ -271,7 +294,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 // repartition sets up kafka.repartition: the stage that re-keys the usage
 // topics by customer into the repartition topic, run beside the engine,
 // and the source of the tasks, that topic.
-func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decoder, usage *kafka.Source) (*kafka.Source, error) {
+func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decoder, usage *kafka.Source, instance string, derived bool) (*kafka.Source, error) {
 	partitions := cfg.Kafka.RepartitionPartitions
 	if partitions == 0 {
 		ids, err := usage.Partitions(ctx)
@@ -282,7 +305,6 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 			partitions = max(partitions, int(n))
 		}
 	}
-	instance, derived := cfg.instanceID()
 	var scratch []engine.Event
 	rp, err := kafka.NewRepartitioner(ctx, kafka.RepartitionConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group() + "-repartition",
 		Inputs: cfg.Kafka.Topics, Topic: cfg.repartitionTopic(), TransactionalID: "tally-" + cfg.Tenant + "-repartition-" + instance,

@@ -113,13 +113,15 @@ func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []i
 
 // Leave implements engine.Membership: the member leaves at once, so that
 // its tasks move without waiting for the session timeout; a static member
-// only with LeaveOnClose.
-func (g *Group) Leave() {
+// only with LeaveOnClose, and not after a failure (a restart gets its
+// tasks back without a rebalance).
+func (g *Group) Leave(failed bool) {
 	if g.cl == nil {
 		return
 	}
+	member, _ := g.cl.GroupMetadata()
 	g.cl.Close()
-	if g.cfg.InstanceID != "" && g.cfg.LeaveOnClose {
-		leaveStatic(g.cfg.ClientConfig, g.cfg.Group, g.cfg.InstanceID, g.log)
+	if g.cfg.InstanceID != "" && g.cfg.LeaveOnClose && !failed {
+		leaveStatic(g.cfg.ClientConfig, g.cfg.Group, g.cfg.InstanceID, member, g.log)
 	}
 }

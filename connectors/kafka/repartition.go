@@ -85,11 +85,13 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 }
 
 // Run re-keys until ctx ends; an error is fatal.
-func (r *Repartitioner) Run(ctx context.Context) error {
+func (r *Repartitioner) Run(ctx context.Context) (err error) {
 	defer func() {
+		member, _ := r.sess.Client().GroupMetadata()
 		r.sess.Close()
-		if r.cfg.InstanceID != "" && r.cfg.LeaveOnClose {
-			leaveStatic(r.cfg.ClientConfig, r.cfg.Group, r.cfg.InstanceID, r.log)
+		// Not after a failure: a restart gets the partitions back at once.
+		if r.cfg.InstanceID != "" && r.cfg.LeaveOnClose && err == nil {
+			leaveStatic(r.cfg.ClientConfig, r.cfg.Group, r.cfg.InstanceID, member, r.log)
 		}
 	}()
 	for {

@@ -146,7 +146,11 @@ func (s *Source) TopicIDs(ctx context.Context) (map[string]string, error) {
 }
 
 func (s *Source) topics(ctx context.Context) (kadm.TopicDetails, error) {
-	details, err := s.adm.ListTopics(ctx, s.cfg.Topics...)
+	// Uncached: kadm answers from metadata up to MetadataMinAge (5 s)
+	// old, and a listing that misses a partition just added would start
+	// its task on nothing. WithAuthorizedOps is kadm's way to bypass the
+	// cache.
+	details, err := s.adm.ListTopics(kadm.WithAuthorizedOps(ctx), s.cfg.Topics...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka source: list topics %v from brokers %v: %w", s.cfg.Topics, s.cfg.Brokers, err)
 	}
