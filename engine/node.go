@@ -191,6 +191,10 @@ func (n *Node) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			// An immediate stop (a plain cancel) leaves; a cause of its
+			// own is a failure elsewhere in the process (its repartition
+			// stage): the member stays for its restart.
+			failed = !errors.Is(context.Cause(ctx), context.Canceled)
 			return context.Cause(ctx)
 		case err := <-n.failed:
 			failed = true

@@ -78,9 +78,17 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the checkpointed run to this file")
 	fs.StringVar(&o.scaleOut, "scale-out", "off", "engine layout of the runs: off (one engine) or local (a task per partition, changelog on); local also measures a restore from the changelog")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile (every allocation since start) to this file after the checkpointed run")
+	policy := defaultConfig()
+	fs.IntVar(&policy.GCPercent, "gc-percent", policy.GCPercent, "the runs' gcPercent (as in tally run; the GOGC variable wins)")
+	fs.StringVar(&policy.MemoryLimit, "memory-limit", policy.MemoryLimit, "the runs' memoryLimit (as in tally run; the GOMEMLIMIT variable wins)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	memory, err := applyMemoryPolicy(policy, log)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: memory policy: %s\n", memory)
 	g := gen.NewWith(uint64(time.Now().UnixNano()), o.subscribers, gen.Options{Zipf: o.zipf, IoTPercent: o.iotPercent})
 	base := time.Now().UTC().Add(-time.Duration(o.records) * time.Microsecond)
 	var prev message

@@ -176,9 +176,10 @@ sinkBatchRows: 300
 	_, metrics, _ := httpGet("http://" + httpAddr + "/metrics")
 	for _, name := range []string{"tally_records_consumed_total", "tally_records_decoded_total", "tally_dead_letters_total{reason=",
 		"tally_duplicates_total{meter=", "tally_windows_emitted_total", "tally_checkpoint_duration_seconds_bucket",
-		"tally_sink_batch_duration_seconds_bucket", "tally_consumer_lag_records{partition=\"0\",task=\"0\",topic=\"usage\"}"} {
+		"tally_sink_batch_duration_seconds_bucket", "tally_consumer_lag_records{partition=\"0\",task=\"0\",topic=\"usage\"}",
+		"\ngo_gc_gogc_percent 300\n", "\ngo_gc_gomemlimit_bytes "} { // the memory policy's defaults applied
 		if !strings.Contains(metrics, name) {
-			t.Errorf("/metrics lacks %s", name)
+			t.Errorf("/metrics lacks %q", name)
 		}
 	}
 	// A second process on the same state folder is refused, naming it,

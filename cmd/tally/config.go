@@ -80,6 +80,11 @@ type Config struct {
 	// are dead-lettered (no_subscription). Unset, a single-plan file's plan
 	// is the default; set to "" there is none.
 	DefaultPlan optionalString `yaml:"defaultPlan"`
+	// GCPercent and MemoryLimit are the process's memory policy
+	// (memory.go): the collector's GOGC and the soft memory limit (auto,
+	// off or a size).
+	GCPercent   int    `yaml:"gcPercent"`
+	MemoryLimit string `yaml:"memoryLimit"`
 	// ScaleOut is off (one engine for every partition), local (one task
 	// per partition, each with its own state, docs/scale-out.md) or group
 	// (the same, tasks shared by the instances of kafka.group). Unset, it
@@ -107,6 +112,8 @@ func defaultConfig() Config {
 	c.Kafka.MetadataInterval = c.PartitionDiscovery
 	c.Kafka.TopicPartitions = -1
 	c.Kafka.SessionTimeout = 10 * time.Second
+	c.GCPercent = defaultGCPercent
+	c.MemoryLimit = "auto"
 	c.Kafka.TopicReplication = -1
 	c.ClickHouse.Database = "tally"
 	c.ClickHouse.Table = "rated_usage"
@@ -223,6 +230,8 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
 	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
 	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.1 KB each); closed ones beyond it spill to disk; 0 = none")
+	fs.IntVar(&c.GCPercent, flagName("gcPercent"), c.GCPercent, "how far the heap grows past live data before the Go collector runs (GOGC); higher trades memory for CPU (the GOGC variable wins)")
+	str(&c.MemoryLimit, "memoryLimit", "soft memory limit of the process (GOMEMLIMIT): auto (80% of the container's or machine's memory), off, or a size such as 12GiB (the GOMEMLIMIT variable wins)")
 	str(&c.ScaleOut, "scaleOut", "off: one engine reads every partition; local: one task per partition, each with its own state under stateDir/tasks and in a changelog topic; group: the same, instances sharing the tasks through kafka.group (docs/scale-out.md)")
 	dur(&c.DrainTimeout, "drainTimeout", "a graceful stop waits this long for sinks; rows left stay in the outbox for the next start (0 = no limit)")
 }
@@ -337,6 +346,8 @@ func (c *Config) validate(requireKafka bool) error {
 		// Kafka brokers accept 6 s to 30 min by default
 		// (group.min/max.session.timeout.ms).
 		return bad("kafka.sessionTimeout", "%s is outside 6s..30m, what brokers accept by default", c.Kafka.SessionTimeout)
+	case c.GCPercent < 25 || c.GCPercent > 10000:
+		return bad("gcPercent", "%d is outside 25..10000", c.GCPercent)
 	case c.Kafka.RepartitionPartitions < 0:
 		return bad("kafka.repartitionPartitions", "%d is negative (0 = those of the usage topics)", c.Kafka.RepartitionPartitions)
 	case c.Kafka.Isolation != "read_committed" && c.Kafka.Isolation != "read_uncommitted":
@@ -345,6 +356,11 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("kafka.topicPartitions", "%d must be at least 1, or -1 for the broker's default", c.Kafka.TopicPartitions)
 	case c.Kafka.TopicReplication == 0 || c.Kafka.TopicReplication < -1 || c.Kafka.TopicReplication > 32767:
 		return bad("kafka.topicReplication", "%d must be 1..32767, or -1 for the broker's default", c.Kafka.TopicReplication)
+	}
+	if l := strings.ToLower(strings.TrimSpace(c.MemoryLimit)); l != "auto" && l != "off" && l != "" {
+		if _, err := parseSize(c.MemoryLimit); err != nil {
+			return bad("memoryLimit", "%v; or auto, or off", err)
+		}
 	}
 	for _, b := range c.Kafka.Brokers {
 		if !strings.Contains(b, ":") {

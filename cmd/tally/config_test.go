@@ -85,6 +85,10 @@ func TestBadConfigNamesKeyAndFlag(t *testing.T) {
 		{"bad time zone", "", []string{plan, brokers, "--timezone=Mars/Olympus"}, []string{"config key timezone", "--timezone", "Mars/Olympus"}},
 		{"bad customer zone", "plan: p.yaml\ncustomers: [{id: c1, timezone: Nowhere}]\n", []string{brokers}, []string{"customers.c1.timezone", "Nowhere"}},
 		{"bad anchor day", "", []string{plan, brokers, "--billing-anchor-day=31"}, []string{"billingAnchorDay", "1..28"}},
+		{"bad memory limit", "", []string{plan, brokers, "--memory-limit=lots"}, []string{"config key memoryLimit", "--memory-limit", "lots"}},
+		{"memory limit unit", "", []string{plan, brokers, "--memory-limit=12GiBs"}, []string{"memoryLimit", "unknown unit"}},
+		{"gc percent", "", []string{plan, brokers, "--gc-percent=5"}, []string{"config key gcPercent", "--gc-percent", "25..10000"}},
+		{"session timeout", "", []string{plan, brokers, "--kafka-session-timeout=1s"}, []string{"kafka.sessionTimeout", "6s..30m"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := tt.args

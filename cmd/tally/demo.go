@@ -100,6 +100,9 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	if err := cfg.validate(true); err != nil {
 		return err
 	}
+	if _, err := applyMemoryPolicy(cfg, log); err != nil {
+		return err
+	}
 	a, err := build(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -96,6 +96,9 @@ func runCommand(ctx context.Context, args []string, stop <-chan struct{}, log *s
 	if err != nil {
 		return err
 	}
+	if _, err := applyMemoryPolicy(cfg, log); err != nil {
+		return err
+	}
 	a, err := build(ctx, cfg, log)
 	if err != nil {
 		return err

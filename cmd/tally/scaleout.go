@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/tally-billing/tally/engine"
 	"github.com/tally-billing/tally/state"
 )
@@ -52,37 +52,35 @@ func resolveScaleOut(cfg Config) (layout, why string, err error) {
 }
 
 // instanceID returns kafka.instanceId or, unset, the id kept in the node's
-// store (node), and whether it was derived. Invariant: no two live
-// processes share a derived id. A new state folder gets a random one; the
-// node store's lock keeps a second process off the folder, and the caller
-// holds it from before any client joins a group under the id until after
-// they all left. A folder whose Node ran before ids were kept gets the id
-// that build derived from host and folder, since the repartition stage's
-// transactional id is built from it: a changed one would not fence the
-// transactions its previous run left open.
-func (c *Config) instanceID(node *state.Store) (id string, derived bool, err error) {
+// store (node), and whether it was kept there. Invariant: no two live
+// processes share a kept id. The id is made the first time a folder runs
+// (host and a random part) and kept with where it was made (host and
+// folder path); a folder copied elsewhere, or run on another host, gets a
+// new one, so a copy seeding a second instance does not share it. On the
+// folder itself, the node store's lock keeps a second process off, and
+// the caller holds it from before any client joins a group under the id
+// until after they all left.
+func (c *Config) instanceID(node *state.Store) (id string, kept bool, err error) {
 	if c.Kafka.InstanceID != "" {
 		return c.Kafka.InstanceID, false, nil
 	}
-	id, ok, err := node.MemberID()
-	if err != nil || ok {
-		return id, true, err
+	host, _ := os.Hostname()
+	dir, err := filepath.Abs(c.StateDir)
+	if err != nil {
+		return "", false, fmt.Errorf("instance id: %w", err)
 	}
-	seq, err := node.LastSeq()
+	origin := host + "\x00" + dir + "\x00"
+	stored, ok, err := node.MemberID()
 	if err != nil {
 		return "", false, err
 	}
-	if seq > 0 {
-		host, _ := os.Hostname()
-		dir, _ := filepath.Abs(c.StateDir)
-		id = fmt.Sprintf("%s-%x", host, xxhash.Sum64String(dir))
-	} else {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return "", false, fmt.Errorf("instance id: %w", err)
-		}
-		host, _ := os.Hostname()
-		id = fmt.Sprintf("%s-%x", host, b)
+	if ok && strings.HasPrefix(stored, origin) {
+		return stored[len(origin):], true, nil
 	}
-	return id, true, node.SetMemberID(id)
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", false, fmt.Errorf("instance id: %w", err)
+	}
+	id = fmt.Sprintf("%s-%x", host, b)
+	return id, true, node.SetMemberID(origin + id)
 }

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/tally-billing/tally/state"
 )
 
@@ -70,59 +68,49 @@ func TestScaleOutDefault(t *testing.T) {
 	}
 }
 
-// TestInstanceIDKeptInTheFolder: a derived instance id is made once per
-// state folder and kept in the node's store (a restart uses it again; two
-// folders on one host get different ones); a folder whose node ran before
-// ids were kept gets the id earlier builds derived from host and folder;
-// kafka.instanceId wins.
+// TestInstanceIDKeptInTheFolder: an instance id is made once per state
+// folder and kept in the node's store (a restart uses it again; two
+// folders get different ones); a copy of the folder at another path gets
+// its own; kafka.instanceId wins.
 func TestInstanceIDKeptInTheFolder(t *testing.T) {
-	open := func(dir string) *state.Store {
-		t.Helper()
-		st, err := state.Open(filepath.Join(dir, "node"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
 	idOf := func(cfg Config) (string, bool) {
 		t.Helper()
-		node := open(cfg.StateDir)
-		defer node.Close()
-		id, derived, err := cfg.instanceID(node)
+		node, err := state.Open(filepath.Join(cfg.StateDir, "node"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return id, derived
+		defer node.Close()
+		id, kept, err := cfg.instanceID(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id, kept
 	}
 	cfg := defaultConfig()
-	cfg.StateDir = t.TempDir()
-	first, derived := idOf(cfg)
-	if again, _ := idOf(cfg); again != first || !derived || first == "" {
-		t.Errorf("ids %q then %q (derived %v): want one id, kept", first, again, derived)
+	cfg.StateDir = filepath.Join(t.TempDir(), "a")
+	first, kept := idOf(cfg)
+	if again, _ := idOf(cfg); again != first || !kept || first == "" {
+		t.Errorf("ids %q then %q (kept %v): want one id, kept", first, again, kept)
 	}
 	other := cfg
 	other.StateDir = t.TempDir()
 	if id, _ := idOf(other); id == first {
 		t.Errorf("two folders share instance id %q", id)
 	}
-
-	legacy := cfg
-	legacy.StateDir = t.TempDir()
-	node := open(legacy.StateDir)
-	if err := node.Commit(&state.Checkpoint{Seq: 1, PartitionCounts: map[string]int32{"usage": 4}}); err != nil {
+	copied := cfg
+	copied.StateDir = filepath.Join(t.TempDir(), "copy")
+	if err := os.CopyFS(copied.StateDir, os.DirFS(cfg.StateDir)); err != nil {
 		t.Fatal(err)
 	}
-	node.Close()
-	// The form earlier builds used (and built the repartition stage's
-	// transactional id from): pinned, not recomputed by the code.
-	host, _ := os.Hostname()
-	dir, _ := filepath.Abs(legacy.StateDir)
-	if id, _ := idOf(legacy); id != fmt.Sprintf("%s-%x", host, xxhash.Sum64String(dir)) {
-		t.Errorf("legacy folder's id %q, want host-<xxhash of the folder>", id)
+	if id, _ := idOf(copied); id == first {
+		t.Errorf("a copy of the folder kept instance id %q", id)
+	}
+	if id, _ := idOf(cfg); id != first {
+		t.Errorf("the original folder's id became %q, was %q", id, first)
 	}
 
 	cfg.Kafka.InstanceID = "pod-7"
-	if id, derived := idOf(cfg); id != "pod-7" || derived {
-		t.Errorf("kafka.instanceId pod-7 gave %q (derived %v)", id, derived)
+	if id, kept := idOf(cfg); id != "pod-7" || kept {
+		t.Errorf("kafka.instanceId pod-7 gave %q (kept %v)", id, kept)
 	}
 }

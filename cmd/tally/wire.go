@@ -321,6 +321,9 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 	if err != nil {
 		return nil, err
 	}
+	// A closer too: its client joins the stage's group when created, and
+	// a build that fails later must not leave it joined.
+	a.closers = append(a.closers, rp)
 	a.background = append(a.background, rp.Run)
 	src := cfg.kafkaSource()
 	src.Topics = []string{cfg.repartitionTopic()}
@@ -415,18 +418,21 @@ func (a *app) run(ctx context.Context, stop <-chan struct{}) error {
 	}()
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	bgCtx, stopBackground := context.WithCancel(runCtx)
+	// Background jobs stop with the engine's error as cause, so that they
+	// know the process failed (a failed repartition stage does not leave
+	// its group, as the Node does not).
+	bgCtx, stopBackground := context.WithCancelCause(runCtx)
 	var bg sync.WaitGroup
 	for _, run := range a.background {
 		bg.Go(func() {
-			if err := run(bgCtx); err != nil {
+			if err := run(bgCtx); err != nil && !errors.Is(err, context.Cause(bgCtx)) {
 				a.log.Error("stopping", "err", err)
 				cancel(err)
 			}
 		})
 	}
 	err := a.engine.Run(runCtx)
-	stopBackground()
+	stopBackground(err)
 	bg.Wait()
 	if cause := context.Cause(runCtx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause

@@ -36,6 +36,7 @@ func leaveStatic(cc ClientConfig, group, instanceID, member string, log *slog.Lo
 	defer cancel()
 	req := kmsg.NewPtrLeaveGroupRequest()
 	req.Group = group
+	req.MemberID = member // versions before 3 (Kafka < 2.4) name one member
 	m := kmsg.NewLeaveGroupRequestMember()
 	m.MemberID, m.InstanceID = member, kmsg.StringPtr(instanceID)
 	reason := "instance stopped"

@@ -45,9 +45,29 @@ type RepartitionConfig struct {
 // also commits the group's offsets of what it read (a GroupTransactSession,
 // KIP-447: a member that lost its partitions cannot commit).
 type Repartitioner struct {
-	cfg  RepartitionConfig
-	log  *slog.Logger
-	sess *kgo.GroupTransactSession
+	cfg       RepartitionConfig
+	log       *slog.Logger
+	sess      *kgo.GroupTransactSession
+	closeOnce sync.Once
+}
+
+// Close closes the stage if Run did not (a build that failed after
+// creating it): its member leaves.
+func (r *Repartitioner) Close() error {
+	r.close(true)
+	return nil
+}
+
+// close closes the session once; a static member with LeaveOnClose leaves
+// if leave.
+func (r *Repartitioner) close(leave bool) {
+	r.closeOnce.Do(func() {
+		member, _ := r.sess.Client().GroupMetadata()
+		r.sess.Close()
+		if r.cfg.InstanceID != "" && r.cfg.LeaveOnClose && leave {
+			leaveStatic(r.cfg.ClientConfig, r.cfg.Group, r.cfg.InstanceID, member, r.log)
+		}
+	})
 }
 
 // NewRepartitioner creates the repartition topic when missing (Spec) and
@@ -87,12 +107,11 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 // Run re-keys until ctx ends; an error is fatal.
 func (r *Repartitioner) Run(ctx context.Context) (err error) {
 	defer func() {
-		member, _ := r.sess.Client().GroupMetadata()
-		r.sess.Close()
-		// Not after a failure: a restart gets the partitions back at once.
-		if r.cfg.InstanceID != "" && r.cfg.LeaveOnClose && err == nil {
-			leaveStatic(r.cfg.ClientConfig, r.cfg.Group, r.cfg.InstanceID, member, r.log)
+		if err == nil && ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.Canceled) {
+			err = context.Cause(ctx) // the process failed elsewhere
 		}
+		// Not after a failure: a restart gets the partitions back at once.
+		r.close(err == nil)
 	}()
 	for {
 		fetches := r.sess.PollFetches(ctx)
