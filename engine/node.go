@@ -111,11 +111,9 @@ type Membership interface {
 	// tasks, one call at a time. revoked and lost return once those tasks
 	// have stopped, so that no two members ever run one task.
 	Join(ctx context.Context, assigned, revoked, lost func(tasks []int32)) error
-	// Leave ends the membership. After a graceful or immediate stop the
-	// member leaves, so that its tasks move at once; after a failure
-	// (failed) a static member stays, its tasks reserved for its restart
-	// up to the session timeout.
-	Leave(failed bool)
+	// Leave ends the membership: the member's tasks move at once (a
+	// static member's after the session timeout, or to its restart).
+	Leave()
 }
 
 // NewNode builds a Node; it reads nothing until Run. Every task's engine
@@ -165,7 +163,6 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.runCtx, n.failed = ctx, make(chan error, 1)
 	defer n.wg.Wait()
-	failed := false // a task or the Node failed: see Membership.Leave
 	if n.cfg.Membership != nil {
 		err := n.cfg.Membership.Join(ctx,
 			func(ps []int32) { n.startTasks(ps) },
@@ -174,7 +171,7 @@ func (n *Node) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		defer func() { n.cfg.Membership.Leave(failed) }()
+		defer n.cfg.Membership.Leave()
 	} else {
 		n.startTasks(partitions)
 		n.log.Info("tasks started", "tasks", len(partitions), "state", filepath.Join(n.cfg.StateDir, "tasks"))
@@ -191,13 +188,8 @@ func (n *Node) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			// An immediate stop (a plain cancel) leaves; a cause of its
-			// own is a failure elsewhere in the process (its repartition
-			// stage): the member stays for its restart.
-			failed = !errors.Is(context.Cause(ctx), context.Canceled)
 			return context.Cause(ctx)
 		case err := <-n.failed:
-			failed = true
 			cancel(err)
 			return err
 		case <-n.stop:
@@ -207,7 +199,6 @@ func (n *Node) Run(ctx context.Context) error {
 			return n.shutdownAll()
 		case <-idleCheck.C:
 			if err := n.advanceIdle(ctx); err != nil {
-				failed = true
 				cancel(err)
 				return err
 			}

@@ -91,13 +91,11 @@ scaleOut: %s
 	args := []string{"run", "--config", config}
 	if scaleOut == scaleOutGroup {
 		// A static member under one id for every run, as a pod name
-		// would be: each restart takes its tasks back at once. Not the id
-		// kept in the state folder: deleting the folder (below) makes a
-		// new one, and kfake's classic group stalls for minutes on the
-		// chain of dead members that kills every 0.2-2.7 s then leave
-		// (seen with the dynamic members of earlier builds too; each
-		// restart restarts its join phase). TestBinarySurvivesSIGKILL
-		// and TestGroupInstances run on kept ids.
+		// would be: each restart takes its tasks back at once instead of
+		// waiting for the killed member's session to expire. (With
+		// dynamic members, kfake's classic group also stalls for minutes
+		// on the chain of dead members that kills every 0.2-2.7 s leave:
+		// each restart restarts its join phase.)
 		args = append(args, "--kafka-instance-id", "chaos-1")
 	}
 	if repartition {

@@ -441,8 +441,8 @@ func TestRepartitionUnkeyedInput(t *testing.T) {
 	r := start(t, cfg)
 	waitFor(t, 90*time.Second, "ClickHouse to hold the stream's totals", clickHouseMatches(t, chAddr, database, s.expected))
 	// A second process on the same state folder is refused before its
-	// repartition stage joins that stage's group under the same instance
-	// id (which would fence the running one's stage, a fatal error).
+	// repartition stage joins that stage's group (under the folder's
+	// transactional id, which would fence the running one's stage).
 	adm := adminClient(t, brokers)
 	stage := describeGroup(t, adm, "tally-default-repartition")
 	if _, err := build(context.Background(), cfg, quietLog()); err == nil || !strings.Contains(err.Error(), "in use by another process") {

@@ -51,36 +51,38 @@ func resolveScaleOut(cfg Config) (layout, why string, err error) {
 	return scaleOutGroup, "", nil
 }
 
-// instanceID returns kafka.instanceId or, unset, the id kept in the node's
-// store (node), and whether it was kept there. Invariant: no two live
-// processes share a kept id. The id is made the first time a folder runs
-// (host and a random part) and kept with where it was made (host and
-// folder path); a folder copied elsewhere, or run on another host, gets a
-// new one, so a copy seeding a second instance does not share it. On the
-// folder itself, the node store's lock keeps a second process off, and
-// the caller holds it from before any client joins a group under the id
-// until after they all left.
-func (c *Config) instanceID(node *state.Store) (id string, kept bool, err error) {
+// nodeName returns kafka.instanceId or, unset, the name kept in the
+// node's store (node). The repartition stage's transactional id is built
+// from it, so it is stable across the folder's restarts (a restart fences
+// what its previous run left open) and unique among live processes
+// (invariant: no two share it). The name is made the first time a folder
+// runs (host and a random part) and kept with where it was made (host and
+// folder path): a folder copied elsewhere, or run on another host, makes
+// its own, so a copy seeding a second instance does not share it. On the
+// folder itself, the node store's lock keeps a second process off; the
+// caller holds it from before any client uses the name until after they
+// all closed.
+func (c *Config) nodeName(node *state.Store) (string, error) {
 	if c.Kafka.InstanceID != "" {
-		return c.Kafka.InstanceID, false, nil
+		return c.Kafka.InstanceID, nil
 	}
 	host, _ := os.Hostname()
 	dir, err := filepath.Abs(c.StateDir)
 	if err != nil {
-		return "", false, fmt.Errorf("instance id: %w", err)
+		return "", fmt.Errorf("node name: %w", err)
 	}
 	origin := host + "\x00" + dir + "\x00"
 	stored, ok, err := node.MemberID()
 	if err != nil {
-		return "", false, err
+		return "", err
 	}
 	if ok && strings.HasPrefix(stored, origin) {
-		return stored[len(origin):], true, nil
+		return stored[len(origin):], nil
 	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return "", false, fmt.Errorf("instance id: %w", err)
+		return "", fmt.Errorf("node name: %w", err)
 	}
-	id = fmt.Sprintf("%s-%x", host, b)
-	return id, true, node.SetMemberID(origin + id)
+	name := fmt.Sprintf("%s-%x", host, b)
+	return name, node.SetMemberID(origin + name)
 }

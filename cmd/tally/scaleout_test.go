@@ -68,49 +68,49 @@ func TestScaleOutDefault(t *testing.T) {
 	}
 }
 
-// TestInstanceIDKeptInTheFolder: an instance id is made once per state
-// folder and kept in the node's store (a restart uses it again; two
-// folders get different ones); a copy of the folder at another path gets
-// its own; kafka.instanceId wins.
-func TestInstanceIDKeptInTheFolder(t *testing.T) {
-	idOf := func(cfg Config) (string, bool) {
+// TestNodeNameKeptInTheFolder: a node's name (the repartition stage's
+// transactional id is built from it) is made once per state folder and
+// kept in the node's store (a restart uses it again; two folders get
+// different ones); a copy of the folder at another path gets its own;
+// kafka.instanceId wins.
+func TestNodeNameKeptInTheFolder(t *testing.T) {
+	nameOf := func(cfg Config) string {
 		t.Helper()
 		node, err := state.Open(filepath.Join(cfg.StateDir, "node"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer node.Close()
-		id, kept, err := cfg.instanceID(node)
+		name, err := cfg.nodeName(node)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return id, kept
+		return name
 	}
 	cfg := defaultConfig()
 	cfg.StateDir = filepath.Join(t.TempDir(), "a")
-	first, kept := idOf(cfg)
-	if again, _ := idOf(cfg); again != first || !kept || first == "" {
-		t.Errorf("ids %q then %q (kept %v): want one id, kept", first, again, kept)
+	first := nameOf(cfg)
+	if again := nameOf(cfg); again != first || first == "" {
+		t.Errorf("names %q then %q: want one name, kept", first, again)
 	}
 	other := cfg
 	other.StateDir = t.TempDir()
-	if id, _ := idOf(other); id == first {
-		t.Errorf("two folders share instance id %q", id)
+	if name := nameOf(other); name == first {
+		t.Errorf("two folders share the name %q", name)
 	}
 	copied := cfg
 	copied.StateDir = filepath.Join(t.TempDir(), "copy")
 	if err := os.CopyFS(copied.StateDir, os.DirFS(cfg.StateDir)); err != nil {
 		t.Fatal(err)
 	}
-	if id, _ := idOf(copied); id == first {
-		t.Errorf("a copy of the folder kept instance id %q", id)
+	if name := nameOf(copied); name == first {
+		t.Errorf("a copy of the folder kept the name %q", name)
 	}
-	if id, _ := idOf(cfg); id != first {
-		t.Errorf("the original folder's id became %q, was %q", id, first)
+	if name := nameOf(cfg); name != first {
+		t.Errorf("the original folder's name became %q, was %q", name, first)
 	}
-
 	cfg.Kafka.InstanceID = "pod-7"
-	if id, kept := idOf(cfg); id != "pod-7" || kept {
-		t.Errorf("kafka.instanceId pod-7 gave %q (kept %v)", id, kept)
+	if name := nameOf(cfg); name != "pod-7" {
+		t.Errorf("kafka.instanceId pod-7 gave %q", name)
 	}
 }

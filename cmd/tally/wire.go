@@ -149,8 +149,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	cfg.ScaleOut, a.cfg.ScaleOut = layout, layout
 	var store *state.Store
 	var node *state.Store // scaleOut local or group: the Node's own store
-	var instance string   // its group instance id
-	var derived bool
+	var instance string   // its name (nodeName)
 	if cfg.ScaleOut == scaleOutOff {
 		if _, err := os.Stat(filepath.Join(cfg.StateDir, "tasks")); err == nil {
 			return nil, fmt.Errorf("config key scaleOut: state folder %s holds partition-owned tasks (scaleOut local or group); run with scaleOut: group, or give another stateDir", cfg.StateDir)
@@ -161,8 +160,9 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		a.closers = append(a.closers, store)
 	} else {
 		// Opened first and closed last (closers run backwards): its lock
-		// is held from before any client joins a group under the
-		// instance id until after every one of them left.
+		// is held from before any client uses the node's name (the
+		// repartition stage's transactional id) or kafka.instanceId until
+		// after every one of them closed.
 		if node, err = engine.OpenNodeState(cfg.StateDir); err != nil {
 			var ce *engine.ConfigError
 			if errors.As(err, &ce) {
@@ -171,7 +171,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			return nil, err
 		}
 		a.closers = append(a.closers, node)
-		if instance, derived, err = cfg.instanceID(node); err != nil {
+		if instance, err = cfg.nodeName(node); err != nil {
 			return nil, err
 		}
 	}
@@ -235,7 +235,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		ecfg.FaultHook = crash.at
 	}
 	if cfg.Kafka.Repartition {
-		if source, err = a.repartition(ctx, cfg, decoder, source, instance, derived); err != nil {
+		if source, err = a.repartition(ctx, cfg, decoder, source, instance); err != nil {
 			return nil, err
 		}
 		// Tally keys the repartition topic itself, with Kafka's murmur2.
@@ -259,9 +259,9 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			if cfg.Kafka.Repartition {
 				topic = cfg.repartitionTopic()
 			}
-			log.Info("group member", "group", cfg.group(), "topic", topic, "instance", instance, "derived", derived)
+			log.Info("group member", "group", cfg.group(), "topic", topic, "instanceId", cfg.Kafka.InstanceID)
 			ncfg.Membership = kafka.NewGroup(kafka.GroupConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group(),
-				Topic: topic, InstanceID: instance, LeaveOnClose: derived, SessionTimeout: cfg.Kafka.SessionTimeout}, log)
+				Topic: topic, InstanceID: cfg.Kafka.InstanceID, SessionTimeout: cfg.Kafka.SessionTimeout}, log)
 			progress, err := kafka.NewProgress(ctx, cfg.kafkaClient(), cfg.group()+"-progress",
 				kafka.TopicSpec{ReplicationFactor: int16(cfg.Kafka.TopicReplication)}, log)
 			if err != nil {
@@ -294,7 +294,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 // repartition sets up kafka.repartition: the stage that re-keys the usage
 // topics by customer into the repartition topic, run beside the engine,
 // and the source of the tasks, that topic.
-func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decoder, usage *kafka.Source, instance string, derived bool) (*kafka.Source, error) {
+func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decoder, usage *kafka.Source, instance string) (*kafka.Source, error) {
 	partitions := cfg.Kafka.RepartitionPartitions
 	if partitions == 0 {
 		ids, err := usage.Partitions(ctx)
@@ -308,7 +308,7 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 	var scratch []engine.Event
 	rp, err := kafka.NewRepartitioner(ctx, kafka.RepartitionConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group() + "-repartition",
 		Inputs: cfg.Kafka.Topics, Topic: cfg.repartitionTopic(), TransactionalID: "tally-" + cfg.Tenant + "-repartition-" + instance,
-		InstanceID: instance, LeaveOnClose: derived, SessionTimeout: cfg.Kafka.SessionTimeout,
+		InstanceID: cfg.Kafka.InstanceID, SessionTimeout: cfg.Kafka.SessionTimeout,
 		Customer: func(value []byte) (string, bool) {
 			var err error
 			scratch, err = decoder.DecodeAt(value, scratch[:0], time.Time{})

@@ -21,13 +21,8 @@ type GroupConfig struct {
 	// InstanceID, when set, makes the member static (KIP-345): restarted
 	// with the same id within the session timeout, it gets its tasks back
 	// without a rebalance; stopped, it does not leave (its tasks move after
-	// the session timeout), unless LeaveOnClose.
+	// the session timeout).
 	InstanceID string
-	// LeaveOnClose makes a static member leave when it stops, so that its
-	// tasks move at once; a restart after a crash still takes them back
-	// without a rebalance. Without it, a stopped member's tasks wait for
-	// it (rolling restarts).
-	LeaveOnClose bool
 }
 
 // Group is a Node's membership: the cooperative-sticky balancer of Kafka's
@@ -111,17 +106,12 @@ func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []i
 	return nil
 }
 
-// Leave implements engine.Membership: the member leaves at once, so that
-// its tasks move without waiting for the session timeout; a static member
-// only with LeaveOnClose, and not after a failure (a restart gets its
-// tasks back without a rebalance).
-func (g *Group) Leave(failed bool) {
-	if g.cl == nil {
-		return
-	}
-	member, _ := g.cl.GroupMetadata()
-	g.cl.Close()
-	if g.cfg.InstanceID != "" && g.cfg.LeaveOnClose && !failed {
-		leaveStatic(g.cfg.ClientConfig, g.cfg.Group, g.cfg.InstanceID, member, g.log)
+// Leave implements engine.Membership: a dynamic member leaves at once (kgo
+// sends the LeaveGroup when its client closes), so that its tasks move
+// without waiting for the session timeout; a static member stays, its
+// tasks reserved for its restart.
+func (g *Group) Leave() {
+	if g.cl != nil {
+		g.cl.Close()
 	}
 }

@@ -28,10 +28,8 @@ type RepartitionConfig struct {
 	// restarts, so that a restart fences what its predecessor left open.
 	TransactionalID string
 	// InstanceID, when set, makes the stage's member static (KIP-345), as
-	// kafka.instanceId does for the tasks' group; LeaveOnClose as in
-	// GroupConfig.
+	// kafka.instanceId does for the tasks' group.
 	InstanceID     string
-	LeaveOnClose   bool
 	SessionTimeout time.Duration // default 10s
 	// Customer finds a record's customer; ok false for a record that is
 	// not usage (it goes on unkeyed, and its task dead-letters it).
@@ -52,22 +50,10 @@ type Repartitioner struct {
 }
 
 // Close closes the stage if Run did not (a build that failed after
-// creating it): its member leaves.
+// creating it, whose client already joined the stage's group).
 func (r *Repartitioner) Close() error {
-	r.close(true)
+	r.closeOnce.Do(r.sess.Close)
 	return nil
-}
-
-// close closes the session once; a static member with LeaveOnClose leaves
-// if leave.
-func (r *Repartitioner) close(leave bool) {
-	r.closeOnce.Do(func() {
-		member, _ := r.sess.Client().GroupMetadata()
-		r.sess.Close()
-		if r.cfg.InstanceID != "" && r.cfg.LeaveOnClose && leave {
-			leaveStatic(r.cfg.ClientConfig, r.cfg.Group, r.cfg.InstanceID, member, r.log)
-		}
-	})
 }
 
 // NewRepartitioner creates the repartition topic when missing (Spec) and
@@ -105,14 +91,8 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 }
 
 // Run re-keys until ctx ends; an error is fatal.
-func (r *Repartitioner) Run(ctx context.Context) (err error) {
-	defer func() {
-		if err == nil && ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.Canceled) {
-			err = context.Cause(ctx) // the process failed elsewhere
-		}
-		// Not after a failure: a restart gets the partitions back at once.
-		r.close(err == nil)
-	}()
+func (r *Repartitioner) Run(ctx context.Context) error {
+	defer r.Close()
 	for {
 		fetches := r.sess.PollFetches(ctx)
 		if ctx.Err() != nil || fetches.IsClientClosed() {
