@@ -13,7 +13,7 @@
 //	c/watermark                            engine watermark at that checkpoint (ns)
 //	c/gone                                 how far deletions reached (Gone): 3 x 8
 //	c/changelog                            changelog offset applied (a task's, local)
-//	c/member                               the node's group instance id (node store, local)
+//	c/member                               the node's name, with where it was made (node store, local)
 //	c/t<stream:1>                          outbox trim position: seq:8 index:4
 //	p/<topic>\x00<partition:4>             next offset:8, max event time ns:8
 //	t/<topic>, n/<topic>                   topic ID, partition count when state began
@@ -70,8 +70,8 @@ var (
 	// keyChangelog is the changelog offset a task's store has applied up
 	// to; it is local (never itself published).
 	keyChangelog = []byte("c/changelog")
-	// keyMember is the group instance id of the node whose store this is
-	// (a Node's own store, never a task's); local, never published.
+	// keyMember is the name of the node whose store this is (a Node's own
+	// store, never a task's; cmd/tally nodeName); local, never published.
 	keyMember = []byte("c/member")
 
 	prefixPartition = []byte("p/")
@@ -625,8 +625,8 @@ func (s *Store) Apply(ops []Op, position int64) error {
 	return nil
 }
 
-// MemberID returns the group instance id SetMemberID stored; ok is false
-// if none was.
+// MemberID returns the node name SetMemberID stored; ok is false if none
+// was.
 func (s *Store) MemberID() (id string, ok bool, err error) {
 	v, closer, err := s.db.Get(keyMember)
 	if errors.Is(err, pebble.ErrNotFound) {
