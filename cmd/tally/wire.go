@@ -418,21 +418,18 @@ func (a *app) run(ctx context.Context, stop <-chan struct{}) error {
 	}()
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	// Background jobs stop with the engine's error as cause, so that they
-	// know the process failed (a failed repartition stage does not leave
-	// its group, as the Node does not).
-	bgCtx, stopBackground := context.WithCancelCause(runCtx)
+	bgCtx, stopBackground := context.WithCancel(runCtx)
 	var bg sync.WaitGroup
 	for _, run := range a.background {
 		bg.Go(func() {
-			if err := run(bgCtx); err != nil && !errors.Is(err, context.Cause(bgCtx)) {
+			if err := run(bgCtx); err != nil {
 				a.log.Error("stopping", "err", err)
 				cancel(err)
 			}
 		})
 	}
 	err := a.engine.Run(runCtx)
-	stopBackground(err)
+	stopBackground()
 	bg.Wait()
 	if cause := context.Cause(runCtx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
