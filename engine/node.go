@@ -65,8 +65,8 @@ type NodeConfig struct {
 	StateDir string
 	// Meta is the node's own store, opened by OpenNodeState; nil, Run
 	// opens it. The caller opens it to hold the state folder's lock from
-	// before any of its clients joins a group under the node's instance
-	// id until after they all left.
+	// before any of its clients uses the folder's name (cmd/tally
+	// nodeName) until after they all closed.
 	Meta *state.Store
 	// Membership, when set, decides which tasks this Node owns (a Kafka
 	// consumer group); without it the Node owns them all.

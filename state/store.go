@@ -13,7 +13,7 @@
 //	c/watermark                            engine watermark at that checkpoint (ns)
 //	c/gone                                 how far deletions reached (Gone): 3 x 8
 //	c/changelog                            changelog offset applied (a task's, local)
-//	c/member                               the node's name, with where it was made (node store, local)
+//	c/name                                 the node's name, with where it was made (node store, local)
 //	c/t<stream:1>                          outbox trim position: seq:8 index:4
 //	p/<topic>\x00<partition:4>             next offset:8, max event time ns:8
 //	t/<topic>, n/<topic>                   topic ID, partition count when state began
@@ -70,9 +70,10 @@ var (
 	// keyChangelog is the changelog offset a task's store has applied up
 	// to; it is local (never itself published).
 	keyChangelog = []byte("c/changelog")
-	// keyMember is the name of the node whose store this is (a Node's own
-	// store, never a task's; cmd/tally nodeName); local, never published.
-	keyMember = []byte("c/member")
+	// keyNodeName is the name of the node whose store this is (a Node's
+	// own store, never a task's; cmd/tally nodeName); local, never
+	// published.
+	keyNodeName = []byte("c/name")
 
 	prefixPartition = []byte("p/")
 	prefixWindow    = []byte("w/")
@@ -625,24 +626,23 @@ func (s *Store) Apply(ops []Op, position int64) error {
 	return nil
 }
 
-// MemberID returns the node name SetMemberID stored; ok is false if none
-// was.
-func (s *Store) MemberID() (id string, ok bool, err error) {
-	v, closer, err := s.db.Get(keyMember)
+// NodeName returns the name SetNodeName stored; ok is false if none was.
+func (s *Store) NodeName() (name string, ok bool, err error) {
+	v, closer, err := s.db.Get(keyNodeName)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return "", false, nil
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("state: read member id: %w", err)
+		return "", false, fmt.Errorf("state: read node name: %w", err)
 	}
 	defer closer.Close()
 	return string(v), true, nil
 }
 
-// SetMemberID stores id, synced.
-func (s *Store) SetMemberID(id string) error {
-	if err := s.db.Set(keyMember, []byte(id), pebble.Sync); err != nil {
-		return fmt.Errorf("state: store member id: %w", err)
+// SetNodeName stores name, synced.
+func (s *Store) SetNodeName(name string) error {
+	if err := s.db.Set(keyNodeName, []byte(name), pebble.Sync); err != nil {
+		return fmt.Errorf("state: store node name: %w", err)
 	}
 	return nil
 }

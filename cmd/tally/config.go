@@ -357,10 +357,8 @@ func (c *Config) validate(requireKafka bool) error {
 	case c.Kafka.TopicReplication == 0 || c.Kafka.TopicReplication < -1 || c.Kafka.TopicReplication > 32767:
 		return bad("kafka.topicReplication", "%d must be 1..32767, or -1 for the broker's default", c.Kafka.TopicReplication)
 	}
-	if l := strings.ToLower(strings.TrimSpace(c.MemoryLimit)); l != "auto" && l != "off" && l != "" {
-		if _, err := parseSize(c.MemoryLimit); err != nil {
-			return bad("memoryLimit", "%v; or auto, or off", err)
-		}
+	if _, err := memoryLimitBytes(c.MemoryLimit); err != nil {
+		return bad("memoryLimit", "%v; or auto, or off", err)
 	}
 	for _, b := range c.Kafka.Brokers {
 		if !strings.Contains(b, ":") {

@@ -72,7 +72,7 @@ func (c *Config) nodeName(node *state.Store) (string, error) {
 		return "", fmt.Errorf("node name: %w", err)
 	}
 	origin := host + "\x00" + dir + "\x00"
-	stored, ok, err := node.MemberID()
+	stored, ok, err := node.NodeName()
 	if err != nil {
 		return "", err
 	}
@@ -84,5 +84,5 @@ func (c *Config) nodeName(node *state.Store) (string, error) {
 		return "", fmt.Errorf("node name: %w", err)
 	}
 	name := fmt.Sprintf("%s-%x", host, b)
-	return name, node.SetMemberID(origin + name)
+	return name, node.SetNodeName(origin + name)
 }
