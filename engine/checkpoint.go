@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -46,20 +47,75 @@ type pendingCheckpoint struct {
 
 // commit makes cp durable: in the store, and first in the task's changelog
 // when it has one (the checkpoint exists once the changelog transaction
-// committed; see docs/scale-out.md).
+// committed; see docs/scale-out.md). A changelog out of reach (a broker
+// outage) is retried until it takes the checkpoint, ctx ends, or it says
+// the task was fenced. Waiting is safe: nothing of the checkpoint is
+// visible before it commits, and the engine pauses behind it (at most
+// pendingCheckpoints cuts wait).
 func (e *Engine) commit(ctx context.Context, cp *state.Checkpoint) error {
 	if e.cfg.Changelog == nil {
 		return e.store.Commit(cp)
 	}
 	return e.store.CommitPublished(cp, func(ops []state.Op) (int64, error) {
-		return e.cfg.Changelog.Append(ctx, ops)
+		var position int64
+		err := e.changelogRetry.Retry(ctx, func(int) error {
+			var err error
+			position, err = e.cfg.Changelog.Append(ctx, ops)
+			if err != nil && ctx.Err() == nil {
+				e.metrics.checkpointErrors.Inc()
+			}
+			if errors.Is(err, ErrFenced) {
+				return Permanent(err)
+			}
+			return err
+		}, func(attempt int, err error, wait time.Duration) {
+			e.health.set(func(h *health) { h.changelog = err })
+			e.log.Warn("checkpoint could not reach the changelog; retrying", "checkpoint", cp.Seq, "attempt", attempt, "retry_in", wait, "err", err)
+		})
+		e.health.set(func(h *health) { h.changelog = nil })
+		if err != nil && context.Cause(ctx) != nil {
+			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
+		}
+		return position, err
 	})
+}
+
+// ErrStopTimedOut ends a graceful stop that waited DrainTimeout for the
+// changelog to take a checkpoint.
+var ErrStopTimedOut = errors.New("graceful stop timed out")
+
+// commitContext is ctx for the checkpoint writer's commits. During a
+// graceful stop it ends DrainTimeout after the stop began, so that a
+// changelog out of reach cannot hold the stop forever. What it did not
+// commit is not lost: the next start (or the task's next owner) restores
+// the last committed checkpoint and reads the records after it again.
+func (e *Engine) commitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	if e.cfg.DrainTimeout <= 0 || e.cfg.Changelog == nil {
+		return cctx, func() { cancel(nil) }
+	}
+	go func() {
+		select {
+		case <-e.stop:
+		case <-cctx.Done():
+			return
+		}
+		t := time.NewTimer(e.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel(fmt.Errorf("%w: the changelog took no checkpoint within drainTimeout (%s), so the stop ends without one; nothing is lost: the records after the last committed checkpoint are read again at the next start",
+				ErrStopTimedOut, e.cfg.DrainTimeout))
+		case <-cctx.Done():
+		}
+	}()
+	return cctx, func() { cancel(nil) }
 }
 
 // writeCheckpoints is the checkpoint writer: it gathers each cut's shard
 // snapshots, commits them with the cut's offsets and outbox in one synced
-// batch, then publishes the new durable sequence.
-func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingCheckpoint) error {
+// batch (within commitCtx), then publishes the new durable sequence.
+func (e *Engine) writeCheckpoints(ctx, commitCtx context.Context, writes <-chan *pendingCheckpoint) error {
 	var lastDedupExpiry, lastFinalized int64
 	gone := state.Gone{WindowEndNs: e.rules.goneEndNs, SettleNs: e.rules.goneSettleNs, DedupBucketNs: e.rules.goneBucketNs}
 	for pc := range writes {
@@ -101,7 +157,7 @@ func (e *Engine) writeCheckpoints(ctx context.Context, writes <-chan *pendingChe
 		if e.cfg.FaultHook != nil {
 			e.cfg.FaultHook("checkpoint")
 		}
-		if err := e.commit(ctx, cp); err != nil {
+		if err := e.commit(commitCtx, cp); err != nil {
 			return fmt.Errorf("engine: checkpoint %d not durable, stopping so nothing unpersisted is acknowledged: %w", pc.seq, err)
 		}
 		// From here the checkpoint is durable. Its counters are added before

@@ -47,9 +47,18 @@ type PartitionReader interface {
 type Changelog interface {
 	// Append writes one checkpoint's changes, in order, in one transaction,
 	// and returns the changelog position after them. On an error none of
-	// them is visible to a reader of the changelog.
+	// them may be visible yet (an unconfirmed commit may still show), so
+	// the engine calls Append again with the same changes until it
+	// succeeds: every change is a blind write, so a checkpoint in the
+	// changelog twice, back to back, restores as once. An error wrapping
+	// ErrFenced, or marked Permanent, is final.
 	Append(ctx context.Context, ops []state.Op) (position int64, err error)
 }
+
+// ErrFenced is a changelog's answer when another instance took the task
+// over (the group moved it while this one did not hear): this instance
+// must not write for it any more.
+var ErrFenced = errors.New("fenced: another instance owns the task now")
 
 // Changelogs gives tasks their changelogs.
 type Changelogs interface {
@@ -292,6 +301,8 @@ type Engine struct {
 
 	// now is the wall clock (idleness, emitOpenEvery); tests replace it.
 	now func() time.Time
+	// changelogRetry paces a checkpoint's attempts at the changelog.
+	changelogRetry Backoff
 	// live holds the running shards for queries; nil while not running.
 	live atomic.Pointer[[]*shard]
 	// checkpointRequests lets tests cut a checkpoint once given offsets are
@@ -427,6 +438,8 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 		sinks: sinks, deadLetters: deadLetters, metrics: metrics, log: log,
 		stop: make(chan struct{}),
 		now:  time.Now,
+		// changelogRetry paces a checkpoint's attempts at the changelog.
+		changelogRetry: Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second},
 
 		checkpointRequests: make(chan checkpointRequest),
 		watermarkRequests:  make(chan watermarkRequest),
@@ -512,6 +525,9 @@ type health struct {
 	paused     bool
 	overBudget bool
 	failing    map[string]error // sink name -> last error while failing
+	// changelog is the changelog's last error while a checkpoint waits
+	// for it.
+	changelog error
 	// warnings are what an operator must know that waiting will not mend
 	// (records deleted before they were read); they do not make the
 	// engine unready.
@@ -523,6 +539,9 @@ func (h *health) check() error {
 	defer h.mu.Unlock()
 	if !h.started {
 		return errors.New("engine is recovering state or connecting to sources")
+	}
+	if h.changelog != nil {
+		return fmt.Errorf("checkpoints wait for the changelog: %s", errorText(h.changelog))
 	}
 	for name, err := range h.failing {
 		return fmt.Errorf("sink %s is failing: %s", name, errorText(err))

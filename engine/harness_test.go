@@ -6,12 +6,16 @@ package engine
 // folder. Datadriven files and the property test drive it.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -161,6 +165,9 @@ type harness struct {
 	// sinkOverride, if set, receives rows instead of sink (which still
 	// receives dead letters).
 	sinkOverride Sink
+	// changelog, if set, takes every checkpoint before the store (a task
+	// of a Node): start restores the store's tail from it, as a Node does.
+	changelog *memChangelog
 
 	clockMu sync.Mutex
 	clock   time.Time
@@ -216,6 +223,14 @@ func (h *harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	cfg := h.cfg
+	if h.changelog != nil {
+		if err := h.changelog.restore(store); err != nil {
+			store.Close()
+			h.t.Fatal(err)
+		}
+		cfg.Changelog = h.changelog
+	}
 	var rows Sink = h.sink
 	if h.sinkOverride != nil {
 		rows = h.sinkOverride
@@ -224,13 +239,14 @@ func (h *harness) start() {
 	if h.rater != nil {
 		rater = h.rater
 	}
-	e, err := New(h.cfg, store, h.src, NewDecoder(h.meters), rater, []Sink{rows}, []DeadLetterSink{captureDead{h.sink}},
+	e, err := New(cfg, store, h.src, NewDecoder(h.meters), rater, []Sink{rows}, []DeadLetterSink{captureDead{h.sink}},
 		NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(harnessLog, nil)))
 	if err != nil {
 		store.Close()
 		h.t.Fatal(err)
 	}
 	e.now = h.now
+	e.changelogRetry = Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.engine, h.cancel, h.done = e, cancel, make(chan error, 1)
 	go func() {
@@ -245,6 +261,58 @@ func (h *harness) crash() {
 	h.cancel()
 	<-h.done
 	h.start()
+}
+
+// loseDisk stops the engine at once, deletes its state folder (the
+// machine is gone) and starts it again from the changelog alone.
+func (h *harness) loseDisk() {
+	h.t.Helper()
+	h.cancel()
+	<-h.done
+	if err := os.RemoveAll(h.dir); err != nil {
+		h.t.Fatal(err)
+	}
+	h.start()
+}
+
+// memChangelog is a task's changelog in memory whose appends fail at
+// random, as a Kafka transaction does in a broker outage: before anything
+// committed, or after the commit landed (the answer was lost).
+type memChangelog struct {
+	mu  sync.Mutex
+	ops []state.Op // committed, in order; the position is the index
+	rng *rand.Rand
+	// lost and landed count the failed appends of each kind.
+	lost, landed int
+}
+
+func (m *memChangelog) Append(_ context.Context, ops []state.Op) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	fault := m.rng.IntN(3)
+	if fault == 0 {
+		m.lost++
+		return 0, errors.New("broker unreachable: nothing committed")
+	}
+	for _, op := range ops {
+		m.ops = append(m.ops, state.Op{Kind: op.Kind, Key: bytes.Clone(op.Key), Value: bytes.Clone(op.Value)})
+	}
+	if fault == 1 {
+		m.landed++
+		return 0, errors.New("commit unconfirmed (it landed)")
+	}
+	return int64(len(m.ops)), nil
+}
+
+// restore applies what the changelog holds past the store's position.
+func (m *memChangelog) restore(store *state.Store) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	position, _, err := store.ChangelogPosition()
+	if err != nil || position >= int64(len(m.ops)) {
+		return err
+	}
+	return store.Apply(m.ops[position:], int64(len(m.ops)))
 }
 
 // stop shuts the engine down gracefully.

@@ -19,6 +19,7 @@ type Metrics struct {
 	checkpointDuration prometheus.Histogram
 	checkpointBytes    prometheus.Histogram
 	checkpointSeq      prometheus.Gauge
+	checkpointErrors   prometheus.Counter
 	sinkBatchDuration  *prometheus.HistogramVec
 	sinkRows           *prometheus.CounterVec
 	sinkErrors         *prometheus.CounterVec
@@ -69,6 +70,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		checkpointSeq: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tally_checkpoint_sequence", Help: "Sequence of the last durable checkpoint.",
 		}),
+		checkpointErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_checkpoint_errors_total", Help: "Failed attempts to commit a checkpoint to the task's changelog (a broker outage); each is retried while the checkpoint waits.",
+		}),
 		sinkBatchDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tally_sink_batch_duration_seconds", Help: "Time to write one batch to a sink, successful attempts.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
@@ -112,7 +116,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.reg = reg
 	m.collectors = []prometheus.Collector{m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
-		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.sinkBatchDuration,
+		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.checkpointErrors, m.sinkBatchDuration,
 		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.unreadOffsets, m.watermark, m.liveWindows,
 		m.dedupIDs, m.dedupBytes, m.backpressure, m.coldReads, m.spilled}
 	reg.MustRegister(m.collectors...)

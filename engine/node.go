@@ -327,6 +327,12 @@ func (n *Node) forgetTask(t *task, graceful bool) error {
 	}
 	n.mu.Unlock()
 	t.metrics.unregister()
+	if graceful && errors.Is(t.err, ErrStopTimedOut) {
+		// Moved without its final checkpoint (the changelog was out of
+		// reach): the next owner restores the last committed one.
+		n.log.Warn("task moved without its final checkpoint", "task", t.p, "err", t.err)
+		return nil
+	}
 	if graceful && t.err != nil {
 		return fmt.Errorf("task %d: %w", t.p, t.err)
 	}
@@ -589,7 +595,11 @@ func (n *Node) startTask(ctx context.Context, p int32) (*task, error) {
 			closeChangelog()
 		}
 		store.Close()
-		if t.err != nil && taskCtx.Err() == nil {
+		// A task handed over without its final checkpoint (the changelog
+		// out of reach) fails nothing: its next owner restores the last
+		// committed one (forgetTask says so).
+		movedWithout := e.handingOver.Load() && errors.Is(t.err, ErrStopTimedOut)
+		if t.err != nil && taskCtx.Err() == nil && !movedWithout {
 			n.fail(fmt.Errorf("task %d: %w", p, t.err))
 		}
 	})
@@ -637,38 +647,33 @@ type taskSource struct {
 	lead string
 }
 
-// leadWait bounds how long a task waits for its assigned partition to be
-// listed (brokers learn of new partitions one after the other); well
-// within the rebalance timeout, since a revocation waits for it.
-const leadWait = 10 * time.Second
+// leadWait paces and bounds a task's wait for its assigned partition to be
+// listed (brokers learn of new partitions one after the other): about
+// 10 s, well within the rebalance timeout, since a revocation waits for it.
+var leadWait = Backoff{Min: 50 * time.Millisecond, Max: time.Second, Attempts: 14}
 
 func (s taskSource) Partitions(ctx context.Context) ([]PartitionID, error) {
-	deadline := time.Now().Add(leadWait)
-	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+	var out []PartitionID
+	err := leadWait.Retry(ctx, func(int) error {
 		all, err := s.Source.Partitions(ctx)
 		if err != nil {
-			return nil, err
+			return Permanent(err)
 		}
-		var out []PartitionID
+		out = out[:0]
 		for _, id := range all {
 			if id.Partition == s.p {
 				out = append(out, id)
 			}
 		}
 		if s.lead == "" || slices.Contains(out, PartitionID{Topic: s.lead, Partition: s.p}) {
-			return out, nil
+			return nil
 		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("engine: task %d: the group assigned partition %d of %s, but the brokers did not list it within %s", s.p, s.p, s.lead, leadWait)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		}
+		return fmt.Errorf("engine: task %d: the group assigned partition %d of %s, but the brokers did not list it within about 10 s", s.p, s.p, s.lead)
+	}, nil)
+	if err != nil {
+		return nil, err
 	}
+	return out, nil
 }
 
 // TopicIDs passes the source's topic identities on, when it has them.

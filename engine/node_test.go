@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,4 +148,92 @@ func TestNodeRefusesSingleEngineState(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Key != "stateDir" || !strings.Contains(err.Error(), "scaleOut: off") {
 		t.Errorf("Run on a single-engine state folder = %v, want a stateDir error", err)
 	}
+}
+
+// TestNodeTaskMovedDuringChangelogOutage: the group moves a task away
+// while its changelog is out of reach. The task's final checkpoint waits
+// DrainTimeout, then the task goes without it (its next owner restores the
+// last committed one); the Node keeps running its other tasks.
+func TestNodeTaskMovedDuringChangelogOutage(t *testing.T) {
+	src := newMemSource(2)
+	meters, err := CompileMeters([]Meter{{Name: "sms", Aggregation: AggCount}}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := range 2 {
+		src.append(p, []byte(fmt.Sprintf(`{"id":"%d","customer":"c%d","meter":"sms","time":"2026-03-01T10:00:00Z"}`, p, p)))
+	}
+	cfg := nodeConfig()
+	cfg.StateDir = t.TempDir()
+	cfg.Engine.DrainTimeout = 300 * time.Millisecond
+	changelogs := &outageChangelogs{}
+	group := &fakeGroup{}
+	cfg.Changelogs, cfg.Membership = changelogs, group
+	sink := &captureSink{}
+	n, err := NewNode(cfg, src, NewDecoder(meters), halfRater{}, []Sink{sink}, []DeadLetterSink{captureDead{sink}},
+		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	waitUntil(t, "both tasks", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("the Node stopped: %v", err)
+		default:
+		}
+		return n.Stats().Consumed == 2 && n.Ready() == nil
+	})
+
+	changelogs.down.Store(true)
+	revoked := make(chan struct{})
+	start := time.Now()
+	go func() { group.revoked([]int32{0}); close(revoked) }()
+	select {
+	case <-revoked:
+		t.Logf("task 0 moved %s after the revocation, without its final checkpoint", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the revocation waited for the changelog past DrainTimeout")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the Node stopped when a task moved without its final checkpoint: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if n.Ready() == nil || !strings.Contains(n.Ready().Error(), "changelog") {
+		t.Errorf("readiness with task 1's checkpoints waiting for the changelog: %v", n.Ready())
+	}
+	changelogs.down.Store(false)
+	n.Shutdown()
+	if err := <-done; err != nil {
+		t.Fatalf("graceful stop once the changelog is back: %v", err)
+	}
+}
+
+// fakeGroup assigns tasks 0 and 1 at Join; the test revokes by hand.
+type fakeGroup struct{ revoked func([]int32) }
+
+func (g *fakeGroup) Join(_ context.Context, assigned, revoked, _ func([]int32)) error {
+	g.revoked = revoked
+	assigned([]int32{0, 1})
+	return nil
+}
+
+func (g *fakeGroup) Leave() {}
+
+// outageChangelogs are changelogs that take nothing while down.
+type outageChangelogs struct{ down atomic.Bool }
+
+func (c *outageChangelogs) Open(context.Context, int32) (Changelog, error) { return c, nil }
+
+func (c *outageChangelogs) ReadFrom(context.Context, int32, int64, func([]state.Op, int64) error) error {
+	return nil
+}
+
+func (c *outageChangelogs) Append(_ context.Context, ops []state.Op) (int64, error) {
+	if c.down.Load() {
+		return 0, errors.New("broker unreachable")
+	}
+	return int64(len(ops)), nil
 }

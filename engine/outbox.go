@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -235,6 +236,12 @@ func (e *Engine) outboxMarks(committed uint64) (map[string]state.OutboxPos, map[
 	return progress, trim
 }
 
+// progressCommitTimeout bounds a graceful stop's last commit, of the sinks'
+// progress, when the changelog is out of reach.
+const progressCommitTimeout = 5 * time.Second
+
+var errProgressNotRecorded = errors.New("the sinks' progress was not recorded")
+
 // drainSinks waits until every sink delivered the last checkpoint (or
 // DrainTimeout passed), then records their progress, after a graceful
 // shutdown.
@@ -268,7 +275,17 @@ func (e *Engine) drainSinks(ctx context.Context) error {
 	}
 	progress, trim := e.outboxMarks(committed)
 	cp := &state.Checkpoint{Seq: committed + 1, SinkProgress: progress, OutboxTrim: trim}
-	if err := e.commit(ctx, cp); err != nil {
+	// Its own bound: the stop's (commitCtx) may be spent by now on the
+	// final checkpoint and the sinks.
+	pctx, cancel := context.WithTimeoutCause(ctx, progressCommitTimeout, errProgressNotRecorded)
+	defer cancel()
+	if err := e.commit(pctx, cp); err != nil {
+		if errors.Is(err, errProgressNotRecorded) {
+			// Only the sinks' progress is not recorded: the next start
+			// delivers the last checkpoints' rows again (idempotent).
+			e.log.Warn("stopping without recording the sinks' progress: the changelog did not take it in time", "timeout", progressCommitTimeout, "err", err)
+			return nil
+		}
 		return fmt.Errorf("engine: record sink progress at shutdown: %w", err)
 	}
 	e.committedSeq.Store(committed + 1)

@@ -122,6 +122,22 @@ type propertyMode struct {
 	finalize    bool // finalizeAfter with a one-minute memory horizon
 	budget      int  // maxLiveWindows
 	lateRecords bool // a share of records minutes late
+	// changelog: checkpoints go to a changelog whose appends fail at
+	// random (before or after the commit landed), and half the crashes
+	// lose the state folder, restored from the changelog alone.
+	changelog bool
+}
+
+// TestPropertyExactWithAFailingChangelog: a task's checkpoints go to its
+// changelog first. Appends fail at random, some after their commit landed,
+// so that the retried checkpoint is in the changelog twice; crashes keep
+// or lose the state folder. The rows stay exact.
+func TestPropertyExactWithAFailingChangelog(t *testing.T) {
+	for seed := range 8 {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			runProperty(t, uint64(seed)+300, propertyMode{changelog: true, lateRecords: true, finalize: seed%2 == 0})
+		})
+	}
 }
 
 // TestPropertyExactWithFinalizationAndColdState: the same with finalizeAfter,
@@ -153,6 +169,9 @@ func runProperty(t *testing.T, seed uint64, mode propertyMode) {
 		t.Fatal(err)
 	}
 	h.meters = meters
+	if mode.changelog {
+		h.changelog = &memChangelog{rng: rand.New(rand.NewPCG(seed, 7))}
+	}
 	h.start()
 
 	n := 500 + rng.IntN(1500)
@@ -201,7 +220,11 @@ func runProperty(t *testing.T, seed uint64, mode propertyMode) {
 		case 0:
 			h.checkpoint(rng.IntN(2) == 0)
 		case 1:
-			h.crash()
+			if mode.changelog && rng.IntN(2) == 0 {
+				h.loseDisk()
+			} else {
+				h.crash()
+			}
 			crashes++
 		}
 		h.fresh()
@@ -246,6 +269,12 @@ func runProperty(t *testing.T, seed uint64, mode propertyMode) {
 	}
 	if mode.lateRecords && coldReads == 0 && crashes == 0 {
 		t.Errorf("no window or id was read back from the store: the test missed the cold path")
+	}
+	if mode.changelog {
+		if h.changelog.lost == 0 || h.changelog.landed == 0 {
+			t.Errorf("the changelog failed %d times before and %d times after a commit: the test missed a case", h.changelog.lost, h.changelog.landed)
+		}
+		t.Logf("changelog appends failed %d times before and %d times after the commit landed", h.changelog.lost, h.changelog.landed)
 	}
 	t.Logf("%d events, %d arrivals, %d partitions, %d crashes, %d rows, %d store reads, %d spilled (last run): exact", n, len(arrivals), partitions, crashes, len(want), coldReads, spilled)
 }

@@ -52,4 +52,12 @@ func TestBackoffRetry(t *testing.T) {
 	if err := long.Retry(ctx, func(int) error { return nil }, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("Retry on an ended context = %v, want context.Canceled without a try", err)
 	}
+
+	// A permanent error ends the tries at once, unwrapped.
+	tries = 0
+	final := errors.New("refused for good")
+	err = b.Retry(context.Background(), func(int) error { tries++; return fmt.Errorf("step: %w", Permanent(final)) }, nil)
+	if tries != 1 || !errors.Is(err, final) || err.Error() != "refused for good" {
+		t.Errorf("Retry of a permanent error = %q after %d tries, want refused for good after 1", err, tries)
+	}
 }

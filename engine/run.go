@@ -138,9 +138,11 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	writes := make(chan *pendingCheckpoint, pendingCheckpoints)
 	writerDone := make(chan struct{})
+	commitCtx, endCommits := e.commitContext(ctx)
+	defer endCommits()
 	go func() {
 		defer close(writerDone)
-		fatal(e.writeCheckpoints(ctx, writes))
+		fatal(e.writeCheckpoints(ctx, commitCtx, writes))
 	}()
 
 	e.health.set(func(h *health) { h.started = true })

@@ -1,17 +1,19 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tally-billing/tally/connectors/kafka/kafkatest"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -80,19 +82,25 @@ func (p *tcpProxy) down() {
 	clear(p.conns)
 }
 
-// TestOutages: ClickHouse unreachable for 30 s mid-run, then the Kafka
-// broker refusing every request for 10 s. During the ClickHouse outage the
-// engine keeps consuming until maxUndeliveredCheckpoints, then pauses and
-// says so in /readyz and tally_backpressure; the Kafka outage makes it
-// reconnect. Afterwards ClickHouse holds every row exactly once.
+// TestOutages, on partition-owned tasks in a consumer group (the default):
+// ClickHouse unreachable for 30 s mid-run; then the transaction
+// coordinator failing some changelog commits; then every broker down for
+// 10 s (connections refused, open ones cut). During the ClickHouse outage
+// the engine keeps consuming until maxUndeliveredCheckpoints, then pauses
+// and says so in /readyz and tally_backpressure; a failed changelog commit
+// is retried (the checkpoint waits, the process keeps running); the broker
+// outage makes the member lose its tasks, which start again from their
+// state when it rejoins. Afterwards ClickHouse and the rated topic hold
+// every row exactly once, and the graceful stop reports no error.
 func TestOutages(t *testing.T) {
 	chAddr := clickHouseAddr(t)
 	outage := 30 * time.Second
 	if testing.Short() {
 		outage = 5 * time.Second
 	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "usage"), kfake.SeedTopics(3, "rated-usage"),
-		kfake.SeedTopics(1, "usage-dead-letters"))
+	var brokerOutage kafkatest.Outage
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(brokerOutage.Listen), kfake.SeedTopics(3, "usage"),
+		kfake.SeedTopics(3, "rated-usage"), kfake.SeedTopics(1, "usage-dead-letters"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +114,6 @@ func TestOutages(t *testing.T) {
 	database := testDatabase(t)
 	cfg := testConfig(t, brokers, proxy.addr, database)
 	cfg.MaxUndeliveredCheckpoints = 5
-	// One engine for every partition. With tasks in a group, a broker
-	// outage also makes kgo drop the group's assignment (onLost) and
-	// rejoin, and a checkpoint of a task during the outage can fail it:
-	// not yet a pause without consequences there (issue 12's note).
-	cfg.ScaleOut = scaleOutOff
 	r := start(t, cfg)
 	waitFor(t, 60*time.Second, "ClickHouse to receive rows", func() string {
 		got, err := clickHouseTotals(t, chAddr, database)
@@ -128,7 +131,7 @@ func TestOutages(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "failing") && !strings.Contains(err.Error(), "backpressure") {
 			return "ready: " + errString(err)
 		}
-		// One gauge per task (scaleOut local or group): all of them pause.
+		// One gauge per task: all of them pause.
 		if v := metricValues(r.app, "tally_backpressure"); len(v) == 0 || slices.Min(v) != 1 {
 			return fmt.Sprintf("tally_backpressure is %v, not 1", v)
 		}
@@ -155,25 +158,39 @@ func TestOutages(t *testing.T) {
 		return ""
 	})
 
-	// The broker refuses every request for a while; the last quarter is
-	// produced once it is back.
-	var down atomic.Bool
-	var refused atomic.Int64
-	down.Store(true)
-	cluster.Control(func(kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		if down.Load() {
-			refused.Add(1)
-			return nil, errors.New("broker down"), true
+	// The transaction coordinator fails the next changelog commits with
+	// UNKNOWN_SERVER_ERROR (kfake rejects them before acting; a client
+	// takes the outcome as unknown): the checkpoints wait and retry. A
+	// commit that lands but whose answer is lost is TestChangelogAppend-
+	// AfterAnOutage's case.
+	failed := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.UnknownServerError, Count: 4})
+	produce(t, brokers, "usage", s.msgs[3*quarter:3*quarter+quarter/2])
+	waitFor(t, 60*time.Second, "the failed changelog commits to be retried", func() string {
+		if n := failed.Hits(); n < 4 {
+			return fmt.Sprintf("%d commits failed", n)
 		}
-		return nil, nil, false
+		if metricSum(r.app, "tally_checkpoint_errors_total") == 0 {
+			return "tally_checkpoint_errors_total is 0"
+		}
+		return ""
 	})
-	time.Sleep(outage / 3)
-	down.Store(false)
-	if refused.Load() == 0 {
-		t.Error("the engine sent the broker nothing during its outage")
+	select {
+	case err := <-r.done:
+		t.Fatalf("the engine stopped after failed changelog commits: %v", err)
+	default:
 	}
-	produce(t, brokers, "usage", s.msgs[3*quarter:])
+
+	// Every broker goes away; the rest of the stream is produced once they
+	// are back.
+	cut := brokerOutage.Down()
+	time.Sleep(outage / 3)
+	if err := brokerOutage.Up(); err != nil {
+		t.Fatal(err)
+	}
+	if cut == 0 {
+		t.Error("the broker outage cut no connection")
+	}
+	produce(t, brokers, "usage", s.msgs[3*quarter+quarter/2:])
 	waitFor(t, 120*time.Second, "ClickHouse to hold every row once", clickHouseMatches(t, chAddr, database, s.expected))
 	close(r.stop)
 	if err := <-r.done; err != nil {
@@ -183,7 +200,8 @@ func TestOutages(t *testing.T) {
 		t.Errorf("rated topic differs: %s", d)
 	}
 	checkClickHouseDeadLetters(t, chAddr, database, s)
-	t.Logf("ClickHouse outage %s (paused at %d of %d records), broker outage %s (%d requests refused); totals exact", outage, pausedAt, 3*quarter, outage/3, refused.Load())
+	t.Logf("ClickHouse outage %s (paused at %d of %d records), %d changelog commits failed, broker outage %s (%d connections cut); totals exact",
+		outage, pausedAt, 3*quarter, failed.Hits(), outage/3, cut)
 }
 
 func errString(err error) string {
@@ -208,4 +226,66 @@ func metricValues(a *app, name string) []float64 {
 		}
 	}
 	return out
+}
+
+// TestStopDuringBrokerOutage: a graceful stop asked while every broker is
+// down (tasks in a group, their checkpoints bound for the changelog) ends
+// within drainTimeout or so instead of waiting for the brokers, saying what
+// it could not do; nothing is lost: after the brokers return, the next
+// start delivers every row exactly once.
+func TestStopDuringBrokerOutage(t *testing.T) {
+	chAddr := clickHouseAddr(t)
+	var brokerOutage kafkatest.Outage
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(brokerOutage.Listen), kfake.SeedTopics(3, "usage"),
+		kfake.SeedTopics(3, "rated-usage"), kfake.SeedTopics(1, "usage-dead-letters"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	brokers := cluster.ListenAddrs()
+	s := makeStream(7, 6000, time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC))
+	half := len(s.msgs) / 2
+	produce(t, brokers, "usage", s.msgs[:half])
+	database := testDatabase(t)
+	cfg := testConfig(t, brokers, chAddr, database)
+	cfg.DrainTimeout = 3 * time.Second
+	r := start(t, cfg)
+	waitConsumed(t, r, uint64(half), 60*time.Second, "the first half to be read")
+
+	brokerOutage.Down()
+	stopAt := time.Now()
+	close(r.stop)
+	select {
+	case err := <-r.done:
+		took := time.Since(stopAt)
+		t.Logf("stopped %s after the stop was asked, during the outage: %v", took.Round(time.Millisecond), err)
+		// The tasks lose their group membership at once, or their final
+		// checkpoints time out after drainTimeout: either way no error
+		// but the one saying that nothing is lost.
+		if err != nil && !strings.Contains(err.Error(), "nothing is lost") {
+			t.Errorf("the stop's error does not say that nothing is lost: %v", err)
+		}
+		// drainTimeout for the final checkpoint and as much for the sinks,
+		// the sinks' progress (5 s) and the group leave (5 s) at most, and
+		// some slack.
+		if limit := 2*cfg.DrainTimeout + 15*time.Second; took > limit {
+			t.Errorf("the stop took %s, more than %s", took.Round(time.Millisecond), limit)
+		}
+	case <-time.After(60 * time.Second):
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1) // where it waits
+		t.Fatal("a graceful stop during a broker outage did not end within 60 s (drainTimeout 3 s)")
+	}
+	if err := brokerOutage.Up(); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, brokers, "usage", s.msgs[half:])
+	r = start(t, cfg)
+	waitFor(t, 120*time.Second, "ClickHouse to hold every row once", clickHouseMatches(t, chAddr, database, s.expected))
+	close(r.stop)
+	if err := <-r.done; err != nil {
+		t.Fatalf("graceful shutdown: %v", err)
+	}
+	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
+		t.Errorf("rated topic differs: %s", d)
+	}
 }

@@ -1,15 +1,18 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/tally-billing/tally/engine"
 	"github.com/tally-billing/tally/state"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -94,6 +97,14 @@ func (c *Changelogs) Open(ctx context.Context, task int32) (engine.Changelog, er
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
+		// A transaction open when the brokers went away is aborted by its
+		// coordinator after this, and its producer is then refused like a
+		// fenced one: the task stops instead of riding the outage out.
+		// Long, so that outages that long are a pause; it costs nothing
+		// when an owner dies, since its next owner's fence aborts the
+		// transaction at once. Within Kafka's default
+		// transaction.max.timeout.ms (15 minutes).
+		kgo.TransactionTimeout(changelogTransactionTimeout),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka changelog writer of task %d: %w", task, err)
@@ -105,6 +116,10 @@ func (c *Changelogs) Open(ctx context.Context, task int32) (engine.Changelog, er
 	}
 	return w, nil
 }
+
+// changelogTransactionTimeout is the changelog producers'
+// transaction.timeout.ms.
+const changelogTransactionTimeout = 5 * time.Minute
 
 // fence takes the task's transactional id from any previous owner: a
 // transaction of the old owner still open is aborted, and none of its
@@ -130,6 +145,8 @@ func (w *ChangelogWriter) fence(ctx context.Context) error {
 type ChangelogWriter struct {
 	cl   *kgo.Client
 	task int32
+	// open is a transaction a failed Append left to abort first.
+	open bool
 }
 
 // A change is a record keyed by the state key. Its value is the kind and
@@ -155,29 +172,121 @@ func decodeOp(key, value []byte) (state.Op, error) {
 	return state.Op{}, fmt.Errorf("changelog record %q: unknown change kind %q", key, value[0])
 }
 
-// Append implements engine.Changelog.
+// Append implements engine.Changelog: one transaction per call. A failed
+// attempt leaves its transaction open (w.open) for the next call to abort:
+// kgo's documented way out of an unconfirmed commit is an abort, which
+// bumps the producer epoch and so aborts anything of it still pending at
+// the broker (a commit that did land stays; its changes come again in the
+// next call's transaction, which restores the same). Append returns when
+// ctx ends even if the broker is out of reach: records in flight then stay
+// with the client, which the next call (or Close) abandons.
 func (w *ChangelogWriter) Append(ctx context.Context, ops []state.Op) (int64, error) {
 	if len(ops) == 0 {
 		return 0, errors.New("kafka changelog: empty checkpoint")
 	}
-	if err := w.cl.BeginTransaction(); err != nil {
-		return 0, fmt.Errorf("kafka changelog of task %d: begin: %w", w.task, err)
+	if w.open {
+		if err := w.cl.AbortBufferedRecords(ctx); err != nil {
+			return 0, w.failed("abandon the previous attempt's records", err)
+		}
+		if err := w.cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
+			return 0, w.failed("abort the previous attempt", err)
+		}
+		w.open = false
 	}
+	if err := w.cl.BeginTransaction(); err != nil {
+		// kgo recovers the producer id from what can be recovered (a
+		// transaction the broker aborted on timeout, an id lost in an
+		// outage) before it begins; what is left is final.
+		if !errors.Is(err, kerr.ProducerFenced) {
+			return 0, engine.Permanent(fmt.Errorf("kafka changelog of task %d: begin: %w", w.task, err))
+		}
+		return 0, w.failed("begin", err)
+	}
+	w.open = true
 	records := make([]*kgo.Record, len(ops))
 	for i, op := range ops {
 		records[i] = &kgo.Record{Key: op.Key, Value: encodeOp(op), Partition: w.task}
 	}
-	results := w.cl.ProduceSync(ctx, records...)
-	if err := results.FirstErr(); err != nil {
-		_ = w.cl.EndTransaction(ctx, kgo.TryAbort)
-		return 0, fmt.Errorf("kafka changelog of task %d: produce: %w", w.task, err)
+	if err := w.produce(ctx, records); err != nil {
+		return 0, w.failed("produce", err)
 	}
-	// An error here may hide a commit: the engine stops, and the restore
-	// at the next start reads whatever the changelog holds.
 	if err := w.cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
-		return 0, fmt.Errorf("kafka changelog of task %d: commit: %w", w.task, err)
+		return 0, w.failed("commit", err)
 	}
-	return results[len(results)-1].Record.Offset + 1, nil
+	w.open = false
+	return records[len(records)-1].Offset + 1, nil
+}
+
+// produce produces records and waits for all of them, or for ctx: kgo's
+// ProduceSync waits for records already sent until the broker answers,
+// however long it is away.
+func (w *ChangelogWriter) produce(ctx context.Context, records []*kgo.Record) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	wg.Add(len(records))
+	for _, r := range records {
+		w.cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+			if err != nil {
+				mu.Lock()
+				first = cmp.Or(first, err)
+				mu.Unlock()
+			}
+			wg.Done()
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return first
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// failed describes a failed step of a transaction for the engine, which
+// retries it unless it is final: ProducerFenced (another producer took the
+// task's transactional id: a new owner fenced this one, or the coordinator
+// aborted this one's transaction on timeout) wraps engine.ErrFenced; a
+// Kafka error that no retry mends (authorization, a record too large, the
+// changelog topic deleted under the transaction) is engine.Permanent.
+// Invariant: this writer never initializes its transactional id again
+// after a fence (only Open does, for an owner the group just assigned the
+// task to): doing so would fence the new owner, whose restore has already
+// read the changelog.
+func (w *ChangelogWriter) failed(step string, err error) error {
+	if errors.Is(err, kerr.ProducerFenced) {
+		return fmt.Errorf("kafka changelog of task %d: %s: %w, or its transaction outlived transaction.timeout.ms (%s) (%w)",
+			w.task, step, engine.ErrFenced, changelogTransactionTimeout, err)
+	}
+	err = fmt.Errorf("kafka changelog of task %d: %s: %w", w.task, step, err)
+	if final(err) {
+		return engine.Permanent(err)
+	}
+	return err
+}
+
+// final reports whether err is a Kafka error that retrying cannot mend.
+// The errors kgo recovers from in a new transaction are not final
+// (UNKNOWN_SERVER_ERROR leaves a commit unconfirmed; the others are undone
+// by an abort or a producer id reload).
+func final(err error) bool {
+	if errors.Is(err, kerr.UnknownTopicID) {
+		return true // the changelog topic was recreated: its offsets are not the state's
+	}
+	ke, ok := errors.AsType[*kerr.Error](err)
+	if !ok || ke.Retriable {
+		return false
+	}
+	switch ke {
+	case kerr.UnknownServerError, kerr.TransactionAbortable, kerr.InvalidProducerEpoch, kerr.InvalidProducerIDMapping,
+		kerr.UnknownProducerID, kerr.InvalidTxnState, kerr.OperationNotAttempted, kerr.ConcurrentTransactions:
+		return false
+	}
+	return true
 }
 
 // Close closes the producer.

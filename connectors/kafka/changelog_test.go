@@ -2,12 +2,18 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tally-billing/tally/connectors/kafka/kafkatest"
+	"github.com/tally-billing/tally/engine"
 	"github.com/tally-billing/tally/state"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // TestChangelogFencesThePreviousOwner: a task's new owner opens its
@@ -39,8 +45,22 @@ func TestChangelogFencesThePreviousOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer owner.(io.Closer).Close()
-	if _, err := old.Append(ctx, []state.Op{set("a", "zombie")}); err == nil {
-		t.Error("the fenced owner committed a checkpoint")
+	// The engine retries every error but a fence: the zombie's retries
+	// never commit, soon say it was fenced, and do not take the
+	// transactional id back from the new owner (checked by its append
+	// below).
+	for attempt := 1; ; attempt++ {
+		_, err := old.Append(ctx, []state.Op{set("a", "zombie")})
+		if err == nil {
+			t.Fatal("the fenced owner committed a checkpoint")
+		}
+		if errors.Is(err, engine.ErrFenced) {
+			break
+		}
+		t.Logf("attempt %d of the fenced owner: %v", attempt, err)
+		if attempt == 3 {
+			t.Fatalf("the fenced owner was not told it was fenced in %d attempts", attempt)
+		}
 	}
 	pos, err := owner.Append(ctx, []state.Op{set("b", "2"), {Kind: state.OpDelete, Key: []byte("a")}})
 	if err != nil {
@@ -66,5 +86,113 @@ func TestChangelogFencesThePreviousOwner(t *testing.T) {
 	}
 	if next != pos {
 		t.Errorf("restore ends at %d, the last append at %d", next, pos)
+	}
+}
+
+// TestChangelogAppendAfterAnOutage: the broker goes away (connections
+// refused, open ones cut) in the middle of a checkpoint's transaction:
+// while producing, or while committing, in which case the commit lands but
+// its answer is lost. The attempt fails without being fenced, and once the
+// broker is back the next attempt with the same changes commits; the
+// changelog restores them as once, whatever the failed attempt left.
+func TestChangelogAppendAfterAnOutage(t *testing.T) {
+	for _, step := range []kmsg.Key{kmsg.Produce, kmsg.EndTxn} {
+		t.Run(kmsg.NameForKey(int16(step)), func(t *testing.T) {
+			var outage kafkatest.Outage
+			c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(outage.Listen))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			changelogs, err := NewChangelogs(ChangelogConfig{ClientConfig: ClientConfig{Brokers: c.ListenAddrs()}, Topic: "changelog",
+				TransactionalID: "tally-test", Spec: TopicSpec{ReplicationFactor: -1}}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer changelogs.Close()
+			set := func(k, v string) state.Op { return state.Op{Kind: state.OpSet, Key: []byte(k), Value: []byte(v)} }
+			w, err := changelogs.Open(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.(io.Closer).Close()
+			if _, err := w.Append(ctx, []state.Op{set("a", "1")}); err != nil {
+				t.Fatal(err)
+			}
+
+			// The broker goes down as the step's request arrives; the
+			// request itself is still handled (a commit lands).
+			var fired atomic.Bool
+			c.Control(func(req kmsg.Request) (kmsg.Response, error, bool) {
+				c.KeepControl()
+				if req.Key() == int16(step) && !fired.Swap(true) {
+					outage.Down()
+				}
+				return nil, nil, false
+			})
+			cp := []state.Op{set("a", "2"), set("b", "1"), {Kind: state.OpDeleteRange, Key: []byte("w/"), Value: []byte("w/5")}}
+			actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err = w.Append(actx, cp)
+			acancel()
+			if !fired.Load() {
+				t.Fatal("the outage never started")
+			}
+			if err == nil || errors.Is(err, engine.ErrFenced) {
+				t.Fatalf("append during the outage: err = %v, want a failure that is not a fence", err)
+			}
+			t.Logf("append during the outage: %v", err)
+			if err := outage.Up(); err != nil {
+				t.Fatal(err)
+			}
+			var pos int64
+			err = engine.Backoff{Min: 100 * time.Millisecond, Max: time.Second}.Retry(ctx, func(int) error {
+				pos, err = w.Append(ctx, cp)
+				return err
+			}, func(attempt int, err error, _ time.Duration) { t.Logf("attempt %d after the outage: %v", attempt, err) })
+			if err != nil {
+				t.Fatalf("append after the outage: %v", err)
+			}
+			if _, err := w.Append(ctx, []state.Op{set("c", "1")}); err != nil {
+				t.Fatalf("the next checkpoint: %v", err)
+			}
+
+			// Restore: the last value of every key is the committed one.
+			got := make(map[string]string)
+			var end int64
+			err = changelogs.ReadFrom(ctx, 0, 0, func(ops []state.Op, next int64) error {
+				for _, op := range ops {
+					t.Logf("restored %c %s=%s", op.Kind, op.Key, op.Value)
+					switch op.Kind {
+					case state.OpSet:
+						got[string(op.Key)] = string(op.Value)
+					case state.OpDelete:
+						delete(got, string(op.Key))
+					}
+				}
+				end = next
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 3 || got["a"] != "2" || got["b"] != "1" || got["c"] != "1" {
+				t.Errorf("restored %v, want a=2 b=1 c=1", got)
+			}
+			// From the retried checkpoint's position on: only what came
+			// after it.
+			var tail []string
+			err = changelogs.ReadFrom(ctx, 0, pos, func(ops []state.Op, _ int64) error {
+				for _, op := range ops {
+					tail = append(tail, string(op.Kind)+":"+string(op.Key)+"="+string(op.Value))
+				}
+				return nil
+			})
+			if err != nil || len(tail) != 1 || tail[0] != "s:c=1" || end <= pos {
+				t.Errorf("from position %d the changelog holds %q (%v), ending at %d; want only s:c=1", pos, tail, err, end)
+			}
+		})
 	}
 }

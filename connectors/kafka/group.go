@@ -112,6 +112,17 @@ func (g *Group) Join(ctx context.Context, assigned, revoked, lost func(tasks []i
 // tasks reserved for its restart.
 func (g *Group) Leave() {
 	if g.cl != nil {
+		// Bounded: with the coordinator out of reach (a broker outage) a
+		// leave would wait for it; the member then expires after the
+		// session timeout instead, which moves its tasks as well.
+		ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+		if err := g.cl.LeaveGroupContext(ctx); err != nil {
+			g.log.Warn("leaving the group failed; the member expires after the session timeout", "group", g.cfg.Group, "err", err)
+		}
+		cancel()
 		g.cl.Close()
 	}
 }
+
+// leaveTimeout bounds how long Leave waits for the coordinator.
+const leaveTimeout = 5 * time.Second

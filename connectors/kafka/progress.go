@@ -41,6 +41,10 @@ func NewProgress(ctx context.Context, cfg ClientConfig, topic string, spec Topic
 		kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(100*time.Millisecond),
+		// Publish's context bounds it even with records in flight to a
+		// broker that went away (the Node's loop calls it): a report sent
+		// twice is harmless, the latest per task wins.
+		kgo.AllowIdempotentProduceCancellation(),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka progress topic: %w", err)
