@@ -527,6 +527,34 @@ const (
 type Op struct {
 	Kind       OpKind
 	Key, Value []byte
+	// record, when set, is Kind followed by Value in one buffer (Value is
+	// its tail): Record's answer without a copy.
+	record []byte
+}
+
+// Record is op's changelog record value: none for a delete (a tombstone,
+// so that compaction can drop the key), else the kind followed by the
+// value (a set's value, a range delete's end key).
+func (op Op) Record() []byte {
+	switch {
+	case op.Kind == OpDelete:
+		return nil
+	case op.record != nil:
+		return op.record
+	}
+	return append([]byte{byte(op.Kind)}, op.Value...)
+}
+
+// OpFromRecord reads back a change from its changelog record.
+func OpFromRecord(key, value []byte) (Op, error) {
+	if len(value) == 0 {
+		return Op{Kind: OpDelete, Key: key}, nil
+	}
+	switch k := OpKind(value[0]); k {
+	case OpSet, OpDeleteRange:
+		return Op{Kind: k, Key: key, Value: value[1:]}, nil
+	}
+	return Op{}, fmt.Errorf("changelog record %q: unknown change kind %q", key, value[0])
 }
 
 // recordingBatch is a batch that also lists its changes when record is set.
@@ -539,7 +567,11 @@ type recordingBatch struct {
 
 func (b *recordingBatch) Set(k, v []byte, o *pebble.WriteOptions) error {
 	if b.record {
-		b.ops = append(b.ops, Op{Kind: OpSet, Key: bytes.Clone(k), Value: bytes.Clone(v)})
+		// One copy of the value, already in its changelog record's form.
+		rec := make([]byte, 1+len(v))
+		rec[0] = byte(OpSet)
+		copy(rec[1:], v)
+		b.ops = append(b.ops, Op{Kind: OpSet, Key: bytes.Clone(k), Value: rec[1:], record: rec})
 	}
 	return b.Batch.Set(k, v, o)
 }

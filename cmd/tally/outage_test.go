@@ -98,13 +98,7 @@ func TestOutages(t *testing.T) {
 	if testing.Short() {
 		outage = 5 * time.Second
 	}
-	var brokerOutage kafkatest.Outage
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(brokerOutage.Listen), kfake.SeedTopics(3, "usage"),
-		kfake.SeedTopics(3, "rated-usage"), kfake.SeedTopics(1, "usage-dead-letters"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
+	cluster, brokerOutage := outageCluster(t)
 	brokers := cluster.ListenAddrs()
 	s := makeStream(5, 30000, time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC))
 	quarter := len(s.msgs) / 4
@@ -204,6 +198,19 @@ func TestOutages(t *testing.T) {
 		outage, pausedAt, 3*quarter, failed.Hits(), outage/3, cut)
 }
 
+// outageCluster is a kfake cluster with the usual topics whose broker the
+// test can take down and up again.
+func outageCluster(t *testing.T) (*kfake.Cluster, *kafkatest.Outage) {
+	outage := new(kafkatest.Outage)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(outage.Listen), kfake.SeedTopics(3, "usage"),
+		kfake.SeedTopics(3, "rated-usage"), kfake.SeedTopics(1, "usage-dead-letters"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	return cluster, outage
+}
+
 func errString(err error) string {
 	if err == nil {
 		return "ready"
@@ -235,13 +242,7 @@ func metricValues(a *app, name string) []float64 {
 // start delivers every row exactly once.
 func TestStopDuringBrokerOutage(t *testing.T) {
 	chAddr := clickHouseAddr(t)
-	var brokerOutage kafkatest.Outage
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(brokerOutage.Listen), kfake.SeedTopics(3, "usage"),
-		kfake.SeedTopics(3, "rated-usage"), kfake.SeedTopics(1, "usage-dead-letters"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
+	cluster, brokerOutage := outageCluster(t)
 	brokers := cluster.ListenAddrs()
 	s := makeStream(7, 6000, time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC))
 	half := len(s.msgs) / 2

@@ -149,28 +149,9 @@ type ChangelogWriter struct {
 	open bool
 }
 
-// A change is a record keyed by the state key. Its value is the kind and
-// the value (a set: 's' + value; a range delete: 'r' + end key); a delete
-// is a tombstone (no value), so that compaction can drop the key.
-func encodeOp(op state.Op) []byte {
-	switch op.Kind {
-	case state.OpDelete:
-		return nil
-	default:
-		return append([]byte{byte(op.Kind)}, op.Value...)
-	}
-}
-
-func decodeOp(key, value []byte) (state.Op, error) {
-	if len(value) == 0 {
-		return state.Op{Kind: state.OpDelete, Key: key}, nil
-	}
-	switch k := state.OpKind(value[0]); k {
-	case state.OpSet, state.OpDeleteRange:
-		return state.Op{Kind: k, Key: key, Value: value[1:]}, nil
-	}
-	return state.Op{}, fmt.Errorf("changelog record %q: unknown change kind %q", key, value[0])
-}
+// A change is a record keyed by the state key, its value
+// state.Op.Record: the kind and the value, none for a delete (a
+// tombstone, so that compaction can drop the key).
 
 // Append implements engine.Changelog: one transaction per call. A failed
 // attempt leaves its transaction open (w.open) for the next call to abort:
@@ -205,7 +186,7 @@ func (w *ChangelogWriter) Append(ctx context.Context, ops []state.Op) (int64, er
 	w.open = true
 	records := make([]*kgo.Record, len(ops))
 	for i, op := range ops {
-		records[i] = &kgo.Record{Key: op.Key, Value: encodeOp(op), Partition: w.task}
+		records[i] = &kgo.Record{Key: op.Key, Value: op.Record(), Partition: w.task}
 	}
 	if err := w.produce(ctx, records); err != nil {
 		return 0, w.failed("produce", err)
@@ -338,7 +319,7 @@ func (c *Changelogs) ReadFrom(ctx context.Context, task int32, position int64, f
 		return err
 	}
 	err = src.readRange(ctx, engine.PartitionID{Topic: c.cfg.Topic, Partition: task}, from, end.Offset, true, func(_ engine.PartitionID, r engine.Record) error {
-		op, err := decodeOp(r.Key, r.Value)
+		op, err := state.OpFromRecord(r.Key, r.Value)
 		if err != nil {
 			return err
 		}
