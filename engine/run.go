@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -326,7 +327,17 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
-	var merges []state.KV
+	// What only the log holds is installed shard by shard, side by side:
+	// each shard's windows are its own, and the rest of what restore reads
+	// (rules, the watermark, and Meters, read-only once built: keep it so)
+	// is not written while recovering.
+	type loggedWindow struct {
+		stateKey    string
+		key         windowKey
+		periodEndNs int64
+		value       []byte
+	}
+	byShard := make([][]loggedWindow, n)
 	for k, v := range logged {
 		if len(v) == 0 {
 			continue // left memory: its own key holds it, or nothing
@@ -341,19 +352,44 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 				return nil, fmt.Errorf("engine: refusing to start: %w", err)
 			}
 		}
-		restored, err := restore(key, periodEndNs, v, 0)
+		i := routingHash(key.customer) % n
+		byShard[i] = append(byShard[i], loggedWindow{k, key, periodEndNs, v})
+	}
+	shardMerges := make([][]state.KV, n)
+	errs := make([]error, n)
+	var installing sync.WaitGroup
+	var failed atomic.Bool
+	for i, ws := range byShard {
+		installing.Go(func() {
+			for _, lw := range ws {
+				if failed.Load() {
+					return
+				}
+				restored, err := restore(lw.key, lw.periodEndNs, lw.value, 0)
+				if err != nil {
+					errs[i] = err
+					failed.Store(true)
+					return
+				}
+				// A window or period left out of memory whose latest state
+				// is only in the log is merged into its own key now, where
+				// a late record (with finalizeAfter) or the emission of a
+				// window still due reads it back (a due window's period may
+				// be past its horizon), until the range delete of its
+				// settled period removes it.
+				if !restored {
+					shardMerges[i] = append(shardMerges[i], state.KV{Key: []byte(lw.stateKey), Value: lw.value})
+				}
+			}
+		})
+	}
+	installing.Wait()
+	for _, err := range errs {
 		if err != nil {
-			return nil, err
-		}
-		// A window or period left out of memory whose latest state is only
-		// in the log is merged into its own key now, where a late record
-		// (with finalizeAfter) or the emission of a window still due reads
-		// it back (a due window's period may be past its horizon), until
-		// the range delete of its settled period removes it.
-		if !restored {
-			merges = append(merges, state.KV{Key: []byte(k), Value: v})
+			return nil, err // one shard's: a removed meter would say the same in each
 		}
 	}
+	merges := slices.Concat(shardMerges...)
 	if err := e.commitSettleMigration(ctx, seq, migratedPuts, migratedDeletes); err != nil {
 		return nil, err
 	}
