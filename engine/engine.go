@@ -436,9 +436,8 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 		customers: registry,
 		store:     store, source: source, decoder: decoder, rater: rater,
 		sinks: sinks, deadLetters: deadLetters, metrics: metrics, log: log,
-		stop: make(chan struct{}),
-		now:  time.Now,
-		// changelogRetry paces a checkpoint's attempts at the changelog.
+		stop:           make(chan struct{}),
+		now:            time.Now,
 		changelogRetry: Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second},
 
 		checkpointRequests: make(chan checkpointRequest),

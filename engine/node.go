@@ -91,6 +91,13 @@ type task struct {
 	metrics *Metrics
 }
 
+// movedWithoutFinalCheckpoint reports whether t, ended, was handed over
+// without its final checkpoint (the changelog out of reach): that fails
+// nothing, since its next owner restores the last committed one.
+func (t *task) movedWithoutFinalCheckpoint() bool {
+	return t.engine.handingOver.Load() && errors.Is(t.err, ErrStopTimedOut)
+}
+
 // TaskProgress is a task's time as its owner last reported it.
 type TaskProgress struct {
 	WatermarkNs int64
@@ -327,9 +334,7 @@ func (n *Node) forgetTask(t *task, graceful bool) error {
 	}
 	n.mu.Unlock()
 	t.metrics.unregister()
-	if graceful && errors.Is(t.err, ErrStopTimedOut) {
-		// Moved without its final checkpoint (the changelog was out of
-		// reach): the next owner restores the last committed one.
+	if t.movedWithoutFinalCheckpoint() {
 		n.log.Warn("task moved without its final checkpoint", "task", t.p, "err", t.err)
 		return nil
 	}
@@ -595,11 +600,7 @@ func (n *Node) startTask(ctx context.Context, p int32) (*task, error) {
 			closeChangelog()
 		}
 		store.Close()
-		// A task handed over without its final checkpoint (the changelog
-		// out of reach) fails nothing: its next owner restores the last
-		// committed one (forgetTask says so).
-		movedWithout := e.handingOver.Load() && errors.Is(t.err, ErrStopTimedOut)
-		if t.err != nil && taskCtx.Err() == nil && !movedWithout {
+		if t.err != nil && taskCtx.Err() == nil && !t.movedWithoutFinalCheckpoint() { // forgetTask says so
 			n.fail(fmt.Errorf("task %d: %w", p, t.err))
 		}
 	})

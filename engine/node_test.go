@@ -66,16 +66,7 @@ func TestNodeTasks(t *testing.T) {
 	}
 	total := id
 
-	run := func() (*Node, chan error) {
-		n, err := NewNode(cfg, src, NewDecoder(meters), halfRater{}, []Sink{sink}, []DeadLetterSink{captureDead{sink}},
-			prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- n.Run(context.Background()) }()
-		return n, done
-	}
+	run := func() (*Node, chan error) { return runNode(t, cfg, src, meters, sink) }
 	n, done := run()
 	waitUntil(t, "every record", func() bool { return n.Stats().Consumed == uint64(total) })
 	u, err := n.Usage(context.Background(), UsageRequest{Customer: "sub-7", Windows: true})
@@ -169,14 +160,7 @@ func TestNodeTaskMovedDuringChangelogOutage(t *testing.T) {
 	changelogs := &outageChangelogs{}
 	group := &fakeGroup{}
 	cfg.Changelogs, cfg.Membership = changelogs, group
-	sink := &captureSink{}
-	n, err := NewNode(cfg, src, NewDecoder(meters), halfRater{}, []Sink{sink}, []DeadLetterSink{captureDead{sink}},
-		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- n.Run(context.Background()) }()
+	n, done := runNode(t, cfg, src, meters, &captureSink{})
 	waitUntil(t, "both tasks", func() bool {
 		select {
 		case err := <-done:
@@ -209,6 +193,20 @@ func TestNodeTaskMovedDuringChangelogOutage(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("graceful stop once the changelog is back: %v", err)
 	}
+}
+
+// runNode starts a Node on src that rates by halfRater into sink; done
+// receives what Run returns.
+func runNode(t *testing.T, cfg NodeConfig, src Source, meters *Meters, sink *captureSink) (n *Node, done chan error) {
+	t.Helper()
+	n, err := NewNode(cfg, src, NewDecoder(meters), halfRater{}, []Sink{sink}, []DeadLetterSink{captureDead{sink}},
+		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	return n, done
 }
 
 // fakeGroup assigns tasks 0 and 1 at Join; the test revokes by hand.

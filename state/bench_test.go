@@ -21,8 +21,7 @@ func BenchmarkCommit(b *testing.B) {
 			defer s.Close()
 			cp := &Checkpoint{Outbox: map[Stream][][]byte{}}
 			for i := range n {
-				key := binary.BigEndian.AppendUint64([]byte(fmt.Sprintf("voice_seconds\x00sub-%07d\x00destination=uk\x00", i)), 1)
-				cp.WindowPuts = append(cp.WindowPuts, KV{Key: key, Value: make([]byte, 30)})
+				cp.WindowPuts = append(cp.WindowPuts, KV{Key: windowBenchKey(i, 1), Value: make([]byte, 30)})
 				if i%10 == 0 {
 					cp.Outbox[StreamRated] = append(cp.Outbox[StreamRated], make([]byte, 300))
 				}
@@ -63,23 +62,10 @@ func BenchmarkCheckpointStream(b *testing.B) {
 	start := cpu()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		cp := &Checkpoint{Seq: uint64(i + 1), Outbox: map[Stream][][]byte{}}
 		second := int64(i)
-		for range ids {
-			n++
-			var h [16]byte
-			binary.BigEndian.PutUint64(h[:], n*0x9e3779b97f4a7c15)
-			binary.BigEndian.PutUint64(h[8:], n)
-			cp.DedupAdds = append(cp.DedupAdds, DedupEntry{BucketNs: (second - second%10) * 1e9, IDHash: h, RoutingHash: n})
-		}
-		for j := range windows {
-			w := (i*windows + j) % live
-			key := binary.BigEndian.AppendUint64([]byte(fmt.Sprintf("voice_seconds\x00sub-%07d\x00destination=uk\x00", w)), 1)
-			cp.WindowPuts = append(cp.WindowPuts, KV{Key: key, Value: make([]byte, 40)})
-			if j%10 == 0 {
-				cp.Outbox[StreamRated] = append(cp.Outbox[StreamRated], make([]byte, 150))
-			}
-		}
+		cp := busyCheckpoint(uint64(i+1), second, &n, ids, windows, func(j int) []byte {
+			return windowBenchKey((i*windows+j)%live, 1)
+		})
 		// Shards list dirty windows in the order records first touched
 		// them: random customers.
 		rng.Shuffle(len(cp.WindowPuts), func(a, b int) { cp.WindowPuts[a], cp.WindowPuts[b] = cp.WindowPuts[b], cp.WindowPuts[a] })
@@ -169,26 +155,38 @@ func BenchmarkCommitPublished(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		b.StopTimer()
-		cp := &Checkpoint{Seq: uint64(i + 1), Outbox: map[Stream][][]byte{}}
-		second := int64(i)
-		for range ids {
-			n++
-			var h [16]byte
-			binary.BigEndian.PutUint64(h[:], n*0x9e3779b97f4a7c15)
-			binary.BigEndian.PutUint64(h[8:], n)
-			cp.DedupAdds = append(cp.DedupAdds, DedupEntry{BucketNs: (second - second%10) * 1e9, IDHash: h, RoutingHash: n})
-		}
-		for j := range windows {
-			key := binary.BigEndian.AppendUint64([]byte(fmt.Sprintf("voice_seconds\x00sub-%07d\x00destination=uk\x00", j)), uint64(i))
-			cp.WindowPuts = append(cp.WindowPuts, KV{Key: key, Value: make([]byte, 40)})
-			if j%10 == 0 {
-				cp.Outbox[StreamRated] = append(cp.Outbox[StreamRated], make([]byte, 150))
-			}
-		}
+		cp := busyCheckpoint(uint64(i+1), int64(i), &n, ids, windows, func(j int) []byte { return windowBenchKey(j, uint64(i)) })
 		b.StartTimer()
 		if err := s.CommitPublished(cp, publish); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(bytesOut)/float64(b.N)/1e6, "MB-published/checkpoint")
+}
+
+// busyCheckpoint is checkpoint seq as a busy engine cuts it at second:
+// ids new dedup ids (numbered on from *n, in the 10 s bucket of second), a
+// dirty window (40 B) for each key(j), j < windows, and an outbox row
+// (150 B) for every tenth window.
+func busyCheckpoint(seq uint64, second int64, n *uint64, ids, windows int, key func(j int) []byte) *Checkpoint {
+	cp := &Checkpoint{Seq: seq, Outbox: map[Stream][][]byte{}}
+	for range ids {
+		*n++
+		var h [16]byte
+		binary.BigEndian.PutUint64(h[:], *n*0x9e3779b97f4a7c15)
+		binary.BigEndian.PutUint64(h[8:], *n)
+		cp.DedupAdds = append(cp.DedupAdds, DedupEntry{BucketNs: (second - second%10) * 1e9, IDHash: h, RoutingHash: *n})
+	}
+	for j := range windows {
+		cp.WindowPuts = append(cp.WindowPuts, KV{Key: key(j), Value: make([]byte, 40)})
+		if j%10 == 0 {
+			cp.Outbox[StreamRated] = append(cp.Outbox[StreamRated], make([]byte, 150))
+		}
+	}
+	return cp
+}
+
+// windowBenchKey is the state key of window w of a voice meter, ending at end.
+func windowBenchKey(w int, end uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(fmt.Sprintf("voice_seconds\x00sub-%07d\x00destination=uk\x00", w)), end)
 }

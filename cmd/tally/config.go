@@ -314,16 +314,21 @@ func keyError(key, format string, args ...any) error {
 	return fmt.Errorf("config key %s (flag --%s): %s", key, flagName(key), fmt.Sprintf(format, args...))
 }
 
+// engineError names the key and flag of an engine configuration error;
+// other errors pass unchanged.
+func engineError(err error) error {
+	if ce, ok := errors.AsType[*engine.ConfigError](err); ok {
+		return keyError(ce.Key, "%s", ce.Problem)
+	}
+	return err
+}
+
 // validate checks what the engine does not, and names the key and flag.
 func (c *Config) validate(requireKafka bool) error {
 	bad := keyError
 	ec := c.engineConfig()
 	if err := ec.Validate(); err != nil {
-		var ce *engine.ConfigError
-		if errors.As(err, &ce) {
-			return bad(ce.Key, "%s", ce.Problem)
-		}
-		return err
+		return engineError(err)
 	}
 	switch {
 	case c.StateDir == "":

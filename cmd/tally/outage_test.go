@@ -186,10 +186,7 @@ func TestOutages(t *testing.T) {
 	}
 	produce(t, brokers, "usage", s.msgs[3*quarter+quarter/2:])
 	waitFor(t, 120*time.Second, "ClickHouse to hold every row once", clickHouseMatches(t, chAddr, database, s.expected))
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)
 	}
@@ -282,10 +279,7 @@ func TestStopDuringBrokerOutage(t *testing.T) {
 	produce(t, brokers, "usage", s.msgs[half:])
 	r = start(t, cfg)
 	waitFor(t, 120*time.Second, "ClickHouse to hold every row once", clickHouseMatches(t, chAddr, database, s.expected))
-	close(r.stop)
-	if err := <-r.done; err != nil {
-		t.Fatalf("graceful shutdown: %v", err)
-	}
+	stopGracefully(t, r)
 	if d := diff(s.expected, ratedTopicTotals(t, brokers)); d != "" {
 		t.Errorf("rated topic differs: %s", d)
 	}

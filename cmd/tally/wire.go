@@ -149,7 +149,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	cfg.ScaleOut, a.cfg.ScaleOut = layout, layout
 	var store *state.Store
 	var node *state.Store // scaleOut local or group: the Node's own store
-	var instance string   // its name (nodeName)
+	var name string       // its name (nodeName)
 	if cfg.ScaleOut == scaleOutOff {
 		if _, err := os.Stat(filepath.Join(cfg.StateDir, "tasks")); err == nil {
 			return nil, fmt.Errorf("config key scaleOut: state folder %s holds partition-owned tasks (scaleOut local or group); run with scaleOut: group, or give another stateDir", cfg.StateDir)
@@ -164,14 +164,10 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		// repartition stage's transactional id) or kafka.instanceId until
 		// after every one of them closed.
 		if node, err = engine.OpenNodeState(cfg.StateDir); err != nil {
-			var ce *engine.ConfigError
-			if errors.As(err, &ce) {
-				return nil, keyError(ce.Key, "%s", ce.Problem)
-			}
-			return nil, err
+			return nil, engineError(err)
 		}
 		a.closers = append(a.closers, node)
-		if instance, err = cfg.nodeName(node); err != nil {
+		if name, err = cfg.nodeName(node); err != nil {
 			return nil, err
 		}
 	}
@@ -235,7 +231,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		ecfg.FaultHook = crash.at
 	}
 	if cfg.Kafka.Repartition {
-		if source, err = a.repartition(ctx, cfg, decoder, source, instance); err != nil {
+		if source, err = a.repartition(ctx, cfg, decoder, source, name); err != nil {
 			return nil, err
 		}
 		// Tally keys the repartition topic itself, with Kafka's murmur2.
@@ -276,11 +272,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			prices, sinks, deadSinks, engine.NewMetrics(a.registry), log)
 	}
 	if err != nil {
-		var ce *engine.ConfigError
-		if errors.As(err, &ce) {
-			return nil, keyError(ce.Key, "%s", ce.Problem)
-		}
-		return nil, err
+		return nil, engineError(err)
 	}
 	if cfg.HTTPAddr != "" {
 		a.listener, err = net.Listen("tcp", cfg.HTTPAddr)
@@ -293,8 +285,9 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 
 // repartition sets up kafka.repartition: the stage that re-keys the usage
 // topics by customer into the repartition topic, run beside the engine,
-// and the source of the tasks, that topic.
-func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decoder, usage *kafka.Source, instance string) (*kafka.Source, error) {
+// and the source of the tasks, that topic. node is the node's name
+// (nodeName), unique among live processes: the stage's transactional id.
+func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decoder, usage *kafka.Source, node string) (*kafka.Source, error) {
 	partitions := cfg.Kafka.RepartitionPartitions
 	if partitions == 0 {
 		ids, err := usage.Partitions(ctx)
@@ -307,7 +300,7 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 	}
 	var scratch []engine.Event
 	rp, err := kafka.NewRepartitioner(ctx, kafka.RepartitionConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group() + "-repartition",
-		Inputs: cfg.Kafka.Topics, Topic: cfg.repartitionTopic(), TransactionalID: "tally-" + cfg.Tenant + "-repartition-" + instance,
+		Inputs: cfg.Kafka.Topics, Topic: cfg.repartitionTopic(), TransactionalID: "tally-" + cfg.Tenant + "-repartition-" + node,
 		InstanceID: cfg.Kafka.InstanceID, SessionTimeout: cfg.Kafka.SessionTimeout,
 		Customer: func(value []byte) (string, bool) {
 			var err error

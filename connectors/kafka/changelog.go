@@ -141,17 +141,15 @@ func (w *ChangelogWriter) fence(ctx context.Context) error {
 }
 
 // ChangelogWriter writes one task's checkpoints, each in one transaction.
-// It implements engine.Changelog.
+// It implements engine.Changelog. A change is a record keyed by the state
+// key, its value state.Op.Record: the kind and the value, none for a
+// delete (a tombstone, so that compaction can drop the key).
 type ChangelogWriter struct {
 	cl   *kgo.Client
 	task int32
 	// open is a transaction a failed Append left to abort first.
 	open bool
 }
-
-// A change is a record keyed by the state key, its value
-// state.Op.Record: the kind and the value, none for a delete (a
-// tombstone, so that compaction can drop the key).
 
 // Append implements engine.Changelog: one transaction per call. A failed
 // attempt leaves its transaction open (w.open) for the next call to abort:

@@ -16,6 +16,22 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
+// testChangelogs are the changelogs of topic "changelog" on brokers,
+// closed when the test ends.
+func testChangelogs(t *testing.T, brokers []string) *Changelogs {
+	t.Helper()
+	changelogs, err := NewChangelogs(ChangelogConfig{ClientConfig: ClientConfig{Brokers: brokers}, Topic: "changelog",
+		TransactionalID: "tally-test", Spec: TopicSpec{ReplicationFactor: -1}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { changelogs.Close() })
+	return changelogs
+}
+
+// set is a change that sets k to v.
+func set(k, v string) state.Op { return state.Op{Kind: state.OpSet, Key: []byte(k), Value: []byte(v)} }
+
 // TestChangelogFencesThePreviousOwner: a task's new owner opens its
 // changelog; the old owner's next checkpoint can no longer commit, and the
 // new owner restores exactly what was committed before.
@@ -23,14 +39,7 @@ func TestChangelogFencesThePreviousOwner(t *testing.T) {
 	brokers := cluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	changelogs, err := NewChangelogs(ChangelogConfig{ClientConfig: ClientConfig{Brokers: brokers}, Topic: "changelog",
-		TransactionalID: "tally-test", Spec: TopicSpec{ReplicationFactor: -1}}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer changelogs.Close()
-	set := func(k, v string) state.Op { return state.Op{Kind: state.OpSet, Key: []byte(k), Value: []byte(v)} }
+	changelogs := testChangelogs(t, brokers)
 
 	old, err := changelogs.Open(ctx, 1)
 	if err != nil {
@@ -106,14 +115,7 @@ func TestChangelogAppendAfterAnOutage(t *testing.T) {
 			t.Cleanup(c.Close)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			log := slog.New(slog.NewTextHandler(io.Discard, nil))
-			changelogs, err := NewChangelogs(ChangelogConfig{ClientConfig: ClientConfig{Brokers: c.ListenAddrs()}, Topic: "changelog",
-				TransactionalID: "tally-test", Spec: TopicSpec{ReplicationFactor: -1}}, log)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer changelogs.Close()
-			set := func(k, v string) state.Op { return state.Op{Kind: state.OpSet, Key: []byte(k), Value: []byte(v)} }
+			changelogs := testChangelogs(t, c.ListenAddrs())
 			w, err := changelogs.Open(ctx, 0)
 			if err != nil {
 				t.Fatal(err)
