@@ -12,9 +12,10 @@ import (
 // has a fee for the meter and the amount differs from the last one emitted.
 func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	start := time.Unix(0, p.key.startNs).UTC()
-	charge, ok, err := s.rater.PeriodFee(s.subscriber(p.key.customer), p.key.meter, start, time.Unix(0, p.endNs).UTC(), p.chargedAmount)
+	meter, customer := p.meter.Name, s.names.str(p.key.customer)
+	charge, ok, err := s.rater.PeriodFee(s.subscriber(customer), meter, start, time.Unix(0, p.endNs).UTC(), p.chargedAmount)
 	if err != nil {
-		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", p.key.meter, p.key.customer, start.Format(time.RFC3339), err)
+		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", meter, customer, start.Format(time.RFC3339), err)
 	}
 	if !ok || (p.revision > 0 && charge.Amount.Equal(p.emittedAmount)) {
 		return RatedRow{}, false, nil
@@ -22,7 +23,7 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	p.revision++
 	p.emittedFinal = true
 	return RatedRow{
-		Tenant: s.tenant, Meter: p.key.meter, Customer: p.key.customer, GroupKey: PeriodFeeGroup,
+		Tenant: s.tenant, Meter: meter, Customer: customer, GroupKey: PeriodFeeGroup,
 		WindowStart: start, WindowEnd: time.Unix(0, p.endNs).UTC(),
 		Quantity: p.quantity(), Count: p.count, Amount: charge.Amount, Currency: charge.Currency,
 		Revision: p.revision, Final: true, Breakdown: charge.Lines,
@@ -41,13 +42,14 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 // its own.
 func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	start := time.Unix(0, w.key.startNs).UTC()
+	meter, customer := w.meter.Name, s.names.str(w.key.customer)
 	quantity := w.quantity()
 	// The period aggregate the window charges against: the one apply
 	// linked, while it is in memory (not dropped), else looked up or read
 	// back by its key.
 	p := w.period
 	if p == nil || p.dropped {
-		cust := s.customers.get(w.key.customer)
+		cust := s.customers.get(customer)
 		periodStartNs, _ := billingPeriod(w.key.startNs, cust.loc, cust.anchorDay)
 		pkey := windowKey{meter: w.key.meter, customer: w.key.customer, startNs: periodStartNs, period: true}
 		if p = s.periods[pkey]; p == nil {
@@ -55,7 +57,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		}
 	}
 	if p == nil {
-		return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", w.key)
+		return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", s.name(w.key))
 	}
 	var amount decimal.Decimal
 	var charge rating.Charge
@@ -68,7 +70,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		before := p.emittedMoney
 		after := before.Add(w.money.Sub(w.emittedMoney))
 		usage := rating.WindowUsage{Rate: w.rate, Units: quantity, Events: w.count, Amount: w.money}
-		if charge, err = s.rater.IncrementEvents(s.subscriber(w.key.customer), w.key.meter, start, usage, before, after); err == nil {
+		if charge, err = s.rater.IncrementEvents(s.subscriber(customer), meter, start, usage, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedMoney = after
 			w.emittedMoney = w.money
@@ -81,13 +83,13 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	case w.meter.additive():
 		before := p.emittedQuantity
 		after := before.Add(quantity.Sub(w.emittedQuantity))
-		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, before, after); err == nil {
+		if charge, err = s.rater.Increment(s.subscriber(customer), meter, start, before, after); err == nil {
 			amount = w.emittedAmount.Add(charge.Amount)
 			p.emittedQuantity = after
 			s.markDirty(p) // as above: even a zero charge moves the period
 		}
 	default:
-		if charge, err = s.rater.Increment(s.subscriber(w.key.customer), w.key.meter, start, decimal.Zero, quantity); err == nil {
+		if charge, err = s.rater.Increment(s.subscriber(customer), meter, start, decimal.Zero, quantity); err == nil {
 			amount = charge.Amount
 		}
 	}
@@ -97,16 +99,16 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		s.queueFee(p)  // its true-up may change
 	}
 	if err != nil {
-		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", w.key.meter, w.key.customer, start.Format(time.RFC3339), err)
+		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", meter, customer, start.Format(time.RFC3339), err)
 	}
 	w.revision++
 	w.changed, w.emittedFinal = false, final
 	w.emittedQuantity = quantity
 	return RatedRow{
 		Tenant:      s.tenant,
-		Meter:       w.key.meter,
-		Customer:    w.key.customer,
-		GroupKey:    w.key.groupKey,
+		Meter:       meter,
+		Customer:    customer,
+		GroupKey:    s.names.str(w.key.group),
 		WindowStart: start,
 		WindowEnd:   time.Unix(0, w.endNs).UTC(),
 		Quantity:    quantity,

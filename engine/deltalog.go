@@ -20,11 +20,12 @@ type deltaWriter struct {
 	key, value []byte // scratch
 }
 
-func (d *deltaWriter) add(w *window) error {
-	d.key = appendWindowKey(d.key[:0], w.key, w.periodEndNs)
+// add appends the state of w, named name.
+func (d *deltaWriter) add(name windowName, w *window) error {
+	d.key = appendWindowKey(d.key[:0], name, w.periodEndNs)
 	var err error
-	if d.value, err = appendWindowValue(d.value[:0], w); err != nil {
-		return fmt.Errorf("engine: encode window %v: %w", w.key, err)
+	if d.value, err = appendWindowValue(d.value[:0], w, name.groupKey); err != nil {
+		return fmt.Errorf("engine: encode window %v: %w", name, err)
 	}
 	d.append(d.key, d.value)
 	return nil

@@ -20,14 +20,14 @@ func TestApproxUniqueQueryDoesNotChangeState(t *testing.T) {
 	for i := range 100 {
 		w.add(&Event{Text: fmt.Sprintf("cell-%d", i)})
 	}
-	before, err := encodeWindowValue(w)
+	before, err := encodeWindowValue(w, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if q := w.quantity(); q.IntPart() < 95 || q.IntPart() > 105 {
 		t.Fatalf("estimate %s of 100 distinct values", q)
 	}
-	after, err := encodeWindowValue(w)
+	after, err := encodeWindowValue(w, "")
 	if err != nil {
 		t.Fatal(err)
 	}

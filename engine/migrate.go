@@ -21,7 +21,7 @@ import (
 // settleMigration returns the key lead under which a stored window or
 // period now belongs, when it was filed under its period's end by the
 // earlier layout; p is its placement (ok false: meter not configured).
-func settleMigration(key windowKey, leadNs int64, p placed, ok bool) (int64, bool) {
+func settleMigration(key windowName, leadNs int64, p placed, ok bool) (int64, bool) {
 	switch {
 	case !ok, key.period && p.startNs != key.startNs:
 		return 0, false // placed elsewhere: checkPlacement's to refuse

@@ -15,7 +15,7 @@ import (
 // another period's totals at the same revision. Refusing at start, naming
 // the key, is the rule; the engine never crash-loops on it later. p is
 // key's placement (ok false: its meter is not configured).
-func (e *Engine) checkPlacement(key windowKey, settleNs int64, p placed, ok bool) error {
+func (e *Engine) checkPlacement(key windowName, settleNs int64, p placed, ok bool) error {
 	if !ok {
 		return nil // restoreWindow names a meter that is no longer configured
 	}
@@ -48,7 +48,7 @@ type placed struct {
 
 // placement computes placed for key; ok is false when its meter is no
 // longer configured.
-func (e *Engine) placement(key windowKey) (placed, bool) {
+func (e *Engine) placement(key windowName) (placed, bool) {
 	m := e.decoder.meters.byName(key.meter)
 	if m == nil {
 		return placed{}, false

@@ -142,9 +142,13 @@ func (s *shard) answer(q *usageQuery) {
 		wm := time.Unix(0, s.watermarkNs).UTC()
 		u.Watermark = &wm
 	}
-	for _, w := range s.byCustomer[req.Customer] {
-		key := w.key
-		if req.Meter != "" && key.meter != req.Meter {
+	var list []*window
+	if id, ok := s.names.find(req.Customer); ok {
+		list = s.byCustomer[id]
+	}
+	for _, w := range list {
+		key, meter := w.key, w.meter.Name
+		if req.Meter != "" && meter != req.Meter {
 			continue
 		}
 		start, end := time.Unix(0, key.startNs).UTC(), time.Unix(0, w.endNs).UTC()
@@ -153,15 +157,15 @@ func (s *shard) answer(q *usageQuery) {
 			if w.revision > 0 { // the fee row was emitted: its amount is the last one
 				fees = w.emittedAmount
 			}
-			u.Periods = append(u.Periods, PeriodUsage{Meter: key.meter, PeriodStart: start, PeriodEnd: end,
+			u.Periods = append(u.Periods, PeriodUsage{Meter: meter, PeriodStart: start, PeriodEnd: end,
 				Quantity: w.quantity(), Count: w.count, Amount: w.chargedAmount.Add(fees), Fees: fees,
-				Currency: s.currency(key.customer, key.meter, key.startNs)})
+				Currency: s.currency(req.Customer, meter, key.startNs)})
 			continue
 		}
 		if !req.Windows || (!req.From.IsZero() && start.Before(req.From)) || (!req.To.IsZero() && !start.Before(req.To)) {
 			continue
 		}
-		u.Windows = append(u.Windows, UsageWindow{Meter: key.meter, GroupKey: key.groupKey, WindowStart: start, WindowEnd: end,
+		u.Windows = append(u.Windows, UsageWindow{Meter: meter, GroupKey: s.names.str(key.group), WindowStart: start, WindowEnd: end,
 			Quantity: w.quantity(), Count: w.count, Revision: w.revision, Closed: s.rules.closed(w.endNs, s.watermarkNs)})
 	}
 	sortWindows(u.Windows)

@@ -276,7 +276,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	// restore installs one stored window or period, if it belongs in
 	// memory; mergedSeq says whether its own key holds this state. It
 	// reports whether it did.
-	restore := func(key windowKey, periodEndNs int64, v []byte, mergedSeq uint64) (bool, error) {
+	restore := func(key windowName, periodEndNs int64, v []byte, mergedSeq uint64) (bool, error) {
 		w := &window{periodEndNs: periodEndNs, mergedSeq: mergedSeq}
 		if err := decodeWindowValue(v, key, w); err != nil {
 			return false, fmt.Errorf("engine: recover window %v: %w: state is corrupt", key, err)
@@ -333,7 +333,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	// is not written while recovering.
 	type loggedWindow struct {
 		stateKey    string
-		key         windowKey
+		key         windowName
 		periodEndNs int64
 		value       []byte
 	}

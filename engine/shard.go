@@ -23,7 +23,9 @@ type shard struct {
 	in      chan shardMsg
 	queries chan *usageQuery
 
-	// The window table (windowtable.go).
+	// The window table (windowtable.go). names numbers the customers and
+	// group keys its keys name.
+	names   *names
 	windows map[windowKey]*window
 	// byEnd indexes windows by end so that eviction visits only old ends.
 	// A window is filed once while it is in memory (every insert follows a
@@ -39,7 +41,7 @@ type shard struct {
 	// byCustomer indexes windows and periods for queries. A slice, not a
 	// map: a customer has few live windows, and a map per customer would
 	// cost several hundred bytes of each key's memory.
-	byCustomer map[string][]*window
+	byCustomer map[uint32][]*window
 	// maxWindows is the shard's share of the memory budget (0: none).
 	maxWindows int
 	overBudget bool
@@ -108,7 +110,7 @@ type sinceBarrier struct {
 }
 
 type groupFamily struct {
-	meter, customer string
+	meter, customer uint32
 	startNs         int64
 }
 
@@ -128,12 +130,13 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		meters:           meters,
 		rater:            rater,
 		in:               make(chan shardMsg, queueLen),
+		names:            newNames(),
 		windows:          make(map[windowKey]*window),
 		byEnd:            make(map[int64][]*window),
 		groups:           make(map[groupFamily]int),
 		periods:          make(map[windowKey]*window),
 		periodsByEnd:     make(map[int64][]*window),
-		byCustomer:       make(map[string][]*window),
+		byCustomer:       make(map[uint32][]*window),
 		unemitted:        make(map[int64][]*window),
 		closedEnds:       make(map[int64]bool),
 		subs:             make(map[string][]rating.Change),
@@ -227,10 +230,12 @@ func (s *shard) apply(ev *Event) {
 		s.deadLetter(ev, rateReason(err), fmt.Sprintf("meter %s: %v", m.Name, err))
 		return
 	}
-	key := windowKey{meter: m.Name, customer: ev.Customer, groupKey: ev.GroupKey, startNs: startNs}
+	group := ev.GroupKey
 	if rated.Rate != "" {
-		key.groupKey = groupKey(m, ev.Dims, Dim{Key: RateDim, Value: rated.Rate})
+		group = groupKey(m, ev.Dims, Dim{Key: RateDim, Value: rated.Rate})
 	}
+	customer := s.names.id(ev.Customer)
+	key := windowKey{meter: uint32(m.index), customer: customer, group: s.names.id(group), startNs: startNs}
 	w := s.windows[key]
 	if w == nil && s.rules.closed(endNs, s.watermarkNs) {
 		// A closed window may have left memory (past the memory horizon, or
@@ -238,7 +243,7 @@ func (s *shard) apply(ev *Event) {
 		// back. Only late records take this path.
 		w = s.loadCold(key, settleNs)
 	}
-	family := groupFamily{meter: m.Name, customer: ev.Customer, startNs: startNs}
+	family := groupFamily{meter: key.meter, customer: customer, startNs: startNs}
 	if w == nil && s.groups[family] >= m.MaxGroupsPerKey {
 		// Checked before dedup remembers the id, so a retry of this record
 		// is dead-lettered again rather than counted as a duplicate.
@@ -264,7 +269,7 @@ func (s *shard) apply(ev *Event) {
 	// (or read back) again.
 	p := w.period
 	if p == nil || p.dropped {
-		periodKey := windowKey{meter: m.Name, customer: ev.Customer, startNs: periodStartNs, period: true}
+		periodKey := windowKey{meter: key.meter, customer: customer, startNs: periodStartNs, period: true}
 		p = s.periods[periodKey]
 		if p == nil && !s.rules.hot(settleNs, s.watermarkNs) {
 			p = s.loadCold(periodKey, settleNs)

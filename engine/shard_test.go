@@ -172,7 +172,7 @@ func TestShardRemovesDuplicates(t *testing.T) {
 }
 
 func TestWindowEncodingRoundTrip(t *testing.T) {
-	key := windowKey{meter: "voice_seconds", customer: "sub-1", groupKey: `a\=b=x`, startNs: t0.UnixNano()}
+	key := windowName{meter: "voice_seconds", customer: "sub-1", groupKey: `a\=b=x`, startNs: t0.UnixNano()}
 	got, periodEnd, err := decodeWindowKey(encodeWindowKey(key, 42))
 	if err != nil || got != key || periodEnd != 42 {
 		t.Fatalf("key round trip: %+v, %d, %v; want %+v, 42", got, periodEnd, err, key)
@@ -180,7 +180,7 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	w := &window{count: 12, sum: decimal.RequireFromString("123.4500000001"), revision: 3,
 		emittedAmount: decimal.RequireFromString("-0.5"), changed: true,
 		money: decimal.RequireFromString("7.25"), emittedMoney: decimal.RequireFromString("3"), perEvent: true}
-	encoded, err := encodeWindowValue(w)
+	encoded, err := encodeWindowValue(w, key.groupKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,9 +195,9 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	}
 	// The rate is read back from the group key, where the engine put it;
 	// a customer's own dimension "rate" there is flagged and not taken.
-	rated := windowKey{meter: "calls", customer: "sub-1", groupKey: `destination=uk,rate=peak`, startNs: t0.UnixNano()}
+	rated := windowName{meter: "calls", customer: "sub-1", groupKey: `destination=uk,rate=peak`, startNs: t0.UnixNano()}
 	for _, c := range []struct{ rate, want string }{{"peak", "peak"}, {"", ""}} {
-		v, err := encodeWindowValue(&window{key: rated, count: 1, perEvent: true, rate: c.rate})
+		v, err := encodeWindowValue(&window{count: 1, perEvent: true, rate: c.rate}, rated.groupKey)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,7 +209,7 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	// A version 1 value (written before per-event money) still reads: the
 	// same layout without the two money fields and the per-event flag.
 	v1 := &window{count: 12, sum: w.sum, revision: 3, emittedAmount: w.emittedAmount, changed: true}
-	v2, err := encodeWindowValue(v1)
+	v2, err := encodeWindowValue(v1, key.groupKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,6 +101,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	snap.overBudget = s.overBudget
 	snap.liveWindows = len(s.windows)
 	snap.dedupIDs, snap.dedupBytes = s.dedup.size(), s.dedup.memoryBytes()
+	s.names.sweep() // the windows that left memory are encoded
 	return snap
 }
 
@@ -131,11 +132,11 @@ func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
 		case a.key.startNs != b.key.startNs:
 			return cmp.Compare(a.key.startNs, b.key.startNs)
 		case a.key.meter != b.key.meter:
-			return strings.Compare(a.key.meter, b.key.meter)
+			return strings.Compare(a.meter.Name, b.meter.Name)
 		case a.key.customer != b.key.customer:
-			return strings.Compare(a.key.customer, b.key.customer)
+			return strings.Compare(s.names.str(a.key.customer), s.names.str(b.key.customer))
 		default:
-			return strings.Compare(a.key.groupKey, b.key.groupKey)
+			return strings.Compare(s.names.str(a.key.group), s.names.str(b.key.group))
 		}
 	})
 	snap.rows = make([]RatedRow, 0, len(due))
@@ -170,10 +171,10 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 		fees = append(fees, ps...)
 	}
 	slices.SortFunc(fees, func(a, b *window) int {
-		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
+		if c := strings.Compare(s.names.str(a.key.customer), s.names.str(b.key.customer)); c != 0 {
 			return c
 		}
-		if c := strings.Compare(a.key.meter, b.key.meter); c != 0 {
+		if c := strings.Compare(a.meter.Name, b.meter.Name); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.key.startNs, b.key.startNs)
@@ -213,7 +214,7 @@ func (s *shard) evict(wm int64) error {
 					return false
 				}
 				if !w.key.period && w.pendingEmission() {
-					err = fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", w.key)
+					err = fmt.Errorf("engine: invariant broken: evicting window %v before its final revision", s.name(w.key))
 					return false
 				}
 				if finalizing && !s.merged(w) {
@@ -262,12 +263,12 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 		// chunk: it needs no tombstones.
 		log.expect = len(s.windows) + len(s.periods)
 		for _, w := range s.windows {
-			if err := log.add(w); err != nil {
+			if err := log.add(s.name(w.key), w); err != nil {
 				return err
 			}
 		}
 		for _, p := range s.periods {
-			if err := log.add(p); err != nil {
+			if err := log.add(s.name(p.key), p); err != nil {
 				return err
 			}
 		}
@@ -280,7 +281,7 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 			if !w.dirty {
 				continue // evicted
 			}
-			if err := log.add(w); err != nil {
+			if err := log.add(s.name(w.key), w); err != nil {
 				return err
 			}
 			w.dirty = false
@@ -300,10 +301,11 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	buf := make([]byte, 0, 160*len(s.pending.merges))
 	for _, w := range s.pending.merges {
 		start := len(buf)
-		buf = appendWindowKey(buf, w.key, w.periodEndNs)
+		name := s.name(w.key)
+		buf = appendWindowKey(buf, name, w.periodEndNs)
 		mid := len(buf)
 		var err error
-		if buf, err = appendWindowValue(buf, w); err != nil {
+		if buf, err = appendWindowValue(buf, w, name.groupKey); err != nil {
 			return err
 		}
 		snap.windowPuts = append(snap.windowPuts, state.KV{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})

@@ -63,9 +63,11 @@ func (s *shard) applySubscription(ev *Event) {
 	// meters may be new: the new plan's), and recompute the fees of closed
 	// periods after it.
 	s.openFeePeriodsFrom(ev.Customer, ev.TimeNs)
-	for _, w := range s.byCustomer[ev.Customer] {
-		if w.key.period && w.endNs > ev.TimeNs {
-			s.queueFee(w)
+	if id, ok := s.names.find(ev.Customer); ok {
+		for _, w := range s.byCustomer[id] {
+			if w.key.period && w.endNs > ev.TimeNs {
+				s.queueFee(w)
+			}
 		}
 	}
 }
@@ -200,7 +202,7 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force, recovered boo
 		if (!force || mayBeDeleted) && s.rules.late(settleNs-1, settleNs, settleNs, s.watermarkNs) {
 			continue
 		}
-		key := windowKey{meter: name, customer: customer, startNs: startNs, period: true}
+		key := windowKey{meter: uint32(m.index), customer: s.names.id(customer), startNs: startNs, period: true}
 		p := s.periods[key]
 		if p == nil && !s.rules.hot(settleNs, s.watermarkNs) {
 			p = s.loadCold(key, settleNs)

@@ -11,13 +11,23 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// windowKey is a window's identity inside one tenant. A period key names a
-// billing-period aggregate (all groups of a meter for a customer), kept for
-// period-to-date figures and never emitted.
-type windowKey struct {
+// windowName is a window's identity inside one tenant, by name, as state
+// keys spell it. A period names a billing-period aggregate (all groups of a
+// meter for a customer), kept for period-to-date figures and never emitted.
+type windowName struct {
 	meter, customer, groupKey string
 	startNs                   int64
 	period                    bool
+}
+
+// windowKey is a window's identity inside its shard: the meter's index in
+// Meters and the ids the shard's names gave its customer and group key.
+// 24 bytes without pointers, hashed without strings.
+type windowKey struct {
+	customer, group uint32
+	startNs         int64
+	meter           uint32
+	period          bool
 }
 
 // window is the aggregate of one (meter, customer, group, window start). It is
@@ -237,12 +247,12 @@ func (w *window) quantity() decimal.Decimal {
 // that finalized periods are one range, then the kind and the identity.
 // Identifiers never contain NUL (the decoder refuses them), so NUL
 // separates them unambiguously.
-func encodeWindowKey(k windowKey, periodEndNs int64) []byte {
+func encodeWindowKey(k windowName, periodEndNs int64) []byte {
 	return appendWindowKey(make([]byte, 0, len(k.meter)+len(k.customer)+len(k.groupKey)+20), k, periodEndNs)
 }
 
 // appendWindowKey appends the state key of k to b.
-func appendWindowKey(b []byte, k windowKey, periodEndNs int64) []byte {
+func appendWindowKey(b []byte, k windowName, periodEndNs int64) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(periodEndNs))
 	if k.period {
 		b = append(b, 'p')
@@ -258,8 +268,8 @@ func appendWindowKey(b []byte, k windowKey, periodEndNs int64) []byte {
 	return binary.BigEndian.AppendUint64(b, uint64(k.startNs))
 }
 
-func decodeWindowKey(b []byte) (windowKey, int64, error) {
-	var k windowKey
+func decodeWindowKey(b []byte) (windowName, int64, error) {
+	var k windowName
 	if len(b) < 9 || (b[8] != 'w' && b[8] != 'p') {
 		return k, 0, fmt.Errorf("window key %q: unknown layout", b)
 	}
@@ -310,12 +320,13 @@ func (w *window) pendingEmission() bool {
 // encodeWindowValue renders the durable part of w: its end (fixed when it
 // opened, whatever the customer's time zone later), every aggregate field,
 // the revision, the emitted amount and whether it changed since emission.
-func encodeWindowValue(w *window) ([]byte, error) {
-	return appendWindowValue(make([]byte, 0, 64), w)
+func encodeWindowValue(w *window, groupKey string) ([]byte, error) {
+	return appendWindowValue(make([]byte, 0, 64), w, groupKey)
 }
 
-// appendWindowValue appends the encoded state of w to b.
-func appendWindowValue(b []byte, w *window) ([]byte, error) {
+// appendWindowValue appends the encoded state of w, whose group key is
+// groupKey, to b.
+func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 	b = append(b, windowValueVersion)
 	b = binary.AppendVarint(b, w.endNs)
 	b = binary.AppendUvarint(b, w.count)
@@ -362,7 +373,7 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 	}
 	if w.perEvent {
 		flags |= flagPerEvent
-		if w.rate == "" && strings.Contains(w.key.groupKey, RateDim+"=") && groupDim(w.key.groupKey, RateDim) != "" {
+		if w.rate == "" && strings.Contains(groupKey, RateDim+"=") && groupDim(groupKey, RateDim) != "" {
 			flags |= flagOwnRate
 		}
 	}
@@ -370,7 +381,7 @@ func appendWindowValue(b []byte, w *window) ([]byte, error) {
 }
 
 // decodeWindowValue restores w, the window or period of key, from b.
-func decodeWindowValue(b []byte, key windowKey, w *window) error {
+func decodeWindowValue(b []byte, key windowName, w *window) error {
 	r := byteReader{b: b}
 	version := r.byte()
 	// Version 3 (the rate as a field) was written by one build of

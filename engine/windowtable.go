@@ -44,7 +44,8 @@ func (s *shard) spill() {
 // memory; nil if the store does not hold it.
 func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 	s.pending.coldReads++
-	v, ok, err := s.store.Window(encodeWindowKey(key, periodEndNs))
+	name := s.name(key)
+	v, ok, err := s.store.Window(encodeWindowKey(name, periodEndNs))
 	if err != nil {
 		s.pending.storeErr = err
 		return nil
@@ -53,16 +54,20 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 		return nil
 	}
 	w := &window{mergedSeq: s.durableSeq} // its own key holds it
-	if err := decodeWindowValue(v, key, w); err != nil {
-		s.pending.storeErr = fmt.Errorf("window %v: %w: state is corrupt", key, err)
+	if err := decodeWindowValue(v, name, w); err != nil {
+		s.pending.storeErr = fmt.Errorf("window %v: %w: state is corrupt", name, err)
 		return nil
 	}
 	w.periodEndNs = periodEndNs
-	if err := s.restoreWindow(key, w); err != nil {
-		s.pending.storeErr = err
-		return nil
-	}
+	w.key, w.meter = key, s.meters.list[key.meter]
+	s.install(w)
 	return w
+}
+
+// name spells key out.
+func (s *shard) name(key windowKey) windowName {
+	return windowName{meter: s.meters.list[key.meter].Name, customer: s.names.str(key.customer),
+		groupKey: s.names.str(key.group), startNs: key.startNs, period: key.period}
 }
 
 // indexPeriod registers period aggregate p, filed for eviction and fees
@@ -99,11 +104,20 @@ func (s *shard) releaseGroup(key windowKey) {
 	}
 }
 
+// indexCustomer files w under its customer. Invariant: every window and
+// period in the window table is filed there, and holds its names while it
+// is (see names).
 func (s *shard) indexCustomer(w *window) {
 	s.byCustomer[w.key.customer] = append(s.byCustomer[w.key.customer], w)
+	s.names.hold(w.key.customer)
+	s.names.hold(w.key.group)
 }
 
+// unindexCustomer takes the window of key out of its customer's list, as it
+// leaves the window table.
 func (s *shard) unindexCustomer(key windowKey) {
+	s.names.release(key.customer)
+	s.names.release(key.group)
 	c := s.byCustomer[key.customer]
 	for i, w := range c {
 		if w.key == key {
@@ -161,21 +175,28 @@ func (s *shard) queueEmission(w *window) {
 }
 
 // restoreWindow installs a window loaded from the store before run starts.
-func (s *shard) restoreWindow(key windowKey, w *window) error {
-	m := s.meters.byName(key.meter)
+func (s *shard) restoreWindow(name windowName, w *window) error {
+	m := s.meters.byName(name.meter)
 	if m == nil {
-		return fmt.Errorf("state holds meter %q, which is no longer configured; configure it again (its windows are not billed yet)", key.meter)
+		return fmt.Errorf("state holds meter %q, which is no longer configured; configure it again (its windows are not billed yet)", name.meter)
 	}
-	w.key, w.meter = key, m
-	if key.period {
+	w.key = windowKey{meter: uint32(m.index), customer: s.names.id(name.customer), group: s.names.id(name.groupKey),
+		startNs: name.startNs, period: name.period}
+	w.meter = m
+	s.install(w)
+	return nil
+}
+
+// install files w, read back from the store, in the window table.
+func (s *shard) install(w *window) {
+	if w.key.period {
 		s.indexPeriod(w)
-		return nil
+		return
 	}
 	s.indexWindow(w)
 	if w.pendingEmission() {
 		s.queueEmission(w)
 	}
-	return nil
 }
 
 // merged reports whether w's current state is durable in its own state key,
@@ -199,7 +220,7 @@ func (s *shard) merged(w *window) bool {
 // an older state of it from the delta log (a tombstone there): its own key
 // holds it (merged) or nothing (deleted). It returns w's state key.
 func (s *shard) leave(w *window) []byte {
-	key := encodeWindowKey(w.key, w.periodEndNs)
+	key := encodeWindowKey(s.name(w.key), w.periodEndNs)
 	s.pending.left = append(s.pending.left, key)
 	return key
 }
