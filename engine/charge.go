@@ -13,11 +13,11 @@ import (
 func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	start := time.Unix(0, p.key.startNs).UTC()
 	meter, customer := p.meter.Name, s.names.str(p.key.customer)
-	charge, ok, err := s.rater.PeriodFee(s.subscriber(customer), meter, start, time.Unix(0, p.endNs).UTC(), p.chargedAmount)
+	charge, ok, err := s.rater.PeriodFee(s.subscriber(customer), meter, start, time.Unix(0, p.endNs).UTC(), p.get(numChargedAmount))
 	if err != nil {
 		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", meter, customer, start.Format(time.RFC3339), err)
 	}
-	if !ok || (p.revision > 0 && charge.Amount.Equal(p.emittedAmount)) {
+	if !ok || (p.revision > 0 && charge.Amount.Equal(p.get(numEmittedAmount))) {
 		return RatedRow{}, false, nil
 	}
 	p.revision++
@@ -60,6 +60,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		return RatedRow{}, fmt.Errorf("engine: invariant broken: window %v has no billing-period aggregate to charge against", s.name(w.key))
 	}
 	var amount decimal.Decimal
+	emitted := w.get(numEmittedAmount)
 	var charge rating.Charge
 	var err error
 	switch {
@@ -67,13 +68,14 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		// The window's events were priced one by one: the period's sum of
 		// event charges moves by what the window gained since its last
 		// revision.
-		before := p.emittedMoney
-		after := before.Add(w.money.Sub(w.emittedMoney))
-		usage := rating.WindowUsage{Rate: w.rate, Units: quantity, Events: w.count, Amount: w.money}
+		money := w.get(numMoney)
+		before := p.get(numEmittedMoney)
+		after := before.Add(money.Sub(w.get(numEmittedMoney)))
+		usage := rating.WindowUsage{Rate: w.rate, Units: quantity, Events: w.count, Amount: money}
 		if charge, err = s.rater.IncrementEvents(s.subscriber(customer), meter, start, usage, before, after); err == nil {
-			amount = w.emittedAmount.Add(charge.Amount)
-			p.emittedMoney = after
-			w.emittedMoney = w.money
+			amount = emitted.Add(charge.Amount)
+			p.set(numEmittedMoney, after)
+			w.set(numEmittedMoney, money)
 			// The period moved even when the window's charge is 0 (inside
 			// an allowance, a zero-price tier, a package block already
 			// paid, an amount rounding to 0): the move must be
@@ -81,11 +83,11 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 			s.markDirty(p)
 		}
 	case w.meter.additive():
-		before := p.emittedQuantity
-		after := before.Add(quantity.Sub(w.emittedQuantity))
+		before := p.get(numEmittedQuantity)
+		after := before.Add(quantity.Sub(w.get(numEmittedQuantity)))
 		if charge, err = s.rater.Increment(s.subscriber(customer), meter, start, before, after); err == nil {
-			amount = w.emittedAmount.Add(charge.Amount)
-			p.emittedQuantity = after
+			amount = emitted.Add(charge.Amount)
+			p.set(numEmittedQuantity, after)
 			s.markDirty(p) // as above: even a zero charge moves the period
 		}
 	default:
@@ -93,8 +95,8 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 			amount = charge.Amount
 		}
 	}
-	if err == nil && !amount.Equal(w.emittedAmount) {
-		p.chargedAmount = p.chargedAmount.Add(amount.Sub(w.emittedAmount))
+	if err == nil && !amount.Equal(emitted) {
+		p.addTo(numChargedAmount, amount.Sub(emitted))
 		s.markDirty(p) // what the period charged is durable state too
 		s.queueFee(p)  // its true-up may change
 	}
@@ -103,7 +105,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	}
 	w.revision++
 	w.changed, w.emittedFinal = false, final
-	w.emittedQuantity = quantity
+	w.set(numEmittedQuantity, quantity)
 	return RatedRow{
 		Tenant:      s.tenant,
 		Meter:       meter,

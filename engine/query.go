@@ -155,10 +155,10 @@ func (s *shard) answer(q *usageQuery) {
 		if key.period {
 			fees := decimal.Zero
 			if w.revision > 0 { // the fee row was emitted: its amount is the last one
-				fees = w.emittedAmount
+				fees = w.get(numEmittedAmount)
 			}
 			u.Periods = append(u.Periods, PeriodUsage{Meter: meter, PeriodStart: start, PeriodEnd: end,
-				Quantity: w.quantity(), Count: w.count, Amount: w.chargedAmount.Add(fees), Fees: fees,
+				Quantity: w.quantity(), Count: w.count, Amount: w.get(numChargedAmount).Add(fees), Fees: fees,
 				Currency: s.currency(req.Customer, meter, key.startNs)})
 			continue
 		}

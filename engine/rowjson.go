@@ -126,34 +126,5 @@ func appendDecimalText(b []byte, d decimal.Decimal) []byte {
 	if exp > 0 || exp < -18 || d.NumDigits() > 18 || (exp < 0 && !decimal.TrimTrailingZeros) {
 		return append(b, d.String()...)
 	}
-	c := d.CoefficientInt64()
-	if exp == 0 {
-		return strconv.AppendInt(b, c, 10)
-	}
-	if c < 0 {
-		b = append(b, '-')
-		c = -c
-	}
-	var buf [20]byte
-	digits := strconv.AppendInt(buf[:0], c, 10)
-	point := len(digits) + int(exp) // digits before the point
-	var intPart, frac []byte
-	leading := 0
-	if point > 0 {
-		intPart, frac = digits[:point], digits[point:]
-	} else {
-		intPart, frac, leading = []byte{'0'}, digits, -point
-	}
-	for len(frac) > 0 && frac[len(frac)-1] == '0' {
-		frac = frac[:len(frac)-1]
-	}
-	b = append(b, intPart...)
-	if len(frac) > 0 {
-		b = append(b, '.')
-		for range leading {
-			b = append(b, '0')
-		}
-		b = append(b, frac...)
-	}
-	return b
+	return appendNumText(b, num{coef: d.CoefficientInt64(), exp: exp})
 }

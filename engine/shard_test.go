@@ -177,9 +177,11 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	if err != nil || got != key || periodEnd != 42 {
 		t.Fatalf("key round trip: %+v, %d, %v; want %+v, 42", got, periodEnd, err, key)
 	}
-	w := &window{count: 12, sum: decimal.RequireFromString("123.4500000001"), revision: 3,
-		emittedAmount: decimal.RequireFromString("-0.5"), changed: true,
-		money: decimal.RequireFromString("7.25"), emittedMoney: decimal.RequireFromString("3"), perEvent: true}
+	w := &window{count: 12, revision: 3, changed: true, perEvent: true}
+	w.set(numSum, decimal.RequireFromString("123.4500000001"))
+	w.set(numEmittedAmount, decimal.RequireFromString("-0.5"))
+	w.set(numMoney, decimal.RequireFromString("7.25"))
+	w.set(numEmittedMoney, decimal.RequireFromString("3"))
 	encoded, err := encodeWindowValue(w, key.groupKey)
 	if err != nil {
 		t.Fatal(err)
@@ -188,9 +190,7 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	if err := decodeWindowValue(encoded, key, &back); err != nil {
 		t.Fatal(err)
 	}
-	if back.count != w.count || !back.sum.Equal(w.sum) || back.revision != w.revision ||
-		!back.emittedAmount.Equal(w.emittedAmount) || back.changed != w.changed ||
-		!back.money.Equal(w.money) || !back.emittedMoney.Equal(w.emittedMoney) || !back.perEvent {
+	if back.count != w.count || back.nums != w.nums || back.revision != w.revision || back.changed != w.changed || !back.perEvent {
 		t.Errorf("value round trip: %+v, want %+v", back, w)
 	}
 	// The rate is read back from the group key, where the engine put it;
@@ -208,7 +208,9 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	}
 	// A version 1 value (written before per-event money) still reads: the
 	// same layout without the two money fields and the per-event flag.
-	v1 := &window{count: 12, sum: w.sum, revision: 3, emittedAmount: w.emittedAmount, changed: true}
+	v1 := &window{count: 12, revision: 3, changed: true}
+	v1.set(numSum, w.get(numSum))
+	v1.set(numEmittedAmount, w.get(numEmittedAmount))
 	v2, err := encodeWindowValue(v1, key.groupKey)
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +222,7 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	if err := decodeWindowValue(old, key, &back); err != nil {
 		t.Fatalf("version 1 value: %v", err)
 	}
-	if back.count != 12 || !back.sum.Equal(w.sum) || back.revision != 3 || !back.changed || back.perEvent || !back.money.IsZero() {
+	if back.count != 12 || !back.get(numSum).Equal(w.get(numSum)) || back.revision != 3 || !back.changed || back.perEvent || !back.get(numMoney).IsZero() {
 		t.Errorf("version 1 value read as %+v", back)
 	}
 	if err := decodeWindowValue([]byte{1, 2}, key, &back); err == nil {

@@ -146,8 +146,8 @@ func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
 		if err != nil {
 			return err
 		}
-		snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(w.emittedAmount))
-		w.emittedAmount = row.Amount
+		snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(w.get(numEmittedAmount)))
+		w.set(numEmittedAmount, row.Amount)
 		snap.rows = append(snap.rows, row)
 		if final {
 			w.queued = false
@@ -186,8 +186,8 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 			return err
 		}
 		if ok {
-			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(p.emittedAmount))
-			p.emittedAmount = row.Amount
+			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(p.get(numEmittedAmount)))
+			p.set(numEmittedAmount, row.Amount)
 			snap.rows = append(snap.rows, row)
 			s.markDirty(p)
 		}

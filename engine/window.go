@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/axiomhq/hyperloglog"
@@ -48,31 +47,14 @@ type window struct {
 	// finds an older state. Invariant: markDirty resets it.
 	mergedSeq uint64
 	count     uint64
-	// sum serves SUM and AVG, with isum: integer values add into isum
-	// without allocating while it does not overflow, the rest into sum; the
-	// total is totalSum().
-	sum  decimal.Decimal
-	isum int64
+	// nums are the window's exact decimals, read with get and changed with
+	// set and addTo (a value too large for a num lives in x.big).
+	nums [numFields]num
 	// x holds the state of the other aggregations, nil until one needs it:
-	// most windows are SUM or COUNT and go without its 88 bytes.
+	// most windows are SUM or COUNT and go without it.
 	x *windowExtra
 	// revision is the last revision emitted; 0 means never emitted.
 	revision uint64
-	// emittedAmount is the amount of the last emitted revision, so that the
-	// revenue of a revision is counted as the difference.
-	emittedAmount decimal.Decimal
-	// emittedQuantity is, for a window, the quantity of its last emitted
-	// revision; for a billing-period aggregate, the period-to-date quantity
-	// already charged through its windows (see shard.emit).
-	emittedQuantity decimal.Decimal
-	// chargedAmount is, for a billing-period aggregate, the sum of the
-	// amounts its windows were charged: the base of its commitment true-up.
-	chargedAmount decimal.Decimal
-	// money is the sum of the window's event charges when its price is
-	// per event (perEvent). emittedMoney is, for a window, the money of its
-	// last emitted revision; for a billing-period aggregate, the sum of
-	// event charges already charged through its windows.
-	money, emittedMoney decimal.Decimal
 	perEvent            bool
 	// rate is the rate of a per-event price the window's events were
 	// charged at (a band or destination prefix; "" for none). The group key
@@ -98,7 +80,75 @@ type window struct {
 	queued bool
 }
 
-// windowExtra is the state MIN, MAX, LATEST and the unique counts keep.
+// A window's exact decimals, by index in window.nums.
+const (
+	// numSum serves SUM and AVG.
+	numSum = iota
+	// numMoney is the sum of the window's event charges when its price is
+	// per event (perEvent).
+	numMoney
+	// numEmittedMoney is, for a window, the money of its last emitted
+	// revision; for a billing-period aggregate, the sum of event charges
+	// already charged through its windows.
+	numEmittedMoney
+	// numEmittedAmount is the amount of the last emitted revision, so that
+	// the revenue of a revision is counted as the difference.
+	numEmittedAmount
+	// numEmittedQuantity is, for a window, the quantity of its last
+	// emitted revision; for a billing-period aggregate, the period-to-date
+	// quantity already charged through its windows (see shard.emit).
+	numEmittedQuantity
+	// numChargedAmount is, for a billing-period aggregate, the sum of the
+	// amounts its windows were charged: the base of its commitment true-up.
+	numChargedAmount
+	numFields
+)
+
+// get returns the window's decimal i (numSum, ...).
+func (w *window) get(i int) decimal.Decimal {
+	if n := w.nums[i]; !n.big {
+		return n.decimal()
+	}
+	return w.x.big[i]
+}
+
+// set makes d the window's decimal i.
+func (w *window) set(i int, d decimal.Decimal) {
+	if n, ok := numOf(d); ok {
+		w.nums[i] = n
+		return
+	}
+	x := w.extra()
+	if x.big == nil {
+		x.big = new([numFields]decimal.Decimal)
+	}
+	x.big[i] = d
+	w.nums[i] = num{big: true}
+}
+
+// addTo adds d to the window's decimal i.
+func (w *window) addTo(i int, d decimal.Decimal) {
+	if n, ok := numOf(d); ok && w.addNum(i, n) {
+		return
+	}
+	w.set(i, w.get(i).Add(d))
+}
+
+// addNum adds n to the window's decimal i, if the sum fits a num; it
+// reports whether it did.
+func (w *window) addNum(i int, n num) bool {
+	if w.nums[i].big {
+		return false
+	}
+	sum, ok := addNum(w.nums[i], n)
+	if ok {
+		w.nums[i] = sum
+	}
+	return ok
+}
+
+// windowExtra is the state MIN, MAX, LATEST and the unique counts keep,
+// and the window's decimals too large for a num.
 type windowExtra struct {
 	// extreme is MIN or MAX (valid when count > 0).
 	extreme decimal.Decimal
@@ -109,6 +159,8 @@ type windowExtra struct {
 	// UNIQUE_COUNT_APPROX_HLL.
 	unique map[string]struct{}
 	sketch *hyperloglog.Sketch
+	// big holds the window's decimals i whose nums[i] is big.
+	big *[numFields]decimal.Decimal
 }
 
 // extra returns w.x, allocated on first use.
@@ -147,10 +199,8 @@ func (w *window) add(ev *Event) {
 	w.count++
 	switch w.meter.Aggregation {
 	case AggSum, AggAvg:
-		if ev.isInt && !addOverflows(w.isum, ev.intValue) {
-			w.isum += ev.intValue
-		} else {
-			w.sum = w.sum.Add(ev.Value())
+		if n, ok := numInt(ev.intValue); !ev.isInt || !ok || !w.addNum(numSum, n) {
+			w.addTo(numSum, ev.Value())
 		}
 	case AggMin:
 		if x, v := w.extra(), ev.Value(); first || v.LessThan(x.extreme) {
@@ -183,22 +233,8 @@ func (w *window) add(ev *Event) {
 
 // addMoney adds one event's own charge (a per-event price).
 func (w *window) addMoney(amount decimal.Decimal) {
-	w.money = w.money.Add(amount)
+	w.addTo(numMoney, amount)
 	w.perEvent = true
-}
-
-// totalSum is the window's SUM: its integer part and its decimal part.
-func (w *window) totalSum() decimal.Decimal {
-	if w.isum == 0 {
-		return w.sum
-	}
-	return w.sum.Add(decimal.NewFromInt(w.isum))
-}
-
-// addOverflows reports whether a+b overflows int64.
-func addOverflows(a, b int64) bool {
-	c := a + b
-	return (b > 0 && c < a) || (b < 0 && c > a)
 }
 
 // avgDecimals is the precision of AVG quantities (ClickHouse's scale).
@@ -208,7 +244,7 @@ const avgDecimals = 10
 func (w *window) quantity() decimal.Decimal {
 	switch w.meter.Aggregation {
 	case AggSum:
-		return w.totalSum()
+		return w.get(numSum)
 	case AggCount:
 		return decimal.NewFromInt(int64(w.count))
 	case AggMin, AggMax:
@@ -220,7 +256,7 @@ func (w *window) quantity() decimal.Decimal {
 		if w.count == 0 {
 			return decimal.Zero
 		}
-		return w.totalSum().DivRound(decimal.NewFromInt(int64(w.count)), avgDecimals)
+		return w.get(numSum).DivRound(decimal.NewFromInt(int64(w.count)), avgDecimals)
 	case AggLatest:
 		if w.x == nil {
 			return decimal.Decimal{}
@@ -330,11 +366,7 @@ func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 	b = append(b, windowValueVersion)
 	b = binary.AppendVarint(b, w.endNs)
 	b = binary.AppendUvarint(b, w.count)
-	if w.sum.IsZero() && w.sum.Exponent() == 0 {
-		b = appendInt(b, w.isum) // totalSum without building a decimal
-	} else {
-		b = appendDecimal(b, w.totalSum())
-	}
+	b = w.appendNum(b, numSum)
 	var none windowExtra // what a window without x encodes (on the stack)
 	x := w.x
 	if x == nil {
@@ -359,11 +391,11 @@ func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 	}
 	b = appendBytes(b, sketch)
 	b = binary.AppendUvarint(b, w.revision)
-	b = appendDecimal(b, w.emittedAmount)
-	b = appendDecimal(b, w.emittedQuantity)
-	b = appendDecimal(b, w.chargedAmount)
-	b = appendDecimal(b, w.money)
-	b = appendDecimal(b, w.emittedMoney)
+	b = w.appendNum(b, numEmittedAmount)
+	b = w.appendNum(b, numEmittedQuantity)
+	b = w.appendNum(b, numChargedAmount)
+	b = w.appendNum(b, numMoney)
+	b = w.appendNum(b, numEmittedMoney)
 	var flags byte
 	if w.changed {
 		flags |= flagChanged
@@ -391,7 +423,7 @@ func decodeWindowValue(b []byte, key windowName, w *window) error {
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
-	w.sum, w.isum = r.decimal(), 0
+	sum := r.bytes() // read into w once w.x is settled
 	var x windowExtra
 	x.extreme = r.decimal()
 	x.latest = r.decimal()
@@ -420,12 +452,14 @@ func decodeWindowValue(b []byte, key windowName, w *window) error {
 		w.x = &kept
 	}
 	w.revision = r.uvarint()
-	w.emittedAmount = r.decimal()
-	w.emittedQuantity = r.decimal()
-	w.chargedAmount = r.decimal()
+	w.nums = [numFields]num{}
+	r.num(w, numSum, sum)
+	r.num(w, numEmittedAmount, r.bytes())
+	r.num(w, numEmittedQuantity, r.bytes())
+	r.num(w, numChargedAmount, r.bytes())
 	if version >= 2 {
-		w.money = r.decimal()
-		w.emittedMoney = r.decimal()
+		r.num(w, numMoney, r.bytes())
+		r.num(w, numEmittedMoney, r.bytes())
 	}
 	var rate []byte
 	if version == 3 {
@@ -461,10 +495,14 @@ func appendDecimal(b []byte, d decimal.Decimal) []byte {
 	return appendBytes(b, appendDecimalText(text[:0], d))
 }
 
-// appendInt appends v as appendDecimal appends an integer decimal.
-func appendInt(b []byte, v int64) []byte {
-	var digits [20]byte
-	return appendBytes(b, strconv.AppendInt(digits[:0], v, 10))
+// appendNum appends the window's decimal i as appendDecimal appends it.
+func (w *window) appendNum(b []byte, i int) []byte {
+	n := w.nums[i]
+	if n.big {
+		return appendDecimal(b, w.x.big[i])
+	}
+	var text [24]byte // the usual num fits: no allocation
+	return appendBytes(b, appendNumText(text[:0], n))
 }
 
 // byteReader decodes the varint/decimal layouts above, keeping the first error.
@@ -521,6 +559,23 @@ func (r *byteReader) bytes() []byte {
 	v := r.b[:n]
 	r.b = r.b[n:]
 	return v
+}
+
+// num reads text, a decimal read with bytes, into the window's decimal i.
+func (r *byteReader) num(w *window, i int, text []byte) {
+	if r.err != nil {
+		return
+	}
+	if n, ok := parseNum(text); ok {
+		w.nums[i] = n
+		return
+	}
+	d, err := decimal.NewFromString(string(text))
+	if err != nil {
+		r.setErr(err)
+		return
+	}
+	w.set(i, d)
 }
 
 func (r *byteReader) decimal() decimal.Decimal {
