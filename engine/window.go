@@ -55,7 +55,7 @@ type window struct {
 	x *windowExtra
 	// revision is the last revision emitted; 0 means never emitted.
 	revision uint64
-	perEvent            bool
+	perEvent bool
 	// rate is the rate of a per-event price the window's events were
 	// charged at (a band or destination prefix; "" for none). The group key
 	// names it too (dimension rate), for the row's identity; the charge's
