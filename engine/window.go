@@ -55,7 +55,6 @@ type window struct {
 	x *windowExtra
 	// revision is the last revision emitted; 0 means never emitted.
 	revision uint64
-	perEvent bool
 	// rate is the rate of a per-event price the window's events were
 	// charged at (a band or destination prefix; "" for none). The group key
 	// names it too (dimension rate), for the row's identity; the charge's
@@ -78,6 +77,9 @@ type window struct {
 	dirty bool
 	// queued is set while the window is in the shard's unemitted list.
 	queued bool
+	// perEvent is set when the window's price is per event: its events
+	// were charged one by one, into numMoney.
+	perEvent bool
 }
 
 // A window's exact decimals, by index in window.nums.
