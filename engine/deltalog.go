@@ -9,15 +9,14 @@ import (
 )
 
 // deltaWriter encodes windows into delta log chunks (see state/delta.go) of
-// about state.DeltaChunkBytes.
+// about state.DeltaChunkBytes before sealing.
 type deltaWriter struct {
-	// expect is how many more entries are expected: it sizes chunks.
-	expect     int
-	chunks     [][]byte
-	cur        []byte
-	bytes      int
-	entries    int
-	key, value []byte // scratch
+	chunks  [][]byte // sealed
+	bytes   int      // of the sealed chunks
+	entries int
+	// cur is the chunk being filled, plain; key, value and seal are
+	// scratch. All four are reused from one barrier to the next.
+	cur, key, value, seal []byte
 }
 
 // add appends the state of w, named name.
@@ -36,27 +35,23 @@ func (d *deltaWriter) tombstone(key []byte) {
 	d.append(key, nil)
 }
 
-// deltaEntryBytes is about what an entry takes: a key and a small window.
-const deltaEntryBytes = 80
-
 func (d *deltaWriter) append(key, value []byte) {
 	n := len(key) + len(value) + 2*binary.MaxVarintLen32
 	if len(d.cur) > 0 && len(d.cur)+n > state.DeltaChunkBytes {
 		d.flush()
 	}
-	if d.cur == nil {
-		d.cur = make([]byte, 0, min(state.DeltaChunkBytes, max(n, d.expect*deltaEntryBytes)))
-	}
 	d.cur = state.AppendDeltaEntry(d.cur, key, value)
 	d.entries++
-	d.expect--
 }
 
+// flush seals the current chunk.
 func (d *deltaWriter) flush() {
 	if len(d.cur) > 0 {
-		d.chunks = append(d.chunks, d.cur)
-		d.bytes += len(d.cur)
-		d.cur = nil
+		var sealed []byte
+		sealed, d.seal = state.SealChunk(d.cur, d.seal)
+		d.chunks = append(d.chunks, sealed)
+		d.bytes += len(sealed)
+		d.cur = d.cur[:0]
 	}
 }
 

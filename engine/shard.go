@@ -80,8 +80,8 @@ type shard struct {
 	seq, durableSeq  uint64
 	deletedThroughNs int64
 
-	// keyScratch and valueScratch are reused buffers of encodeDelta.
-	keyScratch, valueScratch []byte
+	// deltaScratch keeps encodeDelta's buffers from one barrier to the next.
+	deltaScratch deltaWriter
 
 	// pending is what changed since the last barrier; the next snapshot
 	// hands it out and starts it afresh.

@@ -257,11 +257,11 @@ func (s *shard) evict(wm int64) error {
 // encoded: the dirty windows as delta log chunks (every window in memory
 // when base is set), and the windows leaving memory for their own keys.
 func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
-	log := deltaWriter{key: s.keyScratch[:0], value: s.valueScratch[:0]}
+	log := &s.deltaScratch
+	*log = deltaWriter{cur: log.cur[:0], key: log.key, value: log.value, seal: log.seal}
 	if base {
 		// A base holds only what is in memory, and replaces every older
 		// chunk: it needs no tombstones.
-		log.expect = len(s.windows) + len(s.periods)
 		for _, w := range s.windows {
 			if err := log.add(s.name(w.key), w); err != nil {
 				return err
@@ -276,7 +276,6 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 			w.dirty = false
 		}
 	} else {
-		log.expect = len(s.pending.dirty) + len(s.pending.left)
 		for _, w := range s.pending.dirty {
 			if !w.dirty {
 				continue // evicted
@@ -294,7 +293,7 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	s.pending.left = s.pending.left[:0]
 	snap.deltaChunks, snap.deltaBytes = log.finish()
 	snap.deltaEntries = log.entries
-	s.keyScratch, s.valueScratch = log.key, log.value
+	log.chunks = nil // the snapshot's now
 	// Keys and values go into one buffer (Pebble copies them into its
 	// batch): two allocations per snapshot instead of two per window.
 	snap.windowPuts = make([]state.KV, 0, len(s.pending.merges))

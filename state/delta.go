@@ -49,9 +49,13 @@ func AppendDeltaEntry(chunk, key, value []byte) []byte {
 
 var errDeltaCorrupt = errors.New("delta chunk is corrupt")
 
-// ReadDeltaChunk calls fn with every entry of chunk, in order. The slices
-// alias chunk.
+// ReadDeltaChunk calls fn with every entry of chunk, sealed or plain, in
+// order. The slices alias chunk, or a buffer of their own for a sealed one.
 func ReadDeltaChunk(chunk []byte, fn func(key, value []byte) error) error {
+	chunk, err := openChunk(chunk)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errDeltaCorrupt, err)
+	}
 	for len(chunk) > 0 {
 		key, rest, ok := nextField(chunk)
 		if !ok {

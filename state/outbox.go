@@ -65,8 +65,9 @@ func packedOutboxKey(stream Stream, seq uint64, first uint32) []byte {
 	return binary.BigEndian.AppendUint32(k, first)
 }
 
-// writeOutbox adds cp's outbox entries to b, packed.
+// writeOutbox adds cp's outbox entries to b, packed in sealed chunks.
 func writeOutbox(b *recordingBatch, cp *Checkpoint) error {
+	var plain, scratch []byte
 	for stream, entries := range cp.Outbox {
 		for first := 0; first < len(entries); {
 			size, n := 0, 0
@@ -74,10 +75,12 @@ func writeOutbox(b *recordingBatch, cp *Checkpoint) error {
 				size += len(entries[first+n]) + binary.MaxVarintLen32
 				n++
 			}
-			chunk := make([]byte, 0, size)
+			plain = plain[:0]
 			for _, e := range entries[first : first+n] {
-				chunk = appendField(chunk, e)
+				plain = appendField(plain, e)
 			}
+			var chunk []byte
+			chunk, scratch = SealChunk(plain, scratch)
 			if err := b.Set(packedOutboxKey(stream, cp.Seq, uint32(first)), chunk, nil); err != nil {
 				return fmt.Errorf("state: batch outbox: %w", err)
 			}
@@ -167,7 +170,11 @@ func (s *Store) Outbox(stream Stream, from OutboxPos, throughSeq uint64, limit i
 		if err != nil {
 			return err
 		}
-		for chunk := it.Value(); len(chunk) > 0 && n < limit; pos.Index++ {
+		chunk, err := openChunk(it.Value())
+		if err != nil {
+			return fmt.Errorf("state: outbox chunk %q: %w: state is corrupt", k, err)
+		}
+		for ; len(chunk) > 0 && n < limit; pos.Index++ {
 			entry, rest, ok := nextField(chunk)
 			if !ok {
 				return fmt.Errorf("state: outbox chunk %q: state is corrupt", k)
