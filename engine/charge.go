@@ -12,7 +12,8 @@ import (
 // has a fee for the meter and the amount differs from the last one emitted.
 func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	start := time.Unix(0, p.key.startNs).UTC()
-	meter, customer := p.meter.Name, s.names.str(p.key.customer)
+	m := s.meter(p)
+	meter, customer := m.Name, s.names.str(p.key.customer)
 	charge, ok, err := s.rater.PeriodFee(s.subscriber(customer), meter, start, time.Unix(0, p.endNs).UTC(), p.get(numChargedAmount))
 	if err != nil {
 		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", meter, customer, start.Format(time.RFC3339), err)
@@ -25,7 +26,7 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	return RatedRow{
 		Tenant: s.tenant, Meter: meter, Customer: customer, GroupKey: PeriodFeeGroup,
 		WindowStart: start, WindowEnd: time.Unix(0, p.endNs).UTC(),
-		Quantity: p.quantity(), Count: p.count, Amount: charge.Amount, Currency: charge.Currency,
+		Quantity: p.quantity(m), Count: p.count, Amount: charge.Amount, Currency: charge.Currency,
 		Revision: p.revision, Final: true, Breakdown: charge.Lines,
 	}, true, nil
 }
@@ -42,8 +43,9 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 // its own.
 func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	start := time.Unix(0, w.key.startNs).UTC()
-	meter, customer := w.meter.Name, s.names.str(w.key.customer)
-	quantity := w.quantity()
+	m := s.meter(w)
+	meter, customer := m.Name, s.names.str(w.key.customer)
+	quantity := w.quantity(m)
 	// The period aggregate the window charges against: the one apply
 	// linked, while it is in memory (not dropped), else looked up or read
 	// back by its key.
@@ -71,7 +73,11 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		money := w.get(numMoney)
 		before := p.get(numEmittedMoney)
 		after := before.Add(money.Sub(w.get(numEmittedMoney)))
-		usage := rating.WindowUsage{Rate: w.rate, Units: quantity, Events: w.count, Amount: money}
+		var rate string
+		if w.rated {
+			rate = groupDim(s.names.str(w.key.group), RateDim)
+		}
+		usage := rating.WindowUsage{Rate: rate, Units: quantity, Events: w.count, Amount: money}
 		if charge, err = s.rater.IncrementEvents(s.subscriber(customer), meter, start, usage, before, after); err == nil {
 			amount = emitted.Add(charge.Amount)
 			p.set(numEmittedMoney, after)
@@ -82,7 +88,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 			// checkpointed, or a restart charges it again.
 			s.markDirty(p)
 		}
-	case w.meter.additive():
+	case m.additive():
 		before := p.get(numEmittedQuantity)
 		after := before.Add(quantity.Sub(w.get(numEmittedQuantity)))
 		if charge, err = s.rater.Increment(s.subscriber(customer), meter, start, before, after); err == nil {

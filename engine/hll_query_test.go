@@ -16,15 +16,15 @@ func TestApproxUniqueQueryDoesNotChangeState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &window{meter: meters.byName("cells")}
+	w, m := &window{}, meters.byName("cells")
 	for i := range 100 {
-		w.add(&Event{Text: fmt.Sprintf("cell-%d", i)})
+		w.add(&Event{Text: fmt.Sprintf("cell-%d", i), meter: m})
 	}
 	before, err := encodeWindowValue(w, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q := w.quantity(); q.IntPart() < 95 || q.IntPart() > 105 {
+	if q := w.quantity(m); q.IntPart() < 95 || q.IntPart() > 105 {
 		t.Fatalf("estimate %s of 100 distinct values", q)
 	}
 	after, err := encodeWindowValue(w, "")

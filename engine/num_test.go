@@ -83,7 +83,7 @@ func TestNumAgainstDecimal(t *testing.T) {
 // encoding and back.
 func TestWindowDecimalsBeyondNum(t *testing.T) {
 	huge := decimal.RequireFromString("123456789012345678901234567890.123456789")
-	w := &window{meter: shardMeters.list[0]}
+	w := &window{}
 	w.addTo(numSum, decimal.NewFromInt(5))
 	w.addTo(numSum, huge)
 	w.addTo(numSum, decimal.RequireFromString("0.5"))

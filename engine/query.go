@@ -147,7 +147,8 @@ func (s *shard) answer(q *usageQuery) {
 		list = s.byCustomer[id]
 	}
 	for _, w := range list {
-		key, meter := w.key, w.meter.Name
+		key, m := w.key, s.meter(w)
+		meter := m.Name
 		if req.Meter != "" && meter != req.Meter {
 			continue
 		}
@@ -158,7 +159,7 @@ func (s *shard) answer(q *usageQuery) {
 				fees = w.get(numEmittedAmount)
 			}
 			u.Periods = append(u.Periods, PeriodUsage{Meter: meter, PeriodStart: start, PeriodEnd: end,
-				Quantity: w.quantity(), Count: w.count, Amount: w.get(numChargedAmount).Add(fees), Fees: fees,
+				Quantity: w.quantity(m), Count: w.count, Amount: w.get(numChargedAmount).Add(fees), Fees: fees,
 				Currency: s.currency(req.Customer, meter, key.startNs)})
 			continue
 		}
@@ -166,7 +167,7 @@ func (s *shard) answer(q *usageQuery) {
 			continue
 		}
 		u.Windows = append(u.Windows, UsageWindow{Meter: meter, GroupKey: s.names.str(key.group), WindowStart: start, WindowEnd: end,
-			Quantity: w.quantity(), Count: w.count, Revision: w.revision, Closed: s.rules.closed(w.endNs, s.watermarkNs)})
+			Quantity: w.quantity(m), Count: w.count, Revision: w.revision, Closed: s.rules.closed(w.endNs, s.watermarkNs)})
 	}
 	sortWindows(u.Windows)
 	sort.Slice(u.Periods, func(i, j int) bool {

@@ -256,7 +256,7 @@ func (s *shard) apply(ev *Event) {
 		return
 	}
 	if w == nil {
-		w = s.addWindow(key, m, endNs, settleNs, rated.Rate)
+		w = s.addWindow(key, endNs, settleNs, rated.Rate != "")
 	}
 	w.add(ev)
 	if rated.PerEvent {
@@ -275,7 +275,7 @@ func (s *shard) apply(ev *Event) {
 			p = s.loadCold(periodKey, settleNs)
 		}
 		if p == nil {
-			p = &window{key: periodKey, meter: m, endNs: periodEndNs, periodEndNs: settleNs}
+			p = &window{key: periodKey, endNs: periodEndNs, periodEndNs: settleNs}
 			s.indexPeriod(p)
 			// A late record may open a period that has already closed (a
 			// customer without usage in it yet): its fee row is due now,

@@ -197,13 +197,13 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	// a customer's own dimension "rate" there is flagged and not taken.
 	rated := windowName{meter: "calls", customer: "sub-1", groupKey: `destination=uk,rate=peak`, startNs: t0.UnixNano()}
 	for _, c := range []struct{ rate, want string }{{"peak", "peak"}, {"", ""}} {
-		v, err := encodeWindowValue(&window{count: 1, perEvent: true, rate: c.rate}, rated.groupKey)
+		v, err := encodeWindowValue(&window{count: 1, perEvent: true, rated: c.rate != ""}, rated.groupKey)
 		if err != nil {
 			t.Fatal(err)
 		}
 		back = window{}
-		if err := decodeWindowValue(v, rated, &back); err != nil || back.rate != c.want {
-			t.Errorf("rate %q: read back %q (%v)", c.rate, back.rate, err)
+		if err := decodeWindowValue(v, rated, &back); err != nil || back.rated != (c.want != "") {
+			t.Errorf("rate %q: read back as rated %v (%v)", c.rate, back.rated, err)
 		}
 	}
 	// A version 1 value (written before per-event money) still reads: the
@@ -231,8 +231,8 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	// Version 3 (one build: the rate as a field before the flags) reads.
 	v3 := append(append([]byte{3}, encoded[1:len(encoded)-1]...), 4, 'p', 'e', 'a', 'k', encoded[len(encoded)-1])
 	back = window{}
-	if err := decodeWindowValue(v3, key, &back); err != nil || back.rate != "peak" || back.count != w.count {
-		t.Errorf("version 3 value: %+v (%v), want rate peak", back, err)
+	if err := decodeWindowValue(v3, key, &back); err != nil || !back.rated || back.count != w.count {
+		t.Errorf("version 3 value: %+v (%v), want it rated (the rate peak)", back, err)
 	}
 	if err := decodeWindowValue(append([]byte{4}, encoded[1:]...), key, &back); err == nil {
 		t.Error("a value of a later version decoded without error")
@@ -260,7 +260,7 @@ func TestIntegerSumsOverflowIntoDecimal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &window{meter: m.list[0]}
+	w := &window{}
 	d := NewDecoder(m)
 	want := decimal.Zero
 	values := []string{"-5", "1.5", "-999999999999999999"}
@@ -279,7 +279,7 @@ func TestIntegerSumsOverflowIntoDecimal(t *testing.T) {
 		w.add(&evs[0])
 		want = want.Add(decimal.RequireFromString(v))
 	}
-	if got := w.quantity(); !got.Equal(want) {
+	if got := w.quantity(m.list[0]); !got.Equal(want) {
 		t.Errorf("sum %s, want %s", got, want)
 	}
 	evs, _ := d.Decode([]byte(`{"id":"x","customer":"c","meter":"bytes","time":"2026-03-01T10:00:00Z","value":123}`), nil)

@@ -132,7 +132,7 @@ func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
 		case a.key.startNs != b.key.startNs:
 			return cmp.Compare(a.key.startNs, b.key.startNs)
 		case a.key.meter != b.key.meter:
-			return strings.Compare(a.meter.Name, b.meter.Name)
+			return strings.Compare(s.meter(a).Name, s.meter(b).Name)
 		case a.key.customer != b.key.customer:
 			return strings.Compare(s.names.str(a.key.customer), s.names.str(b.key.customer))
 		default:
@@ -174,7 +174,7 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 		if c := strings.Compare(s.names.str(a.key.customer), s.names.str(b.key.customer)); c != 0 {
 			return c
 		}
-		if c := strings.Compare(a.meter.Name, b.meter.Name); c != 0 {
+		if c := strings.Compare(s.meter(a).Name, s.meter(b).Name); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.key.startNs, b.key.startNs)

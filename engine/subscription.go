@@ -208,7 +208,7 @@ func (s *shard) openFeePeriodAt(customer string, tNs int64, force, recovered boo
 			p = s.loadCold(key, settleNs)
 		}
 		if p == nil {
-			p = &window{key: key, meter: m, endNs: endNs, periodEndNs: settleNs}
+			p = &window{key: key, endNs: endNs, periodEndNs: settleNs}
 			s.indexPeriod(p)
 			s.markDirty(p)
 		}

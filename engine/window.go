@@ -33,7 +33,6 @@ type windowKey struct {
 // owned by exactly one shard goroutine; nothing else touches it.
 type window struct {
 	key   windowKey
-	meter *meterSpec
 	endNs int64
 	// periodEndNs is when the billing period the window is charged in
 	// settles (see meterSpec.settleEnd): the period's end, or the end of
@@ -55,13 +54,6 @@ type window struct {
 	x *windowExtra
 	// revision is the last revision emitted; 0 means never emitted.
 	revision uint64
-	// rate is the rate of a per-event price the window's events were
-	// charged at (a band or destination prefix; "" for none). The group key
-	// names it too (dimension rate), for the row's identity; the charge's
-	// explanation takes it from here, not from the key, where a customer's
-	// own dimension "rate" can stand when the engine set none (state keeps
-	// that case as flagOwnRate).
-	rate string
 	// period is, for a window, its billing-period aggregate while that is in
 	// memory (see shard.apply); dropped marks a period aggregate that left
 	// memory, so that windows holding it look it up again.
@@ -80,6 +72,12 @@ type window struct {
 	// perEvent is set when the window's price is per event: its events
 	// were charged one by one, into numMoney.
 	perEvent bool
+	// rated is set when the group key's dimension rate is the rate of the
+	// window's per-event price (a band or destination prefix), which the
+	// engine put there for the row's identity, rather than a dimension of
+	// the customer's own (state keeps that case as flagOwnRate). The
+	// charge's explanation reads the rate from the key only when set.
+	rated bool
 }
 
 // A window's exact decimals, by index in window.nums.
@@ -195,11 +193,11 @@ func (p eventPos) after(q eventPos) bool {
 	}
 }
 
-// add folds one event into the window.
+// add folds one event of the window's meter into the window.
 func (w *window) add(ev *Event) {
 	first := w.count == 0
 	w.count++
-	switch w.meter.Aggregation {
+	switch ev.meter.Aggregation {
 	case AggSum, AggAvg:
 		if n, ok := numInt(ev.intValue); !ev.isInt || !ok || !w.addNum(numSum, n) {
 			w.addTo(numSum, ev.Value())
@@ -242,9 +240,9 @@ func (w *window) addMoney(amount decimal.Decimal) {
 // avgDecimals is the precision of AVG quantities (ClickHouse's scale).
 const avgDecimals = 10
 
-// quantity is the window's aggregate value.
-func (w *window) quantity() decimal.Decimal {
-	switch w.meter.Aggregation {
+// quantity is the window's aggregate value; m is its meter.
+func (w *window) quantity(m *meterSpec) decimal.Decimal {
+	switch m.Aggregation {
 	case AggSum:
 		return w.get(numSum)
 	case AggCount:
@@ -407,7 +405,7 @@ func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 	}
 	if w.perEvent {
 		flags |= flagPerEvent
-		if w.rate == "" && strings.Contains(groupKey, RateDim+"=") && groupDim(groupKey, RateDim) != "" {
+		if !w.rated && strings.Contains(groupKey, RateDim+"=") && groupDim(groupKey, RateDim) != "" {
 			flags |= flagOwnRate
 		}
 	}
@@ -472,11 +470,14 @@ func decodeWindowValue(b []byte, key windowName, w *window) error {
 	w.perEvent = flags&flagPerEvent != 0
 	switch {
 	case version == 3:
-		w.rate = string(rate)
+		// The engine put a rate it set in the group key too.
+		w.rated = len(rate) > 0
 	case w.perEvent && !key.period && flags&flagOwnRate == 0:
 		// The engine put the rate in the group key (its dimension replaced
 		// any of the event's).
-		w.rate = groupDim(key.groupKey, RateDim)
+		w.rated = groupDim(key.groupKey, RateDim) != ""
+	default:
+		w.rated = false
 	}
 	if r.err != nil {
 		return fmt.Errorf("window value: %w", r.err)

@@ -59,10 +59,13 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 		return nil
 	}
 	w.periodEndNs = periodEndNs
-	w.key, w.meter = key, s.meters.list[key.meter]
+	w.key = key
 	s.install(w)
 	return w
 }
+
+// meter returns the meter of w.
+func (s *shard) meter(w *window) *meterSpec { return s.meters.list[w.key.meter] }
 
 // name spells key out.
 func (s *shard) name(key windowKey) windowName {
@@ -134,8 +137,8 @@ func (s *shard) unindexCustomer(key windowKey) {
 	}
 }
 
-func (s *shard) addWindow(key windowKey, m *meterSpec, endNs, periodEndNs int64, rate string) *window {
-	w := &window{key: key, meter: m, endNs: endNs, periodEndNs: periodEndNs, rate: rate}
+func (s *shard) addWindow(key windowKey, endNs, periodEndNs int64, rated bool) *window {
+	w := &window{key: key, endNs: endNs, periodEndNs: periodEndNs, rated: rated}
 	s.indexWindow(w)
 	return w
 }
@@ -182,7 +185,6 @@ func (s *shard) restoreWindow(name windowName, w *window) error {
 	}
 	w.key = windowKey{meter: uint32(m.index), customer: s.names.id(name.customer), group: s.names.id(name.groupKey),
 		startNs: name.startNs, period: name.period}
-	w.meter = m
 	s.install(w)
 	return nil
 }
