@@ -69,8 +69,10 @@ func (e *Engine) readDeltaLog() (map[string][]byte, int64, error) {
 	var size int64
 	err := e.store.Deltas(func(_ uint64, chunk []byte) error {
 		size += int64(len(chunk))
-		owned := bytes.Clone(chunk) // the values alias it
-		return state.ReadDeltaChunk(owned, func(k, v []byte) error {
+		if !state.ChunkSealed(chunk) {
+			chunk = bytes.Clone(chunk) // the values alias it
+		}
+		return state.ReadDeltaChunk(chunk, func(k, v []byte) error {
 			latest[string(k)] = v
 			return nil
 		})
@@ -82,6 +84,7 @@ func (e *Engine) readDeltaLog() (map[string][]byte, int64, error) {
 }
 
 // minBaseBytes is the smallest delta log that is worth replacing by a base.
+// Like every size of the log, it counts sealed bytes: about 5 MB of entries.
 const minBaseBytes = 1 << 20
 
 // deltaLogSize decides when a checkpoint writes a base: once the chunks

@@ -294,6 +294,11 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	snap.deltaChunks, snap.deltaBytes = log.finish()
 	snap.deltaEntries = log.entries
 	log.chunks = nil // the snapshot's now
+	if cap(log.cur) > 2*state.DeltaChunkBytes {
+		// One huge entry (a large unique count) grew the buffers: do not
+		// keep them for the shard's life.
+		log.cur, log.seal = nil, nil
+	}
 	// Keys and values go into one buffer (Pebble copies them into its
 	// batch): two allocations per snapshot instead of two per window.
 	snap.windowPuts = make([]state.KV, 0, len(s.pending.merges))

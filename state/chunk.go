@@ -33,10 +33,14 @@ func SealChunk(plain, scratch []byte) (sealed, scratchOut []byte) {
 	return bytes.Clone(scratch[:1+len(block)]), scratch
 }
 
+// ChunkSealed reports whether a stored chunk is sealed: its fields, once
+// read, are in a buffer of their own rather than aliasing it.
+func ChunkSealed(chunk []byte) bool { return len(chunk) > 0 && chunk[0] == chunkS2 }
+
 // openChunk returns the fields of a stored chunk: a sealed one decompressed
 // into a buffer of its own, a plain one as it is.
 func openChunk(chunk []byte) ([]byte, error) {
-	if len(chunk) == 0 || chunk[0] != chunkS2 {
+	if !ChunkSealed(chunk) {
 		return chunk, nil
 	}
 	plain, err := s2.Decode(nil, chunk[1:])

@@ -77,35 +77,38 @@ func TestDeltaLog(t *testing.T) {
 	}
 }
 
-// TestOpenUpgradesV1: a folder of the layout before the delta log opens and
-// is marked v2, so that an older Tally refuses it.
-func TestOpenUpgradesV1(t *testing.T) {
-	dir := t.TempDir()
-	s, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Commit(&Checkpoint{Seq: 1, WindowPuts: []KV{{Key: []byte("k"), Value: []byte("v")}}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.db.Set(keyFormat, []byte(olderFormats[0]), pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	if s, err = Open(dir); err != nil {
-		t.Fatalf("v1 folder refused: %v", err)
-	}
-	defer s.Close()
-	v, closer, err := s.db.Get(keyFormat)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closer.Close()
-	if string(v) != formatMarker {
-		t.Errorf("marker %q after open, want %q", v, formatMarker)
-	}
-	if w, ok, err := s.Window([]byte("k")); err != nil || !ok || string(w) != "v" {
-		t.Errorf("window k = %q %v %v after the upgrade", w, ok, err)
+// TestOpenUpgradesOlderFormats: a folder of any older layout opens, keeps
+// its state and is marked with the current format, so that an older Tally
+// refuses it.
+func TestOpenUpgradesOlderFormats(t *testing.T) {
+	for _, older := range olderFormats {
+		dir := t.TempDir()
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Commit(&Checkpoint{Seq: 1, WindowPuts: []KV{{Key: []byte("k"), Value: []byte("v")}}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.db.Set(keyFormat, []byte(older), pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if s, err = Open(dir); err != nil {
+			t.Fatalf("%s folder refused: %v", older, err)
+		}
+		v, closer, err := s.db.Get(keyFormat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(v) != formatMarker {
+			t.Errorf("%s: marker %q after open, want %q", older, v, formatMarker)
+		}
+		closer.Close()
+		if w, ok, err := s.Window([]byte("k")); err != nil || !ok || string(w) != "v" {
+			t.Errorf("%s: window k = %q %v %v after the upgrade", older, w, ok, err)
+		}
+		s.Close()
 	}
 }
 

@@ -53,14 +53,14 @@ import (
 
 // formatMarker identifies a Tally state folder and its layout version. A
 // folder holding a Pebble database without it is foreign and refused.
-// v2 added the delta log (delta.go), v3 the packed outbox (outbox.go). An
-// older folder is read as it is (no log, one key per outbox entry) and
-// marked v3 at open, so that an older Tally refuses it rather than ignoring
-// what it cannot read.
-const formatMarker = "tally-state-v3"
+// v2 added the delta log (delta.go), v3 the packed outbox (outbox.go), v4
+// sealed chunks (chunk.go). An older folder is read as it is (no log, one
+// key per outbox entry, plain chunks) and marked v4 at open, so that an
+// older Tally refuses it with ErrForeign rather than misreading it.
+const formatMarker = "tally-state-v4"
 
 // olderFormats are the markers an open upgrades.
-var olderFormats = []string{"tally-state-v1", "tally-state-v2"}
+var olderFormats = []string{"tally-state-v1", "tally-state-v2", "tally-state-v3"}
 
 var (
 	keyFormat = []byte("m/format")
