@@ -64,21 +64,37 @@ func (d *deltaWriter) finish() ([][]byte, int) {
 // readDeltaLog returns the latest logged state of every window in the
 // store's delta log, by state key, and the log's size in bytes. An empty
 // value is a tombstone: the window left memory (see shard.leave).
+//
+// The chunks are opened first and their entries counted, so that the map
+// is made at its size: growing a map of millions of entries rehashes it
+// again and again (a second of a 1M-window recovery).
 func (e *Engine) readDeltaLog() (map[string][]byte, int64, error) {
-	latest := make(map[string][]byte)
+	var opened [][]byte
 	var size int64
+	entries := 0
+	count := func(_, _ []byte) error { entries++; return nil }
 	err := e.store.Deltas(func(_ uint64, chunk []byte) error {
 		size += int64(len(chunk))
 		if !state.ChunkSealed(chunk) {
 			chunk = bytes.Clone(chunk) // the values alias it
 		}
-		return state.ReadDeltaChunk(chunk, func(k, v []byte) error {
-			latest[string(k)] = v
-			return nil
-		})
+		chunk, err := state.OpenDeltaChunk(chunk)
+		if err != nil {
+			return err
+		}
+		opened = append(opened, chunk)
+		return state.ReadDeltaEntries(chunk, count)
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("engine: recover: read the delta log: %w", err)
+	}
+	latest := make(map[string][]byte, entries)
+	for _, chunk := range opened {
+		// Counted above: the chunk reads.
+		_ = state.ReadDeltaEntries(chunk, func(k, v []byte) error {
+			latest[string(k)] = v
+			return nil
+		})
 	}
 	return latest, size, nil
 }

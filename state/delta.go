@@ -52,10 +52,27 @@ var errDeltaCorrupt = errors.New("delta chunk is corrupt")
 // ReadDeltaChunk calls fn with every entry of chunk, sealed or plain, in
 // order. The slices alias chunk, or a buffer of their own for a sealed one.
 func ReadDeltaChunk(chunk []byte, fn func(key, value []byte) error) error {
-	chunk, err := openChunk(chunk)
+	entries, err := OpenDeltaChunk(chunk)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errDeltaCorrupt, err)
+		return err
 	}
+	return ReadDeltaEntries(entries, fn)
+}
+
+// OpenDeltaChunk returns the entries of a stored chunk, for
+// ReadDeltaEntries: a sealed chunk's decompressed into a buffer of their
+// own, a plain chunk's as they are.
+func OpenDeltaChunk(chunk []byte) ([]byte, error) {
+	entries, err := openChunk(chunk)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errDeltaCorrupt, err)
+	}
+	return entries, nil
+}
+
+// ReadDeltaEntries calls fn with every entry of an opened chunk, in order;
+// the slices alias it.
+func ReadDeltaEntries(chunk []byte, fn func(key, value []byte) error) error {
 	for len(chunk) > 0 {
 		key, rest, ok := nextField(chunk)
 		if !ok {
