@@ -592,6 +592,9 @@ func (r *byteReader) decimal() decimal.Decimal {
 		}
 		return decimal.NewFromInt(v)
 	}
+	if n, ok := parseNum(s); ok {
+		return n.decimal() // the same coefficient and exponent, parsed without a string
+	}
 	d, err := decimal.NewFromString(string(s))
 	if err != nil {
 		r.setErr(err)
