@@ -1,9 +1,7 @@
 package engine
 
 import (
-	"math/rand/v2"
 	"testing"
-	"time"
 )
 
 // TestColdIDsFindsEveryLiveID runs random adds and an advancing expiry
@@ -12,9 +10,7 @@ import (
 // through rebuilds and stale slots taken over. Ids share their 32-bit hash
 // on purpose in part of the run, so that one lookup offers several buckets.
 func TestColdIDsFindsEveryLiveID(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 2))
+	rng := seededRand(t, 2)
 	var cold coldIDs
 	model := make(map[idHash]int64) // id -> bucket start
 	expiry := int64(-50) * dedupBucketNs

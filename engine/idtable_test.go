@@ -2,9 +2,7 @@ package engine
 
 import (
 	"hash/fnv"
-	"math/rand/v2"
 	"testing"
-	"time"
 )
 
 // TestEventIDHashIsFNV128a: the ids in existing state were hashed with
@@ -28,9 +26,7 @@ func TestEventIDHashIsFNV128a(t *testing.T) {
 // TestIDTableAgreesWithMap runs random sets, gets and bucket deletions
 // against a Go map.
 func TestIDTableAgreesWithMap(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 1))
+	rng := seededRand(t, 1)
 	var table idTable
 	model := make(map[idHash]int64)
 	id := func() idHash {

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -15,9 +14,7 @@ import (
 // oracle keyed by the records' own strings) and that every id is held
 // exactly by the windows in the table.
 func TestNamesFollowTheWindowTable(t *testing.T) {
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	rng := seededRand(t, 0)
 	s := testShard()
 	type wkey struct {
 		customer, group string

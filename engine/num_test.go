@@ -1,9 +1,7 @@
 package engine
 
 import (
-	"math/rand/v2"
 	"testing"
-	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -12,9 +10,7 @@ import (
 // stands in for: every value either converts exactly or is refused (big),
 // sums are exact or refused, and the text and its parse match decimal's.
 func TestNumAgainstDecimal(t *testing.T) {
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 1))
+	rng := seededRand(t, 1)
 	edges := []string{"0", "1", "-1", "0.5", "-0.05", "999999999999999999", "-999999999999999999",
 		"1000000000000000000", "0.000000000000000000001", "123456789.123456789", "9223372036854775807",
 		"1E3", "-2.5E2", "1E17", "1E18", "0.10", "100"}

@@ -78,12 +78,17 @@ func TestRatedRowAppendJSON(t *testing.T) {
 	}
 }
 
-func BenchmarkRatedRowJSON(b *testing.B) {
+// benchRow is a usual rated row: one breakdown line, small decimals.
+func benchRow() RatedRow {
 	d := decimal.RequireFromString
-	row := RatedRow{Tenant: "default", Meter: "voice_seconds", Customer: "sub-000123", GroupKey: "destination=uk",
+	return RatedRow{Tenant: "default", Meter: "voice_seconds", Customer: "sub-000123", GroupKey: "destination=uk",
 		WindowStart: t0, WindowEnd: t0.Add(time.Minute), Quantity: d("310"), Count: 4, Amount: d("1.55"), Currency: "EUR",
 		UnitPrice: d("0.005"), Revision: 2, Final: true,
 		Breakdown: []rating.Line{{Description: "per unit", Units: d("310"), UnitPrice: d("0.005"), Amount: d("1.55")}}}
+}
+
+func BenchmarkRatedRowJSON(b *testing.B) {
+	row := benchRow()
 	b.Run("json.Marshal", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -107,11 +112,7 @@ func BenchmarkRatedRowJSON(b *testing.B) {
 // BenchmarkDecodeRow measures what a sink pays to read a row back from the
 // outbox.
 func BenchmarkDecodeRow(b *testing.B) {
-	d := decimal.RequireFromString
-	row := RatedRow{Tenant: "default", Meter: "voice_seconds", Customer: "sub-000123", GroupKey: "destination=uk",
-		WindowStart: t0, WindowEnd: t0.Add(time.Minute), Quantity: d("310"), Count: 4, Amount: d("1.55"), Currency: "EUR",
-		UnitPrice: d("0.005"), Revision: 2, Final: true,
-		Breakdown: []rating.Line{{Description: "per unit", Units: d("310"), UnitPrice: d("0.005"), Amount: d("1.55")}}}
+	row := benchRow()
 	encoded := encodeRow(nil, &row)
 	b.ReportAllocs()
 	for b.Loop() {
