@@ -328,6 +328,10 @@ run_tally() {
 plan: $WORK/plan.yaml
 stateDir: $WORK/tally-state-$round
 httpAddr: $TALLY_HTTP
+# One engine, no changelog: a group (the default) would find round 1's
+# changelogs and committed progress on the broker in round 2 and resume
+# there, with nothing left to read.
+scaleOut: off
 kafka:
   brokers: [$KAFKA_ADDR]
   topics: [$TOPIC]
