@@ -67,7 +67,10 @@ func (d *deltaWriter) finish() ([][]byte, int) {
 //
 // The chunks are opened first and their entries counted, so that the map
 // is made at its size: growing a map of millions of entries rehashes it
-// again and again (a second of a 1M-window recovery).
+// again and again (a second of a 1M-window recovery). The count includes
+// entries overwritten by later chunks, and every opened chunk is held until
+// the map is filled: at most the log's size, about twice a base (see
+// deltaLogSize), decompressed.
 func (e *Engine) readDeltaLog() (map[string][]byte, int64, error) {
 	var opened [][]byte
 	var size int64

@@ -340,9 +340,15 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	// Sized up front (a quarter over an even share): growing slices of
 	// millions of entries copied them again and again, a third of a
 	// 1M-window recovery.
+	live := 0 // what the lists will hold: the log's entries but its tombstones
+	for _, v := range logged {
+		if len(v) > 0 {
+			live++
+		}
+	}
 	byShard := make([][]loggedWindow, n)
 	for i := range byShard {
-		byShard[i] = make([]loggedWindow, 0, len(logged)/int(n)+len(logged)/(4*int(n))+16)
+		byShard[i] = make([]loggedWindow, 0, live/int(n)+live/(4*int(n))+16)
 	}
 	for k, v := range logged {
 		if len(v) == 0 {

@@ -593,7 +593,10 @@ func (r *byteReader) decimal() decimal.Decimal {
 		return decimal.NewFromInt(v)
 	}
 	if n, ok := parseNum(s); ok {
-		return n.decimal() // the same coefficient and exponent, parsed without a string
+		// The same value, parsed without a string: the same coefficient and
+		// exponent too, but for a zero, which reads as 0 (the writer never
+		// writes "0.00" while decimal.TrimTrailingZeros holds).
+		return n.decimal()
 	}
 	d, err := decimal.NewFromString(string(s))
 	if err != nil {
