@@ -50,7 +50,15 @@
 //     often rows are re-delivered.
 //   - Increments of a billing period's windows add up to the charge of the
 //     period's total (charge.go): allowances and tiers apply to the period,
-//     and zero-charge increments move the period too.
+//     and zero-charge increments move the period too. Within a customer,
+//     windows due together are charged in the order of their start, meter
+//     and group key by name (snapshot.go sortDue), the same on every replay.
+//   - A window's key holds ids, not names (names.go): every window and
+//     period in the table holds its customer's and group key's ids, which
+//     are freed only at a barrier's end, so a key always spells the names it
+//     was made from. State keys and rows use the names.
+//   - Window decimals are exact: a num that cannot hold a value hands it to
+//     a decimal (num.go), never rounds it.
 //   - A record is late (dead-lettered) exactly when its window or period no
 //     longer accepts records or its dedup bucket is forgotten
 //     (timerules.go): the dedup horizon covers every record that is not late.
