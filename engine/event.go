@@ -175,18 +175,16 @@ type RatedRow struct {
 
 // Identity returns the row identity as one string, used as the Kafka key.
 func (r *RatedRow) Identity() string {
-	var b strings.Builder
-	b.Grow(len(r.Tenant) + len(r.Meter) + len(r.Customer) + len(r.GroupKey) + 24)
-	b.WriteString(r.Tenant)
-	b.WriteByte('|')
-	b.WriteString(r.Meter)
-	b.WriteByte('|')
-	b.WriteString(r.Customer)
-	b.WriteByte('|')
-	b.WriteString(r.GroupKey)
-	b.WriteByte('|')
-	b.WriteString(r.WindowStart.UTC().Format(time.RFC3339))
-	return b.String()
+	return string(r.AppendIdentity(make([]byte, 0, len(r.Tenant)+len(r.Meter)+len(r.Customer)+len(r.GroupKey)+24)))
+}
+
+// AppendIdentity appends the row identity (Identity) to b.
+func (r *RatedRow) AppendIdentity(b []byte) []byte {
+	b = append(append(b, r.Tenant...), '|')
+	b = append(append(b, r.Meter...), '|')
+	b = append(append(b, r.Customer...), '|')
+	b = append(append(b, r.GroupKey...), '|')
+	return r.WindowStart.UTC().AppendFormat(b, time.RFC3339)
 }
 
 // appendCanonicalGroupKey renders sorted dims as k=v pairs joined by ',',

@@ -122,3 +122,17 @@ func BenchmarkDecodeRow(b *testing.B) {
 		}
 	}
 }
+
+// TestRowIdentity: the identity, the rated topic's key, as README documents
+// it: tenant|meter|customer|group key|window start (RFC 3339, UTC).
+func TestRowIdentity(t *testing.T) {
+	row := benchRow()
+	row.WindowStart = time.Date(2026, 3, 1, 11, 0, 0, 0, time.FixedZone("CET", 3600))
+	want := "default|voice_seconds|sub-000123|destination=uk|2026-03-01T10:00:00Z"
+	if got := row.Identity(); got != want {
+		t.Errorf("Identity() = %q, want %q", got, want)
+	}
+	if got := string(row.AppendIdentity([]byte("x"))); got != "x"+want {
+		t.Errorf("AppendIdentity = %q, want %q", got, "x"+want)
+	}
+}

@@ -96,9 +96,10 @@ func (s *RatedSink) Write(ctx context.Context, rows []engine.RatedRow) error {
 	records := make([]kgo.Record, len(rows))
 	ptrs := make([]*kgo.Record, len(rows))
 	headers := make([]kgo.RecordHeader, len(rows))
-	// Every row's JSON goes into one buffer, kept until every record is
-	// acknowledged.
-	buf := make([]byte, 0, 400*len(rows))
+	// Every row's JSON, key and revision go into one buffer, kept until
+	// every record is acknowledged (a slice taken before the buffer grows
+	// keeps its bytes).
+	buf := make([]byte, 0, 480*len(rows))
 	for i := range rows {
 		start := len(buf)
 		var err error
@@ -106,8 +107,13 @@ func (s *RatedSink) Write(ctx context.Context, rows []engine.RatedRow) error {
 			return fmt.Errorf("kafka rated sink: encode row: %w", err)
 		}
 		value := buf[start:len(buf):len(buf)]
-		headers[i] = kgo.RecordHeader{Key: "tally-revision", Value: strconv.AppendUint(nil, rows[i].Revision, 10)}
-		records[i] = kgo.Record{Key: []byte(rows[i].Identity()), Value: value, Headers: headers[i : i+1 : i+1]}
+		start = len(buf)
+		buf = rows[i].AppendIdentity(buf)
+		key := buf[start:len(buf):len(buf)]
+		start = len(buf)
+		buf = strconv.AppendUint(buf, rows[i].Revision, 10)
+		headers[i] = kgo.RecordHeader{Key: "tally-revision", Value: buf[start:len(buf):len(buf)]}
+		records[i] = kgo.Record{Key: key, Value: value, Headers: headers[i : i+1 : i+1]}
 		ptrs[i] = &records[i]
 	}
 	if err := s.produce(ctx, ptrs); err != nil {
