@@ -251,7 +251,11 @@ func (w *ChangelogWriter) failed(step string, err error) error {
 // final reports whether err is a Kafka error that retrying cannot mend.
 // The errors kgo recovers from in a new transaction are not final
 // (UNKNOWN_SERVER_ERROR leaves a commit unconfirmed; the others are undone
-// by an abort or a producer id reload).
+// by an abort or a producer id reload). OUT_OF_ORDER_SEQUENCE_NUMBER is
+// one of them: a batch the broker lost or reordered (a leader change, a
+// retry under load) poisons the transaction, not the producer, and the
+// next attempt aborts it first (seen once from kfake under load, on a
+// first append).
 func final(err error) bool {
 	if errors.Is(err, kerr.UnknownTopicID) {
 		return true // the changelog topic was recreated: its offsets are not the state's
@@ -262,7 +266,8 @@ func final(err error) bool {
 	}
 	switch ke {
 	case kerr.UnknownServerError, kerr.TransactionAbortable, kerr.InvalidProducerEpoch, kerr.InvalidProducerIDMapping,
-		kerr.UnknownProducerID, kerr.InvalidTxnState, kerr.OperationNotAttempted, kerr.ConcurrentTransactions:
+		kerr.UnknownProducerID, kerr.InvalidTxnState, kerr.OperationNotAttempted, kerr.ConcurrentTransactions,
+		kerr.OutOfOrderSequenceNumber:
 		return false
 	}
 	return true

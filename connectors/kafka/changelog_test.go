@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/tally-billing/tally/connectors/kafka/kafkatest"
 	"github.com/tally-billing/tally/engine"
 	"github.com/tally-billing/tally/state"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -46,7 +48,7 @@ func TestChangelogFencesThePreviousOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer old.(io.Closer).Close()
-	if _, err := old.Append(ctx, []state.Op{set("a", "1"), {Kind: state.OpDeleteRange, Key: []byte("w/"), Value: []byte("w/5")}}); err != nil {
+	if _, err := appendRetrying(ctx, t, old, []state.Op{set("a", "1"), {Kind: state.OpDeleteRange, Key: []byte("w/"), Value: []byte("w/5")}}); err != nil {
 		t.Fatal(err)
 	}
 	owner, err := changelogs.Open(ctx, 1)
@@ -71,7 +73,7 @@ func TestChangelogFencesThePreviousOwner(t *testing.T) {
 			t.Fatalf("the fenced owner was not told it was fenced in %d attempts", attempt)
 		}
 	}
-	pos, err := owner.Append(ctx, []state.Op{set("b", "2"), {Kind: state.OpDelete, Key: []byte("a")}})
+	pos, err := appendRetrying(ctx, t, owner, []state.Op{set("b", "2"), {Kind: state.OpDelete, Key: []byte("a")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +123,7 @@ func TestChangelogAppendAfterAnOutage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer w.(io.Closer).Close()
-			if _, err := w.Append(ctx, []state.Op{set("a", "1")}); err != nil {
+			if _, err := appendRetrying(ctx, t, w, []state.Op{set("a", "1")}); err != nil {
 				t.Fatal(err)
 			}
 
@@ -157,7 +159,7 @@ func TestChangelogAppendAfterAnOutage(t *testing.T) {
 			if err != nil {
 				t.Fatalf("append after the outage: %v", err)
 			}
-			if _, err := w.Append(ctx, []state.Op{set("c", "1")}); err != nil {
+			if _, err := appendRetrying(ctx, t, w, []state.Op{set("c", "1")}); err != nil {
 				t.Fatalf("the next checkpoint: %v", err)
 			}
 
@@ -196,5 +198,39 @@ func TestChangelogAppendAfterAnOutage(t *testing.T) {
 				t.Errorf("from position %d the changelog holds %q (%v), ending at %d; want only s:c=1", pos, tail, err, end)
 			}
 		})
+	}
+}
+
+// appendRetrying appends ops as the engine does: a failed append is
+// retried until it commits or its error is final.
+func appendRetrying(ctx context.Context, t *testing.T, w engine.Changelog, ops []state.Op) (int64, error) {
+	var pos int64
+	err := engine.Backoff{Min: 50 * time.Millisecond, Max: time.Second}.Retry(ctx, func(int) error {
+		var err error
+		pos, err = w.Append(ctx, ops)
+		return err
+	}, func(attempt int, err error, _ time.Duration) { t.Logf("append attempt %d: %v", attempt, err) })
+	return pos, err
+}
+
+// TestChangelogErrorsFinalOrNot: the Kafka errors an abort and a new
+// transaction mend are retried; the others stop the task.
+func TestChangelogErrorsFinalOrNot(t *testing.T) {
+	for _, c := range []struct {
+		err   error
+		final bool
+	}{
+		{kerr.OutOfOrderSequenceNumber, false},
+		{kerr.UnknownServerError, false},
+		{kerr.InvalidProducerEpoch, false},
+		{kerr.NotLeaderForPartition, false}, // retriable
+		{kerr.MessageTooLarge, true},
+		{kerr.TopicAuthorizationFailed, true},
+		{kerr.UnknownTopicID, true},
+		{errors.New("connection refused"), false},
+	} {
+		if got := final(fmt.Errorf("produce: %w", c.err)); got != c.final {
+			t.Errorf("final(%v) = %v, want %v", c.err, got, c.final)
+		}
 	}
 }
