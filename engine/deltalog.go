@@ -55,10 +55,22 @@ func (d *deltaWriter) flush() {
 	}
 }
 
-// finish returns the chunks and their size in bytes.
+// reset readies d for a barrier: no chunks, its buffers kept from the
+// last one unless one huge entry (a large unique count) grew them.
+func (d *deltaWriter) reset() {
+	*d = deltaWriter{cur: d.cur[:0], key: d.key, value: d.value, seal: d.seal}
+	if cap(d.cur) > 2*state.DeltaChunkBytes {
+		d.cur, d.seal = nil, nil
+	}
+}
+
+// finish seals the last chunk and hands the chunks over, with their size
+// in bytes.
 func (d *deltaWriter) finish() ([][]byte, int) {
 	d.flush()
-	return d.chunks, d.bytes
+	chunks := d.chunks
+	d.chunks = nil
+	return chunks, d.bytes
 }
 
 // readDeltaLog returns the latest logged state of every window in the

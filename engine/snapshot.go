@@ -281,7 +281,7 @@ func (s *shard) evict(wm int64) error {
 // when base is set), and the windows leaving memory for their own keys.
 func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	log := &s.deltaScratch
-	*log = deltaWriter{cur: log.cur[:0], key: log.key, value: log.value, seal: log.seal}
+	log.reset()
 	if base {
 		// A base holds only what is in memory, and replaces every older
 		// chunk: it needs no tombstones.
@@ -316,12 +316,6 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	s.pending.left = s.pending.left[:0]
 	snap.deltaChunks, snap.deltaBytes = log.finish()
 	snap.deltaEntries = log.entries
-	log.chunks = nil // the snapshot's now
-	if cap(log.cur) > 2*state.DeltaChunkBytes {
-		// One huge entry (a large unique count) grew the buffers: do not
-		// keep them for the shard's life.
-		log.cur, log.seal = nil, nil
-	}
 	// Keys and values go into one buffer (Pebble copies them into its
 	// batch): two allocations per snapshot instead of two per window.
 	snap.windowPuts = make([]state.KV, 0, len(s.pending.merges))

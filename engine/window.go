@@ -586,12 +586,6 @@ func (r *byteReader) decimal() decimal.Decimal {
 	if r.err != nil {
 		return decimal.Decimal{}
 	}
-	if v, ok := parseSmallInt(s); ok {
-		if v == 0 {
-			return decimal.Decimal{} // equal to NewFromString("0"), without allocating
-		}
-		return decimal.NewFromInt(v)
-	}
 	if n, ok := parseNum(s); ok {
 		// The same value, parsed without a string: the same coefficient and
 		// exponent too, but for a zero, which reads as 0 (the writer never

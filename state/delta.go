@@ -49,16 +49,6 @@ func AppendDeltaEntry(chunk, key, value []byte) []byte {
 
 var errDeltaCorrupt = errors.New("delta chunk is corrupt")
 
-// ReadDeltaChunk calls fn with every entry of chunk, sealed or plain, in
-// order. The slices alias chunk, or a buffer of their own for a sealed one.
-func ReadDeltaChunk(chunk []byte, fn func(key, value []byte) error) error {
-	entries, err := OpenDeltaChunk(chunk)
-	if err != nil {
-		return err
-	}
-	return ReadDeltaEntries(entries, fn)
-}
-
 // OpenDeltaChunk returns the entries of a stored chunk, for
 // ReadDeltaEntries: a sealed chunk's decompressed into a buffer of their
 // own, a plain chunk's as they are.

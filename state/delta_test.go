@@ -38,7 +38,7 @@ func TestDeltaLog(t *testing.T) {
 	read := func() string {
 		var out []string
 		err := s.Deltas(func(seq uint64, c []byte) error {
-			return ReadDeltaChunk(c, func(k, v []byte) error {
+			return readDeltaChunk(c, func(k, v []byte) error {
 				out = append(out, fmt.Sprintf("%d:%s=%s", seq, k, v))
 				return nil
 			})
@@ -71,7 +71,7 @@ func TestDeltaLog(t *testing.T) {
 		t.Fatalf("after a delta: %s, want %s", got, want)
 	}
 	for _, bad := range [][]byte{{5, 'a'}, {1, 'a', 9}, {0xff}} {
-		if err := ReadDeltaChunk(bad, func(k, v []byte) error { return nil }); err == nil {
+		if err := readDeltaChunk(bad, func(k, v []byte) error { return nil }); err == nil {
 			t.Errorf("chunk %x read without error", bad)
 		}
 	}
@@ -129,7 +129,7 @@ func TestDeltaChunkSealing(t *testing.T) {
 	}
 	read := func(chunk []byte) ([]string, error) {
 		var got []string
-		err := ReadDeltaChunk(chunk, func(k, v []byte) error {
+		err := readDeltaChunk(chunk, func(k, v []byte) error {
 			got = append(got, fmt.Sprintf("%q=%q", k, v))
 			return nil
 		})
@@ -153,4 +153,14 @@ func TestDeltaChunkSealing(t *testing.T) {
 			t.Errorf("a damaged sealed chunk of %d bytes read as %d entries without error", len(damaged), len(got))
 		}
 	}
+}
+
+// readDeltaChunk calls fn with every entry of a stored chunk, sealed or
+// plain, in order, as recovery reads them.
+func readDeltaChunk(chunk []byte, fn func(key, value []byte) error) error {
+	entries, err := OpenDeltaChunk(chunk)
+	if err != nil {
+		return err
+	}
+	return ReadDeltaEntries(entries, fn)
 }

@@ -151,11 +151,7 @@ func TestChangelogAppendAfterAnOutage(t *testing.T) {
 			if err := outage.Up(); err != nil {
 				t.Fatal(err)
 			}
-			var pos int64
-			err = engine.Backoff{Min: 100 * time.Millisecond, Max: time.Second}.Retry(ctx, func(int) error {
-				pos, err = w.Append(ctx, cp)
-				return err
-			}, func(attempt int, err error, _ time.Duration) { t.Logf("attempt %d after the outage: %v", attempt, err) })
+			pos, err := appendRetrying(ctx, t, w, cp)
 			if err != nil {
 				t.Fatalf("append after the outage: %v", err)
 			}
