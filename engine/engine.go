@@ -188,7 +188,7 @@ func DefaultConfig() Config {
 		BillingAnchorDay:          1,
 		IdleTimeout:               30 * time.Second,
 		MaxUndeliveredCheckpoints: 300,
-		SinkBatchRows:             10000,
+		SinkBatchRows:             50000,
 		MaxLiveWindows:            5_000_000,
 		PartitionDiscovery:        30 * time.Second,
 		Partitioner:               PartitionerMurmur2,

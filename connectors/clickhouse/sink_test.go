@@ -124,3 +124,45 @@ func TestOpenRejectsBadIdentifiers(t *testing.T) {
 		t.Errorf("Open with a bad database name: %v", err)
 	}
 }
+
+// TestWriteInBlocks: a batch larger than a block arrives whole, each row
+// with its own values and breakdown, in blocks whose arrays are reused
+// (a row of an earlier block must not show through in a later one), and as
+// one part: the server squashes the blocks of one INSERT.
+func TestWriteInBlocks(t *testing.T) {
+	addr := testAddr(t)
+	ctx := context.Background()
+	database := fmt.Sprintf("tally_blocks_test_%d", time.Now().UnixNano()%1e9)
+	sink, err := Open(ctx, Config{Addr: addr, Database: database})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	n := 2*blockRows + 77
+	rows := make([]engine.RatedRow, n)
+	var sum int64
+	for i := range rows {
+		rows[i] = row(fmt.Sprintf("c%05d", i), uint64(i%3+1), fmt.Sprint(i))
+		if i%2 == 0 { // breakdowns of different lengths, and none
+			rows[i] = withBreakdown(rows[i])
+		}
+		sum += int64(i)
+	}
+	query(t, addr, "SYSTEM STOP MERGES")
+	defer query(t, addr, "SYSTEM START MERGES")
+	if err := sink.Write(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	table := database + ".rated_usage"
+	if got, want := query(t, addr, "SELECT count(), toString(sum(quantity)) FROM "+table), fmt.Sprintf("%d\t%d.0000000000", n, sum); got != want {
+		t.Errorf("count, sum(quantity): %s, want %s", got, want)
+	}
+	// Every row's breakdown names its own units, or is empty.
+	bad := query(t, addr, "SELECT count() FROM "+table+" WHERE if(toUInt64(substring(customer, 2)) % 2 = 0, toString(toUInt64(quantity)), '') != extract(breakdown, '\"units\":\"([0-9]+)\"')")
+	if bad != "0" {
+		t.Errorf("%s rows have another row's breakdown, or none where they should", bad)
+	}
+	if parts := query(t, addr, "SELECT count() FROM system.parts WHERE database = '"+database+"' AND table = 'rated_usage' AND active"); parts != "1" {
+		t.Errorf("one INSERT left %s parts, want 1", parts)
+	}
+}
