@@ -85,6 +85,29 @@ type Sink interface {
 	Write(ctx context.Context, rows []RatedRow) error
 }
 
+// BatchSizer is implemented by a sink (or dead-letter sink) that writes
+// best in batches of another size than defaultSinkBatchRows: BatchRows
+// is the rows of one write it asks for when sinkBatchRows is not set.
+type BatchSizer interface {
+	BatchRows() int
+}
+
+// defaultSinkBatchRows bounds the rows of one write to a sink that does
+// not say (BatchSizer) and when sinkBatchRows is not set.
+const defaultSinkBatchRows = 10_000
+
+// sinkBatchRows returns the rows of one write to sink s: the configured
+// sinkBatchRows, else what s asks for, else defaultSinkBatchRows.
+func (c *Config) sinkBatchRows(s any) int {
+	if c.SinkBatchRows > 0 {
+		return c.SinkBatchRows
+	}
+	if b, ok := s.(BatchSizer); ok && b.BatchRows() > 0 {
+		return b.BatchRows()
+	}
+	return defaultSinkBatchRows
+}
+
 // DeadLetterSink receives dead letters, at least once.
 type DeadLetterSink interface {
 	Name() string
@@ -146,7 +169,8 @@ type Config struct {
 	// MaxUndeliveredCheckpoints bounds how far sinks may fall behind before
 	// consumption pauses (backpressure).
 	MaxUndeliveredCheckpoints int `yaml:"maxUndeliveredCheckpoints"`
-	// SinkBatchRows bounds the rows of one sink write.
+	// SinkBatchRows bounds the rows of one sink write, for every sink; 0
+	// lets each sink choose (see BatchSizer).
 	SinkBatchRows int `yaml:"sinkBatchRows"`
 	// Partitioner is how producers place customers on partitions (records
 	// must be keyed by customer); records that arrived elsewhere are
@@ -188,7 +212,6 @@ func DefaultConfig() Config {
 		BillingAnchorDay:          1,
 		IdleTimeout:               30 * time.Second,
 		MaxUndeliveredCheckpoints: 300,
-		SinkBatchRows:             50000,
 		MaxLiveWindows:            5_000_000,
 		PartitionDiscovery:        30 * time.Second,
 		Partitioner:               PartitionerMurmur2,
@@ -249,8 +272,8 @@ func (c *Config) Validate() error {
 		return configError("kafka.metadataInterval", "%s is negative (0 disables partition discovery)", c.PartitionDiscovery)
 	case c.DrainTimeout < 0:
 		return configError("drainTimeout", "%s is negative (0 waits for the sinks as long as it takes)", c.DrainTimeout)
-	case c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000:
-		return configError("sinkBatchRows", "%d is outside 1..1000000", c.SinkBatchRows)
+	case c.SinkBatchRows < 0 || c.SinkBatchRows > 1_000_000:
+		return configError("sinkBatchRows", "%d is outside 0..1000000 (0 lets each sink choose)", c.SinkBatchRows)
 	}
 	_, err := newCustomers(c.Customers, cmp.Or(c.Timezone, "UTC"), c.BillingAnchorDay)
 	return err

@@ -30,6 +30,8 @@ type sinkWorker struct {
 	name   string
 	stream state.Stream
 	write  func(ctx context.Context, entries [][]byte) error
+	// batchRows bounds the entries of one write.
+	batchRows int
 
 	mu sync.Mutex
 	// pos is the next outbox position to deliver.
@@ -47,7 +49,7 @@ func (w *sinkWorker) progress() (state.OutboxPos, uint64) {
 func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(error)) error {
 	e.workers = nil
 	for _, s := range e.sinks {
-		e.workers = append(e.workers, &sinkWorker{name: s.Name(), stream: state.StreamRated,
+		e.workers = append(e.workers, &sinkWorker{name: s.Name(), stream: state.StreamRated, batchRows: e.cfg.sinkBatchRows(s),
 			write: func(ctx context.Context, entries [][]byte) error {
 				rows := make([]RatedRow, len(entries))
 				var err error
@@ -64,7 +66,7 @@ func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(
 			}})
 	}
 	for _, dl := range e.deadLetters {
-		e.workers = append(e.workers, &sinkWorker{name: dl.Name(), stream: state.StreamDeadLetter,
+		e.workers = append(e.workers, &sinkWorker{name: dl.Name(), stream: state.StreamDeadLetter, batchRows: e.cfg.sinkBatchRows(dl),
 			write: func(ctx context.Context, entries [][]byte) error {
 				letters, err := decodeEntries[DeadLetter](entries)
 				if err != nil {
@@ -105,7 +107,7 @@ func decodeEntries[T any](entries [][]byte) ([]T, error) {
 
 // deliver runs one sink worker until ctx ends.
 func (e *Engine) deliver(ctx context.Context, w *sinkWorker) error {
-	batch := e.cfg.SinkBatchRows
+	batch := w.batchRows
 	// The entries and their bytes, copied together; reused from batch to
 	// batch, as a sink keeps nothing of what it was given once it returns.
 	var entries [][]byte

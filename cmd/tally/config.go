@@ -228,7 +228,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	num(&c.BillingAnchorDay, "billingAnchorDay", "day of the month billing periods start on (1..28), for customers without their own")
 	str(&c.Timezone, "timezone", "IANA time zone of customers without their own (billing periods, customer-aligned windows)")
 	num(&c.MaxUndeliveredCheckpoints, "maxUndeliveredCheckpoints", "checkpoints sinks may lag before consumption pauses")
-	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write")
+	num(&c.SinkBatchRows, "sinkBatchRows", "rows per sink write; 0 = each sink its own (ClickHouse 50000: an INSERT has a fixed cost; others 10000)")
 	num(&c.MaxLiveWindows, "maxLiveWindows", "memory budget in windows (~1.1 KB each); closed ones beyond it spill to disk; 0 = none")
 	fs.IntVar(&c.GCPercent, flagName("gcPercent"), c.GCPercent, "how far the heap grows past live data before the Go collector runs (GOGC); higher trades memory for CPU (the GOGC variable wins)")
 	str(&c.MemoryLimit, "memoryLimit", "soft memory limit of the process (GOMEMLIMIT): auto (80% of the container's or machine's memory), off, or a size such as 12GiB (the GOMEMLIMIT variable wins)")

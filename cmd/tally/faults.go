@@ -73,3 +73,12 @@ func (s faultySink) Write(ctx context.Context, rows []engine.RatedRow) error {
 	s.faults.at(s.point)
 	return s.Sink.Write(ctx, rows)
 }
+
+// BatchRows passes on the batch size the sink asks for (engine.BatchSizer);
+// 0 when it asks for none.
+func (s faultySink) BatchRows() int {
+	if b, ok := s.Sink.(engine.BatchSizer); ok {
+		return b.BatchRows()
+	}
+	return 0
+}

@@ -189,6 +189,12 @@ func (s *Sink) Write(ctx context.Context, rows []engine.RatedRow) error {
 	return nil
 }
 
+// BatchRows implements engine.BatchSizer: an INSERT has a fixed cost (a
+// round trip for the table's header, the server writing one part), so
+// 50K-row batches go at 550-690K rows/s where 10K-row ones stay near 330K
+// (BenchmarkWrite).
+func (s *Sink) BatchRows() int { return 50_000 }
+
 // blockRows bounds the rows of one block of an INSERT. The driver's
 // columns and its send buffer keep their capacity from block to block, so
 // a large batch costs no regrowth of them past the first block
