@@ -1,5 +1,10 @@
 package engine
 
+import (
+	"maps"
+	"slices"
+)
+
 // names numbers the customers and group keys of one shard's windows, so
 // that a window's key is a few ids (windowKey: 24 bytes, hashed without
 // strings) and the windows of a customer share one copy of its name. It
@@ -82,3 +87,14 @@ func (n *names) sweep() {
 
 // len is the number of strings numbered (without "").
 func (n *names) len() int { return len(n.ids) - 1 }
+
+// reserve makes room for n more names, so that numbering them does not
+// grow the table again and again (recovery numbers a shard's names all at
+// once).
+func (n *names) reserve(more int) {
+	ids := make(map[string]uint32, len(n.ids)+more)
+	maps.Copy(ids, n.ids)
+	n.ids = ids
+	n.strs = slices.Grow(n.strs, more)
+	n.refs = slices.Grow(n.refs, more)
+}

@@ -350,6 +350,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	for i := range byShard {
 		byShard[i] = make([]loggedWindow, 0, live/int(n)+live/(4*int(n))+16)
 	}
+	periodsOf := make([]int, n)
 	for k, v := range logged {
 		if len(v) == 0 {
 			continue // left memory: its own key holds it, or nothing
@@ -359,6 +360,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 			return nil, fmt.Errorf("engine: recover: %w: state is corrupt", err)
 		}
 		if key.period {
+			periodsOf[routingHash(key.customer)%n]++
 			p, configured := e.placement(key)
 			if err := e.checkPlacement(key, periodEndNs, p, configured); err != nil {
 				return nil, fmt.Errorf("engine: refusing to start: %w", err)
@@ -373,6 +375,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	var failed atomic.Bool
 	for i, ws := range byShard {
 		installing.Go(func() {
+			e.shards[i].reserve(len(ws)-periodsOf[i], periodsOf[i])
 			for _, lw := range ws {
 				if failed.Load() {
 					return
