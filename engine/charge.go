@@ -73,11 +73,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		money := w.get(numMoney)
 		before := p.get(numEmittedMoney)
 		after := before.Add(money.Sub(w.get(numEmittedMoney)))
-		var rate string
-		if w.rated {
-			rate = groupDim(s.names.str(w.key.group), RateDim)
-		}
-		usage := rating.WindowUsage{Rate: rate, Units: quantity, Events: w.count, Amount: money}
+		usage := rating.WindowUsage{Rate: s.names.str(w.rate), Units: quantity, Events: w.count, Amount: money}
 		if charge, err = s.rater.IncrementEvents(s.subscriber(customer), meter, start, usage, before, after); err == nil {
 			amount = emitted.Add(charge.Amount)
 			p.set(numEmittedMoney, after)

@@ -5,17 +5,37 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
 )
 
-// TestNamesFollowTheWindowTable churns customers and groups through a
-// shard for hours of event time, so that windows leave memory and their
-// ids are freed and given to new names, and checks at every barrier that
-// each row names the customer and group of the records it counts (an
-// oracle keyed by the records' own strings) and that every id is held
-// exactly by the windows in the table.
+// bandRater prices every event per event at its value, at a rate named
+// after the quarter hour of its window ("q-<n>"), so that rates come and
+// go like customers and groups. Its breakdown line names the rate the
+// engine handed back.
+type bandRater struct{ unitRater }
+
+func bandOf(windowStart time.Time) string { return fmt.Sprintf("q-%d", windowStart.Unix()/900) }
+
+func (bandRater) RateEvent(_ rating.Subscriber, _ string, windowStart time.Time, u rating.Usage) (rating.EventRating, error) {
+	return rating.EventRating{PerEvent: true, Amount: u.Units(), Rate: bandOf(windowStart)}, nil
+}
+
+func (bandRater) IncrementEvents(_ rating.Subscriber, _ string, _ time.Time, usage rating.WindowUsage, before, after decimal.Decimal) (rating.Charge, error) {
+	return rating.Charge{Amount: after.Sub(before), Currency: "EUR", Lines: []rating.Line{{Description: "rate " + usage.Rate}}}, nil
+}
+
+// TestNamesFollowTheWindowTable churns customers, groups and rates
+// through a shard for hours of event time, so that windows leave memory
+// and their ids are freed and given to new names, and checks at every
+// barrier that each row names the customer, group and rate of the records
+// it counts (an oracle keyed by the records' own strings) and that every
+// id is held exactly by the windows in the table.
 func TestNamesFollowTheWindowTable(t *testing.T) {
 	rng := seededRand(t, 0)
 	s := testShard()
+	s.rater = bandRater{}
 	type wkey struct {
 		customer, group string
 		startNs         int64
@@ -32,10 +52,11 @@ func TestNamesFollowTheWindowTable(t *testing.T) {
 		for i := range 40 {
 			// Customers and groups drift: a name lives about 20 minutes.
 			customer := fmt.Sprintf("c-%d", m/20*10+rng.IntN(10))
-			group := fmt.Sprintf("g=%d", (m/7)*3+rng.IntN(3))
-			ev := event(fmt.Sprintf("e-%d-%d", m, i), customer, at.Add(time.Duration(i)*time.Second), int64(1+rng.IntN(9)), group)
+			g := fmt.Sprint((m/7)*3 + rng.IntN(3))
+			ev := event(fmt.Sprintf("e-%d-%d", m, i), customer, at.Add(time.Duration(i)*time.Second), int64(1+rng.IntN(9)), "g="+g)
+			ev.Dims = []Dim{{Key: "g", Value: g}}
 			s.apply(&ev)
-			want[wkey{customer, group, at.UnixNano()}] += ev.value.IntPart()
+			want[wkey{customer, "g=" + g + ",rate=" + bandOf(at), at.UnixNano()}] += ev.value.IntPart()
 		}
 		peak = max(peak, s.names.len()) // the most numbered at once: just before a sweep
 		snap := cut(s, at.Add(30*time.Second), false)
@@ -47,6 +68,10 @@ func TestNamesFollowTheWindowTable(t *testing.T) {
 			if q := r.Quantity.IntPart(); q != want[k] {
 				t.Fatalf("minute %d: row %s/%s/%s has %d, the records of that window sum to %d",
 					m, r.Customer, r.GroupKey, r.WindowStart.Format(time.TimeOnly), q, want[k])
+			}
+			if len(r.Breakdown) != 1 || r.Breakdown[0].Description != "rate "+bandOf(r.WindowStart) {
+				t.Fatalf("minute %d: row %s/%s/%s explains itself as %+v, want rate %s",
+					m, r.Customer, r.GroupKey, r.WindowStart.Format(time.TimeOnly), r.Breakdown, bandOf(r.WindowStart))
 			}
 		}
 		checkNames(t, s)
@@ -86,6 +111,7 @@ func checkNames(t *testing.T, s *shard) {
 	count := func(w *window) {
 		refs[w.key.customer]++
 		refs[w.key.group]++
+		refs[w.rate]++
 	}
 	for _, w := range s.windows {
 		count(w)

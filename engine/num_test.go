@@ -98,7 +98,7 @@ func TestWindowDecimalsBeyondNum(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back window
-	if err := decodeWindowValue(v, windowName{}, &back); err != nil {
+	if _, err := decodeWindowValue(v, windowName{}, &back); err != nil {
 		t.Fatal(err)
 	}
 	for i := range numFields {

@@ -278,7 +278,8 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	// reports whether it did.
 	restore := func(key windowName, periodEndNs int64, v []byte, mergedSeq uint64) (bool, error) {
 		w := &window{periodEndNs: periodEndNs, mergedSeq: mergedSeq}
-		if err := decodeWindowValue(v, key, w); err != nil {
+		rate, err := decodeWindowValue(v, key, w)
+		if err != nil {
 			return false, fmt.Errorf("engine: recover window %v: %w: state is corrupt", key, err)
 		}
 		// Only what is in memory's horizon comes back into memory; the rest
@@ -290,7 +291,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if !e.rules.hot(hotUntil, wm) && (key.period || !w.pendingEmission()) {
 			return false, nil
 		}
-		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w); err != nil {
+		if err := e.shards[routingHash(key.customer)%n].restoreWindow(key, w, rate); err != nil {
 			return false, fmt.Errorf("engine: recover: %w", err)
 		}
 		return true, nil

@@ -256,7 +256,11 @@ func (s *shard) apply(ev *Event) {
 		return
 	}
 	if w == nil {
-		w = s.addWindow(key, endNs, settleNs, rated.Rate != "")
+		var rate uint32
+		if rated.Rate != "" {
+			rate = s.names.id(rated.Rate)
+		}
+		w = s.addWindow(key, endNs, settleNs, rate)
 	}
 	w.add(ev)
 	if rated.PerEvent {

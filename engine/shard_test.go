@@ -187,7 +187,7 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back window
-	if err := decodeWindowValue(encoded, key, &back); err != nil {
+	if _, err := decodeWindowValue(encoded, key, &back); err != nil {
 		t.Fatal(err)
 	}
 	if back.count != w.count || back.nums != w.nums || back.revision != w.revision || back.changed != w.changed || !back.perEvent {
@@ -197,13 +197,17 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	// a customer's own dimension "rate" there is flagged and not taken.
 	rated := windowName{meter: "calls", customer: "sub-1", groupKey: `destination=uk,rate=peak`, startNs: t0.UnixNano()}
 	for _, c := range []struct{ rate, want string }{{"peak", "peak"}, {"", ""}} {
-		v, err := encodeWindowValue(&window{count: 1, perEvent: true, rated: c.rate != ""}, rated.groupKey)
+		var rateID uint32
+		if c.rate != "" {
+			rateID = 7 // any id: the value keeps only whether there is one
+		}
+		v, err := encodeWindowValue(&window{count: 1, perEvent: true, rate: rateID}, rated.groupKey)
 		if err != nil {
 			t.Fatal(err)
 		}
 		back = window{}
-		if err := decodeWindowValue(v, rated, &back); err != nil || back.rated != (c.want != "") {
-			t.Errorf("rate %q: read back as rated %v (%v)", c.rate, back.rated, err)
+		if rate, err := decodeWindowValue(v, rated, &back); err != nil || rate != c.want {
+			t.Errorf("rate %q: read back as rate %q (%v)", c.rate, rate, err)
 		}
 	}
 	// A version 1 value (written before per-event money) still reads: the
@@ -219,22 +223,22 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	old := append([]byte{1}, v2[1:len(v2)-1-2*len(zero)]...)
 	old = append(old, v2[len(v2)-1])
 	back = window{}
-	if err := decodeWindowValue(old, key, &back); err != nil {
+	if _, err := decodeWindowValue(old, key, &back); err != nil {
 		t.Fatalf("version 1 value: %v", err)
 	}
 	if back.count != 12 || !back.get(numSum).Equal(w.get(numSum)) || back.revision != 3 || !back.changed || back.perEvent || !back.get(numMoney).IsZero() {
 		t.Errorf("version 1 value read as %+v", back)
 	}
-	if err := decodeWindowValue([]byte{1, 2}, key, &back); err == nil {
+	if _, err := decodeWindowValue([]byte{1, 2}, key, &back); err == nil {
 		t.Error("a truncated value decoded without error")
 	}
 	// Version 3 (one build: the rate as a field before the flags) reads.
 	v3 := append(append([]byte{3}, encoded[1:len(encoded)-1]...), 4, 'p', 'e', 'a', 'k', encoded[len(encoded)-1])
 	back = window{}
-	if err := decodeWindowValue(v3, key, &back); err != nil || !back.rated || back.count != w.count {
-		t.Errorf("version 3 value: %+v (%v), want it rated (the rate peak)", back, err)
+	if rate, err := decodeWindowValue(v3, key, &back); err != nil || rate != "peak" || back.count != w.count {
+		t.Errorf("version 3 value: %+v, rate %q (%v), want the rate peak", back, rate, err)
 	}
-	if err := decodeWindowValue(append([]byte{4}, encoded[1:]...), key, &back); err == nil {
+	if _, err := decodeWindowValue(append([]byte{4}, encoded[1:]...), key, &back); err == nil {
 		t.Error("a value of a later version decoded without error")
 	}
 }

@@ -244,7 +244,7 @@ func (s *shard) evict(wm int64) error {
 					return false // not in its own key yet; a later barrier evicts it
 				}
 				drop(w)
-				s.unindexCustomer(w.key)
+				s.unindexCustomer(w)
 				key := s.leave(w)
 				if !finalizing {
 					w.dirty = false // dropped from the dirty list below

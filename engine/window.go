@@ -72,12 +72,14 @@ type window struct {
 	// perEvent is set when the window's price is per event: its events
 	// were charged one by one, into numMoney.
 	perEvent bool
-	// rated is set when the group key's dimension rate is the rate of the
-	// window's per-event price (a band or destination prefix), which the
-	// engine put there for the row's identity, rather than a dimension of
-	// the customer's own (state keeps that case as flagOwnRate). The
-	// charge's explanation reads the rate from the key only when set.
-	rated bool
+	// rate names (an id in the shard's names, held while the window is in
+	// the window table) the rate of the window's per-event price: a band or
+	// destination prefix, which the charge's explanation gives. The engine
+	// also put it in the group key, as dimension rate, for the row's
+	// identity. 0 when the price has no rate; a dimension rate in the group
+	// key is then the customer's own (state keeps that case as
+	// flagOwnRate).
+	rate uint32
 }
 
 // A window's exact decimals, by index in window.nums.
@@ -405,7 +407,7 @@ func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 	}
 	if w.perEvent {
 		flags |= flagPerEvent
-		if !w.rated && strings.Contains(groupKey, RateDim+"=") && groupDim(groupKey, RateDim) != "" {
+		if w.rate == 0 && strings.Contains(groupKey, RateDim+"=") && groupDim(groupKey, RateDim) != "" {
 			flags |= flagOwnRate
 		}
 	}
@@ -413,13 +415,13 @@ func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 }
 
 // decodeWindowValue restores w, the window or period of key, from b.
-func decodeWindowValue(b []byte, key windowName, w *window) error {
+func decodeWindowValue(b []byte, key windowName, w *window) (rate string, err error) {
 	r := byteReader{b: b}
 	version := r.byte()
 	// Version 3 (the rate as a field) was written by one build of
 	// 2026-11-29 only, before the rate became flagOwnRate: read, not written.
 	if version < 1 || version > 3 {
-		return fmt.Errorf("window value version %d, want 1 to 3", version)
+		return "", fmt.Errorf("window value version %d, want 1 to 3", version)
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
@@ -433,7 +435,7 @@ func decodeWindowValue(b []byte, key windowName, w *window) error {
 	x.latestPos.offset = r.varint()
 	if n := r.uvarint(); n > 0 && r.err == nil {
 		if n > uint64(len(r.b)) {
-			return fmt.Errorf("window value: %d unique values in %d bytes", n, len(r.b))
+			return "", fmt.Errorf("window value: %d unique values in %d bytes", n, len(r.b))
 		}
 		x.unique = make(map[string]struct{}, n)
 		for range n {
@@ -443,7 +445,7 @@ func decodeWindowValue(b []byte, key windowName, w *window) error {
 	if sketch := r.bytes(); len(sketch) > 0 && r.err == nil {
 		x.sketch = hyperloglog.New14()
 		if err := x.sketch.UnmarshalBinary(sketch); err != nil {
-			return fmt.Errorf("window value: sketch: %w", err)
+			return "", fmt.Errorf("window value: sketch: %w", err)
 		}
 	}
 	w.x = nil
@@ -461,31 +463,28 @@ func decodeWindowValue(b []byte, key windowName, w *window) error {
 		r.num(w, numMoney, r.bytes())
 		r.num(w, numEmittedMoney, r.bytes())
 	}
-	var rate []byte
+	var v3rate []byte
 	if version == 3 {
-		rate = r.bytes()
+		v3rate = r.bytes()
 	}
 	flags := r.byte()
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	w.perEvent = flags&flagPerEvent != 0
 	switch {
 	case version == 3:
-		// The engine put a rate it set in the group key too.
-		w.rated = len(rate) > 0
+		rate = string(v3rate)
 	case w.perEvent && !key.period && flags&flagOwnRate == 0:
 		// The engine put the rate in the group key (its dimension replaced
 		// any of the event's).
-		w.rated = groupDim(key.groupKey, RateDim) != ""
-	default:
-		w.rated = false
+		rate = groupDim(key.groupKey, RateDim)
 	}
 	if r.err != nil {
-		return fmt.Errorf("window value: %w", r.err)
+		return "", fmt.Errorf("window value: %w", r.err)
 	}
 	if len(r.b) != 0 {
-		return fmt.Errorf("window value: %d trailing bytes", len(r.b))
+		return "", fmt.Errorf("window value: %d trailing bytes", len(r.b))
 	}
-	return nil
+	return rate, nil
 }
 
 func appendBytes(b, v []byte) []byte {

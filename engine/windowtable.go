@@ -31,7 +31,7 @@ func (s *shard) spill() {
 			}
 			excess--
 			delete(s.windows, w.key)
-			s.unindexCustomer(w.key)
+			s.unindexCustomer(w)
 			s.releaseGroup(w.key)
 			s.leave(w)
 			s.pending.spilled++
@@ -55,12 +55,14 @@ func (s *shard) loadCold(key windowKey, periodEndNs int64) *window {
 		return nil
 	}
 	w := &window{mergedSeq: s.durableSeq} // its own key holds it
-	if err := decodeWindowValue(v, name, w); err != nil {
+	rate, err := decodeWindowValue(v, name, w)
+	if err != nil {
 		s.pending.storeErr = fmt.Errorf("window %v: %w: state is corrupt", name, err)
 		return nil
 	}
 	w.periodEndNs = periodEndNs
 	w.key = key
+	w.rate = s.names.id(rate)
 	s.install(w)
 	return w
 }
@@ -109,19 +111,22 @@ func (s *shard) releaseGroup(key windowKey) {
 }
 
 // indexCustomer files w under its customer. Invariant: every window and
-// period in the window table is filed there, and holds its names while it
-// is (see names).
+// period in the window table is filed there, and holds its names (customer,
+// group key, rate) while it is (see names).
 func (s *shard) indexCustomer(w *window) {
 	s.byCustomer[w.key.customer] = append(s.byCustomer[w.key.customer], w)
 	s.names.hold(w.key.customer)
 	s.names.hold(w.key.group)
+	s.names.hold(w.rate)
 }
 
-// unindexCustomer takes the window of key out of its customer's list, as it
-// leaves the window table.
-func (s *shard) unindexCustomer(key windowKey) {
+// unindexCustomer takes w out of its customer's list, as it leaves the
+// window table.
+func (s *shard) unindexCustomer(w *window) {
+	key := w.key
 	s.names.release(key.customer)
 	s.names.release(key.group)
+	s.names.release(w.rate)
 	c := s.byCustomer[key.customer]
 	for i, w := range c {
 		if w.key == key {
@@ -138,8 +143,10 @@ func (s *shard) unindexCustomer(key windowKey) {
 	}
 }
 
-func (s *shard) addWindow(key windowKey, endNs, periodEndNs int64, rated bool) *window {
-	w := &window{key: key, endNs: endNs, periodEndNs: periodEndNs, rated: rated}
+// addWindow opens the window of key; rate is the id of its per-event
+// price's rate (0: none).
+func (s *shard) addWindow(key windowKey, endNs, periodEndNs int64, rate uint32) *window {
+	w := &window{key: key, endNs: endNs, periodEndNs: periodEndNs, rate: rate}
 	s.indexWindow(w)
 	return w
 }
@@ -179,13 +186,14 @@ func (s *shard) queueEmission(w *window) {
 }
 
 // restoreWindow installs a window loaded from the store before run starts.
-func (s *shard) restoreWindow(name windowName, w *window) error {
+func (s *shard) restoreWindow(name windowName, w *window, rate string) error {
 	m := s.meters.byName(name.meter)
 	if m == nil {
 		return fmt.Errorf("state holds meter %q, which is no longer configured; configure it again (its windows are not billed yet)", name.meter)
 	}
 	w.key = windowKey{meter: uint32(m.index), customer: s.names.id(name.customer), group: s.names.id(name.groupKey),
 		startNs: name.startNs, period: name.period}
+	w.rate = s.names.id(rate)
 	s.install(w)
 	return nil
 }
