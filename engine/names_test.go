@@ -63,7 +63,7 @@ func TestNamesFollowTheWindowTable(t *testing.T) {
 		if snap.err != nil {
 			t.Fatal(snap.err)
 		}
-		for _, r := range snap.rows {
+		for _, r := range rowsOf(t, snap) {
 			k := wkey{r.Customer, r.GroupKey, r.WindowStart.UnixNano()}
 			if q := r.Quantity.IntPart(); q != want[k] {
 				t.Fatalf("minute %d: row %s/%s/%s has %d, the records of that window sum to %d",

@@ -71,11 +71,11 @@ func TestShardSumsCountsAndClosesWindows(t *testing.T) {
 		s.apply(&e)
 	}
 	// Watermark before end+grace of the first window: nothing final yet.
-	if snap := cut(s, t0.Add(69*time.Second), false); len(snap.rows) != 0 {
-		t.Fatalf("emitted %d rows before the window closed", len(snap.rows))
+	if snap := cut(s, t0.Add(69*time.Second), false); len(rowsOf(t, snap)) != 0 {
+		t.Fatalf("emitted %d rows before the window closed", len(rowsOf(t, snap)))
 	}
 	snap := cut(s, t0.Add(70*time.Second), false)
-	rows := rowsByKey(snap.rows)
+	rows := rowsByKey(rowsOf(t, snap))
 	if len(rows) != 3 {
 		t.Fatalf("got %d rows, want 3 (the 10:01 window is open): %v", len(rows), rows)
 	}
@@ -94,8 +94,8 @@ func TestShardSumsCountsAndClosesWindows(t *testing.T) {
 			snap.deltaEntries, len(snap.windowPuts))
 	}
 	// Nothing changed: the next barrier emits and writes nothing.
-	if snap := cut(s, t0.Add(71*time.Second), false); len(snap.rows) != 0 || snap.deltaEntries != 0 {
-		t.Errorf("idle barrier emitted %d rows and %d entries", len(snap.rows), snap.deltaEntries)
+	if snap := cut(s, t0.Add(71*time.Second), false); len(rowsOf(t, snap)) != 0 || snap.deltaEntries != 0 {
+		t.Errorf("idle barrier emitted %d rows and %d entries", len(rowsOf(t, snap)), snap.deltaEntries)
 	}
 }
 
@@ -109,8 +109,8 @@ func TestShardRevisesLateRecordsAndDeadLettersAfterHorizon(t *testing.T) {
 	late := event("2", "a", t0.Add(30*time.Second), 5, "")
 	s.apply(&late)
 	snap := cut(s, t0.Add(2*time.Minute), false)
-	if len(snap.rows) != 1 || snap.rows[0].Revision != 2 || snap.rows[0].Quantity.String() != "7" || snap.rows[0].Count != 2 {
-		t.Fatalf("late record: rows %+v, want revision 2 with full totals 7/2", snap.rows)
+	if len(rowsOf(t, snap)) != 1 || rowsOf(t, snap)[0].Revision != 2 || rowsOf(t, snap)[0].Quantity.String() != "7" || rowsOf(t, snap)[0].Count != 2 {
+		t.Fatalf("late record: rows %+v, want revision 2 with full totals 7/2", rowsOf(t, snap))
 	}
 	if got := snap.revenue["EUR"].String(); got != "2.5" {
 		t.Errorf("revenue delta of the revision %s, want 2.5 (3.5 - 1)", got)
@@ -129,8 +129,8 @@ func TestShardRevisesLateRecordsAndDeadLettersAfterHorizon(t *testing.T) {
 	if len(snap.deadLetters) != 1 || snap.deadLetters[0].Reason != ReasonLate || string(snap.deadLetters[0].Raw) != "raw" {
 		t.Fatalf("dead letters %+v, want one late letter with the raw record", snap.deadLetters)
 	}
-	if len(snap.rows) != 0 {
-		t.Errorf("a late record produced rows: %+v", snap.rows)
+	if len(rowsOf(t, snap)) != 0 {
+		t.Errorf("a late record produced rows: %+v", rowsOf(t, snap))
 	}
 }
 
@@ -139,14 +139,14 @@ func TestShardEmitsProvisionalRevisions(t *testing.T) {
 	e1 := event("1", "a", t0, 1, "")
 	s.apply(&e1)
 	snap := cut(s, t0, true)
-	if len(snap.rows) != 1 || snap.rows[0].Final || snap.rows[0].Revision != 1 {
-		t.Fatalf("rows %+v, want one provisional revision 1", snap.rows)
+	if len(rowsOf(t, snap)) != 1 || rowsOf(t, snap)[0].Final || rowsOf(t, snap)[0].Revision != 1 {
+		t.Fatalf("rows %+v, want one provisional revision 1", rowsOf(t, snap))
 	}
 	e2 := event("2", "a", t0.Add(time.Second), 1, "")
 	s.apply(&e2)
 	snap = cut(s, t0.Add(80*time.Second), false)
-	if len(snap.rows) != 1 || !snap.rows[0].Final || snap.rows[0].Revision != 2 || snap.rows[0].Quantity.String() != "2" {
-		t.Fatalf("rows %+v, want final revision 2 with quantity 2", snap.rows)
+	if len(rowsOf(t, snap)) != 1 || !rowsOf(t, snap)[0].Final || rowsOf(t, snap)[0].Revision != 2 || rowsOf(t, snap)[0].Quantity.String() != "2" {
+		t.Fatalf("rows %+v, want final revision 2 with quantity 2", rowsOf(t, snap))
 	}
 }
 
@@ -163,8 +163,8 @@ func TestShardRemovesDuplicates(t *testing.T) {
 	if snap.duplicates["sms"] != 1 {
 		t.Errorf("duplicates %v, want 1 for sms", snap.duplicates)
 	}
-	if len(snap.rows) != 1 || snap.rows[0].Quantity.String() != "2" {
-		t.Errorf("rows %+v, want quantity 2 (same id from another source is another event)", snap.rows)
+	if len(rowsOf(t, snap)) != 1 || rowsOf(t, snap)[0].Quantity.String() != "2" {
+		t.Errorf("rows %+v, want quantity 2 (same id from another source is another event)", rowsOf(t, snap))
 	}
 	if len(snap.dedupAdds) != 2 {
 		t.Errorf("%d dedup entries to persist, want 2", len(snap.dedupAdds))
@@ -319,7 +319,7 @@ func TestEmissionOrderWithinACustomerIsByName(t *testing.T) {
 			t.Fatal(snap.err)
 		}
 		out := map[string]string{}
-		for _, r := range snap.rows {
+		for _, r := range rowsOf(t, snap) {
 			out[r.GroupKey] = r.Amount.String()
 		}
 		return out
@@ -331,4 +331,16 @@ func TestEmissionOrderWithinACustomerIsByName(t *testing.T) {
 	if first["dim=a"] != "0" || first["dim=b"] != "6" || first["dim=c"] != "8" {
 		t.Errorf("amounts %v, want the allowance to fall to dim=a (0), then 6, then 8", first)
 	}
+}
+
+// rowsOf decodes the rows snap emitted for the outbox.
+func rowsOf(t testing.TB, snap *shardSnapshot) []RatedRow {
+	t.Helper()
+	rows := make([]RatedRow, len(snap.encodedRows))
+	for i, b := range snap.encodedRows {
+		if err := decodeRow(b, &rows[i]); err != nil {
+			t.Fatalf("row %d of the snapshot: %v", i, err)
+		}
+	}
+	return rows
 }

@@ -47,12 +47,15 @@ type shardSnapshot struct {
 	windowDeletes [][]byte
 	subsPuts      []state.KV
 	dedupAdds     []state.DedupEntry
-	// rows are the rows emitted, encodedRows the same encoded for the
-	// outbox (encoded here, in parallel, rather than by the writer), finals
-	// how many are final.
-	rows        []RatedRow
+	// encodedRows are the rows emitted, encoded for the outbox as they are
+	// emitted (here, in parallel, rather than by the writer; no slice of
+	// RatedRows: a stop emits hundreds of thousands); finals counts the
+	// final ones. rowBuf holds them back to back, rowEnds where each ends,
+	// until finishRows slices them.
 	encodedRows [][]byte
 	finals      int
+	rowBuf      []byte
+	rowEnds     []int
 	deadLetters []DeadLetter
 	revenue     map[string]decimal.Decimal // net change by currency
 	duplicates  map[string]uint64          // by meter
@@ -95,7 +98,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	if snap.err = s.encodeDelta(b.base, snap); snap.err != nil {
 		return snap
 	}
-	encodeRows(snap)
+	snap.finishRows()
 	snap.coldReads, s.pending.coldReads = s.pending.coldReads, 0
 	snap.spilled, s.pending.spilled = s.pending.spilled, 0
 	snap.overBudget = s.overBudget
@@ -128,7 +131,7 @@ func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
 		}
 	}
 	s.sortDue(due)
-	snap.rows = make([]RatedRow, 0, len(due))
+	snap.reserveRows(len(due))
 	for _, w := range due {
 		final := s.rules.closed(w.endNs, b.watermarkNs)
 		row, err := s.emit(w, final)
@@ -137,7 +140,7 @@ func (s *shard) emitDue(b *barrier, snap *shardSnapshot) error {
 		}
 		snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(w.get(numEmittedAmount)))
 		w.set(numEmittedAmount, row.Amount)
-		snap.rows = append(snap.rows, row)
+		snap.addRow(&row)
 		if final {
 			w.queued = false
 		}
@@ -211,7 +214,7 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 		if ok {
 			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(p.get(numEmittedAmount)))
 			p.set(numEmittedAmount, row.Amount)
-			snap.rows = append(snap.rows, row)
+			snap.addRow(&row)
 			s.markDirty(p)
 		}
 	}
@@ -350,21 +353,29 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	return nil
 }
 
-// encodeRows encodes snap's rows for the outbox, into one buffer (Pebble
-// copies them into its batch); a slice taken before the buffer grows keeps
-// its bytes.
-func encodeRows(snap *shardSnapshot) {
-	if len(snap.rows) == 0 {
-		return
+// reserveRows makes room for n more rows.
+func (snap *shardSnapshot) reserveRows(n int) {
+	snap.rowBuf = slices.Grow(snap.rowBuf, 160*n)
+	snap.rowEnds = slices.Grow(snap.rowEnds, n)
+}
+
+// addRow encodes r for the outbox.
+func (snap *shardSnapshot) addRow(r *RatedRow) {
+	snap.rowBuf = encodeRow(snap.rowBuf, r)
+	snap.rowEnds = append(snap.rowEnds, len(snap.rowBuf))
+	if r.Final {
+		snap.finals++
 	}
-	buf := make([]byte, 0, 160*len(snap.rows))
-	snap.encodedRows = make([][]byte, len(snap.rows))
-	for i := range snap.rows {
-		start := len(buf)
-		buf = encodeRow(buf, &snap.rows[i])
-		snap.encodedRows[i] = buf[start:len(buf):len(buf)]
-		if snap.rows[i].Final {
-			snap.finals++
-		}
+}
+
+// finishRows slices the encoded rows out of rowBuf, once it no longer
+// grows.
+func (snap *shardSnapshot) finishRows() {
+	snap.encodedRows = make([][]byte, len(snap.rowEnds))
+	start := 0
+	for i, end := range snap.rowEnds {
+		snap.encodedRows[i] = snap.rowBuf[start:end:end]
+		start = end
 	}
+	snap.rowEnds = nil
 }

@@ -54,7 +54,7 @@ type benchOptions struct {
 	freshRate                                    int
 	freshFor                                     time.Duration
 	toFile, planFile, stateDir, cpuProfile       string
-	memProfile                                   string
+	memProfile, stopProfile                      string
 	scaleOut                                     string
 }
 
@@ -77,6 +77,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	fs.StringVar(&o.stateDir, "state-dir", "", "parent folder of the runs' state (default: a temporary folder)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the checkpointed run to this file")
 	fs.StringVar(&o.scaleOut, "scale-out", "off", "engine layout of the runs: off (one engine) or local (a task per partition, changelog on); local also measures a restore from the changelog")
+	fs.StringVar(&o.stopProfile, "stop-cpuprofile", "", "write a CPU profile of the checkpointed run's graceful stop alone (final checkpoint and sink drain) to this file")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile (every allocation since start) to this file after the checkpointed run")
 	policy := defaultConfig()
 	fs.IntVar(&policy.GCPercent, "gc-percent", policy.GCPercent, "the runs' gcPercent (as in tally run; the GOGC variable wins)")
@@ -191,7 +192,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 			return err
 		}
 	}
-	withCP, err := timeRun(ctx, on, o.records, log)
+	withCP, err := timeRun(ctx, on, o.records, o.stopProfile, log)
 	pprof.StopCPUProfile()
 	if err != nil {
 		return err
@@ -220,7 +221,7 @@ func runBench(ctx context.Context, args []string, out io.Writer, log *slog.Logge
 	if err != nil {
 		return err
 	}
-	noCP, err := timeRun(ctx, off, o.records, log)
+	noCP, err := timeRun(ctx, off, o.records, "", log)
 	if err != nil {
 		return err
 	}
@@ -357,8 +358,9 @@ type runResult struct {
 }
 
 // timeRun runs the engine over the preloaded topic until every record is
-// in a durable checkpoint, and reports the rate.
-func timeRun(ctx context.Context, cfg Config, n int, log *slog.Logger) (runResult, error) {
+// in a durable checkpoint, and reports the rate. With stopProfile, it
+// writes a CPU profile of the graceful stop to that file.
+func timeRun(ctx context.Context, cfg Config, n int, stopProfile string, log *slog.Logger) (runResult, error) {
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -386,12 +388,26 @@ func timeRun(ctx context.Context, cfg Config, n int, log *slog.Logger) (runResul
 	}
 	// Everything read is durable once a checkpoint cut after the last
 	// record is; Shutdown makes that final checkpoint.
+	if stopProfile != "" {
+		f, err := os.Create(stopProfile)
+		if err != nil {
+			return res, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return res, err
+		}
+	}
 	close(stop)
 	stopping := time.Now()
-	if err := <-done; err != nil {
+	err = <-done
+	res.stop = time.Since(stopping)
+	if stopProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
 		return res, err
 	}
-	res.stop = time.Since(stopping)
 	elapsed := time.Since(start)
 	res.cpuPerRecord = (processCPU() - cpuBefore) / time.Duration(n)
 	// The stopped engine still holds its windows (a is open): its heap is
