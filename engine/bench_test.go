@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/bench/gen"
+	"github.com/tally-billing/tally/rating"
 	"github.com/tally-billing/tally/state"
 )
 
@@ -82,8 +83,46 @@ func benchMeters(b *testing.B) *Meters {
 // meter) while the engine ingests continuously: 50K customers, records fed in
 // batches of 1000 by another goroutine. Reports p50/p99 latency.
 func BenchmarkUsageQueryUnderLoad(b *testing.B) {
+	benchmarkQueryUnderLoad(b, nil, func(ctx context.Context, e *Engine, customer string) error {
+		_, err := e.Usage(ctx, UsageRequest{Customer: customer, Windows: true})
+		return err
+	})
+}
+
+// BenchmarkEntitlementCheckUnderLoad measures the entitlement check (are
+// 10 more units allowed now) of one customer at a time against live state,
+// while the engine ingests as fast as it can.
+func BenchmarkEntitlementCheckUnderLoad(b *testing.B) {
+	catalog, err := rating.ParseCatalog([]byte(`
+plans:
+  - id: capped
+    currency: EUR
+    meters:
+      voice_seconds: {model: per_unit, unitPrice: "0.001", entitlement: {limit: "100000", thresholds: [80, 100]}}
+      sms: {model: per_unit, unitPrice: "0.05"}
+      data_bytes: {model: per_unit, unitPrice: "0.0000001"}
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	subs, err := rating.NewSubscriptions(nil, catalog)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ten := decimal.NewFromInt(10)
+	benchmarkQueryUnderLoad(b, rating.NewPricing(catalog, subs, "capped"), func(ctx context.Context, e *Engine, customer string) error {
+		_, err := e.CheckEntitlement(ctx, customer, "voice_seconds", ten)
+		return err
+	})
+}
+
+// benchmarkQueryUnderLoad times query, one customer of 50K at a time,
+// while a goroutine feeds the engine (rated by rater, or halfRater) as
+// fast as it keeps up, and reports the latency's p50 and p99.
+func benchmarkQueryUnderLoad(b *testing.B, rater Rater, query func(ctx context.Context, e *Engine, customer string) error) {
 	h := newHarness(b, 2)
 	h.meters = benchMeters(b)
+	h.rater = rater
 	h.start()
 	defer h.cancel()
 	g := gen.New(3, 50000)
@@ -121,7 +160,7 @@ func BenchmarkUsageQueryUnderLoad(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		start := time.Now()
-		if _, err := h.engine.Usage(ctx, UsageRequest{Customer: fmt.Sprintf("sub-%06d", i%50000), Windows: true}); err != nil {
+		if err := query(ctx, h.engine, fmt.Sprintf("sub-%06d", i%50000)); err != nil {
 			b.Fatal(err)
 		}
 		latencies = append(latencies, time.Since(start))

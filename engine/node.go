@@ -758,13 +758,40 @@ func (n *Node) Warnings() []string {
 	return out
 }
 
+// customerEngine is the engine of the task that owns customer's
+// partition; nil if this node runs no such task.
+func (n *Node) customerEngine(customer string) *Engine {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if t := n.tasks[n.taskOf(customer)]; t != nil {
+		return t.engine
+	}
+	return nil
+}
+
 // Usage answers from the customer's task.
 func (n *Node) Usage(ctx context.Context, req UsageRequest) (Usage, error) {
-	n.mu.Lock()
-	t := n.tasks[n.taskOf(req.Customer)]
-	n.mu.Unlock()
-	if t == nil {
+	e := n.customerEngine(req.Customer)
+	if e == nil {
 		return Usage{}, ErrNotRunning
 	}
-	return t.engine.Usage(ctx, req)
+	return e.Usage(ctx, req)
+}
+
+// Entitlements answers from the customer's task.
+func (n *Node) Entitlements(ctx context.Context, customer string) (Entitlements, error) {
+	e := n.customerEngine(customer)
+	if e == nil {
+		return Entitlements{}, ErrNotRunning
+	}
+	return e.Entitlements(ctx, customer)
+}
+
+// CheckEntitlement answers from the customer's task.
+func (n *Node) CheckEntitlement(ctx context.Context, customer, meter string, units decimal.Decimal) (EntitlementCheck, error) {
+	e := n.customerEngine(customer)
+	if e == nil {
+		return EntitlementCheck{}, ErrNotRunning
+	}
+	return e.CheckEntitlement(ctx, customer, meter, units)
 }

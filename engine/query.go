@@ -77,12 +77,6 @@ var ErrNotRunning = errors.New("engine is not running")
 // ErrUnknownMeter is returned by Usage for a meter that is not configured.
 var ErrUnknownMeter = errors.New("unknown meter")
 
-type usageQuery struct {
-	req   UsageRequest
-	reply chan Usage
-	err   chan error
-}
-
 // Usage returns the customer's live aggregates: the windows in memory and the
 // billing periods to date, consistent with the state the next checkpoint
 // will hold. Safe for concurrent use; answered by the customer's shard
@@ -110,33 +104,41 @@ func (e *Engine) Usage(ctx context.Context, req UsageRequest) (Usage, error) {
 			}
 		}
 	}
+	var u Usage
+	if err := e.onShard(ctx, req.Customer, func(s *shard) { u = s.usage(req) }); err != nil {
+		return Usage{}, err
+	}
+	if req.Rollup != "" {
+		u.Windows = e.rollUp(req.Customer, u.Windows, rollup)
+	}
+	return u, nil
+}
+
+// onShard runs fn on the shard of customer, between its records, and
+// waits for it. If ctx ends first, fn may still run later: it must only
+// write what the caller reads after a nil error.
+func (e *Engine) onShard(ctx context.Context, customer string, fn func(s *shard)) error {
 	shards := e.live.Load()
 	if shards == nil {
-		return Usage{}, ErrNotRunning
+		return ErrNotRunning
 	}
-	s := (*shards)[routingHash(req.Customer)%uint64(len(*shards))]
-	q := &usageQuery{req: req, reply: make(chan Usage, 1), err: make(chan error, 1)}
+	s := (*shards)[routingHash(customer)%uint64(len(*shards))]
+	done := make(chan struct{})
 	select {
-	case s.queries <- q:
+	case s.queries <- func(s *shard) { fn(s); close(done) }:
 	case <-ctx.Done():
-		return Usage{}, ctx.Err()
+		return ctx.Err()
 	}
 	select {
-	case u := <-q.reply:
-		if req.Rollup != "" {
-			u.Windows = e.rollUp(req.Customer, u.Windows, rollup)
-		}
-		return u, nil
-	case err := <-q.err:
-		return Usage{}, err
+	case <-done:
+		return nil
 	case <-ctx.Done():
-		return Usage{}, ctx.Err()
+		return ctx.Err()
 	}
 }
 
-// answer runs on the shard goroutine.
-func (s *shard) answer(q *usageQuery) {
-	req := q.req
+// usage answers req; it runs on the shard goroutine.
+func (s *shard) usage(req UsageRequest) Usage {
 	u := Usage{Customer: req.Customer, Windows: []UsageWindow{}, Periods: []PeriodUsage{}}
 	if s.watermarkNs != minWatermark {
 		wm := time.Unix(0, s.watermarkNs).UTC()
@@ -177,7 +179,7 @@ func (s *shard) answer(q *usageQuery) {
 		}
 		return a.PeriodStart.Before(b.PeriodStart)
 	})
-	q.reply <- u
+	return u
 }
 
 // BillingPeriod returns the billing period of customer holding t, by the

@@ -21,7 +21,7 @@ type shard struct {
 	store coldStore
 
 	in      chan shardMsg
-	queries chan *usageQuery
+	queries chan func(*shard)
 
 	// The window table (windowtable.go). names numbers the customers and
 	// group keys its keys name.
@@ -145,7 +145,7 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		feeFloorNs:       minWatermark,
 		deletedThroughNs: minWatermark,
 		dedup:            newDedupSet(),
-		queries:          make(chan *usageQuery, queryQueueLen),
+		queries:          make(chan func(*shard), queryQueueLen),
 		watermarkNs:      minWatermark,
 		pending:          sinceBarrier{subsDirty: make(map[string]bool), duplicates: make(map[string]uint64)},
 	}
@@ -161,7 +161,7 @@ func (s *shard) run() {
 	for {
 		select {
 		case q := <-s.queries:
-			s.answer(q)
+			q(s)
 		case msg, ok := <-s.in:
 			if !ok {
 				return
@@ -187,7 +187,7 @@ func (s *shard) pollQueries() {
 	for {
 		select {
 		case q := <-s.queries:
-			s.answer(q)
+			q(s)
 		default:
 			return
 		}

@@ -89,6 +89,9 @@ type Price struct {
 	MaxPerEvent  *decimal.Decimal `yaml:"maxPerEvent" json:"maxPerEvent,omitempty"`
 	Bands        []Band           `yaml:"bands" json:"bands,omitempty"`
 	Destinations *Destinations    `yaml:"destinations" json:"destinations,omitempty"`
+	// Entitlement limits the meter's usage per billing period (see
+	// Entitlement); nil: unlimited.
+	Entitlement *Entitlement `yaml:"entitlement" json:"entitlement,omitempty"`
 }
 
 // UnmarshalYAML reads a rounding, keeping the values already set (Parse's
@@ -172,6 +175,11 @@ func (p *Plan) Validate() error {
 		}
 		if err := price.validatePerEvent(where); err != nil {
 			return err
+		}
+		if price.Entitlement != nil {
+			if err := price.Entitlement.validate(where+".entitlement", &price); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

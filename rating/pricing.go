@@ -207,3 +207,37 @@ func (p *Pricing) SubscribedFrom(sub Subscriber) (time.Time, bool) {
 	}
 	return time.Time{}, false
 }
+
+// MeterEntitlement is a meter's entitlement under the plan in force, with
+// what evaluating it needs of the meter's price.
+type MeterEntitlement struct {
+	Meter       string
+	Plan        string
+	Currency    string
+	Entitlement *Entitlement
+	// FreeAllowance is the meter's free units a period (AllowanceThresholds).
+	FreeAllowance decimal.Decimal
+	// PerEvent is set when the meter is priced per event: a count of
+	// units alone cannot be priced (an amount limit checks units only
+	// against what was charged).
+	PerEvent bool
+}
+
+// Entitlements returns the entitlements of the plan pricing sub at t, by
+// meter name; none when sub has no plan then.
+func (p *Pricing) Entitlements(sub Subscriber, t time.Time) []MeterEntitlement {
+	plan, err := p.plan(sub, t)
+	if err != nil {
+		return nil
+	}
+	var out []MeterEntitlement
+	for _, name := range plan.MeterNames() {
+		price := plan.Meters[name]
+		if price.Entitlement == nil {
+			continue
+		}
+		out = append(out, MeterEntitlement{Meter: name, Plan: plan.ID, Currency: plan.Currency, Entitlement: price.Entitlement,
+			FreeAllowance: price.FreeAllowance, PerEvent: price.PerEvent()})
+	}
+	return out
+}

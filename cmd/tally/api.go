@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/engine"
 )
 
@@ -17,19 +18,25 @@ const queryTimeout = 2 * time.Second
 // usageQuerier is what the API needs of the engine.
 type usageQuerier interface {
 	Usage(ctx context.Context, req engine.UsageRequest) (engine.Usage, error)
+	Entitlements(ctx context.Context, customer string) (engine.Entitlements, error)
+	CheckEntitlement(ctx context.Context, customer, meter string, units decimal.Decimal) (engine.EntitlementCheck, error)
 }
 
 // apiError writes a JSON error with a message.
 func apiError(w http.ResponseWriter, status int, format string, args ...any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf(format, args...)})
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // ">=" reads as itself in a terminal
+	_ = enc.Encode(map[string]string{"error": fmt.Sprintf(format, args...)})
 }
 
 // registerAPI adds the live query API:
 //
 //	GET /v1/usage?customer=C[&meter=M][&from=T][&to=T][&window=W]   windows and periods
 //	GET /v1/customers/{id}/summary                        periods of every meter
+//	GET /v1/customers/{id}/entitlements                   limit, used, remaining, state per meter
+//	GET /v1/customers/{id}/entitlements/{meter}?units=N   are N more units allowed now
 func registerAPI(mux *http.ServeMux, q usageQuerier) {
 	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
 		params := r.URL.Query()
@@ -71,13 +78,46 @@ func registerAPI(mux *http.ServeMux, q usageQuerier) {
 	mux.HandleFunc("GET /v1/customers/{id}/summary", func(w http.ResponseWriter, r *http.Request) {
 		answer(w, r, q, engine.UsageRequest{Customer: r.PathValue("id")})
 	})
+	mux.HandleFunc("GET /v1/customers/{id}/entitlements", func(w http.ResponseWriter, r *http.Request) {
+		if len(r.URL.Query()) > 0 {
+			apiError(w, http.StatusBadRequest, "this takes no parameters; /v1/customers/{id}/entitlements/{meter}?units=N checks units")
+			return
+		}
+		reply(w, r, func(ctx context.Context) (any, error) { return q.Entitlements(ctx, r.PathValue("id")) })
+	})
+	mux.HandleFunc("GET /v1/customers/{id}/entitlements/{meter}", func(w http.ResponseWriter, r *http.Request) {
+		params := r.URL.Query()
+		for name := range params {
+			if name != "units" {
+				apiError(w, http.StatusBadRequest, "unknown parameter %q; use units", name)
+				return
+			}
+		}
+		v := params.Get("units")
+		units, err := decimal.NewFromString(v)
+		if err != nil || units.IsNegative() {
+			apiError(w, http.StatusBadRequest, "parameter units=%q is not a number of units >= 0, e.g. ?units=10", v)
+			return
+		}
+		reply(w, r, func(ctx context.Context) (any, error) {
+			return q.CheckEntitlement(ctx, r.PathValue("id"), r.PathValue("meter"), units)
+		})
+	})
 }
 
 func answer(w http.ResponseWriter, r *http.Request, q usageQuerier, req engine.UsageRequest) {
+	reply(w, r, func(ctx context.Context) (any, error) { return q.Usage(ctx, req) })
+}
+
+// reply answers a live query with its JSON, or with the error's status.
+func reply(w http.ResponseWriter, r *http.Request, query func(ctx context.Context) (any, error)) {
 	ctx, cancel := context.WithTimeout(r.Context(), queryTimeout)
 	defer cancel()
-	u, err := q.Usage(ctx, req)
+	u, err := query(ctx)
 	switch {
+	case errors.Is(err, engine.ErrNoEntitlement):
+		apiError(w, http.StatusNotFound, "%v", err)
+		return
 	case errors.Is(err, engine.ErrUnknownMeter), errors.Is(err, engine.ErrBadRequest):
 		apiError(w, http.StatusBadRequest, "%v", err)
 		return

@@ -29,6 +29,22 @@ func (f *fakeQuerier) Usage(_ context.Context, req engine.UsageRequest) (engine.
 		Amount: decimal.RequireFromString("0.15"), Currency: "EUR"}}}, nil
 }
 
+func (f *fakeQuerier) Entitlements(_ context.Context, customer string) (engine.Entitlements, error) {
+	f.got = engine.UsageRequest{Customer: customer}
+	if f.err != nil {
+		return engine.Entitlements{}, f.err
+	}
+	return engine.Entitlements{Customer: customer, Entitlements: []engine.EntitlementReport{{Meter: "sms"}}}, nil
+}
+
+func (f *fakeQuerier) CheckEntitlement(_ context.Context, customer, meter string, units decimal.Decimal) (engine.EntitlementCheck, error) {
+	f.got = engine.UsageRequest{Customer: customer, Meter: meter}
+	if f.err != nil {
+		return engine.EntitlementCheck{}, f.err
+	}
+	return engine.EntitlementCheck{Customer: customer, Units: units, Allowed: true, More: units}, nil
+}
+
 func TestUsageAPIValidatesRequests(t *testing.T) {
 	for _, tt := range []struct {
 		url    string
@@ -44,6 +60,16 @@ func TestUsageAPIValidatesRequests(t *testing.T) {
 		{"/v1/usage?customer=c", 503, "unavailable", engine.ErrNotRunning},
 		{"/v1/usage?customer=c&meter=sms&from=2026-01-01T00:00:00Z", 200, `"amount":"0.15"`, nil},
 		{"/v1/customers/c/summary", 200, `"customer":"c"`, nil},
+		{"/v1/customers/c/entitlements", 200, `"meter":"sms"`, nil},
+		{"/v1/customers/c/entitlements?meter=sms", 400, "takes no parameters", nil},
+		{"/v1/customers/c/entitlements", 503, "unavailable", engine.ErrNotRunning},
+		{"/v1/customers/c/entitlements/sms?units=12.5", 200, `"allowed":true,"more":"12.5"`, nil},
+		{"/v1/customers/c/entitlements/sms", 400, `units=\"\" is not a number`, nil},
+		{"/v1/customers/c/entitlements/sms?units=-1", 400, "is not a number of units >= 0", nil},
+		{"/v1/customers/c/entitlements/sms?units=ten", 400, "is not a number of units >= 0", nil},
+		{"/v1/customers/c/entitlements/sms?units=1&at=now", 400, `unknown parameter \"at\"`, nil},
+		{"/v1/customers/c/entitlements/voice?units=1", 404, "no entitlement", engine.ErrNoEntitlement},
+		{"/v1/customers/c/entitlements/fax?units=1", 400, "unknown meter", engine.ErrUnknownMeter},
 		{"/v1/usage?customer=c", 405, "", nil}, // POST below
 	} {
 		t.Run(tt.url, func(t *testing.T) {

@@ -337,7 +337,7 @@ type runner interface {
 	Stats() engine.Stats
 	Ready() error
 	Warnings() []string
-	Usage(ctx context.Context, req engine.UsageRequest) (engine.Usage, error)
+	usageQuerier
 }
 
 // ensureOutputTopics creates the output topics that do not exist, or fails

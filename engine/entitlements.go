@@ -1,0 +1,169 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
+)
+
+// EntitlementRules is what the engine needs of a Rater to report
+// entitlements (rating.Pricing has it). With a Rater that lacks it, no
+// customer has any.
+type EntitlementRules interface {
+	// Entitlements lists the entitlements of the plan pricing sub at t.
+	Entitlements(sub rating.Subscriber, t time.Time) []rating.MeterEntitlement
+}
+
+// ErrNoEntitlement is returned by CheckEntitlement for a meter the
+// customer's plan sets no entitlement on.
+var ErrNoEntitlement = errors.New("no entitlement")
+
+// EntitlementReport is one meter's entitlement evaluated against the
+// customer's billing period in progress, from live state: Used counts
+// every record aggregated so far (units), or what the period's rows
+// charged so far (amount; open windows join it when emitted).
+type EntitlementReport struct {
+	Meter       string    `json:"meter"`
+	Plan        string    `json:"plan"`
+	PeriodStart time.Time `json:"period_start"`
+	PeriodEnd   time.Time `json:"period_end"`
+	// Currency is the limit's currency when it counts an amount.
+	Currency string `json:"currency,omitempty"`
+	rating.EntitlementStatus
+}
+
+// Entitlements is the live view of one customer's entitlements.
+type Entitlements struct {
+	Customer string `json:"customer"`
+	// At is the time the billing periods are taken at: the watermark, or
+	// the clock before any record was read.
+	At           time.Time           `json:"at"`
+	Entitlements []EntitlementReport `json:"entitlements"`
+}
+
+// EntitlementCheck answers whether Units more units of a meter are
+// allowed now.
+type EntitlementCheck struct {
+	Customer string          `json:"customer"`
+	Units    decimal.Decimal `json:"units"`
+	Allowed  bool            `json:"allowed"`
+	// More is what Units add in the limit's basis: the units, or their
+	// charge on top of the period's usage for an amount limit.
+	More decimal.Decimal `json:"more"`
+	EntitlementReport
+}
+
+// Entitlements evaluates customer's entitlements against its billing
+// periods in progress, on its shard (consistent with the state the next
+// checkpoint holds).
+func (e *Engine) Entitlements(ctx context.Context, customer string) (Entitlements, error) {
+	now := e.now()
+	var out Entitlements
+	err := e.onShard(ctx, customer, func(s *shard) {
+		at := s.entitlementTime(now)
+		out = Entitlements{Customer: customer, At: time.Unix(0, at).UTC(), Entitlements: []EntitlementReport{}}
+		for _, me := range s.entitlements(customer, at) {
+			report, _ := s.evaluate(customer, me, at)
+			out.Entitlements = append(out.Entitlements, report)
+		}
+	})
+	return out, err
+}
+
+// CheckEntitlement answers whether units more units of meter are allowed
+// for customer now: a hard limit allows up to the limit, a soft one
+// everything (see rating.Entitlement.Allows).
+func (e *Engine) CheckEntitlement(ctx context.Context, customer, meter string, units decimal.Decimal) (EntitlementCheck, error) {
+	if e.decoder.meters.byName(meter) == nil {
+		return EntitlementCheck{}, fmt.Errorf("%w %q; configured: %v", ErrUnknownMeter, meter, e.decoder.meters.Names())
+	}
+	if units.IsNegative() {
+		return EntitlementCheck{}, fmt.Errorf("%w: units %s is negative", ErrBadRequest, units)
+	}
+	now := e.now()
+	var out EntitlementCheck
+	var err error
+	qerr := e.onShard(ctx, customer, func(s *shard) {
+		at := s.entitlementTime(now)
+		for _, me := range s.entitlements(customer, at) {
+			if me.Meter != meter {
+				continue
+			}
+			report, units0 := s.evaluate(customer, me, at)
+			more := units
+			if me.Entitlement.Of == rating.LimitAmount {
+				if more, err = s.chargeOf(customer, me, report.PeriodStart, units0, units); err != nil {
+					return
+				}
+			}
+			out = EntitlementCheck{Customer: customer, Units: units, More: more,
+				Allowed: me.Entitlement.Allows(report.Used, more), EntitlementReport: report}
+			return
+		}
+		err = fmt.Errorf("%w on meter %s for customer %s in the plan in force at %s", ErrNoEntitlement, meter, customer,
+			time.Unix(0, at).UTC().Format(time.RFC3339))
+	})
+	if qerr != nil {
+		return EntitlementCheck{}, qerr
+	}
+	return out, err
+}
+
+// entitlementTime is the time billing periods are taken at: the
+// watermark, or now before any record was read.
+func (s *shard) entitlementTime(now time.Time) int64 {
+	if s.watermarkNs == minWatermark {
+		return now.UnixNano()
+	}
+	return s.watermarkNs
+}
+
+// entitlements lists customer's entitlements at atNs.
+func (s *shard) entitlements(customer string, atNs int64) []rating.MeterEntitlement {
+	rules, ok := s.rater.(EntitlementRules)
+	if !ok {
+		return nil
+	}
+	return rules.Entitlements(s.subscriber(customer), time.Unix(0, atNs).UTC())
+}
+
+// evaluate evaluates me against customer's billing period holding atNs,
+// from its period aggregate (none yet: nothing used). It also returns the
+// period's units.
+func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64) (EntitlementReport, decimal.Decimal) {
+	cust := s.customers.get(customer)
+	startNs, endNs := billingPeriod(atNs, cust.loc, cust.anchorDay)
+	units, amount := decimal.Zero, decimal.Zero
+	if m := s.meters.byName(me.Meter); m != nil {
+		if id, ok := s.names.find(customer); ok {
+			if p := s.periods[windowKey{meter: uint32(m.index), customer: id, startNs: startNs, period: true}]; p != nil {
+				units, amount = p.quantity(m), p.get(numChargedAmount)
+			}
+		}
+	}
+	used := units
+	report := EntitlementReport{Meter: me.Meter, Plan: me.Plan, PeriodStart: time.Unix(0, startNs).UTC(), PeriodEnd: time.Unix(0, endNs).UTC()}
+	if me.Entitlement.Of == rating.LimitAmount {
+		used, report.Currency = amount, me.Currency
+	}
+	report.EntitlementStatus = me.Entitlement.Status(used, units, me.FreeAllowance)
+	return report, units
+}
+
+// chargeOf is what units more units of me's meter would be charged on top
+// of the period's units so far.
+func (s *shard) chargeOf(customer string, me rating.MeterEntitlement, periodStart time.Time, sofar, units decimal.Decimal) (decimal.Decimal, error) {
+	if me.PerEvent {
+		return decimal.Zero, fmt.Errorf("%w: meter %s is priced per event (bands, destinations or event fees), so units alone have no price; its amount limit is checked by what was charged: ask without units",
+			ErrBadRequest, me.Meter)
+	}
+	c, err := s.rater.Increment(s.subscriber(customer), me.Meter, periodStart, sofar, sofar.Add(units))
+	if err != nil {
+		return decimal.Zero, fmt.Errorf("price %s more units of %s: %w", units, me.Meter, err)
+	}
+	return c.Amount, nil
+}
