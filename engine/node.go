@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
 	"github.com/tally-billing/tally/state"
 )
 
@@ -794,4 +795,13 @@ func (n *Node) CheckEntitlement(ctx context.Context, customer, meter string, uni
 		return EntitlementCheck{}, ErrNotRunning
 	}
 	return e.CheckEntitlement(ctx, customer, meter, units)
+}
+
+// Entitlements passes the entitlements of the rater's plans on (none if it
+// has none).
+func (o ownedRules) Entitlements(sub rating.Subscriber, t time.Time) []rating.MeterEntitlement {
+	if e, ok := o.ratingRules.(EntitlementRules); ok {
+		return e.Entitlements(sub, t)
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -146,6 +147,47 @@ func TestUsageAPIServesLiveState(t *testing.T) {
 		}
 		return ""
 	})
+
+	// The demo plan limits sms to 600 a month (hard): the customer's
+	// entitlement counts its sms so far, and the check allows exactly
+	// what is left.
+	var sms int64
+	for key, tot := range s.expected {
+		if strings.HasPrefix(key, "sms|"+customer+"|") {
+			sms += tot.count
+		}
+	}
+	base := "http://" + r.app.listener.Addr().String() + "/v1/customers/" + customer + "/entitlements"
+	var ents engine.Entitlements
+	getJSON(t, base, &ents)
+	if len(ents.Entitlements) != 1 || ents.Entitlements[0].Meter != "sms" || !ents.Entitlements[0].Used.Equal(decimal.NewFromInt(sms)) ||
+		!ents.Entitlements[0].Remaining.Equal(decimal.NewFromInt(600-sms)) {
+		t.Fatalf("entitlements of %s: %s, want sms used %d of 600", customer, toJSON(ents), sms)
+	}
+	for units, allowed := range map[int64]bool{600 - sms: true, 601 - sms: false} {
+		var c engine.EntitlementCheck
+		getJSON(t, fmt.Sprintf("%s/sms?units=%d", base, units), &c)
+		if c.Allowed != allowed {
+			t.Errorf("check %d more sms after %d: %s, want allowed %v", units, sms, toJSON(c), allowed)
+		}
+	}
+}
+
+// getJSON decodes the 200 answer of url into v.
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %s %s", url, resp.Status, body)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
 }
 
 func itoa(n int64) string { return decimal.NewFromInt(n).String() }

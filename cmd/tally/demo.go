@@ -16,6 +16,7 @@ import (
 
 	"github.com/tally-billing/tally/bench/gen"
 	"github.com/tally-billing/tally/engine"
+	"github.com/tally-billing/tally/rating"
 )
 
 //go:embed demo_plan.yaml
@@ -135,7 +136,7 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 
 	genDone := make(chan error, 1)
 	go func() { genDone <- produceDemo(runCtx, stopAll, brokers, o) }()
-	go report(runCtx, a, o.reportEvery, out)
+	go report(runCtx, a, o.reportEvery, o.subscribers, out)
 
 	err = a.run(ctx, stopAll)
 	cancelRun()
@@ -210,7 +211,7 @@ func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o 
 }
 
 // report prints the live line every interval.
-func report(ctx context.Context, a *app, every time.Duration, out io.Writer) {
+func report(ctx context.Context, a *app, every time.Duration, subscribers int, out io.Writer) {
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	prev, prevAt := a.engine.Stats(), time.Now()
@@ -225,11 +226,31 @@ func report(ctx context.Context, a *app, every time.Duration, out io.Writer) {
 			if !s.Watermark.IsZero() {
 				wm = s.Watermark.Format("15:04:05")
 			}
-			fmt.Fprintf(out, "%s  %9.0f rec/s  lag %7d  consumed %10d  windows %8d  dead %6d  dups %6d  watermark %s  checkpoint %d  revenue %s\n",
-				now.Format("15:04:05"), rate, s.Lag, s.Consumed, s.WindowsEmitted, s.DeadLetters, s.Duplicates, wm, s.CheckpointSeq, formatRevenue(s))
+			fmt.Fprintf(out, "%s  %9.0f rec/s  lag %7d  consumed %10d  windows %8d  dead %6d  dups %6d  watermark %s  checkpoint %d  revenue %s  limits %s\n",
+				now.Format("15:04:05"), rate, s.Lag, s.Consumed, s.WindowsEmitted, s.DeadLetters, s.Duplicates, wm, s.CheckpointSeq, formatRevenue(s),
+				limitStates(ctx, a.engine, subscribers))
 			prev, prevAt = s, now
 		}
 	}
+}
+
+// limitStates counts the demo subscribers by the state of their
+// entitlements (the worst of them), from the live API's source.
+func limitStates(ctx context.Context, q usageQuerier, subscribers int) string {
+	rank := map[rating.EntitlementState]int{rating.StateWarning: 1, rating.StateThrottled: 2, rating.StateSuspended: 3}
+	var counts [4]int
+	for i := range subscribers {
+		e, err := q.Entitlements(ctx, fmt.Sprintf("sub-%06d", i))
+		if err != nil {
+			return "-"
+		}
+		worst := 0
+		for _, r := range e.Entitlements {
+			worst = max(worst, rank[r.State])
+		}
+		counts[worst]++
+	}
+	return fmt.Sprintf("%d warning %d throttled %d suspended", counts[1], counts[2], counts[3])
 }
 
 func formatRevenue(s engineStats) string {
