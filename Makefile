@@ -24,7 +24,7 @@ lint:
 # Component benchmarks, then the end-to-end table of `tally bench`
 # (BENCH_FLAGS, e.g. --records 20000000). bench/RESULTS.md holds the figures.
 bench: build
-	$(GO) test -run '^$$' -bench 'Decode|ShardApply|Aggregate|UsageQuery|Commit|HasDedup|Increment|RateEvent|RatedRowJSON' -benchmem ./engine/ ./rating/ ./state/
+	$(GO) test -run '^$$' -bench 'Decode|ShardApply|Aggregate|UsageQuery|EntitlementCheck|EmitOpen|Commit|HasDedup|Increment|RateEvent|RatedRowJSON' -benchmem ./engine/ ./rating/ ./state/
 	$(GO) test -run '^$$' -bench 'BenchmarkCore$$' -benchtime 400000x -benchmem ./engine/
 	$(GO) test -run '^$$' -bench 'CheckpointStream' -benchtime 40x -benchmem ./state/
 	$(GO) test -run '^$$' -bench 'LiveStatePerKey|DedupCapacity' -benchtime 1x ./engine/
