@@ -51,9 +51,13 @@ type EntitlementCheck struct {
 	Customer string          `json:"customer"`
 	Units    decimal.Decimal `json:"units"`
 	Allowed  bool            `json:"allowed"`
-	// More is what Units add in the limit's basis: the units, or their
-	// charge on top of the period's usage for an amount limit.
+	// More is what Units add in the limit's basis: the units, or, for an
+	// amount limit, their charge on top of all the period's usage so far.
 	More decimal.Decimal `json:"more"`
+	// Pending, for an amount limit, is the charge of the period's usage
+	// aggregated but not yet charged (windows not emitted yet): Used +
+	// Pending + More is what the period would have charged.
+	Pending *decimal.Decimal `json:"pending,omitempty"`
 	EntitlementReport
 }
 
@@ -71,7 +75,10 @@ func (e *Engine) Entitlements(ctx context.Context, customer string) (Entitlement
 			out.Entitlements = append(out.Entitlements, report)
 		}
 	})
-	return out, err
+	if err != nil {
+		return Entitlements{}, err // out may still be written by the shard
+	}
+	return out, nil
 }
 
 // CheckEntitlement answers whether units more units of meter are allowed
@@ -93,15 +100,19 @@ func (e *Engine) CheckEntitlement(ctx context.Context, customer, meter string, u
 			if me.Meter != meter {
 				continue
 			}
-			report, units0 := s.evaluate(customer, me, at)
-			more := units
+			report, p := s.evaluate(customer, me, at)
+			check := EntitlementCheck{Customer: customer, Units: units, More: units, EntitlementReport: report}
 			if me.Entitlement.Of == rating.LimitAmount {
-				if more, err = s.chargeOf(customer, me, report.PeriodStart, units0, units); err != nil {
+				var pending decimal.Decimal
+				if pending, check.More, err = s.chargeOf(customer, me, at, p, units); err != nil {
 					return
 				}
+				check.Pending = &pending
+				check.Allowed = me.Entitlement.Allows(report.Used.Add(pending), check.More)
+			} else {
+				check.Allowed = me.Entitlement.Allows(report.Used, check.More)
 			}
-			out = EntitlementCheck{Customer: customer, Units: units, More: more,
-				Allowed: me.Entitlement.Allows(report.Used, more), EntitlementReport: report}
+			out = check
 			return
 		}
 		err = fmt.Errorf("%w on meter %s for customer %s in the plan in force at %s", ErrNoEntitlement, meter, customer,
@@ -132,15 +143,16 @@ func (s *shard) entitlements(customer string, atNs int64) []rating.MeterEntitlem
 }
 
 // evaluate evaluates me against customer's billing period holding atNs,
-// from its period aggregate (none yet: nothing used). It also returns the
-// period's units.
-func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64) (EntitlementReport, decimal.Decimal) {
+// from its period aggregate, which it also returns (nil: nothing used
+// yet).
+func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64) (EntitlementReport, *window) {
 	cust := s.customers.get(customer)
 	startNs, endNs := billingPeriod(atNs, cust.loc, cust.anchorDay)
 	units, amount := decimal.Zero, decimal.Zero
+	var p *window
 	if m := s.meters.byName(me.Meter); m != nil {
 		if id, ok := s.names.find(customer); ok {
-			if p := s.periods[windowKey{meter: uint32(m.index), customer: id, startNs: startNs, period: true}]; p != nil {
+			if p = s.periods[windowKey{meter: uint32(m.index), customer: id, startNs: startNs, period: true}]; p != nil {
 				units, amount = p.quantity(m), p.get(numChargedAmount)
 			}
 		}
@@ -151,19 +163,38 @@ func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64
 		used, report.Currency = amount, me.Currency
 	}
 	report.EntitlementStatus = me.Entitlement.Status(used, units, me.FreeAllowance)
-	return report, units
+	return report, p
 }
 
-// chargeOf is what units more units of me's meter would be charged on top
-// of the period's units so far.
-func (s *shard) chargeOf(customer string, me rating.MeterEntitlement, periodStart time.Time, sofar, units decimal.Decimal) (decimal.Decimal, error) {
-	if me.PerEvent {
-		return decimal.Zero, fmt.Errorf("%w: meter %s is priced per event (bands, destinations or event fees), so units alone have no price; its amount limit is checked by what was charged: ask without units",
-			ErrBadRequest, me.Meter)
+// chargeOf prices, under the plan in force at atNs (the one whose
+// entitlement is checked), the usage of period p not charged yet (pending:
+// from the quantity its emitted windows charged to all it aggregated) and
+// units more on top. Increments of a period add up, so pending + more is
+// the charge from the charged quantity to the new total.
+func (s *shard) chargeOf(customer string, me rating.MeterEntitlement, atNs int64, p *window, units decimal.Decimal) (pending, more decimal.Decimal, err error) {
+	m := s.meters.byName(me.Meter)
+	switch {
+	case me.PerEvent:
+		return decimal.Zero, decimal.Zero, fmt.Errorf("%w: meter %s is priced per event (bands, destinations or event fees), so units alone have no price; its amount limit counts what was charged: see /v1/customers/%s/entitlements",
+			ErrBadRequest, me.Meter, customer)
+	case m == nil:
+		return decimal.Zero, decimal.Zero, fmt.Errorf("%w %q", ErrUnknownMeter, me.Meter)
+	case !m.additive():
+		return decimal.Zero, decimal.Zero, fmt.Errorf("%w: meter %s aggregates with %v, whose windows are priced on their own, not by the period's units: its amount limit counts what was charged",
+			ErrBadRequest, me.Meter, m.Aggregation)
 	}
-	c, err := s.rater.Increment(s.subscriber(customer), me.Meter, periodStart, sofar, sofar.Add(units))
+	charged, sofar := decimal.Zero, decimal.Zero
+	if p != nil {
+		charged, sofar = p.get(numEmittedQuantity), p.quantity(m)
+	}
+	sub, at := s.subscriber(customer), time.Unix(0, atNs).UTC()
+	c, err := s.rater.Increment(sub, me.Meter, at, charged, sofar)
 	if err != nil {
-		return decimal.Zero, fmt.Errorf("price %s more units of %s: %w", units, me.Meter, err)
+		return decimal.Zero, decimal.Zero, fmt.Errorf("price the pending usage of %s: %w", me.Meter, err)
 	}
-	return c.Amount, nil
+	next, err := s.rater.Increment(sub, me.Meter, at, sofar, sofar.Add(units))
+	if err != nil {
+		return decimal.Zero, decimal.Zero, fmt.Errorf("price %s more units of %s: %w", units, me.Meter, err)
+	}
+	return c.Amount, next.Amount, nil
 }

@@ -33,18 +33,32 @@ plans:
         model: per_unit
         unitPrice: "0.01"
         entitlement: {limit: "5", of: amount, enforcement: soft}
+      mms:
+        model: per_unit
+        unitPrice: "0.01"
+        entitlement: {limit: "8", of: amount}
       voice: {model: per_unit, unitPrice: "0.02"}
+  - id: pricey
+    currency: EUR
+    rounding: {decimals: 2}
+    meters:
+      data:
+        model: per_unit
+        unitPrice: "0.10"
+        entitlement: {limit: "50", of: amount}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	subs, err := rating.NewSubscriptions(nil, catalog)
+	// bob moves to pricey on January 3rd, mid-period: the check prices
+	// under the plan in force now, whose entitlement it checks.
+	subs, err := rating.NewSubscriptions([]rating.Subscription{{Customer: "bob", Plan: "pricey", Start: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)}}, catalog)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := newHarness(t, 1)
 	h.rater = rating.NewPricing(catalog, subs, "capped")
-	if h.meters, err = CompileMeters([]Meter{{Name: "sms"}, {Name: "data"}, {Name: "voice"}}, time.Minute); err != nil {
+	if h.meters, err = CompileMeters([]Meter{{Name: "sms"}, {Name: "data"}, {Name: "mms"}, {Name: "voice"}}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	h.start()
@@ -55,6 +69,7 @@ plans:
 	}
 	for i := range 6 {
 		h.src.append(0, fmt.Appendf(nil, `{"id":"d%d","customer":"ann","meter":"data","time":%q,"value":100}`, i, at.Add(time.Duration(i)*time.Minute).Format(time.RFC3339)))
+		h.src.append(0, fmt.Appendf(nil, `{"id":"m%d","customer":"ann","meter":"mms","time":%q,"value":100}`, i, at.Add(time.Duration(i)*time.Minute).Format(time.RFC3339)))
 	}
 	h.src.append(0, fmt.Appendf(nil, `{"id":"v1","customer":"ann","meter":"voice","time":%q,"value":60}`, at.Add(20*time.Minute).Format(time.RFC3339)))
 	h.checkpoint(true) // emits every window, open ones too: data's amount counts rows emitted
@@ -62,6 +77,7 @@ plans:
 	// amount when their windows are emitted.
 	h.src.append(0, fmt.Appendf(nil, `{"id":"s-late","customer":"ann","meter":"sms","time":%q,"value":5}`, at.Add(30*time.Minute).Format(time.RFC3339)))
 	h.src.append(0, fmt.Appendf(nil, `{"id":"d-late","customer":"ann","meter":"data","time":%q,"value":100}`, at.Add(30*time.Minute).Format(time.RFC3339)))
+	h.src.append(0, fmt.Appendf(nil, `{"id":"m-late","customer":"ann","meter":"mms","time":%q,"value":100}`, at.Add(30*time.Minute).Format(time.RFC3339)))
 	h.checkpoint(false)
 
 	check := func(when string) {
@@ -78,6 +94,7 @@ plans:
 		// its default threshold, 100% notify, crossed.
 		want := []string{
 			"data plan=capped period=2026-01-01..2026-02-01 of=amount EUR limit=5 used=6 remaining=0 state=warning crossed=[100:notify] allowance=<nil> []",
+			"mms plan=capped period=2026-01-01..2026-02-01 of=amount EUR limit=8 used=6 remaining=2 state=ok crossed=[] allowance=<nil> []",
 			"sms plan=capped period=2026-01-01..2026-02-01 of=units  limit=100 used=90 remaining=10 state=throttled crossed=[50:notify 80:throttle] allowance=900 [100:notify]",
 		}
 		if len(got.Entitlements) != len(want) {
@@ -111,8 +128,24 @@ plans:
 		}
 		// 100 more data units cost 1.00 on top of the 700 so far: a soft
 		// limit allows them anyway.
-		if c, err := h.engine.CheckEntitlement(ctx, "ann", "data", decimal.NewFromInt(100)); err != nil || !c.Allowed || !c.More.Equal(decimal.NewFromInt(1)) {
-			t.Errorf("%s: check 100 data: %+v (%v), want allowed, costing 1", when, c, err)
+		if c, err := h.engine.CheckEntitlement(ctx, "ann", "data", decimal.NewFromInt(100)); err != nil || !c.Allowed || !c.More.Equal(decimal.NewFromInt(1)) ||
+			c.Pending == nil || !c.Pending.Equal(decimal.NewFromInt(1)) {
+			t.Errorf("%s: check 100 data: %+v (%v), want allowed, costing 1 on top of 1 pending", when, c, err)
+		}
+		// mms: 6.00 charged, 1.00 aggregated but not charged yet: 100
+		// more (1.00) reach the hard 8.00 exactly; 101 pass it.
+		for units, allowed := range map[int64]bool{100: true, 101: false} {
+			if c, err := h.engine.CheckEntitlement(ctx, "ann", "mms", decimal.NewFromInt(units)); err != nil || c.Allowed != allowed {
+				t.Errorf("%s: check %d mms: %+v (%v), want allowed %v", when, units, c, err, allowed)
+			}
+		}
+		// bob, on pricey since January 3rd, without usage: 500 data cost
+		// 50.00 there, his whole limit; 501 pass it.
+		for units, allowed := range map[int64]bool{500: true, 501: false} {
+			c, err := h.engine.CheckEntitlement(ctx, "bob", "data", decimal.NewFromInt(units))
+			if err != nil || c.Allowed != allowed || c.Plan != "pricey" || !c.More.Equal(decimal.NewFromInt(units).Div(decimal.NewFromInt(10))) {
+				t.Errorf("%s: check %d data for bob: %+v (%v), want allowed %v, priced at pricey's 0.10", when, units, c, err, allowed)
+			}
 		}
 		if _, err := h.engine.CheckEntitlement(ctx, "ann", "voice", decimal.NewFromInt(1)); !errors.Is(err, ErrNoEntitlement) {
 			t.Errorf("%s: check voice (no entitlement): %v, want ErrNoEntitlement", when, err)

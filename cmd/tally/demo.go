@@ -237,6 +237,8 @@ func report(ctx context.Context, a *app, every time.Duration, subscribers int, o
 // limitStates counts the demo subscribers by the state of their
 // entitlements (the worst of them), from the live API's source.
 func limitStates(ctx context.Context, q usageQuerier, subscribers int) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second) // the line must not stall
+	defer cancel()
 	rank := map[rating.EntitlementState]int{rating.StateWarning: 1, rating.StateThrottled: 2, rating.StateSuspended: 3}
 	var counts [4]int
 	for i := range subscribers {

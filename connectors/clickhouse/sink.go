@@ -9,8 +9,8 @@ package clickhouse
 import (
 	"context"
 	"fmt"
+	"net"
 	"regexp"
-	"sync"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
@@ -36,10 +36,6 @@ var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 type Sink struct {
 	cfg  Config
 	conn driver.Conn
-	// mu guards cols, the rows of the block being appended, whose arrays
-	// are reused from write to write.
-	mu   sync.Mutex
-	cols rowColumns
 }
 
 // Open connects and creates the database and table if absent.
@@ -66,6 +62,16 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 		Auth:        ch.Auth{Database: "default", Username: cfg.Username, Password: cfg.Password},
 		DialTimeout: cfg.Timeout,
 		ReadTimeout: cfg.Timeout,
+		// The driver bounds reads, and a Send by its context, but not the
+		// writes of a batch's Flush: a server that stops reading would hold
+		// a Write (and a stop) until TCP gives up, minutes later.
+		DialContext: func(ctx context.Context, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{Timeout: cfg.Timeout}).DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return deadlineConn{Conn: c, timeout: cfg.Timeout}, nil
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: open %s: %w", cfg.Addr, err)
@@ -167,11 +173,13 @@ func (s *Sink) Write(ctx context.Context, rows []engine.RatedRow) error {
 		return fmt.Errorf("clickhouse: prepare batch: %w", err)
 	}
 	defer batch.Abort()
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	var cols rowColumns
 	for from := 0; from < len(rows); from += blockRows {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("clickhouse: insert %d rows into %s: %w", len(rows), s.Name(), context.Cause(ctx))
+		}
 		block := rows[from:min(from+blockRows, len(rows))]
-		for i, col := range s.cols.fill(block) {
+		for i, col := range cols.fill(block) {
 			if err := batch.Column(i).Append(col); err != nil {
 				return fmt.Errorf("clickhouse: append column %d of %d rows for %s: %w", i, len(block), s.Name(), err)
 			}
@@ -197,9 +205,24 @@ func (s *Sink) BatchRows() int { return 50_000 }
 
 // blockRows bounds the rows of one block of an INSERT. The driver's
 // columns and its send buffer keep their capacity from block to block, so
-// a large batch costs no regrowth of them past the first block
-// (BenchmarkWrite, 50K rows: 370K -> see bench/RESULTS.md).
-const blockRows = 4096
+// a batch costs no regrowth of them past its first block: BenchmarkWrite
+// of 50K rows went from 324-371K to 550-690K rows/s (bench/RESULTS.md).
+// The server squashes the blocks of one INSERT back into one part
+// (min_insert_block_size_rows), so small blocks add no parts to merge.
+const blockRows = 2048
+
+// deadlineConn bounds each write to a connection by timeout.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c deadlineConn) Write(b []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
 
 // rowColumns holds one block's rows column by column: one Append per
 // column instead of fourteen boxed values per row. Its arrays are reused

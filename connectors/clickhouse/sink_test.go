@@ -2,7 +2,9 @@ package clickhouse
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -164,5 +166,48 @@ func TestWriteInBlocks(t *testing.T) {
 	}
 	if parts := query(t, addr, "SELECT count() FROM system.parts WHERE database = '"+database+"' AND table = 'rated_usage' AND active"); parts != "1" {
 		t.Errorf("one INSERT left %s parts, want 1", parts)
+	}
+}
+
+// TestWritesToAServerThatStopsReadingEnd: a write the server does not read
+// fails after the timeout instead of waiting for TCP to give up (a batch's
+// Flush has no other bound in the driver).
+func TestWritesToAServerThatStopsReadingEnd(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			time.Sleep(10 * time.Second) // accepts, never reads
+		}
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := deadlineConn{Conn: raw, timeout: 200 * time.Millisecond}
+	done := make(chan error, 1)
+	go func() {
+		block := make([]byte, 1<<20)
+		for range 256 { // far beyond the socket buffers
+			if _, err := c.Write(block); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("writing 256 MB nobody reads: %v, want a deadline error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a write to a server that does not read still waits after 5 s")
 	}
 }
