@@ -199,14 +199,14 @@ func (s *Sink) Write(ctx context.Context, rows []engine.RatedRow) error {
 
 // BatchRows implements engine.BatchSizer: an INSERT has a fixed cost (a
 // round trip for the table's header, the server writing one part), so
-// 50K-row batches go at 550-690K rows/s where 10K-row ones stay near 330K
+// 50K-row batches go at 465-695K rows/s where 10K-row ones stay near 330K
 // (BenchmarkWrite).
 func (s *Sink) BatchRows() int { return 50_000 }
 
 // blockRows bounds the rows of one block of an INSERT. The driver's
 // columns and its send buffer keep their capacity from block to block, so
 // a batch costs no regrowth of them past its first block: BenchmarkWrite
-// of 50K rows went from 324-371K to 550-690K rows/s (bench/RESULTS.md).
+// of 50K rows went from 324-371K to 465-695K rows/s (bench/RESULTS.md).
 // The server squashes the blocks of one INSERT back into one part
 // (min_insert_block_size_rows), so small blocks add no parts to merge.
 const blockRows = 2048
