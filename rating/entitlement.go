@@ -10,7 +10,7 @@ import (
 // Entitlement limits how much of a meter a subscriber may use in a billing
 // period, and names the shares of it that call for an action. Usage is
 // never refused by the engine (a record is a fact); the limit is what the
-// entitlement check answers and what provisioning acts on.
+// entitlement check answers (actions on crossings: docs/provisioning.md).
 //
 // In a plan:
 //
