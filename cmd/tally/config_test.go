@@ -138,6 +138,40 @@ meters:
 	}
 }
 
+// TestEntitlementsMustFitTheMeters: an entitlement on a meter the engine
+// does not count, or a money limit on a meter whose windows do not add up,
+// fails at start naming the plan and field.
+func TestEntitlementsMustFitTheMeters(t *testing.T) {
+	plan := writeFile(t, "plan.yaml", `
+id: capped
+currency: EUR
+meters:
+  sms: {model: per_unit, unitPrice: "0.05"}
+  peak_mbps: {model: per_unit, unitPrice: "1", entitlement: {limit: "100", of: amount}}
+  fax: {model: per_unit, unitPrice: "0.5", entitlement: {limit: "10"}}
+`)
+	for _, c := range []struct {
+		meters string
+		want   string
+	}{
+		{"[{name: sms}, {name: peak_mbps, aggregation: MAX}]", "plan capped: meters.fax.entitlement: meter fax is not configured"},
+		{"[{name: sms}, {name: peak_mbps, aggregation: MAX}, {name: fax}]", "plan capped: meters.peak_mbps.entitlement.of: amount needs a SUM or COUNT meter"},
+	} {
+		path := writeFile(t, "tally.yaml", "plan: "+plan+"\nkafka: {brokers: [\"k:9092\"]}\nmeters: "+c.meters+"\n")
+		cfg, err := loadConfig("run", []string{"--config", path}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prices, err := loadPricing(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := compileMeters(cfg, prices); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("meters %s: %v, want an error with %q", c.meters, err, c.want)
+		}
+	}
+}
+
 // TestDefaultPlanCanBeTurnedOff: a one-plan file makes its plan everyone's
 // default unless defaultPlan is set, and `defaultPlan: ""` (or the empty
 // flag) turns that off, so usage without a subscription is dead-lettered.

@@ -100,7 +100,13 @@ func compileMeters(cfg Config, p *rating.Pricing) (*engine.Meters, error) {
 		for _, name := range v.MeterNames() {
 			price := v.Meters[name]
 			if !meters.Has(name) {
+				if price.Entitlement != nil {
+					return nil, fmt.Errorf("plan %s: meters.%s.entitlement: meter %s is not configured (config key meters), so its usage is never counted; configure the meter or drop the entitlement", v.ID, name, name)
+				}
 				continue
+			}
+			if e := price.Entitlement; e != nil && e.Of == rating.LimitAmount && !meters.Additive(name) {
+				return nil, fmt.Errorf("plan %s: meters.%s.entitlement.of: amount needs a SUM or COUNT meter, whose windows add up to the period's charge; limit units instead", v.ID, name)
 			}
 			if !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero() || price.PerEvent()) {
 				return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals or per-event charges, which only SUM and COUNT meters have; price this meter per_unit without an allowance or per-event fields", v.ID, name, price.Model)
