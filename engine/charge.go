@@ -101,6 +101,9 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		p.addTo(numChargedAmount, amount.Sub(emitted))
 		s.markDirty(p) // what the period charged is durable state too
 		s.queueFee(p)  // its true-up may change
+		if s.watchLimits && m.additive() {
+			s.checkLimits(p, m, customer, w.key.startNs, w.key.startNs, true)
+		}
 	}
 	if err != nil {
 		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", meter, customer, start.Format(time.RFC3339), err)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
 	"github.com/tally-billing/tally/state"
 )
 
@@ -177,6 +178,7 @@ func (e *Engine) writeCheckpoints(ctx, commitCtx context.Context, writes <-chan 
 // counters once it is durable.
 type checkpointTotals struct {
 	rows, finals       int
+	actions            []rating.Action
 	dead               []DeadLetter
 	revenue            map[string]decimal.Decimal // net change by currency
 	duplicates         map[string]uint64          // by meter
@@ -238,6 +240,19 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 		}
 		cp.Outbox[state.StreamDeadLetter] = append(cp.Outbox[state.StreamDeadLetter], b)
 	}
+	// In shard order: each shard's actions in the order it announced them.
+	for _, snap := range snaps {
+		for i := range snap.actions {
+			b, err := json.Marshal(&snap.actions[i])
+			if err != nil {
+				return nil, t, fmt.Errorf("engine: encode provisioning action: %w", err)
+			}
+			cp.Outbox[state.StreamProvisioning] = append(cp.Outbox[state.StreamProvisioning], b)
+		}
+		for _, a := range snap.actions {
+			t.actions = append(t.actions, a.Action)
+		}
+	}
 	return cp, t, nil
 }
 
@@ -264,6 +279,10 @@ func (e *Engine) count(pc *pendingCheckpoint, cp *state.Checkpoint, t checkpoint
 		dups += n
 	}
 	e.stats.duplicates.Add(dups)
+	for _, a := range t.actions {
+		e.metrics.actions.WithLabelValues(string(a)).Inc()
+	}
+	e.stats.actions.Add(uint64(len(t.actions)))
 	e.metrics.windowsEmitted.WithLabelValues("1").Add(float64(t.finals))
 	e.metrics.windowsEmitted.WithLabelValues("0").Add(float64(t.rows - t.finals))
 	e.stats.windowsEmitted.Add(uint64(t.rows))

@@ -179,6 +179,10 @@ type Config struct {
 	// Changelog, when set, receives every checkpoint's changes before the
 	// store does (a task of a Node; docs/scale-out.md).
 	Changelog Changelog `yaml:"-"`
+	// ActionSinks receive provisioning actions. Without one, entitlements
+	// are answered live but no crossing is announced (nothing would
+	// deliver the actions, and their outbox would only grow).
+	ActionSinks []ActionSink `yaml:"-"`
 	// ownershipCounts, set by a Node, are the partition counts customers
 	// are placed by, the same for every task (recorded by the Node).
 	ownershipCounts map[string]int
@@ -389,6 +393,7 @@ type stats struct {
 	deadLetters    atomic.Uint64
 	duplicates     atomic.Uint64
 	windowsEmitted atomic.Uint64
+	actions        atomic.Uint64
 	coldReads      atomic.Uint64
 	spilled        atomic.Uint64
 	lag            atomic.Int64
@@ -406,10 +411,12 @@ type Stats struct {
 	DeadLetters    uint64
 	Duplicates     uint64
 	WindowsEmitted uint64
-	Lag            int64
-	Watermark      time.Time
-	Revenue        map[string]decimal.Decimal // by currency
-	CheckpointSeq  uint64
+	// Actions counts the provisioning actions announced (committed).
+	Actions       uint64
+	Lag           int64
+	Watermark     time.Time
+	Revenue       map[string]decimal.Decimal // by currency
+	CheckpointSeq uint64
 }
 
 // New builds an engine. It reads nothing until Run.
@@ -496,6 +503,7 @@ func (e *Engine) Stats() Stats {
 		DeadLetters:    e.stats.deadLetters.Load(),
 		Duplicates:     e.stats.duplicates.Load(),
 		WindowsEmitted: e.stats.windowsEmitted.Load(),
+		Actions:        e.stats.actions.Load(),
 		Lag:            e.stats.lag.Load(),
 		Revenue:        revenue,
 		CheckpointSeq:  e.committedSeq.Load(),

@@ -16,6 +16,10 @@ import (
 type EntitlementRules interface {
 	// Entitlements lists the entitlements of the plan pricing sub at t.
 	Entitlements(sub rating.Subscriber, t time.Time) []rating.MeterEntitlement
+	// Entitlement is meter's, under the plan pricing sub at t.
+	Entitlement(sub rating.Subscriber, meter string, t time.Time) (rating.MeterEntitlement, bool)
+	// HasEntitlements reports whether any plan sets one.
+	HasEntitlements() bool
 }
 
 // ErrNoEntitlement is returned by CheckEntitlement for a meter the

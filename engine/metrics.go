@@ -15,6 +15,7 @@ type Metrics struct {
 	deadLetters        *prometheus.CounterVec
 	duplicates         *prometheus.CounterVec
 	windowsEmitted     *prometheus.CounterVec
+	actions            *prometheus.CounterVec
 	ratedAmount        *prometheus.GaugeVec
 	checkpointDuration prometheus.Histogram
 	checkpointBytes    prometheus.Histogram
@@ -56,6 +57,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		windowsEmitted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_windows_emitted_total", Help: "Rated window revisions emitted, by final (1 closed, 0 provisional) (committed).",
 		}, []string{"final"}),
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_provisioning_actions_total", Help: "Provisioning actions announced (entitlement thresholds crossed), by action (committed).",
+		}, []string{"action"}),
 		ratedAmount: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_rated_amount", Help: "Net amount rated since start, by currency (highest revisions; display only, billing reads the sinks).",
 		}, []string{"currency"}),
@@ -116,7 +120,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.reg = reg
 	m.collectors = []prometheus.Collector{m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
-		m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.checkpointErrors, m.sinkBatchDuration,
+		m.actions, m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.checkpointErrors, m.sinkBatchDuration,
 		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.unreadOffsets, m.watermark, m.liveWindows,
 		m.dedupIDs, m.dedupBytes, m.backpressure, m.coldReads, m.spilled}
 	reg.MustRegister(m.collectors...)

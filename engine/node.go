@@ -724,6 +724,7 @@ func (n *Node) Stats() Stats {
 		out.DeadLetters += s.DeadLetters
 		out.Duplicates += s.Duplicates
 		out.WindowsEmitted += s.WindowsEmitted
+		out.Actions += s.Actions
 		out.Lag += s.Lag
 		out.CheckpointSeq += s.CheckpointSeq
 		for cur, a := range s.Revenue {
@@ -797,11 +798,23 @@ func (n *Node) CheckEntitlement(ctx context.Context, customer, meter string, uni
 	return e.CheckEntitlement(ctx, customer, meter, units)
 }
 
-// Entitlements passes the entitlements of the rater's plans on (none if it
-// has none).
+// Entitlements, Entitlement and HasEntitlements pass the entitlements of
+// the rater's plans on (none if it has none).
 func (o ownedRules) Entitlements(sub rating.Subscriber, t time.Time) []rating.MeterEntitlement {
 	if e, ok := o.ratingRules.(EntitlementRules); ok {
 		return e.Entitlements(sub, t)
 	}
 	return nil
+}
+
+func (o ownedRules) Entitlement(sub rating.Subscriber, meter string, t time.Time) (rating.MeterEntitlement, bool) {
+	if e, ok := o.ratingRules.(EntitlementRules); ok {
+		return e.Entitlement(sub, meter, t)
+	}
+	return rating.MeterEntitlement{}, false
+}
+
+func (o ownedRules) HasEntitlements() bool {
+	e, ok := o.ratingRules.(EntitlementRules)
+	return ok && e.HasEntitlements()
 }

@@ -75,6 +75,16 @@ func (e *Engine) startSinks(ctx context.Context, wg *sync.WaitGroup, fatal func(
 				return dl.WriteDeadLetters(ctx, letters)
 			}})
 	}
+	for _, as := range e.cfg.ActionSinks {
+		e.workers = append(e.workers, &sinkWorker{name: as.Name(), stream: state.StreamProvisioning, batchRows: e.cfg.sinkBatchRows(as),
+			write: func(ctx context.Context, entries [][]byte) error {
+				actions, err := decodeEntries[ProvisioningAction](entries)
+				if err != nil {
+					return err
+				}
+				return as.WriteActions(ctx, actions)
+			}})
+	}
 	seen := make(map[string]bool)
 	for _, w := range e.workers {
 		if seen[w.name] {

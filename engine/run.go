@@ -262,6 +262,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if e.cfg.MaxLiveWindows > 0 {
 			e.shards[i].maxWindows = max(1, e.cfg.MaxLiveWindows/len(e.shards))
 		}
+		e.shards[i].watchLimits = e.watchesLimits()
 	}
 	n := uint64(len(e.shards))
 	// The delta log holds the latest state of every window that was in

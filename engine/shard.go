@@ -45,6 +45,10 @@ type shard struct {
 	// maxWindows is the shard's share of the memory budget (0: none).
 	maxWindows int
 	overBudget bool
+	// watchLimits is set when crossings of entitlement thresholds are
+	// announced (some plan sets an entitlement and an ActionSink takes
+	// the actions; see checkLimits).
+	watchLimits bool
 	// unemitted lists the windows with a revision due by their end (see
 	// emitDue), so that a barrier visits the ends that closed, not every
 	// open window.
@@ -101,7 +105,9 @@ type sinceBarrier struct {
 	// subsDirty marks customers whose subscription changes changed.
 	subsDirty   map[string]bool
 	deadLetters []DeadLetter
-	duplicates  map[string]uint64 // by meter
+	// actions are the provisioning actions announced (checkLimits).
+	actions    []ProvisioningAction
+	duplicates map[string]uint64 // by meter
 	// coldReads counts store reads, spilled windows spilled over the
 	// memory budget.
 	coldReads, spilled uint64
@@ -293,4 +299,7 @@ func (s *shard) apply(ev *Event) {
 		p.addMoney(rated.Amount)
 	}
 	s.markDirty(p)
+	if s.watchLimits {
+		s.checkLimits(p, m, ev.Customer, startNs, ev.TimeNs, false)
+	}
 }

@@ -57,6 +57,7 @@ type shardSnapshot struct {
 	rowBuf      []byte
 	rowEnds     []int
 	deadLetters []DeadLetter
+	actions     []ProvisioningAction
 	revenue     map[string]decimal.Decimal // net change by currency
 	duplicates  map[string]uint64          // by meter
 	liveWindows int
@@ -349,6 +350,7 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	}
 	s.dedup.added = s.dedup.added[:0]
 	snap.deadLetters, s.pending.deadLetters = s.pending.deadLetters, nil
+	snap.actions, s.pending.actions = s.pending.actions, nil
 	snap.duplicates, s.pending.duplicates = s.pending.duplicates, make(map[string]uint64)
 	return nil
 }

@@ -163,6 +163,10 @@ type windowExtra struct {
 	sketch *hyperloglog.Sketch
 	// big holds the window's decimals i whose nums[i] is big.
 	big *[numFields]decimal.Decimal
+	// announced and allowanceAnnounced are, for a period, the highest
+	// shares (percent) of its entitlement's limit and of its free
+	// allowance announced (see checkLimits); durable.
+	announced, allowanceAnnounced decimal.Decimal
 }
 
 // extra returns w.x, allocated on first use.
@@ -333,8 +337,14 @@ func decodeWindowKey(b []byte) (windowName, int64, error) {
 
 // windowValueVersion prefixes every encoded window so the layout can evolve.
 // Version 2 added the per-event money after chargedAmount; version 1 values
-// (without it) are still read.
+// (without it) are still read. Version 4 is version 2 followed by a
+// period's announced entitlement shares (windowExtra.announced), written
+// only by periods that announced some (windowValueAnnounced).
 const windowValueVersion = 2
+
+// windowValueAnnounced is the version of a period value with announced
+// entitlement shares.
+const windowValueAnnounced = 4
 
 // Window flags, the last byte of an encoded window.
 const (
@@ -365,7 +375,12 @@ func encodeWindowValue(w *window, groupKey string) ([]byte, error) {
 // appendWindowValue appends the encoded state of w, whose group key is
 // groupKey, to b.
 func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
-	b = append(b, windowValueVersion)
+	announced := w.x != nil && (!w.x.announced.IsZero() || !w.x.allowanceAnnounced.IsZero())
+	if announced {
+		b = append(b, windowValueAnnounced)
+	} else {
+		b = append(b, windowValueVersion)
+	}
 	b = binary.AppendVarint(b, w.endNs)
 	b = binary.AppendUvarint(b, w.count)
 	b = w.appendNum(b, numSum)
@@ -411,7 +426,12 @@ func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 			flags |= flagOwnRate
 		}
 	}
-	return append(b, flags), nil
+	b = append(b, flags)
+	if announced {
+		b = appendDecimal(b, w.x.announced)
+		b = appendDecimal(b, w.x.allowanceAnnounced)
+	}
+	return b, nil
 }
 
 // decodeWindowValue restores w, the window or period of key, from b.
@@ -420,8 +440,8 @@ func decodeWindowValue(b []byte, key windowName, w *window) (rate string, err er
 	version := r.byte()
 	// Version 3 (the rate as a field) was written by one build of
 	// 2026-11-29 only, before the rate became flagOwnRate: read, not written.
-	if version < 1 || version > 3 {
-		return "", fmt.Errorf("window value version %d, want 1 to 3", version)
+	if version < 1 || version > 4 {
+		return "", fmt.Errorf("window value version %d, want 1 to 4", version)
 	}
 	w.endNs = r.varint()
 	w.count = r.uvarint()
@@ -468,6 +488,10 @@ func decodeWindowValue(b []byte, key windowName, w *window) (rate string, err er
 		v3rate = r.bytes()
 	}
 	flags := r.byte()
+	if version == windowValueAnnounced {
+		x := w.extra()
+		x.announced, x.allowanceAnnounced = r.decimal(), r.decimal()
+	}
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	w.perEvent = flags&flagPerEvent != 0
 	switch {

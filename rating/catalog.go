@@ -14,7 +14,12 @@ import (
 // each in force from its validFrom. Immutable; safe for concurrent use.
 type Catalog struct {
 	versions map[string][]*Plan // by id, by validFrom ascending
+	// entitlements is set when some plan version limits some meter.
+	entitlements bool
 }
+
+// HasEntitlements reports whether some plan version sets an entitlement.
+func (c *Catalog) HasEntitlements() bool { return c.entitlements }
 
 // ParseCatalog reads and validates a plan file.
 func ParseCatalog(data []byte) (*Catalog, error) {
@@ -43,6 +48,9 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 			return nil, fmt.Errorf("plans[%d]: %w", i, err)
 		}
 		c.versions[p.ID] = append(c.versions[p.ID], p)
+		for _, price := range p.Meters {
+			c.entitlements = c.entitlements || price.Entitlement != nil
+		}
 	}
 	for id, vs := range c.versions {
 		sort.Slice(vs, func(i, j int) bool { return vs[i].ValidFrom.Before(vs[j].ValidFrom) })

@@ -254,3 +254,35 @@ func stateOf(a Action) EntitlementState {
 		return StateWarning
 	}
 }
+
+// Crossing is a threshold a period's usage reached.
+type Crossing struct {
+	// Of is what the threshold is a share of: limit or allowance.
+	Of        string
+	Threshold Threshold
+}
+
+// Crossed returns, in increasing order, the thresholds that used (in
+// e.Of, against the limit) and units (against allowance) reach above the
+// shares already announced, and the shares announced with them. A
+// threshold at or under an announced share is never returned again, also
+// when usage fell under it and rose again: each is announced once a
+// period.
+func (e *Entitlement) Crossed(used, units, allowance, announced, allowanceAnnounced decimal.Decimal) (out []Crossing, newAnnounced, newAllowanceAnnounced decimal.Decimal) {
+	newAnnounced, newAllowanceAnnounced = announced, allowanceAnnounced
+	for _, t := range e.Thresholds {
+		if t.Percent.GreaterThan(announced) && reached(used, e.Limit, t.Percent) {
+			out = append(out, Crossing{Of: "limit", Threshold: t})
+			newAnnounced = t.Percent
+		}
+	}
+	if allowance.IsPositive() {
+		for _, t := range e.AllowanceThresholds {
+			if t.Percent.GreaterThan(allowanceAnnounced) && reached(units, allowance, t.Percent) {
+				out = append(out, Crossing{Of: "allowance", Threshold: t})
+				newAllowanceAnnounced = t.Percent
+			}
+		}
+	}
+	return out, newAnnounced, newAllowanceAnnounced
+}

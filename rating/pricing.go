@@ -223,6 +223,25 @@ type MeterEntitlement struct {
 	PerEvent bool
 }
 
+// HasEntitlements reports whether some plan sets an entitlement; without
+// one, no usage needs watching.
+func (p *Pricing) HasEntitlements() bool { return p.catalog.HasEntitlements() }
+
+// Entitlement returns the entitlement of meter in the plan pricing sub at
+// t; ok is false when there is none (or no plan).
+func (p *Pricing) Entitlement(sub Subscriber, meter string, t time.Time) (MeterEntitlement, bool) {
+	plan, err := p.plan(sub, t)
+	if err != nil {
+		return MeterEntitlement{}, false
+	}
+	price, ok := plan.Meters[meter]
+	if !ok || price.Entitlement == nil {
+		return MeterEntitlement{}, false
+	}
+	return MeterEntitlement{Meter: meter, Plan: plan.ID, Currency: plan.Currency, Entitlement: price.Entitlement,
+		FreeAllowance: price.FreeAllowance, PerEvent: price.PerEvent()}, true
+}
+
 // Entitlements returns the entitlements of the plan pricing sub at t, by
 // meter name; none when sub has no plan then.
 func (p *Pricing) Entitlements(sub Subscriber, t time.Time) []MeterEntitlement {

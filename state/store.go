@@ -54,13 +54,15 @@ import (
 // formatMarker identifies a Tally state folder and its layout version. A
 // folder holding a Pebble database without it is foreign and refused.
 // v2 added the delta log (delta.go), v3 the packed outbox (outbox.go), v4
-// sealed chunks (chunk.go). An older folder is read as it is (no log, one
-// key per outbox entry, plain chunks) and marked v4 at open, so that an
-// older Tally refuses it with ErrForeign rather than misreading it.
-const formatMarker = "tally-state-v4"
+// sealed chunks (chunk.go), v5 window values of version 4 (the engine's
+// announced entitlement shares) and the provisioning outbox stream. An
+// older folder is read as it is (no log, one key per outbox entry, plain
+// chunks) and marked v5 at open, so that an older Tally refuses it with
+// ErrForeign rather than misreading it.
+const formatMarker = "tally-state-v5"
 
 // olderFormats are the markers an open upgrades.
-var olderFormats = []string{"tally-state-v1", "tally-state-v2", "tally-state-v3"}
+var olderFormats = []string{"tally-state-v1", "tally-state-v2", "tally-state-v3", "tally-state-v4"}
 
 var (
 	keyFormat = []byte("m/format")
@@ -103,6 +105,8 @@ const (
 	StreamRated Stream = 'r'
 	// StreamDeadLetter holds records that could not be aggregated.
 	StreamDeadLetter Stream = 'x'
+	// StreamProvisioning holds provisioning actions.
+	StreamProvisioning Stream = 'p'
 )
 
 // ErrForeign is returned by Open for a folder that is not a Tally state folder.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -35,6 +36,9 @@ type Config struct {
 		Topics          []string `yaml:"topics"`
 		RatedTopic      string   `yaml:"ratedTopic"`
 		DeadLetterTopic string   `yaml:"deadLetterTopic"`
+		// ProvisioningTopic receives provisioning actions (entitlement
+		// thresholds crossed); empty: none are announced.
+		ProvisioningTopic string `yaml:"provisioningTopic"`
 		// Isolation is read_committed (default: records of aborted
 		// transactions never count) or read_uncommitted.
 		Isolation        string        `yaml:"isolation"`
@@ -196,6 +200,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	list(&c.Kafka.Topics, "kafka.topics", "usage topics to read, comma-separated")
 	str(&c.Kafka.RatedTopic, "kafka.ratedTopic", "topic for rated rows (empty disables)")
 	str(&c.Kafka.DeadLetterTopic, "kafka.deadLetterTopic", "topic for records that cannot be aggregated (required)")
+	str(&c.Kafka.ProvisioningTopic, "kafka.provisioningTopic", "topic for provisioning actions when usage crosses an entitlement's thresholds (empty: none announced)")
 	str(&c.Kafka.ChangelogTopic, "kafka.changelogTopic", "compacted topic of the tasks' state with scaleOut: local, partition p for task p, created if missing (default tally-<tenant>-changelog)")
 	str(&c.Kafka.Group, "kafka.group", "consumer group of scaleOut: group, shared by every instance of the tenant (default tally-<tenant>)")
 	fs.BoolVar(&c.Kafka.Repartition, flagName("kafka.repartition"), c.Kafka.Repartition, "re-key usage by customer through the internal topic tally-<tenant>-repartition, exactly once (scaleOut local or group), for producers that cannot key by customer")
@@ -341,6 +346,9 @@ func (c *Config) validate(requireKafka bool) error {
 		return bad("kafka.topics", "empty; list the usage topics to read")
 	case c.Kafka.DeadLetterTopic == "":
 		return bad("kafka.deadLetterTopic", "empty; records that fail must go somewhere")
+	case c.Kafka.ProvisioningTopic != "" && (slices.Contains(c.Kafka.Topics, c.Kafka.ProvisioningTopic) ||
+		c.Kafka.ProvisioningTopic == c.Kafka.RatedTopic || c.Kafka.ProvisioningTopic == c.Kafka.DeadLetterTopic):
+		return bad("kafka.provisioningTopic", "%q is also a usage, rated or dead-letter topic; give actions their own topic", c.Kafka.ProvisioningTopic)
 	case c.ScaleOut != "" && c.ScaleOut != scaleOutOff && c.ScaleOut != scaleOutLocal && c.ScaleOut != scaleOutGroup:
 		return bad("scaleOut", "%q is none of off, local, group", c.ScaleOut)
 	case c.ScaleOut != "" && c.ScaleOut != scaleOutOff && c.Kafka.Partitioner == string(engine.PartitionerNone) && !c.Kafka.Repartition:

@@ -65,7 +65,8 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1),
 		kfake.SeedTopics(int32(o.partitions), "usage"),
 		kfake.SeedTopics(int32(o.partitions), "rated-usage"),
-		kfake.SeedTopics(1, "usage-dead-letters"))
+		kfake.SeedTopics(1, "usage-dead-letters"),
+		kfake.SeedTopics(int32(o.partitions), "provisioning"))
 	if err != nil {
 		return fmt.Errorf("demo: start in-process Kafka: %w", err)
 	}
@@ -87,6 +88,7 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	cfg := defaultConfig()
 	cfg.StateDir, cfg.Plan, cfg.HTTPAddr = o.stateDir, planPath, o.httpAddr
 	cfg.Kafka.Brokers = brokers
+	cfg.Kafka.ProvisioningTopic = "provisioning"
 	cfg.Window, cfg.EmitOpenEvery = o.window, 5*time.Second
 	cfg.Meters = []engine.Meter{
 		{Name: "voice_seconds", Aggregation: engine.AggSum, GroupBy: []string{"destination"}, Unit: "seconds"},
@@ -110,7 +112,7 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	}
 	defer a.close()
 
-	fmt.Fprintf(out, "tally demo: Kafka (in-process) at %s, topics usage/rated-usage/usage-dead-letters\n", strings.Join(brokers, ","))
+	fmt.Fprintf(out, "tally demo: Kafka (in-process) at %s, topics usage/rated-usage/usage-dead-letters/provisioning\n", strings.Join(brokers, ","))
 	fmt.Fprintf(out, "tally demo: %d subscribers, %d records/s, metrics at http://%s/metrics\n", o.subscribers, o.rate, o.httpAddr)
 	if cfg.OutputFile != "" {
 		fmt.Fprintf(out, "tally demo: rated rows -> %s (JSON lines; keep the highest revision per identity)\n", cfg.OutputFile)
@@ -226,9 +228,9 @@ func report(ctx context.Context, a *app, every time.Duration, subscribers int, o
 			if !s.Watermark.IsZero() {
 				wm = s.Watermark.Format("15:04:05")
 			}
-			fmt.Fprintf(out, "%s  %9.0f rec/s  lag %7d  consumed %10d  windows %8d  dead %6d  dups %6d  watermark %s  checkpoint %d  revenue %s  limits %s\n",
+			fmt.Fprintf(out, "%s  %9.0f rec/s  lag %7d  consumed %10d  windows %8d  dead %6d  dups %6d  watermark %s  checkpoint %d  revenue %s  limits %s (actions %d)\n",
 				now.Format("15:04:05"), rate, s.Lag, s.Consumed, s.WindowsEmitted, s.DeadLetters, s.Duplicates, wm, s.CheckpointSeq, formatRevenue(s),
-				limitStates(ctx, a.engine, subscribers))
+				limitStates(ctx, a.engine, subscribers), s.Actions)
 			prev, prevAt = s, now
 		}
 	}

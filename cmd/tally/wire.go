@@ -236,6 +236,14 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if crash != nil {
 		ecfg.FaultHook = crash.at
 	}
+	if cfg.Kafka.ProvisioningTopic != "" {
+		actions, err := kafka.NewActionSink(kafka.WriterConfig{ClientConfig: cfg.kafkaClient(), Topic: cfg.Kafka.ProvisioningTopic}, log)
+		if err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, actions)
+		ecfg.ActionSinks = []engine.ActionSink{actions}
+	}
 	if cfg.Kafka.Repartition {
 		if source, err = a.repartition(ctx, cfg, decoder, source, name); err != nil {
 			return nil, err
@@ -351,6 +359,10 @@ type runner interface {
 func ensureOutputTopics(ctx context.Context, cfg Config, log *slog.Logger) error {
 	keys := map[string]string{cfg.Kafka.DeadLetterTopic: "kafka.deadLetterTopic"}
 	topics := []string{cfg.Kafka.DeadLetterTopic}
+	if cfg.Kafka.ProvisioningTopic != "" {
+		keys[cfg.Kafka.ProvisioningTopic] = "kafka.provisioningTopic"
+		topics = append(topics, cfg.Kafka.ProvisioningTopic)
+	}
 	if cfg.Kafka.RatedTopic != "" {
 		keys[cfg.Kafka.RatedTopic] = "kafka.ratedTopic"
 		topics = append(topics, cfg.Kafka.RatedTopic)

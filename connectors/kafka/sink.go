@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -169,6 +170,43 @@ func (s *DeadLetterSink) WriteDeadLetters(ctx context.Context, letters []engine.
 	}
 	if err := s.produce(ctx, records); err != nil {
 		return fmt.Errorf("kafka dead-letter sink: write %d letters to %s: %w", len(letters), s.topic, err)
+	}
+	return nil
+}
+
+// ActionSink writes provisioning actions to the provisioning topic as
+// JSON, keyed by customer (a customer's actions stay in order in one
+// partition), with the action's idempotency key in a header: consumers
+// ignore an id they have seen (a crash re-delivers the last ones).
+type ActionSink struct {
+	*writer
+}
+
+// NewActionSink returns a sink for cfg.Topic.
+func NewActionSink(cfg WriterConfig, log *slog.Logger) (*ActionSink, error) {
+	w, err := newWriter(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return &ActionSink{w}, nil
+}
+
+// Name implements engine.ActionSink.
+func (s *ActionSink) Name() string { return "kafka:" + s.topic }
+
+// WriteActions implements engine.ActionSink.
+func (s *ActionSink) WriteActions(ctx context.Context, actions []engine.ProvisioningAction) error {
+	records := make([]*kgo.Record, len(actions))
+	for i := range actions {
+		value, err := json.Marshal(&actions[i])
+		if err != nil {
+			return fmt.Errorf("kafka action sink: encode action: %w", err)
+		}
+		records[i] = &kgo.Record{Key: []byte(actions[i].Customer), Value: value,
+			Headers: []kgo.RecordHeader{{Key: "tally-action-id", Value: []byte(actions[i].ID)}}}
+	}
+	if err := s.produce(ctx, records); err != nil {
+		return fmt.Errorf("kafka action sink: write %d actions to %s: %w", len(actions), s.topic, err)
 	}
 	return nil
 }
