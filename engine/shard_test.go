@@ -238,7 +238,23 @@ func TestWindowEncodingRoundTrip(t *testing.T) {
 	if rate, err := decodeWindowValue(v3, key, &back); err != nil || rate != "peak" || back.count != w.count {
 		t.Errorf("version 3 value: %+v, rate %q (%v), want the rate peak", back, rate, err)
 	}
-	if _, err := decodeWindowValue(append([]byte{4}, encoded[1:]...), key, &back); err == nil {
+	// Version 4: a period with announced entitlement shares.
+	p := &window{count: 3, revision: 2}
+	p.set(numSum, decimal.NewFromInt(42))
+	p.extra().announced, p.x.allowanceAnnounced = decimal.NewFromInt(80), decimal.RequireFromString("33.5")
+	v4, err := encodeWindowValue(p, "")
+	if err != nil || v4[0] != windowValueAnnounced {
+		t.Fatalf("a period with announced shares encodes as version %d (%v), want %d", v4[0], err, windowValueAnnounced)
+	}
+	back = window{}
+	if _, err := decodeWindowValue(v4, key, &back); err != nil || back.x == nil || !back.x.announced.Equal(p.x.announced) ||
+		!back.x.allowanceAnnounced.Equal(p.x.allowanceAnnounced) || back.count != 3 || !back.get(numSum).Equal(decimal.NewFromInt(42)) {
+		t.Errorf("version 4 value read back as %+v (%v)", back, err)
+	}
+	if plain, _ := encodeWindowValue(&window{count: 1}, ""); plain[0] != windowValueVersion {
+		t.Errorf("a window without announcements encodes as version %d, want %d (older builds read it)", plain[0], windowValueVersion)
+	}
+	if _, err := decodeWindowValue(append([]byte{5}, encoded[1:]...), key, &back); err == nil {
 		t.Error("a value of a later version decoded without error")
 	}
 }

@@ -68,6 +68,14 @@ func (s *shard) applySubscription(ev *Event) {
 			if w.key.period && w.endNs > ev.TimeNs {
 				s.queueFee(w)
 			}
+			// The new plan's thresholds may already be reached by the
+			// period the change falls in: announce them now, not with the
+			// next record (a client that obeys the live check may send
+			// none).
+			if s.watchLimits && w.key.period && w.key.startNs <= ev.TimeNs && ev.TimeNs < w.endNs {
+				s.checkLimits(w, s.meter(w), ev.Customer, ev.TimeNs, ev.TimeNs, false)
+				s.checkLimits(w, s.meter(w), ev.Customer, ev.TimeNs, ev.TimeNs, true)
+			}
 		}
 	}
 }

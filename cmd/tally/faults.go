@@ -82,3 +82,14 @@ func (s faultySink) BatchRows() int {
 	}
 	return 0
 }
+
+// faultyActionSink arms kills around an action sink's writes.
+type faultyActionSink struct {
+	engine.ActionSink
+	faults *faults
+}
+
+func (s faultyActionSink) WriteActions(ctx context.Context, actions []engine.ProvisioningAction) error {
+	s.faults.at("provisioning")
+	return s.ActionSink.WriteActions(ctx, actions)
+}

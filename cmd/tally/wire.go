@@ -242,7 +242,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 			return nil, err
 		}
 		a.closers = append(a.closers, actions)
-		ecfg.ActionSinks = []engine.ActionSink{actions}
+		ecfg.ActionSinks = []engine.ActionSink{faultyActionSink{ActionSink: actions, faults: crash}}
 	}
 	if cfg.Kafka.Repartition {
 		if source, err = a.repartition(ctx, cfg, decoder, source, name); err != nil {
