@@ -54,7 +54,7 @@
 //     windows due together are charged in the order of their start, meter
 //     and group key by name (snapshot.go sortDue), the same on every replay.
 //   - A window's key holds ids, not names (names.go): every window and
-//     period in the table holds its customer's and group key's ids, which
+//     period in the table holds its customer's, group key's and rate's ids, which
 //     are freed only at a barrier's end, so a key always spells the names it
 //     was made from. State keys and rows use the names.
 //   - Window decimals are exact: a num that cannot hold a value hands it to
@@ -66,4 +66,7 @@
 //     dedup bucket still within the horizon, whatever the two records'
 //     times: ids are in memory whole, or in the store and the cold index
 //     (dedup.go, coldids.go), never in neither while their bucket counts.
+//   - A provisioning action leaves the engine only in the checkpoint that
+//     holds its period's announced share (actions.go): each threshold of a
+//     period is announced once, whatever crashes and replays happen.
 package engine
