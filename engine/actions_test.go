@@ -62,19 +62,7 @@ plans:
 // go to the returned sink.
 func actionsHarness(t *testing.T) (*harness, *captureActions) {
 	t.Helper()
-	catalog, err := rating.ParseCatalog([]byte(actionsPlan))
-	if err != nil {
-		t.Fatal(err)
-	}
-	subs, err := rating.NewSubscriptions(nil, catalog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHarness(t, 1)
-	h.rater = rating.NewPricing(catalog, subs, "capped")
-	if h.meters, err = CompileMeters([]Meter{{Name: "sms"}, {Name: "data"}}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
+	h := pricedHarness(t, actionsPlan, "capped", nil, time.Hour, Meter{Name: "sms"}, Meter{Name: "data"})
 	actions := &captureActions{}
 	h.cfg.ActionSinks = []ActionSink{actions}
 	h.start()

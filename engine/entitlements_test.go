@@ -11,11 +11,32 @@ import (
 	"github.com/tally-billing/tally/rating"
 )
 
+// pricedHarness returns a harness, not started, pricing with the catalog
+// plans (defaultPlan for customers without a subscription) and metering
+// meters in windows of size.
+func pricedHarness(t *testing.T, plans, defaultPlan string, subscriptions []rating.Subscription, size time.Duration, meters ...Meter) *harness {
+	t.Helper()
+	catalog, err := rating.ParseCatalog([]byte(plans))
+	if err != nil {
+		t.Fatal(err)
+	}
+	subs, err := rating.NewSubscriptions(subscriptions, catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, 1)
+	h.rater = rating.NewPricing(catalog, subs, defaultPlan)
+	if h.meters, err = CompileMeters(meters, size); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 // TestEntitlementsFromLiveState evaluates a plan's entitlements against a
 // customer's billing period in progress, before and after a crash. The
 // expected values are worked by hand below.
 func TestEntitlementsFromLiveState(t *testing.T) {
-	catalog, err := rating.ParseCatalog([]byte(`
+	const plans = `
 plans:
   - id: capped
     currency: EUR
@@ -46,21 +67,11 @@ plans:
         model: per_unit
         unitPrice: "0.10"
         entitlement: {limit: "50", of: amount}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`
 	// bob moves to pricey on January 3rd, mid-period: the check prices
 	// under the plan in force now, whose entitlement it checks.
-	subs, err := rating.NewSubscriptions([]rating.Subscription{{Customer: "bob", Plan: "pricey", Start: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)}}, catalog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHarness(t, 1)
-	h.rater = rating.NewPricing(catalog, subs, "capped")
-	if h.meters, err = CompileMeters([]Meter{{Name: "sms"}, {Name: "data"}, {Name: "mms"}, {Name: "voice"}}, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	h := pricedHarness(t, plans, "capped", []rating.Subscription{{Customer: "bob", Plan: "pricey", Start: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)}},
+		time.Minute, Meter{Name: "sms"}, Meter{Name: "data"}, Meter{Name: "mms"}, Meter{Name: "voice"})
 	h.start()
 	at := time.Date(2026, 1, 5, 10, 0, 0, 0, time.UTC)
 	// ann: 17 records of 5 sms (85), 6 of 100 data (600), one voice.
