@@ -44,6 +44,43 @@ func BenchmarkDecode(b *testing.B) {
 // BenchmarkShardApply measures dedup + aggregation of decoded events in one
 // shard, 100K customers, with a barrier every 100K events.
 func BenchmarkShardApply(b *testing.B) {
+	benchmarkShardApply(b, nil)
+}
+
+// BenchmarkShardApplyWatched is BenchmarkShardApply priced by a plan whose
+// meters all have entitlements (limits never reached), watched as when an
+// ActionSink takes their crossings: the cost of watching limits record by
+// record (with=false: the same plan without entitlements).
+func BenchmarkShardApplyWatched(b *testing.B) {
+	for _, with := range []bool{false, true} {
+		entitlement := ""
+		if with {
+			entitlement = `, entitlement: {limit: "1000000000000000", thresholds: [50, 80, 100]}`
+		}
+		catalog, err := rating.ParseCatalog(fmt.Appendf(nil, `
+id: capped
+currency: EUR
+meters:
+  voice_seconds: {model: per_unit, unitPrice: "0.001"%[1]s}
+  sms: {model: per_unit, unitPrice: "0.05"%[1]s}
+  data_bytes: {model: per_unit, unitPrice: "0.0000001"%[1]s}
+`, entitlement))
+		if err != nil {
+			b.Fatal(err)
+		}
+		subs, err := rating.NewSubscriptions(nil, catalog)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprint("with=", with), func(b *testing.B) {
+			benchmarkShardApply(b, rating.NewPricing(catalog, subs, "capped"))
+		})
+	}
+}
+
+// benchmarkShardApply applies events to one shard rated by rater (nil:
+// the test rater), watching entitlements when rater has some.
+func benchmarkShardApply(b *testing.B, rater Rater) {
 	g := gen.New(2, 100000)
 	d := NewDecoder(benchMeters(b))
 	events := make([]Event, 0, 100000)
@@ -56,6 +93,11 @@ func BenchmarkShardApply(b *testing.B) {
 	}
 	s := testShard()
 	s.meters = d.meters
+	if rater != nil {
+		s.rater = rater
+		rules, ok := rater.(EntitlementRules)
+		s.watchLimits = ok && rules.HasEntitlements()
+	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		ev := events[i%len(events)]

@@ -75,6 +75,10 @@ const (
 type Threshold struct {
 	Percent decimal.Decimal `yaml:"percent" json:"percent"`
 	Action  Action          `yaml:"action" json:"action"`
+	// at is the usage that reaches it: Percent of the limit (or of the
+	// allowance), set by validation, so that watching usage compares
+	// without multiplying.
+	at decimal.Decimal
 }
 
 // UnmarshalYAML reads a threshold as a number or a mapping.
@@ -138,22 +142,26 @@ func (e *Entitlement) validate(where string, price *Price) error {
 		}
 		e.Thresholds = []Threshold{{Percent: decimal.NewFromInt(100), Action: action}}
 	}
-	if err := validateThresholds(where+".thresholds", e.Thresholds); err != nil {
+	if err := validateThresholds(where+".thresholds", e.Thresholds, e.Limit); err != nil {
 		return err
 	}
 	if len(e.AllowanceThresholds) > 0 {
 		if !price.FreeAllowance.IsPositive() {
 			return fmt.Errorf("%s.allowanceThresholds: the meter has no freeAllowance to take shares of; set freeAllowance or drop them", where)
 		}
-		if err := validateThresholds(where+".allowanceThresholds", e.AllowanceThresholds); err != nil {
+		if err := validateThresholds(where+".allowanceThresholds", e.AllowanceThresholds, price.FreeAllowance); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func validateThresholds(where string, ts []Threshold) error {
-	for i, t := range ts {
+// validateThresholds checks ts and sets the usage at which each is
+// reached, of base (exact: a share in percent of a decimal).
+func validateThresholds(where string, ts []Threshold, base decimal.Decimal) error {
+	for i := range ts {
+		t := &ts[i]
+		t.at = base.Mul(t.Percent).Shift(-2)
 		at := fmt.Sprintf("%s[%d]", where, i)
 		if !t.Percent.IsPositive() || t.Percent.GreaterThan(decimal.NewFromInt(maxThresholdPercent)) {
 			return fmt.Errorf("%s.percent: %s is outside (0, %d]; write 80%% as 80", at, t.Percent, maxThresholdPercent)
@@ -238,6 +246,16 @@ func (e *Entitlement) Allows(used, more decimal.Decimal) bool {
 	return st.State != StateSuspended && !used.Add(more).GreaterThan(e.Limit)
 }
 
+// reachedBy reports whether v reaches t, a share of base: by the usage
+// validation worked out (no product to allocate), or, for a threshold
+// built without validation, by reached.
+func (t Threshold) reachedBy(v, base decimal.Decimal) bool {
+	if t.at.IsZero() { // a positive share of a positive base is never 0
+		return reached(v, base, t.Percent)
+	}
+	return v.Cmp(t.at) >= 0
+}
+
 // reached reports whether used is at least percent of limit (exact: used
 // × 100 >= limit × percent).
 func reached(used, limit, percent decimal.Decimal) bool {
@@ -271,14 +289,14 @@ type Crossing struct {
 func (e *Entitlement) Crossed(used, units, allowance, announced, allowanceAnnounced decimal.Decimal) (out []Crossing, newAnnounced, newAllowanceAnnounced decimal.Decimal) {
 	newAnnounced, newAllowanceAnnounced = announced, allowanceAnnounced
 	for _, t := range e.Thresholds {
-		if t.Percent.GreaterThan(announced) && reached(used, e.Limit, t.Percent) {
+		if t.Percent.GreaterThan(announced) && t.reachedBy(used, e.Limit) {
 			out = append(out, Crossing{Of: "limit", Threshold: t})
 			newAnnounced = t.Percent
 		}
 	}
 	if allowance.IsPositive() {
 		for _, t := range e.AllowanceThresholds {
-			if t.Percent.GreaterThan(allowanceAnnounced) && reached(units, allowance, t.Percent) {
+			if t.Percent.GreaterThan(allowanceAnnounced) && t.reachedBy(units, allowance) {
 				out = append(out, Crossing{Of: "allowance", Threshold: t})
 				newAllowanceAnnounced = t.Percent
 			}
