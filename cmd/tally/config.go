@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tally-billing/tally/connectors/webhook"
 	"io"
 	"os"
 	"slices"
@@ -80,6 +81,9 @@ type Config struct {
 	Horizon       string        `yaml:"horizon"`
 	// Subscriptions assign customers to plans over time; file only.
 	Subscriptions []rating.Subscription `yaml:"subscriptions"`
+	// Webhooks receive provisioning actions (entitlement thresholds
+	// crossed) by HTTP POST, signed; file only.
+	Webhooks []webhook.Config `yaml:"webhooks"`
 	// DefaultPlan prices customers without a subscription; without it they
 	// are dead-lettered (no_subscription). Unset, a single-plan file's plan
 	// is the default; set to "" there is none.
@@ -330,6 +334,17 @@ func engineError(err error) error {
 
 // validate checks what the engine does not, and names the key and flag.
 func (c *Config) validate(requireKafka bool) error {
+	seenURL := make(map[string]bool)
+	for i, w := range c.Webhooks {
+		where := fmt.Sprintf("webhooks[%d]", i)
+		if err := w.Validate(where); err != nil {
+			return fmt.Errorf("config key %w", err)
+		}
+		if seenURL[w.URL] {
+			return fmt.Errorf("config key %s.url: %q is listed twice; each webhook's progress is kept by its URL", where, w.URL)
+		}
+		seenURL[w.URL] = true
+	}
 	bad := keyError
 	ec := c.engineConfig()
 	if err := ec.Validate(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tally-billing/tally/connectors/webhook"
 	"io"
 	"log/slog"
 	"maps"
@@ -243,6 +244,13 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		}
 		a.closers = append(a.closers, actions)
 		ecfg.ActionSinks = []engine.ActionSink{faultyActionSink{ActionSink: actions, faults: crash}}
+	}
+	for _, w := range cfg.Webhooks {
+		hook, err := webhook.New(w)
+		if err != nil {
+			return nil, fmt.Errorf("config key webhooks: %w", err)
+		}
+		ecfg.ActionSinks = append(ecfg.ActionSinks, faultyActionSink{ActionSink: hook, faults: crash})
 	}
 	if cfg.Kafka.Repartition {
 		if source, err = a.repartition(ctx, cfg, decoder, source, name); err != nil {
