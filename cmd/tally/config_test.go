@@ -89,6 +89,10 @@ func TestBadConfigNamesKeyAndFlag(t *testing.T) {
 		{"memory limit unit", "", []string{plan, brokers, "--memory-limit=12GiBs"}, []string{"memoryLimit", "unknown unit"}},
 		{"gc percent", "", []string{plan, brokers, "--gc-percent=5"}, []string{"config key gcPercent", "--gc-percent", "25..10000"}},
 		{"session timeout", "", []string{plan, brokers, "--kafka-session-timeout=1s"}, []string{"kafka.sessionTimeout", "6s..30m"}},
+		{"webhook without secret", "plan: p.yaml\nwebhooks: [{url: 'https://p.example.com/t'}]\n", []string{brokers}, []string{"config key webhooks[0].secret", "missing"}},
+		{"webhook url", "plan: p.yaml\nwebhooks: [{url: 'p.example.com', secret: s}]\n", []string{brokers}, []string{"webhooks[0].url", "not an http(s) URL"}},
+		{"webhook twice", "plan: p.yaml\nwebhooks: [{url: 'https://p.example.com/t', secret: s}, {url: 'https://p.example.com/t', secret: t}]\n", []string{brokers}, []string{"webhooks[1].url", "listed twice"}},
+		{"provisioning topic", "", []string{plan, brokers, "--kafka-provisioning-topic=usage"}, []string{"kafka.provisioningTopic", "own topic"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := tt.args
