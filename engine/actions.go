@@ -63,11 +63,7 @@ func (e *Engine) watchesLimits() bool {
 // crossings in the same record order and announces what the checkpoint
 // did not hold, once.
 func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStartNs, atNs int64, amount bool) {
-	rules, ok := s.rater.(EntitlementRules)
-	if !ok {
-		return
-	}
-	me, ok := rules.Entitlement(s.subscriber(customer), m.Name, time.Unix(0, windowStartNs).UTC())
+	me, ok := s.entitlement(customer, m.Name, windowStartNs)
 	if !ok {
 		return
 	}
@@ -78,11 +74,7 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 	if !limitHere && !allowanceHere {
 		return
 	}
-	units := p.quantity(m)
-	used := units
-	if me.Entitlement.Of == rating.LimitAmount {
-		used = p.get(numChargedAmount)
-	}
+	used, units := periodUsage(p, m, me.Entitlement.Of)
 	var announced, allowanceAnnounced decimal.Decimal
 	if p.x != nil {
 		announced, allowanceAnnounced = p.x.announced, p.x.allowanceAnnounced

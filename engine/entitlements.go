@@ -100,27 +100,25 @@ func (e *Engine) CheckEntitlement(ctx context.Context, customer, meter string, u
 	var err error
 	qerr := e.onShard(ctx, customer, func(s *shard) {
 		at := s.entitlementTime(now)
-		for _, me := range s.entitlements(customer, at) {
-			if me.Meter != meter {
-				continue
-			}
-			report, p := s.evaluate(customer, me, at)
-			check := EntitlementCheck{Customer: customer, Units: units, More: units, EntitlementReport: report}
-			if me.Entitlement.Of == rating.LimitAmount {
-				var pending decimal.Decimal
-				if pending, check.More, err = s.chargeOf(customer, me, at, p, units); err != nil {
-					return
-				}
-				check.Pending = &pending
-				check.Allowed = me.Entitlement.Allows(report.Used.Add(pending), check.More)
-			} else {
-				check.Allowed = me.Entitlement.Allows(report.Used, check.More)
-			}
-			out = check
+		me, ok := s.entitlement(customer, meter, at)
+		if !ok {
+			err = fmt.Errorf("%w on meter %s for customer %s in the plan in force at %s", ErrNoEntitlement, meter, customer,
+				time.Unix(0, at).UTC().Format(time.RFC3339))
 			return
 		}
-		err = fmt.Errorf("%w on meter %s for customer %s in the plan in force at %s", ErrNoEntitlement, meter, customer,
-			time.Unix(0, at).UTC().Format(time.RFC3339))
+		report, p := s.evaluate(customer, me, at)
+		check := EntitlementCheck{Customer: customer, Units: units, More: units, EntitlementReport: report}
+		if me.Entitlement.Of == rating.LimitAmount {
+			var pending decimal.Decimal
+			if pending, check.More, err = s.chargeOf(customer, me, at, p, units); err != nil {
+				return
+			}
+			check.Pending = &pending
+			check.Allowed = me.Entitlement.Allows(report.Used.Add(pending), check.More)
+		} else {
+			check.Allowed = me.Entitlement.Allows(report.Used, check.More)
+		}
+		out = check
 	})
 	if qerr != nil {
 		return EntitlementCheck{}, qerr
@@ -146,25 +144,45 @@ func (s *shard) entitlements(customer string, atNs int64) []rating.MeterEntitlem
 	return rules.Entitlements(s.subscriber(customer), time.Unix(0, atNs).UTC())
 }
 
+// entitlement is customer's entitlement on meter at atNs; ok is false
+// when it has none.
+func (s *shard) entitlement(customer, meter string, atNs int64) (rating.MeterEntitlement, bool) {
+	rules, ok := s.rater.(EntitlementRules)
+	if !ok {
+		return rating.MeterEntitlement{}, false
+	}
+	return rules.Entitlement(s.subscriber(customer), meter, time.Unix(0, atNs).UTC())
+}
+
+// periodUsage is what period p used (nil: nothing yet), in the basis of:
+// its units, or the amount its emitted windows charged; units is its units
+// whatever of is (allowance thresholds count them).
+func periodUsage(p *window, m *meterSpec, of rating.LimitBasis) (used, units decimal.Decimal) {
+	if p == nil {
+		return decimal.Zero, decimal.Zero
+	}
+	units = p.quantity(m)
+	if of == rating.LimitAmount {
+		return p.get(numChargedAmount), units
+	}
+	return units, units
+}
+
 // evaluate evaluates me against customer's billing period holding atNs,
 // from its period aggregate, which it also returns (nil: nothing used
 // yet).
 func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64) (EntitlementReport, *window) {
 	cust := s.customers.get(customer)
 	startNs, endNs := billingPeriod(atNs, cust.loc, cust.anchorDay)
-	units, amount := decimal.Zero, decimal.Zero
 	var p *window
-	if m := s.meters.byName(me.Meter); m != nil {
-		if id, ok := s.names.find(customer); ok {
-			if p = s.periods[windowKey{meter: uint32(m.index), customer: id, startNs: startNs, period: true}]; p != nil {
-				units, amount = p.quantity(m), p.get(numChargedAmount)
-			}
-		}
+	m := s.meters.byName(me.Meter)
+	if id, ok := s.names.find(customer); ok && m != nil {
+		p = s.periods[windowKey{meter: uint32(m.index), customer: id, startNs: startNs, period: true}]
 	}
-	used := units
+	used, units := periodUsage(p, m, me.Entitlement.Of)
 	report := EntitlementReport{Meter: me.Meter, Plan: me.Plan, PeriodStart: time.Unix(0, startNs).UTC(), PeriodEnd: time.Unix(0, endNs).UTC()}
 	if me.Entitlement.Of == rating.LimitAmount {
-		used, report.Currency = amount, me.Currency
+		report.Currency = me.Currency
 	}
 	report.EntitlementStatus = me.Entitlement.Status(used, units, me.FreeAllowance)
 	return report, p

@@ -217,7 +217,7 @@ func (e *Entitlement) Status(used, units, allowance decimal.Decimal) Entitlement
 	st := EntitlementStatus{Limit: e.Limit, Of: e.Of, Enforcement: e.Enforcement, Used: used,
 		Remaining: decimal.Max(decimal.Zero, e.Limit.Sub(used)), State: StateOK, Crossed: []Threshold{}}
 	for _, t := range e.Thresholds {
-		if reached(used, e.Limit, t.Percent) {
+		if t.reachedBy(used, e.Limit) {
 			st.Crossed = append(st.Crossed, t)
 			st.State = stateOf(t.Action)
 		}
@@ -227,7 +227,7 @@ func (e *Entitlement) Status(used, units, allowance decimal.Decimal) Entitlement
 		st.AllowanceUsed = &share
 		st.AllowanceCrossed = []Threshold{}
 		for _, t := range e.AllowanceThresholds {
-			if reached(units, allowance, t.Percent) {
+			if t.reachedBy(units, allowance) {
 				st.AllowanceCrossed = append(st.AllowanceCrossed, t)
 			}
 		}

@@ -238,8 +238,13 @@ func (p *Pricing) Entitlement(sub Subscriber, meter string, t time.Time) (MeterE
 	if !ok || price.Entitlement == nil {
 		return MeterEntitlement{}, false
 	}
+	return meterEntitlement(plan, meter, &price), true
+}
+
+// meterEntitlement is the entitlement price sets on meter in plan.
+func meterEntitlement(plan *Plan, meter string, price *Price) MeterEntitlement {
 	return MeterEntitlement{Meter: meter, Plan: plan.ID, Currency: plan.Currency, Entitlement: price.Entitlement,
-		FreeAllowance: price.FreeAllowance, PerEvent: price.PerEvent()}, true
+		FreeAllowance: price.FreeAllowance, PerEvent: price.PerEvent()}
 }
 
 // Entitlements returns the entitlements of the plan pricing sub at t, by
@@ -251,12 +256,9 @@ func (p *Pricing) Entitlements(sub Subscriber, t time.Time) []MeterEntitlement {
 	}
 	var out []MeterEntitlement
 	for _, name := range plan.MeterNames() {
-		price := plan.Meters[name]
-		if price.Entitlement == nil {
-			continue
+		if price := plan.Meters[name]; price.Entitlement != nil {
+			out = append(out, meterEntitlement(plan, name, &price))
 		}
-		out = append(out, MeterEntitlement{Meter: name, Plan: plan.ID, Currency: plan.Currency, Entitlement: price.Entitlement,
-			FreeAllowance: price.FreeAllowance, PerEvent: price.PerEvent()})
 	}
 	return out
 }
