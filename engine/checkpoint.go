@@ -248,9 +248,7 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 				return nil, t, fmt.Errorf("engine: encode provisioning action: %w", err)
 			}
 			cp.Outbox[state.StreamProvisioning] = append(cp.Outbox[state.StreamProvisioning], b)
-		}
-		for _, a := range snap.actions {
-			t.actions = append(t.actions, a.Action)
+			t.actions = append(t.actions, snap.actions[i].Action)
 		}
 	}
 	return cp, t, nil

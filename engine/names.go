@@ -1,9 +1,6 @@
 package engine
 
-import (
-	"maps"
-	"slices"
-)
+import "slices"
 
 // names numbers the customers and group keys of one shard's windows, so
 // that a window's key is a few ids (windowKey: 24 bytes, hashed without
@@ -92,9 +89,7 @@ func (n *names) len() int { return len(n.ids) - 1 }
 // grow the table again and again (recovery numbers a shard's names all at
 // once).
 func (n *names) reserve(more int) {
-	ids := make(map[string]uint32, len(n.ids)+more)
-	maps.Copy(ids, n.ids)
-	n.ids = ids
+	n.ids = grown(n.ids, more)
 	n.strs = slices.Grow(n.strs, more)
 	n.refs = slices.Grow(n.refs, more)
 }

@@ -361,14 +361,14 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if err != nil {
 			return nil, fmt.Errorf("engine: recover: %w: state is corrupt", err)
 		}
+		i := routingHash(key.customer) % n
 		if key.period {
-			periodsOf[routingHash(key.customer)%n]++
+			periodsOf[i]++
 			p, configured := e.placement(key)
 			if err := e.checkPlacement(key, periodEndNs, p, configured); err != nil {
 				return nil, fmt.Errorf("engine: refusing to start: %w", err)
 			}
 		}
-		i := routingHash(key.customer) % n
 		byShard[i] = append(byShard[i], loggedWindow{k, key, periodEndNs, v})
 	}
 	shardMerges := make([][]state.KV, n)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
@@ -270,12 +271,7 @@ func (c *rowColumns) fill(rows []engine.RatedRow) []any {
 }
 
 // resize returns s with length n, reusing its array when it is large enough.
-func resize[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n)
-	}
-	return s[:n]
-}
+func resize[T any](s []T, n int) []T { return slices.Grow(s[:0], n)[:n] }
 
 // DeadLetters returns the sink of dead letters into the same database.
 func (s *Sink) DeadLetters() *DeadLetterSink { return &DeadLetterSink{s: s} }
