@@ -12,27 +12,44 @@ import (
 // for (docs/provisioning.md). ID is its idempotency key: the same crossing
 // has the same ID in every run and replay, and a consumer that saw it
 // ignores it again (delivery is at least once, like rows).
+//
+// Three kinds share the type. A crossing (notify, throttle, suspend) names
+// its meter, threshold, limit and usage. A resume names the meter and the
+// new billing period. A lifecycle action (activate, update_limits,
+// deactivate) names the plan and, but for deactivate, its limits; fields
+// that do not apply are left out of the JSON.
 type ProvisioningAction struct {
 	ID       string        `json:"id"`
 	Action   rating.Action `json:"action"`
 	Customer string        `json:"customer"`
-	Meter    string        `json:"meter"`
-	Plan     string        `json:"plan"`
+	Meter    string        `json:"meter,omitempty"`
+	Plan     string        `json:"plan,omitempty"`
 	// Of is what Threshold is a share of: limit or allowance.
-	Of        string          `json:"of"`
-	Threshold decimal.Decimal `json:"threshold_percent"`
+	Of        string          `json:"of,omitempty"`
+	Threshold decimal.Decimal `json:"threshold_percent,omitzero"`
 	// Limit and Used are in the limit's basis (Basis): units, or the amount
 	// charged in Currency. For an allowance threshold Limit is the free
 	// allowance and Used the units.
-	Limit       decimal.Decimal   `json:"limit"`
-	Used        decimal.Decimal   `json:"used"`
-	Basis       rating.LimitBasis `json:"basis"`
+	Limit       decimal.Decimal   `json:"limit,omitzero"`
+	Used        decimal.Decimal   `json:"used,omitzero"`
+	Basis       rating.LimitBasis `json:"basis,omitempty"`
 	Currency    string            `json:"currency,omitempty"`
-	PeriodStart time.Time         `json:"period_start"`
-	PeriodEnd   time.Time         `json:"period_end"`
-	// At is the event time of the usage that crossed: the record's time,
-	// or for an amount limit the start of the window whose charge crossed.
+	PeriodStart time.Time         `json:"period_start,omitzero"`
+	PeriodEnd   time.Time         `json:"period_end,omitzero"`
+	// Limits are the plan's entitlements (activate, update_limits).
+	Limits []ActionLimit `json:"limits,omitempty"`
+	// At is the event time of what called for the action: the record that
+	// crossed (for an amount limit the start of the window whose charge
+	// crossed), the start of the period resumed, the subscription event.
 	At time.Time `json:"at"`
+}
+
+// ActionLimit is one entitlement of a plan, as lifecycle actions carry it.
+type ActionLimit struct {
+	Meter       string             `json:"meter"`
+	Limit       decimal.Decimal    `json:"limit"`
+	Of          rating.LimitBasis  `json:"of"`
+	Enforcement rating.Enforcement `json:"enforcement"`
 }
 
 // ActionSink receives provisioning actions, at least once (see
@@ -92,6 +109,11 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 	}
 	x := p.extra()
 	x.announced, x.allowanceAnnounced = a, aa
+	for _, c := range crossed {
+		// A period that ends throttled or suspended is resumed when it
+		// closes (resumeClosed).
+		x.blocked = x.blocked || c.Of == "limit" && c.Threshold.Action != rating.ActionNotify
+	}
 	s.markDirty(p)
 	start := time.Unix(0, p.key.startNs).UTC()
 	for _, c := range crossed {
@@ -110,4 +132,82 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 		}
 		s.pending.actions = append(s.pending.actions, act)
 	}
+}
+
+// resumeClosed announces resume for period p, which has just closed
+// (chargeFees), if a throttle or suspend of its limit was announced: the
+// next billing period starts with nothing used. Not when the customer has
+// no plan in the next period (cancelled: deactivate said so).
+//
+// Invariant (exactly once): p.x.resumed is durable and set with the action
+// queued, in one checkpoint, like the announced shares; a period closed
+// again after recovery (the closed ends are not kept) finds it set.
+func (s *shard) resumeClosed(p *window) {
+	if p.x == nil || !p.x.blocked || p.x.resumed {
+		return
+	}
+	p.x.resumed = true
+	s.markDirty(p)
+	m := s.meter(p)
+	customer := s.names.str(p.key.customer)
+	rules, ok := s.rater.(EntitlementRules)
+	if !ok {
+		return
+	}
+	plan, ok := rules.PlanAt(s.subscriber(customer), time.Unix(0, p.endNs).UTC())
+	if !ok {
+		return
+	}
+	cust := s.customers.get(customer)
+	startNs, endNs := billingPeriod(p.endNs, cust.loc, cust.anchorDay)
+	start := time.Unix(0, startNs).UTC()
+	act := ProvisioningAction{
+		ID:     customer + "|" + m.Name + "|" + start.Format(time.RFC3339) + "|resume",
+		Action: rating.ActionResume, Customer: customer, Meter: m.Name, Plan: plan,
+		PeriodStart: start, PeriodEnd: time.Unix(0, endNs).UTC(), At: start,
+	}
+	if me, ok := s.entitlement(customer, m.Name, startNs); ok {
+		act.Limit, act.Basis = me.Entitlement.Limit, me.Entitlement.Of
+		if me.Entitlement.Of == rating.LimitAmount {
+			act.Currency = me.Currency
+		}
+	}
+	s.pending.actions = append(s.pending.actions, act)
+}
+
+// lifecycleActions maps subscription event types to the action each
+// announces.
+var lifecycleActions = map[string]rating.Action{
+	SubscriptionCreated:   rating.ActionActivate,
+	SubscriptionChanged:   rating.ActionUpdateLimits,
+	SubscriptionCancelled: rating.ActionDeactivate,
+}
+
+// lifecycleAction queues the action subscription event ev calls for:
+// activate (created), update_limits (plan changed) or deactivate
+// (cancelled), with the limits of the plan it puts the customer on.
+//
+// Invariant (exactly once): called once per event, after the dedup check
+// that remembers the event in the same checkpoint as the action; a replay
+// after a crash before it applies the event, and announces, again.
+func (s *shard) lifecycleAction(ev *Event) {
+	action, ok := lifecycleActions[ev.Meter]
+	if !ok {
+		return
+	}
+	id := ev.ID
+	if ev.Source != "" {
+		id = ev.Source + "/" + ev.ID
+	}
+	act := ProvisioningAction{
+		ID:     ev.Customer + "|" + subscriptionMeter + "|" + id + "|" + string(action),
+		Action: action, Customer: ev.Customer, Plan: ev.Plan, At: time.Unix(0, ev.TimeNs).UTC(),
+	}
+	if rules, ok := s.rater.(EntitlementRules); ok && ev.Plan != "" {
+		for _, me := range rules.PlanEntitlements(ev.Plan, act.At) {
+			act.Limits = append(act.Limits, ActionLimit{Meter: me.Meter, Limit: me.Entitlement.Limit,
+				Of: me.Entitlement.Of, Enforcement: me.Entitlement.Enforcement})
+		}
+	}
+	s.pending.actions = append(s.pending.actions, act)
 }

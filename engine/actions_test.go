@@ -137,8 +137,14 @@ func TestProvisioningActionsExactlyOnce(t *testing.T) {
 			}
 		}
 	}
-	for k, units := range total { // data: 1.50 EUR at 0.01 a unit, 150 units
-		if k.meter != "data" {
+	for k, units := range total {
+		// January closes (the records reach February 2nd): a period that
+		// reached a throttle or a suspend (sms 75%: 150 units; data 100%:
+		// 150 units) resumes in February.
+		if k.period == "2026-01" && units >= 150 {
+			want[k.customer+"|"+k.meter+"|2026-02-01T00:00:00Z|resume"] = owed{action: rating.ActionResume}
+		}
+		if k.meter != "data" { // data: 1.50 EUR at 0.01 a unit, 150 units
 			continue
 		}
 		for j, pct := range []int64{50, 100} {
@@ -172,6 +178,10 @@ func TestProvisioningActionsExactlyOnce(t *testing.T) {
 			t.Errorf("action %s owed, not delivered", id)
 		case a.Action != w.action:
 			t.Errorf("action %s is %s, want %s", id, a.Action, w.action)
+		case a.Action == rating.ActionResume:
+			if !a.At.Equal(a.PeriodStart) || a.PeriodStart.Format("2006-01") != "2026-02" {
+				t.Errorf("resume %s: %+v, want February's start", id, a)
+			}
 		case a.Meter == "sms" && (!a.Used.Equal(decimal.NewFromInt(w.used)) || !a.At.Equal(w.at)):
 			t.Errorf("action %s: used %s at %s, want %d at %s (the record that crossed)", id, a.Used, a.At, w.used, w.at)
 		case a.Meter == "data":
@@ -217,11 +227,105 @@ func TestProvisioningOnPlanChange(t *testing.T) {
 	}
 	slices.Sort(ids)
 	p := "ann|sms|2026-03-01T00:00:00Z|"
-	want := []string{p + "allowance|100", p + "allowance|50", p + "limit|100", p + "limit|25", p + "limit|50"}
+	want := []string{"ann|@subscription|p1|update_limits", p + "allowance|100", p + "allowance|50", p + "limit|100", p + "limit|25", p + "limit|50"}
 	if !slices.Equal(ids, want) {
 		t.Fatalf("actions %v, want %v", ids, want)
 	}
 	if a := got[p+"limit|100"]; a.Plan != "small" || a.Action != rating.ActionSuspend || !a.At.Equal(change) || !a.Used.Equal(decimal.NewFromInt(120)) {
 		t.Errorf("the plan change's action: %+v, want small's suspend at the change with 120 used", a)
+	}
+}
+
+// TestResumeAndLifecycle: subscription events announce activate,
+// update_limits (with the new plan's limits) and deactivate; a period
+// that ended throttled is resumed once when it closes, also when the
+// engine crashes after announcing it; a period that ends suspended after
+// the customer cancelled is not resumed. Worked by hand in the comments.
+func TestResumeAndLifecycle(t *testing.T) {
+	h := pricedHarness(t, actionsPlan, "", nil, time.Hour, Meter{Name: "sms"}, Meter{Name: "data"})
+	actions := &captureActions{}
+	h.cfg.ActionSinks = []ActionSink{actions}
+	h.start()
+	feed := func(format string, args ...any) { h.src.append(0, fmt.Appendf(nil, format, args...)) }
+	sms := func(id string, at time.Time, n int) {
+		feed(`{"id":%q,"customer":"bob","meter":"sms","time":%q,"value":%d}`, id, at.Format(time.RFC3339), n)
+	}
+	feed(`{"type":"subscription.created","id":"c1","customer":"bob","plan":"capped","time":"2026-01-01T00:00:00Z"}`)
+	feed(`{"type":"subscription.created","id":"c2","customer":"eve","plan":"capped","time":"2026-01-01T00:00:00Z"}`)
+	jan := time.Date(2026, 1, 10, 0, 0, 0, 0, time.UTC)
+	for i := range 16 { // 160 of capped's 200: 25, 50 notify, 75 throttle (and the allowance's 50, 100)
+		sms(fmt.Sprintf("j%d", i), jan.Add(time.Duration(i)*time.Minute), 10)
+	}
+	h.checkpoint(false)
+	h.crash()
+	// eve's record moves the watermark past February 1st + 5 s: January
+	// closes, throttled, and February resumes. Within the revise horizon
+	// (an hour) January stays in memory and in the state.
+	sms("f1", time.Date(2026, 2, 1, 0, 10, 0, 0, time.UTC), 10)
+	feed(`{"id":"e1","customer":"eve","meter":"data","time":"2026-02-01T00:30:00Z","value":1}`)
+	h.checkpoint(false)
+	h.checkpoint(false) // the sink's progress durable: a crash now re-delivers nothing
+	h.crash()           // recovery closes January again (closed ends are not kept)
+	h.checkpoint(false)
+	// February: small (limit 50) from the 10th; 10 + 45 = 55 crosses 50%
+	// and 100% (suspend); cancelled on the 20th; eve moves the watermark
+	// into March: February closes suspended, but bob has no plan in March.
+	feed(`{"type":"subscription.plan_changed","id":"c3","customer":"bob","plan":"small","time":"2026-02-10T00:00:00Z"}`)
+	sms("f2", time.Date(2026, 2, 11, 0, 0, 0, 0, time.UTC), 45)
+	feed(`{"type":"subscription.cancelled","id":"c4","customer":"bob","time":"2026-02-20T00:00:00Z"}`)
+	feed(`{"id":"e2","customer":"eve","meter":"data","time":"2026-03-03T00:00:00Z","value":1}`)
+	h.checkpoint(false)
+	h.stop()
+
+	got := delivered(t, actions)
+	var ids []string
+	count := map[string]int{}
+	actions.mu.Lock()
+	for _, a := range actions.actions {
+		if a.Customer == "bob" && count[a.ID] == 0 {
+			ids = append(ids, a.ID)
+		}
+		count[a.ID]++
+	}
+	actions.mu.Unlock()
+	jp, fp := "bob|sms|2026-01-01T00:00:00Z|", "bob|sms|2026-02-01T00:00:00Z|"
+	want := []string{
+		"bob|@subscription|c1|activate",
+		jp + "allowance|50", jp + "allowance|100", jp + "limit|25", jp + "limit|50", jp + "limit|75",
+		fp + "allowance|50", // the record of February 1st, applied before the barrier closes January
+		fp + "resume",
+		"bob|@subscription|c3|update_limits",
+		fp + "limit|50", fp + "limit|100",
+		"bob|@subscription|c4|deactivate",
+	}
+	if !slices.Equal(ids, want) {
+		t.Fatalf("bob's actions in order of delivery:\n%v\nwant\n%v", ids, want)
+	}
+	if count[fp+"resume"] != 1 {
+		t.Errorf("resume delivered %d times, want once (announced once, its progress durable before the crash)", count[fp+"resume"])
+	}
+	r := got[fp+"resume"]
+	if r.Action != rating.ActionResume || r.Plan != "capped" || !r.At.Equal(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)) ||
+		!r.PeriodEnd.Equal(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)) || !r.Limit.Equal(decimal.NewFromInt(200)) || r.Basis != rating.LimitUnits {
+		t.Errorf("resume: %+v", r)
+	}
+	a := got["bob|@subscription|c1|activate"]
+	wantLimits := []ActionLimit{
+		{Meter: "data", Limit: decimal.RequireFromString("1.5"), Of: rating.LimitAmount, Enforcement: rating.Hard},
+		{Meter: "sms", Limit: decimal.NewFromInt(200), Of: rating.LimitUnits, Enforcement: rating.Hard},
+	}
+	if a.Action != rating.ActionActivate || a.Plan != "capped" || fmt.Sprint(a.Limits) != fmt.Sprint(wantLimits) {
+		t.Errorf("activate: %+v, want capped's limits %v", a, wantLimits)
+	}
+	u := got["bob|@subscription|c3|update_limits"]
+	if u.Plan != "small" || fmt.Sprint(u.Limits) != fmt.Sprint([]ActionLimit{{Meter: "sms", Limit: decimal.NewFromInt(50), Of: rating.LimitUnits, Enforcement: rating.Hard}}) {
+		t.Errorf("update_limits: %+v, want small's sms limit of 50", u)
+	}
+	if d := got["bob|@subscription|c4|deactivate"]; d.Plan != "" || d.Limits != nil || !d.At.Equal(time.Date(2026, 2, 20, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("deactivate: %+v", d)
+	}
+	b, _ := json.Marshal(got["bob|@subscription|c4|deactivate"])
+	if want := `{"id":"bob|@subscription|c4|deactivate","action":"deactivate","customer":"bob","at":"2026-02-20T00:00:00Z"}`; string(b) != want {
+		t.Errorf("deactivate's JSON:\n%s\nwant\n%s", b, want)
 	}
 }

@@ -20,6 +20,11 @@ type EntitlementRules interface {
 	Entitlement(sub rating.Subscriber, meter string, t time.Time) (rating.MeterEntitlement, bool)
 	// HasEntitlements reports whether any plan sets one.
 	HasEntitlements() bool
+	// PlanEntitlements lists the entitlements of plan id's version in
+	// force at t.
+	PlanEntitlements(id string, t time.Time) []rating.MeterEntitlement
+	// PlanAt is the plan pricing sub at t; ok is false when none does.
+	PlanAt(sub rating.Subscriber, t time.Time) (id string, ok bool)
 }
 
 // ErrNoEntitlement is returned by CheckEntitlement for a meter the

@@ -798,8 +798,12 @@ func (n *Node) CheckEntitlement(ctx context.Context, customer, meter string, uni
 	return e.CheckEntitlement(ctx, customer, meter, units)
 }
 
-// Entitlements, Entitlement and HasEntitlements pass the entitlements of
-// the rater's plans on (none if it has none).
+// ownedRules passes every EntitlementRules method on: a missing one would
+// silently turn off watching (the engine asserts the interface).
+var _ EntitlementRules = ownedRules{}
+
+// Entitlements, Entitlement, HasEntitlements, PlanEntitlements and PlanAt
+// pass the entitlements of the rater's plans on (none if it has none).
 func (o ownedRules) Entitlements(sub rating.Subscriber, t time.Time) []rating.MeterEntitlement {
 	if e, ok := o.ratingRules.(EntitlementRules); ok {
 		return e.Entitlements(sub, t)
@@ -817,4 +821,18 @@ func (o ownedRules) Entitlement(sub rating.Subscriber, meter string, t time.Time
 func (o ownedRules) HasEntitlements() bool {
 	e, ok := o.ratingRules.(EntitlementRules)
 	return ok && e.HasEntitlements()
+}
+
+func (o ownedRules) PlanEntitlements(id string, t time.Time) []rating.MeterEntitlement {
+	if e, ok := o.ratingRules.(EntitlementRules); ok {
+		return e.PlanEntitlements(id, t)
+	}
+	return nil
+}
+
+func (o ownedRules) PlanAt(sub rating.Subscriber, t time.Time) (string, bool) {
+	if e, ok := o.ratingRules.(EntitlementRules); ok {
+		return e.PlanAt(sub, t)
+	}
+	return "", false
 }

@@ -263,6 +263,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 			e.shards[i].maxWindows = max(1, e.cfg.MaxLiveWindows/len(e.shards))
 		}
 		e.shards[i].watchLimits = e.watchesLimits()
+		e.shards[i].announceLifecycle = len(e.cfg.ActionSinks) > 0
 	}
 	n := uint64(len(e.shards))
 	// The delta log holds the latest state of every window that was in

@@ -49,6 +49,9 @@ type shard struct {
 	// announced (some plan sets an entitlement and an ActionSink takes
 	// the actions; see checkLimits).
 	watchLimits bool
+	// announceLifecycle is set when subscription events announce
+	// lifecycle actions (an ActionSink takes them; lifecycleAction).
+	announceLifecycle bool
 	// unemitted lists the windows with a revision due by their end (see
 	// emitDue), so that a barrier visits the ends that closed, not every
 	// open window.

@@ -190,14 +190,16 @@ func (s *shard) sortDue(due []*window) {
 func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 	fees := s.feeDue
 	s.feeDue = nil
+	var closing []*window // closed now, for the first time in this run
 	for endNs, ps := range s.periodsByEnd {
 		if s.closedEnds[endNs] || !s.rules.closed(endNs, wm) {
 			continue
 		}
 		s.closedEnds[endNs] = true
 		fees = append(fees, ps...)
+		closing = append(closing, ps...)
 	}
-	slices.SortFunc(fees, func(a, b *window) int {
+	byName := func(a, b *window) int {
 		if c := strings.Compare(s.names.str(a.key.customer), s.names.str(b.key.customer)); c != 0 {
 			return c
 		}
@@ -205,7 +207,14 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 			return c
 		}
 		return cmp.Compare(a.key.startNs, b.key.startNs)
-	})
+	}
+	slices.SortFunc(fees, byName)
+	if s.watchLimits {
+		slices.SortFunc(closing, byName) // a customer's actions in period order
+		for _, p := range closing {
+			s.resumeClosed(p)
+		}
+	}
 	for _, p := range fees {
 		p.feeQueued = false
 		row, ok, err := s.emitPeriodFee(p)

@@ -57,6 +57,9 @@ func (s *shard) applySubscription(ev *Event) {
 	list[i] = change
 	s.subs[ev.Customer] = list
 	s.pending.subsDirty[ev.Customer] = true
+	if s.announceLifecycle {
+		s.lifecycleAction(ev)
+	}
 	s.addFeeCustomer(ev.Customer)
 	// The change may prorate fees of periods it falls in or precedes: open
 	// its period and every later one up to the watermark's (their fee

@@ -167,6 +167,10 @@ type windowExtra struct {
 	// shares (percent) of its entitlement's limit and of its free
 	// allowance announced (see checkLimits); durable.
 	announced, allowanceAnnounced decimal.Decimal
+	// blocked is set on a period once a throttle or suspend of its limit
+	// was announced, and resumed once resume was (resumeClosed); durable,
+	// as window flags.
+	blocked, resumed bool
 }
 
 // extra returns w.x, allocated on first use.
@@ -357,6 +361,11 @@ const (
 	// key, where the engine puts it. A flag rather than a field: builds
 	// that do not know it ignore it, so state stays readable both ways.
 	flagOwnRate = 1 << 3
+	// flagBlocked and flagResumed are a period's windowExtra.blocked and
+	// resumed. Flags as well, so older builds read the state (and would
+	// announce a resume again: at least once, with the same id).
+	flagBlocked = 1 << 4
+	flagResumed = 1 << 5
 )
 
 // pendingEmission reports whether w has something to emit: changes, or a
@@ -426,6 +435,12 @@ func appendWindowValue(b []byte, w *window, groupKey string) ([]byte, error) {
 			flags |= flagOwnRate
 		}
 	}
+	if w.x != nil && w.x.blocked {
+		flags |= flagBlocked
+	}
+	if w.x != nil && w.x.resumed {
+		flags |= flagResumed
+	}
 	b = append(b, flags)
 	if announced {
 		b = appendDecimal(b, w.x.announced)
@@ -491,6 +506,10 @@ func decodeWindowValue(b []byte, key windowName, w *window) (rate string, err er
 	if version == windowValueAnnounced {
 		x := w.extra()
 		x.announced, x.allowanceAnnounced = r.decimal(), r.decimal()
+	}
+	if flags&(flagBlocked|flagResumed) != 0 {
+		x := w.extra()
+		x.blocked, x.resumed = flags&flagBlocked != 0, flags&flagResumed != 0
 	}
 	w.changed, w.emittedFinal = flags&flagChanged != 0, flags&flagEmittedFinal != 0
 	w.perEvent = flags&flagPerEvent != 0

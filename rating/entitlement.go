@@ -67,6 +67,13 @@ const (
 	ActionNotify   Action = "notify"
 	ActionThrottle Action = "throttle"
 	ActionSuspend  Action = "suspend"
+	// ActionResume follows a throttle or suspend when the next billing
+	// period starts (or a grant tops the balance up).
+	ActionResume Action = "resume"
+	// Lifecycle actions follow subscription events.
+	ActionActivate     Action = "activate"
+	ActionUpdateLimits Action = "update_limits"
+	ActionDeactivate   Action = "deactivate"
 )
 
 // Threshold is a share of a limit (or of the free allowance), in percent,

@@ -254,6 +254,20 @@ func (p *Pricing) Entitlements(sub Subscriber, t time.Time) []MeterEntitlement {
 	if err != nil {
 		return nil
 	}
+	return planEntitlements(plan)
+}
+
+// PlanEntitlements returns the entitlements of the version of plan id in
+// force at t, by meter name; none for an unknown plan.
+func (p *Pricing) PlanEntitlements(id string, t time.Time) []MeterEntitlement {
+	plan, err := p.catalog.Plan(id, t)
+	if err != nil {
+		return nil
+	}
+	return planEntitlements(plan)
+}
+
+func planEntitlements(plan *Plan) []MeterEntitlement {
 	var out []MeterEntitlement
 	for _, name := range plan.MeterNames() {
 		if price := plan.Meters[name]; price.Entitlement != nil {
@@ -261,4 +275,14 @@ func (p *Pricing) Entitlements(sub Subscriber, t time.Time) []MeterEntitlement {
 		}
 	}
 	return out
+}
+
+// PlanAt returns the id of the plan pricing sub at t (its subscription's,
+// or the default plan); ok is false when none does.
+func (p *Pricing) PlanAt(sub Subscriber, t time.Time) (id string, ok bool) {
+	plan, err := p.plan(sub, t)
+	if err != nil {
+		return "", false
+	}
+	return plan.ID, true
 }
