@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -38,10 +39,18 @@ type ProvisioningAction struct {
 	PeriodEnd   time.Time         `json:"period_end,omitzero"`
 	// Limits are the plan's entitlements (activate, update_limits).
 	Limits []ActionLimit `json:"limits,omitempty"`
+	// Event is the subscription event of a lifecycle action.
+	Event EventRef `json:"event,omitzero"`
 	// At is the event time of what called for the action: the record that
 	// crossed (for an amount limit the start of the window whose charge
 	// crossed), the start of the period resumed, the subscription event.
 	At time.Time `json:"at"`
+}
+
+// EventRef names an event by its dedup identity.
+type EventRef struct {
+	Source string `json:"source,omitempty"`
+	ID     string `json:"id"`
 }
 
 // ActionLimit is one entitlement of a plan, as lifecycle actions carry it.
@@ -111,8 +120,14 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 	x.announced, x.allowanceAnnounced = a, aa
 	for _, c := range crossed {
 		// A period that ends throttled or suspended is resumed when it
-		// closes (resumeClosed).
-		x.blocked = x.blocked || c.Of == "limit" && c.Threshold.Action != rating.ActionNotify
+		// closes (resumeClosed); one blocked by a late record after it
+		// closed, at the next barrier.
+		if c.Of == "limit" && c.Threshold.Action != rating.ActionNotify && !x.blocked {
+			x.blocked = true
+			if s.closedEnds[p.periodEndNs] {
+				s.resumeDue = append(s.resumeDue, p)
+			}
+		}
 	}
 	s.markDirty(p)
 	start := time.Unix(0, p.key.startNs).UTC()
@@ -136,7 +151,9 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 
 // resumeClosed announces resume for period p, which has just closed
 // (chargeFees), if a throttle or suspend of its limit was announced: the
-// next billing period starts with nothing used. Not when the customer has
+// next billing period starts with nothing used. A period blocked only
+// after it closed (a late record) is resumed at the next barrier, so that
+// whether a period is resumed does not depend on where barriers fell. Not when the customer has
 // no plan in the next period (cancelled: deactivate said so).
 //
 // Invariant (exactly once): p.x.resumed is durable and set with the action
@@ -148,6 +165,15 @@ func (s *shard) resumeClosed(p *window) {
 	}
 	p.x.resumed = true
 	s.markDirty(p)
+	// The next period may already be throttled or suspended by its own
+	// usage (the records before this barrier, or a late record of p after
+	// the next one crossed): a resume now would undo that. Such a period
+	// gets no resume; a resume thus never follows a throttle or suspend of
+	// the period it names.
+	nextKey := windowKey{meter: p.key.meter, customer: p.key.customer, startNs: p.endNs, period: true}
+	if next := s.periods[nextKey]; next != nil && next.x != nil && next.x.blocked {
+		return
+	}
 	m := s.meter(p)
 	customer := s.names.str(p.key.customer)
 	rules, ok := s.rater.(EntitlementRules)
@@ -195,13 +221,13 @@ func (s *shard) lifecycleAction(ev *Event) {
 	if !ok {
 		return
 	}
-	id := ev.ID
-	if ev.Source != "" {
-		id = ev.Source + "/" + ev.ID
-	}
+	// The event's dedup identity, hashed: an id of any characters, with
+	// or without a source, stays one field.
+	id := fmt.Sprintf("%x", eventIDHash(ev.Source, ev.ID, subscriptionMeter))
 	act := ProvisioningAction{
 		ID:     ev.Customer + "|" + subscriptionMeter + "|" + id + "|" + string(action),
 		Action: action, Customer: ev.Customer, Plan: ev.Plan, At: time.Unix(0, ev.TimeNs).UTC(),
+		Event: EventRef{Source: ev.Source, ID: ev.ID},
 	}
 	if rules, ok := s.rater.(EntitlementRules); ok && ev.Plan != "" {
 		for _, me := range rules.PlanEntitlements(ev.Plan, act.At) {

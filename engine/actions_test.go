@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -227,7 +228,7 @@ func TestProvisioningOnPlanChange(t *testing.T) {
 	}
 	slices.Sort(ids)
 	p := "ann|sms|2026-03-01T00:00:00Z|"
-	want := []string{"ann|@subscription|p1|update_limits", p + "allowance|100", p + "allowance|50", p + "limit|100", p + "limit|25", p + "limit|50"}
+	want := []string{fmt.Sprintf("ann|@subscription|%x|update_limits", eventIDHash("", "p1", subscriptionMeter)), p + "allowance|100", p + "allowance|50", p + "limit|100", p + "limit|25", p + "limit|50"}
 	if !slices.Equal(ids, want) {
 		t.Fatalf("actions %v, want %v", ids, want)
 	}
@@ -289,14 +290,18 @@ func TestResumeAndLifecycle(t *testing.T) {
 	}
 	actions.mu.Unlock()
 	jp, fp := "bob|sms|2026-01-01T00:00:00Z|", "bob|sms|2026-02-01T00:00:00Z|"
+	// A lifecycle action's id holds its event's dedup identity, hashed.
+	life := func(event, action string) string {
+		return fmt.Sprintf("bob|@subscription|%x|%s", eventIDHash("", event, subscriptionMeter), action)
+	}
 	want := []string{
-		"bob|@subscription|c1|activate",
+		life("c1", "activate"),
 		jp + "allowance|50", jp + "allowance|100", jp + "limit|25", jp + "limit|50", jp + "limit|75",
 		fp + "allowance|50", // the record of February 1st, applied before the barrier closes January
 		fp + "resume",
-		"bob|@subscription|c3|update_limits",
+		life("c3", "update_limits"),
 		fp + "limit|50", fp + "limit|100",
-		"bob|@subscription|c4|deactivate",
+		life("c4", "deactivate"),
 	}
 	if !slices.Equal(ids, want) {
 		t.Fatalf("bob's actions in order of delivery:\n%v\nwant\n%v", ids, want)
@@ -309,7 +314,7 @@ func TestResumeAndLifecycle(t *testing.T) {
 		!r.PeriodEnd.Equal(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)) || !r.Limit.Equal(decimal.NewFromInt(200)) || r.Basis != rating.LimitUnits {
 		t.Errorf("resume: %+v", r)
 	}
-	a := got["bob|@subscription|c1|activate"]
+	a := got[life("c1", "activate")]
 	wantLimits := []ActionLimit{
 		{Meter: "data", Limit: decimal.RequireFromString("1.5"), Of: rating.LimitAmount, Enforcement: rating.Hard},
 		{Meter: "sms", Limit: decimal.NewFromInt(200), Of: rating.LimitUnits, Enforcement: rating.Hard},
@@ -317,15 +322,47 @@ func TestResumeAndLifecycle(t *testing.T) {
 	if a.Action != rating.ActionActivate || a.Plan != "capped" || fmt.Sprint(a.Limits) != fmt.Sprint(wantLimits) {
 		t.Errorf("activate: %+v, want capped's limits %v", a, wantLimits)
 	}
-	u := got["bob|@subscription|c3|update_limits"]
+	u := got[life("c3", "update_limits")]
 	if u.Plan != "small" || fmt.Sprint(u.Limits) != fmt.Sprint([]ActionLimit{{Meter: "sms", Limit: decimal.NewFromInt(50), Of: rating.LimitUnits, Enforcement: rating.Hard}}) {
 		t.Errorf("update_limits: %+v, want small's sms limit of 50", u)
 	}
-	if d := got["bob|@subscription|c4|deactivate"]; d.Plan != "" || d.Limits != nil || !d.At.Equal(time.Date(2026, 2, 20, 0, 0, 0, 0, time.UTC)) {
+	if d := got[life("c4", "deactivate")]; d.Plan != "" || d.Limits != nil || !d.At.Equal(time.Date(2026, 2, 20, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("deactivate: %+v", d)
 	}
-	b, _ := json.Marshal(got["bob|@subscription|c4|deactivate"])
-	if want := `{"id":"bob|@subscription|c4|deactivate","action":"deactivate","customer":"bob","at":"2026-02-20T00:00:00Z"}`; string(b) != want {
+	b, _ := json.Marshal(got[life("c4", "deactivate")])
+	if want := `{"id":"` + life("c4", "deactivate") + `","action":"deactivate","customer":"bob","event":{"id":"c4"},"at":"2026-02-20T00:00:00Z"}`; string(b) != want {
 		t.Errorf("deactivate's JSON:\n%s\nwant\n%s", b, want)
+	}
+}
+
+// TestResumeNeverUndoesABlock: a period throttled by a late record after
+// it closed is resumed at the next barrier, without waiting for a crash to
+// close it again (bob); a period whose next one is already throttled when
+// it closes gets no resume, which would undo the new throttle (dan).
+func TestResumeNeverUndoesABlock(t *testing.T) {
+	h, actions := actionsHarness(t)
+	feed := func(id, customer, at string, n int) {
+		h.src.append(0, fmt.Appendf(nil, `{"id":%q,"customer":%q,"meter":"sms","time":%q,"value":%d}`, id, customer, at, n))
+	}
+	feed("b1", "bob", "2026-01-10T00:00:00Z", 140) // 70%: notify only
+	feed("d1", "dan", "2026-01-10T00:00:00Z", 160) // 80%: throttled
+	feed("d2", "dan", "2026-02-01T00:10:00Z", 160) // February throttled too, before January closes
+	feed("e1", "eve", "2026-02-01T00:30:00Z", 1)   // closes January
+	h.checkpoint(false)
+	feed("b2", "bob", "2026-01-31T23:59:00Z", 20) // late, within the revise horizon: January reaches 80%
+	h.checkpoint(false)
+	h.stop()
+	got := delivered(t, actions)
+	if _, ok := got["bob|sms|2026-01-01T00:00:00Z|limit|75"]; !ok {
+		t.Fatalf("bob's late throttle not announced: %v", slices.Sorted(maps.Keys(got)))
+	}
+	if _, ok := got["bob|sms|2026-02-01T00:00:00Z|resume"]; !ok {
+		t.Errorf("bob's January, throttled after it closed, is not resumed")
+	}
+	if _, ok := got["dan|sms|2026-02-01T00:00:00Z|limit|75"]; !ok {
+		t.Fatalf("dan's February throttle not announced: %v", slices.Sorted(maps.Keys(got)))
+	}
+	if a, ok := got["dan|sms|2026-02-01T00:00:00Z|resume"]; ok {
+		t.Errorf("dan's February was resumed after its own throttle: %+v", a)
 	}
 }

@@ -52,6 +52,9 @@ type shard struct {
 	// announceLifecycle is set when subscription events announce
 	// lifecycle actions (an ActionSink takes them; lifecycleAction).
 	announceLifecycle bool
+	// resumeDue are closed periods a late record blocked (checkLimits);
+	// chargeFees resumes them.
+	resumeDue []*window
 	// unemitted lists the windows with a revision due by their end (see
 	// emitDue), so that a barrier visits the ends that closed, not every
 	// open window.

@@ -190,7 +190,10 @@ func (s *shard) sortDue(due []*window) {
 func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 	fees := s.feeDue
 	s.feeDue = nil
-	var closing []*window // closed now, for the first time in this run
+	// closing: closed now, for the first time in this run, or blocked
+	// since they closed (resumeDue).
+	closing := s.resumeDue
+	s.resumeDue = nil
 	for endNs, ps := range s.periodsByEnd {
 		if s.closedEnds[endNs] || !s.rules.closed(endNs, wm) {
 			continue

@@ -51,6 +51,8 @@ type oPrice struct {
 	minE, maxE *decimal.Decimal
 	bands      []oBand
 	dests      []oDest
+	// ent is the meter's entitlement (provisioning.go); nil: none.
+	ent *oEntitlement
 }
 
 func (p *oPrice) perEvent() bool {
@@ -332,6 +334,9 @@ func genWorld(rng *rand.Rand, opts Options) *oWorld {
 	for _, tl := range w.timeline {
 		sort.SliceStable(tl, func(i, j int) bool { return tl[i].at.Before(tl[j].at) })
 	}
+	// Last, from a stream of its own, so that the rest of a seed's world
+	// is what it was before entitlements.
+	w.genEntitlements(rand.New(rand.NewPCG(rng.Uint64(), 11)), opts.MeanGap)
 	return w
 }
 
@@ -458,6 +463,9 @@ func (w *oWorld) yaml() string {
 					if !v.IsZero() {
 						fmt.Fprintf(&b, "        %s: %s\n", field, d(v))
 					}
+				}
+				if pr.ent != nil {
+					b.WriteString(pr.ent.yaml())
 				}
 				if pr.minE != nil {
 					fmt.Fprintf(&b, "        minPerEvent: %s\n", d(*pr.minE))

@@ -13,10 +13,13 @@ package main
 // retries, late records that revise closed windows, and malformed records.
 // Once the stream is drained, ClickHouse (FINAL) and the rated topic
 // (highest revision) must each pass the oracle's check: every window, the
-// money of every period to the cent, every fee row. make test runs it with
-// 10 kills; make chaos with 100. TALLY_CHAOS_SEED replays a workload.
+// money of every period to the cent, every fee row; and the provisioning
+// topic must hold the oracle's actions (units limits on data and sms,
+// subscription events, resumes): none lost, none with two bodies. make
+// test runs it with 10 kills; make chaos with 100. TALLY_CHAOS_SEED replays a workload.
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -32,6 +35,7 @@ import (
 
 	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/bench/oracle"
+	"github.com/tally-billing/tally/engine"
 )
 
 func envInt(name string, def int) int {
@@ -75,6 +79,7 @@ httpAddr: 127.0.0.1:0
 kafka:
   brokers: [%s]
   ratedTopic: rated-usage
+  provisioningTopic: provisioning
 clickhouse:
   addr: %s
   database: %s
@@ -183,6 +188,15 @@ scaleOut: %s
 	})
 	watermark := opts.Start.Add(opts.Span + opts.CloseAfter - 10*time.Minute)
 	report := waitOracle(t, world, watermark, chAddr, database, brokers)
+	var owed int
+	waitFor(t, 60*time.Second, "the provisioning topic to hold the oracle's actions", func() string {
+		var problems []string
+		problems, owed = world.CheckActions(provisioningActions(t, brokers), watermark)
+		if len(problems) > 0 {
+			return summarizeProblems(problems)
+		}
+		return ""
+	})
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -197,8 +211,8 @@ scaleOut: %s
 			malformed++
 		}
 	}
-	t.Logf("chaos: %d records (%d malformed: dead letters), %d windows, %d periods priced to the cent, %d fee rows; %d kills by where they landed: %v; ClickHouse, rated topic and oracle agree",
-		len(s.msgs), malformed, report.Windows, report.ExactPeriods, report.FeeRows, kills, byPoint)
+	t.Logf("chaos: %d records (%d malformed: dead letters), %d windows, %d periods priced to the cent, %d fee rows, %d provisioning actions; %d kills by where they landed: %v; ClickHouse, rated topic, provisioning topic and oracle agree",
+		len(s.msgs), malformed, report.Windows, report.ExactPeriods, report.FeeRows, owed, kills, byPoint)
 }
 
 // chaosWorld generates the oracle's world of seed (75 days of records,
@@ -287,6 +301,25 @@ func ratedTopicRows(t *testing.T, brokers []string) []oracle.Row {
 			WindowEnd: r.WindowEnd, Quantity: r.Quantity, Count: r.Count, Amount: r.Amount, Final: r.Final})
 	}
 	return rows
+}
+
+// provisioningActions reads every message of the provisioning topic,
+// re-deliveries included.
+func provisioningActions(t *testing.T, brokers []string) []oracle.Action {
+	t.Helper()
+	var out []oracle.Action
+	for _, m := range consume(t, brokers, "provisioning") {
+		var a engine.ProvisioningAction
+		if err := json.Unmarshal([]byte(m.value), &a); err != nil || m.key != a.Customer {
+			t.Fatalf("provisioning message %+v (%v): want an action keyed by its customer", m, err)
+		}
+		id := a.ID
+		if a.Event.ID != "" { // a lifecycle action: the oracle names its event by time
+			id = a.Customer + "|@subscription|" + a.At.Format(time.RFC3339) + "|" + string(a.Action)
+		}
+		out = append(out, oracle.Action{ID: id, Action: string(a.Action), Used: a.Used, At: a.At})
+	}
+	return out
 }
 
 // summarizeProblems keeps a report readable.
