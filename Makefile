@@ -28,6 +28,7 @@ bench: build
 	$(GO) test -run '^$$' -bench 'BenchmarkCore$$' -benchtime 400000x -benchmem ./engine/
 	$(GO) test -run '^$$' -bench 'CheckpointStream' -benchtime 40x -benchmem ./state/
 	$(GO) test -run '^$$' -bench 'LiveStatePerKey|DedupCapacity' -benchtime 1x ./engine/
+	$(GO) test -run '^$$' -bench 'RecordToAction' -benchtime 1000x ./engine/
 	@if [ -n "$$TALLY_TEST_CLICKHOUSE" ]; then $(GO) test -run '^$$' -bench Write -benchmem -benchtime 20x ./connectors/clickhouse/; \
 	else echo "ClickHouse insert benchmark skipped: set TALLY_TEST_CLICKHOUSE=host:port"; fi
 	./tally bench $(BENCH_FLAGS)

@@ -6,7 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,6 +159,113 @@ plans:
 		_, err := e.CheckEntitlement(ctx, customer, "voice_seconds", ten)
 		return err
 	})
+}
+
+// timedActions records when each action was first delivered.
+type timedActions struct {
+	mu   sync.Mutex
+	when map[string]time.Time
+}
+
+func (c *timedActions) Name() string { return "timed-actions" }
+
+func (c *timedActions) WriteActions(_ context.Context, actions []ProvisioningAction) error {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range actions {
+		if _, ok := c.when[a.ID]; !ok {
+			c.when[a.ID] = now
+		}
+	}
+	return nil
+}
+
+// BenchmarkRecordToAction measures how long a record that crosses an
+// entitlement's threshold takes to reach an ActionSink as an action, with
+// the engine fed 100K records/s (1,000 every 10 ms, paced by the wall
+// clock) and checkpoints every second (the default) or every 250 ms: each
+// tick one of them is a new customer's record that crosses its limit. Run
+// it with a count of ticks: -benchtime=1000x is 10 s.
+func BenchmarkRecordToAction(b *testing.B) {
+	for _, every := range []time.Duration{time.Second, 250 * time.Millisecond} {
+		b.Run("checkpointInterval="+every.String(), func(b *testing.B) { benchmarkRecordToAction(b, every) })
+	}
+}
+
+func benchmarkRecordToAction(b *testing.B, checkpointInterval time.Duration) {
+	catalog, err := rating.ParseCatalog([]byte(`
+plans:
+  - id: capped
+    currency: EUR
+    meters:
+      voice_seconds: {model: per_unit, unitPrice: "0.001", entitlement: {limit: "100000", thresholds: [80, 100]}}
+      sms: {model: per_unit, unitPrice: "0.05"}
+      data_bytes: {model: per_unit, unitPrice: "0.0000001"}
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	subs, err := rating.NewSubscriptions(nil, catalog)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHarness(b, 2)
+	h.meters = benchMeters(b)
+	h.rater = rating.NewPricing(catalog, subs, "capped")
+	h.cfg.CheckpointInterval = checkpointInterval
+	sink := &timedActions{when: make(map[string]time.Time)}
+	h.cfg.ActionSinks = []ActionSink{sink}
+	h.start()
+	defer func() { h.cancel(); <-h.done }()
+	g := gen.New(3, 50000)
+	at := t0
+	sent := make(map[string]time.Time)
+	batch := make([][]byte, 0, 1000)
+	next := time.Now()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		batch = batch[:0]
+		for range 999 {
+			batch = append(batch, g.Next(at).PlainJSON())
+		}
+		customer := fmt.Sprintf("lat-%d", i)
+		batch = append(batch, fmt.Appendf(nil, `{"id":"%s","customer":"%s","meter":"voice_seconds","time":%q,"value":100000,"dims":{"destination":"uk"}}`,
+			customer, customer, at.Format(time.RFC3339Nano)))
+		sent[customer+"|voice_seconds|"] = time.Now()
+		h.src.append(i%2, batch...)
+		at = at.Add(10 * time.Millisecond)
+		next = next.Add(10 * time.Millisecond)
+		time.Sleep(time.Until(next))
+	}
+	fed := b.N * 1000
+	elapsed := b.Elapsed()
+	deadline := time.Now().Add(30 * time.Second)
+	var latencies []time.Duration
+	for {
+		latencies = latencies[:0]
+		sink.mu.Lock()
+		for id, when := range sink.when {
+			if !strings.HasSuffix(id, "|limit|100") {
+				continue
+			}
+			prefix := id[:strings.Index(id, "|voice_seconds|")+len("|voice_seconds|")]
+			latencies = append(latencies, when.Sub(sent[prefix]))
+		}
+		sink.mu.Unlock()
+		if len(latencies) == b.N || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(latencies) != b.N {
+		b.Fatalf("%d of %d crossings reached the sink within 30 s", len(latencies), b.N)
+	}
+	slices.Sort(latencies)
+	b.ReportMetric(float64(latencies[len(latencies)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(latencies[len(latencies)*99/100].Milliseconds()), "p99-ms")
+	b.ReportMetric(float64(latencies[len(latencies)-1].Milliseconds()), "max-ms")
+	b.ReportMetric(float64(fed)/elapsed.Seconds(), "fed-rec/s")
 }
 
 // benchmarkQueryUnderLoad times query, one customer of 50K at a time,
