@@ -134,10 +134,9 @@ func BenchmarkUsageQueryUnderLoad(b *testing.B) {
 	})
 }
 
-// BenchmarkEntitlementCheckUnderLoad measures the entitlement check (are
-// 10 more units allowed now) of one customer at a time against live state,
-// while the engine ingests as fast as it can.
-func BenchmarkEntitlementCheckUnderLoad(b *testing.B) {
+// cappedPricing prices benchMeters under one plan whose voice_seconds
+// are limited to 100,000 a period (thresholds 80% and 100%).
+func cappedPricing(b *testing.B) *rating.Pricing {
 	catalog, err := rating.ParseCatalog([]byte(`
 plans:
   - id: capped
@@ -154,8 +153,15 @@ plans:
 	if err != nil {
 		b.Fatal(err)
 	}
+	return rating.NewPricing(catalog, subs, "capped")
+}
+
+// BenchmarkEntitlementCheckUnderLoad measures the entitlement check (are
+// 10 more units allowed now) of one customer at a time against live state,
+// while the engine ingests as fast as it can.
+func BenchmarkEntitlementCheckUnderLoad(b *testing.B) {
 	ten := decimal.NewFromInt(10)
-	benchmarkQueryUnderLoad(b, rating.NewPricing(catalog, subs, "capped"), func(ctx context.Context, e *Engine, customer string) error {
+	benchmarkQueryUnderLoad(b, cappedPricing(b), func(ctx context.Context, e *Engine, customer string) error {
 		_, err := e.CheckEntitlement(ctx, customer, "voice_seconds", ten)
 		return err
 	})
@@ -194,25 +200,9 @@ func BenchmarkRecordToAction(b *testing.B) {
 }
 
 func benchmarkRecordToAction(b *testing.B, checkpointInterval time.Duration) {
-	catalog, err := rating.ParseCatalog([]byte(`
-plans:
-  - id: capped
-    currency: EUR
-    meters:
-      voice_seconds: {model: per_unit, unitPrice: "0.001", entitlement: {limit: "100000", thresholds: [80, 100]}}
-      sms: {model: per_unit, unitPrice: "0.05"}
-      data_bytes: {model: per_unit, unitPrice: "0.0000001"}
-`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	subs, err := rating.NewSubscriptions(nil, catalog)
-	if err != nil {
-		b.Fatal(err)
-	}
 	h := newHarness(b, 2)
 	h.meters = benchMeters(b)
-	h.rater = rating.NewPricing(catalog, subs, "capped")
+	h.rater = cappedPricing(b)
 	h.cfg.CheckpointInterval = checkpointInterval
 	sink := &timedActions{when: make(map[string]time.Time)}
 	h.cfg.ActionSinks = []ActionSink{sink}
