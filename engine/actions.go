@@ -153,8 +153,9 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 // (chargeFees), if a throttle or suspend of its limit was announced: the
 // next billing period starts with nothing used. A period blocked only
 // after it closed (a late record) is resumed at the next barrier, so that
-// whether a period is resumed does not depend on where barriers fell. Not when the customer has
-// no plan in the next period (cancelled: deactivate said so).
+// whether a period is resumed does not depend on where barriers fell. Not
+// when the customer has no plan in the next period (cancelled without a
+// default plan: deactivate said so).
 //
 // Invariant (exactly once): p.x.resumed is durable and set with the action
 // queued, in one checkpoint, like the announced shares; a period closed
@@ -201,12 +202,17 @@ func (s *shard) resumeClosed(p *window) {
 	s.pending.actions = append(s.pending.actions, act)
 }
 
-// lifecycleActions maps subscription event types to the action each
-// announces.
-var lifecycleActions = map[string]rating.Action{
-	SubscriptionCreated:   rating.ActionActivate,
-	SubscriptionChanged:   rating.ActionUpdateLimits,
-	SubscriptionCancelled: rating.ActionDeactivate,
+// lifecycleActionOf is the action a subscription event type announces.
+func lifecycleActionOf(eventType string) (rating.Action, bool) {
+	switch eventType {
+	case SubscriptionCreated:
+		return rating.ActionActivate, true
+	case SubscriptionChanged:
+		return rating.ActionUpdateLimits, true
+	case SubscriptionCancelled:
+		return rating.ActionDeactivate, true
+	}
+	return "", false
 }
 
 // lifecycleAction queues the action subscription event ev calls for:
@@ -217,7 +223,7 @@ var lifecycleActions = map[string]rating.Action{
 // that remembers the event in the same checkpoint as the action; a replay
 // after a crash before it applies the event, and announces, again.
 func (s *shard) lifecycleAction(ev *Event) {
-	action, ok := lifecycleActions[ev.Meter]
+	action, ok := lifecycleActionOf(ev.Meter)
 	if !ok {
 		return
 	}
