@@ -118,6 +118,8 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 	}
 	x := p.extra()
 	x.announced, x.allowanceAnnounced = a, aa
+	s.markDirty(p)
+	start := time.Unix(0, p.key.startNs).UTC()
 	for _, c := range crossed {
 		// A period that ends throttled or suspended is resumed when it
 		// closes (resumeClosed); one blocked by a late record after it
@@ -128,12 +130,8 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 				s.resumeDue = append(s.resumeDue, p)
 			}
 		}
-	}
-	s.markDirty(p)
-	start := time.Unix(0, p.key.startNs).UTC()
-	for _, c := range crossed {
 		act := ProvisioningAction{
-			ID:       customer + "|" + m.Name + "|" + start.Format(time.RFC3339) + "|" + c.Of + "|" + c.Threshold.Percent.String(),
+			ID:       periodActionID(customer, m.Name, start, c.Of+"|"+c.Threshold.Percent.String()),
 			Action:   c.Threshold.Action,
 			Customer: customer, Meter: m.Name, Plan: me.Plan, Of: c.Of, Threshold: c.Threshold.Percent,
 			Limit: me.Entitlement.Limit, Used: used, Basis: me.Entitlement.Of,
@@ -147,6 +145,13 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 		}
 		s.pending.actions = append(s.pending.actions, act)
 	}
+}
+
+// periodActionID is the id of an action of customer's billing period
+// starting at start on meter: customer|meter|start|what. Read from the
+// right, it stays unambiguous whatever the customer id holds.
+func periodActionID(customer, meter string, start time.Time, what string) string {
+	return customer + "|" + meter + "|" + start.Format(time.RFC3339) + "|" + what
 }
 
 // resumeClosed announces resume for period p, which has just closed
@@ -189,7 +194,7 @@ func (s *shard) resumeClosed(p *window) {
 	startNs, endNs := billingPeriod(p.endNs, cust.loc, cust.anchorDay)
 	start := time.Unix(0, startNs).UTC()
 	act := ProvisioningAction{
-		ID:     customer + "|" + m.Name + "|" + start.Format(time.RFC3339) + "|resume",
+		ID:     periodActionID(customer, m.Name, start, "resume"),
 		Action: rating.ActionResume, Customer: customer, Meter: m.Name, Plan: plan,
 		PeriodStart: start, PeriodEnd: time.Unix(0, endNs).UTC(), At: start,
 	}
@@ -218,18 +223,19 @@ func lifecycleActionOf(eventType string) (rating.Action, bool) {
 // lifecycleAction queues the action subscription event ev calls for:
 // activate (created), update_limits (plan changed) or deactivate
 // (cancelled), with the limits of the plan it puts the customer on.
+// identity is the event's dedup identity, which names it in the action's
+// id (hashed: an id of any characters, with or without a source, stays
+// one field).
 //
 // Invariant (exactly once): called once per event, after the dedup check
-// that remembers the event in the same checkpoint as the action; a replay
+// that remembers identity in the same checkpoint as the action; a replay
 // after a crash before it applies the event, and announces, again.
-func (s *shard) lifecycleAction(ev *Event) {
+func (s *shard) lifecycleAction(ev *Event, identity idHash) {
 	action, ok := lifecycleActionOf(ev.Meter)
 	if !ok {
 		return
 	}
-	// The event's dedup identity, hashed: an id of any characters, with
-	// or without a source, stays one field.
-	id := fmt.Sprintf("%x", eventIDHash(ev.Source, ev.ID, subscriptionMeter))
+	id := fmt.Sprintf("%x", identity)
 	act := ProvisioningAction{
 		ID:     ev.Customer + "|" + subscriptionMeter + "|" + id + "|" + string(action),
 		Action: action, Customer: ev.Customer, Plan: ev.Plan, At: time.Unix(0, ev.TimeNs).UTC(),

@@ -44,7 +44,8 @@ func (s *shard) applySubscription(ev *Event) {
 	// Remembered and checkpointed like usage ids, and looked up in the
 	// store once their bucket left memory: a retry of an old event is a
 	// duplicate, not a second change.
-	if s.seen(ev, eventIDHash(ev.Source, ev.ID, subscriptionMeter)) {
+	identity := eventIDHash(ev.Source, ev.ID, subscriptionMeter)
+	if s.seen(ev, identity) {
 		s.pending.duplicates[subscriptionMeter]++
 		return
 	}
@@ -58,7 +59,7 @@ func (s *shard) applySubscription(ev *Event) {
 	s.subs[ev.Customer] = list
 	s.pending.subsDirty[ev.Customer] = true
 	if s.announceLifecycle {
-		s.lifecycleAction(ev)
+		s.lifecycleAction(ev, identity)
 	}
 	s.addFeeCustomer(ev.Customer)
 	// The change may prorate fees of periods it falls in or precedes: open

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tally-billing/tally/connectors/webhook"
 	"io"
 	"os"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"unicode"
 
 	"github.com/tally-billing/tally/connectors/kafka"
+	"github.com/tally-billing/tally/connectors/webhook"
 	"github.com/tally-billing/tally/engine"
 	"github.com/tally-billing/tally/rating"
 	"gopkg.in/yaml.v3"
