@@ -27,6 +27,7 @@ type demoOptions struct {
 	duration     time.Duration
 	rate         int
 	subscribers  int
+	zipf         float64
 	partitions   int
 	duplicatePct float64
 	malformedPct float64
@@ -46,6 +47,7 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	fs.DurationVar(&o.duration, "duration", 0, "stop after this long (0 = until Ctrl-C)")
 	fs.IntVar(&o.rate, "rate", 50000, "records produced per second (0 = as fast as possible)")
 	fs.IntVar(&o.subscribers, "subscribers", 5000, "number of subscribers")
+	fs.Float64Var(&o.zipf, "zipf", 1.1, "Zipf exponent of the subscribers' traffic (> 1: a few heavy users and a long tail, as in real traffic; 0 = uniform)")
 	fs.IntVar(&o.partitions, "partitions", 4, "partitions of the usage topic")
 	fs.Float64Var(&o.duplicatePct, "duplicate-pct", 1, "percent of records produced twice (producer retries)")
 	fs.Float64Var(&o.malformedPct, "malformed-pct", 0.1, "percent of malformed records (go to dead letters)")
@@ -60,6 +62,9 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	}
 	if o.subscribers < 1 || o.partitions < 1 || o.rate < 0 {
 		return fmt.Errorf("demo: --subscribers and --partitions must be >= 1, --rate >= 0")
+	}
+	if o.zipf != 0 && o.zipf <= 1 {
+		return fmt.Errorf("demo: --zipf %g: the exponent must be > 1 (or 0 for uniform traffic)", o.zipf)
 	}
 
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1),
@@ -113,7 +118,7 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	defer a.close()
 
 	fmt.Fprintf(out, "tally demo: Kafka (in-process) at %s, topics usage/rated-usage/usage-dead-letters/provisioning\n", strings.Join(brokers, ","))
-	fmt.Fprintf(out, "tally demo: %d subscribers, %d records/s, metrics at http://%s/metrics\n", o.subscribers, o.rate, o.httpAddr)
+	fmt.Fprintf(out, "tally demo: %d subscribers (Zipf %g), %d records/s, metrics at http://%s/metrics\n", o.subscribers, o.zipf, o.rate, o.httpAddr)
 	if cfg.OutputFile != "" {
 		fmt.Fprintf(out, "tally demo: rated rows -> %s (JSON lines; keep the highest revision per identity)\n", cfg.OutputFile)
 	} else {
@@ -159,7 +164,7 @@ func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o 
 		return fmt.Errorf("demo generator: %w", err)
 	}
 	defer w.Close()
-	g := gen.New(uint64(time.Now().UnixNano()), o.subscribers)
+	g := gen.NewWith(uint64(time.Now().UnixNano()), o.subscribers, gen.Options{Zipf: o.zipf})
 	const tick = 20 * time.Millisecond
 	perTick := o.rate * int(tick) / int(time.Second)
 	if o.rate == 0 {
