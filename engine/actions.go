@@ -143,7 +143,7 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 		if c.Of == "allowance" {
 			act.Limit, act.Used, act.Basis, act.Currency = me.FreeAllowance, units, rating.LimitUnits, ""
 		}
-		s.pending.actions = append(s.pending.actions, act)
+		s.queueAction(act)
 	}
 }
 
@@ -204,7 +204,7 @@ func (s *shard) resumeClosed(p *window) {
 			act.Currency = me.Currency
 		}
 	}
-	s.pending.actions = append(s.pending.actions, act)
+	s.queueAction(act)
 }
 
 // lifecycleActionOf is the action a subscription event type announces.
@@ -247,5 +247,29 @@ func (s *shard) lifecycleAction(ev *Event, identity idHash) {
 				Of: me.Entitlement.Of, Enforcement: me.Entitlement.Enforcement})
 		}
 	}
+	s.queueAction(act)
+}
+
+// actionCheckpointSpacing is how soon after the previous checkpoint a
+// queued action has its own: an action leaves with the checkpoint after
+// the record that caused it, so waiting for the regular interval (1 s by
+// default) would make it that late; cutting at once would make a
+// checkpoint per action under a stream of crossings.
+const actionCheckpointSpacing = 200 * time.Millisecond
+
+// queueAction queues act for the next checkpoint and, when it is the
+// shard's first since the last barrier, asks the dispatcher for an early
+// one (at most actionCheckpointSpacing after the previous).
+//
+// Invariant: a notice the buffer cannot take is dropped only while an
+// unread one waits there; the dispatcher reads that one after this action
+// was queued, so the checkpoint it causes holds the action.
+func (s *shard) queueAction(act ProvisioningAction) {
 	s.pending.actions = append(s.pending.actions, act)
+	if len(s.pending.actions) == 1 {
+		select {
+		case s.actionQueued <- struct{}{}:
+		default:
+		}
+	}
 }

@@ -366,3 +366,33 @@ func TestResumeNeverUndoesABlock(t *testing.T) {
 		t.Errorf("dan's February was resumed after its own throttle: %+v", a)
 	}
 }
+
+// TestActionCutsEarlyCheckpoint: a queued action has its checkpoint cut
+// without waiting for the regular interval (a minute in the harness, where
+// only the test asks for checkpoints). Red without the shards' request
+// (queueAction) or the dispatcher's answer to it.
+func TestActionCutsEarlyCheckpoint(t *testing.T) {
+	h, actions := actionsHarness(t)
+	at := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	for i := range 6 { // 60 sms of capped's 200: 25% announced
+		h.src.append(0, fmt.Appendf(nil, `{"id":"s%d","customer":"ann","meter":"sms","time":%q,"value":10}`, i, at.Add(time.Duration(i)*time.Minute).Format(time.RFC3339)))
+	}
+	// The regular interval is a minute: half of it is ample for an action
+	// cut at most actionCheckpointSpacing after it was queued.
+	deadline := time.Now().Add(30 * time.Second)
+	var got map[string]ProvisioningAction
+	for time.Now().Before(deadline) {
+		// Three actions (below) come from one checkpoint: all or none.
+		if got = delivered(t, actions); len(got) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p := "ann|sms|2026-03-01T00:00:00Z|"
+	for _, id := range []string{p + "limit|25", p + "allowance|50", p + "allowance|100"} {
+		if _, ok := got[id]; !ok {
+			t.Errorf("action %s not delivered before the interval's checkpoint; got %v", id, slices.Collect(maps.Keys(got)))
+		}
+	}
+	h.stop()
+}

@@ -230,6 +230,7 @@ func benchmarkRecordToAction(b *testing.B, checkpointInterval time.Duration) {
 	}
 	fed := b.N * 1000
 	elapsed := b.Elapsed()
+	checkpoints := h.engine.committedSeq.Load()
 	deadline := time.Now().Add(30 * time.Second)
 	var latencies []time.Duration
 	for {
@@ -256,6 +257,7 @@ func benchmarkRecordToAction(b *testing.B, checkpointInterval time.Duration) {
 	b.ReportMetric(float64(latencies[len(latencies)*99/100].Milliseconds()), "p99-ms")
 	b.ReportMetric(float64(latencies[len(latencies)-1].Milliseconds()), "max-ms")
 	b.ReportMetric(float64(fed)/elapsed.Seconds(), "fed-rec/s")
+	b.ReportMetric(float64(checkpoints)/elapsed.Seconds(), "checkpoints/s")
 }
 
 // benchmarkQueryUnderLoad times query, one customer of 50K at a time,

@@ -37,6 +37,12 @@ type dispatcher struct {
 	dead         []DeadLetter
 	lastEmitOpen time.Time
 	paused       bool
+	// lastCut is when the last checkpoint was cut (by the real clock, which
+	// paces the timers; e.now may be a test's); actionCut fires when a
+	// queued action's early checkpoint is due (nil: none asked for).
+	lastCut     time.Time
+	actionTimer *time.Timer
+	actionCut   <-chan time.Time
 	// pending is a checkpoint asked for (Engine.Checkpoint), cut once the
 	// offsets it names are dispatched.
 	pending *checkpointRequest
@@ -49,7 +55,7 @@ type dispatcher struct {
 
 func (e *Engine) newDispatcher(inputs dispatchInputs, writes chan<- *pendingCheckpoint) *dispatcher {
 	return &dispatcher{e: e, inputs: inputs, writes: writes, partitions: inputs.partitions,
-		seq: e.committedSeq.Load(), wm: e.stats.watermarkNs.Load(), lastEmitOpen: e.now(),
+		seq: e.committedSeq.Load(), wm: e.stats.watermarkNs.Load(), lastEmitOpen: e.now(), lastCut: time.Now(),
 		unrecordedTopicIDs: e.unrecordedTopicIDs, unrecordedCounts: e.unrecordedCounts}
 }
 
@@ -91,6 +97,25 @@ func (d *dispatcher) run(ctx context.Context) (graceful bool, err error) {
 			if err := d.cut(ctx, now, false); err != nil {
 				return false, err
 			}
+		case <-e.actionQueued:
+			if d.actionCut == nil {
+				wait := max(actionCheckpointSpacing-time.Since(d.lastCut), 0)
+				d.actionTimer = time.NewTimer(wait)
+				d.actionCut = d.actionTimer.C
+			}
+		case <-d.actionCut:
+			d.actionTimer, d.actionCut = nil, nil
+			if d.paused {
+				continue // the ticker's rule: cut again once input is taken
+			}
+			now := e.now()
+			d.wm = e.watermark(d.partitions, now, d.wm)
+			if err := d.cut(ctx, now, false); err != nil {
+				return false, err
+			}
+			// The next regular checkpoint is an interval after this one,
+			// not a fraction of it.
+			ticker.Reset(e.cfg.CheckpointInterval)
 		case id := <-d.inputs.discovered:
 			p := newPartitionProgress(id, e.now())
 			d.partitions = append(d.partitions, p)
@@ -212,6 +237,13 @@ func (d *dispatcher) requested(ctx context.Context) error {
 func (d *dispatcher) cut(ctx context.Context, now time.Time, final bool) error {
 	e := d.e
 	d.seq++
+	// Every action queued before this cut is in it (its shard asked before
+	// the barrier), so an early checkpoint asked for is no longer due.
+	d.lastCut = time.Now()
+	if d.actionTimer != nil {
+		d.actionTimer.Stop()
+		d.actionTimer, d.actionCut = nil, nil
+	}
 	emitOpen := (final && !e.handingOver.Load()) || e.cfg.EmitOpenEvery > 0 && now.Sub(d.lastEmitOpen) >= e.cfg.EmitOpenEvery
 	if d.pending != nil {
 		emitOpen = emitOpen || d.pending.emitOpen

@@ -337,6 +337,9 @@ type Engine struct {
 	checkpointRequests chan checkpointRequest
 	// watermarkRequests carries AdvanceWatermark's requests to the dispatcher.
 	watermarkRequests chan watermarkRequest
+	// actionQueued brings the shards' requests for an early checkpoint,
+	// made when they queue a provisioning action (shard.queueAction).
+	actionQueued chan struct{}
 	// topicIDs are the source topics' identities, as recorded in the state
 	// or first seen; unrecordedTopicIDs those the next checkpoint records.
 	topicIDs, unrecordedTopicIDs map[string]string
@@ -472,6 +475,7 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 
 		checkpointRequests: make(chan checkpointRequest),
 		watermarkRequests:  make(chan watermarkRequest),
+		actionQueued:       make(chan struct{}, 1),
 	}
 	e.committed = sync.NewCond(&e.commitMu)
 	// Every label value exists from the start, at zero, so that rates and

@@ -264,6 +264,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 		e.shards[i].watchLimits = e.watchesLimits()
 		e.shards[i].announceLifecycle = len(e.cfg.ActionSinks) > 0
+		e.shards[i].actionQueued = e.actionQueued
 	}
 	n := uint64(len(e.shards))
 	// The delta log holds the latest state of every window that was in

@@ -55,6 +55,9 @@ type shard struct {
 	// resumeDue are closed periods a late record blocked (checkLimits);
 	// chargeFees resumes them.
 	resumeDue []*window
+	// actionQueued asks the dispatcher for an early checkpoint when an
+	// action is queued (queueAction); nil in tests without a dispatcher.
+	actionQueued chan<- struct{}
 	// unemitted lists the windows with a revision due by their end (see
 	// emitDue), so that a barrier visits the ends that closed, not every
 	// open window.
