@@ -211,6 +211,7 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 		t.deltaEntries += snap.deltaEntries
 		cp.WindowPuts = append(cp.WindowPuts, snap.windowPuts...)
 		cp.SubscriptionPuts = append(cp.SubscriptionPuts, snap.subsPuts...)
+		cp.GrantPuts = append(cp.GrantPuts, snap.grantPuts...)
 		cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
 		cp.DedupAdds = append(cp.DedupAdds, snap.dedupAdds...)
 		// In shard order: each shard's rows in its emission order.

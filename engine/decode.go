@@ -56,6 +56,8 @@ type wireEvent struct {
 	Dims     []Dim
 	// Plan is the plan of a plain-form subscription event.
 	Plan string
+	// Expires is the expiry of a plain-form grant event (text).
+	Expires string
 	// CloudEvents: type is the meter, subject the customer, data the payload.
 	SpecVersion string
 	Source      string
@@ -140,6 +142,8 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 			str(key, v, &w.Time)
 		case "plan":
 			str(key, v, &w.Plan)
+		case "expires":
+			str(key, v, &w.Expires)
 		case "specversion":
 			str(key, v, &w.SpecVersion)
 		case "source":
@@ -340,6 +344,9 @@ func (d *Decoder) DecodeInterned(raw []byte, out []Event, stamped time.Time, in 
 		if eventType == "" && strings.HasPrefix(w.Type, subscriptionTypePrefix) {
 			eventType = w.Type
 		}
+		if w.Type == GrantCreated {
+			eventType = GrantCreated // its meter field names the meter granted
+		}
 		rawValue = w.Value
 		dims = w.Dims
 	}
@@ -369,6 +376,9 @@ func (d *Decoder) DecodeInterned(raw []byte, out []Event, stamped time.Time, in 
 	}
 	if strings.HasPrefix(eventType, subscriptionTypePrefix) {
 		return d.decodeSubscription(base, eventType, w, out)
+	}
+	if eventType == GrantCreated {
+		return d.decodeGrant(base, w, rawValue, out)
 	}
 	meters := d.meters.byType[eventType]
 	if len(meters) == 0 {

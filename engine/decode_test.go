@@ -101,6 +101,14 @@ func TestDecodeRejects(t *testing.T) {
 		{"invalid utf8", "{\"id\":\"e\xff\",\"customer\":\"c\",\"meter\":\"sms\",\"time\":\"2026-03-01T10:00:00Z\",\"value\":1}", ReasonInvalidField},
 		{"too large", `{` + ok + `,"value":1,"pad":"` + strings.Repeat("x", maxRecordBytes) + `"}`, ReasonTooLarge},
 		{"cloudevent without source", `{"specversion":"1.0","id":"e","type":"sms","subject":"c","time":"2026-03-01T10:00:00Z","data":{"value":1}}`, ReasonMissingField},
+		{"grant without meter", `{"type":"grant.created","id":"g","customer":"c","time":"2026-03-01T10:00:00Z","value":5}`, ReasonMissingField},
+		{"grant of an unknown meter", `{"type":"grant.created","id":"g","customer":"c","meter":"teleport","time":"2026-03-01T10:00:00Z","value":5}`, ReasonUnknownMeter},
+		{"grant without value", `{"type":"grant.created","id":"g","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z"}`, ReasonMissingField},
+		{"grant of nothing", `{"type":"grant.created","id":"g","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":0}`, ReasonInvalidField},
+		{"negative grant", `{"type":"grant.created","id":"g","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":"-5"}`, ReasonInvalidField},
+		{"grant expiring before it starts", `{"type":"grant.created","id":"g","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":5,"expires":"2026-03-01T10:00:00Z"}`, ReasonInvalidField},
+		{"grant with a bad expiry", `{"type":"grant.created","id":"g","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":5,"expires":"soon"}`, ReasonInvalidField},
+		{"cloudevent grant with a numeric meter", `{"specversion":"1.0","id":"g","source":"s","type":"grant.created","subject":"c","time":"2026-03-01T10:00:00Z","data":{"meter":5,"value":5}}`, ReasonInvalidField},
 		{"cloudevent wrong version", `{"specversion":"0.3","id":"e","source":"s","type":"sms","subject":"c","time":"2026-03-01T10:00:00Z","data":{"value":1}}`, ReasonInvalidField},
 	}
 	for _, tt := range tests {
@@ -132,6 +140,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"specversion":"1.0","id":"e3","source":"s","type":"sms","subject":"c9","time":"2026-03-01T10:00:00Z","data":{"value":"42"}}`))
 	f.Add([]byte(`{"type":"subscription.created","id":"s1","customer":"c1","plan":"pro","time":"2026-03-01T00:00:00Z"}`))
 	f.Add([]byte(`{"specversion":"1.0","id":"s2","source":"crm","type":"subscription.cancelled","subject":"c1","time":"2026-03-01T00:00:00Z","data":{}}`))
+	f.Add([]byte(`{"type":"grant.created","id":"g1","customer":"c1","meter":"sms","time":"2026-03-01T00:00:00Z","value":100,"expires":"2026-04-01T00:00:00Z"}`))
+	f.Add([]byte(`{"specversion":"1.0","id":"g2","source":"shop","type":"grant.created","subject":"c1","time":"2026-03-01T00:00:00Z","data":{"meter":"sms","value":"2.5"}}`))
 	f.Add([]byte(`{"id":"e4","customer":"c1","meter":"voice_seconds","time":"2026-03-01T10:00:00+01:00","value":"1e3","dims":{"called":"4420"}}`))
 	d := NewDecoder(testMeters(f))
 	f.Fuzz(func(t *testing.T, raw []byte) {
@@ -140,7 +150,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("refused a record but returned %d events", len(evs))
 		}
 		for _, ev := range evs {
-			if ev.ID == "" || ev.Customer == "" || (ev.meter == nil && !ev.Subscription) {
+			if ev.ID == "" || ev.Customer == "" || (ev.meter == nil && !ev.Subscription && (ev.Grant == nil || ev.Grant.Meter == "")) {
 				t.Fatalf("accepted an event without identity: %+v", ev)
 			}
 		}

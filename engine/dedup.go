@@ -176,8 +176,8 @@ func (s *shard) seen(ev *Event, id idHash) bool {
 	}
 	bucket := floorDiv(ev.TimeNs, dedupBucketNs)
 	if bucket < expiry {
-		// Only a subscription event gets here (usage this old is late): a
-		// change backdated past the horizon is remembered from now, in the
+		// Only a subscription or grant event gets here (usage this old is
+		// late): a change backdated past the horizon is remembered from now, in the
 		// watermark's bucket, so that its retries are found for as long
 		// as any retry would be. Filed in its own bucket it would be
 		// forgotten at once.

@@ -25,6 +25,8 @@ type EntitlementRules interface {
 	PlanEntitlements(id string, t time.Time) []rating.MeterEntitlement
 	// PlanAt is the plan pricing sub at t; ok is false when none does.
 	PlanAt(sub rating.Subscriber, t time.Time) (id string, ok bool)
+	// HasGrants reports whether some plan limits a meter by grants.
+	HasGrants() bool
 }
 
 // ErrNoEntitlement is returned by CheckEntitlement for a meter the
@@ -43,6 +45,11 @@ type EntitlementReport struct {
 	// Currency is the limit's currency when it counts an amount.
 	Currency string `json:"currency,omitempty"`
 	rating.EntitlementStatus
+	// Grants, with of: grants, are the customer's grants of the meter not
+	// expired (the limit is their units, used what was drawn from them),
+	// and Overage the usage none of them covered.
+	Grants  []GrantReport    `json:"grants,omitempty"`
+	Overage *decimal.Decimal `json:"overage,omitempty"`
 }
 
 // Entitlements is the live view of one customer's entitlements.
@@ -121,7 +128,7 @@ func (e *Engine) CheckEntitlement(ctx context.Context, customer, meter string, u
 			check.Pending = &pending
 			check.Allowed = me.Entitlement.Allows(report.Used.Add(pending), check.More)
 		} else {
-			check.Allowed = me.Entitlement.Allows(report.Used, check.More)
+			check.Allowed = me.Entitlement.WithLimit(report.Limit).Allows(report.Used, check.More)
 		}
 		out = check
 	})
@@ -184,8 +191,18 @@ func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64
 	if id, ok := s.names.find(customer); ok && m != nil {
 		p = s.periods[windowKey{meter: uint32(m.index), customer: id, startNs: startNs, period: true}]
 	}
-	used, units := periodUsage(p, m, me.Entitlement.Of)
 	report := EntitlementReport{Meter: me.Meter, Plan: me.Plan, PeriodStart: time.Unix(0, startNs).UTC(), PeriodEnd: time.Unix(0, endNs).UTC()}
+	if me.Entitlement.Of == rating.LimitGrants {
+		b := s.balanceOf(customer, me.Meter, false)
+		if b == nil {
+			b = &balance{}
+		}
+		_, report.EntitlementStatus = b.status(me.Entitlement)
+		overage := b.overage
+		report.Grants, report.Overage = grantReports(b), &overage
+		return report, p
+	}
+	used, units := periodUsage(p, m, me.Entitlement.Of)
 	if me.Entitlement.Of == rating.LimitAmount {
 		report.Currency = me.Currency
 	}

@@ -77,6 +77,9 @@ type Event struct {
 	// on Plan ("" when cancelled). It has no meter.
 	Subscription bool
 	Plan         string
+	// Grant marks a grant.created event: from TimeNs on, Customer has the
+	// event's value more units of Grant.Meter (see grant.go).
+	Grant *GrantEvent
 
 	// Where the event was produced (where it was read, or its Origin when
 	// it was re-keyed), kept for dead letters after decoding and LATEST.

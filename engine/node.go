@@ -823,6 +823,11 @@ func (o ownedRules) HasEntitlements() bool {
 	return ok && e.HasEntitlements()
 }
 
+func (o ownedRules) HasGrants() bool {
+	e, ok := o.ratingRules.(EntitlementRules)
+	return ok && e.HasGrants()
+}
+
 func (o ownedRules) PlanEntitlements(id string, t time.Time) []rating.MeterEntitlement {
 	if e, ok := o.ratingRules.(EntitlementRules); ok {
 		return e.PlanEntitlements(id, t)

@@ -265,6 +265,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		e.shards[i].watchLimits = e.watchesLimits()
 		e.shards[i].announceLifecycle = len(e.cfg.ActionSinks) > 0
 		e.shards[i].actionQueued = e.actionQueued
+		if rules, ok := e.rater.(EntitlementRules); ok {
+			e.shards[i].drawsGrants = rules.HasGrants()
+		}
 	}
 	n := uint64(len(e.shards))
 	// The delta log holds the latest state of every window that was in
@@ -446,6 +449,17 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
+	err = e.store.Grants(func(k, v []byte) error {
+		b, err := decodeBalance(k, v)
+		if err != nil {
+			return fmt.Errorf("engine: recover grants: %w: state is corrupt", err)
+		}
+		e.shards[routingHash(b.customer)%n].restoreBalance(b)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	memoryExpiry, expiry := e.rules.dedupMemoryExpiry(wm), e.rules.dedupExpiry(wm)
 	err = e.store.Dedup(func(d state.DedupEntry) error {
 		if d.BucketNs >= expiry { // older ones are about to be deleted
@@ -519,9 +533,9 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 		for i := first; i < len(all); i++ {
 			ev := &all[i]
 			ev.Partition, ev.Offset, ev.Raw = at, offset, rec.Value
-			// A subscription event's time is when its change takes
-			// effect, possibly months ahead: only usage moves time.
-			if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription {
+			// A subscription or grant event's time is when its change
+			// takes effect, possibly months ahead: only usage moves time.
+			if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription && ev.Grant == nil {
 				b.maxEventTimeNs = ev.TimeNs
 			}
 			s := routingHash(ev.Customer) % uint64(len(b.shards))

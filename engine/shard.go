@@ -55,6 +55,12 @@ type shard struct {
 	// resumeDue are closed periods a late record blocked (checkLimits);
 	// chargeFees resumes them.
 	resumeDue []*window
+	// balances are the customers' prepaid grants by balanceKey, and
+	// grantExpiries when they expire (grant.go); drawsGrants is set when
+	// some plan limits a meter by grants.
+	balances      map[string]*balance
+	grantExpiries expiryHeap
+	drawsGrants   bool
 	// actionQueued asks the dispatcher for an early checkpoint when an
 	// action is queued (queueAction); nil in tests without a dispatcher.
 	actionQueued chan<- struct{}
@@ -112,8 +118,10 @@ type sinceBarrier struct {
 	merges []*window
 	left   [][]byte
 	// subsDirty marks customers whose subscription changes changed.
-	subsDirty   map[string]bool
-	deadLetters []DeadLetter
+	subsDirty map[string]bool
+	// balancesDirty marks grant balances that changed (by balanceKey).
+	balancesDirty map[string]bool
+	deadLetters   []DeadLetter
 	// actions are the provisioning actions announced (checkLimits).
 	actions    []ProvisioningAction
 	duplicates map[string]uint64 // by meter
@@ -162,7 +170,8 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		dedup:            newDedupSet(),
 		queries:          make(chan func(*shard), queryQueueLen),
 		watermarkNs:      minWatermark,
-		pending:          sinceBarrier{subsDirty: make(map[string]bool), duplicates: make(map[string]uint64)},
+		pending:          sinceBarrier{subsDirty: make(map[string]bool), balancesDirty: make(map[string]bool), duplicates: make(map[string]uint64)},
+		balances:         make(map[string]*balance),
 	}
 }
 
@@ -221,6 +230,10 @@ func (s *shard) deadLetter(ev *Event, reason Reason, detail string) {
 func (s *shard) apply(ev *Event) {
 	if ev.Subscription {
 		s.applySubscription(ev)
+		return
+	}
+	if ev.Grant != nil {
+		s.applyGrant(ev)
 		return
 	}
 	m := ev.meter
@@ -310,5 +323,8 @@ func (s *shard) apply(ev *Event) {
 	s.markDirty(p)
 	if s.watchLimits {
 		s.checkLimits(p, m, ev.Customer, startNs, ev.TimeNs, false)
+	}
+	if s.drawsGrants {
+		s.drawGrants(ev, m, startNs)
 	}
 }

@@ -46,6 +46,7 @@ type shardSnapshot struct {
 	windowPuts    []state.KV
 	windowDeletes [][]byte
 	subsPuts      []state.KV
+	grantPuts     []state.KV
 	dedupAdds     []state.DedupEntry
 	// encodedRows are the rows emitted, encoded for the outbox as they are
 	// emitted (here, in parallel, rather than by the writer; no slice of
@@ -87,6 +88,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	// Subscribers owe their period fees usage or not: make sure each has
 	// its current period's aggregates.
 	s.openFeePeriods()
+	s.expireGrants(b.watermarkNs)
 	if snap.err = s.chargeFees(b.watermarkNs, snap); snap.err != nil {
 		return snap
 	}
@@ -356,6 +358,7 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 		snap.subsPuts = append(snap.subsPuts, state.KV{Key: []byte(customer), Value: encodeChanges(s.subs[customer])})
 	}
 	clear(s.pending.subsDirty)
+	s.snapshotBalances(snap)
 	snap.dedupAdds = make([]state.DedupEntry, len(s.dedup.added))
 	for i, a := range s.dedup.added {
 		snap.dedupAdds[i] = state.DedupEntry{BucketNs: a.bucketNs, IDHash: a.id, RoutingHash: a.routingHash}

@@ -16,10 +16,15 @@ type Catalog struct {
 	versions map[string][]*Plan // by id, by validFrom ascending
 	// entitlements is set when some plan version limits some meter.
 	entitlements bool
+	grants       bool
 }
 
 // HasEntitlements reports whether some plan version sets an entitlement.
 func (c *Catalog) HasEntitlements() bool { return c.entitlements }
+
+// HasGrants reports whether some plan version limits a meter by grants
+// (of: grants).
+func (c *Catalog) HasGrants() bool { return c.grants }
 
 // ParseCatalog reads and validates a plan file.
 func ParseCatalog(data []byte) (*Catalog, error) {
@@ -50,6 +55,7 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 		c.versions[p.ID] = append(c.versions[p.ID], p)
 		for _, price := range p.Meters {
 			c.entitlements = c.entitlements || price.Entitlement != nil
+			c.grants = c.grants || price.Entitlement != nil && price.Entitlement.Of == LimitGrants
 		}
 	}
 	for id, vs := range c.versions {

@@ -25,11 +25,15 @@ import (
 //	      thresholds: [50, 80, {percent: 100, action: suspend}]
 //	      allowanceThresholds: [100]   # % of freeAllowance: tell them when the free units are gone
 type Entitlement struct {
-	// Limit is the most a billing period may use, counted in Of. Positive.
+	// Limit is the most a billing period may use, counted in Of. Positive;
+	// absent with of: grants.
 	Limit decimal.Decimal `yaml:"limit" json:"limit"`
 	// Of is what Limit counts: units of the meter (the default), or amount:
 	// the money its usage was charged so far in the period (rows emitted),
-	// in the plan's currency.
+	// in the plan's currency; or grants: the customer's prepaid grants of
+	// the meter are the limit (units that usage draws down until they
+	// expire, topped up by grant.created events; see WithLimit), not the
+	// billing period.
 	Of LimitBasis `yaml:"of" json:"of"`
 	// Enforcement is hard (the default: the check refuses what would pass
 	// the limit) or soft (allowed, and reported as over the limit).
@@ -50,6 +54,7 @@ type LimitBasis string
 const (
 	LimitUnits  LimitBasis = "units"
 	LimitAmount LimitBasis = "amount"
+	LimitGrants LimitBasis = "grants"
 )
 
 // Enforcement says whether usage past a limit is allowed.
@@ -128,9 +133,9 @@ func (e *Entitlement) validate(where string, price *Price) error {
 	switch e.Of {
 	case "":
 		e.Of = LimitUnits
-	case LimitUnits, LimitAmount:
+	case LimitUnits, LimitAmount, LimitGrants:
 	default:
-		return fmt.Errorf("%s.of: %q is neither units nor amount", where, e.Of)
+		return fmt.Errorf("%s.of: %q is none of units, amount, grants", where, e.Of)
 	}
 	switch e.Enforcement {
 	case "":
@@ -139,7 +144,10 @@ func (e *Entitlement) validate(where string, price *Price) error {
 	default:
 		return fmt.Errorf("%s.enforcement: %q is neither hard nor soft", where, e.Enforcement)
 	}
-	if !e.Limit.IsPositive() {
+	switch {
+	case e.Of == LimitGrants && !e.Limit.IsZero():
+		return fmt.Errorf("%s.limit: %s is set, but with of: grants the customer's grants are the limit; drop limit", where, e.Limit)
+	case e.Of != LimitGrants && !e.Limit.IsPositive():
 		return fmt.Errorf("%s.limit: %s must be positive (the most a billing period may use, in %s)", where, e.Limit, e.Of)
 	}
 	if len(e.Thresholds) == 0 {
@@ -151,6 +159,11 @@ func (e *Entitlement) validate(where string, price *Price) error {
 	}
 	if err := validateThresholds(where+".thresholds", e.Thresholds, e.Limit); err != nil {
 		return err
+	}
+	if e.Of == LimitGrants {
+		for i := range e.Thresholds {
+			e.Thresholds[i].at = decimal.Zero // shares of a limit that moves: see WithLimit
+		}
 	}
 	if len(e.AllowanceThresholds) > 0 {
 		if !price.FreeAllowance.IsPositive() {
@@ -310,4 +323,14 @@ func (e *Entitlement) Crossed(used, units, allowance, announced, allowanceAnnoun
 		}
 	}
 	return out, newAnnounced, newAllowanceAnnounced
+}
+
+// WithLimit is e (of: grants) with limit in place of its limit: the
+// units of the customer's grants in force. Its thresholds are shares of
+// limit, worked out when compared; with no grant (limit 0) every one is
+// reached: a prepaid meter without a balance is used up.
+func (e *Entitlement) WithLimit(limit decimal.Decimal) *Entitlement {
+	c := *e
+	c.Limit = limit
+	return &c
 }

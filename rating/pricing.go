@@ -227,6 +227,10 @@ type MeterEntitlement struct {
 // one, no usage needs watching.
 func (p *Pricing) HasEntitlements() bool { return p.catalog.HasEntitlements() }
 
+// HasGrants reports whether some plan limits a meter by prepaid grants;
+// without one, grant events have nothing to top up.
+func (p *Pricing) HasGrants() bool { return p.catalog.HasGrants() }
+
 // Entitlement returns the entitlement of meter in the plan pricing sub at
 // t; ok is false when there is none (or no plan).
 func (p *Pricing) Entitlement(sub Subscriber, meter string, t time.Time) (MeterEntitlement, bool) {

@@ -18,6 +18,7 @@
 //	p/<topic>\x00<partition:4>             next offset:8, max event time ns:8
 //	t/<topic>, n/<topic>                   topic ID, partition count when state began
 //	u/<customer>                           subscription changes from events
+//	g/<customer>\x00<meter>                 prepaid grant balance (grant.created events, draw-down)
 //	l/<seq:8><i>                           delta log chunk (delta.go)
 //	w/<period end ns:8><window key>        window aggregate (engine encoding), by
 //	                                       the end of its billing period so that
@@ -89,6 +90,9 @@ var (
 	// prefixSubscription holds each customer's subscription changes read
 	// from subscription events.
 	prefixSubscription = []byte("u/")
+	// prefixGrant holds each customer's prepaid grants of a meter (key:
+	// customer NUL meter).
+	prefixGrant = []byte("g/")
 	// prefixTopic holds each source topic's identity (its Kafka topic ID)
 	// when its offsets were first checkpointed.
 	prefixTopic = []byte("t/")
@@ -370,7 +374,9 @@ type Checkpoint struct {
 	// SubscriptionPuts replace customers' subscription histories (key: the
 	// customer).
 	SubscriptionPuts []KV
-	DedupAdds        []DedupEntry
+	// GrantPuts replace customers' grant balances (key: customer NUL meter).
+	GrantPuts []KV
+	DedupAdds []DedupEntry
 	// DedupExpireBeforeNs, when > 0, removes every dedup bucket that starts
 	// before it, as one range delete.
 	DedupExpireBeforeNs int64
@@ -447,6 +453,12 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 		scratch = append(append(scratch[:0], prefixSubscription...), kv.Key...)
 		if err := b.Set(scratch, kv.Value, nil); err != nil {
 			return fmt.Errorf("state: batch subscription: %w", err)
+		}
+	}
+	for _, kv := range cp.GrantPuts {
+		scratch = append(append(scratch[:0], prefixGrant...), kv.Key...)
+		if err := b.Set(scratch, kv.Value, nil); err != nil {
+			return fmt.Errorf("state: batch grant: %w", err)
 		}
 	}
 	if err := setDedup(b, cp.Seq, cp.DedupAdds); err != nil {
@@ -794,6 +806,11 @@ func (s *Store) Windows(fn func(key, value []byte) error) error {
 // Subscriptions calls fn with every customer's subscription history.
 func (s *Store) Subscriptions(fn func(customer, value []byte) error) error {
 	return s.scan(prefixSubscription, fn)
+}
+
+// Grants calls fn with every stored grant balance.
+func (s *Store) Grants(fn func(key, value []byte) error) error {
+	return s.scan(prefixGrant, fn)
 }
 
 // Window returns the stored value of one window, if any. The engine reads

@@ -1,0 +1,447 @@
+package engine
+
+import (
+	"container/heap"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
+	"github.com/tally-billing/tally/state"
+)
+
+// Prepaid grants. A plan meter with `entitlement: {of: grants}` is limited
+// by the customer's grants of it: units bought ahead, each from its time
+// until it expires, that the customer's usage of the meter draws down. A
+// grant.created event (published like subscription events: to the usage
+// topic, keyed by customer) adds one:
+//
+//	{"type":"grant.created","id":"g-1","customer":"c1","time":"2026-03-01T00:00:00Z",
+//	 "meter":"data_bytes","value":"1000000000","expires":"2026-04-01T00:00:00Z"}
+//
+// Rules (docs/provisioning.md, README Plans → Grants):
+//   - A usage record draws its value, in arrival order, from the grants in
+//     force at its time (started, not expired), the one expiring first
+//     first; what none covers is overage. Negative values draw nothing.
+//   - The limit is the units of the grants not yet expired at the
+//     watermark; used is what was drawn from them. Thresholds are shares
+//     of that limit: with no grant every one is reached.
+//   - A grant expires when the watermark passes its expiry: what is left
+//     of it is forfeited, and a record for a time before the expiry that
+//     comes after it no longer draws from it.
+//   - A threshold is announced once per cycle. A top-up (or an expiry)
+//     that brings usage under announced thresholds starts a new cycle,
+//     where they are announced again when reached; if no throttle or
+//     suspend threshold is reached any more, the cycle starts with a
+//     resume.
+//   - Grants draw down usage; they do not change its price (a prepaid
+//     meter's price is what the plan says, often 0).
+
+// GrantCreated is the event type that adds a prepaid grant.
+const GrantCreated = "grant.created"
+
+// grantMeter stands for a meter name in the dedup identity of grant
+// events.
+const grantMeter = "@grant"
+
+// GrantEvent is what a grant.created event adds besides its units (the
+// event's value) and start (its time).
+type GrantEvent struct {
+	// Meter is the meter granted.
+	Meter string
+	// ExpiresNs is when the grant expires (0: never).
+	ExpiresNs int64
+}
+
+// decodeGrant reads a grant.created event: meter (the plain form's meter
+// field, or data.meter), value (units, positive), expires (optional, after
+// the time).
+func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, out []Event) ([]Event, error) {
+	meter, expires := w.Meter, w.Expires
+	if w.SpecVersion != "" {
+		meter, expires = "", ""
+		for _, f := range [...]struct {
+			name string
+			dst  *string
+		}{{"meter", &meter}, {"expires", &expires}} {
+			if raw, ok := w.Data[f.name]; ok {
+				if err := json.Unmarshal(raw, f.dst); err != nil {
+					return out, fail(ReasonInvalidField, "data.%s is not a string", f.name)
+				}
+			}
+		}
+	}
+	if meter == "" || meter == GrantCreated {
+		return out, fail(ReasonMissingField, "%s has no meter (the meter granted)", GrantCreated)
+	}
+	if d.meters.byName(meter) == nil {
+		return out, fail(ReasonUnknownMeter, "%s grants meter %q, which is not configured", GrantCreated, meter)
+	}
+	if len(rawValue) == 0 {
+		return out, fail(ReasonMissingField, "%s has no value (the units granted)", GrantCreated)
+	}
+	units, n, isInt, err := parseValueInt(rawValue)
+	if err != nil {
+		return out, fmt.Errorf("%s: %w", GrantCreated, err)
+	}
+	if isInt {
+		units = decimal.NewFromInt(n)
+	}
+	if !units.IsPositive() {
+		return out, fail(ReasonInvalidField, "%s grants %s units; a grant is positive", GrantCreated, units)
+	}
+	g := &GrantEvent{Meter: meter}
+	if expires != "" {
+		if g.ExpiresNs, err = parseTime(expires); err != nil {
+			return out, fmt.Errorf("%s expires: %w", GrantCreated, err)
+		}
+		if g.ExpiresNs <= ev.TimeNs {
+			return out, fail(ReasonInvalidField, "%s expires at %s, not after its time %s", GrantCreated, expires, formatTimeNs(ev.TimeNs))
+		}
+	}
+	ev.Meter, ev.Grant, ev.value = GrantCreated, g, units
+	return append(out, ev), nil
+}
+
+// grantLot is one grant and what is left of it.
+type grantLot struct {
+	id                 string // the grant event's id
+	startNs, expiresNs int64  // expiresNs math.MaxInt64: never
+	granted, remaining decimal.Decimal
+}
+
+// balance is a customer's grants of one meter and the thresholds
+// announced against them.
+type balance struct {
+	customer, meter string
+	// lots are sorted by expiry, then start, then id: the order usage
+	// draws them in.
+	lots    []grantLot
+	overage decimal.Decimal
+	// announced is the highest threshold announced in cycle; blocked is
+	// set when a throttle or suspend threshold was.
+	announced decimal.Decimal
+	cycle     uint64
+	blocked   bool
+}
+
+// totals are the units of the lots and what is left of them.
+func (b *balance) totals() (granted, remaining decimal.Decimal) {
+	for _, l := range b.lots {
+		granted, remaining = granted.Add(l.granted), remaining.Add(l.remaining)
+	}
+	return granted, remaining
+}
+
+// status is b's entitlement e evaluated: limit the lots' units, used what
+// was drawn from them.
+func (b *balance) status(e *rating.Entitlement) (*rating.Entitlement, rating.EntitlementStatus) {
+	granted, remaining := b.totals()
+	g := e.WithLimit(granted)
+	return g, g.Status(granted.Sub(remaining), decimal.Zero, decimal.Zero)
+}
+
+// draw takes v from the lots in force at atNs; what they cannot cover is
+// overage.
+func (b *balance) draw(v decimal.Decimal, atNs int64) {
+	if !v.IsPositive() {
+		return
+	}
+	for i := range b.lots {
+		l := &b.lots[i]
+		if l.startNs > atNs || atNs >= l.expiresNs || !l.remaining.IsPositive() {
+			continue
+		}
+		take := decimal.Min(v, l.remaining)
+		l.remaining, v = l.remaining.Sub(take), v.Sub(take)
+		if v.IsZero() {
+			return
+		}
+	}
+	b.overage = b.overage.Add(v)
+}
+
+// add files lot in drawing order.
+func (b *balance) add(lot grantLot) {
+	i, _ := slices.BinarySearchFunc(b.lots, lot, func(a, t grantLot) int {
+		switch {
+		case a.expiresNs != t.expiresNs:
+			return cmpInt64(a.expiresNs, t.expiresNs)
+		case a.startNs != t.startNs:
+			return cmpInt64(a.startNs, t.startNs)
+		}
+		return strings.Compare(a.id, t.id)
+	})
+	b.lots = slices.Insert(b.lots, i, lot)
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// expire drops the lots expired at wm; it reports whether any was.
+func (b *balance) expire(wm int64) bool {
+	n := len(b.lots)
+	b.lots = slices.DeleteFunc(b.lots, func(l grantLot) bool { return l.expiresNs <= wm })
+	return len(b.lots) != n
+}
+
+// balanceKey names a balance in the state store and the shard's map.
+func balanceKey(customer, meter string) string { return customer + "\x00" + meter }
+
+// grantEntitlement is customer's entitlement on meter at atNs when it is
+// limited by grants.
+func (s *shard) grantEntitlement(customer, meter string, atNs int64) (rating.MeterEntitlement, bool) {
+	me, ok := s.entitlement(customer, meter, atNs)
+	return me, ok && me.Entitlement.Of == rating.LimitGrants
+}
+
+// balanceOf returns customer's balance of meter, made when create is set.
+func (s *shard) balanceOf(customer, meter string, create bool) *balance {
+	k := balanceKey(customer, meter)
+	b := s.balances[k]
+	if b == nil && create {
+		b = &balance{customer: customer, meter: meter}
+		s.balances[k] = b
+	}
+	return b
+}
+
+// applyGrant adds the grant of ev to its customer's balance.
+//
+// Invariant (exactly once): the balance is marked dirty with the dedup id
+// remembered and the actions queued, so one checkpoint holds all three; a
+// replay after a crash before it adds the grant again, once.
+func (s *shard) applyGrant(ev *Event) {
+	if !s.drawsGrants {
+		s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("no plan limits meter %s by grants (entitlement of: grants), so a grant of it has nothing to top up", ev.Grant.Meter))
+		return
+	}
+	identity := eventIDHash(ev.Source, ev.ID, grantMeter)
+	if s.seen(ev, identity) {
+		s.pending.duplicates[grantMeter]++
+		return
+	}
+	b := s.balanceOf(ev.Customer, ev.Grant.Meter, true)
+	lot := grantLot{id: ev.ID, startNs: ev.TimeNs, expiresNs: math.MaxInt64, granted: ev.Value(), remaining: ev.Value()}
+	if ev.Grant.ExpiresNs != 0 {
+		lot.expiresNs = ev.Grant.ExpiresNs
+		heap.Push(&s.grantExpiries, grantExpiry{atNs: lot.expiresNs, key: balanceKey(ev.Customer, ev.Grant.Meter)})
+	}
+	b.add(lot)
+	s.pending.balancesDirty[balanceKey(ev.Customer, ev.Grant.Meter)] = true
+	if me, ok := s.grantEntitlement(ev.Customer, ev.Grant.Meter, ev.TimeNs); ok {
+		s.settleBalance(b, me, ev.TimeNs)
+	}
+}
+
+// drawGrants draws ev's value from its customer's grants when its meter is
+// limited by them (under the plan pricing the window starting at
+// windowStartNs).
+func (s *shard) drawGrants(ev *Event, m *meterSpec, windowStartNs int64) {
+	me, ok := s.grantEntitlement(ev.Customer, m.Name, windowStartNs)
+	if !ok {
+		return
+	}
+	b := s.balanceOf(ev.Customer, m.Name, true)
+	b.draw(ev.Value(), ev.TimeNs)
+	s.pending.balancesDirty[balanceKey(ev.Customer, m.Name)] = true
+	s.settleBalance(b, me, ev.TimeNs)
+}
+
+// expireGrants drops the grants the watermark passed the expiry of (at a
+// barrier), and announces what that changes.
+func (s *shard) expireGrants(wm int64) {
+	for len(s.grantExpiries) > 0 && s.grantExpiries[0].atNs <= wm {
+		x := heap.Pop(&s.grantExpiries).(grantExpiry)
+		b := s.balances[x.key]
+		if b == nil || !b.expire(wm) {
+			continue // another entry of the same balance took it
+		}
+		s.pending.balancesDirty[x.key] = true
+		if me, ok := s.grantEntitlement(b.customer, b.meter, x.atNs); ok {
+			s.settleBalance(b, me, x.atNs)
+		}
+	}
+}
+
+// settleBalance announces what b's usage share moved across, at atNs:
+// thresholds newly reached, and, when a top-up or an expiry brought it
+// under thresholds announced, a new cycle (with a resume if it is no
+// longer throttled or suspended).
+func (s *shard) settleBalance(b *balance, me rating.MeterEntitlement, atNs int64) {
+	if !s.watchLimits {
+		return
+	}
+	g, st := b.status(me.Entitlement)
+	top := decimal.Zero
+	if n := len(st.Crossed); n > 0 {
+		top = st.Crossed[n-1].Percent
+	}
+	if top.LessThan(b.announced) {
+		b.cycle++
+		b.announced = top
+		if b.blocked && st.State != rating.StateThrottled && st.State != rating.StateSuspended {
+			b.blocked = false
+			s.queueAction(s.balanceAction(b, me, g, st, rating.ActionResume, decimal.Zero, atNs))
+		}
+	}
+	crossed, announced, _ := g.Crossed(st.Used, decimal.Zero, decimal.Zero, b.announced, decimal.Zero)
+	for _, c := range crossed {
+		if c.Threshold.Action != rating.ActionNotify {
+			b.blocked = true
+		}
+		s.queueAction(s.balanceAction(b, me, g, st, c.Threshold.Action, c.Threshold.Percent, atNs))
+	}
+	b.announced = announced
+}
+
+// balanceAction is an action on b in its cycle: a threshold's (percent)
+// or a resume. Its id is customer|meter|@grants|cycle|limit|percent (or
+// |resume).
+func (s *shard) balanceAction(b *balance, me rating.MeterEntitlement, g *rating.Entitlement, st rating.EntitlementStatus,
+	action rating.Action, percent decimal.Decimal, atNs int64) ProvisioningAction {
+	what := "resume"
+	if action != rating.ActionResume {
+		what = "limit|" + percent.String()
+	}
+	return ProvisioningAction{
+		ID:     fmt.Sprintf("%s|%s|@grants|%d|%s", b.customer, b.meter, b.cycle, what),
+		Action: action, Customer: b.customer, Meter: b.meter, Plan: me.Plan, Of: "grants", Threshold: percent,
+		Limit: g.Limit, Used: st.Used, Basis: rating.LimitGrants, At: time.Unix(0, atNs).UTC(),
+	}
+}
+
+// grantExpiry is when a balance's grant expires.
+type grantExpiry struct {
+	atNs int64
+	key  string
+}
+
+// expiryHeap orders grant expiries, soonest first.
+type expiryHeap []grantExpiry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].atNs < h[j].atNs }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(grantExpiry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// GrantReport is one grant of a balance, as the entitlements API shows it.
+type GrantReport struct {
+	ID        string          `json:"id"`
+	Start     time.Time       `json:"start"`
+	Expires   *time.Time      `json:"expires,omitempty"`
+	Granted   decimal.Decimal `json:"granted"`
+	Remaining decimal.Decimal `json:"remaining"`
+}
+
+// grantReports lists b's grants (none for nil).
+func grantReports(b *balance) []GrantReport {
+	out := []GrantReport{}
+	if b == nil {
+		return out
+	}
+	for _, l := range b.lots {
+		r := GrantReport{ID: l.id, Start: time.Unix(0, l.startNs).UTC(), Granted: l.granted, Remaining: l.remaining}
+		if l.expiresNs != math.MaxInt64 {
+			t := time.Unix(0, l.expiresNs).UTC()
+			r.Expires = &t
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// balanceFormat leads an encoded balance.
+const balanceFormat = 1
+
+// encodeBalance is b's stored value.
+func encodeBalance(b *balance) []byte {
+	out := []byte{balanceFormat}
+	out = binary.AppendUvarint(out, b.cycle)
+	out = appendDecimal(out, b.announced)
+	blocked := byte(0)
+	if b.blocked {
+		blocked = 1
+	}
+	out = append(out, blocked)
+	out = appendDecimal(out, b.overage)
+	out = binary.AppendUvarint(out, uint64(len(b.lots)))
+	for _, l := range b.lots {
+		out = appendBytes(out, []byte(l.id))
+		out = binary.AppendVarint(out, l.startNs)
+		out = binary.AppendVarint(out, l.expiresNs)
+		out = appendDecimal(out, l.granted)
+		out = appendDecimal(out, l.remaining)
+	}
+	return out
+}
+
+// decodeBalance reads a stored balance of key (customer NUL meter).
+func decodeBalance(key, v []byte) (*balance, error) {
+	customer, meter, ok := strings.Cut(string(key), "\x00")
+	if !ok {
+		return nil, fmt.Errorf("grant balance key %q has no meter", key)
+	}
+	r := byteReader{b: v}
+	if f := r.byte(); r.err == nil && f != balanceFormat {
+		return nil, fmt.Errorf("grant balance of %s/%s: format %d, this version reads %d", customer, meter, f, balanceFormat)
+	}
+	b := &balance{customer: customer, meter: meter}
+	b.cycle = r.uvarint()
+	b.announced = r.decimal()
+	b.blocked = r.byte() == 1
+	b.overage = r.decimal()
+	n := r.uvarint()
+	if r.err == nil && n > uint64(len(v)) {
+		return nil, fmt.Errorf("grant balance of %s/%s: %d grants in %d bytes", customer, meter, n, len(v))
+	}
+	for range n {
+		l := grantLot{id: string(r.bytes()), startNs: r.varint(), expiresNs: r.varint()}
+		l.granted, l.remaining = r.decimal(), r.decimal()
+		b.lots = append(b.lots, l)
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("grant balance of %s/%s: %w", customer, meter, r.err)
+	}
+	if len(r.b) != 0 {
+		return nil, fmt.Errorf("grant balance of %s/%s: %d trailing bytes", customer, meter, len(r.b))
+	}
+	return b, nil
+}
+
+// snapshotBalances adds the balances changed since the last barrier to snap.
+func (s *shard) snapshotBalances(snap *shardSnapshot) {
+	for k := range s.pending.balancesDirty {
+		snap.grantPuts = append(snap.grantPuts, state.KV{Key: []byte(k), Value: encodeBalance(s.balances[k])})
+	}
+	clear(s.pending.balancesDirty)
+}
+
+// restoreBalance files a stored balance at recovery.
+func (s *shard) restoreBalance(b *balance) {
+	k := balanceKey(b.customer, b.meter)
+	s.balances[k] = b
+	for _, l := range b.lots {
+		if l.expiresNs != math.MaxInt64 {
+			heap.Push(&s.grantExpiries, grantExpiry{atNs: l.expiresNs, key: k})
+		}
+	}
+}
