@@ -179,6 +179,7 @@ func (e *Engine) writeCheckpoints(ctx, commitCtx context.Context, writes <-chan 
 type checkpointTotals struct {
 	rows, finals       int
 	actions            []rating.Action
+	credits            int
 	dead               []DeadLetter
 	revenue            map[string]decimal.Decimal // net change by currency
 	duplicates         map[string]uint64          // by meter
@@ -212,6 +213,9 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 		cp.WindowPuts = append(cp.WindowPuts, snap.windowPuts...)
 		cp.SubscriptionPuts = append(cp.SubscriptionPuts, snap.subsPuts...)
 		cp.GrantPuts = append(cp.GrantPuts, snap.grantPuts...)
+		cp.SLAPuts = append(cp.SLAPuts, snap.slaPuts...)
+		cp.SLADeletes = append(cp.SLADeletes, snap.slaDeletes...)
+		t.credits += snap.credits
 		cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
 		cp.DedupAdds = append(cp.DedupAdds, snap.dedupAdds...)
 		// In shard order: each shard's rows in its emission order.
@@ -282,6 +286,8 @@ func (e *Engine) count(pc *pendingCheckpoint, cp *state.Checkpoint, t checkpoint
 		e.metrics.actions.WithLabelValues(string(a)).Inc()
 	}
 	e.stats.actions.Add(uint64(len(t.actions)))
+	e.metrics.credits.Add(float64(t.credits))
+	e.stats.credits.Add(uint64(t.credits))
 	e.metrics.windowsEmitted.WithLabelValues("1").Add(float64(t.finals))
 	e.metrics.windowsEmitted.WithLabelValues("0").Add(float64(t.rows - t.finals))
 	e.stats.windowsEmitted.Add(uint64(t.rows))

@@ -58,6 +58,8 @@ type wireEvent struct {
 	Plan string
 	// Expires is the expiry of a plain-form grant event (text).
 	Expires string
+	// sla holds the fields of a plain-form SLA event.
+	sla wireSLA
 	// CloudEvents: type is the meter, subject the customer, data the payload.
 	SpecVersion string
 	Source      string
@@ -144,6 +146,18 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 			str(key, v, &w.Plan)
 		case "expires":
 			str(key, v, &w.Expires)
+		case "ok":
+			w.sla.OK = v.MarshalTo(nil)
+		case "latency_ms":
+			w.sla.LatencyMs = v.MarshalTo(nil)
+		case "outage":
+			str(key, v, &w.sla.Outage)
+		case "end":
+			str(key, v, &w.sla.End)
+		case "issue":
+			str(key, v, &w.sla.Issue)
+		case "status":
+			str(key, v, &w.sla.Status)
 		case "specversion":
 			str(key, v, &w.SpecVersion)
 		case "source":
@@ -341,7 +355,7 @@ func (d *Decoder) DecodeInterned(raw []byte, out []Event, stamped time.Time, in 
 		dims = w.DataDims
 	} else {
 		base.ID, eventType, base.Customer = w.ID, w.Meter, w.Customer
-		if eventType == "" && strings.HasPrefix(w.Type, subscriptionTypePrefix) {
+		if eventType == "" && (strings.HasPrefix(w.Type, subscriptionTypePrefix) || strings.HasPrefix(w.Type, slaTypePrefix)) {
 			eventType = w.Type
 		}
 		if w.Type == GrantCreated {
@@ -379,6 +393,9 @@ func (d *Decoder) DecodeInterned(raw []byte, out []Event, stamped time.Time, in 
 	}
 	if eventType == GrantCreated {
 		return d.decodeGrant(base, w, rawValue, out)
+	}
+	if strings.HasPrefix(eventType, slaTypePrefix) {
+		return d.decodeSLA(base, eventType, w, out)
 	}
 	meters := d.meters.byType[eventType]
 	if len(meters) == 0 {

@@ -109,6 +109,18 @@ func TestDecodeRejects(t *testing.T) {
 		{"grant expiring before it starts", `{"type":"grant.created","id":"g","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":5,"expires":"2026-03-01T10:00:00Z"}`, ReasonInvalidField},
 		{"grant with a bad expiry", `{"type":"grant.created","id":"g","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":5,"expires":"soon"}`, ReasonInvalidField},
 		{"cloudevent grant with a numeric meter", `{"specversion":"1.0","id":"g","source":"s","type":"grant.created","subject":"c","time":"2026-03-01T10:00:00Z","data":{"meter":5,"value":5}}`, ReasonInvalidField},
+		{"probe without ok", `{"type":"sla.probe","id":"p","customer":"c","time":"2026-03-01T10:00:00Z"}`, ReasonMissingField},
+		{"probe with a text ok", `{"type":"sla.probe","id":"p","customer":"c","time":"2026-03-01T10:00:00Z","ok":"yes"}`, ReasonInvalidField},
+		{"probe with a negative latency", `{"type":"sla.probe","id":"p","customer":"c","time":"2026-03-01T10:00:00Z","ok":true,"latency_ms":-1}`, ReasonInvalidField},
+		{"probe slower than an hour", `{"type":"sla.probe","id":"p","customer":"c","time":"2026-03-01T10:00:00Z","ok":true,"latency_ms":3600001}`, ReasonInvalidField},
+		{"probe with a text latency", `{"type":"sla.probe","id":"p","customer":"c","time":"2026-03-01T10:00:00Z","ok":true,"latency_ms":"fast"}`, ReasonInvalidField},
+		{"outage without id", `{"type":"sla.outage","id":"o","customer":"c","time":"2026-03-01T10:00:00Z"}`, ReasonMissingField},
+		{"outage ending before it starts", `{"type":"sla.outage","id":"o","customer":"c","outage":"x","time":"2026-03-01T10:00:00Z","end":"2026-03-01T09:00:00Z"}`, ReasonInvalidField},
+		{"outage with a bad end", `{"type":"sla.outage","id":"o","customer":"c","outage":"x","time":"2026-03-01T10:00:00Z","end":"later"}`, ReasonInvalidField},
+		{"issue without id", `{"type":"sla.issue","id":"i","customer":"c","status":"opened","time":"2026-03-01T10:00:00Z"}`, ReasonMissingField},
+		{"issue with an unknown status", `{"type":"sla.issue","id":"i","customer":"c","issue":"T","status":"closed","time":"2026-03-01T10:00:00Z"}`, ReasonInvalidField},
+		{"unknown sla event", `{"type":"sla.incident","id":"i","customer":"c","time":"2026-03-01T10:00:00Z"}`, ReasonInvalidField},
+		{"cloudevent outage with a numeric end", `{"specversion":"1.0","id":"o","source":"s","type":"sla.outage","subject":"c","time":"2026-03-01T10:00:00Z","data":{"outage":"x","end":5}}`, ReasonInvalidField},
 		{"cloudevent wrong version", `{"specversion":"0.3","id":"e","source":"s","type":"sms","subject":"c","time":"2026-03-01T10:00:00Z","data":{"value":1}}`, ReasonInvalidField},
 	}
 	for _, tt := range tests {
@@ -140,6 +152,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"specversion":"1.0","id":"e3","source":"s","type":"sms","subject":"c9","time":"2026-03-01T10:00:00Z","data":{"value":"42"}}`))
 	f.Add([]byte(`{"type":"subscription.created","id":"s1","customer":"c1","plan":"pro","time":"2026-03-01T00:00:00Z"}`))
 	f.Add([]byte(`{"specversion":"1.0","id":"s2","source":"crm","type":"subscription.cancelled","subject":"c1","time":"2026-03-01T00:00:00Z","data":{}}`))
+	f.Add([]byte(`{"type":"sla.probe","id":"p1","customer":"c1","time":"2026-03-01T00:00:00Z","ok":false,"latency_ms":812.5}`))
+	f.Add([]byte(`{"type":"sla.outage","id":"o1","customer":"c1","outage":"inc-1","time":"2026-03-01T00:00:00Z","end":"2026-03-01T01:00:00Z"}`))
+	f.Add([]byte(`{"specversion":"1.0","id":"i1","source":"desk","type":"sla.issue","subject":"c1","time":"2026-03-01T00:00:00Z","data":{"issue":"T-1","status":"opened"}}`))
 	f.Add([]byte(`{"type":"grant.created","id":"g1","customer":"c1","meter":"sms","time":"2026-03-01T00:00:00Z","value":100,"expires":"2026-04-01T00:00:00Z"}`))
 	f.Add([]byte(`{"specversion":"1.0","id":"g2","source":"shop","type":"grant.created","subject":"c1","time":"2026-03-01T00:00:00Z","data":{"meter":"sms","value":"2.5"}}`))
 	f.Add([]byte(`{"id":"e4","customer":"c1","meter":"voice_seconds","time":"2026-03-01T10:00:00+01:00","value":"1e3","dims":{"called":"4420"}}`))
@@ -150,7 +165,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("refused a record but returned %d events", len(evs))
 		}
 		for _, ev := range evs {
-			if ev.ID == "" || ev.Customer == "" || (ev.meter == nil && !ev.Subscription && (ev.Grant == nil || ev.Grant.Meter == "")) {
+			if ev.ID == "" || ev.Customer == "" || (ev.meter == nil && !ev.Subscription && ev.SLA == nil && (ev.Grant == nil || ev.Grant.Meter == "")) {
 				t.Fatalf("accepted an event without identity: %+v", ev)
 			}
 		}

@@ -397,6 +397,7 @@ type stats struct {
 	duplicates     atomic.Uint64
 	windowsEmitted atomic.Uint64
 	actions        atomic.Uint64
+	credits        atomic.Uint64
 	coldReads      atomic.Uint64
 	spilled        atomic.Uint64
 	lag            atomic.Int64
@@ -415,7 +416,10 @@ type Stats struct {
 	Duplicates     uint64
 	WindowsEmitted uint64
 	// Actions counts the provisioning actions announced (committed).
-	Actions       uint64
+	Actions uint64
+	// Credits counts the SLA credit rows emitted, revisions included
+	// (committed).
+	Credits       uint64
 	Lag           int64
 	Watermark     time.Time
 	Revenue       map[string]decimal.Decimal // by currency
@@ -508,6 +512,7 @@ func (e *Engine) Stats() Stats {
 		Duplicates:     e.stats.duplicates.Load(),
 		WindowsEmitted: e.stats.windowsEmitted.Load(),
 		Actions:        e.stats.actions.Load(),
+		Credits:        e.stats.credits.Load(),
 		Lag:            e.stats.lag.Load(),
 		Revenue:        revenue,
 		CheckpointSeq:  e.committedSeq.Load(),

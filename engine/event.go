@@ -80,6 +80,8 @@ type Event struct {
 	// Grant marks a grant.created event: from TimeNs on, Customer has the
 	// event's value more units of Grant.Meter (see grant.go).
 	Grant *GrantEvent
+	// SLA marks an SLA event (probe, outage, issue; see sla.go).
+	SLA *SLAEvent
 
 	// Where the event was produced (where it was read, or its Origin when
 	// it was re-keyed), kept for dead letters after decoding and LATEST.

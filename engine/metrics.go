@@ -16,6 +16,7 @@ type Metrics struct {
 	duplicates         *prometheus.CounterVec
 	windowsEmitted     *prometheus.CounterVec
 	actions            *prometheus.CounterVec
+	credits            prometheus.Counter
 	ratedAmount        *prometheus.GaugeVec
 	checkpointDuration prometheus.Histogram
 	checkpointBytes    prometheus.Histogram
@@ -60,6 +61,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_provisioning_actions_total", Help: "Provisioning actions announced (entitlement thresholds crossed), by action (committed).",
 		}, []string{"action"}),
+		credits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_sla_credit_rows_total", Help: "SLA credit rows emitted, revisions included (committed).",
+		}),
 		ratedAmount: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_rated_amount", Help: "Net amount rated since start, by currency (highest revisions; display only, billing reads the sinks).",
 		}, []string{"currency"}),
@@ -120,7 +124,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.reg = reg
 	m.collectors = []prometheus.Collector{m.recordsConsumed, m.recordsDecoded, m.deadLetters, m.duplicates, m.windowsEmitted,
-		m.actions, m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.checkpointErrors, m.sinkBatchDuration,
+		m.actions, m.credits, m.ratedAmount, m.checkpointDuration, m.checkpointBytes, m.checkpointSeq, m.checkpointErrors, m.sinkBatchDuration,
 		m.sinkRows, m.sinkErrors, m.sinkLagCheckpoints, m.consumerLag, m.unreadOffsets, m.watermark, m.liveWindows,
 		m.dedupIDs, m.dedupBytes, m.backpressure, m.coldReads, m.spilled}
 	reg.MustRegister(m.collectors...)

@@ -268,6 +268,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if rules, ok := e.rater.(EntitlementRules); ok {
 			e.shards[i].drawsGrants = rules.HasGrants()
 		}
+		if rules, ok := e.rater.(SLARules); ok {
+			e.shards[i].measuresSLA = rules.HasSLA()
+		}
 	}
 	n := uint64(len(e.shards))
 	// The delta log holds the latest state of every window that was in
@@ -460,6 +463,17 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
+	err = e.store.SLAPeriods(func(k, v []byte) error {
+		sp, err := decodeSLAPeriod(k, v)
+		if err != nil {
+			return fmt.Errorf("engine: recover SLA measurements: %w: state is corrupt", err)
+		}
+		e.shards[routingHash(sp.key.customer)%n].restoreSLAPeriod(sp)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	memoryExpiry, expiry := e.rules.dedupMemoryExpiry(wm), e.rules.dedupExpiry(wm)
 	err = e.store.Dedup(func(d state.DedupEntry) error {
 		if d.BucketNs >= expiry { // older ones are about to be deleted
@@ -533,9 +547,10 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 		for i := first; i < len(all); i++ {
 			ev := &all[i]
 			ev.Partition, ev.Offset, ev.Raw = at, offset, rec.Value
-			// A subscription or grant event's time is when its change
-			// takes effect, possibly months ahead: only usage moves time.
-			if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription && ev.Grant == nil {
+			// A subscription, grant or SLA event's time is when its
+			// change takes effect (possibly months ahead, or an outage's
+			// start long ago): only usage moves time.
+			if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription && ev.Grant == nil && ev.SLA == nil {
 				b.maxEventTimeNs = ev.TimeNs
 			}
 			s := routingHash(ev.Customer) % uint64(len(b.shards))

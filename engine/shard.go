@@ -61,6 +61,15 @@ type shard struct {
 	balances      map[string]*balance
 	grantExpiries expiryHeap
 	drawsGrants   bool
+	// SLA measurements by customer and billing period (sla.go):
+	// slaByCustomer lists each customer's, slaOngoing marks customers with
+	// an outage not over, slaClosedSeen the periods seen closed in this
+	// run; measuresSLA is set when some plan sets objectives.
+	slaPeriods    map[slaKey]*slaPeriod
+	slaByCustomer map[string][]*slaPeriod
+	slaOngoing    map[string]bool
+	slaClosedSeen map[slaKey]bool
+	measuresSLA   bool
 	// actionQueued asks the dispatcher for an early checkpoint when an
 	// action is queued (queueAction); nil in tests without a dispatcher.
 	actionQueued chan<- struct{}
@@ -121,7 +130,9 @@ type sinceBarrier struct {
 	subsDirty map[string]bool
 	// balancesDirty marks grant balances that changed (by balanceKey).
 	balancesDirty map[string]bool
-	deadLetters   []DeadLetter
+	// slaDirty marks SLA periods that changed.
+	slaDirty    map[slaKey]bool
+	deadLetters []DeadLetter
 	// actions are the provisioning actions announced (checkLimits).
 	actions    []ProvisioningAction
 	duplicates map[string]uint64 // by meter
@@ -170,8 +181,12 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		dedup:            newDedupSet(),
 		queries:          make(chan func(*shard), queryQueueLen),
 		watermarkNs:      minWatermark,
-		pending:          sinceBarrier{subsDirty: make(map[string]bool), balancesDirty: make(map[string]bool), duplicates: make(map[string]uint64)},
+		pending:          sinceBarrier{subsDirty: make(map[string]bool), balancesDirty: make(map[string]bool), slaDirty: make(map[slaKey]bool), duplicates: make(map[string]uint64)},
 		balances:         make(map[string]*balance),
+		slaPeriods:       make(map[slaKey]*slaPeriod),
+		slaByCustomer:    make(map[string][]*slaPeriod),
+		slaOngoing:       make(map[string]bool),
+		slaClosedSeen:    make(map[slaKey]bool),
 	}
 }
 
@@ -234,6 +249,10 @@ func (s *shard) apply(ev *Event) {
 	}
 	if ev.Grant != nil {
 		s.applyGrant(ev)
+		return
+	}
+	if ev.SLA != nil {
+		s.applySLA(ev)
 		return
 	}
 	m := ev.meter

@@ -47,7 +47,11 @@ type shardSnapshot struct {
 	windowDeletes [][]byte
 	subsPuts      []state.KV
 	grantPuts     []state.KV
-	dedupAdds     []state.DedupEntry
+	slaPuts       []state.KV
+	slaDeletes    [][]byte
+	// credits counts the SLA credit rows (and revisions) emitted.
+	credits   int
+	dedupAdds []state.DedupEntry
 	// encodedRows are the rows emitted, encoded for the outbox as they are
 	// emitted (here, in parallel, rather than by the writer; no slice of
 	// RatedRows: a stop emits hundreds of thousands); finals counts the
@@ -92,6 +96,10 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 	if snap.err = s.chargeFees(b.watermarkNs, snap); snap.err != nil {
 		return snap
 	}
+	if snap.err = s.closeSLA(b.watermarkNs, snap); snap.err != nil {
+		return snap
+	}
+	s.evictSLA(b.watermarkNs, snap)
 	if snap.err = s.evict(b.watermarkNs); snap.err != nil {
 		return snap
 	}
@@ -220,6 +228,7 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 			s.resumeClosed(p)
 		}
 	}
+	s.creditsOnFees(fees)
 	for _, p := range fees {
 		p.feeQueued = false
 		row, ok, err := s.emitPeriodFee(p)
@@ -359,6 +368,7 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	}
 	clear(s.pending.subsDirty)
 	s.snapshotBalances(snap)
+	s.snapshotSLA(snap)
 	snap.dedupAdds = make([]state.DedupEntry, len(s.dedup.added))
 	for i, a := range s.dedup.added {
 		snap.dedupAdds[i] = state.DedupEntry{BucketNs: a.bucketNs, IDHash: a.id, RoutingHash: a.routingHash}

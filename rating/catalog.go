@@ -17,6 +17,7 @@ type Catalog struct {
 	// entitlements is set when some plan version limits some meter.
 	entitlements bool
 	grants       bool
+	sla          bool
 }
 
 // HasEntitlements reports whether some plan version sets an entitlement.
@@ -53,6 +54,7 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 			return nil, fmt.Errorf("plans[%d]: %w", i, err)
 		}
 		c.versions[p.ID] = append(c.versions[p.ID], p)
+		c.sla = c.sla || len(p.SLA) > 0
 		for _, price := range p.Meters {
 			c.entitlements = c.entitlements || price.Entitlement != nil
 			c.grants = c.grants || price.Entitlement != nil && price.Entitlement.Of == LimitGrants

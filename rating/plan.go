@@ -47,6 +47,9 @@ type Plan struct {
 	// Timezone (IANA) is where time-of-day bands are read; default UTC.
 	Timezone string           `yaml:"timezone" json:"timezone,omitempty"`
 	Meters   map[string]Price `yaml:"meters" json:"meters"`
+	// SLA are the plan's service-level objectives and their credits (see
+	// Objective).
+	SLA []Objective `yaml:"sla" json:"sla,omitempty"`
 
 	loc *time.Location
 }
@@ -182,7 +185,7 @@ func (p *Plan) Validate() error {
 			}
 		}
 	}
-	return nil
+	return p.validateSLA("plan " + id)
 }
 
 // MeterNames returns the priced meters, sorted.

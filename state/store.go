@@ -19,6 +19,7 @@
 //	t/<topic>, n/<topic>                   topic ID, partition count when state began
 //	u/<customer>                           subscription changes from events
 //	g/<customer>\x00<meter>                 prepaid grant balance (grant.created events, draw-down)
+//	v/<customer>\x00<period start BE>       SLA measurements of a billing period, credits emitted
 //	l/<seq:8><i>                           delta log chunk (delta.go)
 //	w/<period end ns:8><window key>        window aggregate (engine encoding), by
 //	                                       the end of its billing period so that
@@ -93,6 +94,9 @@ var (
 	// prefixGrant holds each customer's prepaid grants of a meter (key:
 	// customer NUL meter).
 	prefixGrant = []byte("g/")
+	// prefixSLA holds each customer's SLA measurements of a billing period
+	// (key: customer NUL period start, 8 bytes big-endian).
+	prefixSLA = []byte("v/")
 	// prefixTopic holds each source topic's identity (its Kafka topic ID)
 	// when its offsets were first checkpointed.
 	prefixTopic = []byte("t/")
@@ -376,7 +380,11 @@ type Checkpoint struct {
 	SubscriptionPuts []KV
 	// GrantPuts replace customers' grant balances (key: customer NUL meter).
 	GrantPuts []KV
-	DedupAdds []DedupEntry
+	// SLAPuts replace, SLADeletes delete, customers' SLA measurements of a
+	// billing period (key: customer NUL start).
+	SLAPuts    []KV
+	SLADeletes [][]byte
+	DedupAdds  []DedupEntry
 	// DedupExpireBeforeNs, when > 0, removes every dedup bucket that starts
 	// before it, as one range delete.
 	DedupExpireBeforeNs int64
@@ -459,6 +467,18 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 		scratch = append(append(scratch[:0], prefixGrant...), kv.Key...)
 		if err := b.Set(scratch, kv.Value, nil); err != nil {
 			return fmt.Errorf("state: batch grant: %w", err)
+		}
+	}
+	for _, kv := range cp.SLAPuts {
+		scratch = append(append(scratch[:0], prefixSLA...), kv.Key...)
+		if err := b.Set(scratch, kv.Value, nil); err != nil {
+			return fmt.Errorf("state: batch SLA period: %w", err)
+		}
+	}
+	for _, k := range cp.SLADeletes {
+		scratch = append(append(scratch[:0], prefixSLA...), k...)
+		if err := b.Delete(scratch, nil); err != nil {
+			return fmt.Errorf("state: batch SLA period delete: %w", err)
 		}
 	}
 	if err := setDedup(b, cp.Seq, cp.DedupAdds); err != nil {
@@ -811,6 +831,11 @@ func (s *Store) Subscriptions(fn func(customer, value []byte) error) error {
 // Grants calls fn with every stored grant balance.
 func (s *Store) Grants(fn func(key, value []byte) error) error {
 	return s.scan(prefixGrant, fn)
+}
+
+// SLAPeriods calls fn with every stored SLA period.
+func (s *Store) SLAPeriods(fn func(key, value []byte) error) error {
+	return s.scan(prefixSLA, fn)
 }
 
 // Window returns the stored value of one window, if any. The engine reads

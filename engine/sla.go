@@ -1,0 +1,770 @@
+package engine
+
+import (
+	"cmp"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/tally-billing/tally/rating"
+	"github.com/tally-billing/tally/state"
+)
+
+// SLA tracking. Plans set objectives (rating.Objective); service
+// performance comes as events on the usage topic, keyed by customer, like
+// subscription events:
+//
+//	{"type":"sla.probe","id":"p-1","customer":"c1","time":"…","ok":true,"latency_ms":182}
+//	{"type":"sla.outage","id":"o-1a","customer":"c1","outage":"inc-7","time":"<start>","end":"<end, optional>"}
+//	{"type":"sla.issue","id":"i-1","customer":"c1","issue":"T-42","status":"opened","time":"…"}
+//
+// Each customer's measurements are kept per billing period (slaPeriod) and
+// checkpointed. When a period closes, each objective of the plan the
+// customer is on at the period's end is measured exactly, and a breach is
+// credited as a negative rated row per credited meter (group key
+// @sla:<objective>), revised whenever late events or late usage change the
+// measurement or the charge, until the period settles.
+//
+// Rules (README, Plans → SLA objectives):
+//   - availability: 100 × (period − union of outages in it) / period. An
+//     outage counts in every period it overlaps; one without an end runs
+//     until the watermark (until the period's end once that closed). A
+//     later event for the same outage replaces its start and end.
+//   - error_rate: 100 × probes not ok / probes (0 without probes).
+//   - latency: the nearest-rank percentile of the probes' latencies,
+//     rounded up to whole milliseconds: exact at 1 ms (no probes: met).
+//   - resolution: 100 × issues opened in the period resolved within
+//     `within` / issues opened in it (none: 100). An issue not resolved
+//     yet counts as on time until `within` has passed at the watermark.
+//   - A credit is percent × the period's charge of each creditOn meter
+//     (its usage rows and its period fee row), rounded as the plan rounds.
+
+// SLA event types.
+const (
+	slaTypePrefix = "sla."
+	SLAProbe      = "sla.probe"
+	SLAOutage     = "sla.outage"
+	SLAIssue      = "sla.issue"
+)
+
+// slaMeter stands for a meter name in the dedup identity of SLA events.
+const slaMeter = "@sla"
+
+// SLAGroupPrefix leads the group key of credit rows: @sla:<objective>.
+const SLAGroupPrefix = "@sla:"
+
+// maxLatencyMs bounds a probe's latency (an hour).
+const maxLatencyMs = 3_600_000
+
+// SLAEvent is what an SLA event carries besides its customer and time.
+type SLAEvent struct {
+	Kind string // SLAProbe, SLAOutage or SLAIssue
+	// Probes.
+	OK         bool
+	LatencyMs  uint32
+	HasLatency bool
+	// Ref is the outage's or the issue's id.
+	Ref string
+	// EndNs is an outage's end (0: not over).
+	EndNs int64
+	// Resolved is set for an issue's resolution (else it was opened).
+	Resolved bool
+}
+
+// wireSLA are the fields of SLA events in the plain form.
+type wireSLA struct {
+	OK        json.RawMessage
+	LatencyMs json.RawMessage
+	Outage    string
+	End       string
+	Issue     string
+	Status    string
+}
+
+// decodeSLA reads an SLA event of type kind.
+func (d *Decoder) decodeSLA(ev Event, kind string, w *wireEvent, out []Event) ([]Event, error) {
+	f := w.sla
+	if w.SpecVersion != "" {
+		f = wireSLA{OK: w.Data["ok"], LatencyMs: w.Data["latency_ms"]}
+		for _, s := range [...]struct {
+			name string
+			dst  *string
+		}{{"outage", &f.Outage}, {"end", &f.End}, {"issue", &f.Issue}, {"status", &f.Status}} {
+			if raw, ok := w.Data[s.name]; ok {
+				if err := json.Unmarshal(raw, s.dst); err != nil {
+					return out, fail(ReasonInvalidField, "data.%s is not a string", s.name)
+				}
+			}
+		}
+	}
+	e := &SLAEvent{Kind: kind}
+	switch kind {
+	case SLAProbe:
+		if len(f.OK) == 0 {
+			return out, fail(ReasonMissingField, "%s has no ok (true when the probe succeeded)", kind)
+		}
+		if err := json.Unmarshal(f.OK, &e.OK); err != nil {
+			return out, fail(ReasonInvalidField, "%s: ok is %s, not true or false", kind, f.OK)
+		}
+		if len(f.LatencyMs) > 0 && string(f.LatencyMs) != "null" {
+			v, n, isInt, err := parseValueInt(f.LatencyMs)
+			if err != nil {
+				return out, fmt.Errorf("%s latency_ms: %w", kind, err)
+			}
+			if isInt {
+				v = decimal.NewFromInt(n)
+			}
+			if v.IsNegative() || v.GreaterThan(decimal.NewFromInt(maxLatencyMs)) {
+				return out, fail(ReasonInvalidField, "%s: latency_ms %s is outside 0..%d", kind, v, maxLatencyMs)
+			}
+			e.LatencyMs, e.HasLatency = uint32(v.Ceil().IntPart()), true
+		}
+	case SLAOutage:
+		if f.Outage == "" {
+			return out, fail(ReasonMissingField, "%s has no outage (the outage's id; its time is when it started)", kind)
+		}
+		if err := checkIdentifier("outage", f.Outage); err != nil {
+			return out, err
+		}
+		e.Ref = f.Outage
+		if f.End != "" {
+			end, err := parseTime(f.End)
+			if err != nil {
+				return out, fmt.Errorf("%s end: %w", kind, err)
+			}
+			if end <= ev.TimeNs {
+				return out, fail(ReasonInvalidField, "%s %s ends at %s, not after its start %s", kind, f.Outage, f.End, formatTimeNs(ev.TimeNs))
+			}
+			e.EndNs = end
+		}
+	case SLAIssue:
+		if f.Issue == "" {
+			return out, fail(ReasonMissingField, "%s has no issue (the issue's id)", kind)
+		}
+		if err := checkIdentifier("issue", f.Issue); err != nil {
+			return out, err
+		}
+		e.Ref = f.Issue
+		switch f.Status {
+		case "opened":
+		case "resolved":
+			e.Resolved = true
+		default:
+			return out, fail(ReasonInvalidField, "%s %s: status %q is neither opened nor resolved", kind, f.Issue, f.Status)
+		}
+	default:
+		return out, fail(ReasonInvalidField, "event type %q is not one of %s, %s, %s", kind, SLAProbe, SLAOutage, SLAIssue)
+	}
+	ev.Meter, ev.SLA = kind, e
+	return append(out, ev), nil
+}
+
+// interval is an outage's start and end (0: not over).
+type interval struct{ startNs, endNs int64 }
+
+// issueTimes are when an issue was opened and resolved (0: not yet).
+type issueTimes struct{ openedNs, resolvedNs int64 }
+
+// slaCredit is the credit row last emitted for an objective and a meter.
+type slaCredit struct {
+	amount   decimal.Decimal
+	revision uint64
+}
+
+// slaKey names a customer's billing period.
+type slaKey struct {
+	customer string
+	startNs  int64
+}
+
+// slaPeriod is what a customer's SLA events measured in a billing period.
+type slaPeriod struct {
+	key   slaKey
+	endNs int64
+	// settleNs is when every meter's period settles (the latest settle
+	// end): credits follow its charges until then.
+	settleNs int64
+	probes   uint64
+	failed   uint64
+	// latencies counts probes by latency in whole milliseconds.
+	latencies map[uint32]uint64
+	outages   map[string]interval
+	issues    map[string]issueTimes
+	// credits are the rows emitted, by objective NUL meter.
+	credits map[string]slaCredit
+	// creditDue asks the next barrier to (re)compute its credits.
+	creditDue bool
+}
+
+// slaPeriodOf returns customer's period holding tNs, made when create is
+// set.
+func (s *shard) slaPeriodOf(customer string, tNs int64, create bool) *slaPeriod {
+	cust := s.customers.get(customer)
+	startNs, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
+	k := slaKey{customer, startNs}
+	if sp := s.slaPeriods[k]; sp != nil || !create {
+		return sp
+	}
+	sp := &slaPeriod{key: k, endNs: endNs, settleNs: s.slaSettle(cust, endNs),
+		latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}}
+	s.fileSLAPeriod(sp)
+	return sp
+}
+
+// slaSettle is when every meter's billing period ending at endNs settles.
+func (s *shard) slaSettle(cust customerSpec, endNs int64) int64 {
+	settle := endNs
+	for _, m := range s.meters.list {
+		settle = max(settle, m.settleEnd(endNs, m.windowLoc(cust)))
+	}
+	return settle
+}
+
+func (s *shard) fileSLAPeriod(sp *slaPeriod) {
+	s.slaPeriods[sp.key] = sp
+	s.slaByCustomer[sp.key.customer] = append(s.slaByCustomer[sp.key.customer], sp)
+	for _, o := range sp.outages {
+		if o.endNs == 0 {
+			s.slaOngoing[sp.key.customer] = true
+		}
+	}
+}
+
+// slaSettled reports whether a period settling at settleNs takes no more
+// events at the watermark (timeRules.late's period rules; an SLA event's
+// own dedup id is filed like a subscription event's, whatever its time).
+func (s *shard) slaSettled(settleNs int64) bool {
+	return s.rules.late(s.watermarkNs, settleNs, settleNs, s.watermarkNs)
+}
+
+// touchSLA marks sp changed: checkpointed, and its credits recomputed once
+// its period has closed.
+func (s *shard) touchSLA(sp *slaPeriod) {
+	s.pending.slaDirty[sp.key] = true
+	if s.rules.closed(sp.endNs, s.watermarkNs) {
+		sp.creditDue = true
+	}
+}
+
+// applySLA records an SLA event.
+//
+// Invariant (exactly once): the periods it changes are marked dirty with
+// the dedup id remembered, so one checkpoint holds both; the credits they
+// call for are rows of the barrier that recomputes them.
+func (s *shard) applySLA(ev *Event) {
+	if !s.measuresSLA {
+		s.deadLetter(ev, ReasonInvalidField, "no plan sets SLA objectives (sla), so there is nothing to measure")
+		return
+	}
+	e := ev.SLA
+	// An issue's resolution counts in the period it was opened in.
+	var opened *slaPeriod
+	if e.Kind == SLAIssue && e.Resolved {
+		for _, sp := range s.slaByCustomer[ev.Customer] {
+			if _, ok := sp.issues[e.Ref]; ok {
+				opened = sp
+			}
+		}
+		if opened == nil {
+			s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s %s is resolved but was never opened in a billing period still open to revision", SLAIssue, e.Ref))
+			return
+		}
+		if it := opened.issues[e.Ref]; ev.TimeNs < it.openedNs {
+			s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s %s is resolved at %s, before it was opened (%s)", SLAIssue, e.Ref, formatTimeNs(ev.TimeNs), formatTimeNs(it.openedNs)))
+			return
+		}
+	}
+	cust := s.customers.get(ev.Customer)
+	_, endNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay)
+	if e.Kind != SLAOutage && opened == nil && s.slaSettled(s.slaSettle(cust, endNs)) {
+		s.deadLetter(ev, ReasonLate, fmt.Sprintf("%s: the billing period of %s is settled: watermark %s", ev.Meter, formatTimeNs(ev.TimeNs), formatTimeNs(s.watermarkNs)))
+		return
+	}
+	if e.Kind == SLAOutage && !s.outageRevisable(ev) {
+		s.deadLetter(ev, ReasonLate, fmt.Sprintf("%s %s: every billing period it overlaps is settled: watermark %s", ev.Meter, e.Ref, formatTimeNs(s.watermarkNs)))
+		return
+	}
+	if s.seen(ev, eventIDHash(ev.Source, ev.ID, slaMeter)) {
+		s.pending.duplicates[slaMeter]++
+		return
+	}
+	switch {
+	case e.Kind == SLAProbe:
+		sp := s.slaPeriodOf(ev.Customer, ev.TimeNs, true)
+		sp.probes++
+		if !e.OK {
+			sp.failed++
+		}
+		if e.HasLatency {
+			sp.latencies[e.LatencyMs]++
+		}
+		s.touchSLA(sp)
+	case e.Kind == SLAIssue && e.Resolved:
+		it := opened.issues[e.Ref]
+		it.resolvedNs = ev.TimeNs
+		opened.issues[e.Ref] = it
+		s.touchSLA(opened)
+	case e.Kind == SLAIssue:
+		sp := s.slaPeriodOf(ev.Customer, ev.TimeNs, true)
+		if _, ok := sp.issues[e.Ref]; !ok { // opened again: the first counts
+			sp.issues[e.Ref] = issueTimes{openedNs: ev.TimeNs}
+			s.touchSLA(sp)
+		}
+	case e.Kind == SLAOutage:
+		s.applyOutage(ev.Customer, e.Ref, interval{ev.TimeNs, e.EndNs})
+	}
+}
+
+// outageRevisable reports whether some period the outage of ev overlaps
+// still takes events.
+func (s *shard) outageRevisable(ev *Event) bool {
+	cust := s.customers.get(ev.Customer)
+	revisable := false
+	walkPeriods(cust, ev.TimeNs, outageLast(interval{ev.TimeNs, ev.SLA.EndNs}, s.watermarkNs), func(tNs int64) {
+		_, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
+		revisable = revisable || !s.slaSettled(s.slaSettle(cust, endNs))
+	})
+	return revisable
+}
+
+// outageLast is the last instant of o's periods: its end's, or, while it
+// is not over, the watermark's.
+func outageLast(o interval, wm int64) int64 {
+	if o.endNs != 0 {
+		return o.endNs - 1
+	}
+	return max(o.startNs, wm)
+}
+
+// applyOutage records outage ref of customer in every period it overlaps
+// that still takes events (one not over: up to the watermark's, and
+// barriers extend it to the periods the watermark reaches; see
+// extendOutages), and its new end in the periods that hold it already.
+func (s *shard) applyOutage(customer, ref string, o interval) {
+	for _, sp := range s.slaByCustomer[customer] {
+		if prev, ok := sp.outages[ref]; ok && prev != o {
+			sp.outages[ref] = o
+			s.touchSLA(sp)
+		}
+	}
+	cust := s.customers.get(customer)
+	if o.endNs == 0 {
+		s.slaOngoing[customer] = true
+	}
+	walkPeriods(cust, o.startNs, outageLast(o, s.watermarkNs), func(tNs int64) {
+		_, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
+		if s.slaSettled(s.slaSettle(cust, endNs)) {
+			return
+		}
+		sp := s.slaPeriodOf(customer, tNs, true)
+		if _, ok := sp.outages[ref]; !ok {
+			sp.outages[ref] = o
+			s.touchSLA(sp)
+		}
+	})
+}
+
+// extendOutages records the outages not over in the periods the
+// watermark has reached since (at a barrier, before credits).
+func (s *shard) extendOutages() {
+	for customer := range s.slaOngoing {
+		ongoing := map[string]interval{}
+		for _, sp := range s.slaByCustomer[customer] {
+			for ref, o := range sp.outages {
+				if o.endNs == 0 {
+					ongoing[ref] = o
+				}
+			}
+		}
+		if len(ongoing) == 0 {
+			delete(s.slaOngoing, customer)
+			continue
+		}
+		for _, ref := range slices.Sorted(maps.Keys(ongoing)) {
+			s.applyOutage(customer, ref, ongoing[ref])
+		}
+	}
+}
+
+// measure is what sp measured for o, with outages not over counted until
+// untilNs (capped at the period's end).
+func (sp *slaPeriod) measure(o *rating.Objective, untilNs int64) rating.Measurement {
+	hundred := decimal.NewFromInt(100)
+	switch o.Kind {
+	case rating.Availability:
+		length := sp.endNs - sp.key.startNs
+		down := sp.downtime(min(untilNs, sp.endNs))
+		return rating.Measurement{Num: hundred.Mul(decimal.NewFromInt(length - down)), Den: decimal.NewFromInt(length), Samples: uint64(len(sp.outages))}
+	case rating.ErrorRate:
+		if sp.probes == 0 {
+			return rating.Measurement{Num: decimal.Zero, Den: decimal.NewFromInt(1)}
+		}
+		return rating.Measurement{Num: hundred.Mul(decimal.NewFromUint64(sp.failed)), Den: decimal.NewFromUint64(sp.probes), Samples: sp.probes}
+	case rating.Latency:
+		ms, n := sp.percentile(o.Percentile)
+		return rating.Measurement{Num: decimal.NewFromInt(int64(ms)), Den: decimal.NewFromInt(1), Samples: n}
+	case rating.Resolution:
+		var total, onTime uint64
+		within := int64(o.Within.Duration)
+		for _, it := range sp.issues {
+			total++
+			switch {
+			case it.resolvedNs != 0 && it.resolvedNs-it.openedNs <= within:
+				onTime++
+			case it.resolvedNs == 0 && untilNs-it.openedNs <= within:
+				onTime++ // not due yet
+			}
+		}
+		if total == 0 {
+			return rating.Measurement{Num: hundred, Den: decimal.NewFromInt(1)}
+		}
+		return rating.Measurement{Num: hundred.Mul(decimal.NewFromUint64(onTime)), Den: decimal.NewFromUint64(total), Samples: total}
+	}
+	return rating.Measurement{Num: decimal.Zero, Den: decimal.NewFromInt(1)}
+}
+
+// downtime is the union of sp's outages within its period, those not over
+// running until untilNs.
+func (sp *slaPeriod) downtime(untilNs int64) int64 {
+	var spans []interval
+	for _, o := range sp.outages {
+		end := o.endNs
+		if end == 0 {
+			end = untilNs
+		}
+		start, end := max(o.startNs, sp.key.startNs), min(end, sp.endNs)
+		if start < end {
+			spans = append(spans, interval{start, end})
+		}
+	}
+	slices.SortFunc(spans, func(a, b interval) int { return cmp.Compare(a.startNs, b.startNs) })
+	var down, reached int64 = 0, math.MinInt64
+	for _, x := range spans {
+		start := max(x.startNs, reached)
+		if x.endNs > start {
+			down += x.endNs - start
+		}
+		reached = max(reached, x.endNs)
+	}
+	return down
+}
+
+// percentile is the nearest-rank percentile of sp's latencies (0 without
+// any) and how many there are.
+func (sp *slaPeriod) percentile(pct decimal.Decimal) (uint32, uint64) {
+	var n uint64
+	for _, c := range sp.latencies {
+		n += c
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	// rank = ceil(pct/100 × n), at least 1.
+	rank := pct.Mul(decimal.NewFromUint64(n)).Shift(-2).Ceil().IntPart()
+	rank = max(rank, 1)
+	var seen int64
+	for _, ms := range slices.Sorted(maps.Keys(sp.latencies)) {
+		seen += int64(sp.latencies[ms])
+		if seen >= rank {
+			return ms, n
+		}
+	}
+	return 0, n // unreachable: rank <= n
+}
+
+// closeSLA queues the credits of the periods that closed at wm, and of the
+// closed ones with issues still open (an issue falls due as the watermark
+// moves), then emits the credits due, in customer and period order.
+func (s *shard) closeSLA(wm int64, snap *shardSnapshot) error {
+	if !s.measuresSLA {
+		return nil
+	}
+	s.extendOutages()
+	var due []*slaPeriod
+	for _, sp := range s.slaPeriods {
+		if !s.rules.closed(sp.endNs, wm) {
+			continue
+		}
+		if !sp.creditDue && !s.slaClosedSeen[sp.key] {
+			sp.creditDue = true // closed now (or first seen closed in this run)
+		}
+		if !sp.creditDue {
+			for _, it := range sp.issues {
+				if it.resolvedNs == 0 {
+					sp.creditDue = true
+					break
+				}
+			}
+		}
+		if sp.creditDue {
+			due = append(due, sp)
+		}
+	}
+	slices.SortFunc(due, func(a, b *slaPeriod) int {
+		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.key.startNs, b.key.startNs)
+	})
+	for _, sp := range due {
+		s.slaClosedSeen[sp.key] = true
+		sp.creditDue = false
+		if err := s.emitCredits(sp, wm, snap); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// emitCredits emits the credit rows of sp that changed: for each
+// objective of the plan at the period's end and each meter it credits,
+// percent × the meter's charge in the period; a credit no longer owed
+// (the plan or the measurement changed) is revised to 0.
+func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error {
+	rules, ok := s.rater.(SLARules)
+	if !ok {
+		return nil
+	}
+	customer := sp.key.customer
+	start, end := time.Unix(0, sp.key.startNs).UTC(), time.Unix(0, sp.endNs).UTC()
+	want := map[string]RatedRow{}
+	terms, ok := rules.SLA(s.subscriber(customer), end)
+	if ok {
+		for i := range terms.Objectives {
+			o := &terms.Objectives[i]
+			m := sp.measure(o, wm)
+			_, percent := o.Evaluate(m)
+			for _, meter := range o.CreditOn {
+				charge, err := s.periodCharge(customer, meter, sp.key.startNs, sp.endNs)
+				if err != nil {
+					return err
+				}
+				amount := decimal.Zero
+				if percent.IsPositive() {
+					amount = terms.Credit(charge, percent)
+				}
+				want[o.Name+"\x00"+meter] = RatedRow{
+					Tenant: s.tenant, Meter: meter, Customer: customer, GroupKey: SLAGroupPrefix + o.Name,
+					WindowStart: start, WindowEnd: end, Quantity: m.Value(), Count: m.Samples,
+					Amount: amount, Currency: terms.Currency, Final: true,
+					Breakdown: []rating.Line{{
+						Description: creditExplanation(o, m, percent, meter),
+						Units:       charge, UnitPrice: percent.Shift(-2).Neg(), Amount: amount,
+					}},
+				}
+			}
+		}
+	}
+	for k, prev := range sp.credits {
+		if _, ok := want[k]; !ok && !prev.amount.IsZero() {
+			objective, meter, _ := strings.Cut(k, "\x00")
+			want[k] = RatedRow{Tenant: s.tenant, Meter: meter, Customer: customer, GroupKey: SLAGroupPrefix + objective,
+				WindowStart: start, WindowEnd: end, Amount: decimal.Zero, Currency: prevCurrency(terms), Final: true}
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		row := want[k]
+		prev, emitted := sp.credits[k]
+		if emitted && prev.amount.Equal(row.Amount) || !emitted && row.Amount.IsZero() {
+			continue
+		}
+		row.Revision = prev.revision + 1
+		snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(prev.amount))
+		sp.credits[k] = slaCredit{amount: row.Amount, revision: row.Revision}
+		s.pending.slaDirty[sp.key] = true
+		snap.addRow(&row)
+		snap.credits++
+	}
+	return nil
+}
+
+func prevCurrency(t rating.SLATerms) string { return t.Currency }
+
+// creditExplanation is a credit row's line: what was measured against
+// what, and the credit it earns.
+func creditExplanation(o *rating.Objective, m rating.Measurement, percent decimal.Decimal, meter string) string {
+	what := map[rating.ObjectiveKind]string{
+		rating.Availability: "availability %s%% (target %s%%)",
+		rating.ErrorRate:    "error rate %s%% (target %s%%)",
+		rating.Latency:      "p" + o.Percentile.String() + " latency %s ms (target %s ms)",
+		rating.Resolution:   "issues resolved within " + o.Within.String() + ": %s%% (target %s%%)",
+	}[o.Kind]
+	text := fmt.Sprintf("SLA %s: "+what, o.Name, m.Value(), o.Target)
+	if !percent.IsPositive() {
+		return text + ": no credit"
+	}
+	return fmt.Sprintf("%s: credit %s%% of the period's %s charge", text, percent, meter)
+}
+
+// periodCharge is what customer's billing period starting at startNs
+// charged for meter so far: its usage rows and its period fee row.
+func (s *shard) periodCharge(customer, meter string, startNs, endNs int64) (decimal.Decimal, error) {
+	m := s.meters.byName(meter)
+	if m == nil {
+		return decimal.Zero, nil // priced but not metered: nothing charged
+	}
+	key := windowKey{meter: uint32(m.index), customer: s.names.id(customer), startNs: startNs, period: true}
+	p := s.periods[key]
+	if p == nil {
+		cust := s.customers.get(customer)
+		p = s.loadCold(key, m.settleEnd(endNs, m.windowLoc(cust)))
+		if s.pending.storeErr != nil {
+			return decimal.Zero, fmt.Errorf("engine: read the period of %s/%s for its SLA credit: %w", customer, meter, s.pending.storeErr)
+		}
+	}
+	if p == nil {
+		return decimal.Zero, nil
+	}
+	return p.get(numChargedAmount).Add(p.get(numEmittedAmount)), nil
+}
+
+// creditsOnFees marks the SLA periods of fee periods (re)charged at a
+// barrier: their charge moved, so their credits may.
+func (s *shard) creditsOnFees(fees []*window) {
+	if len(s.slaPeriods) == 0 {
+		return
+	}
+	for _, p := range fees {
+		if sp := s.slaPeriods[slaKey{s.names.str(p.key.customer), p.key.startNs}]; sp != nil {
+			sp.creditDue = true
+		}
+	}
+}
+
+// evictSLA drops the periods settled at wm from memory and the store.
+func (s *shard) evictSLA(wm int64, snap *shardSnapshot) {
+	for k, sp := range s.slaPeriods {
+		if !s.slaSettled(sp.settleNs) || sp.creditDue {
+			continue
+		}
+		delete(s.slaPeriods, k)
+		delete(s.slaClosedSeen, k)
+		delete(s.pending.slaDirty, k)
+		list := slices.DeleteFunc(s.slaByCustomer[k.customer], func(x *slaPeriod) bool { return x == sp })
+		if len(list) == 0 {
+			delete(s.slaByCustomer, k.customer)
+		} else {
+			s.slaByCustomer[k.customer] = list
+		}
+		snap.slaDeletes = append(snap.slaDeletes, slaStoreKey(k))
+	}
+}
+
+// SLARules is what the engine needs of a Rater to credit SLA breaches
+// (rating.Pricing has it).
+type SLARules interface {
+	// SLA is the objectives of the plan pricing sub at the end of the
+	// billing period ending at periodEnd.
+	SLA(sub rating.Subscriber, periodEnd time.Time) (rating.SLATerms, bool)
+	// HasSLA reports whether any plan sets objectives.
+	HasSLA() bool
+}
+
+// slaStoreKey is sp's key in the store: customer NUL start (8 bytes).
+func slaStoreKey(k slaKey) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(k.customer), 0), uint64(k.startNs))
+}
+
+// slaFormat leads an encoded SLA period.
+const slaFormat = 1
+
+func encodeSLAPeriod(sp *slaPeriod) []byte {
+	b := []byte{slaFormat}
+	b = binary.AppendVarint(b, sp.endNs)
+	b = binary.AppendUvarint(b, sp.probes)
+	b = binary.AppendUvarint(b, sp.failed)
+	b = binary.AppendUvarint(b, uint64(len(sp.latencies)))
+	for _, ms := range slices.Sorted(maps.Keys(sp.latencies)) {
+		b = binary.AppendUvarint(b, uint64(ms))
+		b = binary.AppendUvarint(b, sp.latencies[ms])
+	}
+	b = binary.AppendUvarint(b, uint64(len(sp.outages)))
+	for _, ref := range slices.Sorted(maps.Keys(sp.outages)) {
+		o := sp.outages[ref]
+		b = appendBytes(b, []byte(ref))
+		b = binary.AppendVarint(b, o.startNs)
+		b = binary.AppendVarint(b, o.endNs)
+	}
+	b = binary.AppendUvarint(b, uint64(len(sp.issues)))
+	for _, ref := range slices.Sorted(maps.Keys(sp.issues)) {
+		it := sp.issues[ref]
+		b = appendBytes(b, []byte(ref))
+		b = binary.AppendVarint(b, it.openedNs)
+		b = binary.AppendVarint(b, it.resolvedNs)
+	}
+	b = binary.AppendUvarint(b, uint64(len(sp.credits)))
+	for _, k := range slices.Sorted(maps.Keys(sp.credits)) {
+		c := sp.credits[k]
+		b = appendBytes(b, []byte(k))
+		b = appendDecimal(b, c.amount)
+		b = binary.AppendUvarint(b, c.revision)
+	}
+	return b
+}
+
+func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
+	if len(key) < 9 || key[len(key)-9] != 0 {
+		return nil, fmt.Errorf("SLA period key %q is not customer NUL start", key)
+	}
+	k := slaKey{customer: string(key[:len(key)-9]), startNs: int64(binary.BigEndian.Uint64(key[len(key)-8:]))}
+	r := byteReader{b: v}
+	if f := r.byte(); r.err == nil && f != slaFormat {
+		return nil, fmt.Errorf("SLA period of %s: format %d, this version reads %d", k.customer, f, slaFormat)
+	}
+	sp := &slaPeriod{key: k, latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}}
+	sp.endNs = r.varint()
+	sp.probes, sp.failed = r.uvarint(), r.uvarint()
+	count := func() uint64 {
+		n := r.uvarint()
+		if r.err == nil && n > uint64(len(v)) {
+			r.setErr(fmt.Errorf("%d entries in %d bytes", n, len(v)))
+			return 0
+		}
+		return n
+	}
+	for range count() {
+		ms := r.uvarint()
+		sp.latencies[uint32(ms)] = r.uvarint()
+	}
+	for range count() {
+		ref := string(r.bytes())
+		sp.outages[ref] = interval{r.varint(), r.varint()}
+	}
+	for range count() {
+		ref := string(r.bytes())
+		sp.issues[ref] = issueTimes{r.varint(), r.varint()}
+	}
+	for range count() {
+		k := string(r.bytes())
+		sp.credits[k] = slaCredit{amount: r.decimal(), revision: r.uvarint()}
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("SLA period of %s: %w", k.customer, r.err)
+	}
+	if len(r.b) != 0 {
+		return nil, fmt.Errorf("SLA period of %s: %d trailing bytes", k.customer, len(r.b))
+	}
+	return sp, nil
+}
+
+// snapshotSLA adds the SLA periods changed since the last barrier to snap.
+func (s *shard) snapshotSLA(snap *shardSnapshot) {
+	for k := range s.pending.slaDirty {
+		if sp := s.slaPeriods[k]; sp != nil {
+			snap.slaPuts = append(snap.slaPuts, state.KV{Key: slaStoreKey(k), Value: encodeSLAPeriod(sp)})
+		}
+	}
+	clear(s.pending.slaDirty)
+}
+
+// restoreSLAPeriod files a stored SLA period at recovery.
+func (s *shard) restoreSLAPeriod(sp *slaPeriod) {
+	sp.settleNs = s.slaSettle(s.customers.get(sp.key.customer), sp.endNs)
+	s.fileSLAPeriod(sp)
+}

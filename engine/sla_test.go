@@ -1,0 +1,140 @@
+package engine
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tally-billing/tally/rating"
+)
+
+const slaPlans = `
+plans:
+  - id: gold
+    currency: EUR
+    rounding: {decimals: 2}
+    meters:
+      voice: {model: per_unit, unitPrice: "0.01", flatFee: "10"}
+      sms: {model: per_unit, unitPrice: "0.1"}
+    sla:
+      - name: uptime
+        kind: availability
+        target: "99.9"
+        credits: [{below: "99.9", credit: "10"}, {below: "99", credit: "25"}]
+        creditOn: [voice]
+      - name: fast
+        kind: latency
+        percentile: "90"
+        target: "200"
+        credits: [{above: "200", credit: "5"}]
+      - name: support
+        kind: resolution
+        within: 4h
+        target: "100"
+        credits: [{below: "100", credit: "20"}]
+        creditOn: [sms]
+`
+
+// TestSLACredits measures ann's March against gold's objectives and
+// credits the breaches, revising them as late events arrive, with a crash
+// in the middle. Worked by hand (March: 31 days, 2,678,400 s; voice
+// charges 1000 × 0.01 + the flat fee 10 = 20.00, sms 50 × 0.1 = 5.00):
+//
+//	close (watermark 04-01T00:59:55):
+//	  uptime: inc-1 2 h, inc-2 from 03-31T16:00 not over: 8 h to the
+//	    period's end; 10 h = 36,000 s down: 100 × 2,642,400 / 2,678,400 =
+//	    98.6559% < 99: 25% of voice 20.00 = -5.00 (rev 1)
+//	  fast: 10 probes, 9 at 150 ms and 1 at 300: p90 is the 9th, 150: met
+//	  support: T-1 resolved in 3 h; T-2 opened 03-31T22:00, 2 h 59 ago,
+//	    not due: 100%: met
+//	late (crash before their checkpoint, replayed):
+//	  a probe of 03-15 at 400 ms: 11 probes, p90 the 10th (ceil 9.9) =
+//	    300 > 200: 5% of sms 5.00 = -0.25, of voice 20.00 = -1.00 (rev 1)
+//	  inc-2 ended 03-31T20:00: 2 h + 4 h = 21,600 s: 99.1935%: 10% of
+//	    20.00 = -2.00 (uptime voice rev 2)
+//	watermark 04-01T05:59:55: T-2 unresolved past 4 h: 1 of 2 = 50%:
+//	  20% of sms 5.00 = -1.00 (support sms rev 1)
+//	T-2 resolved 04-01T07:00 (5 h): still late, nothing changes
+func TestSLACredits(t *testing.T) {
+	subs := []rating.Subscription{{Customer: "ann", Plan: "gold", Start: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}}
+	h := pricedHarness(t, slaPlans, "gold", subs, time.Hour, Meter{Name: "voice"}, Meter{Name: "sms"})
+	h.start()
+	at := func(day, hour, minute int) string {
+		month := time.March
+		if day > 31 {
+			month, day = time.April, day-31
+		}
+		return time.Date(2026, month, day, hour, minute, 0, 0, time.UTC).Format(time.RFC3339)
+	}
+	rec := func(format string, args ...any) { h.src.append(0, fmt.Appendf(nil, format, args...)) }
+	rec(`{"id":"v1","customer":"ann","meter":"voice","time":%q,"value":1000}`, at(2, 0, 0))
+	rec(`{"id":"s1","customer":"ann","meter":"sms","time":%q,"value":50}`, at(3, 0, 0))
+	rec(`{"type":"sla.outage","id":"o1","customer":"ann","outage":"inc-1","time":%q,"end":%q}`, at(10, 0, 0), at(10, 2, 0))
+	for i := range 10 {
+		latency := 150
+		if i == 9 {
+			latency = 300
+		}
+		rec(`{"type":"sla.probe","id":"p%d","customer":"ann","time":%q,"ok":true,"latency_ms":%d}`, i, at(5, i, 0), latency)
+	}
+	rec(`{"type":"sla.issue","id":"i1","customer":"ann","issue":"T-1","status":"opened","time":%q}`, at(20, 0, 0))
+	rec(`{"type":"sla.issue","id":"i2","customer":"ann","issue":"T-1","status":"resolved","time":%q}`, at(20, 3, 0))
+	rec(`{"type":"sla.issue","id":"i3","customer":"ann","issue":"T-2","status":"opened","time":%q}`, at(31, 22, 0))
+	rec(`{"specversion":"1.0","source":"noc","type":"sla.outage","id":"o2","subject":"ann","time":%q,"data":{"outage":"inc-2"}}`, at(31, 16, 0))
+	h.checkpoint(false)
+	h.crash() // what was measured is durable
+	rec(`{"id":"b1","customer":"bob","meter":"voice","time":%q,"value":1}`, at(32, 1, 0))
+	h.checkpoint(false)
+	rec(`{"type":"sla.probe","id":"p-late","customer":"ann","time":%q,"ok":true,"latency_ms":400}`, at(15, 0, 0))
+	rec(`{"type":"sla.outage","id":"o3","customer":"ann","outage":"inc-2","time":%q,"end":%q}`, at(31, 16, 0), at(31, 20, 0))
+	h.crash()
+	h.checkpoint(false)
+	rec(`{"id":"b2","customer":"bob","meter":"voice","time":%q,"value":1}`, at(32, 6, 0))
+	h.checkpoint(false)
+	rec(`{"type":"sla.issue","id":"i4","customer":"ann","issue":"T-2","status":"resolved","time":%q}`, at(32, 7, 0))
+	rec(`{"id":"b3","customer":"bob","meter":"voice","time":%q,"value":1}`, at(32, 8, 0))
+	h.checkpoint(false)
+	h.stop()
+
+	type credit struct {
+		amount   string
+		revision uint64
+	}
+	want := map[string]credit{
+		"voice|@sla:uptime": {"-2", 2},
+		"voice|@sla:fast":   {"-1", 1},
+		"sms|@sla:fast":     {"-0.25", 1},
+		"sms|@sla:support":  {"-1", 1},
+	}
+	got := map[string]RatedRow{}
+	for _, r := range h.final() {
+		if strings.HasPrefix(r.GroupKey, SLAGroupPrefix) {
+			if r.Customer != "ann" || !r.WindowStart.Equal(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)) {
+				t.Errorf("credit row %+v: want ann's March", r)
+			}
+			got[r.Meter+"|"+r.GroupKey] = r
+		}
+	}
+	for k, w := range want {
+		r, ok := got[k]
+		if !ok || r.Amount.String() != w.amount || r.Revision != w.revision {
+			t.Errorf("%s: %s rev %d, want %s rev %d (%+v)", k, r.Amount, r.Revision, w.amount, w.revision, r)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("credit rows %v, want %d", got, len(want))
+	}
+	if r := got["voice|@sla:uptime"]; r.Quantity.String() != "99.1935" || len(r.Breakdown) != 1 || !strings.Contains(r.Breakdown[0].Description, "credit 10% of the period's voice charge") {
+		t.Errorf("uptime's row: quantity %s, breakdown %+v", r.Quantity, r.Breakdown)
+	}
+	var revisions []string
+	for _, r := range h.seen {
+		if r.GroupKey == SLAGroupPrefix+"uptime" {
+			revisions = append(revisions, fmt.Sprintf("%d:%s", r.Revision, r.Amount))
+		}
+	}
+	if strings.Join(revisions, " ") != "1:-5 2:-2" && strings.Join(revisions, " ") != "2:-2 1:-5" {
+		t.Errorf("uptime's revisions %v, want 1:-5 then 2:-2", revisions)
+	}
+}
