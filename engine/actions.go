@@ -56,7 +56,7 @@ type EventRef struct {
 // ActionLimit is one entitlement of a plan, as lifecycle actions carry it.
 type ActionLimit struct {
 	Meter       string             `json:"meter"`
-	Limit       decimal.Decimal    `json:"limit"`
+	Limit       decimal.Decimal    `json:"limit,omitzero"` // none with of: grants
 	Of          rating.LimitBasis  `json:"of"`
 	Enforcement rating.Enforcement `json:"enforcement"`
 }

@@ -56,10 +56,12 @@ type wireEvent struct {
 	Dims     []Dim
 	// Plan is the plan of a plain-form subscription event.
 	Plan string
-	// Expires is the expiry of a plain-form grant event (text).
-	Expires string
-	// sla holds the fields of a plain-form SLA event.
-	sla wireSLA
+	// Expires is the expiry of a plain-form grant event, and sla the
+	// fields of a plain-form SLA event, kept raw: they are checked only for
+	// those events (a usage record may carry the same names as dimensions
+	// of any type, ignored).
+	Expires json.RawMessage
+	sla     wireSLA
 	// CloudEvents: type is the meter, subject the customer, data the payload.
 	SpecVersion string
 	Source      string
@@ -145,19 +147,19 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 		case "plan":
 			str(key, v, &w.Plan)
 		case "expires":
-			str(key, v, &w.Expires)
+			w.Expires = v.MarshalTo(nil)
 		case "ok":
 			w.sla.OK = v.MarshalTo(nil)
 		case "latency_ms":
 			w.sla.LatencyMs = v.MarshalTo(nil)
 		case "outage":
-			str(key, v, &w.sla.Outage)
+			w.sla.Outage = v.MarshalTo(nil)
 		case "end":
-			str(key, v, &w.sla.End)
+			w.sla.End = v.MarshalTo(nil)
 		case "issue":
-			str(key, v, &w.sla.Issue)
+			w.sla.Issue = v.MarshalTo(nil)
 		case "status":
-			str(key, v, &w.sla.Status)
+			w.sla.Status = v.MarshalTo(nil)
 		case "specversion":
 			str(key, v, &w.SpecVersion)
 		case "source":

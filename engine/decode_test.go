@@ -273,3 +273,14 @@ func TestParseTimeFastAgrees(t *testing.T) {
 		t.Fatalf("fast path accepted %d of 200000 times; the usual form should take it", accepted)
 	}
 }
+
+// TestDecodeUsageWithGrantAndSLAFieldNames: a usage record may carry the
+// names grant and SLA events read (expires, status, end...) as any type;
+// they are checked only for those events.
+func TestDecodeUsageWithGrantAndSLAFieldNames(t *testing.T) {
+	d := NewDecoder(testMeters(t))
+	raw := `{"id":"e","customer":"c","meter":"sms","time":"2026-03-01T10:00:00Z","value":1,"expires":3600,"status":5,"end":true,"ok":"x","issue":[1],"outage":{}}`
+	if _, err := d.Decode([]byte(raw), nil); err != nil {
+		t.Errorf("Decode: %v, want the usage record", err)
+	}
+}

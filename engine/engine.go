@@ -464,6 +464,7 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 		eventSlices: make(chan *eventBatch, 16),
 		rules: timeRules{
 			graceNs:         int64(cfg.Grace),
+			latenessNs:      int64(cfg.AllowedLateness),
 			reviseHorizonNs: int64(cfg.ReviseHorizon),
 			dedupHorizonNs:  int64(cfg.DedupHorizon),
 			finalizeAfterNs: int64(cfg.FinalizeAfter),

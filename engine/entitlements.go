@@ -25,8 +25,10 @@ type EntitlementRules interface {
 	PlanEntitlements(id string, t time.Time) []rating.MeterEntitlement
 	// PlanAt is the plan pricing sub at t; ok is false when none does.
 	PlanAt(sub rating.Subscriber, t time.Time) (id string, ok bool)
-	// HasGrants reports whether some plan limits a meter by grants.
+	// HasGrants reports whether some plan limits a meter by grants, and
+	// GrantsLimit whether one limits meter so.
 	HasGrants() bool
+	GrantsLimit(meter string) bool
 }
 
 // ErrNoEntitlement is returned by CheckEntitlement for a meter the
@@ -197,7 +199,7 @@ func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64
 		if b == nil {
 			b = &balance{}
 		}
-		_, report.EntitlementStatus = b.status(me.Entitlement)
+		_, report.EntitlementStatus = b.status(me.Entitlement, max(atNs, b.clockNs))
 		overage := b.overage
 		report.Grants, report.Overage = grantReports(b), &overage
 		return report, p

@@ -25,20 +25,32 @@ import (
 //	 "meter":"data_bytes","value":"1000000000","expires":"2026-04-01T00:00:00Z"}
 //
 // Rules (docs/provisioning.md, README Plans → Grants):
-//   - A usage record draws its value, in arrival order, from the grants in
-//     force at its time (started, not expired), the one expiring first
+//   - A usage record draws its units, in arrival order, from the grants
+//     in force at its time (started, not expired), the one expiring first
 //     first; what none covers is overage. Negative values draw nothing.
-//   - The limit is the units of the grants not yet expired at the
-//     watermark; used is what was drawn from them. Thresholds are shares
-//     of that limit: with no grant every one is reached.
-//   - A grant expires when the watermark passes its expiry: what is left
-//     of it is forfeited, and a record for a time before the expiry that
-//     comes after it no longer draws from it.
-//   - A threshold is announced once per cycle. A top-up (or an expiry)
-//     that brings usage under announced thresholds starts a new cycle,
-//     where they are announced again when reached; if no throttle or
+//   - The limit is the units of the grants in force at the stream's
+//     present (the watermark plus the allowed lateness: the latest event
+//     time it follows), or at a record's time if later, never at an
+//     earlier time than before (balance.clockNs); used is what was drawn
+//     from them. A grant starting later joins the limit when the present
+//     reaches its start.
+//     Thresholds are shares of that limit: with no grant every one is
+//     reached.
+//   - A grant expires when the watermark passes its expiry (checked before
+//     each grant and record of its balance, and at each checkpoint): what
+//     is left of it is forfeited, and a record for a time before the
+//     expiry that comes after that no longer draws from it. A grant that
+//     has expired when it arrives is dead-lettered (late).
+//   - A threshold is announced once per cycle. A top-up, a grant starting,
+//     or an expiry, that brings usage under announced thresholds starts a
+//     new cycle, which announces again every threshold reached (so a top
+//     up from suspended to throttled says throttle); if no throttle or
 //     suspend threshold is reached any more, the cycle starts with a
-//     resume.
+//     resume. A plan change settles the balances of the new plan's grants
+//     meters, and resumes the blocked balances of meters it no longer
+//     limits by grants.
+//   - A grant is counted once by its source and id, also when a retry
+//     comes after the dedup horizon.
 //   - Grants draw down usage; they do not change its price (a prepaid
 //     meter's price is what the plan says, often 0).
 
@@ -62,24 +74,22 @@ type GrantEvent struct {
 // field, or data.meter), value (units, positive), expires (optional, after
 // the time).
 func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, out []Event) ([]Event, error) {
-	meter, expires := w.Meter, w.Expires
+	meter, rawExpires := w.Meter, w.Expires
 	if w.SpecVersion != "" {
-		meter, expires = "", ""
-		for _, f := range [...]struct {
-			name string
-			dst  *string
-		}{{"meter", &meter}, {"expires", &expires}} {
-			if raw, ok := w.Data[f.name]; ok {
-				if err := json.Unmarshal(raw, f.dst); err != nil {
-					return out, fail(ReasonInvalidField, "data.%s is not a string", f.name)
-				}
-			}
+		meter, rawExpires = "", w.Data["expires"]
+		if err := stringField("data.meter", w.Data["meter"], &meter); err != nil {
+			return out, err
 		}
+	}
+	var expires string
+	if err := stringField("expires", rawExpires, &expires); err != nil {
+		return out, err
 	}
 	if meter == "" || meter == GrantCreated {
 		return out, fail(ReasonMissingField, "%s has no meter (the meter granted)", GrantCreated)
 	}
-	if d.meters.byName(meter) == nil {
+	spec := d.meters.byName(meter)
+	if spec == nil {
 		return out, fail(ReasonUnknownMeter, "%s grants meter %q, which is not configured", GrantCreated, meter)
 	}
 	if len(rawValue) == 0 {
@@ -94,6 +104,9 @@ func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, 
 	}
 	if !units.IsPositive() {
 		return out, fail(ReasonInvalidField, "%s grants %s units; a grant is positive", GrantCreated, units)
+	}
+	if !spec.Decimal && !units.IsInteger() {
+		return out, fail(ReasonInvalidField, "%s grants %s units of meter %s, which counts integers (decimal: true for fractions)", GrantCreated, units, meter)
 	}
 	g := &GrantEvent{Meter: meter}
 	if expires != "" {
@@ -110,7 +123,7 @@ func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, 
 
 // grantLot is one grant and what is left of it.
 type grantLot struct {
-	id                 string // the grant event's id
+	source, id         string // the grant event's
 	startNs, expiresNs int64  // expiresNs math.MaxInt64: never
 	granted, remaining decimal.Decimal
 }
@@ -128,22 +141,28 @@ type balance struct {
 	announced decimal.Decimal
 	cycle     uint64
 	blocked   bool
+	// clockNs is the latest time b was evaluated at (a grant's or record's
+	// time, or the watermark): the lots in force are taken at it, so its
+	// share never goes back to an earlier view.
+	clockNs int64
 }
 
-// totals are the units of the lots and what is left of them.
-func (b *balance) totals() (granted, remaining decimal.Decimal) {
+// status is b's entitlement e evaluated at atNs: limit the units of the
+// lots in force then, used what was drawn from them.
+func (b *balance) status(e *rating.Entitlement, atNs int64) (*rating.Entitlement, rating.EntitlementStatus) {
+	var granted, remaining decimal.Decimal
 	for _, l := range b.lots {
-		granted, remaining = granted.Add(l.granted), remaining.Add(l.remaining)
+		if l.startNs <= atNs && atNs < l.expiresNs {
+			granted, remaining = granted.Add(l.granted), remaining.Add(l.remaining)
+		}
 	}
-	return granted, remaining
-}
-
-// status is b's entitlement e evaluated: limit the lots' units, used what
-// was drawn from them.
-func (b *balance) status(e *rating.Entitlement) (*rating.Entitlement, rating.EntitlementStatus) {
-	granted, remaining := b.totals()
 	g := e.WithLimit(granted)
 	return g, g.Status(granted.Sub(remaining), decimal.Zero, decimal.Zero)
+}
+
+// has reports whether b holds the grant of source and id.
+func (b *balance) has(source, id string) bool {
+	return slices.ContainsFunc(b.lots, func(l grantLot) bool { return l.source == source && l.id == id })
 }
 
 // draw takes v from the lots in force at atNs; what they cannot cover is
@@ -222,31 +241,46 @@ func (s *shard) balanceOf(customer, meter string, create bool) *balance {
 //
 // Invariant (exactly once): the balance is marked dirty with the dedup id
 // remembered and the actions queued, so one checkpoint holds all three; a
-// replay after a crash before it adds the grant again, once.
+// replay after a crash before it adds the grant again, once. The lot's
+// source and id keep a retry from counting twice after the dedup horizon.
 func (s *shard) applyGrant(ev *Event) {
-	if !s.drawsGrants {
-		s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("no plan limits meter %s by grants (entitlement of: grants), so a grant of it has nothing to top up", ev.Grant.Meter))
+	meter := ev.Grant.Meter
+	if rules, ok := s.rater.(EntitlementRules); !ok || !rules.GrantsLimit(meter) {
+		s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("no plan limits meter %s by grants (entitlement of: grants), so a grant of it has nothing to top up", meter))
 		return
 	}
-	identity := eventIDHash(ev.Source, ev.ID, grantMeter)
-	if s.seen(ev, identity) {
+	if ev.Grant.ExpiresNs != 0 && s.watermarkNs != minWatermark && ev.Grant.ExpiresNs <= s.watermarkNs {
+		s.deadLetter(ev, ReasonLate, fmt.Sprintf("grant expired at %s, before it arrived: watermark %s", formatTimeNs(ev.Grant.ExpiresNs), formatTimeNs(s.watermarkNs)))
+		return
+	}
+	if s.seen(ev, eventIDHash(ev.Source, ev.ID, grantMeter)) {
 		s.pending.duplicates[grantMeter]++
 		return
 	}
-	b := s.balanceOf(ev.Customer, ev.Grant.Meter, true)
-	lot := grantLot{id: ev.ID, startNs: ev.TimeNs, expiresNs: math.MaxInt64, granted: ev.Value(), remaining: ev.Value()}
+	key := balanceKey(ev.Customer, meter)
+	b := s.balanceOf(ev.Customer, meter, true)
+	s.expireBalance(b)
+	if b.has(ev.Source, ev.ID) {
+		s.pending.duplicates[grantMeter]++
+		return
+	}
+	lot := grantLot{source: ev.Source, id: ev.ID, startNs: ev.TimeNs, expiresNs: math.MaxInt64, granted: ev.Value(), remaining: ev.Value()}
 	if ev.Grant.ExpiresNs != 0 {
 		lot.expiresNs = ev.Grant.ExpiresNs
-		heap.Push(&s.grantExpiries, grantExpiry{atNs: lot.expiresNs, key: balanceKey(ev.Customer, ev.Grant.Meter)})
+		heap.Push(&s.grantTimes, grantTime{atNs: lot.expiresNs, key: key})
+	}
+	present := s.rules.present(s.watermarkNs)
+	if lot.startNs > present {
+		heap.Push(&s.grantTimes, grantTime{atNs: lot.startNs, key: key}) // it joins the limit then
 	}
 	b.add(lot)
-	s.pending.balancesDirty[balanceKey(ev.Customer, ev.Grant.Meter)] = true
-	if me, ok := s.grantEntitlement(ev.Customer, ev.Grant.Meter, ev.TimeNs); ok {
-		s.settleBalance(b, me, ev.TimeNs)
+	s.pending.balancesDirty[key] = true
+	if me, ok := s.grantEntitlement(ev.Customer, meter, ev.TimeNs); ok {
+		s.settleBalance(b, me, present, ev.TimeNs)
 	}
 }
 
-// drawGrants draws ev's value from its customer's grants when its meter is
+// drawGrants draws ev's units from its customer's grants when its meter is
 // limited by them (under the plan pricing the window starting at
 // windowStartNs).
 func (s *shard) drawGrants(ev *Event, m *meterSpec, windowStartNs int64) {
@@ -255,43 +289,105 @@ func (s *shard) drawGrants(ev *Event, m *meterSpec, windowStartNs int64) {
 		return
 	}
 	b := s.balanceOf(ev.Customer, m.Name, true)
-	b.draw(ev.Value(), ev.TimeNs)
+	s.expireBalance(b)
+	b.draw(ev.Units(), ev.TimeNs)
 	s.pending.balancesDirty[balanceKey(ev.Customer, m.Name)] = true
-	s.settleBalance(b, me, ev.TimeNs)
+	s.settleBalance(b, me, max(ev.TimeNs, s.rules.present(s.watermarkNs)), ev.TimeNs)
 }
 
-// expireGrants drops the grants the watermark passed the expiry of (at a
-// barrier), and announces what that changes.
-func (s *shard) expireGrants(wm int64) {
-	for len(s.grantExpiries) > 0 && s.grantExpiries[0].atNs <= wm {
-		x := heap.Pop(&s.grantExpiries).(grantExpiry)
-		b := s.balances[x.key]
-		if b == nil || !b.expire(wm) {
-			continue // another entry of the same balance took it
+// expireBalance drops b's lots expired at the watermark and announces what
+// that changes, at the expiry.
+func (s *shard) expireBalance(b *balance) {
+	if s.watermarkNs == minWatermark {
+		return
+	}
+	var lastNs int64
+	for _, l := range b.lots {
+		if l.expiresNs <= s.watermarkNs {
+			lastNs = max(lastNs, l.expiresNs)
 		}
-		s.pending.balancesDirty[x.key] = true
-		if me, ok := s.grantEntitlement(b.customer, b.meter, x.atNs); ok {
-			s.settleBalance(b, me, x.atNs)
+	}
+	if !b.expire(s.watermarkNs) {
+		return
+	}
+	s.pending.balancesDirty[balanceKey(b.customer, b.meter)] = true
+	if me, ok := s.grantEntitlement(b.customer, b.meter, lastNs); ok {
+		s.settleBalance(b, me, s.rules.present(s.watermarkNs), lastNs)
+	}
+}
+
+// settleGrantsOnPlanChange settles customer's balances after a plan change
+// at atNs: the new plan's grants meters are evaluated now (a customer put
+// on a prepaid plan without a grant is used up at once), and a balance
+// blocked on a meter the new plan no longer limits by grants is resumed.
+func (s *shard) settleGrantsOnPlanChange(customer string, atNs int64) {
+	rules, ok := s.rater.(EntitlementRules)
+	if !ok {
+		return
+	}
+	for _, m := range s.meters.list {
+		if !rules.GrantsLimit(m.Name) {
+			continue
+		}
+		me, ok := s.grantEntitlement(customer, m.Name, atNs)
+		b := s.balanceOf(customer, m.Name, ok)
+		switch {
+		case b == nil:
+		case ok:
+			s.expireBalance(b)
+			s.settleBalance(b, me, s.rules.present(s.watermarkNs), atNs)
+		case b.blocked && s.watchLimits:
+			b.blocked, b.cycle, b.announced = false, b.cycle+1, decimal.Zero
+			plan, _ := rules.PlanAt(s.subscriber(customer), time.Unix(0, atNs).UTC())
+			s.queueAction(ProvisioningAction{
+				ID:     fmt.Sprintf("%s|%s|@grants|%d|resume", customer, m.Name, b.cycle),
+				Action: rating.ActionResume, Customer: customer, Meter: m.Name, Plan: plan, Of: "grants",
+				Basis: rating.LimitGrants, At: time.Unix(0, atNs).UTC(),
+			})
+			s.pending.balancesDirty[balanceKey(customer, m.Name)] = true
 		}
 	}
 }
 
-// settleBalance announces what b's usage share moved across, at atNs:
-// thresholds newly reached, and, when a top-up or an expiry brought it
-// under thresholds announced, a new cycle (with a resume if it is no
-// longer throttled or suspended).
-func (s *shard) settleBalance(b *balance, me rating.MeterEntitlement, atNs int64) {
+// expireGrants, at a barrier, settles the balances whose grants expired
+// or started since, at the watermark.
+func (s *shard) expireGrants(wm int64) {
+	present := s.rules.present(wm)
+	for len(s.grantTimes) > 0 && s.grantTimes[0].atNs <= present {
+		x := heap.Pop(&s.grantTimes).(grantTime)
+		b := s.balances[x.key]
+		if b == nil {
+			continue
+		}
+		s.expireBalance(b)
+		if me, ok := s.grantEntitlement(b.customer, b.meter, x.atNs); ok {
+			s.settleBalance(b, me, present, x.atNs)
+		}
+	}
+}
+
+// settleBalance announces, at atNs, what b's usage share at statusNs moved
+// across: thresholds newly reached, and, when a top-up, a start or an
+// expiry brought it under thresholds announced, a new cycle that
+// announces again every threshold reached (after a resume if it is no
+// longer throttled or suspended). It marks b dirty when it changes it.
+func (s *shard) settleBalance(b *balance, me rating.MeterEntitlement, statusNs, atNs int64) {
 	if !s.watchLimits {
 		return
 	}
-	g, st := b.status(me.Entitlement)
+	if statusNs > b.clockNs {
+		b.clockNs = statusNs
+		s.pending.balancesDirty[balanceKey(b.customer, b.meter)] = true
+	}
+	g, st := b.status(me.Entitlement, b.clockNs)
 	top := decimal.Zero
 	if n := len(st.Crossed); n > 0 {
 		top = st.Crossed[n-1].Percent
 	}
+	changed := false
 	if top.LessThan(b.announced) {
 		b.cycle++
-		b.announced = top
+		b.announced, changed = decimal.Zero, true
 		if b.blocked && st.State != rating.StateThrottled && st.State != rating.StateSuspended {
 			b.blocked = false
 			s.queueAction(s.balanceAction(b, me, g, st, rating.ActionResume, decimal.Zero, atNs))
@@ -303,8 +399,12 @@ func (s *shard) settleBalance(b *balance, me rating.MeterEntitlement, atNs int64
 			b.blocked = true
 		}
 		s.queueAction(s.balanceAction(b, me, g, st, c.Threshold.Action, c.Threshold.Percent, atNs))
+		changed = true
 	}
 	b.announced = announced
+	if changed {
+		s.pending.balancesDirty[balanceKey(b.customer, b.meter)] = true
+	}
 }
 
 // balanceAction is an action on b in its cycle: a threshold's (percent)
@@ -323,20 +423,23 @@ func (s *shard) balanceAction(b *balance, me rating.MeterEntitlement, g *rating.
 	}
 }
 
-// grantExpiry is when a balance's grant expires.
-type grantExpiry struct {
+// grantTime is when a balance's grant expires or starts.
+type grantTime struct {
 	atNs int64
 	key  string
 }
 
-// expiryHeap orders grant expiries, soonest first.
-type expiryHeap []grantExpiry
+// grantTimes orders grant expiries and starts, soonest first, then by
+// balance (so a recovered heap settles balances in the same order).
+type grantTimes []grantTime
 
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].atNs < h[j].atNs }
-func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(grantExpiry)) }
-func (h *expiryHeap) Pop() any {
+func (h grantTimes) Len() int { return len(h) }
+func (h grantTimes) Less(i, j int) bool {
+	return h[i].atNs < h[j].atNs || h[i].atNs == h[j].atNs && h[i].key < h[j].key
+}
+func (h grantTimes) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *grantTimes) Push(x any)   { *h = append(*h, x.(grantTime)) }
+func (h *grantTimes) Pop() any {
 	old := *h
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
@@ -369,8 +472,8 @@ func grantReports(b *balance) []GrantReport {
 	return out
 }
 
-// balanceFormat leads an encoded balance.
-const balanceFormat = 1
+// balanceFormat leads an encoded balance (2: lots carry their source).
+const balanceFormat = 2
 
 // encodeBalance is b's stored value.
 func encodeBalance(b *balance) []byte {
@@ -383,8 +486,10 @@ func encodeBalance(b *balance) []byte {
 	}
 	out = append(out, blocked)
 	out = appendDecimal(out, b.overage)
+	out = binary.AppendVarint(out, b.clockNs)
 	out = binary.AppendUvarint(out, uint64(len(b.lots)))
 	for _, l := range b.lots {
+		out = appendBytes(out, []byte(l.source))
 		out = appendBytes(out, []byte(l.id))
 		out = binary.AppendVarint(out, l.startNs)
 		out = binary.AppendVarint(out, l.expiresNs)
@@ -409,12 +514,13 @@ func decodeBalance(key, v []byte) (*balance, error) {
 	b.announced = r.decimal()
 	b.blocked = r.byte() == 1
 	b.overage = r.decimal()
+	b.clockNs = r.varint()
 	n := r.uvarint()
 	if r.err == nil && n > uint64(len(v)) {
 		return nil, fmt.Errorf("grant balance of %s/%s: %d grants in %d bytes", customer, meter, n, len(v))
 	}
 	for range n {
-		l := grantLot{id: string(r.bytes()), startNs: r.varint(), expiresNs: r.varint()}
+		l := grantLot{source: string(r.bytes()), id: string(r.bytes()), startNs: r.varint(), expiresNs: r.varint()}
 		l.granted, l.remaining = r.decimal(), r.decimal()
 		b.lots = append(b.lots, l)
 	}
@@ -435,13 +541,16 @@ func (s *shard) snapshotBalances(snap *shardSnapshot) {
 	clear(s.pending.balancesDirty)
 }
 
-// restoreBalance files a stored balance at recovery.
-func (s *shard) restoreBalance(b *balance) {
+// restoreBalance files a stored balance at recovery, at watermark wm.
+func (s *shard) restoreBalance(b *balance, wm int64) {
 	k := balanceKey(b.customer, b.meter)
 	s.balances[k] = b
 	for _, l := range b.lots {
 		if l.expiresNs != math.MaxInt64 {
-			heap.Push(&s.grantExpiries, grantExpiry{atNs: l.expiresNs, key: k})
+			heap.Push(&s.grantTimes, grantTime{atNs: l.expiresNs, key: k})
+		}
+		if l.startNs > s.rules.present(wm) {
+			heap.Push(&s.grantTimes, grantTime{atNs: l.startNs, key: k})
 		}
 	}
 }

@@ -203,6 +203,11 @@ func CompileMeters(meters []Meter, defaultWindow time.Duration) (*Meters, error)
 		if len(spec.EventTypes) == 0 {
 			spec.EventTypes = []string{cfg.Name}
 		}
+		for _, t := range spec.EventTypes {
+			if t == GrantCreated || strings.HasPrefix(t, subscriptionTypePrefix) || strings.HasPrefix(t, slaTypePrefix) {
+				return nil, fmt.Errorf("meters.%s.eventTypes: %q is the type of Tally's own events (grant.created, subscription.*, sla.*); name the meter or its event type otherwise", cfg.Name, t)
+			}
+		}
 		if spec.Aggregation == "" {
 			spec.Aggregation = AggSum
 		}

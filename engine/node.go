@@ -828,6 +828,11 @@ func (o ownedRules) HasGrants() bool {
 	return ok && e.HasGrants()
 }
 
+func (o ownedRules) GrantsLimit(meter string) bool {
+	e, ok := o.ratingRules.(EntitlementRules)
+	return ok && e.GrantsLimit(meter)
+}
+
 func (o ownedRules) PlanEntitlements(id string, t time.Time) []rating.MeterEntitlement {
 	if e, ok := o.ratingRules.(EntitlementRules); ok {
 		return e.PlanEntitlements(id, t)

@@ -457,7 +457,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		if err != nil {
 			return fmt.Errorf("engine: recover grants: %w: state is corrupt", err)
 		}
-		e.shards[routingHash(b.customer)%n].restoreBalance(b)
+		e.shards[routingHash(b.customer)%n].restoreBalance(b, wm)
 		return nil
 	})
 	if err != nil {

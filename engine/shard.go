@@ -56,11 +56,11 @@ type shard struct {
 	// chargeFees resumes them.
 	resumeDue []*window
 	// balances are the customers' prepaid grants by balanceKey, and
-	// grantExpiries when they expire (grant.go); drawsGrants is set when
+	// grantTimes when their grants expire or start (grant.go); drawsGrants is set when
 	// some plan limits a meter by grants.
-	balances      map[string]*balance
-	grantExpiries expiryHeap
-	drawsGrants   bool
+	balances    map[string]*balance
+	grantTimes  grantTimes
+	drawsGrants bool
 	// SLA measurements by customer and billing period (sla.go):
 	// slaByCustomer lists each customer's, slaOngoing marks customers with
 	// an outage not over, slaClosedSeen the periods seen closed in this

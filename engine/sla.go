@@ -77,30 +77,41 @@ type SLAEvent struct {
 	Resolved bool
 }
 
-// wireSLA are the fields of SLA events in the plain form.
+// wireSLA are the fields of SLA events (raw JSON: checked only for them).
 type wireSLA struct {
-	OK        json.RawMessage
-	LatencyMs json.RawMessage
-	Outage    string
-	End       string
-	Issue     string
-	Status    string
+	OK, LatencyMs, Outage, End, Issue, Status json.RawMessage
+}
+
+// stringField reads raw, a JSON string or null or absent, into dst.
+func stringField(name string, raw json.RawMessage, dst *string) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		return fail(ReasonInvalidField, "field %s is %s, not a string", name, raw)
+	}
+	return nil
 }
 
 // decodeSLA reads an SLA event of type kind.
 func (d *Decoder) decodeSLA(ev Event, kind string, w *wireEvent, out []Event) ([]Event, error) {
-	f := w.sla
+	raw, prefix := w.sla, ""
 	if w.SpecVersion != "" {
-		f = wireSLA{OK: w.Data["ok"], LatencyMs: w.Data["latency_ms"]}
-		for _, s := range [...]struct {
-			name string
-			dst  *string
-		}{{"outage", &f.Outage}, {"end", &f.End}, {"issue", &f.Issue}, {"status", &f.Status}} {
-			if raw, ok := w.Data[s.name]; ok {
-				if err := json.Unmarshal(raw, s.dst); err != nil {
-					return out, fail(ReasonInvalidField, "data.%s is not a string", s.name)
-				}
-			}
+		raw = wireSLA{OK: w.Data["ok"], LatencyMs: w.Data["latency_ms"], Outage: w.Data["outage"],
+			End: w.Data["end"], Issue: w.Data["issue"], Status: w.Data["status"]}
+		prefix = "data."
+	}
+	f := struct {
+		OK, LatencyMs              json.RawMessage
+		Outage, End, Issue, Status string
+	}{OK: raw.OK, LatencyMs: raw.LatencyMs}
+	for _, s := range [...]struct {
+		name string
+		raw  json.RawMessage
+		dst  *string
+	}{{"outage", raw.Outage, &f.Outage}, {"end", raw.End, &f.End}, {"issue", raw.Issue, &f.Issue}, {"status", raw.Status, &f.Status}} {
+		if err := stringField(prefix+s.name, s.raw, s.dst); err != nil {
+			return out, err
 		}
 	}
 	e := &SLAEvent{Kind: kind}

@@ -4,7 +4,10 @@ import "github.com/tally-billing/tally/state"
 
 // timeRules are the event-time bounds every shard applies identically.
 type timeRules struct {
-	graceNs         int64
+	graceNs int64
+	// latenessNs is the allowed lateness: the watermark trails the latest
+	// event time by it (see present).
+	latenessNs      int64
 	reviseHorizonNs int64
 	dedupHorizonNs  int64
 	// finalizeAfterNs, when > 0, keeps windows revisable until their
@@ -106,6 +109,15 @@ func (r timeRules) dedupMemoryExpiry(wm int64) int64 {
 		return minWatermark
 	}
 	return floorDiv(wm-min(r.dedupHorizonNs, r.dedupMemoryNs), dedupBucketNs)
+}
+
+// present is the stream's present at wm: the latest event time the
+// watermark follows (wm + allowed lateness); minWatermark before any.
+func (r timeRules) present(wm int64) int64 {
+	if wm == minWatermark {
+		return minWatermark
+	}
+	return wm + r.latenessNs
 }
 
 // closed reports whether a window ending at endNs is closed at wm.

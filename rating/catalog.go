@@ -17,6 +17,7 @@ type Catalog struct {
 	// entitlements is set when some plan version limits some meter.
 	entitlements bool
 	grants       bool
+	grantMeters  map[string]bool
 	sla          bool
 }
 
@@ -26,6 +27,9 @@ func (c *Catalog) HasEntitlements() bool { return c.entitlements }
 // HasGrants reports whether some plan version limits a meter by grants
 // (of: grants).
 func (c *Catalog) HasGrants() bool { return c.grants }
+
+// GrantsLimit reports whether some plan version limits meter by grants.
+func (c *Catalog) GrantsLimit(meter string) bool { return c.grantMeters[meter] }
 
 // ParseCatalog reads and validates a plan file.
 func ParseCatalog(data []byte) (*Catalog, error) {
@@ -55,9 +59,15 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 		}
 		c.versions[p.ID] = append(c.versions[p.ID], p)
 		c.sla = c.sla || len(p.SLA) > 0
-		for _, price := range p.Meters {
+		for name, price := range p.Meters {
 			c.entitlements = c.entitlements || price.Entitlement != nil
-			c.grants = c.grants || price.Entitlement != nil && price.Entitlement.Of == LimitGrants
+			if price.Entitlement != nil && price.Entitlement.Of == LimitGrants {
+				c.grants = true
+				if c.grantMeters == nil {
+					c.grantMeters = map[string]bool{}
+				}
+				c.grantMeters[name] = true
+			}
 		}
 	}
 	for id, vs := range c.versions {

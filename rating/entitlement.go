@@ -162,6 +162,9 @@ func (e *Entitlement) validate(where string, price *Price) error {
 	}
 	if e.Of == LimitGrants {
 		for i := range e.Thresholds {
+			if e.Thresholds[i].Percent.GreaterThan(decimal.NewFromInt(100)) {
+				return fmt.Errorf("%s.thresholds[%d].percent: %s is over 100; grants are drawn down to 0 and no further (usage past them is overage)", where, i, e.Thresholds[i].Percent)
+			}
 			e.Thresholds[i].at = decimal.Zero // shares of a limit that moves: see WithLimit
 		}
 	}

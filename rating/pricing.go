@@ -231,6 +231,10 @@ func (p *Pricing) HasEntitlements() bool { return p.catalog.HasEntitlements() }
 // without one, grant events have nothing to top up.
 func (p *Pricing) HasGrants() bool { return p.catalog.HasGrants() }
 
+// GrantsLimit reports whether some plan limits meter by grants; a grant
+// of another meter has nothing to top up.
+func (p *Pricing) GrantsLimit(meter string) bool { return p.catalog.GrantsLimit(meter) }
+
 // Entitlement returns the entitlement of meter in the plan pricing sub at
 // t; ok is false when there is none (or no plan).
 func (p *Pricing) Entitlement(sub Subscriber, meter string, t time.Time) (MeterEntitlement, bool) {

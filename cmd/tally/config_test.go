@@ -153,13 +153,15 @@ meters:
   sms: {model: per_unit, unitPrice: "0.05"}
   peak_mbps: {model: per_unit, unitPrice: "1", entitlement: {limit: "100", of: amount}}
   fax: {model: per_unit, unitPrice: "0.5", entitlement: {limit: "10"}}
+  latest_gb: {model: per_unit, unitPrice: "0", entitlement: {of: grants}}
 `)
 	for _, c := range []struct {
 		meters string
 		want   string
 	}{
-		{"[{name: sms}, {name: peak_mbps, aggregation: MAX}]", "plan capped: meters.fax.entitlement: meter fax is not configured"},
-		{"[{name: sms}, {name: peak_mbps, aggregation: MAX}, {name: fax}]", "plan capped: meters.peak_mbps.entitlement.of: amount needs a SUM or COUNT meter"},
+		{"[{name: sms}, {name: peak_mbps, aggregation: MAX}, {name: latest_gb}]", "plan capped: meters.fax.entitlement: meter fax is not configured"},
+		{"[{name: sms}, {name: peak_mbps, aggregation: MAX}, {name: fax}, {name: latest_gb}]", "plan capped: meters.peak_mbps.entitlement.of: amount needs a SUM or COUNT meter"},
+		{"[{name: sms}, {name: peak_mbps}, {name: fax}, {name: latest_gb, aggregation: LATEST}]", "plan capped: meters.latest_gb.entitlement.of: grants needs a SUM or COUNT meter"},
 	} {
 		path := writeFile(t, "tally.yaml", "plan: "+plan+"\nkafka: {brokers: [\"k:9092\"]}\nmeters: "+c.meters+"\n")
 		cfg, err := loadConfig("run", []string{"--config", path}, true)
