@@ -263,10 +263,14 @@ const actionCheckpointSpacing = 200 * time.Millisecond
 //
 // Invariant: a notice the buffer cannot take is dropped only while an
 // unread one waits there; the dispatcher reads that one after this action
-// was queued, so the checkpoint it causes holds the action.
+// was queued, so the checkpoint it causes holds the action. An action
+// queued while the shard takes a barrier (a window's charge, a resume, a
+// grant expiring, at close) is in that barrier's checkpoint and asks for
+// none; the list is emptied by the same barrier, so the next action asks
+// again.
 func (s *shard) queueAction(act ProvisioningAction) {
 	s.pending.actions = append(s.pending.actions, act)
-	if len(s.pending.actions) == 1 {
+	if len(s.pending.actions) == 1 && !s.inBarrier {
 		select {
 		case s.actionQueued <- struct{}{}:
 		default:

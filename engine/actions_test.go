@@ -369,30 +369,134 @@ func TestResumeNeverUndoesABlock(t *testing.T) {
 
 // TestActionCutsEarlyCheckpoint: a queued action has its checkpoint cut
 // without waiting for the regular interval (a minute in the harness, where
-// only the test asks for checkpoints). Red without the shards' request
-// (queueAction) or the dispatcher's answer to it.
+// otherwise only the test asks for checkpoints), and so does the next one
+// after that barrier, on either shard; actions queued inside a barrier ask
+// for none. Red without the shards' request (queueAction) or the
+// dispatcher's answer to it.
 func TestActionCutsEarlyCheckpoint(t *testing.T) {
-	h, actions := actionsHarness(t)
+	h := pricedHarness(t, actionsPlan, "capped", nil, time.Hour, Meter{Name: "sms"}, Meter{Name: "data"})
+	actions := &captureActions{}
+	h.cfg.ActionSinks = []ActionSink{actions}
+	h.earlyCheckpoints = true
+	h.start()
 	at := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
-	for i := range 6 { // 60 sms of capped's 200: 25% announced
-		h.src.append(0, fmt.Appendf(nil, `{"id":"s%d","customer":"ann","meter":"sms","time":%q,"value":10}`, i, at.Add(time.Duration(i)*time.Minute).Format(time.RFC3339)))
-	}
-	// The regular interval is a minute: half of it is ample for an action
-	// cut at most actionCheckpointSpacing after it was queued.
-	deadline := time.Now().Add(30 * time.Second)
-	var got map[string]ProvisioningAction
-	for time.Now().Before(deadline) {
-		// Three actions (below) come from one checkpoint: all or none.
-		if got = delivered(t, actions); len(got) > 0 {
-			break
+	send := func(customer string, n int) {
+		for i := range n {
+			h.src.append(0, fmt.Appendf(nil, `{"id":"%s-%d","customer":%q,"meter":"sms","time":%q,"value":10}`, customer, i, customer,
+				at.Add(time.Duration(i)*time.Minute).Format(time.RFC3339)))
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	// waitFor waits for ids without asking for a checkpoint; the regular
+	// interval is a minute, so half of it is ample for checkpoints cut at
+	// most actionCheckpointSpacing after their actions were queued.
+	waitFor := func(ids ...string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got := delivered(t, actions)
+			missing := slices.DeleteFunc(slices.Clone(ids), func(id string) bool { _, ok := got[id]; return ok })
+			if len(missing) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("actions %v not delivered before the interval's checkpoint; got %v", missing, slices.Collect(maps.Keys(got)))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// 60 sms of capped's 200: 25% and both allowance thresholds (20).
+	send("ann", 6)
 	p := "ann|sms|2026-03-01T00:00:00Z|"
-	for _, id := range []string{p + "limit|25", p + "allowance|50", p + "allowance|100"} {
-		if _, ok := got[id]; !ok {
-			t.Errorf("action %s not delivered before the interval's checkpoint; got %v", id, slices.Collect(maps.Keys(got)))
-		}
+	waitFor(p+"limit|25", p+"allowance|50", p+"allowance|100")
+	// Later crossings ask again, whichever shard holds the customer.
+	send("bea", 6)
+	waitFor("bea|sms|2026-03-01T00:00:00Z|limit|25")
+	h.src.append(0, fmt.Appendf(nil, `{"id":"ann-more","customer":"ann","meter":"sms","time":%q,"value":50}`, at.Add(time.Hour).Format(time.RFC3339)))
+	waitFor(p + "limit|50")
+	// No runaway cuts: a handful of checkpoints for three requests.
+	if seq := h.engine.committedSeq.Load(); seq > 10 {
+		t.Errorf("%d checkpoints cut for three bursts of actions", seq)
 	}
 	h.stop()
+}
+
+// TestNoEarlyCheckpointForBarrierActions: an amount crossing is found at a
+// barrier (when windows are charged); its action is in that checkpoint,
+// and asks for no early one after it. (From a review, which saw a spare
+// checkpoint cut 200 ms later.)
+func TestNoEarlyCheckpointForBarrierActions(t *testing.T) {
+	h := pricedHarness(t, actionsPlan, "capped", nil, time.Hour, Meter{Name: "sms"}, Meter{Name: "data"})
+	actions := &captureActions{}
+	h.cfg.ActionSinks = []ActionSink{actions}
+	h.earlyCheckpoints = true
+	h.start()
+	at := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	h.src.append(0, fmt.Appendf(nil, `{"id":"d1","customer":"ann","meter":"data","time":%q,"value":100}`, at.Format(time.RFC3339)))
+	h.checkpoint(true) // emitOpen: data's charge 1.00 of 1.50 crosses 50%
+	if _, ok := delivered(t, actions)["ann|data|2026-03-01T00:00:00Z|limit|50"]; !ok {
+		t.Fatalf("the amount crossing was not in the requested checkpoint: %v", delivered(t, actions))
+	}
+	after := h.engine.committedSeq.Load()
+	time.Sleep(3 * actionCheckpointSpacing)
+	if later := h.engine.committedSeq.Load(); later > after {
+		t.Errorf("checkpoints %d..%d cut unasked after an action queued at a barrier (already in %d)", after+1, later, after)
+	}
+	h.stop()
+}
+
+// gatedSink takes rows only once its gate is open.
+type gatedSink struct{ gate chan struct{} }
+
+func (g *gatedSink) Name() string { return "gated" }
+func (g *gatedSink) Write(ctx context.Context, rows []RatedRow) error {
+	select {
+	case <-g.gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestEarlyCheckpointSurvivesBackpressure: an action's early checkpoint
+// falls due while consumption is paused (the row sink is behind); it is
+// cut once the sinks catch up, not left to the regular interval (a
+// minute here). Red when the pause drops the request (found by a review).
+func TestEarlyCheckpointSurvivesBackpressure(t *testing.T) {
+	h := pricedHarness(t, actionsPlan, "capped", nil, time.Hour, Meter{Name: "sms"}, Meter{Name: "data"})
+	actions := &captureActions{}
+	h.cfg.ActionSinks = []ActionSink{actions}
+	h.cfg.MaxUndeliveredCheckpoints = 1
+	h.earlyCheckpoints = true
+	gate := &gatedSink{gate: make(chan struct{})}
+	h.sinkOverride = gate
+	hold := make(chan struct{})
+	var once sync.Once
+	h.cfg.FaultHook = func(string) { once.Do(func() { <-hold }) }
+	h.start()
+	at := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC).Format(time.RFC3339)
+	rec := func(id, customer string, v int) {
+		h.src.append(0, fmt.Appendf(nil, `{"id":%q,"customer":%q,"meter":"sms","time":%q,"value":%d}`, id, customer, at, v))
+	}
+	rec("r0", "bob", 1)
+	reply := make(chan uint64, 1)
+	h.engine.checkpointRequests <- checkpointRequest{offsets: h.src.offsets(), emitOpen: true, reply: reply}
+	<-reply              // checkpoint 1 is cut; its commit waits in the hook
+	rec("r1", "ann", 10) // 50% of the allowance (20): an action after it
+	time.Sleep(30 * time.Millisecond)
+	close(hold)
+	for h.engine.committedSeq.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	rec("r2", "bob", 1)                     // the dispatcher takes it and sees the pause (bob's row undelivered)
+	time.Sleep(2 * actionCheckpointSpacing) // the early cut falls due, paused
+	close(gate.gate)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(delivered(t, actions)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(delivered(t, actions)) == 0 {
+		t.Errorf("the action queued before the pause was not cut within 30 s of the sinks catching up")
+	}
+	h.cancel()
+	<-h.done
 }

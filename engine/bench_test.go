@@ -204,6 +204,8 @@ func benchmarkRecordToAction(b *testing.B, checkpointInterval time.Duration) {
 	h.meters = benchMeters(b)
 	h.rater = cappedPricing(b)
 	h.cfg.CheckpointInterval = checkpointInterval
+	h.cfg.DeltaBaseMinBytes = 0 // the production rule (newHarness picks one by test name)
+	h.earlyCheckpoints = true
 	sink := &timedActions{when: make(map[string]time.Time)}
 	h.cfg.ActionSinks = []ActionSink{sink}
 	h.start()

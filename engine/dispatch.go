@@ -105,8 +105,13 @@ func (d *dispatcher) run(ctx context.Context) (graceful bool, err error) {
 			}
 		case <-d.actionCut:
 			d.actionTimer, d.actionCut = nil, nil
-			if d.paused {
-				continue // the ticker's rule: cut again once input is taken
+			if d.backpressure() == nil {
+				// Paused by backpressure (looked at now, not when the loop
+				// began): the action is still due, so look again shortly
+				// rather than wait for the ticker.
+				d.actionTimer = time.NewTimer(actionCheckpointSpacing)
+				d.actionCut = d.actionTimer.C
+				continue
 			}
 			now := e.now()
 			d.wm = e.watermark(d.partitions, now, d.wm)
@@ -239,7 +244,6 @@ func (d *dispatcher) cut(ctx context.Context, now time.Time, final bool) error {
 	d.seq++
 	// Every action queued before this cut is in it (its shard asked before
 	// the barrier), so an early checkpoint asked for is no longer due.
-	d.lastCut = time.Now()
 	if d.actionTimer != nil {
 		d.actionTimer.Stop()
 		d.actionTimer, d.actionCut = nil, nil
@@ -271,6 +275,9 @@ func (d *dispatcher) cut(ctx context.Context, now time.Time, final bool) error {
 	}
 	select {
 	case d.writes <- cp:
+		// The spacing of early checkpoints counts from the hand-off: a cut
+		// that waited for the writer leaves it time to write.
+		d.lastCut = time.Now()
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)

@@ -126,7 +126,8 @@ type Config struct {
 	Shards int `yaml:"shards"`
 	// Window is the window of meters that do not set their own.
 	Window time.Duration `yaml:"window"`
-	// CheckpointInterval is the wall-clock time between checkpoints.
+	// CheckpointInterval is the wall-clock time between checkpoints; a
+	// queued provisioning action cuts one sooner (actionCheckpointSpacing).
 	CheckpointInterval time.Duration `yaml:"checkpointInterval"`
 	// AllowedLateness is how far a partition's watermark trails its highest
 	// event time.
@@ -338,8 +339,11 @@ type Engine struct {
 	// watermarkRequests carries AdvanceWatermark's requests to the dispatcher.
 	watermarkRequests chan watermarkRequest
 	// actionQueued brings the shards' requests for an early checkpoint,
-	// made when they queue a provisioning action (shard.queueAction).
-	actionQueued chan struct{}
+	// made when they queue a provisioning action (shard.queueAction);
+	// noEarlyCheckpoints turns them off (tests that cut checkpoints only
+	// on request, so that a seed replays the same cuts).
+	actionQueued       chan struct{}
+	noEarlyCheckpoints bool
 	// topicIDs are the source topics' identities, as recorded in the state
 	// or first seen; unrecordedTopicIDs those the next checkpoint records.
 	topicIDs, unrecordedTopicIDs map[string]string

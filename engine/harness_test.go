@@ -162,6 +162,10 @@ type harness struct {
 	sink   *captureSink
 	// rater prices rows; halfRater unless a test sets a plan.
 	rater Rater
+	// earlyCheckpoints lets queued actions cut checkpoints of their own;
+	// off by default, so that checkpoints come only on request and a
+	// seed replays the same cuts.
+	earlyCheckpoints bool
 	// sinkOverride, if set, receives rows instead of sink (which still
 	// receives dead letters).
 	sinkOverride Sink
@@ -246,6 +250,7 @@ func (h *harness) start() {
 		h.t.Fatal(err)
 	}
 	e.now = h.now
+	e.noEarlyCheckpoints = !h.earlyCheckpoints
 	e.changelogRetry = Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.engine, h.cancel, h.done = e, cancel, make(chan error, 1)

@@ -264,7 +264,9 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		}
 		e.shards[i].watchLimits = e.watchesLimits()
 		e.shards[i].announceLifecycle = len(e.cfg.ActionSinks) > 0
-		e.shards[i].actionQueued = e.actionQueued
+		if !e.noEarlyCheckpoints {
+			e.shards[i].actionQueued = e.actionQueued
+		}
 		if rules, ok := e.rater.(EntitlementRules); ok {
 			e.shards[i].drawsGrants = rules.HasGrants()
 		}

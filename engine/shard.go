@@ -73,6 +73,7 @@ type shard struct {
 	// actionQueued asks the dispatcher for an early checkpoint when an
 	// action is queued (queueAction); nil in tests without a dispatcher.
 	actionQueued chan<- struct{}
+	inBarrier    bool
 	// unemitted lists the windows with a revision due by their end (see
 	// emitDue), so that a barrier visits the ends that closed, not every
 	// open window.
@@ -206,7 +207,12 @@ func (s *shard) run() {
 				return
 			}
 			if msg.barrier != nil {
-				msg.barrier.replies <- s.snapshot(msg.barrier)
+				// Actions queued during the barrier are in its checkpoint:
+				// they ask for no early one (queueAction).
+				s.inBarrier = true
+				snap := s.snapshot(msg.barrier)
+				s.inBarrier = false
+				msg.barrier.replies <- snap
 				continue
 			}
 			s.watermarkNs = msg.watermarkNs
