@@ -846,3 +846,19 @@ func (o ownedRules) PlanAt(sub rating.Subscriber, t time.Time) (string, bool) {
 	}
 	return "", false
 }
+
+// ownedRules passes the SLARules methods on too: without them a Node's
+// tasks would measure no objective and credit no breach.
+var _ SLARules = ownedRules{}
+
+func (o ownedRules) SLA(sub rating.Subscriber, periodEnd time.Time) (rating.SLATerms, bool) {
+	if e, ok := o.ratingRules.(SLARules); ok {
+		return e.SLA(sub, periodEnd)
+	}
+	return rating.SLATerms{}, false
+}
+
+func (o ownedRules) HasSLA() bool {
+	e, ok := o.ratingRules.(SLARules)
+	return ok && e.HasSLA()
+}

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -86,6 +88,20 @@ func TestSLACredits(t *testing.T) {
 	h.crash() // what was measured is durable
 	rec(`{"id":"b1","customer":"bob","meter":"voice","time":%q,"value":1}`, at(32, 1, 0))
 	h.checkpoint(false)
+	report, err := h.engine.SLA(context.Background(), "ann", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []string
+	for _, o := range report.Objectives {
+		states = append(states, fmt.Sprintf("%s %s %s%s %s %s", o.Name, o.State, o.Measured, map[bool]string{true: "ms", false: "%"}[o.Unit == "ms"], o.CreditPercent, o.Credit))
+	}
+	if got, want := strings.Join(states, "; "), "uptime breached 98.6559% 25 -5; fast met 150ms 0 0; support met 100% 0 0"; !report.Closed || got != want {
+		t.Errorf("ann's March SLA (closed %v): %s\nwant %s", report.Closed, got, want)
+	}
+	if _, err := h.engine.SLA(context.Background(), "nobody-on-sla", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Errorf("a customer without events on gold: %v, want a report of met objectives", err)
+	}
 	rec(`{"type":"sla.probe","id":"p-late","customer":"ann","time":%q,"ok":true,"latency_ms":400}`, at(15, 0, 0))
 	rec(`{"type":"sla.outage","id":"o3","customer":"ann","outage":"inc-2","time":%q,"end":%q}`, at(31, 16, 0), at(31, 20, 0))
 	h.crash()
@@ -95,6 +111,9 @@ func TestSLACredits(t *testing.T) {
 	rec(`{"type":"sla.issue","id":"i4","customer":"ann","issue":"T-2","status":"resolved","time":%q}`, at(32, 7, 0))
 	rec(`{"id":"b3","customer":"bob","meter":"voice","time":%q,"value":1}`, at(32, 8, 0))
 	h.checkpoint(false)
+	if _, err := h.engine.SLA(context.Background(), "ann", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)); !errors.Is(err, ErrNoSLA) || !strings.Contains(err.Error(), "settled") {
+		t.Errorf("ann's settled March: %v, want it settled", err)
+	}
 	h.stop()
 
 	type credit struct {

@@ -20,6 +20,7 @@ type usageQuerier interface {
 	Usage(ctx context.Context, req engine.UsageRequest) (engine.Usage, error)
 	Entitlements(ctx context.Context, customer string) (engine.Entitlements, error)
 	CheckEntitlement(ctx context.Context, customer, meter string, units decimal.Decimal) (engine.EntitlementCheck, error)
+	SLA(ctx context.Context, customer string, month time.Time) (engine.SLAReport, error)
 }
 
 // apiError writes a JSON error with a message.
@@ -37,6 +38,7 @@ func apiError(w http.ResponseWriter, status int, format string, args ...any) {
 //	GET /v1/customers/{id}/summary                        periods of every meter
 //	GET /v1/customers/{id}/entitlements                   limit, used, remaining, state per meter
 //	GET /v1/customers/{id}/entitlements/{meter}?units=N   are N more units allowed now
+//	GET /v1/customers/{id}/sla[?period=YYYY-MM]           SLA objectives: measured, target, state, credit
 func registerAPI(mux *http.ServeMux, q usageQuerier) {
 	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
 		params := r.URL.Query()
@@ -103,6 +105,36 @@ func registerAPI(mux *http.ServeMux, q usageQuerier) {
 			return q.CheckEntitlement(ctx, r.PathValue("id"), r.PathValue("meter"), units)
 		})
 	})
+	mux.HandleFunc("GET /v1/customers/{id}/sla", func(w http.ResponseWriter, r *http.Request) {
+		month, ok := periodParam(w, r)
+		if !ok {
+			return
+		}
+		reply(w, r, func(ctx context.Context) (any, error) { return q.SLA(ctx, r.PathValue("id"), month) })
+	})
+}
+
+// periodParam reads the only parameter, period=YYYY-MM (the billing period
+// starting in that month; none: the period in progress), answering 400
+// when it is bad.
+func periodParam(w http.ResponseWriter, r *http.Request) (time.Time, bool) {
+	params := r.URL.Query()
+	for name := range params {
+		if name != "period" {
+			apiError(w, http.StatusBadRequest, "unknown parameter %q; use period=YYYY-MM", name)
+			return time.Time{}, false
+		}
+	}
+	v := params.Get("period")
+	if v == "" {
+		return time.Time{}, true
+	}
+	month, err := time.Parse("2006-01", v)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, "parameter period=%q is not a month such as 2026-11", v)
+		return time.Time{}, false
+	}
+	return month, true
 }
 
 func answer(w http.ResponseWriter, r *http.Request, q usageQuerier, req engine.UsageRequest) {
@@ -115,7 +147,7 @@ func reply(w http.ResponseWriter, r *http.Request, query func(ctx context.Contex
 	defer cancel()
 	u, err := query(ctx)
 	switch {
-	case errors.Is(err, engine.ErrNoEntitlement):
+	case errors.Is(err, engine.ErrNoEntitlement), errors.Is(err, engine.ErrNoSLA):
 		apiError(w, http.StatusNotFound, "%v", err)
 		return
 	case errors.Is(err, engine.ErrUnknownMeter), errors.Is(err, engine.ErrBadRequest):

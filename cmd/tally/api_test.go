@@ -46,6 +46,14 @@ func (f *fakeQuerier) CheckEntitlement(_ context.Context, customer, meter string
 	return engine.EntitlementCheck{Customer: customer, Units: units, Allowed: true, More: units}, nil
 }
 
+func (f *fakeQuerier) SLA(_ context.Context, customer string, month time.Time) (engine.SLAReport, error) {
+	f.got = engine.UsageRequest{Customer: customer, From: month}
+	if f.err != nil {
+		return engine.SLAReport{}, f.err
+	}
+	return engine.SLAReport{Customer: customer, PeriodStart: month, Objectives: []engine.ObjectiveReport{{Name: "uptime", State: "met"}}}, nil
+}
+
 func TestUsageAPIValidatesRequests(t *testing.T) {
 	for _, tt := range []struct {
 		url    string
@@ -71,6 +79,11 @@ func TestUsageAPIValidatesRequests(t *testing.T) {
 		{"/v1/customers/c/entitlements/sms?units=1&at=now", 400, `unknown parameter \"at\"`, nil},
 		{"/v1/customers/c/entitlements/voice?units=1", 404, "no entitlement", engine.ErrNoEntitlement},
 		{"/v1/customers/c/entitlements/fax?units=1", 400, "unknown meter", engine.ErrUnknownMeter},
+		{"/v1/customers/c/sla", 200, `"name":"uptime"`, nil},
+		{"/v1/customers/c/sla?period=2026-11", 200, `"period_start":"2026-11-01T00:00:00Z"`, nil},
+		{"/v1/customers/c/sla?period=november", 400, "is not a month such as 2026-11", nil},
+		{"/v1/customers/c/sla?month=2026-11", 400, `unknown parameter \"month\"`, nil},
+		{"/v1/customers/c/sla", 404, "no SLA objectives", engine.ErrNoSLA},
 		{"/v1/usage?customer=c", 405, "", nil}, // POST below
 	} {
 		t.Run(tt.url, func(t *testing.T) {
