@@ -310,6 +310,14 @@ func (m *Meters) Names() []string {
 	return out
 }
 
+// unitOf is meter name's unit ("" for none or an unknown meter).
+func (m *Meters) unitOf(name string) string {
+	if s := m.byName(name); s != nil {
+		return s.Unit
+	}
+	return ""
+}
+
 func (m *Meters) byName(name string) *meterSpec {
 	for _, s := range m.list {
 		if s.Name == name {

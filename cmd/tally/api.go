@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -21,6 +22,7 @@ type usageQuerier interface {
 	Entitlements(ctx context.Context, customer string) (engine.Entitlements, error)
 	CheckEntitlement(ctx context.Context, customer, meter string, units decimal.Decimal) (engine.EntitlementCheck, error)
 	SLA(ctx context.Context, customer string, month time.Time) (engine.SLAReport, error)
+	Statement(ctx context.Context, customer string, month time.Time) (engine.Statement, error)
 }
 
 // apiError writes a JSON error with a message.
@@ -39,6 +41,7 @@ func apiError(w http.ResponseWriter, status int, format string, args ...any) {
 //	GET /v1/customers/{id}/entitlements                   limit, used, remaining, state per meter
 //	GET /v1/customers/{id}/entitlements/{meter}?units=N   are N more units allowed now
 //	GET /v1/customers/{id}/sla[?period=YYYY-MM]           SLA objectives: measured, target, state, credit
+//	GET /v1/customers/{id}/statement[?period=YYYY-MM]     the period's statement (JSON; HTML with Accept: text/html or format=html)
 func registerAPI(mux *http.ServeMux, q usageQuerier) {
 	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
 		params := r.URL.Query()
@@ -112,6 +115,34 @@ func registerAPI(mux *http.ServeMux, q usageQuerier) {
 		}
 		reply(w, r, func(ctx context.Context) (any, error) { return q.SLA(ctx, r.PathValue("id"), month) })
 	})
+	mux.HandleFunc("GET /v1/customers/{id}/statement", func(w http.ResponseWriter, r *http.Request) {
+		html := r.URL.Query().Get("format") == "html" || strings.Contains(r.Header.Get("Accept"), "text/html")
+		if f := r.URL.Query().Get("format"); f != "" && f != "html" && f != "json" {
+			apiError(w, http.StatusBadRequest, "parameter format=%q is neither json nor html", f)
+			return
+		}
+		q2 := r.URL.Query()
+		q2.Del("format")
+		r2 := r.Clone(r.Context())
+		r2.URL.RawQuery = q2.Encode()
+		month, ok := periodParam(w, r2)
+		if !ok {
+			return
+		}
+		if !html {
+			reply(w, r, func(ctx context.Context) (any, error) { return q.Statement(ctx, r.PathValue("id"), month) })
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), queryTimeout)
+		defer cancel()
+		st, err := q.Statement(ctx, r.PathValue("id"), month)
+		if err != nil {
+			reply(w, r, func(context.Context) (any, error) { return nil, err })
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_ = writeStatement(w, st, "html")
+	})
 }
 
 // periodParam reads the only parameter, period=YYYY-MM (the billing period
@@ -147,7 +178,7 @@ func reply(w http.ResponseWriter, r *http.Request, query func(ctx context.Contex
 	defer cancel()
 	u, err := query(ctx)
 	switch {
-	case errors.Is(err, engine.ErrNoEntitlement), errors.Is(err, engine.ErrNoSLA):
+	case errors.Is(err, engine.ErrNoEntitlement), errors.Is(err, engine.ErrNoSLA), errors.Is(err, engine.ErrPeriodSettled):
 		apiError(w, http.StatusNotFound, "%v", err)
 		return
 	case errors.Is(err, engine.ErrUnknownMeter), errors.Is(err, engine.ErrBadRequest):

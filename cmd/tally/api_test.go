@@ -54,6 +54,15 @@ func (f *fakeQuerier) SLA(_ context.Context, customer string, month time.Time) (
 	return engine.SLAReport{Customer: customer, PeriodStart: month, Objectives: []engine.ObjectiveReport{{Name: "uptime", State: "met"}}}, nil
 }
 
+func (f *fakeQuerier) Statement(_ context.Context, customer string, month time.Time) (engine.Statement, error) {
+	f.got = engine.UsageRequest{Customer: customer, From: month}
+	if f.err != nil {
+		return engine.Statement{}, f.err
+	}
+	return engine.Statement{Customer: customer, PeriodStart: month, Currency: "EUR", Total: decimal.RequireFromString("12.5"),
+		Lines: []engine.StatementLine{{Kind: "usage", Meter: "sms", Amount: decimal.RequireFromString("12.5"), Explanation: "125 sms"}}}, nil
+}
+
 func TestUsageAPIValidatesRequests(t *testing.T) {
 	for _, tt := range []struct {
 		url    string
@@ -84,6 +93,11 @@ func TestUsageAPIValidatesRequests(t *testing.T) {
 		{"/v1/customers/c/sla?period=november", 400, "is not a month such as 2026-11", nil},
 		{"/v1/customers/c/sla?month=2026-11", 400, `unknown parameter \"month\"`, nil},
 		{"/v1/customers/c/sla", 404, "no SLA objectives", engine.ErrNoSLA},
+		{"/v1/customers/c/statement?period=2026-11", 200, `"total":"12.5"`, nil},
+		{"/v1/customers/c/statement?period=2026-11&format=html", 200, `id="total">12.5 EUR`, nil},
+		{"/v1/customers/c/statement?format=pdf", 400, "neither json nor html", nil},
+		{"/v1/customers/c/statement?period=11/2026", 400, "is not a month", nil},
+		{"/v1/customers/c/statement", 404, "settled", engine.ErrPeriodSettled},
 		{"/v1/usage?customer=c", 405, "", nil}, // POST below
 	} {
 		t.Run(tt.url, func(t *testing.T) {

@@ -28,6 +28,8 @@ usage:
   tally run --config FILE [flags]   run against Kafka brokers (and ClickHouse)
   tally demo [flags]                live demo: in-process Kafka, generated telecom usage
   tally rate --plans F --input F    rate a JSON-lines file offline with the engine's code
+  tally statement --plans F --input F --customer C --period YYYY-MM [--format html]
+                                    a customer's statement for a billing period, from those rows
   tally audit --config F --from T --to T
                                     recompute from the source and compare with ClickHouse (exit 1 on any mismatch)
   tally bench [flags]               end-to-end benchmark: bare consume vs Tally, checkpoints, freshness
@@ -64,6 +66,9 @@ func main() {
 	case "rate":
 		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		err = runRate(ctx, args, os.Stdout, os.Stderr, quiet)
+	case "statement":
+		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		err = runStatement(ctx, args, os.Stdout, os.Stderr, quiet)
 	case "audit":
 		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		err = runAudit(ctx, args, os.Stdout, os.Stderr, quiet)

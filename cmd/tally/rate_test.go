@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/shopspring/decimal"
 )
 
 // TestRateOffline rates a file with a tiered plan. By hand: ann sends 5
@@ -274,5 +276,65 @@ func TestRateSkewFromExportStamps(t *testing.T) {
 	var stderr bytes.Buffer
 	if err := runRate(context.Background(), args, io.Discard, &stderr, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "1 times for 2 records") {
 		t.Errorf("a sidecar of the wrong length: %v", err)
+	}
+}
+
+// TestStatementOffline: `tally statement` rates the file and prints ann's
+// March (worked by hand in engine's TestStatementAddsUpToTheRows: voice
+// 12.50 and its flat fee 10, sms 3 and its true-up 5, an SLA credit of
+// -2.25: 28.25 EUR), as JSON whose total is the rows' (tally rate), and as
+// an HTML page.
+func TestStatementOffline(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	args := []string{"--plans", "../../testdata/statement/plans.yaml", "--config", "../../testdata/statement/tally.yaml",
+		"--input", "../../testdata/statement/usage.jsonl"}
+	var stdout, stderr bytes.Buffer
+	if err := runStatement(context.Background(), append(args, "--customer", "ann", "--period", "2026-03"), &stdout, &stderr, log); err != nil {
+		t.Fatalf("tally statement: %v\n%s", err, stderr.String())
+	}
+	var st struct {
+		Total, Currency string
+		Lines           []struct{ Kind, Meter, Amount, Explanation string }
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &st); err != nil {
+		t.Fatalf("%v:\n%s", err, stdout.String())
+	}
+	var lines []string
+	for _, l := range st.Lines {
+		lines = append(lines, l.Kind+" "+l.Meter+" "+l.Amount)
+	}
+	if got := strings.Join(lines, "; ") + " = " + st.Total + " " + st.Currency; got != "usage sms 3; usage voice 12.5; fee sms 5; fee voice 10; credit voice -2.25 = 28.25 EUR" {
+		t.Errorf("statement: %s", got)
+	}
+	// The rows' own total, from tally rate with the same watermark.
+	stdout.Reset()
+	if err := runRate(context.Background(), append(args, "--until", "2026-04-01T00:00:00Z"), &stdout, &stderr, log); err != nil {
+		t.Fatal(err)
+	}
+	var rows decimal.Decimal
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r struct {
+			Customer, Amount string
+			WindowStart      string `json:"window_start"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Customer == "ann" && strings.HasPrefix(r.WindowStart, "2026-03") {
+			rows = rows.Add(decimal.RequireFromString(r.Amount))
+		}
+	}
+	if rows.String() != st.Total {
+		t.Errorf("ann's March rows add up to %s, the statement to %s", rows, st.Total)
+	}
+	stdout.Reset()
+	if err := runStatement(context.Background(), append(args, "--customer", "ann", "--period", "2026-03", "--format", "html"), &stdout, &stderr, log); err != nil {
+		t.Fatal(err)
+	}
+	page := stdout.String()
+	for _, want := range []string{`<td class="n" id="total">28.25 EUR</td>`, "1 March 2026 to 31 March 2026", "SLA uptime: availability 99.7312%", "destination=fr"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %q:\n%s", want, page)
+		}
 	}
 }
