@@ -165,6 +165,7 @@ func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o 
 	}
 	defer w.Close()
 	g := gen.NewWith(uint64(time.Now().UnixNano()), o.subscribers, gen.Options{Zipf: o.zipf})
+	sla := newDemoSLA(o.subscribers, time.Now())
 	const tick = 20 * time.Millisecond
 	perTick := o.rate * int(tick) / int(time.Second)
 	if o.rate == 0 {
@@ -208,6 +209,7 @@ func produceDemo(ctx context.Context, stop <-chan struct{}, brokers []string, o 
 				msgs = append(msgs, &kgo.Record{Key: []byte(u.Customer), Value: value})
 			}
 		}
+		msgs = sla.append(msgs, g, now)
 		if err := w.ProduceSync(ctx, msgs...).FirstErr(); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -233,9 +235,9 @@ func report(ctx context.Context, a *app, every time.Duration, subscribers int, o
 			if !s.Watermark.IsZero() {
 				wm = s.Watermark.Format("15:04:05")
 			}
-			fmt.Fprintf(out, "%s  %9.0f rec/s  lag %7d  consumed %10d  windows %8d  dead %6d  dups %6d  watermark %s  checkpoint %d  revenue %s  limits %s (actions %d)\n",
+			fmt.Fprintf(out, "%s  %9.0f rec/s  lag %7d  consumed %10d  windows %8d  dead %6d  dups %6d  watermark %s  checkpoint %d  revenue %s  limits %s (actions %d)  sla %s (credit rows %d)\n",
 				now.Format("15:04:05"), rate, s.Lag, s.Consumed, s.WindowsEmitted, s.DeadLetters, s.Duplicates, wm, s.CheckpointSeq, formatRevenue(s),
-				limitStates(ctx, a.engine, subscribers), s.Actions)
+				limitStates(ctx, a.engine, subscribers), s.Actions, slaStates(ctx, a.engine, subscribers), s.Credits)
 			prev, prevAt = s, now
 		}
 	}
