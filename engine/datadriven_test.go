@@ -30,6 +30,10 @@ import (
 //	crash                    (stop at once, restart on the same state)
 //	stop                     (graceful) -> rows of the final checkpoint
 //	usage customer=C [meter=M] [from=T] [to=T] [window=W] [summary]  -> the live query API's answer
+//	actions                  -> provisioning actions delivered for the first time (a re-delivery must be the same)
+//	entitlements customer=C  -> the live entitlements (limit, used, state; grants and overage)
+//	sla customer=C [period=YYYY-MM]        -> the live SLA report
+//	statement customer=C [period=YYYY-MM]  -> the live statement, and the one built from the rows delivered
 //
 // Every file runs twice: with delta log bases at nearly every checkpoint
 // (crossing bases, deltas and tombstones), and with none (where a change not
@@ -59,6 +63,9 @@ func runEngineFile(t *testing.T, path string, minBase int64) {
 		var lastDuplicates uint64
 		breakdown := false
 		var catalog *rating.Pricing
+		actions := &captureActions{}
+		actionCursor := 0
+		seenActions := map[string]string{}
 		output := func(rows []RatedRow, dead []DeadLetter) string {
 			dups := h.engine.stats.duplicates.Load()
 			delta := dups - lastDuplicates
@@ -107,6 +114,7 @@ func runEngineFile(t *testing.T, path string, minBase int64) {
 			case "start":
 				h = newHarness(t, partitions)
 				h.cfg.DeltaBaseMinBytes = minBase
+				h.cfg.ActionSinks = []ActionSink{actions}
 				if plan != nil {
 					h.rater = planRater{plan: plan}
 				}
@@ -204,6 +212,95 @@ func runEngineFile(t *testing.T, path string, minBase int64) {
 			case "stop":
 				h.stop()
 				return output(h.fresh())
+			case "actions":
+				actions.mu.Lock()
+				fresh := actions.actions[actionCursor:]
+				actionCursor = len(actions.actions)
+				actions.mu.Unlock()
+				var b strings.Builder
+				for _, a := range fresh {
+					body, _ := json.Marshal(a)
+					if prev, ok := seenActions[a.ID]; ok {
+						if prev != string(body) {
+							t.Errorf("action %s delivered again with another body:\n%s\n%s", a.ID, prev, body)
+						}
+						continue
+					}
+					seenActions[a.ID] = string(body)
+					fmt.Fprintf(&b, "%s %s used=%s limit=%s at=%s\n", a.ID, a.Action, a.Used, a.Limit, a.At.Format(time.RFC3339))
+				}
+				return b.String()
+			case "entitlements":
+				var customer string
+				d.ScanArgs(t, "customer", &customer)
+				h.checkpoint(false)
+				h.fresh()
+				e, err := h.engine.Entitlements(context.Background(), customer)
+				if err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				var b strings.Builder
+				for _, r := range e.Entitlements {
+					fmt.Fprintf(&b, "%s %s of %s: used %s remaining %s %s", r.Meter, r.Plan, r.Of, r.Used, r.Remaining, r.State)
+					if r.Of == rating.LimitGrants {
+						fmt.Fprintf(&b, " limit %s overage %s", r.Limit, r.Overage)
+						for _, g := range r.Grants {
+							fmt.Fprintf(&b, "; grant %s %s left of %s", g.ID, g.Remaining, g.Granted)
+						}
+					} else {
+						fmt.Fprintf(&b, " limit %s", r.Limit)
+					}
+					b.WriteString("\n")
+				}
+				return b.String()
+			case "sla", "statement":
+				var customer, period string
+				d.ScanArgs(t, "customer", &customer)
+				var month time.Time
+				if d.HasArg("period") {
+					d.ScanArgs(t, "period", &period)
+					var err error
+					if month, err = time.Parse("2006-01", period); err != nil {
+						d.Fatalf(t, "%v", err)
+					}
+				}
+				h.checkpoint(false)
+				h.fresh()
+				if d.Cmd == "sla" {
+					r, err := h.engine.SLA(context.Background(), customer, month)
+					if err != nil {
+						return "error: " + err.Error() + "\n"
+					}
+					var b strings.Builder
+					fmt.Fprintf(&b, "%s %s..%s closed=%v\n", r.Plan, r.PeriodStart.Format(time.RFC3339), r.PeriodEnd.Format(time.RFC3339), r.Closed)
+					for _, o := range r.Objectives {
+						fmt.Fprintf(&b, "%s %s measured %s %s (%d samples) target %s: credit %s%% = %s\n", o.Name, o.State, o.Measured, o.Unit, o.Samples, o.Target, o.CreditPercent, o.Credit)
+					}
+					return b.String()
+				}
+				live, err := h.engine.Statement(context.Background(), customer, month)
+				if err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				var rows []RatedRow
+				for _, r := range h.final() {
+					rows = append(rows, r)
+				}
+				fromRows, err := BuildStatement(customer, live.PeriodStart, live.PeriodEnd, rows, nil)
+				if err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				var b strings.Builder
+				for _, st := range []struct {
+					name string
+					s    Statement
+				}{{"live", live}, {"rows", fromRows}} {
+					fmt.Fprintf(&b, "%s: total %s %s final=%v\n", st.name, st.s.Total, st.s.Currency, st.s.Final)
+					for _, l := range st.s.Lines {
+						fmt.Fprintf(&b, "  %s %s %s: %s\n", l.Kind, l.Meter, l.Amount, l.Explanation)
+					}
+				}
+				return b.String()
 			default:
 				d.Fatalf(t, "unknown command %s", d.Cmd)
 				return ""
