@@ -350,6 +350,11 @@ func (h *harness) checkpoint(emitOpen bool) ([]RatedRow, []DeadLetter) {
 		if time.Now().After(deadline) {
 			h.t.Fatalf("checkpoint %d not delivered within 30s", seq)
 		}
+		select {
+		case err := <-h.done:
+			h.t.Fatalf("engine stopped before checkpoint %d was delivered: %v", seq, err)
+		default:
+		}
 		time.Sleep(time.Millisecond)
 	}
 	return h.fresh()

@@ -725,6 +725,7 @@ func (n *Node) Stats() Stats {
 		out.Duplicates += s.Duplicates
 		out.WindowsEmitted += s.WindowsEmitted
 		out.Actions += s.Actions
+		out.Credits += s.Credits
 		out.Lag += s.Lag
 		out.CheckpointSeq += s.CheckpointSeq
 		for cur, a := range s.Revenue {

@@ -62,14 +62,22 @@ type shard struct {
 	grantTimes  grantTimes
 	drawsGrants bool
 	// SLA measurements by customer and billing period (sla.go):
-	// slaByCustomer lists each customer's, slaOngoing marks customers with
-	// an outage not over, slaClosedSeen the periods seen closed in this
-	// run; measuresSLA is set when some plan sets objectives.
-	slaPeriods    map[slaKey]*slaPeriod
-	slaByCustomer map[string][]*slaPeriod
-	slaOngoing    map[string]bool
-	slaClosedSeen map[slaKey]bool
-	measuresSLA   bool
+	// slaByCustomer lists each customer's and slaBySettle each settle
+	// time's; slaClosedSettles marks the settle times seen closed in this
+	// run; slaDue holds the periods whose credits the next barrier
+	// recomputes, slaPending the closed ones with an unresolved issue, and
+	// slaLastWm the watermark of the last barrier (an issue falls due
+	// once); slaOngoing marks customers with an outage not over. measuresSLA
+	// is set when some plan sets objectives.
+	slaPeriods       map[slaKey]*slaPeriod
+	slaByCustomer    map[string][]*slaPeriod
+	slaBySettle      map[int64][]*slaPeriod
+	slaClosedSettles map[int64]bool
+	slaDue           map[slaKey]*slaPeriod
+	slaPending       map[slaKey]*slaPeriod
+	slaLastWm        int64
+	slaOngoing       map[string]bool
+	measuresSLA      bool
 	// actionQueued asks the dispatcher for an early checkpoint when an
 	// action is queued (queueAction); nil in tests without a dispatcher.
 	actionQueued chan<- struct{}
@@ -187,7 +195,11 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		slaPeriods:       make(map[slaKey]*slaPeriod),
 		slaByCustomer:    make(map[string][]*slaPeriod),
 		slaOngoing:       make(map[string]bool),
-		slaClosedSeen:    make(map[slaKey]bool),
+		slaBySettle:      make(map[int64][]*slaPeriod),
+		slaClosedSettles: make(map[int64]bool),
+		slaDue:           make(map[slaKey]*slaPeriod),
+		slaPending:       make(map[slaKey]*slaPeriod),
+		slaLastWm:        minWatermark,
 	}
 }
 

@@ -41,9 +41,17 @@ import (
 //     rounded up to whole milliseconds: exact at 1 ms (no probes: met).
 //   - resolution: 100 × issues opened in the period resolved within
 //     `within` / issues opened in it (none: 100). An issue not resolved
-//     yet counts as on time until `within` has passed at the watermark.
+//     yet counts as on time until `within` has passed at the watermark;
+//     the period stays in memory until it has (evictSLA), so it falls due
+//     at the barrier that passes it, whatever the barriers before.
 //   - A credit is percent × the period's charge of each creditOn meter
-//     (its usage rows and its period fee row), rounded as the plan rounds.
+//     (its usage rows and its period fee row), rounded as the plan rounds,
+//     the objectives' credits on a meter never past 100% of its charge.
+//     Credits are first computed when every meter's period closed (the
+//     latest settle end), and follow late changes until it is settled.
+//   - An SLA event for a settled period is late (whether or not the period
+//     is still in memory); a probe older than the dedup horizon too (it
+//     counts, so a retry must be recognised).
 
 // SLA event types.
 const (
@@ -117,7 +125,7 @@ func (d *Decoder) decodeSLA(ev Event, kind string, w *wireEvent, out []Event) ([
 	e := &SLAEvent{Kind: kind}
 	switch kind {
 	case SLAProbe:
-		if len(f.OK) == 0 {
+		if len(f.OK) == 0 || string(f.OK) == "null" {
 			return out, fail(ReasonMissingField, "%s has no ok (true when the probe succeeded)", kind)
 		}
 		if err := json.Unmarshal(f.OK, &e.OK); err != nil {
@@ -144,6 +152,9 @@ func (d *Decoder) decodeSLA(ev Event, kind string, w *wireEvent, out []Event) ([
 			return out, err
 		}
 		e.Ref = f.Outage
+		if f.End == "" && len(raw.End) > 0 && string(raw.End) != "null" {
+			return out, fail(ReasonInvalidField, "%s %s: end is empty; leave it out while the outage goes on", kind, f.Outage)
+		}
 		if f.End != "" {
 			end, err := parseTime(f.End)
 			if err != nil {
@@ -163,6 +174,8 @@ func (d *Decoder) decodeSLA(ev Event, kind string, w *wireEvent, out []Event) ([
 		}
 		e.Ref = f.Issue
 		switch f.Status {
+		case "":
+			return out, fail(ReasonMissingField, "%s %s has no status (opened or resolved)", kind, f.Issue)
 		case "opened":
 		case "resolved":
 			e.Resolved = true
@@ -185,6 +198,7 @@ type issueTimes struct{ openedNs, resolvedNs int64 }
 // slaCredit is the credit row last emitted for an objective and a meter.
 type slaCredit struct {
 	amount   decimal.Decimal
+	currency string
 	revision uint64
 }
 
@@ -199,7 +213,8 @@ type slaPeriod struct {
 	key   slaKey
 	endNs int64
 	// settleNs is when every meter's period settles (the latest settle
-	// end): credits follow its charges until then.
+	// end): credits are first computed then, when every meter's charge is
+	// complete, and follow late changes until it is settled.
 	settleNs int64
 	probes   uint64
 	failed   uint64
@@ -209,8 +224,11 @@ type slaPeriod struct {
 	issues    map[string]issueTimes
 	// credits are the rows emitted, by objective NUL meter.
 	credits map[string]slaCredit
-	// creditDue asks the next barrier to (re)compute its credits.
-	creditDue bool
+	// charges are what each credited meter charged in the period when
+	// credits were last computed: once the period settles, its usage state
+	// may be gone (without finalizeAfter), and the charge can no longer
+	// change, so an issue falling due later is credited on it.
+	charges map[string]decimal.Decimal
 }
 
 // slaPeriodOf returns customer's period holding tNs, made when create is
@@ -223,7 +241,7 @@ func (s *shard) slaPeriodOf(customer string, tNs int64, create bool) *slaPeriod 
 		return sp
 	}
 	sp := &slaPeriod{key: k, endNs: endNs, settleNs: s.slaSettle(cust, endNs),
-		latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}}
+		latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
 	s.fileSLAPeriod(sp)
 	return sp
 }
@@ -240,26 +258,46 @@ func (s *shard) slaSettle(cust customerSpec, endNs int64) int64 {
 func (s *shard) fileSLAPeriod(sp *slaPeriod) {
 	s.slaPeriods[sp.key] = sp
 	s.slaByCustomer[sp.key.customer] = append(s.slaByCustomer[sp.key.customer], sp)
+	s.slaBySettle[sp.settleNs] = append(s.slaBySettle[sp.settleNs], sp)
 	for _, o := range sp.outages {
-		if o.endNs == 0 {
+		if o.endNs == 0 || o.endNs > s.watermarkNs {
 			s.slaOngoing[sp.key.customer] = true
 		}
 	}
+	if sp.unresolved() {
+		s.slaPending[sp.key] = sp
+	}
+}
+
+// unresolved reports whether an issue opened in sp is not resolved yet.
+func (sp *slaPeriod) unresolved() bool {
+	for _, it := range sp.issues {
+		if it.resolvedNs == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // slaSettled reports whether a period settling at settleNs takes no more
-// events at the watermark (timeRules.late's period rules; an SLA event's
-// own dedup id is filed like a subscription event's, whatever its time).
+// events at the watermark (timeRules.late's period rules).
 func (s *shard) slaSettled(settleNs int64) bool {
 	return s.rules.late(s.watermarkNs, settleNs, settleNs, s.watermarkNs)
 }
 
-// touchSLA marks sp changed: checkpointed, and its credits recomputed once
-// its period has closed.
+// slaClosed reports whether sp's credits are due: every meter's period
+// has closed, so their charges are complete.
+func (s *shard) slaClosed(sp *slaPeriod, wm int64) bool { return s.rules.closed(sp.settleNs, wm) }
+
+// touchSLA marks sp changed: checkpointed, and its credits recomputed if
+// they are due.
 func (s *shard) touchSLA(sp *slaPeriod) {
 	s.pending.slaDirty[sp.key] = true
-	if s.rules.closed(sp.endNs, s.watermarkNs) {
-		sp.creditDue = true
+	if s.slaClosed(sp, s.watermarkNs) {
+		s.slaDue[sp.key] = sp
+	}
+	if sp.unresolved() {
+		s.slaPending[sp.key] = sp
 	}
 }
 
@@ -267,38 +305,52 @@ func (s *shard) touchSLA(sp *slaPeriod) {
 //
 // Invariant (exactly once): the periods it changes are marked dirty with
 // the dedup id remembered, so one checkpoint holds both; the credits they
-// call for are rows of the barrier that recomputes them.
+// call for are rows of the barrier that recomputes them. An event for a
+// settled period is late whether or not the period is still in memory, so
+// what counts does not depend on when barriers ran.
 func (s *shard) applySLA(ev *Event) {
 	if !s.measuresSLA {
 		s.deadLetter(ev, ReasonInvalidField, "no plan sets SLA objectives (sla), so there is nothing to measure")
 		return
 	}
 	e := ev.SLA
-	// An issue's resolution counts in the period it was opened in.
-	var opened *slaPeriod
-	if e.Kind == SLAIssue && e.Resolved {
-		for _, sp := range s.slaByCustomer[ev.Customer] {
-			if _, ok := sp.issues[e.Ref]; ok {
-				opened = sp
-			}
-		}
-		if opened == nil {
-			s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s %s is resolved but was never opened in a billing period still open to revision", SLAIssue, e.Ref))
-			return
-		}
-		if it := opened.issues[e.Ref]; ev.TimeNs < it.openedNs {
-			s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s %s is resolved at %s, before it was opened (%s)", SLAIssue, e.Ref, formatTimeNs(ev.TimeNs), formatTimeNs(it.openedNs)))
-			return
-		}
+	late := func(what string) {
+		s.deadLetter(ev, ReasonLate, fmt.Sprintf("%s: %s: watermark %s", ev.Meter, what, formatTimeNs(s.watermarkNs)))
 	}
 	cust := s.customers.get(ev.Customer)
 	_, endNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay)
-	if e.Kind != SLAOutage && opened == nil && s.slaSettled(s.slaSettle(cust, endNs)) {
-		s.deadLetter(ev, ReasonLate, fmt.Sprintf("%s: the billing period of %s is settled: watermark %s", ev.Meter, formatTimeNs(ev.TimeNs), formatTimeNs(s.watermarkNs)))
-		return
+	// An issue counts in the period it was opened in: the first opening
+	// (an issue opened again is the same issue), and the first resolution.
+	var opened *slaPeriod
+	if e.Kind == SLAIssue {
+		for _, sp := range s.slaByCustomer[ev.Customer] {
+			if it, ok := sp.issues[e.Ref]; ok && (opened == nil || it.openedNs < opened.issues[e.Ref].openedNs) {
+				opened = sp
+			}
+		}
 	}
-	if e.Kind == SLAOutage && !s.outageRevisable(ev) {
-		s.deadLetter(ev, ReasonLate, fmt.Sprintf("%s %s: every billing period it overlaps is settled: watermark %s", ev.Meter, e.Ref, formatTimeNs(s.watermarkNs)))
+	switch {
+	case e.Kind == SLAIssue && e.Resolved && opened == nil:
+		s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s %s is resolved but was never opened in a billing period still open to revision", SLAIssue, e.Ref))
+		return
+	case e.Kind == SLAIssue && e.Resolved && s.slaSettled(opened.settleNs):
+		late("the billing period the issue was opened in is settled")
+		return
+	case e.Kind == SLAIssue && e.Resolved && ev.TimeNs < opened.issues[e.Ref].openedNs:
+		it := opened.issues[e.Ref]
+		s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s %s is resolved at %s, before it was opened (%s)", SLAIssue, e.Ref, formatTimeNs(ev.TimeNs), formatTimeNs(it.openedNs)))
+		return
+	case e.Kind == SLAOutage && !s.outageRevisable(ev):
+		late("every billing period the outage overlaps is settled")
+		return
+	case (e.Kind == SLAProbe || e.Kind == SLAIssue && !e.Resolved) && s.slaSettled(s.slaSettle(cust, endNs)):
+		late(fmt.Sprintf("the billing period of %s is settled", formatTimeNs(ev.TimeNs)))
+		return
+	case e.Kind == SLAProbe && floorDiv(ev.TimeNs, dedupBucketNs) < s.rules.dedupExpiry(s.watermarkNs):
+		// A probe counts, so a retry of one must be known: older than the
+		// dedup horizon it could not be (outages and issues are
+		// idempotent by their ids, so they may come later).
+		late(fmt.Sprintf("probe of %s is older than dedupHorizon, so a retry of it could not be recognised", formatTimeNs(ev.TimeNs)))
 		return
 	}
 	if s.seen(ev, eventIDHash(ev.Source, ev.ID, slaMeter)) {
@@ -317,18 +369,19 @@ func (s *shard) applySLA(ev *Event) {
 		}
 		s.touchSLA(sp)
 	case e.Kind == SLAIssue && e.Resolved:
-		it := opened.issues[e.Ref]
-		it.resolvedNs = ev.TimeNs
-		opened.issues[e.Ref] = it
-		s.touchSLA(opened)
+		if it := opened.issues[e.Ref]; it.resolvedNs == 0 { // the first resolution counts
+			it.resolvedNs = ev.TimeNs
+			opened.issues[e.Ref] = it
+			s.touchSLA(opened)
+		}
 	case e.Kind == SLAIssue:
-		sp := s.slaPeriodOf(ev.Customer, ev.TimeNs, true)
-		if _, ok := sp.issues[e.Ref]; !ok { // opened again: the first counts
+		if opened == nil { // opened again: the first opening counts
+			sp := s.slaPeriodOf(ev.Customer, ev.TimeNs, true)
 			sp.issues[e.Ref] = issueTimes{openedNs: ev.TimeNs}
 			s.touchSLA(sp)
 		}
 	case e.Kind == SLAOutage:
-		s.applyOutage(ev.Customer, e.Ref, interval{ev.TimeNs, e.EndNs})
+		s.applyOutage(ev.Customer, e.Ref, interval{ev.TimeNs, e.EndNs}, true)
 	}
 }
 
@@ -337,38 +390,48 @@ func (s *shard) applySLA(ev *Event) {
 func (s *shard) outageRevisable(ev *Event) bool {
 	cust := s.customers.get(ev.Customer)
 	revisable := false
-	walkPeriods(cust, ev.TimeNs, outageLast(interval{ev.TimeNs, ev.SLA.EndNs}, s.watermarkNs), func(tNs int64) {
+	walkPeriods(cust, ev.TimeNs, s.outageLast(interval{ev.TimeNs, ev.SLA.EndNs}), func(tNs int64) {
 		_, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
 		revisable = revisable || !s.slaSettled(s.slaSettle(cust, endNs))
 	})
 	return revisable
 }
 
-// outageLast is the last instant of o's periods: its end's, or, while it
-// is not over, the watermark's.
-func outageLast(o interval, wm int64) int64 {
+// outageLast is the last instant of o's periods so far: its end's, but
+// never past the watermark's period (an outage ending later, or not over,
+// reaches the next periods as the watermark does: extendOutages).
+func (s *shard) outageLast(o interval) int64 {
+	last := max(o.startNs, s.watermarkNs)
 	if o.endNs != 0 {
-		return o.endNs - 1
+		last = min(last, o.endNs-1)
 	}
-	return max(o.startNs, wm)
+	return last
 }
 
 // applyOutage records outage ref of customer in every period it overlaps
-// that still takes events (one not over: up to the watermark's, and
-// barriers extend it to the periods the watermark reaches; see
-// extendOutages), and its new end in the periods that hold it already.
-func (s *shard) applyOutage(customer, ref string, o interval) {
+// so far that still takes events, and its new start and end in the
+// unsettled periods that hold it already (an event, not a barrier's
+// extension, replaces them).
+func (s *shard) applyOutage(customer, ref string, o interval, replace bool) {
+	from := o.startNs
 	for _, sp := range s.slaByCustomer[customer] {
-		if prev, ok := sp.outages[ref]; ok && prev != o {
+		prev, ok := sp.outages[ref]
+		if !ok || s.slaSettled(sp.settleNs) {
+			continue
+		}
+		if replace && prev != o {
 			sp.outages[ref] = o
 			s.touchSLA(sp)
 		}
+		if !replace {
+			from = max(from, sp.key.startNs) // extended already up to here
+		}
 	}
-	cust := s.customers.get(customer)
-	if o.endNs == 0 {
+	if o.endNs == 0 || o.endNs > s.watermarkNs {
 		s.slaOngoing[customer] = true
 	}
-	walkPeriods(cust, o.startNs, outageLast(o, s.watermarkNs), func(tNs int64) {
+	cust := s.customers.get(customer)
+	walkPeriods(cust, from, s.outageLast(o), func(tNs int64) {
 		_, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
 		if s.slaSettled(s.slaSettle(cust, endNs)) {
 			return
@@ -381,14 +444,14 @@ func (s *shard) applyOutage(customer, ref string, o interval) {
 	})
 }
 
-// extendOutages records the outages not over in the periods the
-// watermark has reached since (at a barrier, before credits).
+// extendOutages records the outages not over at the watermark in the
+// periods it has reached since (at a barrier, before credits).
 func (s *shard) extendOutages() {
 	for customer := range s.slaOngoing {
 		ongoing := map[string]interval{}
 		for _, sp := range s.slaByCustomer[customer] {
 			for ref, o := range sp.outages {
-				if o.endNs == 0 {
+				if o.endNs == 0 || o.endNs > s.watermarkNs {
 					ongoing[ref] = o
 				}
 			}
@@ -398,7 +461,7 @@ func (s *shard) extendOutages() {
 			continue
 		}
 		for _, ref := range slices.Sorted(maps.Keys(ongoing)) {
-			s.applyOutage(customer, ref, ongoing[ref])
+			s.applyOutage(customer, ref, ongoing[ref], false)
 		}
 	}
 }
@@ -489,43 +552,49 @@ func (sp *slaPeriod) percentile(pct decimal.Decimal) (uint32, uint64) {
 	return 0, n // unreachable: rank <= n
 }
 
-// closeSLA queues the credits of the periods that closed at wm, and of the
-// closed ones with issues still open (an issue falls due as the watermark
-// moves), then emits the credits due, in customer and period order.
+// closeSLA queues the credits of the periods whose meters all closed at
+// wm, and of the closed ones where an issue fell due since the last
+// barrier, then emits the credits due, in customer and period order.
 func (s *shard) closeSLA(wm int64, snap *shardSnapshot) error {
 	if !s.measuresSLA {
 		return nil
 	}
 	s.extendOutages()
-	var due []*slaPeriod
-	for _, sp := range s.slaPeriods {
-		if !s.rules.closed(sp.endNs, wm) {
+	for settleNs, sps := range s.slaBySettle {
+		if s.slaClosedSettles[settleNs] || !s.rules.closed(settleNs, wm) {
 			continue
 		}
-		if !sp.creditDue && !s.slaClosedSeen[sp.key] {
-			sp.creditDue = true // closed now (or first seen closed in this run)
-		}
-		if !sp.creditDue {
-			for _, it := range sp.issues {
-				if it.resolvedNs == 0 {
-					sp.creditDue = true
-					break
-				}
-			}
-		}
-		if sp.creditDue {
-			due = append(due, sp)
+		// Closed now, or first seen closed in this run (a recovery
+		// recomputes them: credits emit only what changed).
+		s.slaClosedSettles[settleNs] = true
+		for _, sp := range sps {
+			s.slaDue[sp.key] = sp
 		}
 	}
-	slices.SortFunc(due, func(a, b *slaPeriod) int {
+	for k, sp := range s.slaPending {
+		if !sp.unresolved() {
+			delete(s.slaPending, k)
+			continue
+		}
+		if !s.slaClosed(sp, wm) {
+			continue
+		}
+		for _, it := range sp.issues {
+			// Due at a barrier past it: an issue becomes late once.
+			if due := it.openedNs + s.slaWithin(sp); it.resolvedNs == 0 && due < wm && due >= s.slaLastWm {
+				s.slaDue[k] = sp
+			}
+		}
+	}
+	s.slaLastWm = wm
+	due := slices.SortedFunc(maps.Values(s.slaDue), func(a, b *slaPeriod) int {
 		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.key.startNs, b.key.startNs)
 	})
+	clear(s.slaDue)
 	for _, sp := range due {
-		s.slaClosedSeen[sp.key] = true
-		sp.creditDue = false
 		if err := s.emitCredits(sp, wm, snap); err != nil {
 			return err
 		}
@@ -533,10 +602,33 @@ func (s *shard) closeSLA(wm int64, snap *shardSnapshot) error {
 	return nil
 }
 
+// slaWithin is the longest `within` of the resolution objectives any plan
+// of sp's customer may set: an issue is surely overdue past it. It is the
+// catalog's longest (rules.MaxWithin), or 0 without resolution objectives.
+func (s *shard) slaWithin(sp *slaPeriod) int64 {
+	rules, ok := s.rater.(SLARules)
+	if !ok {
+		return 0
+	}
+	terms, ok := rules.SLA(s.subscriber(sp.key.customer), time.Unix(0, sp.endNs).UTC())
+	if !ok {
+		return 0
+	}
+	var within int64
+	for _, o := range terms.Objectives {
+		if o.Kind == rating.Resolution {
+			within = max(within, int64(o.Within.Duration))
+		}
+	}
+	return within
+}
+
 // emitCredits emits the credit rows of sp that changed: for each
 // objective of the plan at the period's end and each meter it credits,
-// percent × the meter's charge in the period; a credit no longer owed
-// (the plan or the measurement changed) is revised to 0.
+// percent × the meter's charge in the period, the objectives' credits on
+// a meter never passing 100% of its charge (in the plan's order); a
+// credit no longer owed (the plan or the measurement changed) is revised
+// to 0.
 func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error {
 	rules, ok := s.rater.(SLARules)
 	if !ok {
@@ -547,26 +639,37 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 	want := map[string]RatedRow{}
 	terms, ok := rules.SLA(s.subscriber(customer), end)
 	if ok {
+		left := map[string]decimal.Decimal{} // percent of each meter's charge not credited yet
 		for i := range terms.Objectives {
 			o := &terms.Objectives[i]
 			m := sp.measure(o, wm)
 			_, percent := o.Evaluate(m)
 			for _, meter := range o.CreditOn {
-				charge, err := s.periodCharge(customer, meter, sp.key.startNs, sp.endNs)
+				if _, ok := left[meter]; !ok {
+					left[meter] = decimal.NewFromInt(100)
+				}
+				p := decimal.Min(percent, left[meter])
+				left[meter] = left[meter].Sub(p)
+				charge, found, err := s.periodCharge(customer, meter, sp.key.startNs, sp.endNs)
 				if err != nil {
 					return err
 				}
+				if found && !charge.Equal(sp.charges[meter]) {
+					sp.charges[meter] = charge
+					s.pending.slaDirty[sp.key] = true
+				}
+				charge = sp.charges[meter]
 				amount := decimal.Zero
-				if percent.IsPositive() {
-					amount = terms.Credit(charge, percent)
+				if p.IsPositive() {
+					amount = terms.Credit(charge, p)
 				}
 				want[o.Name+"\x00"+meter] = RatedRow{
 					Tenant: s.tenant, Meter: meter, Customer: customer, GroupKey: SLAGroupPrefix + o.Name,
 					WindowStart: start, WindowEnd: end, Quantity: m.Value(), Count: m.Samples,
 					Amount: amount, Currency: terms.Currency, Final: true,
 					Breakdown: []rating.Line{{
-						Description: creditExplanation(o, m, percent, meter),
-						Units:       charge, UnitPrice: percent.Shift(-2).Neg(), Amount: amount,
+						Description: creditExplanation(o, m, p, meter),
+						Units:       charge, UnitPrice: p.Shift(-2).Neg(), Amount: amount,
 					}},
 				}
 			}
@@ -576,7 +679,8 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 		if _, ok := want[k]; !ok && !prev.amount.IsZero() {
 			objective, meter, _ := strings.Cut(k, "\x00")
 			want[k] = RatedRow{Tenant: s.tenant, Meter: meter, Customer: customer, GroupKey: SLAGroupPrefix + objective,
-				WindowStart: start, WindowEnd: end, Amount: decimal.Zero, Currency: prevCurrency(terms), Final: true}
+				WindowStart: start, WindowEnd: end, Amount: decimal.Zero, Currency: prev.currency, Final: true,
+				Breakdown: []rating.Line{{Description: fmt.Sprintf("SLA %s: no longer credited (the plan at the period's end sets no such objective)", objective)}}}
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(want)) {
@@ -586,16 +690,19 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 			continue
 		}
 		row.Revision = prev.revision + 1
-		snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(prev.amount))
-		sp.credits[k] = slaCredit{amount: row.Amount, revision: row.Revision}
+		if emitted && prev.currency != row.Currency {
+			snap.revenue[prev.currency] = snap.revenue[prev.currency].Sub(prev.amount)
+			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount)
+		} else {
+			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(prev.amount))
+		}
+		sp.credits[k] = slaCredit{amount: row.Amount, currency: row.Currency, revision: row.Revision}
 		s.pending.slaDirty[sp.key] = true
 		snap.addRow(&row)
 		snap.credits++
 	}
 	return nil
 }
-
-func prevCurrency(t rating.SLATerms) string { return t.Currency }
 
 // creditExplanation is a credit row's line: what was measured against
 // what, and the credit it earns.
@@ -614,11 +721,12 @@ func creditExplanation(o *rating.Objective, m rating.Measurement, percent decima
 }
 
 // periodCharge is what customer's billing period starting at startNs
-// charged for meter so far: its usage rows and its period fee row.
-func (s *shard) periodCharge(customer, meter string, startNs, endNs int64) (decimal.Decimal, error) {
+// charged for meter so far: its usage rows and its period fee row; found
+// is false when its state is gone (settled) or it has none.
+func (s *shard) periodCharge(customer, meter string, startNs, endNs int64) (charge decimal.Decimal, found bool, err error) {
 	m := s.meters.byName(meter)
 	if m == nil {
-		return decimal.Zero, nil // priced but not metered: nothing charged
+		return decimal.Zero, false, nil // priced but not metered: nothing charged
 	}
 	key := windowKey{meter: uint32(m.index), customer: s.names.id(customer), startNs: startNs, period: true}
 	p := s.periods[key]
@@ -626,13 +734,13 @@ func (s *shard) periodCharge(customer, meter string, startNs, endNs int64) (deci
 		cust := s.customers.get(customer)
 		p = s.loadCold(key, m.settleEnd(endNs, m.windowLoc(cust)))
 		if s.pending.storeErr != nil {
-			return decimal.Zero, fmt.Errorf("engine: read the period of %s/%s for its SLA credit: %w", customer, meter, s.pending.storeErr)
+			return decimal.Zero, false, fmt.Errorf("engine: read the period of %s/%s for its SLA credit: %w", customer, meter, s.pending.storeErr)
 		}
 	}
 	if p == nil {
-		return decimal.Zero, nil
+		return decimal.Zero, false, nil
 	}
-	return p.get(numChargedAmount).Add(p.get(numEmittedAmount)), nil
+	return p.get(numChargedAmount).Add(p.get(numEmittedAmount)), true, nil
 }
 
 // creditsOnFees marks the SLA periods of fee periods (re)charged at a
@@ -642,29 +750,68 @@ func (s *shard) creditsOnFees(fees []*window) {
 		return
 	}
 	for _, p := range fees {
-		if sp := s.slaPeriods[slaKey{s.names.str(p.key.customer), p.key.startNs}]; sp != nil {
-			sp.creditDue = true
+		if sp := s.slaPeriods[slaKey{s.names.str(p.key.customer), p.key.startNs}]; sp != nil && s.slaClosed(sp, s.watermarkNs) {
+			s.slaDue[sp.key] = sp
 		}
 	}
 }
 
-// evictSLA drops the periods settled at wm from memory and the store.
+// creditsOnPlanChange marks customer's closed, unsettled SLA periods ending
+// after a plan change at atNs: the plan at their end, whose objectives
+// they are credited by, may be another.
+func (s *shard) creditsOnPlanChange(customer string, atNs int64) {
+	for _, sp := range s.slaByCustomer[customer] {
+		if sp.endNs > atNs && s.slaClosed(sp, s.watermarkNs) && !s.slaSettled(sp.settleNs) {
+			s.slaDue[sp.key] = sp
+		}
+	}
+}
+
+// evictSLA drops the periods settled at wm from memory and the store, once
+// their credits are final: no credit due, and no unresolved issue that
+// could still fall due (so the last credits never depend on which barrier
+// settled them).
 func (s *shard) evictSLA(wm int64, snap *shardSnapshot) {
-	for k, sp := range s.slaPeriods {
-		if !s.slaSettled(sp.settleNs) || sp.creditDue {
+	for settleNs, sps := range s.slaBySettle {
+		if !s.slaSettled(settleNs) {
 			continue
 		}
-		delete(s.slaPeriods, k)
-		delete(s.slaClosedSeen, k)
-		delete(s.pending.slaDirty, k)
-		list := slices.DeleteFunc(s.slaByCustomer[k.customer], func(x *slaPeriod) bool { return x == sp })
-		if len(list) == 0 {
-			delete(s.slaByCustomer, k.customer)
-		} else {
-			s.slaByCustomer[k.customer] = list
+		keep := sps[:0]
+		for _, sp := range sps {
+			if s.slaDue[sp.key] != nil || sp.unresolved() && s.issuesDueAfter(sp, wm) {
+				keep = append(keep, sp)
+				continue
+			}
+			delete(s.slaPeriods, sp.key)
+			delete(s.slaPending, sp.key)
+			delete(s.pending.slaDirty, sp.key)
+			list := slices.DeleteFunc(s.slaByCustomer[sp.key.customer], func(x *slaPeriod) bool { return x == sp })
+			if len(list) == 0 {
+				delete(s.slaByCustomer, sp.key.customer)
+			} else {
+				s.slaByCustomer[sp.key.customer] = list
+			}
+			snap.slaDeletes = append(snap.slaDeletes, slaStoreKey(sp.key))
 		}
-		snap.slaDeletes = append(snap.slaDeletes, slaStoreKey(k))
+		if len(keep) == 0 {
+			delete(s.slaBySettle, settleNs)
+			delete(s.slaClosedSettles, settleNs)
+		} else {
+			s.slaBySettle[settleNs] = keep
+		}
 	}
+}
+
+// issuesDueAfter reports whether an unresolved issue of sp falls due
+// (opened + within) at or after wm.
+func (s *shard) issuesDueAfter(sp *slaPeriod, wm int64) bool {
+	within := s.slaWithin(sp)
+	for _, it := range sp.issues {
+		if it.resolvedNs == 0 && it.openedNs+within >= wm {
+			return true
+		}
+	}
+	return false
 }
 
 // SLARules is what the engine needs of a Rater to credit SLA breaches
@@ -682,8 +829,8 @@ func slaStoreKey(k slaKey) []byte {
 	return binary.BigEndian.AppendUint64(append([]byte(k.customer), 0), uint64(k.startNs))
 }
 
-// slaFormat leads an encoded SLA period.
-const slaFormat = 1
+// slaFormat leads an encoded SLA period (2: credits carry their currency).
+const slaFormat = 2
 
 func encodeSLAPeriod(sp *slaPeriod) []byte {
 	b := []byte{slaFormat}
@@ -714,7 +861,13 @@ func encodeSLAPeriod(sp *slaPeriod) []byte {
 		c := sp.credits[k]
 		b = appendBytes(b, []byte(k))
 		b = appendDecimal(b, c.amount)
+		b = appendBytes(b, []byte(c.currency))
 		b = binary.AppendUvarint(b, c.revision)
+	}
+	b = binary.AppendUvarint(b, uint64(len(sp.charges)))
+	for _, meter := range slices.Sorted(maps.Keys(sp.charges)) {
+		b = appendBytes(b, []byte(meter))
+		b = appendDecimal(b, sp.charges[meter])
 	}
 	return b
 }
@@ -728,7 +881,7 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 	if f := r.byte(); r.err == nil && f != slaFormat {
 		return nil, fmt.Errorf("SLA period of %s: format %d, this version reads %d", k.customer, f, slaFormat)
 	}
-	sp := &slaPeriod{key: k, latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}}
+	sp := &slaPeriod{key: k, latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
 	sp.endNs = r.varint()
 	sp.probes, sp.failed = r.uvarint(), r.uvarint()
 	count := func() uint64 {
@@ -753,7 +906,11 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 	}
 	for range count() {
 		k := string(r.bytes())
-		sp.credits[k] = slaCredit{amount: r.decimal(), revision: r.uvarint()}
+		sp.credits[k] = slaCredit{amount: r.decimal(), currency: string(r.bytes()), revision: r.uvarint()}
+	}
+	for range count() {
+		meter := string(r.bytes())
+		sp.charges[meter] = r.decimal()
 	}
 	if r.err != nil {
 		return nil, fmt.Errorf("SLA period of %s: %w", k.customer, r.err)

@@ -97,10 +97,10 @@ func (s *shard) slaReport(customer string, month time.Time, atNs int64) (SLARepo
 			ErrNoSLA, customer, time.Unix(0, startNs).UTC().Format(time.RFC3339), end.Format(time.RFC3339), SLAGroupPrefix)
 	}
 	if sp == nil {
-		sp = &slaPeriod{key: slaKey{customer, startNs}, endNs: endNs, latencies: map[uint32]uint64{}, outages: map[string]interval{},
+		sp = &slaPeriod{key: slaKey{customer, startNs}, endNs: endNs, settleNs: s.slaSettle(cust, endNs), latencies: map[uint32]uint64{}, outages: map[string]interval{},
 			issues: map[string]issueTimes{}, credits: map[string]slaCredit{}}
 	}
-	closed := s.rules.closed(endNs, s.watermarkNs) && s.slaClosedSeen[sp.key]
+	closed := sp.settleNs != 0 && s.slaClosed(sp, s.watermarkNs) && s.slaClosedSettles[sp.settleNs]
 	until := min(atNs, endNs)
 	out := SLAReport{Customer: customer, Plan: terms.Plan, PeriodStart: time.Unix(0, startNs).UTC(), PeriodEnd: end,
 		At: time.Unix(0, until).UTC(), Closed: closed, Currency: terms.Currency, Objectives: []ObjectiveReport{}}

@@ -64,6 +64,9 @@ func (s *shard) applySubscription(ev *Event) {
 	if s.drawsGrants {
 		s.settleGrantsOnPlanChange(ev.Customer, ev.TimeNs)
 	}
+	if s.measuresSLA {
+		s.creditsOnPlanChange(ev.Customer, ev.TimeNs)
+	}
 	s.addFeeCustomer(ev.Customer)
 	// The change may prorate fees of periods it falls in or precedes: open
 	// its period and every later one up to the watermark's (their fee

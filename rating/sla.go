@@ -117,6 +117,11 @@ func (p *Plan) validateSLA(where string) error {
 		if seen[o.Name] {
 			return fmt.Errorf("%s.name: %q appears twice", at, o.Name)
 		}
+		for _, c := range o.Name {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+				return fmt.Errorf("%s.name: %q has %q; use letters, digits, _ - and . (it names credit rows, @sla:<name>)", at, o.Name, c)
+			}
+		}
 		seen[o.Name] = true
 		at = fmt.Sprintf("%s: sla %s", where, o.Name)
 		switch o.Kind {

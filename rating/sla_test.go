@@ -42,6 +42,7 @@ func TestSLAErrorsNameTheField(t *testing.T) {
 		{`  - {name: a, kind: error_rate, within: 4h, target: "1", credits: [{above: "1", credit: "5"}]}`, `sla a.within: only a resolution objective takes one`},
 		{"  - {name: a, kind: availability, target: \"99.9\", " + ok + "}\n  - {name: a, kind: availability, target: \"99\", " + ok + "}", `sla[1].name: "a" appears twice`},
 		{`  - {name: a, kind: availability, target: "99.9", refund: 3, ` + ok + `}`, `field refund not found`},
+		{`  - {name: "up=time", kind: availability, target: "99.9", ` + ok + `}`, `sla[0].name: "up=time" has '='`},
 	} {
 		_, err := Parse([]byte(slaPlan(c.objectives)))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
