@@ -54,6 +54,11 @@ type SubscriptionRules interface {
 	// SubscribedFrom is when sub was first on a plan (configured or by its
 	// events); ok is false if never.
 	SubscribedFrom(sub rating.Subscriber) (at time.Time, ok bool)
+	// PlanCurrency is the currency of plan id's version in force at t;
+	// ok is false when none is.
+	PlanCurrency(id string, t time.Time) (currency string, ok bool)
+	// PlanAt is the plan pricing sub at t; ok is false when none does.
+	PlanAt(sub rating.Subscriber, t time.Time) (id string, ok bool)
 }
 
 // rateReason is the dead-letter reason of a RateEvent error.

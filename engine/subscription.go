@@ -40,6 +40,21 @@ func (s *shard) applySubscription(ev *Event) {
 			s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s: %v", ev.Meter, err))
 			return
 		}
+		// A billing period is charged in one currency (its fees prorate
+		// across the plans in force): a change to a plan in another one
+		// takes effect at a period's start, or it could not be charged.
+		cust := s.customers.get(ev.Customer)
+		if startNs, endNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay); ev.TimeNs != startNs {
+			before := time.Unix(0, ev.TimeNs-1).UTC()
+			cur, _ := rules.PlanCurrency(ev.Plan, time.Unix(0, ev.TimeNs).UTC())
+			if prev, ok := rules.PlanAt(s.subscriber(ev.Customer), before); ok {
+				if was, ok := rules.PlanCurrency(prev, before); ok && cur != "" && was != cur {
+					s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s to plan %s (%s) in the middle of a billing period on plan %s (%s): a period is charged in one currency; date a currency change at the start of a billing period (the next: %s)",
+						ev.Meter, ev.Plan, cur, prev, was, time.Unix(0, endNs).UTC().Format(time.RFC3339)))
+					return
+				}
+			}
+		}
 	}
 	// Remembered and checkpointed like usage ids, and looked up in the
 	// store once their bucket left memory: a retry of an old event is a

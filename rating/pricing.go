@@ -179,6 +179,16 @@ func (p *Pricing) CheckPlan(id string) error {
 	return nil
 }
 
+// PlanCurrency is the currency of plan id's version in force at t; ok is
+// false when none is.
+func (p *Pricing) PlanCurrency(id string, t time.Time) (string, bool) {
+	plan, err := p.catalog.Plan(id, t)
+	if err != nil {
+		return "", false
+	}
+	return plan.Currency, true
+}
+
 // Subscribers lists the customers with configured subscriptions.
 func (p *Pricing) Subscribers() []string { return p.subs.Customers() }
 
