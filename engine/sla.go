@@ -259,10 +259,8 @@ func (s *shard) fileSLAPeriod(sp *slaPeriod) {
 	s.slaPeriods[sp.key] = sp
 	s.slaByCustomer[sp.key.customer] = append(s.slaByCustomer[sp.key.customer], sp)
 	s.slaBySettle[sp.settleNs] = append(s.slaBySettle[sp.settleNs], sp)
-	for _, o := range sp.outages {
-		if o.endNs == 0 || o.endNs > s.watermarkNs {
-			s.slaOngoing[sp.key.customer] = true
-		}
+	if len(sp.outages) > 0 {
+		s.slaOngoing[sp.key.customer] = true // the next barrier extends what it must, and unmarks it
 	}
 	if sp.unresolved() {
 		s.slaPending[sp.key] = sp
@@ -428,7 +426,7 @@ func (s *shard) applyOutage(customer, ref string, o interval, replace bool) {
 		}
 	}
 	if o.endNs == 0 || o.endNs > s.watermarkNs {
-		s.slaOngoing[customer] = true
+		s.slaOngoing[customer] = true // the next barriers extend it
 	}
 	cust := s.customers.get(customer)
 	walkPeriods(cust, from, s.outageLast(o), func(tNs int64) {
@@ -444,24 +442,27 @@ func (s *shard) applyOutage(customer, ref string, o interval, replace bool) {
 	})
 }
 
-// extendOutages records the outages not over at the watermark in the
-// periods it has reached since (at a barrier, before credits).
+// extendOutages records the outages of the customers marked ongoing in
+// the periods the watermark has reached since (at a barrier, before
+// credits), up to their end; a customer stays marked while one of its
+// outages is not over at the watermark. (An outage that ended while the
+// watermark jumped past it is extended up to its end once more.)
 func (s *shard) extendOutages() {
 	for customer := range s.slaOngoing {
-		ongoing := map[string]interval{}
+		outages := map[string]interval{}
 		for _, sp := range s.slaByCustomer[customer] {
 			for ref, o := range sp.outages {
-				if o.endNs == 0 || o.endNs > s.watermarkNs {
-					ongoing[ref] = o
-				}
+				outages[ref] = o
 			}
 		}
-		if len(ongoing) == 0 {
-			delete(s.slaOngoing, customer)
-			continue
+		ongoing := false
+		for _, ref := range slices.Sorted(maps.Keys(outages)) {
+			o := outages[ref]
+			s.applyOutage(customer, ref, o, false)
+			ongoing = ongoing || o.endNs == 0 || o.endNs > s.watermarkNs
 		}
-		for _, ref := range slices.Sorted(maps.Keys(ongoing)) {
-			s.applyOutage(customer, ref, ongoing[ref], false)
+		if !ongoing {
+			delete(s.slaOngoing, customer)
 		}
 	}
 }
@@ -743,14 +744,26 @@ func (s *shard) periodCharge(customer, meter string, startNs, endNs int64) (char
 	return p.get(numChargedAmount).Add(p.get(numEmittedAmount)), true, nil
 }
 
-// creditsOnFees marks the SLA periods of fee periods (re)charged at a
-// barrier: their charge moved, so their credits may.
+// creditsOnFees records, after a barrier charged periods (closing them or
+// revising them: fees), what each charged in its SLA period, which it
+// then marks due: a meter's period may settle, and leave the store, well
+// before the SLA period's latest settle end, when its credits are first
+// computed (monthly windows beside hourly ones).
 func (s *shard) creditsOnFees(fees []*window) {
 	if len(s.slaPeriods) == 0 {
 		return
 	}
 	for _, p := range fees {
-		if sp := s.slaPeriods[slaKey{s.names.str(p.key.customer), p.key.startNs}]; sp != nil && s.slaClosed(sp, s.watermarkNs) {
+		sp := s.slaPeriods[slaKey{s.names.str(p.key.customer), p.key.startNs}]
+		if sp == nil {
+			continue
+		}
+		name := s.meter(p).Name
+		if charge := p.get(numChargedAmount).Add(p.get(numEmittedAmount)); !charge.Equal(sp.charges[name]) {
+			sp.charges[name] = charge
+			s.pending.slaDirty[sp.key] = true
+		}
+		if s.slaClosed(sp, s.watermarkNs) {
 			s.slaDue[sp.key] = sp
 		}
 	}

@@ -228,7 +228,6 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 			s.resumeClosed(p)
 		}
 	}
-	s.creditsOnFees(fees)
 	for _, p := range fees {
 		p.feeQueued = false
 		row, ok, err := s.emitPeriodFee(p)
@@ -242,6 +241,7 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 			s.markDirty(p)
 		}
 	}
+	s.creditsOnFees(fees)
 	return nil
 }
 

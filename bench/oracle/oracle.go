@@ -64,6 +64,7 @@ type oPlan struct {
 	validFrom time.Time
 	bandZone  *time.Location
 	meters    map[string]*oPrice
+	sla       *oSLA // the availability objective (sla.go); nil: none
 }
 
 // oRounding is every plan's rounding in one run (plans of a run share it, so
@@ -205,8 +206,15 @@ type oRecord struct {
 	at                  time.Time
 	value               int64
 	called              string
-	subPlan             *string // a subscription event when set
+	subPlan             *string  // a subscription event when set
+	outage              *oOutage // an sla.outage event when set (sla.go)
 	raw                 []byte
+}
+
+// placedRecord is a record and when it arrives.
+type placedRecord struct {
+	rec   oRecord
+	place time.Time
 }
 
 type oWorld struct {
@@ -218,6 +226,8 @@ type oWorld struct {
 	configured []Subscription
 	timeline   map[string][]oChange
 	records    []oRecord // in placement order, duplicates included
+	// outages by customer (sla.go)
+	outages map[string][]*oOutage
 }
 
 func dec(s string) decimal.Decimal { return decimal.RequireFromString(s) }
@@ -229,7 +239,7 @@ func decp(s string) *decimal.Decimal {
 var oracleZones = []string{"UTC", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "Europe/Paris"}
 
 func genWorld(rng *rand.Rand, opts Options) *oWorld {
-	w := &oWorld{plans: make(map[string][]*oPlan), timeline: make(map[string][]oChange)}
+	w := &oWorld{plans: make(map[string][]*oPlan), timeline: make(map[string][]oChange), outages: make(map[string][]*oOutage)}
 	w.rounding = oRounding{decimals: int32(rng.IntN(5)), mode: []string{"half_up", "half_even", "up", "down"}[rng.IntN(4)]}
 	windows := []string{"HOUR", "5m", "DAY", "MONTH"}
 	pickWindow := func() (string, bool) {
@@ -275,10 +285,7 @@ func genWorld(rng *rand.Rand, opts Options) *oWorld {
 	w.timeline["c1"] = []oChange{{at: c1start, plan: "pro"}, {at: c1switch, plan: ""}, {at: c1switch.Add(time.Hour), plan: "basic"}}
 
 	// Usage, about 75 days, with subscription events placed at their time.
-	type placed struct {
-		rec   oRecord
-		place time.Time
-	}
+	type placed = placedRecord
 	var all []placed
 	end := base.Add(opts.Span)
 	subEvent := func(customer string, at time.Time, plan string, n int) {
@@ -310,13 +317,14 @@ func genWorld(rng *rand.Rand, opts Options) *oWorld {
 		}
 		all = append(all, placed{rec: r, place: at.Add(delay)})
 	}
+	all = append(all, w.genSLA(rand.New(rand.NewPCG(rng.Uint64(), 13)), base, end, opts.Jitter)...)
 	sort.SliceStable(all, func(i, j int) bool { return all[i].place.Before(all[j].place) })
 	for _, p := range all {
 		p.rec.raw = p.rec.render()
 		w.records = append(w.records, p.rec)
 		if rng.IntN(100) < opts.RetryPercent { // a producer retry, soon after
 			retry := p.rec
-			if retry.subPlan == nil && rng.IntN(2) == 0 {
+			if retry.subPlan == nil && retry.outage == nil && rng.IntN(2) == 0 {
 				// Re-stamped with the time of the retry: still a duplicate.
 				retry.at = retry.at.Add(time.Duration(1+rng.IntN(120)) * time.Second)
 				retry.raw = retry.render()
@@ -411,6 +419,9 @@ func genPlan(rng *rand.Rand, id string, from time.Time) *oPlan {
 }
 
 func (r oRecord) render() []byte {
+	if r.outage != nil {
+		return renderOutage(r)
+	}
 	if r.subPlan != nil {
 		kind := "subscription.plan_changed"
 		if *r.subPlan == "" {
@@ -494,6 +505,9 @@ func (w *oWorld) yaml() string {
 						fmt.Fprintf(&b, "            - {prefix: %q, name: %s, unitPrice: %s%s}\n", r.prefix, r.name, d(r.price), fee)
 					}
 				}
+			}
+			if p.sla != nil {
+				b.WriteString(p.sla.yaml())
 			}
 		}
 	}
@@ -612,7 +626,7 @@ func (w *oWorld) expect() *oExpect {
 	x := &oExpect{windows: make(map[oWindowKey]*oWindow), periods: make(map[oPeriodKey]*oPeriod)}
 	seen := make(map[string]bool)
 	for _, r := range w.records {
-		if r.subPlan != nil || seen[r.id] {
+		if r.subPlan != nil || r.outage != nil || seen[r.id] {
 			continue
 		}
 		seen[r.id] = true

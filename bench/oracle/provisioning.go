@@ -147,6 +147,9 @@ func (w *oWorld) expectActions(watermark time.Time) map[string]Action {
 			continue
 		}
 		seen[r.id] = true
+		if r.outage != nil {
+			continue // SLA events announce nothing
+		}
 		c := w.customer(r.customer)
 		// The records carry their time to the second.
 		at := r.at.Truncate(time.Second)

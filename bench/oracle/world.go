@@ -160,8 +160,8 @@ const FeeGroup = "@period"
 type Report struct {
 	Problems []string
 	// What was checked: windows recomputed, periods priced to the cent,
-	// fee rows.
-	Windows, ExactPeriods, FeeRows int
+	// fee rows, SLA credits owed.
+	Windows, ExactPeriods, FeeRows, Credits int
 }
 
 // Check compares rows (the highest revision of each) with the oracle at
@@ -185,6 +185,7 @@ func (w *World) Check(rows []Row, watermark time.Time) Report {
 	x := o.expect()
 	charged := make(map[oPeriodKey]decimal.Decimal) // the rows' window amounts per period
 	fees := make(map[oPeriodKey]Row)
+	feeAmounts := make(map[oPeriodKey]decimal.Decimal)
 	seen := make(map[oWindowKey]bool)
 	for _, r := range rows {
 		c := o.customer(r.Customer)
@@ -192,7 +193,11 @@ func (w *World) Check(rows []Row, watermark time.Time) Report {
 		pk := oPeriodKey{r.Customer, r.Meter, pStart.UnixNano()}
 		if r.GroupKey == FeeGroup {
 			fees[pk] = r
+			feeAmounts[pk] = r.Amount
 			continue
+		}
+		if strings.HasPrefix(r.GroupKey, "@sla:") {
+			continue // checkCredits
 		}
 		charged[pk] = charged[pk].Add(r.Amount)
 		wk := oWindowKey{r.Meter, r.Customer, r.GroupKey, r.WindowStart.UnixNano()}
@@ -269,6 +274,9 @@ func (w *World) Check(rows []Row, watermark time.Time) Report {
 	for pk, row := range fees {
 		bad("fee row %s for %s %s period from %s, of a customer the oracle expects none of", row.Amount, pk.customer, pk.meter, time.Unix(0, pk.start))
 	}
+	credits, owed := o.checkCredits(rows, charged, feeAmounts, watermark)
+	rep.Problems = append(rep.Problems, credits...)
+	rep.Credits = owed
 	if rep.ExactPeriods == 0 || rep.FeeRows == 0 || rep.Windows == 0 {
 		bad("the oracle checked nothing: %d periods priced, %d fee rows, %d windows", rep.ExactPeriods, rep.FeeRows, rep.Windows)
 	}

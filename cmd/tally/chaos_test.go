@@ -211,8 +211,8 @@ scaleOut: %s
 			malformed++
 		}
 	}
-	t.Logf("chaos: %d records (%d malformed: dead letters), %d windows, %d periods priced to the cent, %d fee rows, %d provisioning actions; %d kills by where they landed: %v; ClickHouse, rated topic, provisioning topic and oracle agree",
-		len(s.msgs), malformed, report.Windows, report.ExactPeriods, report.FeeRows, owed, kills, byPoint)
+	t.Logf("chaos: %d records (%d malformed: dead letters), %d windows, %d periods priced to the cent, %d fee rows, %d SLA credits, %d provisioning actions; %d kills by where they landed: %v; ClickHouse, rated topic, provisioning topic and oracle agree",
+		len(s.msgs), malformed, report.Windows, report.ExactPeriods, report.FeeRows, report.Credits, owed, kills, byPoint)
 }
 
 // chaosWorld generates the oracle's world of seed (75 days of records,
