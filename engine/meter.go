@@ -364,6 +364,16 @@ func (m *meterSpec) settleEnd(periodEndNs int64, windowLoc *time.Location) int64
 	return max(periodEndNs, m.window.end(last, windowLoc))
 }
 
+// periodOfMonth is cust's billing period starting in month (its year and
+// month as written, whatever its zone), or, for a zero month, the one
+// holding atNs.
+func periodOfMonth(cust customerSpec, month time.Time, atNs int64) (startNs, endNs int64) {
+	if !month.IsZero() {
+		atNs = time.Date(month.Year(), month.Month(), cust.anchorDay, 0, 0, 0, 0, cust.loc).UnixNano()
+	}
+	return billingPeriod(atNs, cust.loc, cust.anchorDay)
+}
+
 // billingPeriod returns the billing period holding tNs: from the anchor day
 // of one month to the anchor day of the next, at local midnight in loc.
 func billingPeriod(tNs int64, loc *time.Location, anchorDay int) (startNs, endNs int64) {

@@ -79,12 +79,7 @@ func (s *shard) slaReport(customer string, month time.Time, atNs int64) (SLARepo
 		return SLAReport{}, fmt.Errorf("%w: this engine has no plan catalog", ErrNoSLA)
 	}
 	cust := s.customers.get(customer)
-	t := atNs
-	if !month.IsZero() {
-		// The month as written (its UTC fields), at the customer's anchor.
-		t = time.Date(month.Year(), month.Month(), cust.anchorDay, 0, 0, 0, 0, cust.loc).UnixNano()
-	}
-	startNs, endNs := billingPeriod(t, cust.loc, cust.anchorDay)
+	startNs, endNs := periodOfMonth(cust, month, atNs)
 	end := time.Unix(0, endNs).UTC()
 	terms, ok := rules.SLA(s.subscriber(customer), end)
 	if !ok {

@@ -228,11 +228,7 @@ func (e *Engine) Statement(ctx context.Context, customer string, month time.Time
 // period-to-date breakdown, its fee row, and its SLA credits.
 func (s *shard) statementRows(customer string, month time.Time, atNs int64) (start, end time.Time, rows []RatedRow, err error) {
 	cust := s.customers.get(customer)
-	t := atNs
-	if !month.IsZero() {
-		t = time.Date(month.Year(), month.Month(), cust.anchorDay, 0, 0, 0, 0, cust.loc).UnixNano()
-	}
-	startNs, endNs := billingPeriod(t, cust.loc, cust.anchorDay)
+	startNs, endNs := periodOfMonth(cust, month, atNs)
 	start, end = time.Unix(0, startNs).UTC(), time.Unix(0, endNs).UTC()
 	if s.slaSettled(s.slaSettle(cust, endNs)) {
 		return start, end, nil, fmt.Errorf("%w: customer %s's period %s..%s left memory; its rows are in the sinks (ClickHouse: the highest revision of each)",
@@ -307,9 +303,7 @@ func BillingPeriodOf(cfg Config, customer string, month time.Time) (start, end t
 	if err != nil {
 		return time.Time{}, time.Time{}, err
 	}
-	cust := registry.get(customer)
-	t := time.Date(month.Year(), month.Month(), cust.anchorDay, 0, 0, 0, 0, cust.loc).UnixNano()
-	s, e := billingPeriod(t, cust.loc, cust.anchorDay)
+	s, e := periodOfMonth(registry.get(customer), month, 0)
 	return time.Unix(0, s).UTC(), time.Unix(0, e).UTC(), nil
 }
 
