@@ -59,6 +59,9 @@ type SubscriptionRules interface {
 	PlanCurrency(id string, t time.Time) (currency string, ok bool)
 	// PlanAt is the plan pricing sub at t; ok is false when none does.
 	PlanAt(sub rating.Subscriber, t time.Time) (id string, ok bool)
+	// PeriodCurrencies lists the currencies of the plans sub is subscribed
+	// to during the period.
+	PeriodCurrencies(sub rating.Subscriber, periodStart, periodEnd time.Time) []string
 }
 
 // rateReason is the dead-letter reason of a RateEvent error.

@@ -232,7 +232,12 @@ func (s *shard) chargeFees(wm int64, snap *shardSnapshot) error {
 		p.feeQueued = false
 		row, ok, err := s.emitPeriodFee(p)
 		if err != nil {
-			return err
+			// A period the plans cannot price (configured subscriptions
+			// that mix currencies in it) is reported, not a reason to stop
+			// every checkpoint: a dead letter with no source record names
+			// it, and its fee row waits for a fix of the configuration.
+			s.pending.deadLetters = append(s.pending.deadLetters, DeadLetter{Reason: ReasonRating, Detail: err.Error(), Partition: -1, Offset: -1})
+			continue
 		}
 		if ok {
 			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(p.get(numEmittedAmount)))

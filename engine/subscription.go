@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -40,20 +41,9 @@ func (s *shard) applySubscription(ev *Event) {
 			s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s: %v", ev.Meter, err))
 			return
 		}
-		// A billing period is charged in one currency (its fees prorate
-		// across the plans in force): a change to a plan in another one
-		// takes effect at a period's start, or it could not be charged.
-		cust := s.customers.get(ev.Customer)
-		if startNs, endNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay); ev.TimeNs != startNs {
-			before := time.Unix(0, ev.TimeNs-1).UTC()
-			cur, _ := rules.PlanCurrency(ev.Plan, time.Unix(0, ev.TimeNs).UTC())
-			if prev, ok := rules.PlanAt(s.subscriber(ev.Customer), before); ok {
-				if was, ok := rules.PlanCurrency(prev, before); ok && cur != "" && was != cur {
-					s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s to plan %s (%s) in the middle of a billing period on plan %s (%s): a period is charged in one currency; date a currency change at the start of a billing period (the next: %s)",
-						ev.Meter, ev.Plan, cur, prev, was, time.Unix(0, endNs).UTC().Format(time.RFC3339)))
-					return
-				}
-			}
+		if detail := s.mixesCurrencies(rules, ev); detail != "" {
+			s.deadLetter(ev, ReasonInvalidField, detail)
+			return
 		}
 	}
 	// Remembered and checkpointed like usage ids, and looked up in the
@@ -103,6 +93,43 @@ func (s *shard) applySubscription(ev *Event) {
 			}
 		}
 	}
+}
+
+// mixesCurrencies says why subscription event ev would put two currencies
+// in one billing period ("" when it would not): the plans in force in the
+// event's period after it (later changes already recorded included), or
+// rows the period already emitted in another currency (they keep their
+// price). A billing period is charged in one currency: its fees prorate
+// across its plans, and a statement adds its rows up.
+func (s *shard) mixesCurrencies(rules SubscriptionRules, ev *Event) string {
+	cust := s.customers.get(ev.Customer)
+	startNs, endNs := billingPeriod(ev.TimeNs, cust.loc, cust.anchorDay)
+	start, end := time.Unix(0, startNs).UTC(), time.Unix(0, endNs).UTC()
+	after := s.subscriber(ev.Customer)
+	after.Changes = append(slices.Clone(after.Changes), rating.Change{At: time.Unix(0, ev.TimeNs).UTC(), Plan: ev.Plan})
+	slices.SortStableFunc(after.Changes, func(a, b rating.Change) int { return a.At.Compare(b.At) })
+	if cur := rules.PeriodCurrencies(after, start, end); len(cur) > 1 {
+		return fmt.Sprintf("%s to plan %s would put the billing period %s..%s in %v: a period is charged in one currency; date a currency change at the start of a period before any of its usage (the next: %s)",
+			ev.Meter, ev.Plan, start.Format(time.RFC3339), end.Format(time.RFC3339), cur, end.Format(time.RFC3339))
+	}
+	newCur, ok := rules.PlanCurrency(ev.Plan, time.Unix(0, ev.TimeNs).UTC())
+	id, found := s.names.find(ev.Customer)
+	if !ok || !found {
+		return ""
+	}
+	// The period aggregates hold what the period's rows charged (their
+	// windows may have left memory).
+	for _, p := range s.byCustomer[id] {
+		if !p.key.period || p.key.startNs != startNs || p.get(numEmittedQuantity).IsZero() && p.get(numChargedAmount).IsZero() && p.revision == 0 {
+			continue
+		}
+		m := s.meter(p)
+		if cur, ok := s.rater.Currency(s.subscriber(ev.Customer), m.Name, start); ok && cur != newCur {
+			return fmt.Sprintf("%s to plan %s (%s): the billing period %s..%s already emitted rows in %s (they keep their price); date a currency change at the start of a period before any of its usage (the next: %s)",
+				ev.Meter, ev.Plan, newCur, start.Format(time.RFC3339), end.Format(time.RFC3339), cur, end.Format(time.RFC3339))
+		}
+	}
+	return ""
 }
 
 // feeStart is a subscriber whose fee periods are not opened yet, and the

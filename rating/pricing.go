@@ -179,6 +179,18 @@ func (p *Pricing) CheckPlan(id string) error {
 	return nil
 }
 
+// PeriodCurrencies lists the currencies of the plans sub is subscribed to
+// during the period (the default plan does not count, as for fees).
+func (p *Pricing) PeriodCurrencies(sub Subscriber, periodStart, periodEnd time.Time) []string {
+	var out []string
+	for _, sh := range p.shares(sub, periodStart, periodEnd) {
+		if !slices.Contains(out, sh.Plan.Currency) {
+			out = append(out, sh.Plan.Currency)
+		}
+	}
+	return out
+}
+
 // PlanCurrency is the currency of plan id's version in force at t; ok is
 // false when none is.
 func (p *Pricing) PlanCurrency(id string, t time.Time) (string, bool) {
