@@ -320,19 +320,18 @@ func (s *shard) applySLA(ev *Event) {
 	// An issue counts in the period it was opened in: the first opening
 	// (an issue opened again is the same issue), and the first resolution.
 	var opened *slaPeriod
+	// Settled periods do not count, in memory or not (one kept for an
+	// issue still open must not change what happens).
 	if e.Kind == SLAIssue {
 		for _, sp := range s.slaByCustomer[ev.Customer] {
-			if it, ok := sp.issues[e.Ref]; ok && (opened == nil || it.openedNs < opened.issues[e.Ref].openedNs) {
+			if it, ok := sp.issues[e.Ref]; ok && !s.slaSettled(sp.settleNs) && (opened == nil || it.openedNs < opened.issues[e.Ref].openedNs) {
 				opened = sp
 			}
 		}
 	}
 	switch {
 	case e.Kind == SLAIssue && e.Resolved && opened == nil:
-		s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("%s %s is resolved but was never opened in a billing period still open to revision", SLAIssue, e.Ref))
-		return
-	case e.Kind == SLAIssue && e.Resolved && s.slaSettled(opened.settleNs):
-		late("the billing period the issue was opened in is settled")
+		late(fmt.Sprintf("%s is resolved but was never opened in a billing period still open to revision (the one it was opened in may be settled)", e.Ref))
 		return
 	case e.Kind == SLAIssue && e.Resolved && ev.TimeNs < opened.issues[e.Ref].openedNs:
 		it := opened.issues[e.Ref]
@@ -451,6 +450,9 @@ func (s *shard) extendOutages() {
 	for customer := range s.slaOngoing {
 		outages := map[string]interval{}
 		for _, sp := range s.slaByCustomer[customer] {
+			if s.slaSettled(sp.settleNs) {
+				continue // a settled period's copy takes no corrections
+			}
 			for ref, o := range sp.outages {
 				outages[ref] = o
 			}
@@ -750,13 +752,25 @@ func (s *shard) periodCharge(customer, meter string, startNs, endNs int64) (char
 // before the SLA period's latest settle end, when its credits are first
 // computed (monthly windows beside hourly ones).
 func (s *shard) creditsOnFees(fees []*window) {
-	if len(s.slaPeriods) == 0 {
+	if !s.measuresSLA {
 		return
 	}
+	rules, _ := s.rater.(SLARules)
 	for _, p := range fees {
-		sp := s.slaPeriods[slaKey{s.names.str(p.key.customer), p.key.startNs}]
+		customer := s.names.str(p.key.customer)
+		sp := s.slaPeriods[slaKey{customer, p.key.startNs}]
 		if sp == nil {
-			continue
+			// Its SLA events may come later, when this meter's period may
+			// have left the store: keep its charge now if the plan at the
+			// period's end credits anything.
+			_, endNs := billingPeriod(p.key.startNs, s.customers.get(customer).loc, s.customers.get(customer).anchorDay)
+			if rules == nil {
+				continue
+			}
+			if _, ok := rules.SLA(s.subscriber(customer), time.Unix(0, endNs).UTC()); !ok {
+				continue
+			}
+			sp = s.slaPeriodOf(customer, p.key.startNs, true)
 		}
 		name := s.meter(p).Name
 		if charge := p.get(numChargedAmount).Add(p.get(numEmittedAmount)); !charge.Equal(sp.charges[name]) {

@@ -331,3 +331,53 @@ func TestSLACreditRevokedByPlanChange(t *testing.T) {
 		}
 	}
 }
+
+const slaHourlyAndMonthly = `
+plans:
+  - id: gold
+    currency: EUR
+    rounding: {decimals: 2}
+    meters:
+      voice: {model: per_unit, unitPrice: "0.01", flatFee: "10"}
+      data: {model: per_unit, unitPrice: "0.01"}
+    sla:
+      - name: uptime
+        kind: availability
+        target: "99.9"
+        credits: [{below: "99.9", credit: "10"}, {below: "99", credit: "25"}]
+        creditOn: [voice]
+`
+
+// TestSLAFirstEventAfterAMeterLeftTheStore: an outage reported after
+// voice's hourly period left the store, but before the SLA period's latest
+// settle end (data's monthly window), is credited on voice's charge,
+// whether or not an earlier SLA event had created the SLA period (from a
+// review: it was credited on 0).
+func TestSLAFirstEventAfterAMeterLeftTheStore(t *testing.T) {
+	for _, early := range []bool{true, false} {
+		subs := []rating.Subscription{{Customer: "ann", Plan: "gold", Start: time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC)}}
+		h := pricedHarness(t, slaHourlyAndMonthly, "gold", subs, time.Hour, Meter{Name: "voice"}, Meter{Name: "data", Window: "MONTH"})
+		h.cfg.Customers = []Customer{{ID: "ann", BillingAnchorDay: 15}, {ID: "bob", BillingAnchorDay: 15}}
+		h.cfg.DedupHorizon = 60 * 24 * time.Hour
+		h.start()
+		rec := func(format string, args ...any) { h.src.append(0, fmt.Appendf(nil, format, args...)) }
+		d := func(m time.Month, day, hour int) string {
+			return time.Date(2026, m, day, hour, 0, 0, 0, time.UTC).Format(time.RFC3339)
+		}
+		rec(`{"id":"v1","customer":"ann","meter":"voice","time":%q,"value":1000}`, d(3, 16, 0))
+		rec(`{"id":"d1","customer":"ann","meter":"data","time":%q,"value":1}`, d(4, 2, 0))
+		if early {
+			rec(`{"type":"sla.probe","id":"p1","customer":"ann","time":%q,"ok":true,"latency_ms":10}`, d(3, 17, 0))
+		}
+		rec(`{"id":"b1","customer":"bob","meter":"voice","time":%q,"value":1}`, d(4, 20, 0))
+		h.checkpoint(false)
+		// 10 h of March 20th, reported when the SLA period (settling May 1st) is still open.
+		rec(`{"type":"sla.outage","id":"o1","customer":"ann","outage":"inc-1","time":%q,"end":%q}`, d(3, 20, 0), d(3, 20, 10))
+		rec(`{"id":"b2","customer":"bob","meter":"voice","time":%q,"value":1}`, d(5, 2, 0))
+		h.checkpoint(false)
+		h.stop()
+		if r := slaCredits(h)["ann|voice|@sla:uptime"]; r.Amount.String() != "-5" {
+			t.Errorf("early SLA event %v: uptime credit %q, want -5 (25%% of 20.00)", early, r.Amount)
+		}
+	}
+}

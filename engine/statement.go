@@ -156,6 +156,7 @@ func BuildStatement(customer string, start, end time.Time, rows []RatedRow, unit
 	if !st.Total.Equal(rowsTotal) {
 		return Statement{}, fmt.Errorf("engine: invariant broken: statement lines add up to %s, its rows to %s", st.Total, rowsTotal)
 	}
+	st.Final = st.Final && st.Rows > 0 // nothing to bill is no final statement
 	switch len(currencies) {
 	case 0:
 	case 1:
@@ -210,8 +211,11 @@ func (e *Engine) Statement(ctx context.Context, customer string, month time.Time
 	var rows []RatedRow
 	var start, end time.Time
 	var err error
+	var closed bool
 	qerr := e.onShard(ctx, customer, func(s *shard) {
 		start, end, rows, err = s.statementRows(customer, month, s.entitlementTime(now))
+		cust := s.customers.get(customer)
+		closed = s.rules.closed(s.slaSettle(cust, end.UnixNano()), s.watermarkNs)
 	})
 	if qerr != nil {
 		return Statement{}, qerr
@@ -219,7 +223,9 @@ func (e *Engine) Statement(ctx context.Context, customer string, month time.Time
 	if err != nil {
 		return Statement{}, err
 	}
-	return BuildStatement(customer, start, end, rows, e.decoder.meters.unitOf)
+	st, err := BuildStatement(customer, start, end, rows, e.decoder.meters.unitOf)
+	st.Final = st.Final && closed // final once every meter's period closed
+	return st, err
 }
 
 // statementRows rebuilds, from memory, what customer's billing period has
@@ -230,9 +236,14 @@ func (s *shard) statementRows(customer string, month time.Time, atNs int64) (sta
 	cust := s.customers.get(customer)
 	startNs, endNs := periodOfMonth(cust, month, atNs)
 	start, end = time.Unix(0, startNs).UTC(), time.Unix(0, endNs).UTC()
-	if s.slaSettled(s.slaSettle(cust, endNs)) {
-		return start, end, nil, fmt.Errorf("%w: customer %s's period %s..%s left memory; its rows are in the sinks (ClickHouse: the highest revision of each)",
-			ErrPeriodSettled, customer, start.Format(time.RFC3339), end.Format(time.RFC3339))
+	// A meter's period leaves memory reviseHorizon after it settles (it
+	// may stay in the store, revisable, with finalizeAfter): past that the
+	// live state no longer holds the whole period.
+	for _, m := range s.meters.list {
+		if !s.rules.hot(m.settleEnd(endNs, m.windowLoc(cust)), s.watermarkNs) {
+			return start, end, nil, fmt.Errorf("%w: customer %s's period %s..%s left memory; its rows are in the sinks (ClickHouse: the highest revision of each), or run tally statement",
+				ErrPeriodSettled, customer, start.Format(time.RFC3339), end.Format(time.RFC3339))
+		}
 	}
 	sub := s.subscriber(customer)
 	id, ok := s.names.find(customer)
@@ -297,14 +308,20 @@ func (s *shard) statementRows(customer string, month time.Time, atNs int64) (sta
 
 // BillingPeriodOf is customer's billing period starting in month (its
 // year and month as written), under cfg's time zone and anchor day and
-// the customer's own.
-func BillingPeriodOf(cfg Config, customer string, month time.Time) (start, end time.Time, err error) {
+// the customer's own, and when it settles for every meter (its end, or
+// the end of the last window starting in it).
+func BillingPeriodOf(cfg Config, meters *Meters, customer string, month time.Time) (start, end, settle time.Time, err error) {
 	registry, err := newCustomers(cfg.Customers, cfg.Timezone, cfg.BillingAnchorDay)
 	if err != nil {
-		return time.Time{}, time.Time{}, err
+		return time.Time{}, time.Time{}, time.Time{}, err
 	}
-	s, e := periodOfMonth(registry.get(customer), month, 0)
-	return time.Unix(0, s).UTC(), time.Unix(0, e).UTC(), nil
+	cust := registry.get(customer)
+	s, e := periodOfMonth(cust, month, 0)
+	settleNs := e
+	for _, m := range meters.list {
+		settleNs = max(settleNs, m.settleEnd(e, m.windowLoc(cust)))
+	}
+	return time.Unix(0, s).UTC(), time.Unix(0, e).UTC(), time.Unix(0, settleNs).UTC(), nil
 }
 
 // Statement answers from the customer's task.

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -92,6 +93,34 @@ func TestStatementAddsUpToTheRows(t *testing.T) {
 	}
 	if !strings.Contains(st.Lines[4].Explanation, "availability 99.7312%") {
 		t.Errorf("credit explanation %q", st.Lines[4].Explanation)
+	}
+	h.stop()
+}
+
+// TestLiveStatementOfAPeriodLeftMemory: with finalizeAfter a closed period
+// leaves memory reviseHorizon after it settles, long before it is final;
+// the live statement then answers ErrPeriodSettled (the rows have it)
+// rather than add up what is left in memory (a review saw -2.25 for a
+// period whose rows add up to 28.25).
+func TestLiveStatementOfAPeriodLeftMemory(t *testing.T) {
+	subs := []rating.Subscription{{Customer: "ann", Plan: "pro", Start: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}}
+	h := pricedHarness(t, statementPlans, "pro", subs, time.Hour, Meter{Name: "voice", GroupBy: []string{"destination"}}, Meter{Name: "sms"})
+	h.cfg.FinalizeAfter = 10 * 24 * time.Hour
+	h.start()
+	h.src.append(0, []byte(`{"id":"v1","customer":"ann","meter":"voice","time":"2026-03-02T00:00:00Z","value":700,"dims":{"destination":"uk"}}`))
+	h.src.append(0, []byte(`{"id":"b1","customer":"bob","meter":"sms","time":"2026-04-01T00:30:00Z","value":1}`))
+	h.checkpoint(false)
+	march := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	if st, err := h.engine.Statement(context.Background(), "ann", march); err != nil || !st.Final || !st.Total.Equal(decimal.RequireFromString("24")) {
+		t.Errorf("March just closed: %v, total %s final %v; want 24 (600 of voice past the allowance 6, its fee 10, sms's commitment 8), final", err, st.Total, st.Final)
+	}
+	if st, err := h.engine.Statement(context.Background(), "nobody", march); err != nil || st.Final || len(st.Lines) != 0 {
+		t.Errorf("a customer without rows: %+v, %v; want an empty statement, not final", st, err)
+	}
+	h.src.append(0, []byte(`{"id":"b2","customer":"bob","meter":"sms","time":"2026-04-03T00:30:00Z","value":1}`))
+	h.checkpoint(false)
+	if _, err := h.engine.Statement(context.Background(), "ann", march); !errors.Is(err, ErrPeriodSettled) {
+		t.Errorf("March left memory: %v, want ErrPeriodSettled", err)
 	}
 	h.stop()
 }

@@ -116,9 +116,10 @@ func registerAPI(mux *http.ServeMux, q usageQuerier) {
 		reply(w, r, func(ctx context.Context) (any, error) { return q.SLA(ctx, r.PathValue("id"), month) })
 	})
 	mux.HandleFunc("GET /v1/customers/{id}/statement", func(w http.ResponseWriter, r *http.Request) {
-		html := r.URL.Query().Get("format") == "html" || strings.Contains(r.Header.Get("Accept"), "text/html")
-		if f := r.URL.Query().Get("format"); f != "" && f != "html" && f != "json" {
-			apiError(w, http.StatusBadRequest, "parameter format=%q is neither json nor html", f)
+		format := r.URL.Query().Get("format")
+		html := format == "html" || format == "" && strings.Contains(r.Header.Get("Accept"), "text/html")
+		if format != "" && format != "html" && format != "json" {
+			apiError(w, http.StatusBadRequest, "parameter format=%q is neither json nor html", format)
 			return
 		}
 		q2 := r.URL.Query()

@@ -30,7 +30,7 @@ func runStatement(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	customer := fs.String("customer", "", "the customer (required)")
 	period := fs.String("period", "", "the billing period, by the month it starts in: YYYY-MM (required)")
 	format := fs.String("format", "json", "json or html")
-	untilText := fs.String("until", "", "RFC 3339 time taken as the watermark at the end of the input (default: the period's end, so it closes and its fees and credits are on the statement)")
+	untilText := fs.String("until", "", "RFC 3339 time taken as the watermark at the end of the input (default: when the period settles for every meter, so it closes and its fees and credits are on the statement)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,11 +62,19 @@ func runStatement(ctx context.Context, args []string, stdout, stderr io.Writer, 
 			return fmt.Errorf("statement: --subscriptions %s: %w (want a list of {customer, plan, start, end})", *subscriptions, err)
 		}
 	}
-	start, end, err := engine.BillingPeriodOf(cfg.engineConfig(), *customer, month)
+	prices, err := loadPricing(cfg)
+	if err != nil {
+		return err
+	}
+	meters, err := compileMeters(cfg, prices)
+	if err != nil {
+		return err
+	}
+	start, end, settle, err := engine.BillingPeriodOf(cfg.engineConfig(), meters, *customer, month)
 	if err != nil {
 		return fmt.Errorf("statement: %w", err)
 	}
-	until := end
+	until := settle
 	if *untilText != "" {
 		if until, err = time.Parse(time.RFC3339, *untilText); err != nil {
 			return fmt.Errorf("statement: --until %q is not an RFC 3339 time such as 2026-12-01T00:00:00Z", *untilText)
@@ -91,6 +99,7 @@ func runStatement(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	if err != nil {
 		return fmt.Errorf("statement: %w", err)
 	}
+	st.Final = st.Final && !until.Before(settle) // a watermark short of the settle end leaves a preview
 	return writeStatement(stdout, st, *format)
 }
 
