@@ -582,10 +582,12 @@ func (s *shard) closeSLA(wm int64, snap *shardSnapshot) error {
 		if !s.slaClosed(sp, wm) {
 			continue
 		}
+		within := s.slaWithin(sp) // a plan lookup: once per period
 		for _, it := range sp.issues {
 			// Due at a barrier past it: an issue becomes late once.
-			if due := it.openedNs + s.slaWithin(sp); it.resolvedNs == 0 && due < wm && due >= s.slaLastWm {
+			if due := it.openedNs + within; it.resolvedNs == 0 && due < wm && due >= s.slaLastWm {
 				s.slaDue[k] = sp
+				break
 			}
 		}
 	}

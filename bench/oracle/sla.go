@@ -179,6 +179,8 @@ func (w *oWorld) checkCredits(rows []Row, charged map[oPeriodKey]decimal.Decimal
 					problems = append(problems, fmt.Sprintf("no credit row for %s %s period %s: the oracle owes %s (availability %s, %s%% of %s)", c.id, meter, ps, want, num.DivRound(length, 4), percent, charge))
 				case !r.Amount.Equal(want) || !r.Quantity.Equal(num.DivRound(length, 4)):
 					problems = append(problems, fmt.Sprintf("credit row for %s %s period %s: %s at %s%%, the oracle says %s at %s%% (%s%% of %s)", c.id, meter, ps, r.Amount, r.Quantity, want, num.DivRound(length, 4), percent, charge))
+				case !r.WindowEnd.Equal(pe) || !r.Final || r.Count < uint64(len(spans)):
+					problems = append(problems, fmt.Sprintf("credit row for %s %s period %s: ends %s, final %v, %d outages counted; the oracle's period ends %s with %d outages in it", c.id, meter, ps, r.WindowEnd, r.Final, r.Count, pe, len(spans)))
 				}
 			}
 		}
