@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -61,13 +62,34 @@ func runCurrency(t *testing.T, subs []rating.Subscription, records ...string) er
 	return nil
 }
 
+// TestCurrencyMixConfigured: configured subscriptions that switch currency
+// inside a billing period are refused at start, naming the key; one that
+// switches at a period's start is fine.
 func TestCurrencyMixConfigured(t *testing.T) {
-	subs := []rating.Subscription{
-		{Customer: "ann", Plan: "eu", Start: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC)},
-		{Customer: "ann", Plan: "us", Start: time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC)},
+	catalog, err := rating.ParseCatalog([]byte(currencyPlans))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := runCurrency(t, subs, `{"id":"u1","customer":"ann","meter":"sms","time":"2026-03-02T00:00:00Z","value":10}`); err != nil {
-		t.Errorf("configured mid-period currency switch: engine stopped: %v", err)
+	registry, err := newCustomers(nil, "UTC", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		switchAt time.Time
+		refused  bool
+	}{{time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC), true}, {time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC), false}} {
+		subs, err := rating.NewSubscriptions([]rating.Subscription{
+			{Customer: "ann", Plan: "eu", Start: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), End: c.switchAt},
+			{Customer: "ann", Plan: "us", Start: c.switchAt},
+		}, catalog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = checkSubscriptionCurrencies(rating.NewPricing(catalog, subs, ""), registry)
+		var ce *ConfigError
+		if got := errors.As(err, &ce) && ce.Key == "subscriptions"; got != c.refused {
+			t.Errorf("a switch at %s: %v, refused %v want %v", c.switchAt.Format(time.RFC3339), err, got, c.refused)
+		}
 	}
 }
 

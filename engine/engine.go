@@ -463,6 +463,9 @@ func New(cfg Config, store *state.Store, source Source, decoder *Decoder, rater 
 	if err != nil {
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
+	if err := checkSubscriptionCurrencies(rater, registry); err != nil {
+		return nil, err
+	}
 	e := &Engine{
 		cfg:         cfg,
 		eventSlices: make(chan *eventBatch, 16),

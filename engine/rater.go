@@ -62,6 +62,9 @@ type SubscriptionRules interface {
 	// PeriodCurrencies lists the currencies of the plans sub is subscribed
 	// to during the period.
 	PeriodCurrencies(sub rating.Subscriber, periodStart, periodEnd time.Time) []string
+	// ConfiguredChanges lists when customer's configured subscriptions
+	// start and end.
+	ConfiguredChanges(customer string) []time.Time
 }
 
 // rateReason is the dead-letter reason of a RateEvent error.

@@ -132,6 +132,28 @@ func (s *shard) mixesCurrencies(rules SubscriptionRules, ev *Event) string {
 	return ""
 }
 
+// checkSubscriptionCurrencies refuses configured subscriptions that put two
+// currencies in one billing period of a customer (a period is charged in
+// one currency: its fees prorate across its plans).
+func checkSubscriptionCurrencies(rater Rater, registry *customers) error {
+	rules, ok := rater.(SubscriptionRules)
+	if !ok {
+		return nil
+	}
+	for _, customer := range rules.Subscribers() {
+		cust := registry.get(customer)
+		for _, t := range rules.ConfiguredChanges(customer) {
+			startNs, endNs := billingPeriod(t.UnixNano(), cust.loc, cust.anchorDay)
+			start, end := time.Unix(0, startNs).UTC(), time.Unix(0, endNs).UTC()
+			if cur := rules.PeriodCurrencies(rating.Subscriber{ID: customer}, start, end); len(cur) > 1 {
+				return configError("subscriptions", "customer %s is subscribed to plans in %v within the billing period %s..%s; a period is charged in one currency: start and end a subscription in another currency at a period's start",
+					customer, cur, start.Format(time.RFC3339), end.Format(time.RFC3339))
+			}
+		}
+	}
+	return nil
+}
+
 // feeStart is a subscriber whose fee periods are not opened yet, and the
 // instant to open them from: feeFromSubscription for the start of its
 // subscription.

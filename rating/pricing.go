@@ -179,6 +179,16 @@ func (p *Pricing) CheckPlan(id string) error {
 	return nil
 }
 
+// ConfiguredChanges lists the times customer's configured subscriptions
+// start and end.
+func (p *Pricing) ConfiguredChanges(customer string) []time.Time {
+	var out []time.Time
+	for _, c := range p.subs.Timeline(customer, nil) {
+		out = append(out, c.At)
+	}
+	return out
+}
+
 // PeriodCurrencies lists the currencies of the plans sub is subscribed to
 // during the period (the default plan does not count, as for fees).
 func (p *Pricing) PeriodCurrencies(sub Subscriber, periodStart, periodEnd time.Time) []string {
