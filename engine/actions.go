@@ -95,7 +95,7 @@ func (s *shard) checkLimits(p *window, m *meterSpec, customer string, windowStar
 	}
 	// apply watches a units limit and the allowance (units); emit an
 	// amount limit.
-	limitHere := (me.Entitlement.Of == rating.LimitAmount) == amount && me.Entitlement.Of != rating.LimitGrants // grants: settleBalance
+	limitHere := (me.Entitlement.Of == rating.LimitAmount) == amount && !me.Entitlement.Of.Grants() // grants: settleBalance
 	allowanceHere := !amount && len(me.Entitlement.AllowanceThresholds) > 0
 	if !limitHere && !allowanceHere {
 		return

@@ -104,6 +104,9 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		if s.watchLimits && m.additive() {
 			s.checkLimits(p, m, customer, w.key.startNs, w.key.startNs, true)
 		}
+		if s.drawsGrants {
+			s.drawGrantAmount(customer, m, amount.Sub(emitted), w.key.startNs)
+		}
 	}
 	if err != nil {
 		return RatedRow{}, fmt.Errorf("engine: rate window %s/%s/%s: %w", meter, customer, start.Format(time.RFC3339), err)

@@ -242,7 +242,7 @@ func runEngineFile(t *testing.T, path string, minBase int64) {
 				var b strings.Builder
 				for _, r := range e.Entitlements {
 					fmt.Fprintf(&b, "%s %s of %s: used %s remaining %s %s", r.Meter, r.Plan, r.Of, r.Used, r.Remaining, r.State)
-					if r.Of == rating.LimitGrants {
+					if r.Of.Grants() {
 						fmt.Fprintf(&b, " limit %s overage %s", r.Limit, r.Overage)
 						for _, g := range r.Grants {
 							fmt.Fprintf(&b, "; grant %s %s left of %s", g.ID, g.Remaining, g.Granted)

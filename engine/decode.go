@@ -61,7 +61,9 @@ type wireEvent struct {
 	// those events (a usage record may carry the same names as dimensions
 	// of any type, ignored).
 	Expires json.RawMessage
-	sla     wireSLA
+	// Amount and Currency are a plain-form money grant's.
+	Amount, Currency json.RawMessage
+	sla              wireSLA
 	// CloudEvents: type is the meter, subject the customer, data the payload.
 	SpecVersion string
 	Source      string
@@ -148,6 +150,10 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 			str(key, v, &w.Plan)
 		case "expires":
 			w.Expires = v.MarshalTo(nil)
+		case "amount":
+			w.Amount = v.MarshalTo(nil)
+		case "currency":
+			w.Currency = v.MarshalTo(nil)
 		case "ok":
 			w.sla.OK = v.MarshalTo(nil)
 		case "latency_ms":

@@ -194,12 +194,15 @@ func (s *shard) evaluate(customer string, me rating.MeterEntitlement, atNs int64
 		p = s.periods[windowKey{meter: uint32(m.index), customer: id, startNs: startNs, period: true}]
 	}
 	report := EntitlementReport{Meter: me.Meter, Plan: me.Plan, PeriodStart: time.Unix(0, startNs).UTC(), PeriodEnd: time.Unix(0, endNs).UTC()}
-	if me.Entitlement.Of == rating.LimitGrants {
+	if me.Entitlement.Of.Grants() {
 		b := s.balanceOf(customer, me.Meter, false)
 		if b == nil {
 			b = &balance{}
 		}
-		_, report.EntitlementStatus = b.status(me.Entitlement, max(atNs, b.clockNs))
+		_, report.EntitlementStatus = b.status(me, max(atNs, b.clockNs))
+		if me.Entitlement.Of == rating.LimitGrantAmount {
+			report.Currency = me.Currency
+		}
 		overage := b.overage
 		report.Grants, report.Overage = grantReports(b), &overage
 		return report, p

@@ -68,18 +68,25 @@ type GrantEvent struct {
 	Meter string
 	// ExpiresNs is when the grant expires (0: never).
 	ExpiresNs int64
+	// Currency is set for a grant of money (the event's amount; its value
+	// is then the amount), empty for one of units.
+	Currency string
 }
 
 // decodeGrant reads a grant.created event: meter (the plain form's meter
 // field, or data.meter), value (units, positive), expires (optional, after
 // the time).
 func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, out []Event) ([]Event, error) {
-	meter, rawExpires := w.Meter, w.Expires
+	meter, rawExpires, rawAmount, rawCurrency := w.Meter, w.Expires, w.Amount, w.Currency
 	if w.SpecVersion != "" {
-		meter, rawExpires = "", w.Data["expires"]
+		meter, rawExpires, rawAmount, rawCurrency = "", w.Data["expires"], w.Data["amount"], w.Data["currency"]
 		if err := stringField("data.meter", w.Data["meter"], &meter); err != nil {
 			return out, err
 		}
+	}
+	var currency string
+	if err := stringField("currency", rawCurrency, &currency); err != nil {
+		return out, err
 	}
 	var expires string
 	if err := stringField("expires", rawExpires, &expires); err != nil {
@@ -92,8 +99,19 @@ func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, 
 	if spec == nil {
 		return out, fail(ReasonUnknownMeter, "%s grants meter %q, which is not configured", GrantCreated, meter)
 	}
+	isMoney := len(rawAmount) > 0 && string(rawAmount) != "null"
+	switch {
+	case isMoney && len(rawValue) > 0:
+		return out, fail(ReasonInvalidField, "%s has both value (units) and amount (money); a grant is of one", GrantCreated)
+	case isMoney && (len(currency) != 3 || strings.ToUpper(currency) != currency):
+		return out, fail(ReasonInvalidField, "%s of amount %s has currency %q, not an ISO 4217 code such as EUR", GrantCreated, rawAmount, currency)
+	case !isMoney && currency != "":
+		return out, fail(ReasonInvalidField, "%s has a currency but no amount (money) to go with it", GrantCreated)
+	case isMoney:
+		rawValue = rawAmount
+	}
 	if len(rawValue) == 0 {
-		return out, fail(ReasonMissingField, "%s has no value (the units granted)", GrantCreated)
+		return out, fail(ReasonMissingField, "%s has no value (the units granted) or amount and currency (the money granted)", GrantCreated)
 	}
 	units, n, isInt, err := parseValueInt(rawValue)
 	if err != nil {
@@ -105,10 +123,10 @@ func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, 
 	if !units.IsPositive() {
 		return out, fail(ReasonInvalidField, "%s grants %s units; a grant is positive", GrantCreated, units)
 	}
-	if !spec.Decimal && !units.IsInteger() {
+	if !isMoney && !spec.Decimal && !units.IsInteger() {
 		return out, fail(ReasonInvalidField, "%s grants %s units of meter %s, which counts integers (decimal: true for fractions)", GrantCreated, units, meter)
 	}
-	g := &GrantEvent{Meter: meter}
+	g := &GrantEvent{Meter: meter, Currency: currency}
 	if expires != "" {
 		if g.ExpiresNs, err = parseTime(expires); err != nil {
 			return out, fmt.Errorf("%s expires: %w", GrantCreated, err)
@@ -125,6 +143,8 @@ func (d *Decoder) decodeGrant(ev Event, w *wireEvent, rawValue json.RawMessage, 
 type grantLot struct {
 	source, id         string // the grant event's
 	startNs, expiresNs int64  // expiresNs math.MaxInt64: never
+	// currency is a money grant's ("" for units): charges in it draw it.
+	currency           string
 	granted, remaining decimal.Decimal
 }
 
@@ -147,16 +167,26 @@ type balance struct {
 	clockNs int64
 }
 
-// status is b's entitlement e evaluated at atNs: limit the units of the
-// lots in force then, used what was drawn from them.
-func (b *balance) status(e *rating.Entitlement, atNs int64) (*rating.Entitlement, rating.EntitlementStatus) {
+// lotCurrency is the currency of the lots me counts: its plan's for money
+// grants, "" for units.
+func lotCurrency(me rating.MeterEntitlement) string {
+	if me.Entitlement.Of == rating.LimitGrantAmount {
+		return me.Currency
+	}
+	return ""
+}
+
+// status is b's entitlement me evaluated at atNs: limit the lots of its
+// kind in force then, used what was drawn from them.
+func (b *balance) status(me rating.MeterEntitlement, atNs int64) (*rating.Entitlement, rating.EntitlementStatus) {
 	var granted, remaining decimal.Decimal
+	currency := lotCurrency(me)
 	for _, l := range b.lots {
-		if l.startNs <= atNs && atNs < l.expiresNs {
+		if l.startNs <= atNs && atNs < l.expiresNs && l.currency == currency {
 			granted, remaining = granted.Add(l.granted), remaining.Add(l.remaining)
 		}
 	}
-	g := e.WithLimit(granted)
+	g := me.Entitlement.WithLimit(granted)
 	return g, g.Status(granted.Sub(remaining), decimal.Zero, decimal.Zero)
 }
 
@@ -165,15 +195,15 @@ func (b *balance) has(source, id string) bool {
 	return slices.ContainsFunc(b.lots, func(l grantLot) bool { return l.source == source && l.id == id })
 }
 
-// draw takes v from the lots in force at atNs; what they cannot cover is
-// overage.
-func (b *balance) draw(v decimal.Decimal, atNs int64) {
+// draw takes v from the lots of currency ("" for units) in force at atNs;
+// what they cannot cover is overage.
+func (b *balance) draw(v decimal.Decimal, atNs int64, currency string) {
 	if !v.IsPositive() {
 		return
 	}
 	for i := range b.lots {
 		l := &b.lots[i]
-		if l.startNs > atNs || atNs >= l.expiresNs || !l.remaining.IsPositive() {
+		if l.startNs > atNs || atNs >= l.expiresNs || !l.remaining.IsPositive() || l.currency != currency {
 			continue
 		}
 		take := decimal.Min(v, l.remaining)
@@ -220,10 +250,10 @@ func (b *balance) expire(wm int64) bool {
 func balanceKey(customer, meter string) string { return customer + "\x00" + meter }
 
 // grantEntitlement is customer's entitlement on meter at atNs when it is
-// limited by grants.
+// limited by grants (of units or of money).
 func (s *shard) grantEntitlement(customer, meter string, atNs int64) (rating.MeterEntitlement, bool) {
 	me, ok := s.entitlement(customer, meter, atNs)
-	return me, ok && me.Entitlement.Of == rating.LimitGrants
+	return me, ok && me.Entitlement.Of.Grants()
 }
 
 // balanceOf returns customer's balance of meter, made when create is set.
@@ -257,6 +287,15 @@ func (s *shard) applyGrant(ev *Event) {
 		s.pending.duplicates[grantMeter]++
 		return
 	}
+	me, limited := s.grantEntitlement(ev.Customer, meter, ev.TimeNs)
+	if limited && lotCurrency(me) != ev.Grant.Currency {
+		want := "units (value)"
+		if me.Entitlement.Of == rating.LimitGrantAmount {
+			want = "money in " + me.Currency + " (amount and currency)"
+		}
+		s.deadLetter(ev, ReasonInvalidField, fmt.Sprintf("plan %s limits meter %s by grants of %s; this grant is of another kind", me.Plan, meter, want))
+		return
+	}
 	key := balanceKey(ev.Customer, meter)
 	b := s.balanceOf(ev.Customer, meter, true)
 	s.expireBalance(b)
@@ -264,18 +303,21 @@ func (s *shard) applyGrant(ev *Event) {
 		s.pending.duplicates[grantMeter]++
 		return
 	}
-	lot := grantLot{source: ev.Source, id: ev.ID, startNs: ev.TimeNs, expiresNs: math.MaxInt64, granted: ev.Value(), remaining: ev.Value()}
+	lot := grantLot{source: ev.Source, id: ev.ID, startNs: ev.TimeNs, expiresNs: math.MaxInt64, granted: ev.Value(), remaining: ev.Value(), currency: ev.Grant.Currency}
 	if ev.Grant.ExpiresNs != 0 {
 		lot.expiresNs = ev.Grant.ExpiresNs
 		heap.Push(&s.grantTimes, grantTime{atNs: lot.expiresNs, key: key})
 	}
 	present := s.rules.present(s.watermarkNs)
+	if present == minWatermark {
+		present = ev.TimeNs // before any watermark, the grant's time is the best present known
+	}
 	if lot.startNs > present {
 		heap.Push(&s.grantTimes, grantTime{atNs: lot.startNs, key: key}) // it joins the limit then
 	}
 	b.add(lot)
 	s.pending.balancesDirty[key] = true
-	if me, ok := s.grantEntitlement(ev.Customer, meter, ev.TimeNs); ok {
+	if limited {
 		s.settleBalance(b, me, present, ev.TimeNs)
 	}
 }
@@ -285,14 +327,31 @@ func (s *shard) applyGrant(ev *Event) {
 // windowStartNs).
 func (s *shard) drawGrants(ev *Event, m *meterSpec, windowStartNs int64) {
 	me, ok := s.grantEntitlement(ev.Customer, m.Name, windowStartNs)
-	if !ok {
+	if !ok || me.Entitlement.Of != rating.LimitGrants {
 		return
 	}
 	b := s.balanceOf(ev.Customer, m.Name, true)
 	s.expireBalance(b)
-	b.draw(ev.Units(), ev.TimeNs)
+	b.draw(ev.Units(), ev.TimeNs, "")
 	s.pending.balancesDirty[balanceKey(ev.Customer, m.Name)] = true
 	s.settleBalance(b, me, max(ev.TimeNs, s.rules.present(s.watermarkNs)), ev.TimeNs)
+}
+
+// drawGrantAmount draws what a window of meter m starting at
+// windowStartNs was charged more (charge, at its emission) from customer's
+// money grants, when the plan at the window's start limits m by them: a
+// charge draws when it is known, as an amount limit is watched. A charge
+// that fell (a revision) draws nothing back.
+func (s *shard) drawGrantAmount(customer string, m *meterSpec, charge decimal.Decimal, windowStartNs int64) {
+	me, ok := s.grantEntitlement(customer, m.Name, windowStartNs)
+	if !ok || me.Entitlement.Of != rating.LimitGrantAmount || !charge.IsPositive() {
+		return
+	}
+	b := s.balanceOf(customer, m.Name, true)
+	s.expireBalance(b)
+	b.draw(charge, windowStartNs, me.Currency)
+	s.pending.balancesDirty[balanceKey(customer, m.Name)] = true
+	s.settleBalance(b, me, max(windowStartNs, s.rules.present(s.watermarkNs)), windowStartNs)
 }
 
 // expireBalance drops b's lots expired at the watermark and announces what
@@ -379,7 +438,7 @@ func (s *shard) settleBalance(b *balance, me rating.MeterEntitlement, statusNs, 
 		b.clockNs = statusNs
 		s.pending.balancesDirty[balanceKey(b.customer, b.meter)] = true
 	}
-	g, st := b.status(me.Entitlement, b.clockNs)
+	g, st := b.status(me, b.clockNs)
 	top := decimal.Zero
 	if n := len(st.Crossed); n > 0 {
 		top = st.Crossed[n-1].Percent
@@ -416,11 +475,15 @@ func (s *shard) balanceAction(b *balance, me rating.MeterEntitlement, g *rating.
 	if action != rating.ActionResume {
 		what = "limit|" + percent.String()
 	}
-	return ProvisioningAction{
+	act := ProvisioningAction{
 		ID:     fmt.Sprintf("%s|%s|@grants|%d|%s", b.customer, b.meter, b.cycle, what),
 		Action: action, Customer: b.customer, Meter: b.meter, Plan: me.Plan, Of: "grants", Threshold: percent,
-		Limit: g.Limit, Used: st.Used, Basis: rating.LimitGrants, At: time.Unix(0, atNs).UTC(),
+		Limit: g.Limit, Used: st.Used, Basis: me.Entitlement.Of, At: time.Unix(0, atNs).UTC(),
 	}
+	if me.Entitlement.Of == rating.LimitGrantAmount {
+		act.Currency = me.Currency
+	}
+	return act
 }
 
 // grantTime is when a balance's grant expires or starts.
@@ -448,7 +511,9 @@ func (h *grantTimes) Pop() any {
 
 // GrantReport is one grant of a balance, as the entitlements API shows it.
 type GrantReport struct {
-	ID        string          `json:"id"`
+	ID string `json:"id"`
+	// Currency is a money grant's (granted and remaining are amounts).
+	Currency  string          `json:"currency,omitempty"`
 	Start     time.Time       `json:"start"`
 	Expires   *time.Time      `json:"expires,omitempty"`
 	Granted   decimal.Decimal `json:"granted"`
@@ -462,7 +527,7 @@ func grantReports(b *balance) []GrantReport {
 		return out
 	}
 	for _, l := range b.lots {
-		r := GrantReport{ID: l.id, Start: time.Unix(0, l.startNs).UTC(), Granted: l.granted, Remaining: l.remaining}
+		r := GrantReport{ID: l.id, Currency: l.currency, Start: time.Unix(0, l.startNs).UTC(), Granted: l.granted, Remaining: l.remaining}
 		if l.expiresNs != math.MaxInt64 {
 			t := time.Unix(0, l.expiresNs).UTC()
 			r.Expires = &t
@@ -472,8 +537,9 @@ func grantReports(b *balance) []GrantReport {
 	return out
 }
 
-// balanceFormat leads an encoded balance (2: lots carry their source).
-const balanceFormat = 2
+// balanceFormat leads an encoded balance (2: lots carry their source; 3:
+// and their currency).
+const balanceFormat = 3
 
 // encodeBalance is b's stored value.
 func encodeBalance(b *balance) []byte {
@@ -495,6 +561,7 @@ func encodeBalance(b *balance) []byte {
 		out = binary.AppendVarint(out, l.expiresNs)
 		out = appendDecimal(out, l.granted)
 		out = appendDecimal(out, l.remaining)
+		out = appendBytes(out, []byte(l.currency))
 	}
 	return out
 }
@@ -522,6 +589,7 @@ func decodeBalance(key, v []byte) (*balance, error) {
 	for range n {
 		l := grantLot{source: string(r.bytes()), id: string(r.bytes()), startNs: r.varint(), expiresNs: r.varint()}
 		l.granted, l.remaining = r.decimal(), r.decimal()
+		l.currency = string(r.bytes())
 		b.lots = append(b.lots, l)
 	}
 	if r.err != nil {

@@ -61,7 +61,7 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 		c.sla = c.sla || len(p.SLA) > 0
 		for name, price := range p.Meters {
 			c.entitlements = c.entitlements || price.Entitlement != nil
-			if price.Entitlement != nil && price.Entitlement.Of == LimitGrants {
+			if price.Entitlement != nil && price.Entitlement.Of.Grants() {
 				c.grants = true
 				if c.grantMeters == nil {
 					c.grantMeters = map[string]bool{}

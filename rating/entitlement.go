@@ -55,7 +55,14 @@ const (
 	LimitUnits  LimitBasis = "units"
 	LimitAmount LimitBasis = "amount"
 	LimitGrants LimitBasis = "grants"
+	// LimitGrantAmount limits by money grants, in the plan's currency,
+	// that the usage's charge draws down.
+	LimitGrantAmount LimitBasis = "grant_amount"
 )
+
+// Grants reports whether b limits by the customer's grants (of units or
+// of money).
+func (b LimitBasis) Grants() bool { return b == LimitGrants || b == LimitGrantAmount }
 
 // Enforcement says whether usage past a limit is allowed.
 type Enforcement string
@@ -133,9 +140,9 @@ func (e *Entitlement) validate(where string, price *Price) error {
 	switch e.Of {
 	case "":
 		e.Of = LimitUnits
-	case LimitUnits, LimitAmount, LimitGrants:
+	case LimitUnits, LimitAmount, LimitGrants, LimitGrantAmount:
 	default:
-		return fmt.Errorf("%s.of: %q is none of units, amount, grants", where, e.Of)
+		return fmt.Errorf("%s.of: %q is none of units, amount, grants, grant_amount", where, e.Of)
 	}
 	switch e.Enforcement {
 	case "":
@@ -145,9 +152,9 @@ func (e *Entitlement) validate(where string, price *Price) error {
 		return fmt.Errorf("%s.enforcement: %q is neither hard nor soft", where, e.Enforcement)
 	}
 	switch {
-	case e.Of == LimitGrants && !e.Limit.IsZero():
-		return fmt.Errorf("%s.limit: %s is set, but with of: grants the customer's grants are the limit; drop limit", where, e.Limit)
-	case e.Of != LimitGrants && !e.Limit.IsPositive():
+	case e.Of.Grants() && !e.Limit.IsZero():
+		return fmt.Errorf("%s.limit: %s is set, but with of: %s the customer's grants are the limit; drop limit", where, e.Limit, e.Of)
+	case !e.Of.Grants() && !e.Limit.IsPositive():
 		return fmt.Errorf("%s.limit: %s must be positive (the most a billing period may use, in %s)", where, e.Limit, e.Of)
 	}
 	if len(e.Thresholds) == 0 {
@@ -160,7 +167,7 @@ func (e *Entitlement) validate(where string, price *Price) error {
 	if err := validateThresholds(where+".thresholds", e.Thresholds, e.Limit); err != nil {
 		return err
 	}
-	if e.Of == LimitGrants {
+	if e.Of.Grants() {
 		for i := range e.Thresholds {
 			if e.Thresholds[i].Percent.GreaterThan(decimal.NewFromInt(100)) {
 				return fmt.Errorf("%s.thresholds[%d].percent: %s is over 100; grants are drawn down to 0 and no further (usage past them is overage)", where, i, e.Thresholds[i].Percent)

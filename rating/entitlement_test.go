@@ -25,7 +25,7 @@ func TestEntitlementErrorsNameTheField(t *testing.T) {
 	for _, c := range []struct{ entitlement, want string }{
 		{`{limit: "-5"}`, `plan p: meters.sms.entitlement.limit: -5 must be positive`},
 		{`{}`, `meters.sms.entitlement.limit: 0 must be positive`},
-		{`{limit: "5", of: calls}`, `meters.sms.entitlement.of: "calls" is none of units, amount, grants`},
+		{`{limit: "5", of: calls}`, `meters.sms.entitlement.of: "calls" is none of units, amount, grants, grant_amount`},
 		{`{of: grants, thresholds: [80, 150]}`, `meters.sms.entitlement.thresholds[1].percent: 150 is over 100; grants are drawn down to 0`},
 		{`{limit: "5", of: grants}`, `meters.sms.entitlement.limit: 5 is set, but with of: grants the customer's grants are the limit; drop limit`},
 		{`{limit: "5", enforcement: strict}`, `meters.sms.entitlement.enforcement: "strict" is neither hard nor soft`},

@@ -109,8 +109,8 @@ func compileMeters(cfg Config, p *rating.Pricing) (*engine.Meters, error) {
 			if e := price.Entitlement; e != nil && e.Of == rating.LimitAmount && !meters.Additive(name) {
 				return nil, fmt.Errorf("plan %s: meters.%s.entitlement.of: amount needs a SUM or COUNT meter, whose windows add up to the period's charge; limit units instead", v.ID, name)
 			}
-			if e := price.Entitlement; e != nil && e.Of == rating.LimitGrants && !meters.Additive(name) {
-				return nil, fmt.Errorf("plan %s: meters.%s.entitlement.of: grants needs a SUM or COUNT meter, whose records draw units down; meter %s aggregates otherwise", v.ID, name, name)
+			if e := price.Entitlement; e != nil && e.Of.Grants() && !meters.Additive(name) {
+				return nil, fmt.Errorf("plan %s: meters.%s.entitlement.of: %s needs a SUM or COUNT meter, whose usage draws grants down; meter %s aggregates otherwise", v.ID, name, e.Of, name)
 			}
 			if !meters.Additive(name) && (price.Model != rating.PerUnit || !price.FreeAllowance.IsZero() || price.PerEvent()) {
 				return nil, fmt.Errorf("plan %s: meters.%s: model %s needs period-to-date totals or per-event charges, which only SUM and COUNT meters have; price this meter per_unit without an allowance or per-event fields", v.ID, name, price.Model)
