@@ -31,7 +31,9 @@ import (
 // @sla:<objective>), revised whenever late events or late usage change the
 // measurement or the charge, until the period settles.
 //
-// Rules (README, Plans → SLA objectives):
+// Rules (README, Plans → SLA objectives). An objective with window: day
+// measures each of the period's local days and counts the worst; probes
+// are kept by day for it.
 //   - availability: 100 × (period − union of outages in it) / period. An
 //     outage counts in every period it overlaps; one without an end runs
 //     until the watermark (until the period's end once that closed). A
@@ -216,11 +218,9 @@ type slaPeriod struct {
 	// end): credits are first computed then, when every meter's charge is
 	// complete, and follow late changes until it is settled.
 	settleNs int64
-	probes   uint64
-	failed   uint64
-	// latencies counts probes by latency in whole milliseconds.
-	latencies map[uint32]uint64
-	outages   map[string]interval
+	// days are the probes by the customer's local day they fall in.
+	days    map[int64]*probeDay
+	outages map[string]interval
 	issues    map[string]issueTimes
 	// credits are the rows emitted, by objective NUL meter.
 	credits map[string]slaCredit
@@ -229,6 +229,13 @@ type slaPeriod struct {
 	// may be gone (without finalizeAfter), and the charge can no longer
 	// change, so an issue falling due later is credited on it.
 	charges map[string]decimal.Decimal
+}
+
+// probeDay is what one day's probes measured.
+type probeDay struct {
+	probes, failed uint64
+	// latencies counts probes by latency in whole milliseconds.
+	latencies map[uint32]uint64
 }
 
 // slaPeriodOf returns customer's period holding tNs, made when create is
@@ -241,7 +248,7 @@ func (s *shard) slaPeriodOf(customer string, tNs int64, create bool) *slaPeriod 
 		return sp
 	}
 	sp := &slaPeriod{key: k, endNs: endNs, settleNs: s.slaSettle(cust, endNs),
-		latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
+		days: map[int64]*probeDay{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
 	s.fileSLAPeriod(sp)
 	return sp
 }
@@ -357,12 +364,18 @@ func (s *shard) applySLA(ev *Event) {
 	switch {
 	case e.Kind == SLAProbe:
 		sp := s.slaPeriodOf(ev.Customer, ev.TimeNs, true)
-		sp.probes++
+		day := dayStart(ev.TimeNs, cust.loc)
+		d := sp.days[day]
+		if d == nil {
+			d = &probeDay{latencies: map[uint32]uint64{}}
+			sp.days[day] = d
+		}
+		d.probes++
 		if !e.OK {
-			sp.failed++
+			d.failed++
 		}
 		if e.HasLatency {
-			sp.latencies[e.LatencyMs]++
+			d.latencies[e.LatencyMs]++
 		}
 		s.touchSLA(sp)
 	case e.Kind == SLAIssue && e.Resolved:
@@ -469,27 +482,66 @@ func (s *shard) extendOutages() {
 	}
 }
 
+// dayStart is the start of the local day in loc holding tNs.
+func dayStart(tNs int64, loc *time.Location) int64 {
+	t := time.Unix(0, tNs).In(loc)
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, loc).UnixNano()
+}
+
 // measure is what sp measured for o, with outages not over counted until
-// untilNs (capped at the period's end).
-func (sp *slaPeriod) measure(o *rating.Objective, untilNs int64) rating.Measurement {
+// untilNs (capped at the period's end): over the whole period, or, with
+// window day, the worst of its days (in loc, the customer's zone), with the
+// samples of them all.
+func (sp *slaPeriod) measure(o *rating.Objective, untilNs int64, loc *time.Location) rating.Measurement {
+	if o.Window != "day" {
+		return sp.measureIn(o, untilNs, sp.key.startNs, sp.endNs)
+	}
+	var worst rating.Measurement
+	var samples uint64
+	first := true
+	for from := sp.key.startNs; from < sp.endNs; {
+		t := time.Unix(0, from).In(loc)
+		to := min(time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, loc).UnixNano(), sp.endNs)
+		m := sp.measureIn(o, untilNs, from, to)
+		samples += m.Samples
+		if first || o.Kind.HigherIsBetter() && m.Less(worst) || !o.Kind.HigherIsBetter() && worst.Less(m) {
+			worst, first = m, false
+		}
+		from = to
+	}
+	worst.Samples = samples
+	return worst
+}
+
+// measureIn is what sp measured for o in [from, to).
+func (sp *slaPeriod) measureIn(o *rating.Objective, untilNs, from, to int64) rating.Measurement {
 	hundred := decimal.NewFromInt(100)
+	one := decimal.NewFromInt(1)
 	switch o.Kind {
 	case rating.Availability:
-		length := sp.endNs - sp.key.startNs
-		down := sp.downtime(min(untilNs, sp.endNs))
-		return rating.Measurement{Num: hundred.Mul(decimal.NewFromInt(length - down)), Den: decimal.NewFromInt(length), Samples: uint64(len(sp.outages))}
+		down, n := sp.downtime(min(untilNs, sp.endNs), from, to)
+		return rating.Measurement{Num: hundred.Mul(decimal.NewFromInt(to - from - down)), Den: decimal.NewFromInt(to - from), Samples: n}
 	case rating.ErrorRate:
-		if sp.probes == 0 {
-			return rating.Measurement{Num: decimal.Zero, Den: decimal.NewFromInt(1)}
+		var probes, failed uint64
+		for day, d := range sp.days {
+			if from <= day && day < to {
+				probes, failed = probes+d.probes, failed+d.failed
+			}
 		}
-		return rating.Measurement{Num: hundred.Mul(decimal.NewFromUint64(sp.failed)), Den: decimal.NewFromUint64(sp.probes), Samples: sp.probes}
+		if probes == 0 {
+			return rating.Measurement{Num: decimal.Zero, Den: one}
+		}
+		return rating.Measurement{Num: hundred.Mul(decimal.NewFromUint64(failed)), Den: decimal.NewFromUint64(probes), Samples: probes}
 	case rating.Latency:
-		ms, n := sp.percentile(o.Percentile)
-		return rating.Measurement{Num: decimal.NewFromInt(int64(ms)), Den: decimal.NewFromInt(1), Samples: n}
+		ms, n := sp.percentile(o.Percentile, from, to)
+		return rating.Measurement{Num: decimal.NewFromInt(int64(ms)), Den: one, Samples: n}
 	case rating.Resolution:
 		var total, onTime uint64
 		within := int64(o.Within.Duration)
 		for _, it := range sp.issues {
+			if it.openedNs < from || it.openedNs >= to {
+				continue
+			}
 			total++
 			switch {
 			case it.resolvedNs != 0 && it.resolvedNs-it.openedNs <= within:
@@ -499,29 +551,29 @@ func (sp *slaPeriod) measure(o *rating.Objective, untilNs int64) rating.Measurem
 			}
 		}
 		if total == 0 {
-			return rating.Measurement{Num: hundred, Den: decimal.NewFromInt(1)}
+			return rating.Measurement{Num: hundred, Den: one}
 		}
 		return rating.Measurement{Num: hundred.Mul(decimal.NewFromUint64(onTime)), Den: decimal.NewFromUint64(total), Samples: total}
 	}
-	return rating.Measurement{Num: decimal.Zero, Den: decimal.NewFromInt(1)}
+	return rating.Measurement{Num: decimal.Zero, Den: one}
 }
 
-// downtime is the union of sp's outages within its period, those not over
-// running until untilNs.
-func (sp *slaPeriod) downtime(untilNs int64) int64 {
+// downtime is the union of sp's outages within [from, to), those not over
+// running until untilNs, and how many outages fall in it.
+func (sp *slaPeriod) downtime(untilNs, from, to int64) (down int64, n uint64) {
 	var spans []interval
 	for _, o := range sp.outages {
 		end := o.endNs
 		if end == 0 {
 			end = untilNs
 		}
-		start, end := max(o.startNs, sp.key.startNs), min(end, sp.endNs)
+		start, end := max(o.startNs, from), min(end, to)
 		if start < end {
 			spans = append(spans, interval{start, end})
 		}
 	}
 	slices.SortFunc(spans, func(a, b interval) int { return cmp.Compare(a.startNs, b.startNs) })
-	var down, reached int64 = 0, math.MinInt64
+	reached := int64(math.MinInt64)
 	for _, x := range spans {
 		start := max(x.startNs, reached)
 		if x.endNs > start {
@@ -529,15 +581,23 @@ func (sp *slaPeriod) downtime(untilNs int64) int64 {
 		}
 		reached = max(reached, x.endNs)
 	}
-	return down
+	return down, uint64(len(spans))
 }
 
-// percentile is the nearest-rank percentile of sp's latencies (0 without
-// any) and how many there are.
-func (sp *slaPeriod) percentile(pct decimal.Decimal) (uint32, uint64) {
+// percentile is the nearest-rank percentile of the latencies of sp's
+// probes in the days starting in [from, to) (0 without any) and how many
+// there are.
+func (sp *slaPeriod) percentile(pct decimal.Decimal, from, to int64) (uint32, uint64) {
+	merged := map[uint32]uint64{}
 	var n uint64
-	for _, c := range sp.latencies {
-		n += c
+	for day, d := range sp.days {
+		if day < from || day >= to {
+			continue
+		}
+		for ms, c := range d.latencies {
+			merged[ms] += c
+			n += c
+		}
 	}
 	if n == 0 {
 		return 0, 0
@@ -546,8 +606,8 @@ func (sp *slaPeriod) percentile(pct decimal.Decimal) (uint32, uint64) {
 	rank := pct.Mul(decimal.NewFromUint64(n)).Shift(-2).Ceil().IntPart()
 	rank = max(rank, 1)
 	var seen int64
-	for _, ms := range slices.Sorted(maps.Keys(sp.latencies)) {
-		seen += int64(sp.latencies[ms])
+	for _, ms := range slices.Sorted(maps.Keys(merged)) {
+		seen += int64(merged[ms])
 		if seen >= rank {
 			return ms, n
 		}
@@ -647,7 +707,7 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 		left := map[string]decimal.Decimal{} // percent of each meter's charge not credited yet
 		for i := range terms.Objectives {
 			o := &terms.Objectives[i]
-			m := sp.measure(o, wm)
+			m := sp.measure(o, wm, s.customers.get(sp.key.customer).loc)
 			_, percent := o.Evaluate(m)
 			for _, meter := range o.CreditOn {
 				if _, ok := left[meter]; !ok {
@@ -858,18 +918,24 @@ func slaStoreKey(k slaKey) []byte {
 	return binary.BigEndian.AppendUint64(append([]byte(k.customer), 0), uint64(k.startNs))
 }
 
-// slaFormat leads an encoded SLA period (2: credits carry their currency).
-const slaFormat = 2
+// slaFormat leads an encoded SLA period (2: credits carry their
+// currency; 3: probes by day).
+const slaFormat = 3
 
 func encodeSLAPeriod(sp *slaPeriod) []byte {
 	b := []byte{slaFormat}
 	b = binary.AppendVarint(b, sp.endNs)
-	b = binary.AppendUvarint(b, sp.probes)
-	b = binary.AppendUvarint(b, sp.failed)
-	b = binary.AppendUvarint(b, uint64(len(sp.latencies)))
-	for _, ms := range slices.Sorted(maps.Keys(sp.latencies)) {
-		b = binary.AppendUvarint(b, uint64(ms))
-		b = binary.AppendUvarint(b, sp.latencies[ms])
+	b = binary.AppendUvarint(b, uint64(len(sp.days)))
+	for _, day := range slices.Sorted(maps.Keys(sp.days)) {
+		d := sp.days[day]
+		b = binary.AppendVarint(b, day)
+		b = binary.AppendUvarint(b, d.probes)
+		b = binary.AppendUvarint(b, d.failed)
+		b = binary.AppendUvarint(b, uint64(len(d.latencies)))
+		for _, ms := range slices.Sorted(maps.Keys(d.latencies)) {
+			b = binary.AppendUvarint(b, uint64(ms))
+			b = binary.AppendUvarint(b, d.latencies[ms])
+		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(sp.outages)))
 	for _, ref := range slices.Sorted(maps.Keys(sp.outages)) {
@@ -910,9 +976,8 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 	if f := r.byte(); r.err == nil && f != slaFormat {
 		return nil, fmt.Errorf("SLA period of %s: format %d, this version reads %d", k.customer, f, slaFormat)
 	}
-	sp := &slaPeriod{key: k, latencies: map[uint32]uint64{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
+	sp := &slaPeriod{key: k, days: map[int64]*probeDay{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
 	sp.endNs = r.varint()
-	sp.probes, sp.failed = r.uvarint(), r.uvarint()
 	count := func() uint64 {
 		n := r.uvarint()
 		if r.err == nil && n > uint64(len(v)) {
@@ -922,8 +987,13 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 		return n
 	}
 	for range count() {
-		ms := r.uvarint()
-		sp.latencies[uint32(ms)] = r.uvarint()
+		day := r.varint()
+		d := &probeDay{probes: r.uvarint(), failed: r.uvarint(), latencies: map[uint32]uint64{}}
+		for range count() {
+			ms := r.uvarint()
+			d.latencies[uint32(ms)] = r.uvarint()
+		}
+		sp.days[day] = d
 	}
 	for range count() {
 		ref := string(r.bytes())

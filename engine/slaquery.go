@@ -92,7 +92,7 @@ func (s *shard) slaReport(customer string, month time.Time, atNs int64) (SLARepo
 			ErrNoSLA, customer, time.Unix(0, startNs).UTC().Format(time.RFC3339), end.Format(time.RFC3339), SLAGroupPrefix)
 	}
 	if sp == nil {
-		sp = &slaPeriod{key: slaKey{customer, startNs}, endNs: endNs, settleNs: s.slaSettle(cust, endNs), latencies: map[uint32]uint64{}, outages: map[string]interval{},
+		sp = &slaPeriod{key: slaKey{customer, startNs}, endNs: endNs, settleNs: s.slaSettle(cust, endNs), days: map[int64]*probeDay{}, outages: map[string]interval{},
 			issues: map[string]issueTimes{}, credits: map[string]slaCredit{}}
 	}
 	closed := sp.settleNs != 0 && s.slaClosed(sp, s.watermarkNs) && s.slaClosedSettles[sp.settleNs]
@@ -101,7 +101,7 @@ func (s *shard) slaReport(customer string, month time.Time, atNs int64) (SLARepo
 		At: time.Unix(0, until).UTC(), Closed: closed, Currency: terms.Currency, Objectives: []ObjectiveReport{}}
 	for i := range terms.Objectives {
 		o := &terms.Objectives[i]
-		m := sp.measure(o, atNs)
+		m := sp.measure(o, atNs, cust.loc)
 		met, percent := o.Evaluate(m)
 		r := ObjectiveReport{Name: o.Name, Kind: o.Kind, Target: o.Target, Measured: m.Value(), Unit: "percent", Samples: m.Samples,
 			State: "met", CreditPercent: percent, Credits: []MeterCredit{}}

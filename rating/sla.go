@@ -44,8 +44,9 @@ type Objective struct {
 	Percentile decimal.Decimal `yaml:"percentile" json:"percentile,omitzero"`
 	// Within is how soon an issue must be resolved (resolution).
 	Within Duration `yaml:"within" json:"within,omitzero"`
-	// Window is the measurement window; only the billing period (the
-	// default) is supported.
+	// Window is what is measured at a time: the billing period (period,
+	// the default), or each day of it (day, the customer's local days):
+	// the period then counts its worst day.
 	Window  string       `yaml:"window" json:"window,omitempty"`
 	Credits []CreditStep `yaml:"credits" json:"credits"`
 	// CreditOn are the meters whose period charge (usage and period fee)
@@ -63,9 +64,9 @@ const (
 	Resolution   ObjectiveKind = "resolution"
 )
 
-// higherIsBetter reports whether the objective is met at or above its
+// HigherIsBetter reports whether the objective is met at or above its
 // target (a percent of good), rather than at or below (a cost).
-func (k ObjectiveKind) higherIsBetter() bool { return k == Availability || k == Resolution }
+func (k ObjectiveKind) HigherIsBetter() bool { return k == Availability || k == Resolution }
 
 // CreditStep is one step of a credit schedule: below (availability,
 // resolution) or above (latency, error_rate) Bound, Credit percent of the
@@ -151,8 +152,9 @@ func (p *Plan) validateSLA(where string) error {
 		switch o.Window {
 		case "", "period":
 			o.Window = "period"
+		case "day":
 		default:
-			return fmt.Errorf("%s.window: %q: only the billing period (period, the default) is supported", at, o.Window)
+			return fmt.Errorf("%s.window: %q is neither period (the default: the billing period) nor day (each day of it; the worst counts)", at, o.Window)
 		}
 		if len(o.Credits) == 0 {
 			return fmt.Errorf("%s.credits: missing; give at least one step such as {below: \"99.9\", credit: \"10\"}", at)
@@ -160,7 +162,7 @@ func (p *Plan) validateSLA(where string) error {
 		for j, c := range o.Credits {
 			sat := fmt.Sprintf("%s.credits[%d]", at, j)
 			side := "above"
-			if o.Kind.higherIsBetter() {
+			if o.Kind.HigherIsBetter() {
 				side = "below"
 			}
 			if (c.Below != nil) == (c.Above != nil) || (side == "below") != (c.Below != nil) {
@@ -172,7 +174,7 @@ func (p *Plan) validateSLA(where string) error {
 			if j > 0 {
 				prev := o.Credits[j-1]
 				worse := c.bound().GreaterThan(prev.bound())
-				if o.Kind.higherIsBetter() {
+				if o.Kind.HigherIsBetter() {
 					worse = c.bound().LessThan(prev.bound())
 				}
 				if !worse {
@@ -216,11 +218,14 @@ func (m Measurement) Value() decimal.Decimal {
 // cmp compares m with v exactly: -1, 0 or 1.
 func (m Measurement) cmp(v decimal.Decimal) int { return m.Num.Cmp(v.Mul(m.Den)) }
 
+// Less reports whether m is less than n, exactly.
+func (m Measurement) Less(n Measurement) bool { return m.Num.Mul(n.Den).LessThan(n.Num.Mul(m.Den)) }
+
 // Evaluate tells whether m meets o's target and the credit percent it
 // earns: the highest step whose bound m passes (strictly: below a below,
 // above an above), 0 if none.
 func (o *Objective) Evaluate(m Measurement) (met bool, credit decimal.Decimal) {
-	if o.Kind.higherIsBetter() {
+	if o.Kind.HigherIsBetter() {
 		met = m.cmp(o.Target) >= 0
 	} else {
 		met = m.cmp(o.Target) <= 0

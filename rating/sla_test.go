@@ -34,7 +34,7 @@ func TestSLAErrorsNameTheField(t *testing.T) {
 		{`  - {name: a, kind: availability, target: "99.9", credits: [{below: "99.9", credit: "20"}, {below: "99", credit: "10"}]}`, `sla a.credits[1].credit: 10 is less than the milder step's 20`},
 		{`  - {name: a, kind: availability, target: "99.9", credits: [{below: "99.9", credit: "0"}]}`, `sla a.credits[0].credit: 0 is outside (0, 100]`},
 		{`  - {name: a, kind: availability, target: "99.9", creditOn: [data], ` + ok + `}`, `sla a.creditOn: meter "data" is not priced by the plan`},
-		{`  - {name: a, kind: availability, target: "99.9", window: day, ` + ok + `}`, `sla a.window: "day": only the billing period`},
+		{`  - {name: a, kind: availability, target: "99.9", window: week, ` + ok + `}`, `sla a.window: "week" is neither period`},
 		{`  - {name: a, kind: latency, target: "200", credits: [{above: "200", credit: "5"}]}`, `sla a.percentile: 0 is outside (0, 100]`},
 		{`  - {name: a, kind: latency, percentile: "99", target: "0", credits: [{above: "200", credit: "5"}]}`, `sla a.target: 0 must be positive`},
 		{`  - {name: a, kind: resolution, target: "95", credits: [{below: "95", credit: "5"}]}`, `sla a.within: missing`},
