@@ -221,7 +221,7 @@ type slaPeriod struct {
 	// days are the probes by the customer's local day they fall in.
 	days    map[int64]*probeDay
 	outages map[string]interval
-	issues    map[string]issueTimes
+	issues  map[string]issueTimes
 	// credits are the rows emitted, by objective NUL meter.
 	credits map[string]slaCredit
 	// charges are what each credited meter charged in the period when
