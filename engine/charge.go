@@ -105,7 +105,7 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 			s.checkLimits(p, m, customer, w.key.startNs, w.key.startNs, true)
 		}
 		if s.drawsGrants {
-			s.drawGrantAmount(customer, m, amount.Sub(emitted), w.key.startNs)
+			s.drawGrantAmount(customer, m, p, w.key.startNs, w.endNs)
 		}
 	}
 	if err != nil {

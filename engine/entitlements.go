@@ -122,13 +122,15 @@ func (e *Engine) CheckEntitlement(ctx context.Context, customer, meter string, u
 		}
 		report, p := s.evaluate(customer, me, at)
 		check := EntitlementCheck{Customer: customer, Units: units, More: units, EntitlementReport: report}
-		if me.Entitlement.Of == rating.LimitAmount {
+		if me.Entitlement.Of == rating.LimitAmount || me.Entitlement.Of == rating.LimitGrantAmount {
+			// Money: the units' charge on top of the period's usage, and
+			// what its usage not charged yet will draw.
 			var pending decimal.Decimal
 			if pending, check.More, err = s.chargeOf(customer, me, at, p, units); err != nil {
 				return
 			}
 			check.Pending = &pending
-			check.Allowed = me.Entitlement.Allows(report.Used.Add(pending), check.More)
+			check.Allowed = me.Entitlement.WithLimit(report.Limit).Allows(report.Used.Add(pending), check.More)
 		} else {
 			check.Allowed = me.Entitlement.WithLimit(report.Limit).Allows(report.Used, check.More)
 		}

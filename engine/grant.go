@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -165,6 +166,10 @@ type balance struct {
 	// time, or the watermark): the lots in force are taken at it, so its
 	// share never goes back to an earlier view.
 	clockNs int64
+	// drawnCharge is, for money grants, the most each billing period's
+	// charge (the period's running total, signed) has been drawn up to: a
+	// charge that falls and rises again draws only past it.
+	drawnCharge map[int64]decimal.Decimal
 }
 
 // lotCurrency is the currency of the lots me counts: its plan's for money
@@ -239,10 +244,17 @@ func cmpInt64(a, b int64) int {
 	return 0
 }
 
-// expire drops the lots expired at wm; it reports whether any was.
-func (b *balance) expire(wm int64) bool {
+// expire drops the lots expired at wm; it reports whether any was. A money
+// lot stays moneyGraceNs longer: a window that began before its expiry is
+// charged when it closes, after it (status ignores it from its expiry on).
+func (b *balance) expire(wm, moneyGraceNs int64) bool {
 	n := len(b.lots)
-	b.lots = slices.DeleteFunc(b.lots, func(l grantLot) bool { return l.expiresNs <= wm })
+	b.lots = slices.DeleteFunc(b.lots, func(l grantLot) bool {
+		if l.currency != "" {
+			return l.expiresNs <= wm-moneyGraceNs
+		}
+		return l.expiresNs <= wm
+	})
 	return len(b.lots) != n
 }
 
@@ -309,15 +321,14 @@ func (s *shard) applyGrant(ev *Event) {
 		heap.Push(&s.grantTimes, grantTime{atNs: lot.expiresNs, key: key})
 	}
 	present := s.rules.present(s.watermarkNs)
-	if present == minWatermark {
-		present = ev.TimeNs // before any watermark, the grant's time is the best present known
-	}
 	if lot.startNs > present {
 		heap.Push(&s.grantTimes, grantTime{atNs: lot.startNs, key: key}) // it joins the limit then
 	}
 	b.add(lot)
 	s.pending.balancesDirty[key] = true
-	if limited {
+	// Before any watermark the present is unknown: the first barrier
+	// settles the balance, at the present it knows (expireGrants).
+	if limited && present != minWatermark {
 		s.settleBalance(b, me, present, ev.TimeNs)
 	}
 }
@@ -337,21 +348,57 @@ func (s *shard) drawGrants(ev *Event, m *meterSpec, windowStartNs int64) {
 	s.settleBalance(b, me, max(ev.TimeNs, s.rules.present(s.watermarkNs)), ev.TimeNs)
 }
 
-// drawGrantAmount draws what a window of meter m starting at
-// windowStartNs was charged more (charge, at its emission) from customer's
-// money grants, when the plan at the window's start limits m by them: a
-// charge draws when it is known, as an amount limit is watched. A charge
-// that fell (a revision) draws nothing back.
-func (s *shard) drawGrantAmount(customer string, m *meterSpec, charge decimal.Decimal, windowStartNs int64) {
+// drawGrantAmount draws from customer's money grants what meter m's
+// billing period p has been charged past what it was drawn up to (p's
+// charged total moved, at a window's emission: a charge draws when it is
+// known, as an amount limit is watched), when the plan at the window's
+// start limits m by them. The high-water mark makes the draws add up to
+// the period's charge whatever the order of rises and falls, and so
+// whatever the checkpoints. It draws from the grants in force at any time
+// of the window [windowStartNs, windowEndNs), before the expiry of those
+// that ended since.
+func (s *shard) drawGrantAmount(customer string, m *meterSpec, p *window, windowStartNs, windowEndNs int64) {
 	me, ok := s.grantEntitlement(customer, m.Name, windowStartNs)
-	if !ok || me.Entitlement.Of != rating.LimitGrantAmount || !charge.IsPositive() {
+	if !ok || me.Entitlement.Of != rating.LimitGrantAmount {
 		return
 	}
 	b := s.balanceOf(customer, m.Name, true)
-	s.expireBalance(b)
-	b.draw(charge, windowStartNs, me.Currency)
+	if b.drawnCharge == nil {
+		b.drawnCharge = map[int64]decimal.Decimal{}
+	}
+	total := p.get(numChargedAmount)
+	more := total.Sub(b.drawnCharge[p.key.startNs])
+	if !more.IsPositive() {
+		return
+	}
+	b.drawnCharge[p.key.startNs] = total
+	b.drawOverlapping(more, windowStartNs, windowEndNs, me.Currency)
 	s.pending.balancesDirty[balanceKey(customer, m.Name)] = true
+	s.expireBalance(b)
 	s.settleBalance(b, me, max(windowStartNs, s.rules.present(s.watermarkNs)), windowStartNs)
+}
+
+// drawOverlapping takes v from the money lots of currency in force at some
+// time of [from, to), the first to expire first; the rest is overage.
+func (b *balance) drawOverlapping(v decimal.Decimal, from, to int64, currency string) {
+	for i := range b.lots {
+		l := &b.lots[i]
+		if l.startNs >= to || l.expiresNs <= from || !l.remaining.IsPositive() || l.currency != currency {
+			continue
+		}
+		take := decimal.Min(v, l.remaining)
+		l.remaining, v = l.remaining.Sub(take), v.Sub(take)
+		if v.IsZero() {
+			return
+		}
+	}
+	b.overage = b.overage.Add(v)
+}
+
+// moneyGraceNs is how long money lots outlive their expiry: the longest
+// window, and the grace its close waits.
+func (s *shard) moneyGraceNs() int64 {
+	return int64(s.meters.longestWindow()) + s.rules.graceNs
 }
 
 // expireBalance drops b's lots expired at the watermark and announces what
@@ -366,7 +413,7 @@ func (s *shard) expireBalance(b *balance) {
 			lastNs = max(lastNs, l.expiresNs)
 		}
 	}
-	if !b.expire(s.watermarkNs) {
+	if !b.expire(s.watermarkNs, s.moneyGraceNs()) {
 		return
 	}
 	s.pending.balancesDirty[balanceKey(b.customer, b.meter)] = true
@@ -401,7 +448,7 @@ func (s *shard) settleGrantsOnPlanChange(customer string, atNs int64) {
 			s.queueAction(ProvisioningAction{
 				ID:     fmt.Sprintf("%s|%s|@grants|%d|resume", customer, m.Name, b.cycle),
 				Action: rating.ActionResume, Customer: customer, Meter: m.Name, Plan: plan, Of: "grants",
-				Basis: rating.LimitGrants, At: time.Unix(0, atNs).UTC(),
+				At: time.Unix(0, atNs).UTC(),
 			})
 			s.pending.balancesDirty[balanceKey(customer, m.Name)] = true
 		}
@@ -537,9 +584,10 @@ func grantReports(b *balance) []GrantReport {
 	return out
 }
 
-// balanceFormat leads an encoded balance (2: lots carry their source; 3:
-// and their currency).
-const balanceFormat = 3
+// balanceFormat leads an encoded balance: 2, lots carry their source; 3,
+// and their currency; 4, and the money drawn per period (drawnCharge).
+// Older formats are read (none of them has money grants).
+const balanceFormat = 4
 
 // encodeBalance is b's stored value.
 func encodeBalance(b *balance) []byte {
@@ -563,6 +611,11 @@ func encodeBalance(b *balance) []byte {
 		out = appendDecimal(out, l.remaining)
 		out = appendBytes(out, []byte(l.currency))
 	}
+	out = binary.AppendUvarint(out, uint64(len(b.drawnCharge)))
+	for _, start := range slices.Sorted(maps.Keys(b.drawnCharge)) {
+		out = binary.AppendVarint(out, start)
+		out = appendDecimal(out, b.drawnCharge[start])
+	}
 	return out
 }
 
@@ -573,8 +626,9 @@ func decodeBalance(key, v []byte) (*balance, error) {
 		return nil, fmt.Errorf("grant balance key %q has no meter", key)
 	}
 	r := byteReader{b: v}
-	if f := r.byte(); r.err == nil && f != balanceFormat {
-		return nil, fmt.Errorf("grant balance of %s/%s: format %d, this version reads %d", customer, meter, f, balanceFormat)
+	format := r.byte()
+	if r.err == nil && (format < 2 || format > balanceFormat) {
+		return nil, fmt.Errorf("grant balance of %s/%s: format %d, this version reads 2 to %d", customer, meter, format, balanceFormat)
 	}
 	b := &balance{customer: customer, meter: meter}
 	b.cycle = r.uvarint()
@@ -589,8 +643,22 @@ func decodeBalance(key, v []byte) (*balance, error) {
 	for range n {
 		l := grantLot{source: string(r.bytes()), id: string(r.bytes()), startNs: r.varint(), expiresNs: r.varint()}
 		l.granted, l.remaining = r.decimal(), r.decimal()
-		l.currency = string(r.bytes())
+		if format >= 3 {
+			l.currency = string(r.bytes())
+		}
 		b.lots = append(b.lots, l)
+	}
+	if format >= 4 {
+		for range r.uvarint() {
+			if b.drawnCharge == nil {
+				b.drawnCharge = map[int64]decimal.Decimal{}
+			}
+			start := r.varint()
+			b.drawnCharge[start] = r.decimal()
+			if r.err != nil {
+				break
+			}
+		}
 	}
 	if r.err != nil {
 		return nil, fmt.Errorf("grant balance of %s/%s: %w", customer, meter, r.err)

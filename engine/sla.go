@@ -973,8 +973,9 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 	}
 	k := slaKey{customer: string(key[:len(key)-9]), startNs: int64(binary.BigEndian.Uint64(key[len(key)-8:]))}
 	r := byteReader{b: v}
-	if f := r.byte(); r.err == nil && f != slaFormat {
-		return nil, fmt.Errorf("SLA period of %s: format %d, this version reads %d", k.customer, f, slaFormat)
+	format := r.byte()
+	if r.err == nil && (format < 2 || format > slaFormat) {
+		return nil, fmt.Errorf("SLA period of %s: format %d, this version reads 2 to %d", k.customer, format, slaFormat)
 	}
 	sp := &slaPeriod{key: k, days: map[int64]*probeDay{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
 	sp.endNs = r.varint()
@@ -986,14 +987,28 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 		}
 		return n
 	}
-	for range count() {
-		day := r.varint()
+	if format == 2 {
+		// Probes of the whole period, before they were kept by day: one
+		// day at the period's start holds them (period measurements stay
+		// exact; a day window sees them on that day).
 		d := &probeDay{probes: r.uvarint(), failed: r.uvarint(), latencies: map[uint32]uint64{}}
 		for range count() {
 			ms := r.uvarint()
 			d.latencies[uint32(ms)] = r.uvarint()
 		}
-		sp.days[day] = d
+		if d.probes > 0 {
+			sp.days[sp.key.startNs] = d
+		}
+	} else {
+		for range count() {
+			day := r.varint()
+			d := &probeDay{probes: r.uvarint(), failed: r.uvarint(), latencies: map[uint32]uint64{}}
+			for range count() {
+				ms := r.uvarint()
+				d.latencies[uint32(ms)] = r.uvarint()
+			}
+			sp.days[day] = d
+		}
 	}
 	for range count() {
 		ref := string(r.bytes())

@@ -193,9 +193,18 @@ func (p *Pricing) ConfiguredChanges(customer string) []time.Time {
 // during the period (the default plan does not count, as for fees).
 func (p *Pricing) PeriodCurrencies(sub Subscriber, periodStart, periodEnd time.Time) []string {
 	var out []string
+	covered := decimal.Zero
 	for _, sh := range p.shares(sub, periodStart, periodEnd) {
+		covered = covered.Add(sh.Fraction)
 		if !slices.Contains(out, sh.Plan.Currency) {
 			out = append(out, sh.Plan.Currency)
+		}
+	}
+	// The default plan prices usage in the stretches no subscription
+	// covers.
+	if covered.LessThan(decimal.NewFromInt(1)) && p.defaultPlan != "" {
+		if plan, err := p.catalog.Plan(p.defaultPlan, periodStart); err == nil && !slices.Contains(out, plan.Currency) {
+			out = append(out, plan.Currency)
 		}
 	}
 	return out

@@ -317,7 +317,10 @@ func genWorld(rng *rand.Rand, opts Options) *oWorld {
 		}
 		all = append(all, placed{rec: r, place: at.Add(delay)})
 	}
-	all = append(all, w.genSLA(rand.New(rand.NewPCG(rng.Uint64(), 13)), base, end, opts.Jitter)...)
+	slaRng := rand.New(rand.NewPCG(rng.Uint64(), 13))
+	if !opts.NoSLA {
+		all = append(all, w.genSLA(slaRng, base, end, opts.Jitter)...)
+	}
 	sort.SliceStable(all, func(i, j int) bool { return all[i].place.Before(all[j].place) })
 	for _, p := range all {
 		p.rec.raw = p.rec.render()

@@ -28,6 +28,8 @@ type Options struct {
 	// CloseAfter, when set, adds one record that far past the end, so the
 	// watermark closes every window and settles the periods before it.
 	CloseAfter time.Duration
+	// NoSLA leaves out the SLA objectives and outages (sla.go).
+	NoSLA bool
 }
 
 // DefaultOptions is the engine property test's workload: 75 days from
