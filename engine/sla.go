@@ -247,10 +247,15 @@ func (s *shard) slaPeriodOf(customer string, tNs int64, create bool) *slaPeriod 
 	if sp := s.slaPeriods[k]; sp != nil || !create {
 		return sp
 	}
-	sp := &slaPeriod{key: k, endNs: endNs, settleNs: s.slaSettle(cust, endNs),
-		days: map[int64]*probeDay{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
+	sp := newSLAPeriod(k, endNs, s.slaSettle(cust, endNs))
 	s.fileSLAPeriod(sp)
 	return sp
+}
+
+// newSLAPeriod is an empty SLA period (nothing measured yet).
+func newSLAPeriod(k slaKey, endNs, settleNs int64) *slaPeriod {
+	return &slaPeriod{key: k, endNs: endNs, settleNs: settleNs, days: map[int64]*probeDay{}, outages: map[string]interval{},
+		issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
 }
 
 // slaSettle is when every meter's billing period ending at endNs settles.
@@ -977,7 +982,7 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 	if r.err == nil && (format < 2 || format > slaFormat) {
 		return nil, fmt.Errorf("SLA period of %s: format %d, this version reads 2 to %d", k.customer, format, slaFormat)
 	}
-	sp := &slaPeriod{key: k, days: map[int64]*probeDay{}, outages: map[string]interval{}, issues: map[string]issueTimes{}, credits: map[string]slaCredit{}, charges: map[string]decimal.Decimal{}}
+	sp := newSLAPeriod(k, 0, 0)
 	sp.endNs = r.varint()
 	count := func() uint64 {
 		n := r.uvarint()
@@ -987,27 +992,25 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 		}
 		return n
 	}
-	if format == 2 {
-		// Probes of the whole period, before they were kept by day: one
-		// day at the period's start holds them (period measurements stay
-		// exact; a day window sees them on that day).
+	probeDayOf := func() *probeDay {
 		d := &probeDay{probes: r.uvarint(), failed: r.uvarint(), latencies: map[uint32]uint64{}}
 		for range count() {
 			ms := r.uvarint()
 			d.latencies[uint32(ms)] = r.uvarint()
 		}
-		if d.probes > 0 {
+		return d
+	}
+	if format == 2 {
+		// Probes of the whole period, before they were kept by day: one
+		// day at the period's start holds them (period measurements stay
+		// exact; a day window sees them on that day).
+		if d := probeDayOf(); d.probes > 0 {
 			sp.days[sp.key.startNs] = d
 		}
 	} else {
 		for range count() {
 			day := r.varint()
-			d := &probeDay{probes: r.uvarint(), failed: r.uvarint(), latencies: map[uint32]uint64{}}
-			for range count() {
-				ms := r.uvarint()
-				d.latencies[uint32(ms)] = r.uvarint()
-			}
-			sp.days[day] = d
+			sp.days[day] = probeDayOf()
 		}
 	}
 	for range count() {

@@ -92,8 +92,7 @@ func (s *shard) slaReport(customer string, month time.Time, atNs int64) (SLARepo
 			ErrNoSLA, customer, time.Unix(0, startNs).UTC().Format(time.RFC3339), end.Format(time.RFC3339), SLAGroupPrefix)
 	}
 	if sp == nil {
-		sp = &slaPeriod{key: slaKey{customer, startNs}, endNs: endNs, settleNs: s.slaSettle(cust, endNs), days: map[int64]*probeDay{}, outages: map[string]interval{},
-			issues: map[string]issueTimes{}, credits: map[string]slaCredit{}}
+		sp = newSLAPeriod(slaKey{customer, startNs}, endNs, s.slaSettle(cust, endNs))
 	}
 	closed := sp.settleNs != 0 && s.slaClosed(sp, s.watermarkNs) && s.slaClosedSettles[sp.settleNs]
 	until := min(atNs, endNs)
