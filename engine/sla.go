@@ -396,7 +396,7 @@ func (s *shard) applySLA(ev *Event) {
 			s.touchSLA(sp)
 		}
 	case e.Kind == SLAOutage:
-		s.applyOutage(ev.Customer, e.Ref, interval{ev.TimeNs, e.EndNs}, true)
+		s.applyOutage(ev.Customer, e.Ref, interval{ev.TimeNs, e.EndNs})
 	}
 }
 
@@ -423,30 +423,25 @@ func (s *shard) outageLast(o interval) int64 {
 	return last
 }
 
-// applyOutage records outage ref of customer in every period it overlaps
-// so far that still takes events, and its new start and end in the
-// unsettled periods that hold it already (an event, not a barrier's
-// extension, replaces them).
-func (s *shard) applyOutage(customer, ref string, o interval, replace bool) {
-	from := o.startNs
+// applyOutage records outage ref of customer, as an event reports it, in
+// every period it overlaps so far that still takes events, and as its new
+// start and end in the unsettled periods that hold it already. The copy
+// known before is first extended up to the watermark (extendOutage), so
+// what a period settled in between holds does not depend on when barriers
+// ran.
+func (s *shard) applyOutage(customer, ref string, o interval) {
+	s.extendOutage(customer, ref)
 	for _, sp := range s.slaByCustomer[customer] {
-		prev, ok := sp.outages[ref]
-		if !ok || s.slaSettled(sp.settleNs) {
-			continue
-		}
-		if replace && prev != o {
+		if prev, ok := sp.outages[ref]; ok && prev != o && !s.slaSettled(sp.settleNs) {
 			sp.outages[ref] = o
 			s.touchSLA(sp)
-		}
-		if !replace {
-			from = max(from, sp.key.startNs) // extended already up to here
 		}
 	}
 	if o.endNs == 0 || o.endNs > s.watermarkNs {
 		s.slaOngoing[customer] = true // the next barriers extend it
 	}
 	cust := s.customers.get(customer)
-	walkPeriods(cust, from, s.outageLast(o), func(tNs int64) {
+	walkPeriods(cust, o.startNs, s.outageLast(o), func(tNs int64) {
 		_, endNs := billingPeriod(tNs, cust.loc, cust.anchorDay)
 		if s.slaSettled(s.slaSettle(cust, endNs)) {
 			return
@@ -459,27 +454,56 @@ func (s *shard) applyOutage(customer, ref string, o interval, replace bool) {
 	})
 }
 
-// extendOutages records the outages of the customers marked ongoing in
-// the periods the watermark has reached since (at a barrier, before
-// credits), up to their end; a customer stays marked while one of its
+// extendOutage records outage ref of customer, as its latest period
+// holding it has it (that period took every correction an earlier one
+// did), in the periods after that one the watermark has reached since, up
+// to the outage's end, and reports whether the outage is not over at the
+// watermark.
+//
+// Invariant (credits independent of barrier timing): those periods began
+// after the watermark the outage was last recorded at, so it was known
+// before they settled. They take it even when the watermark has passed
+// their settle end since (it may jump a whole period between two
+// barriers); the latest holder is never evicted before the outage
+// reached the period after it, as extension runs before eviction at each
+// barrier.
+func (s *shard) extendOutage(customer, ref string) (ongoing bool) {
+	var last *slaPeriod
+	for _, sp := range s.slaByCustomer[customer] {
+		if _, ok := sp.outages[ref]; ok && (last == nil || sp.key.startNs > last.key.startNs) {
+			last = sp
+		}
+	}
+	if last == nil {
+		return false
+	}
+	o := last.outages[ref]
+	cust := s.customers.get(customer)
+	walkPeriods(cust, last.endNs, s.outageLast(o), func(tNs int64) {
+		sp := s.slaPeriodOf(customer, tNs, true)
+		if _, ok := sp.outages[ref]; !ok {
+			sp.outages[ref] = o
+			s.touchSLA(sp)
+		}
+	})
+	return o.endNs == 0 || o.endNs > s.watermarkNs
+}
+
+// extendOutages extends the outages of the customers marked ongoing at a
+// barrier, before credits; a customer stays marked while one of its
 // outages is not over at the watermark. (An outage that ended while the
 // watermark jumped past it is extended up to its end once more.)
 func (s *shard) extendOutages() {
 	for customer := range s.slaOngoing {
-		outages := map[string]interval{}
+		refs := map[string]bool{}
 		for _, sp := range s.slaByCustomer[customer] {
-			if s.slaSettled(sp.settleNs) {
-				continue // a settled period's copy takes no corrections
-			}
-			for ref, o := range sp.outages {
-				outages[ref] = o
+			for ref := range sp.outages {
+				refs[ref] = true
 			}
 		}
 		ongoing := false
-		for _, ref := range slices.Sorted(maps.Keys(outages)) {
-			o := outages[ref]
-			s.applyOutage(customer, ref, o, false)
-			ongoing = ongoing || o.endNs == 0 || o.endNs > s.watermarkNs
+		for _, ref := range slices.Sorted(maps.Keys(refs)) {
+			ongoing = s.extendOutage(customer, ref) || ongoing
 		}
 		if !ongoing {
 			delete(s.slaOngoing, customer)
