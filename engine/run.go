@@ -253,6 +253,7 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 		// use (a new subscriber's backdated periods follow the late rule
 		// at it); with no stored watermark, nothing was ever evicted.
 		e.shards[i].deletedThroughNs = wm
+		e.shards[i].slaExtendedWm = storedWm
 		if storedWm == minWatermark {
 			e.shards[i].deletedThroughNs = minWatermark
 		}

@@ -77,6 +77,7 @@ type shard struct {
 	slaPending       map[slaKey]*slaPeriod
 	slaLastWm        int64
 	slaOngoing       map[string]bool
+	slaExtendedWm    int64 // watermark of the last barrier's extendOutages (recovery: the stored one)
 	measuresSLA      bool
 	// actionQueued asks the dispatcher for an early checkpoint when an
 	// action is queued (queueAction); nil in tests without a dispatcher.
@@ -200,6 +201,7 @@ func newShard(index int, tenant string, rules timeRules, meters *Meters, custome
 		slaDue:           make(map[slaKey]*slaPeriod),
 		slaPending:       make(map[slaKey]*slaPeriod),
 		slaLastWm:        minWatermark,
+		slaExtendedWm:    minWatermark,
 	}
 }
 

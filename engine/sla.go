@@ -477,6 +477,12 @@ func (s *shard) extendOutage(customer, ref string) (ongoing bool) {
 	if last == nil {
 		return false
 	}
+	if s.slaExtendedWm != minWatermark && s.rules.late(s.slaExtendedWm, last.settleNs, last.settleNs, s.slaExtendedWm) {
+		// Settled at the last barrier, which extended every copy that
+		// mattered: its copy is frozen (maybe stale), and the periods after
+		// it may have been evicted since.
+		return false
+	}
 	o := last.outages[ref]
 	cust := s.customers.get(customer)
 	walkPeriods(cust, last.endNs, s.outageLast(o), func(tNs int64) {
@@ -652,6 +658,7 @@ func (s *shard) closeSLA(wm int64, snap *shardSnapshot) error {
 		return nil
 	}
 	s.extendOutages()
+	s.slaExtendedWm = wm
 	for settleNs, sps := range s.slaBySettle {
 		if s.slaClosedSettles[settleNs] || !s.rules.closed(settleNs, wm) {
 			continue
