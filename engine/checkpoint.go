@@ -215,6 +215,8 @@ func (e *Engine) gather(pc *pendingCheckpoint, snaps []*shardSnapshot) (*state.C
 		cp.GrantPuts = append(cp.GrantPuts, snap.grantPuts...)
 		cp.SLAPuts = append(cp.SLAPuts, snap.slaPuts...)
 		cp.SLADeletes = append(cp.SLADeletes, snap.slaDeletes...)
+		cp.ServicePuts = append(cp.ServicePuts, snap.servicePuts...)
+		cp.ServiceDeletes = append(cp.ServiceDeletes, snap.serviceDeletes...)
 		t.credits += snap.credits
 		cp.WindowDeletes = append(cp.WindowDeletes, snap.windowDeletes...)
 		cp.DedupAdds = append(cp.DedupAdds, snap.dedupAdds...)

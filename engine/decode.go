@@ -166,6 +166,8 @@ func (d *Decoder) parseWire(raw []byte, w *wireEvent) error {
 			w.sla.Issue = v.MarshalTo(nil)
 		case "status":
 			w.sla.Status = v.MarshalTo(nil)
+		case "service":
+			w.sla.Service = v.MarshalTo(nil)
 		case "specversion":
 			str(key, v, &w.SpecVersion)
 		case "source":
@@ -375,6 +377,9 @@ func (d *Decoder) DecodeInterned(raw []byte, out []Event, stamped time.Time, in 
 	for _, f := range [...]struct{ name, value string }{
 		{"id", base.ID}, {"customer", base.Customer}, {"meter", eventType},
 	} {
+		if f.name == "customer" && f.value == "" && strings.HasPrefix(eventType, slaTypePrefix) && w.slaService() != nil {
+			continue // a shared service's event (decodeSLA)
+		}
 		if f.value == "" {
 			return out, fail(ReasonMissingField, "no %s", f.name)
 		}

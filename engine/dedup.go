@@ -183,6 +183,10 @@ func (s *shard) seen(ev *Event, id idHash) bool {
 		// forgotten at once.
 		bucket = floorDiv(s.watermarkNs, dedupBucketNs)
 	}
-	s.dedup.insert(bucket, id, routingHash(ev.Customer), s.seq+1)
+	routing := routingHash(ev.Customer)
+	if ev.SLA != nil && ev.SLA.Service != "" {
+		routing = broadcastRouting
+	}
+	s.dedup.insert(bucket, id, routing, s.seq+1)
 	return false
 }

@@ -859,6 +859,11 @@ func (o ownedRules) SLA(sub rating.Subscriber, periodEnd time.Time) (rating.SLAT
 	return rating.SLATerms{}, false
 }
 
+func (o ownedRules) MeasuresService(service string) bool {
+	e, ok := o.ratingRules.(SLARules)
+	return ok && e.MeasuresService(service)
+}
+
 func (o ownedRules) HasSLA() bool {
 	e, ok := o.ratingRules.(SLARules)
 	return ok && e.HasSLA()

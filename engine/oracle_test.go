@@ -95,6 +95,11 @@ func checkOracle(t *testing.T, seed uint64) {
 	for i := 0; i < len(records); {
 		for n := 1 + rng.IntN(60); n > 0 && i < len(records); n, i = n-1, i+1 {
 			r := records[i]
+			if r.Every { // a shared service's event: every partition gets it
+				h.src.append(0, r.Value)
+				h.src.append(1, r.Value)
+				continue
+			}
 			h.src.append(int(r.Customer[len(r.Customer)-1]%2), r.Value)
 		}
 		switch rng.IntN(5) {

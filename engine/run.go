@@ -477,11 +477,29 @@ func (e *Engine) recover(ctx context.Context) ([]*partitionProgress, error) {
 	if err != nil {
 		return nil, err
 	}
+	err = e.store.SLAServices(func(k, v []byte) error {
+		for _, sh := range e.shards { // every shard keeps the same copy
+			if err := sh.restoreService(k, v); err != nil {
+				return fmt.Errorf("engine: recover SLA services: %w: state is corrupt", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	memoryExpiry, expiry := e.rules.dedupMemoryExpiry(wm), e.rules.dedupExpiry(wm)
 	err = e.store.Dedup(func(d state.DedupEntry) error {
-		if d.BucketNs >= expiry { // older ones are about to be deleted
-			e.shards[d.RoutingHash%n].dedup.load(d.BucketNs, d.IDHash, memoryExpiry, expiry)
+		if d.BucketNs < expiry { // older ones are about to be deleted
+			return nil
 		}
+		if d.RoutingHash == broadcastRouting { // a shared service's event: every shard applied it
+			for _, sh := range e.shards {
+				sh.dedup.load(d.BucketNs, d.IDHash, memoryExpiry, expiry)
+			}
+			return nil
+		}
+		e.shards[d.RoutingHash%n].dedup.load(d.BucketNs, d.IDHash, memoryExpiry, expiry)
 		return nil
 	})
 	if err != nil {
@@ -532,7 +550,7 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 		at, offset := origin(id, rec)
 		first := len(all)
 		all, err = e.decoder.DecodeInterned(rec.Value, all, rec.Timestamp, in)
-		if err == nil && len(all) > first {
+		if err == nil && len(all) > first && all[first].Customer != "" { // a shared service's SLA event has none
 			if why := e.owners.misplaced(id, all[first].Customer); why != "" {
 				all = all[:first]
 				err = &decodeError{reason: ReasonWrongPartition, detail: why}
@@ -547,7 +565,7 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 				Topic: at.Topic, Partition: at.Partition, Offset: offset, Raw: rec.Value})
 			continue
 		}
-		for i := first; i < len(all); i++ {
+		for i, n := first, len(all); i < n; i++ {
 			ev := &all[i]
 			ev.Partition, ev.Offset, ev.Raw = at, offset, rec.Value
 			// A subscription, grant or SLA event's time is when its
@@ -555,6 +573,16 @@ func (e *Engine) forward(ctx context.Context, index int, id PartitionID, fetch *
 			// start long ago): only usage moves time.
 			if ev.TimeNs > b.maxEventTimeNs && !ev.Subscription && ev.Grant == nil && ev.SLA == nil {
 				b.maxEventTimeNs = ev.TimeNs
+			}
+			if ev.SLA != nil && ev.SLA.Service != "" {
+				// A shared service's probe or outage: every shard measures
+				// it for its customers, each from its own copy.
+				b.shards[0] = append(b.shards[0], int32(i))
+				for s := 1; s < len(b.shards); s++ {
+					all = append(all, all[i])
+					b.shards[s] = append(b.shards[s], int32(len(all)-1))
+				}
+				continue
 			}
 			s := routingHash(ev.Customer) % uint64(len(b.shards))
 			b.shards[s] = append(b.shards[s], int32(i))

@@ -79,6 +79,13 @@ type shard struct {
 	slaOngoing       map[string]bool
 	slaExtendedWm    int64 // watermark of the last barrier's extendOutages (recovery: the stored one)
 	measuresSLA      bool
+	// slaServices are the shared services' probes and outages, the same
+	// in every shard (slaservice.go); slaServiceTouched their spans
+	// changed since the last barrier; slaServiceEvictDay the watermark's
+	// day their data was last evicted at.
+	slaServices        map[string]*slaService
+	slaServiceTouched  map[string]serviceTouch
+	slaServiceEvictDay int64
 	// actionQueued asks the dispatcher for an early checkpoint when an
 	// action is queued (queueAction); nil in tests without a dispatcher.
 	actionQueued chan<- struct{}
@@ -141,8 +148,11 @@ type sinceBarrier struct {
 	// balancesDirty marks grant balances that changed (by balanceKey).
 	balancesDirty map[string]bool
 	// slaDirty marks SLA periods that changed.
-	slaDirty    map[slaKey]bool
-	deadLetters []DeadLetter
+	slaDirty map[slaKey]bool
+	// serviceDirty marks the stored keys of services that changed
+	// (serviceStoreKey; shard 0 only).
+	serviceDirty map[string]bool
+	deadLetters  []DeadLetter
 	// actions are the provisioning actions announced (checkLimits).
 	actions    []ProvisioningAction
 	duplicates map[string]uint64 // by meter
@@ -166,42 +176,44 @@ type coldStore interface {
 
 func newShard(index int, tenant string, rules timeRules, meters *Meters, customers *customers, rater Rater, store coldStore, queueLen int) *shard {
 	return &shard{
-		store:            store,
-		customers:        customers,
-		index:            index,
-		tenant:           tenant,
-		rules:            rules,
-		meters:           meters,
-		rater:            rater,
-		in:               make(chan shardMsg, queueLen),
-		names:            newNames(),
-		windows:          make(map[windowKey]*window),
-		byEnd:            make(map[int64][]*window),
-		groups:           make(map[groupFamily]int),
-		periods:          make(map[windowKey]*window),
-		periodsByEnd:     make(map[int64][]*window),
-		byCustomer:       make(map[uint32][]*window),
-		unemitted:        make(map[int64][]*window),
-		closedEnds:       make(map[int64]bool),
-		subs:             make(map[string][]rating.Change),
-		feeCustomers:     make(map[string]bool),
-		feeNext:          make(map[int64][]string),
-		feeFloorNs:       minWatermark,
-		deletedThroughNs: minWatermark,
-		dedup:            newDedupSet(),
-		queries:          make(chan func(*shard), queryQueueLen),
-		watermarkNs:      minWatermark,
-		pending:          sinceBarrier{subsDirty: make(map[string]bool), balancesDirty: make(map[string]bool), slaDirty: make(map[slaKey]bool), duplicates: make(map[string]uint64)},
-		balances:         make(map[string]*balance),
-		slaPeriods:       make(map[slaKey]*slaPeriod),
-		slaByCustomer:    make(map[string][]*slaPeriod),
-		slaOngoing:       make(map[string]bool),
-		slaBySettle:      make(map[int64][]*slaPeriod),
-		slaClosedSettles: make(map[int64]bool),
-		slaDue:           make(map[slaKey]*slaPeriod),
-		slaPending:       make(map[slaKey]*slaPeriod),
-		slaLastWm:        minWatermark,
-		slaExtendedWm:    minWatermark,
+		store:             store,
+		customers:         customers,
+		index:             index,
+		tenant:            tenant,
+		rules:             rules,
+		meters:            meters,
+		rater:             rater,
+		in:                make(chan shardMsg, queueLen),
+		names:             newNames(),
+		windows:           make(map[windowKey]*window),
+		byEnd:             make(map[int64][]*window),
+		groups:            make(map[groupFamily]int),
+		periods:           make(map[windowKey]*window),
+		periodsByEnd:      make(map[int64][]*window),
+		byCustomer:        make(map[uint32][]*window),
+		unemitted:         make(map[int64][]*window),
+		closedEnds:        make(map[int64]bool),
+		subs:              make(map[string][]rating.Change),
+		feeCustomers:      make(map[string]bool),
+		feeNext:           make(map[int64][]string),
+		feeFloorNs:        minWatermark,
+		deletedThroughNs:  minWatermark,
+		dedup:             newDedupSet(),
+		queries:           make(chan func(*shard), queryQueueLen),
+		watermarkNs:       minWatermark,
+		pending:           sinceBarrier{subsDirty: make(map[string]bool), balancesDirty: make(map[string]bool), slaDirty: make(map[slaKey]bool), serviceDirty: make(map[string]bool), duplicates: make(map[string]uint64)},
+		balances:          make(map[string]*balance),
+		slaPeriods:        make(map[slaKey]*slaPeriod),
+		slaByCustomer:     make(map[string][]*slaPeriod),
+		slaOngoing:        make(map[string]bool),
+		slaBySettle:       make(map[int64][]*slaPeriod),
+		slaClosedSettles:  make(map[int64]bool),
+		slaDue:            make(map[slaKey]*slaPeriod),
+		slaPending:        make(map[slaKey]*slaPeriod),
+		slaLastWm:         minWatermark,
+		slaExtendedWm:     minWatermark,
+		slaServices:       make(map[string]*slaService),
+		slaServiceTouched: make(map[string]serviceTouch),
 	}
 }
 

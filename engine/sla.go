@@ -75,6 +75,9 @@ const maxLatencyMs = 3_600_000
 // SLAEvent is what an SLA event carries besides its customer and time.
 type SLAEvent struct {
 	Kind string // SLAProbe, SLAOutage or SLAIssue
+	// Service names the shared service a probe or an outage is of (the
+	// event's Customer is then empty); "" for a customer's own.
+	Service string
 	// Probes.
 	OK         bool
 	LatencyMs  uint32
@@ -89,7 +92,19 @@ type SLAEvent struct {
 
 // wireSLA are the fields of SLA events (raw JSON: checked only for them).
 type wireSLA struct {
-	OK, LatencyMs, Outage, End, Issue, Status json.RawMessage
+	OK, LatencyMs, Outage, End, Issue, Status, Service json.RawMessage
+}
+
+// slaService is the raw service field of an SLA event (nil: none).
+func (w *wireEvent) slaService() json.RawMessage {
+	raw := w.sla.Service
+	if w.SpecVersion != "" {
+		raw = w.Data["service"]
+	}
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	return raw
 }
 
 // stringField reads raw, a JSON string or null or absent, into dst.
@@ -108,23 +123,38 @@ func (d *Decoder) decodeSLA(ev Event, kind string, w *wireEvent, out []Event) ([
 	raw, prefix := w.sla, ""
 	if w.SpecVersion != "" {
 		raw = wireSLA{OK: w.Data["ok"], LatencyMs: w.Data["latency_ms"], Outage: w.Data["outage"],
-			End: w.Data["end"], Issue: w.Data["issue"], Status: w.Data["status"]}
+			End: w.Data["end"], Issue: w.Data["issue"], Status: w.Data["status"], Service: w.Data["service"]}
 		prefix = "data."
 	}
 	f := struct {
-		OK, LatencyMs              json.RawMessage
-		Outage, End, Issue, Status string
+		OK, LatencyMs                       json.RawMessage
+		Outage, End, Issue, Status, Service string
 	}{OK: raw.OK, LatencyMs: raw.LatencyMs}
 	for _, s := range [...]struct {
 		name string
 		raw  json.RawMessage
 		dst  *string
-	}{{"outage", raw.Outage, &f.Outage}, {"end", raw.End, &f.End}, {"issue", raw.Issue, &f.Issue}, {"status", raw.Status, &f.Status}} {
+	}{{"outage", raw.Outage, &f.Outage}, {"end", raw.End, &f.End}, {"issue", raw.Issue, &f.Issue}, {"status", raw.Status, &f.Status},
+		{"service", raw.Service, &f.Service}} {
 		if err := stringField(prefix+s.name, s.raw, s.dst); err != nil {
 			return out, err
 		}
 	}
-	e := &SLAEvent{Kind: kind}
+	e := &SLAEvent{Kind: kind, Service: f.Service}
+	if f.Service == "" && ev.Customer == "" {
+		return out, fail(ReasonMissingField, "no customer (or service, for a probe or an outage of a shared service)")
+	}
+	if f.Service != "" {
+		switch {
+		case ev.Customer != "":
+			return out, fail(ReasonInvalidField, "%s names both a customer (%s) and a service (%s); name the customer for its own, the service for one every customer on it shares", kind, ev.Customer, f.Service)
+		case kind == SLAIssue:
+			return out, fail(ReasonInvalidField, "%s names a service (%s); issues are a customer's: name the customer", kind, f.Service)
+		}
+		if err := checkIdentifier("service", f.Service); err != nil {
+			return out, err
+		}
+	}
 	switch kind {
 	case SLAProbe:
 		if len(f.OK) == 0 || string(f.OK) == "null" {
@@ -319,11 +349,17 @@ func (s *shard) touchSLA(sp *slaPeriod) {
 // settled period is late whether or not the period is still in memory, so
 // what counts does not depend on when barriers ran.
 func (s *shard) applySLA(ev *Event) {
+	e := ev.SLA
 	if !s.measuresSLA {
-		s.deadLetter(ev, ReasonInvalidField, "no plan sets SLA objectives (sla), so there is nothing to measure")
+		if e.Service == "" || s.index == 0 { // a service's event: one dead letter for every shard's copy
+			s.deadLetter(ev, ReasonInvalidField, "no plan sets SLA objectives (sla), so there is nothing to measure")
+		}
 		return
 	}
-	e := ev.SLA
+	if e.Service != "" {
+		s.applyServiceSLA(ev)
+		return
+	}
 	late := func(what string) {
 		s.deadLetter(ev, ReasonLate, fmt.Sprintf("%s: %s: watermark %s", ev.Meter, what, formatTimeNs(s.watermarkNs)))
 	}
@@ -523,13 +559,37 @@ func dayStart(tNs int64, loc *time.Location) int64 {
 	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, loc).UnixNano()
 }
 
-// measure is what sp measured for o, with outages not over counted until
-// untilNs (capped at the period's end): over the whole period, or, with
-// window day, the worst of its days (in loc, the customer's zone), with the
-// samples of them all.
-func (sp *slaPeriod) measure(o *rating.Objective, untilNs int64, loc *time.Location) rating.Measurement {
+// slaSamples are the probes and outages an objective measures in a
+// period: the customer's own, and its service's (serviceSamples).
+type slaSamples struct {
+	// probes are keyed by the start of the span they fall in: a day of
+	// the customer's, or a quarter hour of a service's.
+	probes  []map[int64]*probeDay
+	outages []interval
+}
+
+// samples is what o measures in sp.
+func (s *shard) samples(sp *slaPeriod, o *rating.Objective) slaSamples {
+	x := slaSamples{probes: []map[int64]*probeDay{sp.days}}
+	for _, ref := range slices.Sorted(maps.Keys(sp.outages)) {
+		x.outages = append(x.outages, sp.outages[ref])
+	}
+	s.serviceSamples(&x, sp, o)
+	return x
+}
+
+// measure is what s measures for o in sp, with outages not over counted
+// until untilNs (capped at the period's end): over the whole period, or,
+// with window day, the worst of its days (in the customer's zone), with
+// the samples of them all.
+func (s *shard) measure(sp *slaPeriod, o *rating.Objective, untilNs int64) rating.Measurement {
+	return sp.measure(o, s.samples(sp, o), untilNs, s.customers.get(sp.key.customer).loc)
+}
+
+// measure is what x measured for o in sp (shard.measure).
+func (sp *slaPeriod) measure(o *rating.Objective, x slaSamples, untilNs int64, loc *time.Location) rating.Measurement {
 	if o.Window != "day" {
-		return sp.measureIn(o, untilNs, sp.key.startNs, sp.endNs)
+		return sp.measureIn(o, x, untilNs, sp.key.startNs, sp.endNs)
 	}
 	var worst rating.Measurement
 	var samples uint64
@@ -537,7 +597,7 @@ func (sp *slaPeriod) measure(o *rating.Objective, untilNs int64, loc *time.Locat
 	for from := sp.key.startNs; from < sp.endNs; {
 		t := time.Unix(0, from).In(loc)
 		to := min(time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, loc).UnixNano(), sp.endNs)
-		m := sp.measureIn(o, untilNs, from, to)
+		m := sp.measureIn(o, x, untilNs, from, to)
 		samples += m.Samples
 		if first || o.Kind.HigherIsBetter() && m.Less(worst) || !o.Kind.HigherIsBetter() && worst.Less(m) {
 			worst, first = m, false
@@ -548,19 +608,21 @@ func (sp *slaPeriod) measure(o *rating.Objective, untilNs int64, loc *time.Locat
 	return worst
 }
 
-// measureIn is what sp measured for o in [from, to).
-func (sp *slaPeriod) measureIn(o *rating.Objective, untilNs, from, to int64) rating.Measurement {
+// measureIn is what x measured for o in [from, to) of sp.
+func (sp *slaPeriod) measureIn(o *rating.Objective, x slaSamples, untilNs, from, to int64) rating.Measurement {
 	hundred := decimal.NewFromInt(100)
 	one := decimal.NewFromInt(1)
 	switch o.Kind {
 	case rating.Availability:
-		down, n := sp.downtime(min(untilNs, sp.endNs), from, to)
+		down, n := x.downtime(min(untilNs, sp.endNs), from, to)
 		return rating.Measurement{Num: hundred.Mul(decimal.NewFromInt(to - from - down)), Den: decimal.NewFromInt(to - from), Samples: n}
 	case rating.ErrorRate:
 		var probes, failed uint64
-		for day, d := range sp.days {
-			if from <= day && day < to {
-				probes, failed = probes+d.probes, failed+d.failed
+		for _, spans := range x.probes {
+			for at, d := range spans {
+				if from <= at && at < to {
+					probes, failed = probes+d.probes, failed+d.failed
+				}
 			}
 		}
 		if probes == 0 {
@@ -568,7 +630,7 @@ func (sp *slaPeriod) measureIn(o *rating.Objective, untilNs, from, to int64) rat
 		}
 		return rating.Measurement{Num: hundred.Mul(decimal.NewFromUint64(failed)), Den: decimal.NewFromUint64(probes), Samples: probes}
 	case rating.Latency:
-		ms, n := sp.percentile(o.Percentile, from, to)
+		ms, n := x.percentile(o.Percentile, from, to)
 		return rating.Measurement{Num: decimal.NewFromInt(int64(ms)), Den: one, Samples: n}
 	case rating.Resolution:
 		var total, onTime uint64
@@ -593,11 +655,11 @@ func (sp *slaPeriod) measureIn(o *rating.Objective, untilNs, from, to int64) rat
 	return rating.Measurement{Num: decimal.Zero, Den: one}
 }
 
-// downtime is the union of sp's outages within [from, to), those not over
+// downtime is the union of x's outages within [from, to), those not over
 // running until untilNs, and how many outages fall in it.
-func (sp *slaPeriod) downtime(untilNs, from, to int64) (down int64, n uint64) {
+func (x slaSamples) downtime(untilNs, from, to int64) (down int64, n uint64) {
 	var spans []interval
-	for _, o := range sp.outages {
+	for _, o := range x.outages {
 		end := o.endNs
 		if end == 0 {
 			end = untilNs
@@ -619,19 +681,21 @@ func (sp *slaPeriod) downtime(untilNs, from, to int64) (down int64, n uint64) {
 	return down, uint64(len(spans))
 }
 
-// percentile is the nearest-rank percentile of the latencies of sp's
-// probes in the days starting in [from, to) (0 without any) and how many
+// percentile is the nearest-rank percentile of the latencies of x's
+// probes in the spans starting in [from, to) (0 without any) and how many
 // there are.
-func (sp *slaPeriod) percentile(pct decimal.Decimal, from, to int64) (uint32, uint64) {
+func (x slaSamples) percentile(pct decimal.Decimal, from, to int64) (uint32, uint64) {
 	merged := map[uint32]uint64{}
 	var n uint64
-	for day, d := range sp.days {
-		if day < from || day >= to {
-			continue
-		}
-		for ms, c := range d.latencies {
-			merged[ms] += c
-			n += c
+	for _, spans := range x.probes {
+		for at, d := range spans {
+			if at < from || at >= to {
+				continue
+			}
+			for ms, c := range d.latencies {
+				merged[ms] += c
+				n += c
+			}
 		}
 	}
 	if n == 0 {
@@ -688,6 +752,7 @@ func (s *shard) closeSLA(wm int64, snap *shardSnapshot) error {
 		}
 	}
 	s.slaLastWm = wm
+	s.serviceTouchedDue(wm)
 	due := slices.SortedFunc(maps.Values(s.slaDue), func(a, b *slaPeriod) int {
 		if c := strings.Compare(a.key.customer, b.key.customer); c != 0 {
 			return c
@@ -743,7 +808,7 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 		left := map[string]decimal.Decimal{} // percent of each meter's charge not credited yet
 		for i := range terms.Objectives {
 			o := &terms.Objectives[i]
-			m := sp.measure(o, wm, s.customers.get(sp.key.customer).loc)
+			m := s.measure(sp, o, wm)
 			_, percent := o.Evaluate(m)
 			for _, meter := range o.CreditOn {
 				if _, ok := left[meter]; !ok {
@@ -947,6 +1012,9 @@ type SLARules interface {
 	SLA(sub rating.Subscriber, periodEnd time.Time) (rating.SLATerms, bool)
 	// HasSLA reports whether any plan sets objectives.
 	HasSLA() bool
+	// MeasuresService reports whether an objective measures the shared
+	// service.
+	MeasuresService(service string) bool
 }
 
 // slaStoreKey is sp's key in the store: customer NUL start (8 bytes).
@@ -963,15 +1031,8 @@ func encodeSLAPeriod(sp *slaPeriod) []byte {
 	b = binary.AppendVarint(b, sp.endNs)
 	b = binary.AppendUvarint(b, uint64(len(sp.days)))
 	for _, day := range slices.Sorted(maps.Keys(sp.days)) {
-		d := sp.days[day]
 		b = binary.AppendVarint(b, day)
-		b = binary.AppendUvarint(b, d.probes)
-		b = binary.AppendUvarint(b, d.failed)
-		b = binary.AppendUvarint(b, uint64(len(d.latencies)))
-		for _, ms := range slices.Sorted(maps.Keys(d.latencies)) {
-			b = binary.AppendUvarint(b, uint64(ms))
-			b = binary.AppendUvarint(b, d.latencies[ms])
-		}
+		b = appendProbeDay(b, sp.days[day])
 	}
 	b = binary.AppendUvarint(b, uint64(len(sp.outages)))
 	for _, ref := range slices.Sorted(maps.Keys(sp.outages)) {
@@ -1023,14 +1084,7 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 		}
 		return n
 	}
-	probeDayOf := func() *probeDay {
-		d := &probeDay{probes: r.uvarint(), failed: r.uvarint(), latencies: map[uint32]uint64{}}
-		for range count() {
-			ms := r.uvarint()
-			d.latencies[uint32(ms)] = r.uvarint()
-		}
-		return d
-	}
+	probeDayOf := func() *probeDay { return readProbeDay(&r, len(v)) }
 	if format == 2 {
 		// Probes of the whole period, before they were kept by day: one
 		// day at the period's start holds them (period measurements stay
@@ -1067,6 +1121,34 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 		return nil, fmt.Errorf("SLA period of %s: %d trailing bytes", k.customer, len(r.b))
 	}
 	return sp, nil
+}
+
+// appendProbeDay appends d's encoding to b.
+func appendProbeDay(b []byte, d *probeDay) []byte {
+	b = binary.AppendUvarint(b, d.probes)
+	b = binary.AppendUvarint(b, d.failed)
+	b = binary.AppendUvarint(b, uint64(len(d.latencies)))
+	for _, ms := range slices.Sorted(maps.Keys(d.latencies)) {
+		b = binary.AppendUvarint(b, uint64(ms))
+		b = binary.AppendUvarint(b, d.latencies[ms])
+	}
+	return b
+}
+
+// readProbeDay reads what appendProbeDay wrote, from a value of size
+// bytes (which bounds its entries).
+func readProbeDay(r *byteReader, size int) *probeDay {
+	d := &probeDay{probes: r.uvarint(), failed: r.uvarint(), latencies: map[uint32]uint64{}}
+	n := r.uvarint()
+	if r.err == nil && n > uint64(size) {
+		r.setErr(fmt.Errorf("%d latencies in %d bytes", n, size))
+		return d
+	}
+	for range n {
+		ms := r.uvarint()
+		d.latencies[uint32(ms)] = r.uvarint()
+	}
+	return d
 }
 
 // snapshotSLA adds the SLA periods changed since the last barrier to snap.

@@ -100,7 +100,7 @@ func (s *shard) slaReport(customer string, month time.Time, atNs int64) (SLARepo
 		At: time.Unix(0, until).UTC(), Closed: closed, Currency: terms.Currency, Objectives: []ObjectiveReport{}}
 	for i := range terms.Objectives {
 		o := &terms.Objectives[i]
-		m := sp.measure(o, atNs, cust.loc)
+		m := s.measure(sp, o, atNs)
 		met, percent := o.Evaluate(m)
 		r := ObjectiveReport{Name: o.Name, Kind: o.Kind, Target: o.Target, Measured: m.Value(), Unit: "percent", Samples: m.Samples,
 			State: "met", CreditPercent: percent, Credits: []MeterCredit{}}

@@ -49,6 +49,9 @@ type shardSnapshot struct {
 	grantPuts     []state.KV
 	slaPuts       []state.KV
 	slaDeletes    [][]byte
+	// servicePuts and serviceDeletes are shard 0's (slaservice.go).
+	servicePuts    []state.KV
+	serviceDeletes [][]byte
 	// credits counts the SLA credit rows (and revisions) emitted.
 	credits   int
 	dedupAdds []state.DedupEntry
@@ -100,6 +103,7 @@ func (s *shard) snapshot(b *barrier) *shardSnapshot {
 		return snap
 	}
 	s.evictSLA(b.watermarkNs, snap)
+	s.evictServices(b.watermarkNs, snap)
 	if snap.err = s.evict(b.watermarkNs); snap.err != nil {
 		return snap
 	}
@@ -374,6 +378,7 @@ func (s *shard) encodeDelta(base bool, snap *shardSnapshot) error {
 	clear(s.pending.subsDirty)
 	s.snapshotBalances(snap)
 	s.snapshotSLA(snap)
+	s.snapshotServices(snap)
 	snap.dedupAdds = make([]state.DedupEntry, len(s.dedup.added))
 	for i, a := range s.dedup.added {
 		snap.dedupAdds[i] = state.DedupEntry{BucketNs: a.bucketNs, IDHash: a.id, RoutingHash: a.routingHash}

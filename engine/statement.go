@@ -295,7 +295,7 @@ func (s *shard) statementRows(customer string, month time.Time, atNs int64) (sta
 				WindowStart: start, WindowEnd: end, Amount: c.amount, Currency: terms.Currency, Revision: c.revision, Final: true}
 			if i := slices.IndexFunc(terms.Objectives, func(o rating.Objective) bool { return o.Name == objective }); i >= 0 {
 				o := &terms.Objectives[i]
-				m := sp.measure(o, atNs, cust.loc)
+				m := s.measure(sp, o, atNs)
 				_, percent := o.Evaluate(m)
 				row.Quantity, row.Count = m.Value(), m.Samples
 				row.Breakdown = []rating.Line{{Description: creditExplanation(o, m, percent, meter), UnitPrice: percent.Shift(-2).Neg(), Amount: c.amount}}

@@ -19,6 +19,7 @@ type Catalog struct {
 	grants       bool
 	grantMeters  map[string]bool
 	sla          bool
+	services     map[string]bool // named by some objective (Objective.Service)
 }
 
 // HasEntitlements reports whether some plan version sets an entitlement.
@@ -59,6 +60,14 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 		}
 		c.versions[p.ID] = append(c.versions[p.ID], p)
 		c.sla = c.sla || len(p.SLA) > 0
+		for _, o := range p.SLA {
+			if o.Service != "" {
+				if c.services == nil {
+					c.services = map[string]bool{}
+				}
+				c.services[o.Service] = true
+			}
+		}
 		for name, price := range p.Meters {
 			c.entitlements = c.entitlements || price.Entitlement != nil
 			if price.Entitlement != nil && price.Entitlement.Of.Grants() {

@@ -52,6 +52,10 @@ type Objective struct {
 	// CreditOn are the meters whose period charge (usage and period fee)
 	// the credits are a share of; default: every meter the plan prices.
 	CreditOn []string `yaml:"creditOn" json:"creditOn,omitempty"`
+	// Service, when set, names a shared service whose probes and outages
+	// (SLA events naming the service instead of a customer) count for
+	// every customer on the plan, with the customer's own.
+	Service string `yaml:"service" json:"service,omitempty"`
 }
 
 // ObjectiveKind is what an objective measures.
@@ -148,6 +152,16 @@ func (p *Plan) validateSLA(where string) error {
 		}
 		if o.Kind != Resolution && o.Within.Duration != 0 {
 			return fmt.Errorf("%s.within: only a resolution objective takes one", at)
+		}
+		if o.Service != "" {
+			if o.Kind == Resolution {
+				return fmt.Errorf("%s.service: a resolution objective measures the customer's own issues; leave service out", at)
+			}
+			for _, c := range o.Service {
+				if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+					return fmt.Errorf("%s.service: %q has %q; use letters, digits, _ - and . (SLA events name it in their service field)", at, o.Service, c)
+				}
+			}
 		}
 		switch o.Window {
 		case "", "period":
@@ -259,6 +273,14 @@ func (c *Catalog) HasSLA() bool { return c.sla }
 // HasSLA reports whether some plan sets SLA objectives; without one, SLA
 // events have nothing to measure.
 func (p *Pricing) HasSLA() bool { return p.catalog.HasSLA() }
+
+// MeasuresService reports whether some objective measures the shared
+// service (Objective.Service).
+func (c *Catalog) MeasuresService(service string) bool { return c.services[service] }
+
+// MeasuresService reports whether some objective measures the shared
+// service; without one, its events have nothing to count for.
+func (p *Pricing) MeasuresService(service string) bool { return p.catalog.MeasuresService(service) }
 
 // SLA returns the objectives of the plan sub is on at the last instant of
 // the billing period ending at periodEnd; ok is false when it has none.

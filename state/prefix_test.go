@@ -11,7 +11,7 @@ func TestKeyPrefixesAreDistinct(t *testing.T) {
 	prefixes := map[string][]byte{
 		"partition": prefixPartition, "window": prefixWindow, "dedup": prefixDedup, "dedupV1": prefixDedupV1,
 		"outbox": prefixOutbox, "outboxPacked": prefixOutboxPacked, "sink": prefixSink, "subscription": prefixSubscription,
-		"grant": prefixGrant, "sla": prefixSLA, "topic": prefixTopic, "partitionCount": prefixPartitionCount, "delta": prefixDelta,
+		"grant": prefixGrant, "sla": prefixSLA, "slaService": prefixSLAService, "topic": prefixTopic, "partitionCount": prefixPartitionCount, "delta": prefixDelta,
 		"format": keyFormat, "seq": keySeq, "watermark": keyWM, "gone": keyGone, "changelog": keyChangelog, "nodeName": keyNodeName,
 	}
 	for a, pa := range prefixes {

@@ -20,6 +20,7 @@
 //	u/<customer>                           subscription changes from events
 //	g/<customer>\x00<meter>                 prepaid grant balance (grant.created events, draw-down)
 //	v/<customer>\x00<period start BE>       SLA measurements of a billing period, credits emitted
+//	y/<service>\x00<kind><key>              a shared service's SLA probes (p<quarter hour BE>) and outages (o<ref>)
 //	l/<seq:8><i>                           delta log chunk (delta.go)
 //	w/<period end ns:8><window key>        window aggregate (engine encoding), by
 //	                                       the end of its billing period so that
@@ -97,6 +98,9 @@ var (
 	// prefixSLA holds each customer's SLA measurements of a billing period
 	// (key: customer NUL period start, 8 bytes big-endian).
 	prefixSLA = []byte("v/")
+	// prefixSLAService holds shared services' SLA probes and outages (key:
+	// service NUL kind and key, the engine's encoding).
+	prefixSLAService = []byte("y/")
 	// prefixTopic holds each source topic's identity (its Kafka topic ID)
 	// when its offsets were first checkpointed.
 	prefixTopic = []byte("t/")
@@ -384,7 +388,11 @@ type Checkpoint struct {
 	// billing period (key: customer NUL start).
 	SLAPuts    []KV
 	SLADeletes [][]byte
-	DedupAdds  []DedupEntry
+	// ServicePuts replace, ServiceDeletes delete, shared services' SLA
+	// probes and outages.
+	ServicePuts    []KV
+	ServiceDeletes [][]byte
+	DedupAdds      []DedupEntry
 	// DedupExpireBeforeNs, when > 0, removes every dedup bucket that starts
 	// before it, as one range delete.
 	DedupExpireBeforeNs int64
@@ -479,6 +487,18 @@ func (s *Store) CommitPublished(cp *Checkpoint, publish func(ops []Op) (position
 		scratch = append(append(scratch[:0], prefixSLA...), k...)
 		if err := b.Delete(scratch, nil); err != nil {
 			return fmt.Errorf("state: batch SLA period delete: %w", err)
+		}
+	}
+	for _, kv := range cp.ServicePuts {
+		scratch = append(append(scratch[:0], prefixSLAService...), kv.Key...)
+		if err := b.Set(scratch, kv.Value, nil); err != nil {
+			return fmt.Errorf("state: batch SLA service: %w", err)
+		}
+	}
+	for _, k := range cp.ServiceDeletes {
+		scratch = append(append(scratch[:0], prefixSLAService...), k...)
+		if err := b.Delete(scratch, nil); err != nil {
+			return fmt.Errorf("state: batch SLA service delete: %w", err)
 		}
 	}
 	if err := setDedup(b, cp.Seq, cp.DedupAdds); err != nil {
@@ -836,6 +856,12 @@ func (s *Store) Grants(fn func(key, value []byte) error) error {
 // SLAPeriods calls fn with every stored SLA period.
 func (s *Store) SLAPeriods(fn func(key, value []byte) error) error {
 	return s.scan(prefixSLA, fn)
+}
+
+// SLAServices calls fn with every stored probe bucket and outage of a
+// shared service.
+func (s *Store) SLAServices(fn func(key, value []byte) error) error {
+	return s.scan(prefixSLAService, fn)
 }
 
 // Window returns the stored value of one window, if any. The engine reads

@@ -208,6 +208,7 @@ type oRecord struct {
 	called              string
 	subPlan             *string  // a subscription event when set
 	outage              *oOutage // an sla.outage event when set (sla.go)
+	service             string   // the outage's shared service (customer is then "")
 	raw                 []byte
 }
 
@@ -226,8 +227,9 @@ type oWorld struct {
 	configured []Subscription
 	timeline   map[string][]oChange
 	records    []oRecord // in placement order, duplicates included
-	// outages by customer (sla.go)
-	outages map[string][]*oOutage
+	// outages by customer, and of the shared service (sla.go)
+	outages        map[string][]*oOutage
+	serviceOutages []*oOutage
 }
 
 func dec(s string) decimal.Decimal { return decimal.RequireFromString(s) }

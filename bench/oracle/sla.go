@@ -22,7 +22,13 @@ import (
 // oSLA is a plan version's availability objective.
 type oSLA struct {
 	creditOn []string // meters, sorted
+	// service is set when the objective also counts the outages of the
+	// shared service (serviceName), reported as events naming it.
+	service bool
 }
+
+// serviceName is the shared service of the world's objectives.
+const serviceName = "core"
 
 // oOutage is one outage of a customer.
 type oOutage struct {
@@ -43,7 +49,10 @@ func (w *oWorld) genSLA(rng *rand.Rand, start, end time.Time, jitter time.Durati
 			rng.Shuffle(len(on), func(i, j int) { on[i], on[j] = on[j], on[i] })
 			on = on[:1+rng.IntN(3)]
 			sort.Strings(on)
-			p.sla = &oSLA{creditOn: on}
+			// The default plan's first version measures the shared
+			// service: some objective does, so its events are not dead
+			// letters.
+			p.sla = &oSLA{creditOn: on, service: rng.IntN(2) == 0 || id == "basic" && i == 0}
 		}
 	}
 	var out []placedRecord
@@ -57,17 +66,35 @@ func (w *oWorld) genSLA(rng *rand.Rand, start, end time.Time, jitter time.Durati
 			out = append(out, placedRecord{rec: r, place: o.end.Add(time.Duration(rng.Int64N(int64(jitter) + 1)))})
 		}
 	}
+	// The shared service's outages (10 minutes to 6 hours), each event
+	// sent to every partition.
+	for i := range 1 + rng.IntN(3) {
+		from := start.Add(time.Duration(rng.Int64N(int64(end.Sub(start) - 24*time.Hour))))
+		o := &oOutage{id: fmt.Sprintf("inc-%s-%d", serviceName, i), start: from.Truncate(time.Second),
+			end: from.Add(10*time.Minute + time.Duration(rng.Int64N(int64(6*time.Hour)))).Truncate(time.Second)}
+		w.serviceOutages = append(w.serviceOutages, o)
+		r := oRecord{id: fmt.Sprintf("out-%s-%d", serviceName, i), service: serviceName, at: o.start, outage: o}
+		out = append(out, placedRecord{rec: r, place: o.end.Add(time.Duration(rng.Int64N(int64(jitter) + 1)))})
+	}
 	return out
 }
 
 // yaml renders s as a plan's sla field.
 func (s *oSLA) yaml() string {
-	return fmt.Sprintf("    sla:\n      - {name: uptime, kind: availability, target: \"99.9\", credits: [{below: \"99.9\", credit: \"10\"}, {below: \"99\", credit: \"25\"}], creditOn: [%s]}\n",
-		strings.Join(s.creditOn, ", "))
+	service := ""
+	if s.service {
+		service = ", service: " + serviceName
+	}
+	return fmt.Sprintf("    sla:\n      - {name: uptime, kind: availability, target: \"99.9\", credits: [{below: \"99.9\", credit: \"10\"}, {below: \"99\", credit: \"25\"}], creditOn: [%s]%s}\n",
+		strings.Join(s.creditOn, ", "), service)
 }
 
 // renderOutage is an outage's event.
 func renderOutage(r oRecord) []byte {
+	if r.service != "" {
+		return fmt.Appendf(nil, `{"type":"sla.outage","id":%q,"service":%q,"outage":%q,"time":%q,"end":%q}`,
+			r.id, r.service, r.outage.id, r.outage.start.Format(time.RFC3339), r.outage.end.Format(time.RFC3339))
+	}
 	return fmt.Appendf(nil, `{"type":"sla.outage","id":%q,"customer":%q,"outage":%q,"time":%q,"end":%q}`,
 		r.id, r.customer, r.outage.id, r.outage.start.Format(time.RFC3339), r.outage.end.Format(time.RFC3339))
 }
@@ -99,7 +126,7 @@ func (w *oWorld) checkCredits(rows []Row, charged map[oPeriodKey]decimal.Decimal
 	hundred := decimal.NewFromInt(100)
 	for _, c := range w.customers {
 		periods := map[int64]time.Time{}
-		for _, o := range w.outages[c.id] {
+		for _, o := range append(w.outages[c.id], w.serviceOutages...) {
 			for ps, pe := c.period(o.start); ps.Before(o.end); ps, pe = c.period(pe) {
 				periods[ps.UnixNano()] = pe
 			}
@@ -124,7 +151,11 @@ func (w *oWorld) checkCredits(rows []Row, charged map[oPeriodKey]decimal.Decimal
 			// The union of the outages within the period.
 			type span struct{ from, to time.Time }
 			var spans []span
-			for _, o := range w.outages[c.id] {
+			outages := w.outages[c.id]
+			if v.sla.service {
+				outages = append(outages[:len(outages):len(outages)], w.serviceOutages...)
+			}
+			for _, o := range outages {
 				from, to := o.start, o.end
 				if from.Before(ps) {
 					from = ps

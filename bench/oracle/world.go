@@ -73,6 +73,9 @@ type Subscription struct {
 type Record struct {
 	Customer string
 	Value    []byte
+	// Every is set for a record every partition of the topic must get (a
+	// shared service's SLA event; Customer is then "").
+	Every bool
 }
 
 // DefaultPlan is the plan of customers without a subscription.
@@ -109,7 +112,7 @@ func (w *World) Subscriptions() []Subscription { return append([]Subscription(ni
 func (w *World) Records() []Record {
 	out := make([]Record, len(w.w.records))
 	for i, r := range w.w.records {
-		out[i] = Record{Customer: r.customer, Value: r.raw}
+		out[i] = Record{Customer: r.customer, Value: r.raw, Every: r.service != ""}
 	}
 	return out
 }

@@ -271,10 +271,32 @@ func chaosStream(seed uint64, world *oracle.World) *stream {
 			s.malformed[bad] = true
 			s.msgs = append(s.msgs, [2]string{"bad", bad})
 		}
+		if r.Every { // a shared service's event: one copy to each partition
+			for _, key := range everyPartitionKeys {
+				s.msgs = append(s.msgs, [2]string{key, string(r.Value)})
+			}
+			continue
+		}
 		s.msgs = append(s.msgs, [2]string{r.Customer, string(r.Value)})
 	}
 	return s
 }
+
+// everyPartitionKeys are keys whose murmur2 picks each of the usage
+// topic's 3 partitions.
+var everyPartitionKeys = func() []string {
+	var keys []string
+	for p := range int32(3) {
+		for k := 0; ; k++ {
+			key := fmt.Sprintf("every-%d", k)
+			if engine.PartitionerMurmur2.Misplaced(engine.PartitionID{Topic: "usage", Partition: p}, key, 3) == "" {
+				keys = append(keys, key)
+				break
+			}
+		}
+	}
+	return keys
+}()
 
 // clickHouseRows reads the highest revision of every row with FINAL.
 func clickHouseRows(addr, database string) ([]oracle.Row, error) {

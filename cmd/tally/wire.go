@@ -327,13 +327,16 @@ func (a *app) repartition(ctx context.Context, cfg Config, decoder *engine.Decod
 	rp, err := kafka.NewRepartitioner(ctx, kafka.RepartitionConfig{ClientConfig: cfg.kafkaClient(), Group: cfg.group() + "-repartition",
 		Inputs: cfg.Kafka.Topics, Topic: cfg.repartitionTopic(), TransactionalID: "tally-" + cfg.Tenant + "-repartition-" + node,
 		InstanceID: cfg.Kafka.InstanceID, SessionTimeout: cfg.Kafka.SessionTimeout,
-		Customer: func(value []byte) (string, bool) {
+		Customer: func(value []byte) (string, bool, bool) {
 			var err error
 			scratch, err = decoder.DecodeAt(value, scratch[:0], time.Time{})
 			if err != nil || len(scratch) == 0 {
-				return "", false
+				return "", false, false
 			}
-			return scratch[0].Customer, true
+			if scratch[0].SLA != nil && scratch[0].SLA.Service != "" {
+				return "", true, true // a shared service's: every task measures it
+			}
+			return scratch[0].Customer, false, true
 		},
 		Spec: kafka.TopicSpec{Partitions: int32(partitions), ReplicationFactor: int16(cfg.Kafka.TopicReplication)}}, a.log)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -31,9 +32,11 @@ type RepartitionConfig struct {
 	// kafka.instanceId does for the tasks' group.
 	InstanceID     string
 	SessionTimeout time.Duration // default 10s
-	// Customer finds a record's customer; ok false for a record that is
-	// not usage (it goes on unkeyed, and its task dead-letters it).
-	Customer func(value []byte) (customer string, ok bool)
+	// Customer finds a record's customer; every is set for a record every
+	// partition must get (a shared service's SLA event: each task
+	// measures it for its customers); ok false for a record that is not
+	// usage (it goes on unkeyed, and its task dead-letters it).
+	Customer func(value []byte) (customer string, every, ok bool)
 	Spec     TopicSpec
 }
 
@@ -43,10 +46,13 @@ type RepartitionConfig struct {
 // also commits the group's offsets of what it read (a GroupTransactSession,
 // KIP-447: a member that lost its partitions cannot commit).
 type Repartitioner struct {
-	cfg       RepartitionConfig
-	log       *slog.Logger
-	sess      *kgo.GroupTransactSession
-	closeOnce sync.Once
+	cfg RepartitionConfig
+	// partitions is the repartition topic's partition count (records
+	// for every partition are copied to each).
+	partitions int32
+	log        *slog.Logger
+	sess       *kgo.GroupTransactSession
+	closeOnce  sync.Once
 }
 
 // Close closes the stage if Run did not (a build that failed after
@@ -66,6 +72,10 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 		}
 		return nil, err
 	}
+	partitions, err := topicPartitions(ctx, cfg.ClientConfig, log, cfg.Topic)
+	if err != nil {
+		return nil, fmt.Errorf("kafka repartition: %w", err)
+	}
 	opts := cfg.opts(log)
 	if cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
@@ -80,14 +90,15 @@ func NewRepartitioner(ctx context.Context, cfg RepartitionConfig, log *slog.Logg
 		kgo.TransactionalID(cfg.TransactionalID),
 		kgo.TransactionTimeout(10*time.Second),
 		kgo.DefaultProduceTopic(cfg.Topic),
-		// Kafka's murmur2 of the customer: the tasks check it.
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		// Kafka's murmur2 of the customer: the tasks check it. A record
+		// for every partition goes where its copy is addressed.
+		kgo.RecordPartitioner(copiesPartitioner{kgo.StickyKeyPartitioner(nil)}),
 		kgo.ProducerLinger(0),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka repartition: %w", err)
 	}
-	return &Repartitioner{cfg: cfg, log: log, sess: sess}, nil
+	return &Repartitioner{cfg: cfg, partitions: partitions, log: log, sess: sess}, nil
 }
 
 // Run re-keys until ctx ends; an error is fatal.
@@ -126,16 +137,26 @@ func (r *Repartitioner) Run(ctx context.Context) error {
 				{Key: HeaderSourcePartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
 				{Key: HeaderSourceOffset, Value: strconv.AppendInt(nil, rec.Offset, 10)},
 			}}
-			if c, ok := r.cfg.Customer(rec.Value); ok {
-				out.Key = []byte(c)
-			}
-			r.sess.Produce(ctx, out, func(_ *kgo.Record, err error) {
+			done := func(_ *kgo.Record, err error) {
 				mu.Lock()
 				if err != nil && produceErr == nil {
 					produceErr = err
 				}
 				mu.Unlock()
-			})
+			}
+			c, every, ok := r.cfg.Customer(rec.Value)
+			if every {
+				for p := range r.partitions {
+					cp := *out
+					cp.Partition, cp.Context = p, context.WithValue(ctx, copyTo{}, true)
+					r.sess.Produce(ctx, &cp, done)
+				}
+				return
+			}
+			if ok {
+				out.Key = []byte(c)
+			}
+			r.sess.Produce(ctx, out, done)
 		})
 		// End flushes first, so every produce above has its result; a
 		// failed one turns the commit into an abort (End aborts when a
@@ -154,4 +175,50 @@ func (r *Repartitioner) Run(ctx context.Context) error {
 			r.log.Warn("repartition transaction aborted; its records are read again", "produce_err", produceErr)
 		}
 	}
+}
+
+// copyTo marks, in a record's Context, a copy addressed to its Partition.
+type copyTo struct{}
+
+// copiesPartitioner partitions a copy (copyTo) by its Partition, any
+// other record as keyed does.
+type copiesPartitioner struct{ keyed kgo.Partitioner }
+
+func (p copiesPartitioner) ForTopic(topic string) kgo.TopicPartitioner {
+	return copiesTopicPartitioner{p.keyed.ForTopic(topic)}
+}
+
+type copiesTopicPartitioner struct{ keyed kgo.TopicPartitioner }
+
+func isCopy(r *kgo.Record) bool {
+	return r.Context != nil && r.Context.Value(copyTo{}) != nil
+}
+
+func (p copiesTopicPartitioner) RequiresConsistency(r *kgo.Record) bool {
+	return isCopy(r) || p.keyed.RequiresConsistency(r)
+}
+
+func (p copiesTopicPartitioner) Partition(r *kgo.Record, n int) int {
+	if isCopy(r) && int(r.Partition) < n {
+		return int(r.Partition)
+	}
+	return p.keyed.Partition(r, n)
+}
+
+// topicPartitions is topic's partition count.
+func topicPartitions(ctx context.Context, cfg ClientConfig, log *slog.Logger, topic string) (int32, error) {
+	cl, err := kgo.NewClient(cfg.opts(log)...)
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	details, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("list topic %s: %w", topic, err)
+	}
+	d, ok := details[topic]
+	if !ok || d.Err != nil || len(d.Partitions) == 0 {
+		return 0, fmt.Errorf("topic %s: no partitions known (%v)", topic, d.Err)
+	}
+	return int32(len(d.Partitions)), nil
 }
