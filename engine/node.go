@@ -864,6 +864,13 @@ func (o ownedRules) MeasuresService(service string) bool {
 	return ok && e.MeasuresService(service)
 }
 
+func (o ownedRules) MaxWithin() time.Duration {
+	if e, ok := o.ratingRules.(SLARules); ok {
+		return e.MaxWithin()
+	}
+	return 0
+}
+
 func (o ownedRules) HasSLA() bool {
 	e, ok := o.ratingRules.(SLARules)
 	return ok && e.HasSLA()

@@ -1015,6 +1015,8 @@ type SLARules interface {
 	// MeasuresService reports whether an objective measures the shared
 	// service.
 	MeasuresService(service string) bool
+	// MaxWithin is the longest `within` of the resolution objectives.
+	MaxWithin() time.Duration
 }
 
 // slaStoreKey is sp's key in the store: customer NUL start (8 bytes).

@@ -70,15 +70,19 @@ type outageVersion struct {
 // changed since the last barrier, in periods that may have closed (one
 // span holding every change: marking a period more than needed only
 // recomputes its credits).
-type serviceTouch struct{ from, to int64 }
+// atNs is the earliest watermark a change was applied at: a period not
+// settled then counts it (serviceSamples), so its credits follow, even
+// when the barrier's watermark has passed its settle end.
+type serviceTouch struct{ from, to, atNs int64 }
 
-// touchService adds [from, to) to the service's changed span.
+// touchService adds [from, to), changed at the watermark, to the
+// service's changed span.
 func (s *shard) touchService(service string, from, to int64) {
-	t, ok := s.slaServiceTouched[service]
-	if ok {
-		from, to = min(from, t.from), max(to, t.to)
+	at := s.watermarkNs
+	if t, ok := s.slaServiceTouched[service]; ok {
+		from, to, at = min(from, t.from), max(to, t.to), min(at, t.atNs)
 	}
-	s.slaServiceTouched[service] = serviceTouch{from, to}
+	s.slaServiceTouched[service] = serviceTouch{from, to, at}
 }
 
 // serviceData returns service, made when missing.
@@ -110,6 +114,14 @@ func (s *shard) applyServiceSLA(ev *Event) {
 		}
 		return
 	}
+	// Duplicates first: with one engine reading every partition, the
+	// copies of another partition are duplicates, whenever they come.
+	if s.seen(ev, eventIDHash(ev.Source, ev.ID, slaMeter+":"+e.Service)) {
+		if s.index == 0 {
+			s.pending.duplicates[slaMeter]++
+		}
+		return
+	}
 	switch {
 	case e.Kind == SLAProbe && s.slaSettled(ev.TimeNs):
 		late(fmt.Sprintf("a billing period holding %s may be settled", formatTimeNs(ev.TimeNs)))
@@ -119,12 +131,6 @@ func (s *shard) applyServiceSLA(ev *Event) {
 		return
 	case e.Kind == SLAOutage && s.slaSettled(s.outageLast(interval{ev.TimeNs, e.EndNs})+1):
 		late("every billing period the outage overlaps may be settled")
-		return
-	}
-	if s.seen(ev, eventIDHash(ev.Source, ev.ID, slaMeter)) {
-		if s.index == 0 {
-			s.pending.duplicates[slaMeter]++
-		}
 		return
 	}
 	svc := s.serviceData(e.Service)
@@ -157,7 +163,7 @@ func (s *shard) applyServiceSLA(ev *Event) {
 			}
 			return end
 		}
-		touch := serviceTouch{o.startNs, open(o.endNs)}
+		touch := serviceTouch{from: o.startNs, to: open(o.endNs)}
 		if len(versions) > 0 {
 			prev := versions[len(versions)-1]
 			if prev.interval == o {
@@ -189,7 +195,7 @@ func (s *shard) serviceSamples(x *slaSamples, sp *slaPeriod, o *rating.Objective
 	for _, ref := range slices.Sorted(maps.Keys(svc.outages)) {
 		versions := svc.outages[ref]
 		for i := len(versions) - 1; i >= 0; i-- {
-			if v := versions[i]; !s.rules.late(v.knownNs, sp.settleNs, sp.settleNs, v.knownNs) {
+			if v := versions[i]; !s.rules.settledAt(sp.settleNs, v.knownNs) {
 				x.outages = append(x.outages, v.interval)
 				break
 			}
@@ -206,7 +212,7 @@ func (s *shard) serviceTouchedDue(wm int64) {
 	}
 	rules, _ := s.rater.(SLARules)
 	for k, sp := range s.slaPeriods {
-		if rules == nil || !s.slaClosed(sp, wm) || s.slaSettled(sp.settleNs) || s.slaDue[k] != nil {
+		if rules == nil || !s.slaClosed(sp, wm) || s.slaDue[k] != nil {
 			continue
 		}
 		terms, ok := rules.SLA(s.subscriber(k.customer), time.Unix(0, sp.endNs).UTC())
@@ -214,7 +220,7 @@ func (s *shard) serviceTouchedDue(wm int64) {
 			continue
 		}
 		for service, t := range s.slaServiceTouched {
-			if t.from >= sp.endNs || t.to <= sp.key.startNs {
+			if t.from >= sp.endNs || t.to <= sp.key.startNs || s.rules.settledAt(sp.settleNs, t.atNs) {
 				continue
 			}
 			if slices.ContainsFunc(terms.Objectives, func(o rating.Objective) bool { return o.Service == service }) {
@@ -228,20 +234,25 @@ func (s *shard) serviceTouchedDue(wm int64) {
 
 // evictServices drops, once a day of watermark, what no billing period
 // can count any more: data whose time plus serviceRetentionNs is settled,
-// and before every period in memory (one kept for an open issue is
-// measured again when it falls due).
+// and older than any period kept in memory for an open issue could be (it
+// is measured again when the issue falls due; kept while an issue opened
+// in it is not due: its end is within the longest `within` of the
+// watermark, its start 32 days before).
+//
+// Invariant: the rule reads only the watermark and the catalog, the same
+// in every shard, as shard 0 alone deletes the stored copy.
 func (s *shard) evictServices(wm int64, snap *shardSnapshot) {
 	day := floorDiv(wm, int64(24*time.Hour))
 	if len(s.slaServices) == 0 || day == s.slaServiceEvictDay {
 		return
 	}
 	s.slaServiceEvictDay = day
-	keptFrom := int64(math.MaxInt64) // the earliest settle end in memory
-	for settleNs := range s.slaBySettle {
-		keptFrom = min(keptFrom, settleNs)
+	var within int64
+	if rules, ok := s.rater.(SLARules); ok {
+		within = int64(rules.MaxWithin())
 	}
 	done := func(tNs int64) bool {
-		return tNs+serviceRetentionNs < keptFrom && s.slaSettled(tNs+serviceRetentionNs)
+		return s.rules.settledAt(tNs+serviceRetentionNs, wm) && tNs+serviceRetentionNs+within < wm
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.slaServices)) {
 		svc := s.slaServices[name]

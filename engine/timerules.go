@@ -74,6 +74,20 @@ func (r timeRules) late(tNs, endNs, periodEndNs, wm int64) bool {
 }
 
 // finalized reports whether the billing period settling at periodEndNs is final.
+// settledAt reports whether a billing period settling at settleNs took
+// no more events at watermark wm: the period rule of late alone, without
+// what a restart forgot (goneEndNs), so that a record of the past judged
+// with it is judged the same after any restart.
+func (r timeRules) settledAt(settleNs, wm int64) bool {
+	if wm == minWatermark {
+		return false
+	}
+	if r.finalizeAfterNs > 0 {
+		return r.finalized(settleNs, wm)
+	}
+	return settleNs+r.reviseHorizonNs <= wm
+}
+
 func (r timeRules) finalized(periodEndNs, wm int64) bool {
 	return wm != minWatermark && periodEndNs+r.finalizeAfterNs <= wm
 }

@@ -20,6 +20,7 @@ type Catalog struct {
 	grantMeters  map[string]bool
 	sla          bool
 	services     map[string]bool // named by some objective (Objective.Service)
+	maxWithin    time.Duration   // the longest Objective.Within
 }
 
 // HasEntitlements reports whether some plan version sets an entitlement.
@@ -61,6 +62,7 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 		c.versions[p.ID] = append(c.versions[p.ID], p)
 		c.sla = c.sla || len(p.SLA) > 0
 		for _, o := range p.SLA {
+			c.maxWithin = max(c.maxWithin, o.Within.Duration)
 			if o.Service != "" {
 				if c.services == nil {
 					c.services = map[string]bool{}

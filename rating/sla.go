@@ -274,6 +274,12 @@ func (c *Catalog) HasSLA() bool { return c.sla }
 // events have nothing to measure.
 func (p *Pricing) HasSLA() bool { return p.catalog.HasSLA() }
 
+// MaxWithin is the longest time any resolution objective gives an issue.
+func (c *Catalog) MaxWithin() time.Duration { return c.maxWithin }
+
+// MaxWithin is the catalog's longest resolution time (Catalog.MaxWithin).
+func (p *Pricing) MaxWithin() time.Duration { return p.catalog.MaxWithin() }
+
 // MeasuresService reports whether some objective measures the shared
 // service (Objective.Service).
 func (c *Catalog) MeasuresService(service string) bool { return c.services[service] }
