@@ -37,10 +37,16 @@ func inCI() bool { return os.Getenv("CI") == "true" }
 
 func requireTool(t *testing.T, name string) string {
 	t.Helper()
+	return requireToolOf(t, name, name)
+}
+
+// requireToolOf is requireTool for a tool of the Debian package pkg.
+func requireToolOf(t *testing.T, name, pkg string) string {
+	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
 		if inCI() {
-			t.Fatalf("%s is not installed; make test installs it (apt-get install %s)", name, name)
+			t.Fatalf("%s is not installed; make test installs it (apt-get install %s)", name, pkg)
 		}
 		t.Skipf("%s not installed; run make test", name)
 	}
