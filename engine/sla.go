@@ -232,6 +232,11 @@ type slaCredit struct {
 	amount   decimal.Decimal
 	currency string
 	revision uint64
+	// quantity and count are the row's measurement and samples (format 4;
+	// an older state reads them as 0, so its next recomputation revises
+	// the row once with the same amount).
+	quantity decimal.Decimal
+	count    uint64
 }
 
 // slaKey names a customer's billing period.
@@ -852,7 +857,10 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 	for _, k := range slices.Sorted(maps.Keys(want)) {
 		row := want[k]
 		prev, emitted := sp.credits[k]
-		if emitted && prev.amount.Equal(row.Amount) || !emitted && row.Amount.IsZero() {
+		// A measurement that changed revises the row even when its credit
+		// did not (the row says what was measured).
+		same := emitted && prev.amount.Equal(row.Amount) && prev.currency == row.Currency && prev.quantity.Equal(row.Quantity) && prev.count == row.Count
+		if same || !emitted && row.Amount.IsZero() {
 			continue
 		}
 		row.Revision = prev.revision + 1
@@ -862,7 +870,7 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 		} else {
 			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount.Sub(prev.amount))
 		}
-		sp.credits[k] = slaCredit{amount: row.Amount, currency: row.Currency, revision: row.Revision}
+		sp.credits[k] = slaCredit{amount: row.Amount, currency: row.Currency, revision: row.Revision, quantity: row.Quantity, count: row.Count}
 		s.pending.slaDirty[sp.key] = true
 		snap.addRow(&row)
 		snap.credits++
@@ -1025,8 +1033,8 @@ func slaStoreKey(k slaKey) []byte {
 }
 
 // slaFormat leads an encoded SLA period (2: credits carry their
-// currency; 3: probes by day).
-const slaFormat = 3
+// currency; 3: probes by day; 4: credits carry their measurement).
+const slaFormat = 4
 
 func encodeSLAPeriod(sp *slaPeriod) []byte {
 	b := []byte{slaFormat}
@@ -1057,6 +1065,8 @@ func encodeSLAPeriod(sp *slaPeriod) []byte {
 		b = appendDecimal(b, c.amount)
 		b = appendBytes(b, []byte(c.currency))
 		b = binary.AppendUvarint(b, c.revision)
+		b = appendDecimal(b, c.quantity)
+		b = binary.AppendUvarint(b, c.count)
 	}
 	b = binary.AppendUvarint(b, uint64(len(sp.charges)))
 	for _, meter := range slices.Sorted(maps.Keys(sp.charges)) {
@@ -1110,7 +1120,11 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 	}
 	for range count() {
 		k := string(r.bytes())
-		sp.credits[k] = slaCredit{amount: r.decimal(), currency: string(r.bytes()), revision: r.uvarint()}
+		c := slaCredit{amount: r.decimal(), currency: string(r.bytes()), revision: r.uvarint()}
+		if format >= 4 {
+			c.quantity, c.count = r.decimal(), r.uvarint()
+		}
+		sp.credits[k] = c
 	}
 	for range count() {
 		meter := string(r.bytes())
