@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 
 	"github.com/tally-billing/tally/engine"
@@ -26,6 +27,8 @@ const usage = `tally: streaming usage aggregation and rating
 
 usage:
   tally run --config FILE [flags]   run against Kafka brokers (and ClickHouse)
+  tally run --check-config --config FILE [flags]
+                                    check the configuration and its plans, connect nowhere, exit 1 on a problem
   tally demo [flags]                live demo: in-process Kafka, generated telecom usage
   tally rate --plans F --input F    rate a JSON-lines file offline with the engine's code
   tally statement --plans F --input F --customer C --period YYYY-MM [--format html]
@@ -97,9 +100,19 @@ func main() {
 
 // runCommand is `tally run`.
 func runCommand(ctx context.Context, args []string, stop <-chan struct{}, log *slog.Logger) error {
+	// --check-config checks and stops (checkConfig).
+	check := false
+	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool {
+		is := a == "--check-config" || a == "-check-config"
+		check = check || is
+		return is
+	})
 	cfg, err := loadConfig("run", args, true)
 	if err != nil {
 		return err
+	}
+	if check {
+		return checkConfig(cfg, os.Stdout, log)
 	}
 	if _, err := applyMemoryPolicy(cfg, log); err != nil {
 		return err
