@@ -410,19 +410,7 @@ func (s *shard) applySLA(ev *Event) {
 	switch {
 	case e.Kind == SLAProbe:
 		sp := s.slaPeriodOf(ev.Customer, ev.TimeNs, true)
-		day := dayStart(ev.TimeNs, cust.loc)
-		d := sp.days[day]
-		if d == nil {
-			d = &probeDay{latencies: map[uint32]uint64{}}
-			sp.days[day] = d
-		}
-		d.probes++
-		if !e.OK {
-			d.failed++
-		}
-		if e.HasLatency {
-			d.latencies[e.LatencyMs]++
-		}
+		addProbe(sp.days, dayStart(ev.TimeNs, cust.loc), e)
 		s.touchSLA(sp)
 	case e.Kind == SLAIssue && e.Resolved:
 		if it := opened.issues[e.Ref]; it.resolvedNs == 0 { // the first resolution counts
@@ -1137,6 +1125,22 @@ func decodeSLAPeriod(key, v []byte) (*slaPeriod, error) {
 		return nil, fmt.Errorf("SLA period of %s: %d trailing bytes", k.customer, len(r.b))
 	}
 	return sp, nil
+}
+
+// addProbe counts probe e in the span of spans starting at start.
+func addProbe(spans map[int64]*probeDay, start int64, e *SLAEvent) {
+	d := spans[start]
+	if d == nil {
+		d = &probeDay{latencies: map[uint32]uint64{}}
+		spans[start] = d
+	}
+	d.probes++
+	if !e.OK {
+		d.failed++
+	}
+	if e.HasLatency {
+		d.latencies[e.LatencyMs]++
+	}
 }
 
 // appendProbeDay appends d's encoding to b.

@@ -137,18 +137,7 @@ func (s *shard) applyServiceSLA(ev *Event) {
 	switch e.Kind {
 	case SLAProbe:
 		bucket := floorDiv(ev.TimeNs, quarterHourNs)
-		d := svc.buckets[bucket]
-		if d == nil {
-			d = &probeDay{latencies: map[uint32]uint64{}}
-			svc.buckets[bucket] = d
-		}
-		d.probes++
-		if !e.OK {
-			d.failed++
-		}
-		if e.HasLatency {
-			d.latencies[e.LatencyMs]++
-		}
+		addProbe(svc.buckets, bucket, e)
 		s.dirtyService(serviceStoreKey(e.Service, 'p', bucketKey(bucket)))
 		// Only a probe older than the grace can be in a closed period.
 		if ev.TimeNs+s.rules.graceNs <= s.watermarkNs {

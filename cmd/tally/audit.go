@@ -119,11 +119,7 @@ func exportSource(ctx context.Context, cfg Config, path string, log *slog.Logger
 	}
 	// Records the live engine dead-lettered as wrong_partition are left
 	// out, as it left them out.
-	prices, err := loadPricing(cfg)
-	if err != nil {
-		return 0, err
-	}
-	meters, err := compileMeters(cfg, prices)
+	_, meters, err := loadPlans(cfg)
 	if err != nil {
 		return 0, err
 	}

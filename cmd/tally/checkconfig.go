@@ -18,11 +18,7 @@ import (
 // customers and webhooks), so that the files a deployment mounts are
 // checked before a rollout. It says what it read on out.
 func checkConfig(cfg Config, out io.Writer, log *slog.Logger) error {
-	prices, err := loadPricing(cfg)
-	if err != nil {
-		return err
-	}
-	meters, err := compileMeters(cfg, prices)
+	prices, meters, err := loadPlans(cfg)
 	if err != nil {
 		return err
 	}

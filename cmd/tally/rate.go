@@ -149,11 +149,7 @@ type rateOptions struct {
 // rateFile runs the engine over a JSON-lines file, in a temporary state
 // folder, to the end of the file.
 func rateFile(ctx context.Context, cfg Config, input string, opts rateOptions, log *slog.Logger) (*rated, error) {
-	prices, err := loadPricing(cfg)
-	if err != nil {
-		return nil, err
-	}
-	meters, err := compileMeters(cfg, prices)
+	prices, meters, err := loadPlans(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -62,11 +62,7 @@ func runStatement(ctx context.Context, args []string, stdout, stderr io.Writer, 
 			return fmt.Errorf("statement: --subscriptions %s: %w (want a list of {customer, plan, start, end})", *subscriptions, err)
 		}
 	}
-	prices, err := loadPricing(cfg)
-	if err != nil {
-		return err
-	}
-	meters, err := compileMeters(cfg, prices)
+	_, meters, err := loadPlans(cfg)
 	if err != nil {
 		return err
 	}

@@ -65,6 +65,19 @@ func loadPricing(cfg Config) (*rating.Pricing, error) {
 	return rating.NewPricing(catalog, subs, defaultPlan), nil
 }
 
+// loadPlans is loadPricing and the meters it prices (compileMeters).
+func loadPlans(cfg Config) (*rating.Pricing, *engine.Meters, error) {
+	prices, err := loadPricing(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	meters, err := compileMeters(cfg, prices)
+	if err != nil {
+		return nil, nil, err
+	}
+	return prices, meters, nil
+}
+
 // buildOptions adjust wiring; tests use them to wrap sinks.
 type buildOptions struct {
 	wrapSink func(engine.Sink) engine.Sink
