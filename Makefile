@@ -35,6 +35,7 @@ bench: build
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),120s) ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCSV$$' -fuzztime $(or $(FUZZTIME),120s) ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzScanPlain$$' -fuzztime $(or $(FUZZTIME),120s) ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseCatalog$$' -fuzztime $(or $(FUZZTIME),120s) ./rating/
 	$(GO) test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(or $(FUZZTIME),120s) ./cmd/tally/

@@ -39,7 +39,7 @@ go test -race -count=1 -timeout 20m ./...
 # 1.26's fuzz coordinator can fail a target with "context deadline exceeded"
 # and no failing input when the deadline races a worker (golang/go#75804,
 # fixed in Go 1.27; seen here on FuzzParseCatalog).
-for target in engine:FuzzDecode:25000 rating:FuzzParseCatalog:30000 cmd/tally:FuzzConfig:3000; do
+for target in engine:FuzzDecode:25000 engine:FuzzDecodeCSV:15000 rating:FuzzParseCatalog:30000 cmd/tally:FuzzConfig:3000; do
   name=${target#*:}
   go test -run '^$' -fuzz "^${name%%:*}\$" -fuzztime "${TALLY_FUZZTIME:-${target##*:}x}" "./${target%%:*}/"
 done

@@ -263,6 +263,8 @@ type Decoder struct {
 	// minEventTimeNs refuses records timed before it (the horizon); 0 disables.
 	minEventTimeNs int64
 	now            func() time.Time
+	// csv reads records that are not JSON objects as CSV lines; nil: none.
+	csv *CSVDecoder
 }
 
 // DecoderOption configures a Decoder.
@@ -335,6 +337,13 @@ func (d *Decoder) DecodeInterned(raw []byte, out []Event, stamped time.Time, in 
 	}
 	if !utf8.Valid(raw) {
 		return out, fail(ReasonInvalidField, "record is not valid UTF-8")
+	}
+	if d.csv != nil && isCSV(raw) {
+		record, header, err := d.csv.toJSON(raw)
+		if err != nil || header {
+			return out, err // a header line: no event
+		}
+		raw = record
 	}
 	w := d.wires.Get().(*wireEvent)
 	*w = wireEvent{}

@@ -27,8 +27,7 @@ func checkConfig(cfg Config, out io.Writer, log *slog.Logger) error {
 			return fmt.Errorf("config key webhooks: %w", err)
 		}
 	}
-	horizon, _ := cfg.horizon() // validated by loadConfig
-	decoder := engine.NewDecoder(meters, engine.WithMaxFutureSkew(cfg.MaxFutureSkew), engine.WithHorizon(horizon))
+	decoder := engine.NewDecoder(meters, cfg.decoderOptions()...)
 	// The engine checks the rest (customers' zones, the subscriptions'
 	// currencies) when built; it reads nothing until run.
 	if _, err := engine.New(cfg.engineConfig(), nil, nil, decoder, prices, nil, []engine.DeadLetterSink{deadCollector{}},

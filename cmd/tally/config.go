@@ -84,6 +84,9 @@ type Config struct {
 	// Webhooks receive provisioning actions (entitlement thresholds
 	// crossed) by HTTP POST, signed; file only.
 	Webhooks []webhook.Config `yaml:"webhooks"`
+	// CSV reads records that are not JSON objects as CSV CDR lines
+	// (engine/csv.go); file only.
+	CSV *engine.CSVFormat `yaml:"csv"`
 	// DefaultPlan prices customers without a subscription; without it they
 	// are dead-lettered (no_subscription). Unset, a single-plan file's plan
 	// is the default; set to "" there is none.
@@ -332,8 +335,24 @@ func engineError(err error) error {
 	return err
 }
 
+// decoderOptions are the decoder's settings of c (validated).
+func (c *Config) decoderOptions() []engine.DecoderOption {
+	horizon, _ := c.horizon()
+	opts := []engine.DecoderOption{engine.WithMaxFutureSkew(c.MaxFutureSkew), engine.WithHorizon(horizon)}
+	if c.CSV != nil {
+		csv, _ := engine.CompileCSV(*c.CSV)
+		opts = append(opts, engine.WithCSV(csv))
+	}
+	return opts
+}
+
 // validate checks what the engine does not, and names the key and flag.
 func (c *Config) validate(requireKafka bool) error {
+	if c.CSV != nil {
+		if _, err := engine.CompileCSV(*c.CSV); err != nil {
+			return engineError(err)
+		}
+	}
 	seenURL := make(map[string]bool)
 	for i, w := range c.Webhooks {
 		where := fmt.Sprintf("webhooks[%d]", i)

@@ -171,8 +171,7 @@ func rateFile(ctx context.Context, cfg Config, input string, opts rateOptions, l
 	out := &collector{rows: make(map[string]engine.RatedRow), letters: make(map[string]engine.DeadLetter)}
 	ecfg := cfg.engineConfig()
 	ecfg.CheckpointInterval = 50 * time.Millisecond
-	horizon, _ := cfg.horizon()
-	e, err := engine.New(ecfg, store, src, engine.NewDecoder(meters, engine.WithHorizon(horizon), engine.WithMaxFutureSkew(cfg.MaxFutureSkew)), prices,
+	e, err := engine.New(ecfg, store, src, engine.NewDecoder(meters, cfg.decoderOptions()...), prices,
 		[]engine.Sink{out}, []engine.DeadLetterSink{deadCollector{out}}, engine.NewMetrics(prometheus.NewRegistry()), log)
 	if err != nil {
 		return nil, err

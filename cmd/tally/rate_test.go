@@ -338,3 +338,25 @@ func TestStatementOffline(t *testing.T) {
 		}
 	}
 }
+
+// TestRateCSV: usage.csv holds usage.jsonl's records as CSV CDR lines
+// (a header, local times, one JSON record among them): tally rate gives
+// the same rows and reports the same unrated line.
+func TestRateCSV(t *testing.T) {
+	rate := func(input string, extra ...string) (string, string) {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"--plans", "../../testdata/rate/plan.yaml", "--input", input}, extra...)
+		if err := runRate(context.Background(), args, &stdout, &stderr, quietLog()); err != nil {
+			t.Fatalf("tally rate %s: %v\n%s", input, err, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	want, _ := rate("../../testdata/rate/usage.jsonl")
+	got, stderr := rate("../../testdata/rate/usage.csv", "--config", "../../testdata/rate/csv.yaml")
+	if got != want || want == "" {
+		t.Errorf("rows from CSV:\n%s\nfrom JSON:\n%s", got, want)
+	}
+	if !strings.Contains(stderr, "line 9: unknown_meter") || !strings.Contains(stderr, "1 of 9 lines not rated") {
+		t.Errorf("stderr does not report the unrated line:\n%s", stderr)
+	}
+}

@@ -247,8 +247,7 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 	if err != nil {
 		return nil, err
 	}
-	horizon, _ := cfg.horizon() // validated
-	decoder := engine.NewDecoder(meters, engine.WithMaxFutureSkew(cfg.MaxFutureSkew), engine.WithHorizon(horizon))
+	decoder := engine.NewDecoder(meters, cfg.decoderOptions()...)
 	ecfg := cfg.engineConfig()
 	if crash != nil {
 		ecfg.FaultHook = crash.at
