@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make test: installs what the tests need when missing (kcat, ClickHouse,
-# promtool; apt, as root), starts ClickHouse on loopback with a temporary data folder,
+# promtool, chromium; apt, as root), starts ClickHouse on loopback with a temporary data folder,
 # runs every Go test against it, and stops it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ command -v clickhouse-server >/dev/null 2>&1 || need+=(clickhouse-server)
 command -v clickhouse-client >/dev/null 2>&1 || need+=(clickhouse-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus) # promtool: deploy/prometheus's rules and their tests
+command -v chromium >/dev/null 2>&1 || need+=(chromium)   # headless: the console's browser test
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]} from apt" >&2
   sudo=""

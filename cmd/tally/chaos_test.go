@@ -69,7 +69,7 @@ func chaosKills(t *testing.T, scaleOut string, repartition bool) {
 	brokers := startKafka(t, 3)
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	world, opts, s, plan := chaosWorld(t, seed, records, dir)
+	world, opts, s, plan := chaosWorld(t, seed, records, dir, 3)
 	database := testDatabase(t)
 	config := filepath.Join(dir, "tally.yaml")
 	err := os.WriteFile(config, []byte(fmt.Sprintf(`
@@ -219,7 +219,7 @@ scaleOut: %s
 // retries, late records, a record 40 days past the end that closes every
 // period), its stream with malformed records mixed in, and writes its plans
 // to dir.
-func chaosWorld(t *testing.T, seed uint64, records int, dir string) (*oracle.World, oracle.Options, *stream, string) {
+func chaosWorld(t *testing.T, seed uint64, records int, dir string, partitions int32) (*oracle.World, oracle.Options, *stream, string) {
 	t.Helper()
 	opts := oracle.Options{Start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Span: 75 * 24 * time.Hour,
 		Jitter: 5 * time.Minute, LatePercent: 1, LateBy: 20 * time.Minute, RetryPercent: 2, CloseAfter: 40 * 24 * time.Hour}
@@ -233,7 +233,7 @@ func chaosWorld(t *testing.T, seed uint64, records int, dir string) (*oracle.Wor
 	if err := os.WriteFile(plan, []byte(world.PlansYAML()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return world, opts, chaosStream(seed, world), plan
+	return world, opts, chaosStream(seed, world, partitions), plan
 }
 
 // waitOracle waits until ClickHouse FINAL and the rated topic pass the
@@ -259,7 +259,7 @@ func waitOracle(t *testing.T, world *oracle.World, watermark time.Time, chAddr, 
 
 // chaosStream is world's records as key/value messages, with malformed
 // records (0.5%) mixed in.
-func chaosStream(seed uint64, world *oracle.World) *stream {
+func chaosStream(seed uint64, world *oracle.World, partitions int32) *stream {
 	rng := rand.New(rand.NewPCG(seed, 9))
 	s := &stream{malformed: make(map[string]bool)}
 	for i, r := range world.Records() {
@@ -272,7 +272,7 @@ func chaosStream(seed uint64, world *oracle.World) *stream {
 			s.msgs = append(s.msgs, [2]string{"bad", bad})
 		}
 		if r.Every { // a shared service's event: one copy to each partition
-			for _, key := range everyPartitionKeys {
+			for _, key := range everyPartitionKeys(partitions) {
 				s.msgs = append(s.msgs, [2]string{key, string(r.Value)})
 			}
 			continue
@@ -283,20 +283,20 @@ func chaosStream(seed uint64, world *oracle.World) *stream {
 }
 
 // everyPartitionKeys are keys whose murmur2 picks each of the usage
-// topic's 3 partitions.
-var everyPartitionKeys = func() []string {
+// topic's partitions.
+func everyPartitionKeys(partitions int32) []string {
 	var keys []string
-	for p := range int32(3) {
+	for p := range partitions {
 		for k := 0; ; k++ {
 			key := fmt.Sprintf("every-%d", k)
-			if engine.PartitionerMurmur2.Misplaced(engine.PartitionID{Topic: "usage", Partition: p}, key, 3) == "" {
+			if engine.PartitionerMurmur2.Misplaced(engine.PartitionID{Topic: "usage", Partition: p}, key, int(partitions)) == "" {
 				keys = append(keys, key)
 				break
 			}
 		}
 	}
 	return keys
-}()
+}
 
 // clickHouseRows reads the highest revision of every row with FINAL.
 func clickHouseRows(addr, database string) ([]oracle.Row, error) {

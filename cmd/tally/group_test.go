@@ -31,7 +31,7 @@ func TestGroupInstances(t *testing.T) {
 	brokers := startKafka(t, 6)
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	world, opts, s, plan := chaosWorld(t, seed, 18000, dir)
+	world, opts, s, plan := chaosWorld(t, seed, 18000, dir, 6)
 	database := testDatabase(t)
 	config := func(name string) string {
 		path := filepath.Join(dir, name+".yaml")

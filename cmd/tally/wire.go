@@ -35,6 +35,9 @@ type app struct {
 	closers  []io.Closer // closed in reverse order
 	listener net.Listener
 	log      *slog.Logger
+	// actions keeps the last provisioning actions for the console; nil
+	// without an action sink (the engine then announces none).
+	actions *recentActions
 	// background runs beside the engine (the re-keying stage); an error
 	// stops the engine at once.
 	background []func(ctx context.Context) error
@@ -267,6 +270,10 @@ func build(ctx context.Context, cfg Config, log *slog.Logger, options ...buildOp
 		}
 		ecfg.ActionSinks = append(ecfg.ActionSinks, faultyActionSink{ActionSink: hook, faults: crash})
 	}
+	if len(ecfg.ActionSinks) > 0 { // the console shows the last ones
+		a.actions = &recentActions{}
+		ecfg.ActionSinks = append(ecfg.ActionSinks, a.actions)
+	}
 	if cfg.Kafka.Repartition {
 		if source, err = a.repartition(ctx, cfg, decoder, source, name); err != nil {
 			return nil, err
@@ -377,6 +384,7 @@ type runner interface {
 	Stats() engine.Stats
 	Ready() error
 	Warnings() []string
+	TopCustomers(ctx context.Context, n int) ([]engine.CustomerCharge, error)
 	usageQuerier
 }
 
@@ -416,6 +424,7 @@ func (a *app) handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	registerAPI(mux, a.engine)
+	a.registerConsole(mux)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		warnings := a.engine.Warnings()
 		if err := a.engine.Ready(); err != nil {
