@@ -21,14 +21,17 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	if !ok || (p.revision > 0 && charge.Amount.Equal(p.get(numEmittedAmount))) {
 		return RatedRow{}, false, nil
 	}
+	prevAmount := p.get(numEmittedAmount)
 	p.revision++
 	p.emittedFinal = true
-	return RatedRow{
+	row := RatedRow{
 		Tenant: s.tenant, Meter: meter, Customer: customer, GroupKey: PeriodFeeGroup,
 		WindowStart: start, WindowEnd: time.Unix(0, p.endNs).UTC(),
 		Quantity: p.quantity(m), Count: p.count, Amount: charge.Amount, Currency: charge.Currency,
-		Revision: p.revision, Final: true, Breakdown: charge.Lines,
-	}, true, nil
+		Revision: p.revision, Final: true, Breakdown: charge.Lines, Plan: charge.Plan,
+	}
+	row.setDeltas(decimal.Zero, prevAmount, false)
+	return row, true, nil
 }
 
 // emit rates w and returns its next revision. Invariant: revisions of a
@@ -113,8 +116,9 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 	}
 	w.revision++
 	w.changed, w.emittedFinal = false, final
+	prevQuantity := w.get(numEmittedQuantity)
 	w.set(numEmittedQuantity, quantity)
-	return RatedRow{
+	row := RatedRow{
 		Tenant:      s.tenant,
 		Meter:       meter,
 		Customer:    customer,
@@ -129,5 +133,8 @@ func (s *shard) emit(w *window, final bool) (RatedRow, error) {
 		Revision:    w.revision,
 		Final:       final,
 		Breakdown:   charge.Lines,
-	}, nil
+		Plan:        charge.Plan,
+	}
+	row.setDeltas(prevQuantity, emitted, true)
+	return row, nil
 }

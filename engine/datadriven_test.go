@@ -308,6 +308,7 @@ func runEngineFile(t *testing.T, path string, minBase int64) {
 		})
 		if h != nil {
 			h.cancel()
+			checkDeltas(t, h) // every file: the rows' deltas add up
 		}
 	}
 }

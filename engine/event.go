@@ -176,6 +176,33 @@ type RatedRow struct {
 	// period's charge to date at this revision (tiers, units in each, unit
 	// prices, allowance used); for period fee rows, the fee and true-up.
 	Breakdown []rating.Line `json:"breakdown,omitempty"`
+	// Plan is the plan that priced the row (a fee row prorated over plan
+	// changes: the plan at the period's end; a credit: the plan whose
+	// objective it is).
+	Plan string `json:"plan,omitempty"`
+	// QuantityDelta and AmountDelta are the change since the row's
+	// previous revision (its whole values at revision 1), and Sign is 1 at
+	// revision 1 and 0 after: summed over every revision delivered once,
+	// they give the highest revisions' totals and the count of rows, which
+	// is what additive rollups need. A fee or credit row's quantity (the
+	// period's usage again, or a measurement) does not add up: its
+	// QuantityDelta is 0.
+	QuantityDelta decimal.Decimal `json:"quantity_delta"`
+	AmountDelta   decimal.Decimal `json:"amount_delta"`
+	Sign          int8            `json:"sign"`
+}
+
+// setDeltas sets r's deltas from the quantity and amount of its previous
+// revision (ignored at revision 1); additive is false for rows whose
+// quantity does not add up.
+func (r *RatedRow) setDeltas(prevQuantity, prevAmount decimal.Decimal, additive bool) {
+	if r.Revision <= 1 {
+		prevQuantity, prevAmount, r.Sign = decimal.Zero, decimal.Zero, 1
+	}
+	r.AmountDelta = r.Amount.Sub(prevAmount)
+	if additive {
+		r.QuantityDelta = r.Quantity.Sub(prevQuantity)
+	}
 }
 
 // Identity returns the row identity as one string, used as the Kafka key.

@@ -5,9 +5,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/bench/oracle"
 	"github.com/tally-billing/tally/rating"
 )
@@ -130,6 +132,7 @@ func checkOracle(t *testing.T, seed uint64) {
 	for _, l := range h.sink.letters {
 		t.Errorf("dead letter %s at %d/%d: %s (%s)", l.Reason, l.Partition, l.Offset, l.Detail, l.Raw)
 	}
+	checkDeltas(t, h)
 	var rows []oracle.Row
 	for _, r := range h.final() {
 		rows = append(rows, oracle.Row{Meter: r.Meter, Customer: r.Customer, GroupKey: r.GroupKey, WindowStart: r.WindowStart,
@@ -141,4 +144,43 @@ func checkOracle(t *testing.T, seed uint64) {
 	}
 	t.Logf("%d crashes, %d graceful restarts, watermark %s: %d windows, %d periods priced to the cent, %d fee rows, %d SLA credits",
 		crashes, restarts, wm.Format(time.RFC3339), rep.Windows, rep.ExactPeriods, rep.FeeRows, rep.Credits)
+}
+
+// checkDeltas: every revision delivered once, the deltas of a row add up
+// to its highest revision (the quantity of usage rows, the amount of
+// every row) and its signs to 1, so additive rollups fed each revision
+// once equal the highest revisions' totals.
+func checkDeltas(t *testing.T, h *harness) {
+	t.Helper()
+	type sums struct {
+		quantity, amount decimal.Decimal
+		sign             int
+	}
+	got := map[string]*sums{}
+	for _, r := range h.seen {
+		s := got[r.Identity()]
+		if s == nil {
+			s = &sums{}
+			got[r.Identity()] = s
+		}
+		s.quantity, s.amount, s.sign = s.quantity.Add(r.QuantityDelta), s.amount.Add(r.AmountDelta), s.sign+int(r.Sign)
+	}
+	revised := 0
+	for id, r := range h.final() {
+		if r.Revision > 1 {
+			revised++
+		}
+		s := got[id]
+		quantity := r.Quantity
+		if strings.HasPrefix(r.GroupKey, "@") {
+			quantity = decimal.Zero // a fee's or credit's quantity does not add up
+		}
+		if !s.amount.Equal(r.Amount) || !s.quantity.Equal(quantity) || s.sign != 1 {
+			t.Errorf("%s revision %d: deltas add up to quantity %s, amount %s, sign %d; the row says %s, %s",
+				id, r.Revision, s.quantity, s.amount, s.sign, quantity, r.Amount)
+		}
+	}
+	if testing.Verbose() {
+		t.Logf("deltas add up for %d rows, %d of them revised", len(got), revised)
+	}
 }

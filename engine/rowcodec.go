@@ -14,7 +14,13 @@ import (
 // was a tenth of the engine's CPU (bench/RESULTS.md). Entries starting
 // with '{' are JSON written by earlier versions and are still read.
 
-const rowCodecVersion = 0xB1
+// rowCodecVersion leads an encoded row: 0xB2 adds the plan, the deltas
+// and the sign to 0xB1's fields (0xB1 rows, written before, decode with
+// none: zero deltas).
+const (
+	rowCodecVersion   = 0xB2
+	rowCodecVersionB1 = 0xB1
+)
 
 func encodeRow(b []byte, r *RatedRow) []byte {
 	b = append(b, rowCodecVersion)
@@ -40,7 +46,10 @@ func encodeRow(b []byte, r *RatedRow) []byte {
 		b = appendDecimal(b, l.UnitPrice)
 		b = appendDecimal(b, l.Amount)
 	}
-	return b
+	b = appendBytes(b, []byte(r.Plan))
+	b = appendDecimal(b, r.QuantityDelta)
+	b = appendDecimal(b, r.AmountDelta)
+	return append(b, byte(r.Sign))
 }
 
 func decodeRow(b []byte, r *RatedRow) error {
@@ -48,7 +57,8 @@ func decodeRow(b []byte, r *RatedRow) error {
 		return json.Unmarshal(b, r)
 	}
 	rd := byteReader{b: b}
-	if v := rd.byte(); v != rowCodecVersion {
+	v := rd.byte()
+	if v != rowCodecVersion && v != rowCodecVersionB1 {
 		return fmt.Errorf("row layout %#x, want %#x", v, rowCodecVersion)
 	}
 	for _, s := range [...]*string{&r.Tenant, &r.Meter, &r.Customer, &r.GroupKey, &r.Currency} {
@@ -73,6 +83,11 @@ func decodeRow(b []byte, r *RatedRow) error {
 			l.Description = string(rd.bytes())
 			l.Units, l.UnitPrice, l.Amount = rd.decimal(), rd.decimal(), rd.decimal()
 		}
+	}
+	if v == rowCodecVersion {
+		r.Plan = string(rd.bytes())
+		r.QuantityDelta, r.AmountDelta = rd.decimal(), rd.decimal()
+		r.Sign = int8(rd.byte())
 	}
 	if rd.err != nil {
 		return fmt.Errorf("row: %w", rd.err)

@@ -17,7 +17,8 @@ func TestRowCodecRoundTrip(t *testing.T) {
 	row := RatedRow{Tenant: "t", Meter: "voice", Customer: "c\x01", GroupKey: `rate=UK\,x`,
 		WindowStart: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC), WindowEnd: time.Date(2026, 3, 1, 10, 1, 0, 0, time.UTC),
 		Quantity: d("123.4500000001"), Count: 7, Amount: d("-0.000001"), Currency: "EUR", UnitPrice: d("0.5"),
-		Revision: 3, Final: true, Breakdown: []rating.Line{{Description: "tier 1", Units: d("10"), UnitPrice: d("0.1"), Amount: d("1")}}}
+		Revision: 3, Final: true, Breakdown: []rating.Line{{Description: "tier 1", Units: d("10"), UnitPrice: d("0.1"), Amount: d("1")}},
+		Plan: "gold", QuantityDelta: d("-1.5"), AmountDelta: d("0.25"), Sign: 0}
 	var back RatedRow
 	if err := decodeRow(encodeRow(nil, &row), &back); err != nil {
 		t.Fatal(err)
@@ -33,6 +34,18 @@ func TestRowCodecRoundTrip(t *testing.T) {
 	enc := encodeRow(nil, &row)
 	if err := decodeRow(enc[:len(enc)-3], &back); err == nil {
 		t.Error("a truncated row decoded without error")
+	}
+	// Rows of the previous layout (0xB1, in an outbox before an upgrade)
+	// still read, without plan and deltas.
+	old := row
+	old.Plan, old.QuantityDelta, old.AmountDelta, old.Sign = "", decimal.Zero, decimal.Zero, 0
+	b1 := encodeRow(nil, &old)
+	tail := appendDecimal(appendDecimal(appendBytes(nil, nil), decimal.Zero), decimal.Zero)
+	b1 = b1[:len(b1)-len(tail)-1] // without the plan, the deltas and the sign
+	b1[0] = rowCodecVersionB1
+	back = RatedRow{}
+	if err := decodeRow(b1, &back); err != nil || mustJSON(t, back) != mustJSON(t, old) {
+		t.Errorf("0xB1 row: %v\n%s\nwant\n%s", err, mustJSON(t, back), mustJSON(t, old))
 	}
 }
 

@@ -52,6 +52,16 @@ func (r *RatedRow) AppendJSON(b []byte) ([]byte, error) {
 		b = append(b, `,"breakdown":`...)
 		b = AppendBreakdownJSON(b, r.Breakdown)
 	}
+	if r.Plan != "" {
+		b = append(b, `,"plan":`...)
+		b = appendJSONString(b, r.Plan)
+	}
+	b = append(b, `,"quantity_delta":`...)
+	b = appendJSONDecimal(b, r.QuantityDelta)
+	b = append(b, `,"amount_delta":`...)
+	b = appendJSONDecimal(b, r.AmountDelta)
+	b = append(b, `,"sign":`...)
+	b = strconv.AppendInt(b, int64(r.Sign), 10)
 	return append(b, '}'), nil
 }
 

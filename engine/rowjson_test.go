@@ -58,7 +58,7 @@ func TestRatedRowAppendJSON(t *testing.T) {
 	for i := range 20_000 {
 		r := RatedRow{Tenant: str(), Meter: str(), Customer: str(), GroupKey: str(), WindowStart: tm(), WindowEnd: tm(),
 			Quantity: dec(), Count: rng.Uint64() >> rng.IntN(64), Amount: dec(), Currency: str(), UnitPrice: dec(),
-			Revision: rng.Uint64N(100), Final: rng.IntN(2) == 0}
+			Revision: rng.Uint64N(100), Final: rng.IntN(2) == 0, Plan: str(), QuantityDelta: dec(), AmountDelta: dec(), Sign: int8(rng.IntN(3) - 1)}
 		switch rng.IntN(3) {
 		case 1:
 			r.Breakdown = []rating.Line{}

@@ -852,7 +852,14 @@ func (s *shard) emitCredits(sp *slaPeriod, wm int64, snap *shardSnapshot) error 
 			continue
 		}
 		row.Revision = prev.revision + 1
+		if ok {
+			row.Plan = terms.Plan
+		}
+		row.setDeltas(decimal.Zero, prev.amount, false)
 		if emitted && prev.currency != row.Currency {
+			// One row cannot move two currencies: the new one gets the
+			// whole amount (README, rollups: a known limit).
+			row.AmountDelta = row.Amount
 			snap.revenue[prev.currency] = snap.revenue[prev.currency].Sub(prev.amount)
 			snap.revenue[row.Currency] = snap.revenue[row.Currency].Add(row.Amount)
 		} else {

@@ -324,6 +324,7 @@ func (pl *Plan) IncrementEvents(meter string, w WindowUsage, before, after decim
 		lines = append(lines, Line{Description: "per-event minimum/maximum", Units: decimal.NewFromInt(1), UnitPrice: adj, Amount: adj})
 	}
 	return Charge{
+		Plan:      pl.ID,
 		Amount:    pl.round(after).Sub(pl.round(before)),
 		Currency:  pl.Currency,
 		UnitPrice: unitPrice,

@@ -206,6 +206,9 @@ func (p *Plan) Prices(meter string) bool {
 
 // Charge is the price of a quantity of one meter.
 type Charge struct {
+	// Plan is the id of the plan that priced it (a prorated period fee:
+	// the plan in force at the period's end).
+	Plan      string
 	Amount    decimal.Decimal
 	Currency  string
 	UnitPrice decimal.Decimal

@@ -214,6 +214,7 @@ func (pl *Plan) Increment(meter string, before, after decimal.Decimal) (Charge, 
 	amountBefore, _ := price.Charge(before)
 	amountAfter, lines := price.Charge(after)
 	return Charge{
+		Plan:      pl.ID,
 		Amount:    pl.round(amountAfter).Sub(pl.round(amountBefore)),
 		Currency:  pl.Currency,
 		UnitPrice: price.UnitPrice,
@@ -275,5 +276,5 @@ func ProratedPeriodFee(shares []Share, meter string, usageCharged decimal.Decima
 		lines = append(lines, Line{Description: "minimum commitment true-up" + suffix, Units: decimal.NewFromInt(1), UnitPrice: shortfall, Amount: shortfall})
 		amount = amount.Add(shortfall)
 	}
-	return Charge{Amount: amount, Currency: first.Currency, Lines: lines}, true, nil
+	return Charge{Plan: shares[len(shares)-1].Plan.ID, Amount: amount, Currency: first.Currency, Lines: lines}, true, nil
 }
