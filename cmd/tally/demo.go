@@ -55,7 +55,7 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	fs.StringVar(&o.clickhouse, "clickhouse", "", "ClickHouse native address; rated rows go there (default: a JSON-lines file)")
 	fs.StringVar(&o.output, "output", "tally-demo-rated.jsonl", "JSON-lines file of rated rows when --clickhouse is not given")
 	fs.StringVar(&o.stateDir, "state-dir", "", "state folder (default: a new temporary folder)")
-	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz")
+	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9464", "address of the console (/), the API, /metrics, /healthz, /readyz")
 	fs.DurationVar(&o.reportEvery, "report-every", 5*time.Second, "how often to print the live line")
 	fs.DurationVar(&o.window, "window", time.Minute, "window size")
 	if err := fs.Parse(args); err != nil {
@@ -119,7 +119,7 @@ func runDemo(ctx context.Context, args []string, stop <-chan struct{}, out io.Wr
 	defer a.close()
 
 	fmt.Fprintf(out, "tally demo: Kafka (in-process) at %s, topics usage/rated-usage/usage-dead-letters/provisioning\n", strings.Join(brokers, ","))
-	fmt.Fprintf(out, "tally demo: %d subscribers (Zipf %g), %d records/s, metrics at http://%s/metrics\n", o.subscribers, o.zipf, o.rate, o.httpAddr)
+	fmt.Fprintf(out, "tally demo: %d subscribers (Zipf %g), %d records/s; console at http://%s/ (metrics at /metrics)\n", o.subscribers, o.zipf, o.rate, o.httpAddr)
 	if cfg.OutputFile != "" {
 		fmt.Fprintf(out, "tally demo: rated rows -> %s (JSON lines; keep the highest revision per identity)\n", cfg.OutputFile)
 	} else {
