@@ -89,7 +89,7 @@ func CompileCSV(f CSVFormat) (*CSVDecoder, error) {
 	c := &CSVDecoder{delimiter: ',', fields: f.Fields, header: f.Header, constMeter: f.Meter, meter: -1, value: -1}
 	if f.Delimiter != "" {
 		r, size := utf8.DecodeRuneInString(f.Delimiter)
-		if size != len(f.Delimiter) || r == '"' || r == '\n' || r == '\r' || r == utf8.RuneError {
+		if size != len(f.Delimiter) || r == '"' || r == '\n' || r == '\r' || r == 0 || r == '\ufeff' || r == utf8.RuneError {
 			return nil, configError("csv.delimiter", "%q: give one character other than a quote or a line break", f.Delimiter)
 		}
 		c.delimiter = r
@@ -198,15 +198,16 @@ func isCSV(raw []byte) bool {
 // toJSON turns a CSV line into the equivalent plain usage record; skip is
 // set for a header line.
 func (c *CSVDecoder) toJSON(raw []byte) (out []byte, skip bool, err error) {
-	line := bytes.TrimRight(raw, "\r\n")
+	// A file's byte order mark, and the line end a producer may keep.
+	line := bytes.TrimRight(bytes.TrimPrefix(raw, []byte("\ufeff")), "\r\n")
+	if bytes.ContainsAny(line, "\r\n") {
+		return nil, false, fail(ReasonInvalidField, "CSV record holds more than one line (or a line break in a field); send one CDR a record")
+	}
 	r := csv.NewReader(bytes.NewReader(line))
 	r.Comma, r.FieldsPerRecord, r.ReuseRecord = c.delimiter, -1, true
 	cells, rerr := r.Read()
 	if rerr != nil {
 		return nil, false, fail(ReasonInvalidField, "CSV line: %v", rerr)
-	}
-	if _, more := r.Read(); more == nil {
-		return nil, false, fail(ReasonInvalidField, "CSV record holds more than one line; send one CDR a record")
 	}
 	if c.header && slices.Equal(cells, c.fields) {
 		return nil, true, nil
@@ -241,6 +242,23 @@ func (c *CSVDecoder) toJSON(raw []byte) (out []byte, skip bool, err error) {
 		at = time.Unix(0, n*c.unixScale)
 	} else if at, err = time.ParseInLocation(c.layout, cell, c.loc); err != nil {
 		return nil, false, fail(ReasonInvalidField, "%s %q does not match csv.timeFormat %q", name(c.time), cell, c.layout)
+	} else if wall, _ := time.Parse(c.layout, cell); wall.Location() == time.UTC {
+		// A local time the zone skips (a daylight-saving gap) names no
+		// instant; one it repeats (the hour after a gap's end) is read as
+		// the first of the two, whatever Go's choice (write an offset to
+		// name the second).
+		if !sameWallClock(at.In(c.loc), wall) {
+			return nil, false, fail(ReasonInvalidField, "%s %q does not exist in %s (a daylight-saving gap)", name(c.time), cell, c.loc)
+		}
+		_, now := at.In(c.loc).Zone()
+		if _, before := at.Add(-3 * time.Hour).In(c.loc).Zone(); before != now { // a change of offset in the last hours
+			for back := 3 * time.Hour; back > 0; back -= 15 * time.Minute {
+				if earlier := at.Add(-back); sameWallClock(earlier.In(c.loc), wall) {
+					at = earlier
+					break
+				}
+			}
+		}
 	}
 	rec.Time = at.UTC().Format(time.RFC3339Nano)
 	if c.value >= 0 {
@@ -263,4 +281,12 @@ func (c *CSVDecoder) toJSON(raw []byte) (out []byte, skip bool, err error) {
 		return nil, false, fmt.Errorf("engine: CSV record: %w", err)
 	}
 	return out, false, nil
+}
+
+// sameWallClock reports whether a and b read the same on a clock.
+func sameWallClock(a, b time.Time) bool {
+	ay, am, ad := a.Date()
+	by, bm, bd := b.Date()
+	return ay == by && am == bm && ad == bd && a.Hour() == b.Hour() && a.Minute() == b.Minute() && a.Second() == b.Second() &&
+		a.Nanosecond() == b.Nanosecond()
 }

@@ -124,3 +124,37 @@ func FuzzDecodeCSV(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeCSVEdges, from an independent review: a file's byte order mark
+// is dropped (the header is still a header, the first cell clean); a
+// record of two lines, or a line break in a field, is refused; a local
+// time in a daylight-saving gap is refused; a NUL delimiter fails at start.
+func TestDecodeCSVEdges(t *testing.T) {
+	d := csvDecoder(t, cdrFormat)
+	if evs, err := d.Decode([]byte("\ufeffcall_id,msisdn,service,start,duration,called_country"), nil); err != nil || len(evs) != 0 {
+		t.Errorf("a header after a BOM: %v, %d events", err, len(evs))
+	}
+	ev, err := decodeOne(d, []byte("\ufeffc-1,ann,voice_seconds,2026-11-24 10:15:03,1,uk\r\n"))
+	if err != nil || ev.ID != "c-1" {
+		t.Errorf("a line after a BOM: %v, id %q", err, ev.ID)
+	}
+	for _, line := range []string{
+		"c-1,ann,voice_seconds,2026-11-24 10:15:03,1,uk\nc-2,ann,voice_seconds,\"2026-11-24 10:15:04,1,uk",
+		"c-1,ann,voice_seconds,2026-11-24 10:15:03,1,uk\nc-2,ann,voice_seconds,2026-11-24 10:15:04,1,uk",
+		"c-1,ann,voice_seconds,2026-11-24 10:15:03,1,\"u\nk\"",
+		"c-1,ann,voice_seconds,2026-03-29 02:30:00,1,uk", // Paris skips 02:00-03:00
+	} {
+		if _, err := d.Decode([]byte(line), nil); err == nil {
+			t.Errorf("%q: accepted", line)
+		}
+	}
+	if ev, err := decodeOne(d, []byte("c-1,ann,voice_seconds,2026-10-25 02:30:00,1,uk")); err != nil ||
+		time.Unix(0, ev.TimeNs).UTC().Format(time.RFC3339) != "2026-10-25T00:30:00Z" {
+		t.Errorf("a repeated local time is read as the first (CEST, 00:30 UTC): %v %s", err, time.Unix(0, ev.TimeNs).UTC())
+	}
+	f := cdrFormat
+	f.Delimiter = "\x00"
+	if _, err := CompileCSV(f); err == nil {
+		t.Error("a NUL delimiter compiled")
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/tally-billing/tally/rating"
 )
 
@@ -54,7 +56,11 @@ func encodeRow(b []byte, r *RatedRow) []byte {
 
 func decodeRow(b []byte, r *RatedRow) error {
 	if len(b) > 0 && b[0] == '{' {
-		return json.Unmarshal(b, r)
+		if err := json.Unmarshal(b, r); err != nil {
+			return err
+		}
+		r.inferDeltas()
+		return nil
 	}
 	rd := byteReader{b: b}
 	v := rd.byte()
@@ -88,6 +94,8 @@ func decodeRow(b []byte, r *RatedRow) error {
 		r.Plan = string(rd.bytes())
 		r.QuantityDelta, r.AmountDelta = rd.decimal(), rd.decimal()
 		r.Sign = int8(rd.byte())
+	} else {
+		r.inferDeltas()
 	}
 	if rd.err != nil {
 		return fmt.Errorf("row: %w", rd.err)
@@ -96,4 +104,16 @@ func decodeRow(b []byte, r *RatedRow) error {
 		return fmt.Errorf("row: %d trailing bytes", len(rd.b))
 	}
 	return nil
+}
+
+// inferDeltas sets the deltas of a row written before rows carried them
+// (an outbox entry of an earlier version, delivered after an upgrade): a
+// first revision's are its values; a later one's previous values are not
+// known, so they stay 0 (README: drain the sinks before such an upgrade,
+// or rollups miss those changes).
+func (r *RatedRow) inferDeltas() {
+	if r.Revision > 1 || r.Sign != 0 || !r.AmountDelta.IsZero() || !r.QuantityDelta.IsZero() {
+		return
+	}
+	r.setDeltas(decimal.Zero, decimal.Zero, !strings.HasPrefix(r.GroupKey, "@"))
 }

@@ -47,6 +47,15 @@ func TestRowCodecRoundTrip(t *testing.T) {
 	if err := decodeRow(b1, &back); err != nil || mustJSON(t, back) != mustJSON(t, old) {
 		t.Errorf("0xB1 row: %v\n%s\nwant\n%s", err, mustJSON(t, back), mustJSON(t, old))
 	}
+	// A first revision of that layout gets its deltas (its values) and its
+	// sign: rollups count it (independent review).
+	old.Revision = 1
+	b1 = encodeRow(nil, &old)
+	b1 = b1[:len(b1)-len(tail)-1]
+	b1[0] = rowCodecVersionB1
+	if err := decodeRow(b1, &back); err != nil || back.Sign != 1 || !back.AmountDelta.Equal(old.Amount) || !back.QuantityDelta.Equal(old.Quantity) {
+		t.Errorf("0xB1 first revision: %v, sign %d, deltas %s %s", err, back.Sign, back.QuantityDelta, back.AmountDelta)
+	}
 }
 
 func mustJSON(t *testing.T, v any) string {
