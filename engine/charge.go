@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -17,6 +18,15 @@ func (s *shard) emitPeriodFee(p *window) (RatedRow, bool, error) {
 	charge, ok, err := s.rater.PeriodFee(s.subscriber(customer), meter, start, time.Unix(0, p.endNs).UTC(), p.get(numChargedAmount))
 	if err != nil {
 		return RatedRow{}, false, fmt.Errorf("engine: period fee of %s/%s/%s: %w", meter, customer, start.Format(time.RFC3339), err)
+	}
+	if !ok && p.revision > 0 && !p.get(numEmittedAmount).IsZero() {
+		// A fee emitted before is no longer owed (a cancellation or a plan
+		// change dated at the period's start): revised to 0, in the
+		// currency its meter is priced in over the period.
+		currency := cmp.Or(s.currency(customer, meter, p.key.startNs), s.currency(customer, meter, p.endNs-1))
+		if currency != "" {
+			charge, ok = rating.Charge{Currency: currency, Lines: []rating.Line{{Description: "no period fee owed (the subscription changed)"}}}, true
+		}
 	}
 	if !ok || (p.revision > 0 && charge.Amount.Equal(p.get(numEmittedAmount))) {
 		return RatedRow{}, false, nil
