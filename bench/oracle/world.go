@@ -265,7 +265,7 @@ func (w *World) Check(rows []Row, watermark time.Time) Report {
 				switch {
 				case owes && settled && !got:
 					bad("no fee row for %s %s period %s..%s (owes %s)", c.id, m.name, pStart, pEnd, want)
-				case got && !(owes && settled):
+				case got && !(owes && settled) && !row.Amount.IsZero(): // a fee revoked to 0 owes nothing either
 					bad("fee row %s for %s %s period %s: the oracle expects none (owes %v, settled %v)", row.Amount, c.id, m.name, pStart, owes, settled)
 				case got && !row.Amount.Equal(want):
 					bad("fee row for %s %s period %s..%s: %s, the oracle says %s (usage charged %s)", c.id, m.name, pStart, pEnd, row.Amount, want, charged[pk])
@@ -277,6 +277,9 @@ func (w *World) Check(rows []Row, watermark time.Time) Report {
 		}
 	}
 	for pk, row := range fees {
+		if row.Amount.IsZero() {
+			continue // revoked
+		}
 		bad("fee row %s for %s %s period from %s, of a customer the oracle expects none of", row.Amount, pk.customer, pk.meter, time.Unix(0, pk.start))
 	}
 	credits, owed := o.checkCredits(rows, charged, feeAmounts, watermark)
