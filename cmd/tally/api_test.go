@@ -121,16 +121,25 @@ func TestUsageAPIValidatesRequests(t *testing.T) {
 	}
 }
 
-func TestUsageAPIServesLiveState(t *testing.T) {
+// startRated runs Tally without ClickHouse (the rated topic only) on
+// 3,000 generated records of seed, produced before it starts; it stops
+// when the test ends.
+func startRated(t *testing.T, seed uint64) (*running, *stream) {
+	t.Helper()
 	brokers := startKafka(t, 2)
-	s := makeStream(9, 3000, time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC))
+	s := makeStream(seed, 3000, time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC))
 	produce(t, brokers, "usage", s.msgs)
 	cfg := testConfig(t, brokers, "", "")
 	cfg.ClickHouse.Addr = ""
 	cfg.Kafka.RatedTopic = "rated-usage"
 	r := start(t, cfg)
-	defer func() { close(r.stop); <-r.done }()
+	t.Cleanup(func() { close(r.stop); <-r.done })
 	waitReady(t, r)
+	return r, s
+}
+
+func TestUsageAPIServesLiveState(t *testing.T) {
+	r, s := startRated(t, 9)
 
 	// Pick a customer and compute its expected voice_seconds windows.
 	var customer string

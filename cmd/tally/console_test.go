@@ -78,15 +78,7 @@ func cellValues(dom, id string) []string {
 // $TMPDIR/tally-test-artifacts).
 func TestConsoleInBrowser(t *testing.T) {
 	requireTool(t, "chromium")
-	brokers := startKafka(t, 2)
-	s := makeStream(11, 3000, time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC))
-	produce(t, brokers, "usage", s.msgs)
-	cfg := testConfig(t, brokers, "", "")
-	cfg.ClickHouse.Addr = ""
-	cfg.Kafka.RatedTopic = "rated-usage"
-	r := start(t, cfg)
-	defer func() { close(r.stop); <-r.done }()
-	waitReady(t, r)
+	r, s := startRated(t, 11)
 	base := "http://" + r.app.listener.Addr().String()
 
 	var api Overview
