@@ -122,6 +122,10 @@ func TableDDL(database, table string) string {
     revision     UInt64,
     final        UInt8,
     breakdown    String,
+    plan           String,
+    quantity_delta Decimal(38, 10),
+    amount_delta   Decimal(38, 10),
+    sign           Int8,
     inserted_at  DateTime('UTC') DEFAULT now()
 ) ENGINE = ReplacingMergeTree(revision)
 PARTITION BY toYYYYMM(window_start)
@@ -145,15 +149,25 @@ func (s *Sink) createTables(ctx context.Context) error {
 		}
 	}
 	// Tables created by earlier versions lack later columns. 18.16 has no
-	// ADD COLUMN IF NOT EXISTS, so ask system.columns.
-	var n uint64
-	row := s.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = 'breakdown'", s.cfg.Database, s.cfg.Table)
-	if err := row.Scan(&n); err != nil {
-		return fmt.Errorf("clickhouse: inspect columns of %s.%s: %w", s.cfg.Database, s.cfg.Table, err)
-	}
-	if n == 0 {
-		if err := s.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN breakdown String AFTER final", s.cfg.Database, s.cfg.Table)); err != nil {
-			return fmt.Errorf("clickhouse: add column breakdown to %s.%s: %w", s.cfg.Database, s.cfg.Table, err)
+	// ADD COLUMN IF NOT EXISTS, so ask system.columns. (Rows stored before
+	// get the defaults: no plan, zero deltas and sign.)
+	for _, col := range []struct{ name, typ, after string }{
+		{"breakdown", "String", "final"},
+		{"plan", "String", "breakdown"},
+		{"quantity_delta", "Decimal(38, 10)", "plan"},
+		{"amount_delta", "Decimal(38, 10)", "quantity_delta"},
+		{"sign", "Int8", "amount_delta"},
+	} {
+		var n uint64
+		row := s.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?", s.cfg.Database, s.cfg.Table, col.name)
+		if err := row.Scan(&n); err != nil {
+			return fmt.Errorf("clickhouse: inspect columns of %s.%s: %w", s.cfg.Database, s.cfg.Table, err)
+		}
+		if n > 0 {
+			continue
+		}
+		if err := s.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s %s AFTER %s", s.cfg.Database, s.cfg.Table, col.name, col.typ, col.after)); err != nil {
+			return fmt.Errorf("clickhouse: add column %s to %s.%s: %w", col.name, s.cfg.Database, s.cfg.Table, err)
 		}
 	}
 	return nil
@@ -169,7 +183,8 @@ func (s *Sink) Write(ctx context.Context, rows []engine.RatedRow) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	batch, err := s.conn.PrepareBatch(ctx, fmt.Sprintf(`INSERT INTO %s.%s (tenant, meter, customer, group_key,
-        window_start, window_end, quantity, event_count, amount, currency, unit_price, revision, final, breakdown)`, s.cfg.Database, s.cfg.Table))
+        window_start, window_end, quantity, event_count, amount, currency, unit_price, revision, final, breakdown,
+        plan, quantity_delta, amount_delta, sign)`, s.cfg.Database, s.cfg.Table))
 	if err != nil {
 		return fmt.Errorf("clickhouse: prepare batch: %w", err)
 	}
@@ -229,13 +244,14 @@ func (c deadlineConn) Write(b []byte) (int, error) {
 // column instead of fourteen boxed values per row. Its arrays are reused
 // from block to block (the driver copies what it is given).
 type rowColumns struct {
-	tenants, meters, customers, groups, currencies, breakdowns []string
-	starts, ends                                               []time.Time
-	quantities, amounts, unitPrices                            []decimal.Decimal
-	counts, revisions                                          []uint64
-	finals                                                     []uint8
-	text                                                       []byte
-	breakdownEnds                                              []int
+	tenants, meters, customers, groups, currencies, breakdowns, plans []string
+	starts, ends                                                      []time.Time
+	quantities, amounts, unitPrices, quantityDeltas, amountDeltas     []decimal.Decimal
+	counts, revisions                                                 []uint64
+	finals                                                            []uint8
+	signs                                                             []int8
+	text                                                              []byte
+	breakdownEnds                                                     []int
 }
 
 // fill sets c to rows and returns its columns in the INSERT's order.
@@ -247,12 +263,14 @@ func (c *rowColumns) fill(rows []engine.RatedRow) []any {
 	c.quantities, c.amounts, c.unitPrices = resize(c.quantities, n), resize(c.amounts, n), resize(c.unitPrices, n)
 	c.counts, c.revisions, c.finals = resize(c.counts, n), resize(c.revisions, n), resize(c.finals, n)
 	c.text, c.breakdownEnds = c.text[:0], resize(c.breakdownEnds, n)
+	c.plans, c.quantityDeltas, c.amountDeltas, c.signs = resize(c.plans, n), resize(c.quantityDeltas, n), resize(c.amountDeltas, n), resize(c.signs, n)
 	for i := range rows {
 		r := &rows[i]
 		c.tenants[i], c.meters[i], c.customers[i], c.groups[i], c.currencies[i] = r.Tenant, r.Meter, r.Customer, r.GroupKey, r.Currency
 		c.starts[i], c.ends[i] = r.WindowStart, r.WindowEnd
 		c.quantities[i], c.amounts[i], c.unitPrices[i] = r.Quantity, r.Amount, r.UnitPrice
 		c.counts[i], c.revisions[i] = r.Count, r.Revision
+		c.plans[i], c.quantityDeltas[i], c.amountDeltas[i], c.signs[i] = r.Plan, r.QuantityDelta, r.AmountDelta, r.Sign
 		c.finals[i] = 0
 		if r.Final {
 			c.finals[i] = 1
@@ -267,7 +285,7 @@ func (c *rowColumns) fill(rows []engine.RatedRow) []any {
 		c.breakdowns[i], from = all[from:end], end
 	}
 	return []any{c.tenants, c.meters, c.customers, c.groups, c.starts, c.ends, c.quantities, c.counts, c.amounts,
-		c.currencies, c.unitPrices, c.revisions, c.finals, c.breakdowns}
+		c.currencies, c.unitPrices, c.revisions, c.finals, c.breakdowns, c.plans, c.quantityDeltas, c.amountDeltas, c.signs}
 }
 
 // resize returns s with length n, reusing its array when it is large enough.

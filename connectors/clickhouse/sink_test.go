@@ -101,7 +101,11 @@ func withBreakdown(r engine.RatedRow) engine.RatedRow {
 func TestOpenAddsColumnsToOlderTables(t *testing.T) {
 	addr := testAddr(t)
 	database := fmt.Sprintf("tally_old_table_%d", time.Now().UnixNano()%1e9)
-	old := strings.Replace(TableDDL(database, "rated_usage"), "    breakdown    String,\n", "", 1)
+	old := TableDDL(database, "rated_usage")
+	for _, col := range []string{"    breakdown    String,\n", "    plan           String,\n", "    quantity_delta Decimal(38, 10),\n",
+		"    amount_delta   Decimal(38, 10),\n", "    sign           Int8,\n"} {
+		old = strings.Replace(old, col, "", 1)
+	}
 	if old == TableDDL(database, "rated_usage") {
 		t.Fatal("could not derive the older DDL")
 	}
@@ -112,11 +116,16 @@ func TestOpenAddsColumnsToOlderTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	if err := sink.Write(context.Background(), []engine.RatedRow{withBreakdown(row("e", 1, "1"))}); err != nil {
+	r := withBreakdown(row("e", 1, "1"))
+	r.Plan, r.QuantityDelta, r.AmountDelta, r.Sign = "gold", r.Quantity, r.Amount, 1
+	if err := sink.Write(context.Background(), []engine.RatedRow{r}); err != nil {
 		t.Fatalf("write to an upgraded table: %v", err)
 	}
 	if got := query(t, addr, "SELECT count() FROM "+database+".rated_usage WHERE breakdown != ''"); got != "1" {
 		t.Errorf("rows with a breakdown: %s, want 1", got)
+	}
+	if got := query(t, addr, "SELECT plan, toString(quantity_delta), toString(amount_delta), sign FROM "+database+".rated_usage FORMAT TSV"); got != "gold\t1.0000000000\t0.0000001000\t1" {
+		t.Errorf("plan, deltas and sign: %q", got)
 	}
 }
 
