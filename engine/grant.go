@@ -203,21 +203,9 @@ func (b *balance) has(source, id string) bool {
 // draw takes v from the lots of currency ("" for units) in force at atNs;
 // what they cannot cover is overage.
 func (b *balance) draw(v decimal.Decimal, atNs int64, currency string) {
-	if !v.IsPositive() {
-		return
+	if v.IsPositive() {
+		b.drawOverlapping(v, atNs, atNs+1, currency) // the lots in force at atNs
 	}
-	for i := range b.lots {
-		l := &b.lots[i]
-		if l.startNs > atNs || atNs >= l.expiresNs || !l.remaining.IsPositive() || l.currency != currency {
-			continue
-		}
-		take := decimal.Min(v, l.remaining)
-		l.remaining, v = l.remaining.Sub(take), v.Sub(take)
-		if v.IsZero() {
-			return
-		}
-	}
-	b.overage = b.overage.Add(v)
 }
 
 // add files lot in drawing order.

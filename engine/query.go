@@ -122,7 +122,12 @@ func (e *Engine) onShard(ctx context.Context, customer string, fn func(s *shard)
 	if shards == nil {
 		return ErrNotRunning
 	}
-	s := (*shards)[routingHash(customer)%uint64(len(*shards))]
+	return runOn(ctx, (*shards)[routingHash(customer)%uint64(len(*shards))], fn)
+}
+
+// runOn runs fn on shard s, between its records, and waits for it (as
+// onShard).
+func runOn(ctx context.Context, s *shard, fn func(s *shard)) error {
 	done := make(chan struct{})
 	select {
 	case s.queries <- func(s *shard) { fn(s); close(done) }:

@@ -563,10 +563,7 @@ type slaSamples struct {
 
 // samples is what o measures in sp.
 func (s *shard) samples(sp *slaPeriod, o *rating.Objective) slaSamples {
-	x := slaSamples{probes: []map[int64]*probeDay{sp.days}}
-	for _, ref := range slices.Sorted(maps.Keys(sp.outages)) {
-		x.outages = append(x.outages, sp.outages[ref])
-	}
+	x := slaSamples{probes: []map[int64]*probeDay{sp.days}, outages: slices.Collect(maps.Values(sp.outages))} // downtime orders them
 	s.serviceSamples(&x, sp, o)
 	return x
 }

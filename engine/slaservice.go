@@ -181,8 +181,7 @@ func (s *shard) serviceSamples(x *slaSamples, sp *slaPeriod, o *rating.Objective
 		return
 	}
 	x.probes = append(x.probes, svc.buckets)
-	for _, ref := range slices.Sorted(maps.Keys(svc.outages)) {
-		versions := svc.outages[ref]
+	for _, versions := range svc.outages {
 		for i := len(versions) - 1; i >= 0; i-- {
 			if v := versions[i]; !s.rules.settledAt(sp.settleNs, v.knownNs) {
 				x.outages = append(x.outages, v.interval)

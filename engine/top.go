@@ -30,16 +30,8 @@ func (e *Engine) TopCustomers(ctx context.Context, n int) ([]CustomerCharge, err
 	}
 	results := make([][]CustomerCharge, len(*shards))
 	for i, s := range *shards {
-		done := make(chan struct{})
-		select {
-		case s.queries <- func(s *shard) { results[i] = s.topCustomers(n); close(done) }:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err := runOn(ctx, s, func(s *shard) { results[i] = s.topCustomers(n) }); err != nil {
+			return nil, err
 		}
 	}
 	return topOf(slices.Concat(results...), n), nil

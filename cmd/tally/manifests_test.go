@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,13 +59,7 @@ func TestComposeFile(t *testing.T) {
 	}
 	for _, name := range []string{"kafka", "clickhouse", "prometheus", "grafana", "tally"} {
 		if _, ok := project.Services[name]; !ok {
-			t.Errorf("compose.yaml has no service %s (it has %v)", name, slices.Sorted(func(yield func(string) bool) {
-				for n := range project.Services {
-					if !yield(n) {
-						return
-					}
-				}
-			}))
+			t.Errorf("compose.yaml has no service %s (it has %v)", name, slices.Sorted(maps.Keys(project.Services)))
 		}
 	}
 	mounts := map[string]map[string]string{} // service: container path: host path
